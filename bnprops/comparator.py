@@ -1,0 +1,157 @@
+"""Compare a runner's Outputs with the oracle's under the error model, and say what differs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+from bnprops.case import QUANTITIES, Case, Outputs
+from bnprops.error_model import bounds, indeterminate_channels, indeterminate_quantities
+from bnprops.oracle import output_dtypes, per_channel, reference
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """The worst disagreement in one quantity."""
+
+    quantity: str
+    kind: str  # "value", "nonfinite", "shape" or "missing"
+    count: int  # elements that disagree
+    size: int
+    index: tuple[int, ...]
+    expected: float
+    actual: float
+    error: float
+    bound: float
+    detail: str = ""
+
+    @property
+    def ratio(self) -> float:
+        if self.bound > 0:
+            return self.error / self.bound
+        return 0.0 if self.error == 0 else float("inf")
+
+    def describe(self) -> str:
+        where = f"at index {self.index}" if self.index else ""
+        if self.kind == "missing":
+            return f"{self.quantity}: the runner did not return it"
+        if self.kind == "shape":
+            return f"{self.quantity}: {self.detail}"
+        head = {
+            "value": f"{self.count} of {self.size} elements outside the error bound; worst {where}",
+            "nonfinite": f"{self.count} of {self.size} elements differ in their NaN/inf pattern; first {where}",
+        }[self.kind]
+        return (
+            f"{self.quantity}: {head}\n"
+            f"    expected (oracle): {self.expected!r}\n"
+            f"    actual:            {self.actual!r}\n"
+            f"    |error| = {self.error:.3g}, bound = {self.bound:.3g} (ratio {self.ratio:.3g})"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What one comparison found: mismatches, and the largest error/bound ratio per quantity."""
+
+    case: Case
+    mismatches: tuple[Mismatch, ...]
+    ratios: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    @property
+    def failed_quantities(self) -> frozenset[str]:
+        return frozenset(m.quantity for m in self.mismatches)
+
+    def message(self, *, label: str = "MXNet") -> str:
+        lines = [f"{label} disagrees with the oracle for {self.case.describe()}"]
+        lines += ["  " + m.describe() for m in self.mismatches]
+        lines += ["Reproduce with:", *("    " + line for line in self.case.snippet().splitlines())]
+        return "\n".join(lines)
+
+
+def _compare_one(
+    quantity: str, expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str, judged: np.ndarray
+) -> tuple[Mismatch | None, float]:
+    """The worst disagreement in one quantity (or None) and its largest error/bound ratio."""
+    nan = float("nan")
+    if actual.shape != expected.shape:
+        detail = f"shape {actual.shape}, expected {expected.shape}"
+        return Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail), float("inf")
+    a = actual.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # A correct kernel returns inf where the exact value overflows the output dtype.
+        e_stored = expected.astype(out_dtype).astype(np.float64)
+    finite = np.isfinite(e_stored) & np.isfinite(a)
+    same_nonfinite = (np.isnan(e_stored) & np.isnan(a)) | (e_stored == a)
+    pattern_differs = judged & ~finite & ~same_nonfinite
+    if pattern_differs.any():
+        idx = tuple(int(i) for i in np.argwhere(pattern_differs)[0])
+        count = int(pattern_differs.sum())
+        mismatch = Mismatch(
+            quantity,
+            "nonfinite",
+            count,
+            expected.size,
+            idx,
+            float(expected[idx]),
+            float(a[idx]),
+            nan,
+            float(bound[idx]),
+        )
+        return mismatch, float("inf")
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(judged & finite, np.abs(a - expected), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
+    if ratio.size == 0:
+        return None, 0.0
+    flat = int(np.argmax(ratio))
+    worst = float(ratio.flat[flat])
+    bad = ratio > 1
+    if not bad.any():
+        return None, worst
+    idx = tuple(int(i) for i in np.unravel_index(flat, ratio.shape))
+    mismatch = Mismatch(
+        quantity,
+        "value",
+        int(bad.sum()),
+        expected.size,
+        idx,
+        float(expected[idx]),
+        float(a[idx]),
+        float(err[idx]),
+        float(bound[idx]),
+    )
+    return mismatch, worst
+
+
+def compare(
+    case: Case, actual: Outputs, *, expected: Outputs | None = None, quantities: Iterable[str] = QUANTITIES
+) -> Verdict:
+    """Check ``actual`` against the oracle for the chosen quantities (those the oracle produces)."""
+    expected = reference(case) if expected is None else expected
+    tol = bounds(case, expected)
+    dtypes = output_dtypes(case)
+    undetermined = indeterminate_channels(case)
+    mismatches: list[Mismatch] = []
+    ratios: dict[str, float] = {}
+    for q in quantities:
+        if q not in expected:
+            continue
+        if q not in actual:
+            mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))
+            continue
+        judged = np.ones(expected[q].shape, dtype=bool)
+        if q in indeterminate_quantities(case) and undetermined.any():
+            per_element = expected[q].shape == case.shape
+            defined = ~per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
+            judged = np.broadcast_to(defined, expected[q].shape)
+        mismatch, ratios[q] = _compare_one(q, expected[q], np.asarray(actual[q]), tol[q], dtypes[q], judged)
+        if mismatch is not None:
+            mismatches.append(mismatch)
+    return Verdict(case, tuple(mismatches), ratios)

@@ -1,0 +1,218 @@
+"""Where MXNet 1.9.1's BatchNorm is known to disagree with the oracle: one entry per deviation.
+
+Each entry says which quantities deviate, under exactly which conditions (a predicate on the case
+and the kernel that runs it), why we believe MXNet rather than the oracle is at fault (evidence),
+and a minimal case that shows it (``reproducer``).  The properties consult this list:
+
+* a case an entry applies to may fail in that entry's quantities, and in nothing else;
+* where the entry is *certain* for the case, it must fail in at least one of them, or the run
+  reports the entry as stale (MXNet was fixed, or the conditions are wrong);
+* tests/test_known_deviations.py runs every reproducer, which must fail exactly as described.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from bnprops.case import Case, param_dtype
+from bnprops.error_model import indeterminate_channels
+from bnprops.oracle import per_channel, statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class Expectation:
+    """What a known deviation predicts for one case."""
+
+    quantities: frozenset[str]
+    #: True: the case must fail in at least one of the quantities; False: it may.
+    certain: bool
+
+    @classmethod
+    def none(cls) -> Expectation:
+        return cls(frozenset(), False)
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownDeviation:
+    id: str
+    summary: str
+    #: Every quantity this deviation can make fail.
+    quantities: frozenset[str]
+    #: Human-readable conditions; ``predicate`` is their exact form.
+    conditions: str
+    predicate: Callable[[Case, str], Expectation]
+    evidence: str
+    reproducer: Callable[[], Case]
+    #: Entry points it shows on (None: all).
+    entries: frozenset[str] | None = None
+    upstream: str = "none found"
+
+    def expectation(self, case: Case, *, entry: str, kernel: str) -> Expectation:
+        if self.entries is not None and entry not in self.entries:
+            return Expectation.none()
+        found = self.predicate(case, kernel)
+        return Expectation(found.quantities & self.quantities, found.certain)
+
+
+def _minimal(values: list[float], dtype: str, **params: object) -> Case:
+    """A one-channel case (x of shape (M, 1)) with a ramp for dy, for reproducers."""
+    x = np.asarray(values, dtype=dtype).reshape(-1, 1)
+    pdt = param_dtype(dtype)
+    return Case(
+        x=x,
+        dy=np.linspace(-1, 1, x.size).astype(dtype).reshape(x.shape),
+        gamma=np.full(1, 1.5, pdt),
+        beta=np.full(1, 0.25, pdt),
+        moving_mean=np.zeros(1, pdt),
+        moving_var=np.ones(1, pdt),
+        fix_gamma=False,
+        regime="reproducer",
+        **params,  # type: ignore[arg-type]
+    )
+
+
+def _gradients(case: Case) -> set[str]:
+    """The quantities a wrong invstd spoils (dgamma is exactly 0 under fix_gamma whatever happens)."""
+    return {"y", "dx"} | (set() if case.fix_gamma else {"dgamma"}) | ({"invstd"} if case.output_mean_var else set())
+
+
+def _expect(channels: np.ndarray, quantities: set[str], *, certain: bool) -> Expectation:
+    if not channels.any() or not quantities:
+        return Expectation.none()
+    return Expectation(frozenset(quantities), certain)
+
+
+def _zero_variance(case: Case) -> np.ndarray:
+    return np.asarray(statistics(case)[1] == 0)
+
+
+def _native_zero_variance_eps0(case: Case, kernel: str) -> Expectation:
+    if kernel != "native" or case.use_global_stats or case.eps != 0:
+        return Expectation.none()
+    zero = _zero_variance(case)
+    # The guard needs the kernel's own sum of squares to be exactly 0: certain for a single value
+    # per channel; for more equal values their rounded mean may differ from them.
+    return _expect(zero, {"moving_var"}, certain=case.reduction_length == 1)
+
+
+def _float16_normaliser(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    exact = statistics(case)[1] + case.eps
+    with np.errstate(over="ignore"):
+        return exact, exact.astype(np.float16).astype(np.float64)
+
+
+def _float16_normaliser_out_of_range(case: Case, kernel: str) -> Expectation:
+    if case.dtype != "float16" or kernel != "native":
+        return Expectation.none()
+    _, rounded = _float16_normaliser(case)
+    guarded = _zero_variance(case) & (case.eps == 0)  # native-zero-variance-eps0's territory
+    hit = (np.isinf(rounded) | (rounded == 0)) & ~indeterminate_channels(case) & ~guarded
+    return _expect(hit, _gradients(case) | (set() if case.use_global_stats else {"moving_var"}), certain=True)
+
+
+def _float16_normaliser_subnormal(case: Case, kernel: str) -> Expectation:
+    if case.dtype != "float16" or kernel != "native":
+        return Expectation.none()
+    exact, rounded = _float16_normaliser(case)
+    f16 = np.finfo(np.float16)
+    with np.errstate(invalid="ignore"):
+        coarse = (rounded > 0) & (rounded < float(f16.tiny)) & (np.abs(rounded - exact) > exact * float(f16.eps) / 2)
+    # Whether the error crosses the bound depends on where in the ulp var + eps falls.
+    quantities = _gradients(case) | (set() if case.use_global_stats else {"moving_var"})
+    return _expect(coarse & ~indeterminate_channels(case), quantities, certain=False)
+
+
+def _float16_gradient_product_overflow(case: Case, kernel: str) -> Expectation:
+    if case.dtype != "float16" or kernel != "native":
+        return Expectation.none()
+    mean = statistics(case)[0].astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
+        product = centred * case.dy  # float16 x float16 rounds to float16, as the kernel's half_t does
+    overflow = ~np.isfinite(product).all(axis=case.reduce_axes) & ~indeterminate_channels(case)
+    quantities = (set() if case.fix_gamma else {"dgamma"}) | ({"dx"} if case.uses_batch_stats else set())
+    return _expect(overflow, quantities, certain=True)
+
+
+def _onednn_subnormal_eps(case: Case, kernel: str) -> Expectation:
+    tiny = float(np.finfo(np.float32).tiny)
+    if kernel != "onednn" or case.use_global_stats or not 0 < case.eps < tiny:
+        return Expectation.none()
+    # Channels with several equal values are indeterminate (their float32 variance need not be 0);
+    # what is left are exact zero variances, M = 1.
+    hit = _zero_variance(case) & ~indeterminate_channels(case)
+    return _expect(hit, {"dx"} | (set() if case.fix_gamma else {"dgamma"}), certain=True)
+
+
+KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
+    KnownDeviation(
+        id="native-zero-variance-eps0",
+        summary="Native kernel, eps=0 and a zero-variance channel: moving_var becomes inf",
+        quantities=frozenset({"moving_var"}),
+        conditions="native kernel (float16, float64, or float32 with MXNET_MKLDNN_ENABLED=0); batch statistics; "
+        "eps == 0; a channel whose values are all equal (certain when M = 1)",
+        predicate=_native_zero_variance_eps0,
+        evidence="batch_norm.cc guards `if (sum == 0 && param_.eps == 0.0) invstd = 0;` (y, dx and dgamma are 0/0 "
+        "there, which bnprops does not judge); the backward then recovers the variance as 1/invstd^2 - eps = inf "
+        "and writes an infinite moving_var although the batch variance is exactly 0 (its invstd output is 0, "
+        "which bnprops does not judge either). oneDNN (float32) keeps moving_var finite.",
+        reproducer=lambda: _minimal([1.0], "float64", eps=0.0),
+    ),
+    KnownDeviation(
+        id="float16-normaliser-out-of-range",
+        summary="float16 data: var + eps is rounded to float16, so it overflows above 65504 and vanishes below 2^-25",
+        quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
+        conditions="float16 data (native kernel); not both var == 0 and eps == 0; var + eps (batch or moving "
+        "statistics) >= 65520 (rounds to inf: invstd=0, y=beta, dx=dgamma=0, moving_var=inf) or < 2^-25 ~ 2.98e-8 (rounds to 0: invstd=inf, "
+        "NaNs)",
+        predicate=_float16_normaliser_out_of_range,
+        evidence="Probes with one channel: x=[-255.875, 255.875]*2 (var 65472) passes with eps=40 and fails with "
+        "eps=100 (var+eps=65572); a single value passes with eps=2.99e-8 and fails with eps=2.9e-8; "
+        "invstd=4096 for eps in [3e-8, 6e-8] (1/sqrt(float16(eps))). gamma, beta and the statistics are float32 "
+        "for float16 data precisely so that such values are representable.",
+        reproducer=lambda: _minimal([-256.0, 256.0, -256.0, 256.0], "float16"),
+    ),
+    KnownDeviation(
+        id="float16-normaliser-subnormal",
+        summary="float16 data: var + eps below 2^-14 is rounded to a float16 subnormal, up to 50% off",
+        quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
+        conditions="float16 data (native kernel); 2^-25 <= var + eps < 2^-14 and float16 rounding moves it by more "
+        "than half an ulp of a normal number (may fail: depends on where in the ulp it falls)",
+        predicate=_float16_normaliser_subnormal,
+        evidence="use_global_stats with moving_var=1e-7, eps=0: invstd=2896.3 (1/sqrt(float16(1e-7)) = "
+        "1/sqrt(1.19e-7)) against 3162.3; the error in y, dx and dgamma follows.",
+        reproducer=lambda: _minimal([1.0, 2.0, 3.0, 4.0], "float16", eps=0.0, use_global_stats=True).with_(
+            moving_var=np.array([1e-7], dtype=np.float32)
+        ),
+    ),
+    KnownDeviation(
+        id="float16-gradient-product-overflow",
+        summary="float16 data: the products (x - mean) * dy of the gradient sums are formed in float16 and overflow",
+        quantities=frozenset({"dgamma", "dx"}),
+        conditions="float16 data (native kernel); some element with |float16(x - mean) * dy| >= 65520, i.e. the "
+        "product rounds to inf in float16, although dgamma is a float32 output and the sum may be finite; "
+        "dgamma becomes NaN or inf, and with batch statistics dx becomes NaN",
+        predicate=_float16_gradient_product_overflow,
+        evidence="use_global_stats, mean 0, x=[a,-a,a,-a], dy=[b,b,-b,-b]: a=200, b=320 (product 64000) matches "
+        "the oracle (dgamma 0); a=200, b=330 (66000) gives dgamma=NaN, and with batch statistics dx=NaN too. "
+        "The oracle's dgamma there is finite (0), and float32 holds every term.",
+        reproducer=lambda: _minimal([200.0, -200.0, 200.0, -200.0], "float16").with_(
+            dy=np.array([[330.0], [330.0], [-330.0], [-330.0]], dtype=np.float16)
+        ),
+    ),
+    KnownDeviation(
+        id="onednn-subnormal-eps-flushed",
+        summary="oneDNN float32: a subnormal eps is flushed to zero, so a zero-variance channel gets NaN gradients",
+        quantities=frozenset({"dx", "dgamma"}),
+        conditions="float32 through oneDNN; batch statistics; 0 < eps < 2^-126 (float32 subnormal); a channel with "
+        "a single value (M = 1), whose variance is exactly 0",
+        predicate=_onednn_subnormal_eps,
+        evidence="x=[1.0] (M=1): eps=1e-39 and 1.4e-45 give dx=dgamma=NaN while y=beta; eps=1.2e-38 (normal) "
+        "gives the finite oracle values; float64 with the same eps matches the oracle. The backward computes "
+        "1/sqrt(0 + eps) with eps flushed to 0.",
+        reproducer=lambda: _minimal([1.0], "float32", eps=1e-39),
+    ),
+)

@@ -1,0 +1,101 @@
+"""The closed-form float64 BatchNorm that every MXNet result is checked against.
+
+It follows ../shared/spec/mxnet-batchnorm-semantics.md, each point of which was confirmed against
+MXNet 1.9.1's source and by runs (see tests/test_oracle.py for the evidence the oracle must keep
+passing: finite differences, identities and the forum thread's numbers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnprops.case import Case, Outputs, param_dtype
+
+
+def per_channel(case: Case, values: np.ndarray) -> np.ndarray:
+    """Reshape a per-channel vector so that it broadcasts against x."""
+    shape = [1] * case.x.ndim
+    shape[case.channel_axis] = case.channels
+    return np.asarray(values, dtype=np.float64).reshape(shape)
+
+
+def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel mean and variance the call normalises with (batch, biased; or the moving ones)."""
+    if case.use_global_stats:
+        return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
+    x = case.x.astype(np.float64)
+    mean = x.mean(axis=case.reduce_axes)
+    centred = x - per_channel(case, mean)
+    var = (centred * centred).mean(axis=case.reduce_axes)
+    return mean, var
+
+
+def momentum_as_applied(case: Case) -> tuple[float, float]:
+    """The two update coefficients, ``momentum`` and ``1 - momentum``, as MXNet applies them.
+
+    BatchNormParam declares momentum as a C++ float, so MXNet uses it rounded to float32, and forms
+    ``1 - momentum`` from that rounded value in the accumulation type (eps, a double, is used as
+    given).  Probed on float64 data: this model matches MXNet's moving statistics to the last bits,
+    while a float64 momentum is off by about 2.4e-8 * |old - batch| at the default 0.9, and a
+    float32 ``1 - momentum`` by up to 5e-8 relative.
+    """
+    mom = float(np.float32(case.momentum))
+    return mom, 1.0 - mom
+
+
+def reference(case: Case) -> Outputs:
+    """Every quantity of the call, in float64: forward, backward, side effects."""
+    x = case.x.astype(np.float64)
+    dy = case.dy.astype(np.float64)
+    red = case.reduce_axes
+    m = case.reduction_length
+    g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+    beta = case.beta.astype(np.float64)
+
+    mean, var = statistics(case)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        invstd = 1.0 / np.sqrt(var + case.eps)
+        xhat = (x - per_channel(case, mean)) * per_channel(case, invstd)
+        y = per_channel(case, g) * xhat + per_channel(case, beta)
+
+        dbeta = dy.sum(axis=red)
+        sum_dy_xhat = (dy * xhat).sum(axis=red)
+        # fix_gamma: gamma is the constant 1, so it has no gradient at all.
+        dgamma = np.zeros(case.channels) if case.fix_gamma else sum_dy_xhat
+        scale = per_channel(case, g * invstd)
+        if case.uses_batch_stats:
+            dx = scale * (dy - per_channel(case, dbeta / m) - xhat * per_channel(case, sum_dy_xhat / m))
+        else:
+            # The statistics are inputs, so no gradient flows through them.
+            dx = scale * dy
+
+        mom, rest = momentum_as_applied(case)
+        if case.uses_batch_stats:
+            moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean
+            moving_var = mom * case.moving_var.astype(np.float64) + rest * var
+        else:
+            moving_mean = case.moving_mean.astype(np.float64)
+            moving_var = case.moving_var.astype(np.float64)
+
+    out: Outputs = {
+        "y": y,
+        "dx": dx,
+        "dgamma": dgamma,
+        "dbeta": dbeta,
+        "moving_mean": moving_mean,
+        "moving_var": moving_var,
+        "gamma": np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64),
+    }
+    if case.output_mean_var:
+        out["mean"] = np.asarray(mean, dtype=np.float64)
+        out["invstd"] = invstd
+    return out
+
+
+def output_dtypes(case: Case) -> dict[str, str]:
+    """The dtype MXNet returns each quantity in."""
+    pdt = param_dtype(case.dtype)
+    return {
+        q: (case.dtype if q in ("y", "dx") else pdt)
+        for q in ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var", "gamma", "mean", "invstd")
+    }
