@@ -166,8 +166,8 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         summary="float16 data: var + eps is rounded to float16, so it overflows above 65504 and vanishes below 2^-25",
         quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
         conditions="float16 data (native kernel); not both var == 0 and eps == 0; var + eps (batch or moving "
-        "statistics) >= 65520 (rounds to inf: invstd=0, y=beta, dx=dgamma=0, moving_var=inf) or < 2^-25 ~ 2.98e-8 (rounds to 0: invstd=inf, "
-        "NaNs)",
+        "statistics) >= 65520 (rounds to inf: invstd=0, y=beta, dx=dgamma=0, moving_var=inf) or < 2^-25 ~ 2.98e-8 "
+        "(rounds to 0: invstd=inf, NaNs)",
         predicate=_float16_normaliser_out_of_range,
         evidence="Probes with one channel: x=[-255.875, 255.875]*2 (var 65472) passes with eps=40 and fails with "
         "eps=100 (var+eps=65572); a single value passes with eps=2.99e-8 and fails with eps=2.9e-8; "
