@@ -5,8 +5,12 @@ This is the single source of truth that ``pytest -m property`` and the fuzz job 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import math
 from collections.abc import Iterable
+
+import hypothesis
 
 from bnprops.case import QUANTITIES, Case
 from bnprops.comparator import Mismatch, Verdict, compare
@@ -35,6 +39,8 @@ class Outcome:
     unexpected: tuple[Mismatch, ...]
     #: Known deviations that apply to the case but did not reproduce (MXNet may have been fixed).
     stale: tuple[KnownDeviation, ...]
+    #: The quantities the caller asked about.
+    checked: frozenset[str]
 
     @property
     def ok(self) -> bool:
@@ -60,6 +66,11 @@ class Outcome:
 
 
 def judge(verdict: Verdict, *, entry: str, kernel: str, checked: Iterable[str]) -> Outcome:
+    """Sort a verdict over all quantities: findings among ``checked``, staleness over all of them.
+
+    A certain known deviation must show in some quantity it names, even one the calling property
+    does not check (dgamma may agree by accident where y cannot).
+    """
     checked = frozenset(checked)
     failed = verdict.failed_quantities
     explained: list[tuple[KnownDeviation, frozenset[str]]] = []
@@ -67,29 +78,52 @@ def judge(verdict: Verdict, *, entry: str, kernel: str, checked: Iterable[str]) 
     allowed: set[str] = set()
     for kd in KNOWN_DEVIATIONS:
         expectation = kd.expectation(verdict.case, entry=entry, kernel=kernel)
-        expected = expectation.quantities & checked
-        if not expected:
+        if not expectation.quantities:
             continue
-        allowed |= expected
-        hit = expected & failed
-        if hit:
-            explained.append((kd, frozenset(hit)))
-        elif expectation.certain:
+        allowed |= expectation.quantities
+        hit = expectation.quantities & failed
+        if hit & checked:
+            explained.append((kd, frozenset(hit & checked)))
+        elif not hit and expectation.certain:
             stale.append(kd)
-    unexpected = tuple(m for m in verdict.mismatches if m.quantity not in allowed)
-    return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale))
+    unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked and m.quantity not in allowed)
+    return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale), checked)
 
 
-def check(case: Case, *, runner: Runner, entry: str, quantities: Iterable[str] = QUANTITIES) -> Outcome:
-    """Run ``case`` through ``runner`` and judge the chosen quantities."""
+#: Cases judged in this process, by (entry, kernel, dtype, result); the pytest summary prints it.
+TALLY: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+
+
+def check(
+    case: Case, *, runner: Runner, entry: str, kernel: str | None = None, quantities: Iterable[str] = QUANTITIES
+) -> Outcome:
+    """Run ``case`` through ``runner`` and judge the chosen quantities (known deviations see them all)."""
     quantities = tuple(quantities)
-    verdict = compare(case, runner(case), quantities=quantities)
-    return judge(verdict, entry=entry, kernel=kernel_for(case), checked=quantities)
+    kernel = kernel_for(case) if kernel is None else kernel
+    verdict = compare(case, runner(case))
+    outcome = judge(verdict, entry=entry, kernel=kernel, checked=quantities)
+    result = "failed" if not outcome.ok else ("known deviation" if outcome.explained else "passed")
+    TALLY[(entry, kernel, case.dtype, result)] += 1
+    return outcome
 
 
-def assert_matches_oracle(case: Case, *, runner: Runner, entry: str, quantities: Iterable[str]) -> Outcome:
-    """Raise AssertionError, with what differed and a reproducer, unless the case passes or fails only as known."""
-    outcome = check(case, runner=runner, entry=entry, quantities=quantities)
+def steer(outcome: Outcome) -> None:
+    """Point Hypothesis at large error/bound ratios (one target per quantity); call inside a test."""
+    for quantity, ratio in outcome.verdict.ratios.items():
+        if quantity in outcome.checked and math.isfinite(ratio):
+            hypothesis.target(math.log10(ratio + 1e-300) if ratio > 0 else -300.0, label=quantity)
+
+
+def assert_matches_oracle(
+    case: Case, *, runner: Runner, entry: str, quantities: Iterable[str], kernel: str | None = None
+) -> Outcome:
+    """Raise AssertionError, with what differed and a reproducer, unless the case passes or fails only as known.
+
+    Inside a Hypothesis test it also steers the search toward large relative errors.
+    """
+    outcome = check(case, runner=runner, entry=entry, kernel=kernel, quantities=quantities)
+    if hypothesis.currently_in_test_context():
+        steer(outcome)
     if not outcome.ok:
         raise AssertionError(outcome.message())
     return outcome

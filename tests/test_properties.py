@@ -1,0 +1,42 @@
+"""The properties: MXNet's BatchNorm, through the symbolic executor, matches the oracle."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+
+from bnprops.case import Case
+from bnprops.checks import PROPERTIES, assert_matches_oracle
+from bnprops.runners import run_symbolic
+from bnprops.strategies import cases
+
+pytestmark = pytest.mark.property
+
+
+def check_symbolic(case: Case, prop: str) -> None:
+    assert_matches_oracle(case, runner=run_symbolic, entry="sym", quantities=PROPERTIES[prop])
+
+
+@given(case=cases())
+def test_parameter_gradients_match_the_oracle(case: Case) -> None:
+    check_symbolic(case, "parameter_gradients")
+
+
+@given(case=cases())
+def test_data_gradient_matches_the_oracle(case: Case) -> None:
+    check_symbolic(case, "data_gradient")
+
+
+@given(case=cases())
+def test_forward_output_matches_the_oracle(case: Case) -> None:
+    check_symbolic(case, "forward_output")
+
+
+@given(case=cases())
+def test_moving_statistics_match_the_oracle(case: Case) -> None:
+    check_symbolic(case, "moving_statistics")
+
+
+@given(case=cases())
+def test_fix_gamma_side_effect_matches_the_oracle(case: Case) -> None:
+    check_symbolic(case, "gamma_side_effect")
