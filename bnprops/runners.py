@@ -90,4 +90,23 @@ def run_symbolic(case: Case) -> Outputs:
     return result
 
 
+#: Entry points by name: how a user reaches the operator.
 RUNNERS: dict[str, Runner] = {"sym": run_symbolic}
+#: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
+BACKENDS = ("onednn", "native")
+
+
+def runner_for(entry: str, backend: str) -> Runner:
+    """The runner for an entry point on a backend.
+
+    Only the backend this process runs in is served in-process (see ONEDNN_ENABLED); the other one
+    needs a process started with MXNET_MKLDNN_ENABLED set accordingly.
+    """
+    if entry not in RUNNERS:
+        raise ValueError(f"unknown entry point {entry!r}; choose from {sorted(RUNNERS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    in_process = "onednn" if ONEDNN_ENABLED else "native"
+    if backend != in_process:
+        raise NotImplementedError(f"backend {backend!r} needs a worker process (not built yet)")
+    return RUNNERS[entry]
