@@ -1,0 +1,100 @@
+"""A pure-numpy BatchNorm subject, correct or with one planted fault, for the meta tests.
+
+It computes in float32 (float64 for float64 data) the textbook way and rounds each result to the
+dtype MXNet returns, so the clean subject also exercises the error model with real rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnprops.case import Case, Outputs
+from bnprops.oracle import momentum_as_applied, output_dtypes
+
+#: Each fault and what it gets wrong.
+FAULTS = {
+    "unbiased_variance": "divides the sum of squares by M - 1",
+    "eps_dropped": "normalises by sqrt(var) instead of sqrt(var + eps)",
+    "dgamma_not_zeroed": "returns sum(dy * xhat) as dgamma under fix_gamma",
+    "stats_over_all_axes": "reduces over every axis, the channel axis too",
+    "dgamma_off_by_half_percent": "scales dgamma by 1.005",
+    "dbeta_off_by_half_percent": "scales dbeta by 1.005",
+    "dx_off_by_half_percent": "scales dx by 1.005",
+    "beta_dropped": "leaves beta out of y",
+    "momentum_swapped": "updates moving = (1 - m) old + m batch",
+    "gamma_not_written": "leaves gamma as it was under fix_gamma",
+    "global_stats_ignored": "normalises with batch statistics under use_global_stats",
+    "invstd_is_variance": "returns the variance as the second output_mean_var output",
+}
+
+
+def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; choose from {sorted(FAULTS)}")
+    ct = np.float64 if case.dtype == "float64" else np.float32
+    x = case.x.astype(ct)
+    dy = case.dy.astype(ct)
+    shape = [1] * x.ndim
+    shape[case.channel_axis] = case.channels
+    red = case.reduce_axes
+    m = ct(case.reduction_length)
+    g = np.ones(case.channels, ct) if case.fix_gamma else case.gamma.astype(ct)
+    beta = np.zeros(case.channels, ct) if fault == "beta_dropped" else case.beta.astype(ct)
+
+    batch_stats = case.uses_batch_stats or fault == "global_stats_ignored"
+    with np.errstate(all="ignore"):
+        if batch_stats and fault == "stats_over_all_axes":
+            mean = np.full(case.channels, x.mean(), ct)
+            var = np.full(case.channels, ((x - x.mean()) ** 2).mean(), ct)
+        elif batch_stats:
+            mean = x.mean(axis=red)
+            centred = x - mean.reshape(shape)
+            denom = ct(max(case.reduction_length - 1, 1)) if fault == "unbiased_variance" else m
+            var = (centred * centred).sum(axis=red) / denom
+        else:
+            mean = case.moving_mean.astype(ct)
+            var = case.moving_var.astype(ct)
+        invstd = ct(1) / np.sqrt(var if fault == "eps_dropped" else var + ct(case.eps))
+        xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+        y = g.reshape(shape) * xhat + beta.reshape(shape)
+
+        dbeta = dy.sum(axis=red)
+        sum_dy_xhat = (dy * xhat).sum(axis=case.reduce_axes)
+        dgamma = sum_dy_xhat if (not case.fix_gamma or fault == "dgamma_not_zeroed") else np.zeros_like(dbeta)
+        scale = (g * invstd).reshape(shape)
+        if batch_stats:
+            dx = scale * (dy - (dbeta / m).reshape(shape) - xhat * (sum_dy_xhat / m).reshape(shape))
+        else:
+            dx = scale * dy
+
+        mom, rest = momentum_as_applied(case)
+        if fault == "momentum_swapped":
+            mom, rest = rest, mom
+        if case.uses_batch_stats:
+            moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean
+            moving_var = mom * case.moving_var.astype(np.float64) + rest * var
+        else:
+            moving_mean, moving_var = case.moving_mean, case.moving_var
+
+    if fault == "dgamma_off_by_half_percent":
+        dgamma = dgamma * 1.005
+    if fault == "dbeta_off_by_half_percent":
+        dbeta = dbeta * 1.005
+    if fault == "dx_off_by_half_percent":
+        dx = dx * 1.005
+    gamma_after = case.gamma if (fault == "gamma_not_written" or not case.fix_gamma) else np.ones(case.channels)
+    out = {
+        "y": y,
+        "dx": dx,
+        "dgamma": dgamma,
+        "dbeta": dbeta,
+        "moving_mean": moving_mean,
+        "moving_var": moving_var,
+        "gamma": gamma_after,
+    }
+    if case.output_mean_var:
+        out["mean"] = mean
+        out["invstd"] = var if fault == "invstd_is_variance" else invstd
+    dtypes = output_dtypes(case)
+    with np.errstate(over="ignore"):
+        return {q: np.asarray(v).astype(dtypes[q]) for q, v in out.items()}

@@ -1,0 +1,96 @@
+"""The error model: bounds wide enough for correct float arithmetic, narrow enough to catch 0.5%."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+
+from bnprops.case import Case
+from bnprops.checks import check
+from bnprops.error_model import bounds, indeterminate_channels, unit_roundoff
+from bnprops.oracle import reference
+from bnprops.strategies import cases
+from tests.helpers import one_channel_case
+from tests.planted import numpy_batchnorm
+
+sample = settings(
+    max_examples=300,
+    database=None,
+    derandomize=True,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def detection_rate(*, fault: str, quantity: str, dtype: str) -> float:
+    """The share of ordinary cases (M > 1, random heads, learnable gamma) where the fault is flagged."""
+    runner = functools.partial(numpy_batchnorm, fault=fault)
+    seen: list[bool] = []
+
+    @sample
+    @given(
+        case=cases(dtypes=[dtype], value_regimes=["ordinary"], head_regimes=["random"], fix_gamma=False).filter(
+            lambda c: c.reduction_length > 1
+        )
+    )
+    def run(case: Case) -> None:
+        outcome = check(case, runner=runner, entry="subject", kernel="subject", quantities=(quantity,))
+        seen.append(not outcome.ok)
+
+    run()
+    return sum(seen) / len(seen)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("fault", "quantity"),
+    [
+        ("dgamma_off_by_half_percent", "dgamma"),
+        ("dbeta_off_by_half_percent", "dbeta"),
+        ("dx_off_by_half_percent", "dx"),
+    ],
+)
+def test_a_half_percent_error_is_caught_on_ordinary_data(fault: str, quantity: str, dtype: str) -> None:
+    # Measured 0.99 to 1.0; the misses are cases whose quantity nearly cancels (sum(dy * xhat) ~ 0).
+    rate = detection_rate(fault=fault, quantity=quantity, dtype=dtype)
+    assert rate >= 0.95, f"a 0.5% error in {quantity} was caught in only {rate:.0%} of ordinary {dtype} cases"
+
+
+def test_unit_roundoffs_are_half_an_ulp_of_one() -> None:
+    assert unit_roundoff("float16") == 2.0**-11
+    assert unit_roundoff("float32") == 2.0**-24
+    assert unit_roundoff("float64") == 2.0**-53
+
+
+@sample
+@given(case=cases())
+def test_quantities_a_correct_kernel_gets_exactly_have_zero_bounds(case: Case) -> None:
+    tol = bounds(case, reference(case))
+    assert np.all(tol["gamma"] == 0)
+    if case.fix_gamma:
+        assert np.all(tol["dgamma"] == 0)
+    if case.use_global_stats:
+        assert np.all(tol["moving_mean"] == 0) and np.all(tol["moving_var"] == 0)
+
+
+@sample
+@given(case=cases(value_regimes=["ordinary", "offset", "large"]).filter(lambda c: c.reduction_length > 1))
+def test_data_with_spread_is_never_indeterminate(case: Case) -> None:
+    assert not indeterminate_channels(case).any()
+
+
+def test_a_constant_channel_with_eps_zero_is_indeterminate() -> None:
+    assert indeterminate_channels(one_channel_case([2.0, 2.0, 2.0], eps=0.0)).all()
+    # One value per channel is exact: its variance is 0 in any arithmetic.
+    assert not indeterminate_channels(one_channel_case([2.0], eps=1e-30)).any()
+
+
+def test_float16_bounds_are_wider_than_float32_bounds_for_the_same_values() -> None:
+    wide = one_channel_case([0.5, -1.0, 2.0, 3.5], dtype="float16")
+    narrow = one_channel_case([0.5, -1.0, 2.0, 3.5], dtype="float32")
+    for q in ("y", "dx", "dbeta", "dgamma"):
+        assert np.all(bounds(wide, reference(wide))[q] > bounds(narrow, reference(narrow))[q])

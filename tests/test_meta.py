@@ -1,0 +1,83 @@
+"""Every property catches a planted fault, and passes a correct float implementation.
+
+The subject (tests/planted.py) goes through exactly the check the properties use; a property that
+cannot tell a faulty BatchNorm from a right one is a defect.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import find as hypothesis_find
+
+from bnprops.case import Case
+from bnprops.checks import PROPERTIES, check
+from bnprops.strategies import cases
+from tests.planted import FAULTS, numpy_batchnorm
+
+#: For each property, the faults it must catch (every fault is caught by some property).
+CATCHES = {
+    "parameter_gradients": [
+        "dgamma_not_zeroed",
+        "dgamma_off_by_half_percent",
+        "dbeta_off_by_half_percent",
+        "eps_dropped",
+        "unbiased_variance",
+        "global_stats_ignored",
+    ],
+    "data_gradient": [
+        "unbiased_variance",
+        "eps_dropped",
+        "stats_over_all_axes",
+        "dx_off_by_half_percent",
+        "global_stats_ignored",
+    ],
+    "forward_output": [
+        "eps_dropped",
+        "unbiased_variance",
+        "stats_over_all_axes",
+        "beta_dropped",
+        "global_stats_ignored",
+        "invstd_is_variance",
+    ],
+    "moving_statistics": ["momentum_swapped", "unbiased_variance", "stats_over_all_axes"],
+    "gamma_side_effect": ["gamma_not_written"],
+}
+PAIRS = [(prop, fault) for prop, faults in CATCHES.items() for fault in faults]
+
+search = settings(
+    max_examples=400,
+    database=None,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.generate, Phase.shrink],
+)
+
+
+def judged_by(prop: str, fault: str | None):  # type: ignore[no-untyped-def]
+    runner = functools.partial(numpy_batchnorm, fault=fault)
+    return lambda case: check(case, runner=runner, entry="subject", kernel="subject", quantities=PROPERTIES[prop])
+
+
+def test_every_fault_is_caught_by_some_property() -> None:
+    assert {fault for _, fault in PAIRS} == set(FAULTS)
+    assert set(CATCHES) == set(PROPERTIES)
+
+
+@pytest.mark.parametrize(("prop", "fault"), PAIRS, ids=[f"{p}-catches-{f}" for p, f in PAIRS])
+def test_property_catches_planted_fault(prop: str, fault: str) -> None:
+    judge = judged_by(prop, fault)
+    found = hypothesis_find(cases(), lambda case: not judge(case).ok, settings=search)
+    outcome = judge(found)
+    assert outcome.unexpected, f"{prop} flagged {found.describe()} only through a known deviation"
+
+
+@pytest.mark.parametrize("prop", sorted(PROPERTIES))
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(case=cases())
+def test_property_passes_a_correct_float_implementation(prop: str, case: Case) -> None:
+    outcome = judged_by(prop, None)(case)
+    assert outcome.ok, outcome.message()
