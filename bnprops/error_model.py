@@ -21,7 +21,7 @@ The propagation, per channel (e_* are absolute error bounds):
 
 * ``e_mean = sum_err D`` (zero under use_global_stats, where the mean is an input, and for M = 1,
   where the mean is the value itself and x - mean is exactly 0);
-* centred values ``c = x - mean``: ``e_c = e_mean + 2 u (D + |mean|)``;
+* centred values ``c = x - mean``: ``e_c = e_mean + u (max|c| + e_mean)`` (one rounded subtraction);
 * ``e_var = 2 sqrt(var) e_c + sum_err var + e_c^2`` (zero under use_global_stats);
 * ``rel(invstd) = (e_var + 2 u (var + eps)) / (2 S^2) + 3 u`` (eps and the sum are rounded too);
 * ``e_xhat = e_c / S + |xhat| (rel(invstd) + u)``;
@@ -100,11 +100,13 @@ def _statistics(case: Case) -> _Statistics:
     u = unit_roundoff(compute_dtype(case.dtype))
     sum_err = u + (case.reduction_length + 2) * unit_roundoff(accumulation_dtype(case.dtype))
     mean, var = statistics(case)
-    x = np.abs(case.x.astype(np.float64))
+    x = case.x.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        d = x.max(axis=case.reduce_axes) if x.size else np.zeros(case.channels)
+        d = np.abs(x).max(axis=case.reduce_axes) if x.size else np.zeros(case.channels)
         e_mean = np.zeros(case.channels) if case.use_global_stats else sum_err * d
-        e_c = e_mean + 2 * u * (d + np.abs(mean))
+        # x - mean is one subtraction: its rounding is relative to the centred value, not to x.
+        centred = np.abs(x - per_channel(case, mean)).max(axis=case.reduce_axes) if x.size else np.zeros(case.channels)
+        e_c = e_mean + u * (centred + e_mean)
         if not case.use_global_stats and case.reduction_length == 1:
             # One value per channel: its mean is itself and x - mean is exactly 0.
             e_mean = e_c = np.zeros(case.channels)

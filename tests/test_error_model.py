@@ -78,8 +78,13 @@ def test_quantities_a_correct_kernel_gets_exactly_have_zero_bounds(case: Case) -
 
 
 @sample
-@given(case=cases(value_regimes=["ordinary", "offset", "large"]).filter(lambda c: c.reduction_length > 1))
+@given(
+    case=cases(dtypes=["float32", "float64"], value_regimes=["ordinary", "offset", "large"]).filter(
+        lambda c: c.reduction_length > 1
+    )
+)
 def test_data_with_spread_is_never_indeterminate(case: Case) -> None:
+    # (float16 data with an offset of 300 spreads may be: a float16 ulp there is a tenth of the spread.)
     assert not indeterminate_channels(case).any()
 
 
