@@ -90,7 +90,7 @@ def judge(verdict: Verdict, *, entry: str, kernel: str, checked: Iterable[str]) 
     return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale), checked)
 
 
-#: Cases judged in this process, by (entry, kernel, dtype, result); the pytest summary prints it.
+#: Cases judged by assert_matches_oracle in this process, by (entry, kernel, dtype, result).
 TALLY: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
 
 
@@ -101,10 +101,7 @@ def check(
     quantities = tuple(quantities)
     kernel = kernel_for(case) if kernel is None else kernel
     verdict = compare(case, runner(case))
-    outcome = judge(verdict, entry=entry, kernel=kernel, checked=quantities)
-    result = "failed" if not outcome.ok else ("known deviation" if outcome.explained else "passed")
-    TALLY[(entry, kernel, case.dtype, result)] += 1
-    return outcome
+    return judge(verdict, entry=entry, kernel=kernel, checked=quantities)
 
 
 def steer(outcome: Outcome) -> None:
@@ -122,6 +119,8 @@ def assert_matches_oracle(
     Inside a Hypothesis test it also steers the search toward large relative errors.
     """
     outcome = check(case, runner=runner, entry=entry, kernel=kernel, quantities=quantities)
+    result = "failed" if not outcome.ok else ("known deviation" if outcome.explained else "passed")
+    TALLY[(entry, kernel or kernel_for(case), case.dtype, result)] += 1
     if hypothesis.currently_in_test_context():
         steer(outcome)
     if not outcome.ok:

@@ -1,0 +1,81 @@
+"""Judging: findings fail, known deviations are expected where they apply, and stale ones are reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnprops.checks import assert_matches_oracle, check
+from bnprops.known_deviations import KNOWN_DEVIATIONS
+from bnprops.oracle import reference
+from tests.helpers import one_channel_case
+
+ZERO_VARIANCE_EPS0 = next(kd for kd in KNOWN_DEVIATIONS if kd.id == "native-zero-variance-eps0")
+
+
+def oracle_runner(case):  # type: ignore[no-untyped-def]
+    return reference(case)
+
+
+def test_a_matching_runner_passes() -> None:
+    outcome = check(one_channel_case([1.0, 2.0, 4.0]), runner=oracle_runner, entry="sym")
+    assert outcome.ok and not outcome.explained
+
+
+def test_a_wrong_quantity_is_a_finding_with_a_reproducer() -> None:
+    def wrong_dbeta(case):  # type: ignore[no-untyped-def]
+        out = reference(case)
+        out["dbeta"] = out["dbeta"] + 1
+        return out
+
+    case = one_channel_case([1.0, 2.0, 4.0])
+    with pytest.raises(AssertionError) as info:
+        assert_matches_oracle(case, runner=wrong_dbeta, entry="test-double", quantities=("dbeta",))
+    message = str(info.value)
+    assert "dbeta" in message and "expected (oracle)" in message and "mx.sym.BatchNorm" in message
+
+
+def test_a_quantity_outside_the_property_is_not_its_finding() -> None:
+    def wrong_y(case):  # type: ignore[no-untyped-def]
+        out = reference(case)
+        out["y"] = out["y"] + 1
+        return out
+
+    outcome = check(one_channel_case([1.0, 2.0, 4.0]), runner=wrong_y, entry="sym", quantities=("dbeta",))
+    assert outcome.ok
+
+
+def test_a_known_deviation_is_expected_where_it_applies() -> None:
+    case = ZERO_VARIANCE_EPS0.reproducer()
+
+    def deviating(c):  # type: ignore[no-untyped-def]
+        out = reference(c)
+        out["moving_var"] = np.full_like(out["moving_var"], np.inf)
+        return out
+
+    outcome = check(case, runner=deviating, entry="sym", kernel="native", quantities=("moving_var",))
+    assert outcome.ok and [kd.id for kd, _ in outcome.explained] == [ZERO_VARIANCE_EPS0.id]
+
+
+def test_a_known_deviation_does_not_excuse_other_quantities() -> None:
+    case = ZERO_VARIANCE_EPS0.reproducer()
+
+    def deviating_everywhere(c):  # type: ignore[no-untyped-def]
+        out = reference(c)
+        out["moving_var"] = np.full_like(out["moving_var"], np.inf)
+        out["moving_mean"] = out["moving_mean"] + 1
+        return out
+
+    outcome = check(case, runner=deviating_everywhere, entry="sym", kernel="native")
+    assert [m.quantity for m in outcome.unexpected] == ["moving_mean"]
+
+
+def test_a_certain_known_deviation_that_no_longer_reproduces_is_stale() -> None:
+    outcome = check(ZERO_VARIANCE_EPS0.reproducer(), runner=oracle_runner, entry="sym", kernel="native")
+    assert not outcome.ok and outcome.stale == (ZERO_VARIANCE_EPS0,)
+    assert "did not reproduce" in outcome.message()
+
+
+def test_known_deviations_are_bound_to_their_kernel() -> None:
+    outcome = check(ZERO_VARIANCE_EPS0.reproducer(), runner=oracle_runner, entry="sym", kernel="onednn")
+    assert outcome.ok and not outcome.stale
