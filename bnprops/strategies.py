@@ -7,6 +7,7 @@ shrink); array contents come from a drawn seed through numpy, which is far cheap
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,6 +101,12 @@ def _validate_choice(name: str, values: Sequence[str] | None, allowed: Sequence[
     return values
 
 
+@functools.cache
+def _integers(lo: int, hi: int) -> st.SearchStrategy[int]:
+    # Built once per range: constructing and validating strategies per draw costs more than the draw.
+    return st.integers(lo, hi)
+
+
 @st.composite
 def shapes_and_axes(
     draw: st.DrawFn,
@@ -111,14 +118,14 @@ def shapes_and_axes(
     max_side: int,
     max_elements: int,
 ) -> tuple[tuple[int, ...], int]:
-    ndim = draw(st.integers(min_ndim, max_ndim))
-    axis = draw(st.integers(-ndim, ndim - 1))
+    ndim = draw(_integers(min_ndim, max_ndim))
+    axis = draw(_integers(-ndim, ndim - 1))
     caxis = axis % ndim
     budget = max_elements
     dims = []
     for i in range(ndim):
         cap = max_channels if i == caxis else (max_batch if i == 0 else max_side)
-        d = draw(st.integers(1, max(1, min(cap, budget))))
+        d = draw(_integers(1, max(1, min(cap, budget))))
         budget = max(1, budget // d)
         dims.append(d)
     return tuple(dims), axis
@@ -162,23 +169,28 @@ def cases(
     def flag(value: bool | None) -> st.SearchStrategy[bool]:
         return st.booleans() if value is None else st.just(value)
 
+    shape_s = shapes_and_axes(
+        min_ndim=min_ndim,
+        max_ndim=max_ndim,
+        max_channels=max_channels,
+        max_batch=max_batch,
+        max_side=max_side,
+        max_elements=max_elements,
+    )
+    dtype_s, value_s, head_s = st.sampled_from(dtypes_), st.sampled_from(values_), st.sampled_from(heads_)
+    fix_gamma_s, ugs_s, omv_s = flag(fix_gamma), flag(use_global_stats), flag(output_mean_var)
+    eps_s = epsilons() if eps is None else eps
+    momentum_s = momenta() if momentum is None else momentum
+    seed_s = st.integers(0, 2**32 - 1)
+
     @st.composite
     def build(draw: st.DrawFn) -> Case:
-        shape, axis = draw(
-            shapes_and_axes(
-                min_ndim=min_ndim,
-                max_ndim=max_ndim,
-                max_channels=max_channels,
-                max_batch=max_batch,
-                max_side=max_side,
-                max_elements=max_elements,
-            )
-        )
-        dtype = draw(st.sampled_from(dtypes_))
-        value_regime = draw(st.sampled_from(values_))
-        head_regime = draw(st.sampled_from(heads_))
-        ugs = draw(flag(use_global_stats))
-        seed = draw(st.integers(0, 2**32 - 1))
+        shape, axis = draw(shape_s)
+        dtype = draw(dtype_s)
+        value_regime = draw(value_s)
+        head_regime = draw(head_s)
+        ugs = draw(ugs_s)
+        seed = draw(seed_s)
         rng = np.random.default_rng(seed)
         caxis = axis % len(shape)
         channels = shape[caxis]
@@ -197,11 +209,11 @@ def cases(
             moving_mean=moving_mean,
             moving_var=moving_var,
             axis=axis,
-            eps=draw(epsilons() if eps is None else eps),
-            momentum=draw(momenta() if momentum is None else momentum),
-            fix_gamma=draw(flag(fix_gamma)),
+            eps=draw(eps_s),
+            momentum=draw(momentum_s),
+            fix_gamma=draw(fix_gamma_s),
             use_global_stats=ugs,
-            output_mean_var=draw(flag(output_mean_var)),
+            output_mean_var=draw(omv_s),
             regime=f"{value_regime}/{head_regime}",
         )
 
