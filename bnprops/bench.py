@@ -1,0 +1,99 @@
+"""The speed benchmark: each stage's throughput against the raw ceiling, measured in one run.
+
+Stages (cases per second, and the ratio to the ceiling):
+
+* ceiling   pre-drawn cases through the runner, oracle and comparator in a tight loop
+            (no Hypothesis): what one process can judge at best;
+* empty     a Hypothesis loop over the same strategy with an empty body: Hypothesis's own cost;
+* property  the property run's body (assert_matches_oracle on every quantity) under Hypothesis;
+* fuzz      the fuzz job on all cores, when it is available.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from bnprops.case import QUANTITIES, Case
+from bnprops.checks import assert_matches_oracle, check
+from bnprops.runners import run_symbolic
+from bnprops.strategies import cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    cases: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.cases / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _loop_settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        database=None,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def _hypothesis_stage(name: str, examples: int, body: Callable[[Case], None]) -> Stage:
+    count = 0
+
+    @_loop_settings(examples)
+    @given(case=cases())
+    def loop(case: Case) -> None:
+        nonlocal count
+        count += 1
+        body(case)
+
+    start = time.perf_counter()
+    loop()
+    return Stage(name, count, time.perf_counter() - start)
+
+
+def draw_cases(examples: int) -> list[Case]:
+    drawn: list[Case] = []
+    _hypothesis_stage("draw", examples, drawn.append)
+    return drawn
+
+
+def ceiling(drawn: list[Case]) -> Stage:
+    start = time.perf_counter()
+    for case in drawn:
+        check(case, runner=run_symbolic, entry="sym")
+    return Stage("ceiling", len(drawn), time.perf_counter() - start)
+
+
+def empty(examples: int) -> Stage:
+    return _hypothesis_stage("empty", examples, lambda case: None)
+
+
+def property_run(examples: int) -> Stage:
+    def body(case: Case) -> None:
+        assert_matches_oracle(case, runner=run_symbolic, entry="sym", quantities=QUANTITIES)
+
+    return _hypothesis_stage("property", examples, body)
+
+
+def run(*, examples: int = 1000) -> list[Stage]:
+    """Measure every stage on the same strategy; the first pass warms MXNet's executor cache."""
+    drawn = draw_cases(examples)
+    ceiling(drawn)  # warm-up: binds the executors the timed stages reuse
+    return [ceiling(drawn), empty(examples), property_run(examples)]
+
+
+def format_table(stages: list[Stage]) -> str:
+    base = stages[0].rate
+    lines = [f"{'stage':<10}{'cases':>8}{'seconds':>10}{'cases/s':>10}{'x ceiling':>11}"]
+    for s in stages:
+        lines.append(f"{s.name:<10}{s.cases:>8}{s.seconds:>10.2f}{s.rate:>10.1f}{s.rate / base:>11.2f}")
+    return "\n".join(lines)
