@@ -332,7 +332,7 @@ print('moving', exe.aux_dict['bn_moving_mean'].asnumpy(), exe.aux_dict['bn_movin
 """
 
 _SNIPPET_AUTOGRAD = """
-mod, op = {modules}
+{setup}mod, op = {modules}
 arrays = {{'data': mod.array(x, dtype=x.dtype), 'gamma': mod.array(gamma, dtype=pdt),
           'beta': mod.array(beta, dtype=pdt)}}
 mm, mv = mod.array(moving_mean, dtype=pdt), mod.array(moving_var, dtype=pdt)
@@ -341,12 +341,11 @@ for t, r in req.items():
         arrays[t].attach_grad(grad_req=r)
 for t, value in prior.items():
     arrays[t].grad[:] = value
-{scope}with mx.autograd.record(train_mode=is_train):
-{indent}    outs = op(arrays['data'], arrays['gamma'], arrays['beta'], mm, mv,
-{indent}              output_mean_var=output_mean_var, **params)
-{indent}y = outs[0] if output_mean_var else outs
-{indent}print('moving after forward', mm.asnumpy(), mv.asnumpy())
-{indent}mx.autograd.backward([y], [mod.array(dy, dtype=dy.dtype)], train_mode=is_train)
+with mx.autograd.record(train_mode=is_train):
+    outs = op(arrays['data'], arrays['gamma'], arrays['beta'], mm, mv, output_mean_var=output_mean_var, **params)
+y = outs[0] if output_mean_var else outs
+print('moving after forward', mm.asnumpy(), mv.asnumpy())
+mx.autograd.backward([y], [mod.array(dy, dtype=dy.dtype)], train_mode=is_train)
 print('y', y.asnumpy())
 if output_mean_var:
     print('mean', outs[1].asnumpy(), 'invstd', outs[2].asnumpy())
@@ -399,13 +398,9 @@ print('moving', layer.running_mean.data().asnumpy(), layer.running_var.data().as
 
 _SNIPPET_BODIES = {
     "sym": _SNIPPET_SYM,
-    "nd": _SNIPPET_AUTOGRAD.format(modules="mx.nd, mx.nd.BatchNorm", scope="", indent=""),
-    "npx": _SNIPPET_AUTOGRAD.format(
-        modules="mx.np, mx.npx.batch_norm",
-        # the numpy interface's semantics, as mx.npx.set_np() turns them on
-        scope="with mx.util.np_shape(True), mx.util.np_array(True):\n    ",
-        indent="    ",
-    ),
+    "nd": _SNIPPET_AUTOGRAD.format(modules="mx.nd, mx.nd.BatchNorm", setup=""),
+    # the numpy interface, as its users turn it on (bnprops's runner scopes it to the call)
+    "npx": _SNIPPET_AUTOGRAD.format(modules="mx.np, mx.npx.batch_norm", setup="mx.npx.set_np()\n"),
     "gluon": _SNIPPET_GLUON.format(hybridize=""),
     "gluon-hybrid": _SNIPPET_GLUON.format(hybridize="layer.hybridize()\n"),
 }

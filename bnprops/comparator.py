@@ -147,11 +147,15 @@ def _judged(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.
     return np.ones(shape, dtype=bool)
 
 
-def compare_pair(case: Case, first: Outputs, second: Outputs, *, quantities: Iterable[str] = QUANTITIES) -> Verdict:
+def compare_pair(
+    case: Case, first: Outputs, second: Outputs, *, exact: bool = False, quantities: Iterable[str] = QUANTITIES
+) -> Verdict:
     """Do two implementations agree? Each may be off the oracle by its bound, so they may differ by twice it.
 
     Judged where the oracle comparison judges, over the quantities both produce; the NaN/inf
-    patterns must match. A mismatch's "expected" is ``second``'s value, "actual" ``first``'s.
+    patterns must match. ``exact``: the two ran the same computation, so every element must be
+    the same, indeterminate channels included. A mismatch's "expected" is ``second``'s value,
+    "actual" ``first``'s.
     """
     expected = reference(case)
     tol = bounds(case, expected)
@@ -167,8 +171,9 @@ def compare_pair(case: Case, first: Outputs, second: Outputs, *, quantities: Ite
             detail = f"shapes {a.shape} and {b.shape}"
             mismatches.append(Mismatch(q, "shape", b.size, b.size, (), np.nan, np.nan, np.nan, 0.0, detail))
             continue
-        judged = _judged(case, q, b.shape, undetermined)
-        mismatch, ratios[q] = _compare_one(q, b.astype(np.float64), a, 2 * tol[q], dtypes[q], judged)
+        judged: np.ndarray = np.ones(b.shape, dtype=bool) if exact else _judged(case, q, b.shape, undetermined)
+        bound: np.ndarray = np.zeros(b.shape) if exact else 2 * tol[q]
+        mismatch, ratios[q] = _compare_one(q, b.astype(np.float64), a, bound, dtypes[q], judged)
         if mismatch is not None:
             mismatches.append(mismatch)
     return Verdict(case, tuple(mismatches), ratios)

@@ -157,7 +157,8 @@ def _onednn_fix_gamma_add(case: Case, kernel: str) -> Expectation:
         return Expectation.none()
     prior = case.prior("gamma")
     wiped = np.asarray(prior != 0) if prior is not None else np.zeros(case.channels, dtype=bool)
-    return _expect(wiped, {"dgamma"}, certain=True)
+    # dgamma is not judged where invstd is indeterminate (var + eps = 0): nothing to see there.
+    return _expect(wiped & ~indeterminate_channels(case), {"dgamma"}, certain=True)
 
 
 def sym_inference_dx(case: Case) -> np.ndarray:
@@ -195,6 +196,27 @@ def _sym_inference_backward(case: Case, kernel: str) -> Expectation:
     if not (visible & ~undetermined).any():
         return Expectation(frozenset(drift), certain=False)
     return Expectation(frozenset(drift | {"dx"}), certain=True)
+
+
+def _empty_batch_dgamma(case: Case, kernel: str) -> Expectation:
+    if case.x.size or case.fix_gamma or not case.uses_batch_stats or case.request("gamma") == "null":
+        return Expectation.none()
+    return Expectation(frozenset({"dgamma"}), certain=True)
+
+
+def _empty(dtype: str, **params: object) -> Case:
+    pdt = param_dtype(dtype)
+    x = np.zeros((0, 2), dtype=dtype)
+    return Case(
+        x=x,
+        dy=x.copy(),
+        gamma=np.full(2, 1.5, pdt),
+        beta=np.full(2, 0.25, pdt),
+        moving_mean=np.zeros(2, pdt),
+        moving_var=np.ones(2, pdt),
+        regime="reproducer",
+        **params,  # type: ignore[arg-type]
+    )
 
 
 KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
@@ -302,5 +324,55 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         reproducer=lambda: _minimal([1.0, 2.0, 4.0, -3.0], "float64", is_train=False),
         entries=frozenset({"sym"}),
         upstream="apache/incubator-mxnet#9580 (the autograd form of the same mix-up)",
+    ),
+    KnownDeviation(
+        id="empty-batch-nan-dgamma",
+        summary="An empty batch (numpy shape semantics) gives dgamma = NaN instead of the empty sum 0",
+        quantities=frozenset({"dgamma"}),
+        conditions="x with no elements (a zero-length axis other than the channel axis), which only the numpy "
+        "interface's shape semantics accept (npx; sym/nd/gluon reject it: in legacy shapes 0 means unknown); "
+        "batch statistics; fix_gamma=False; gamma takes a gradient; either kernel, every dtype.",
+        predicate=_empty_batch_dgamma,
+        evidence="npx.batch_norm on x of shape (0, 3) under np_shape: y and dx are empty, dbeta = [0 0 0] (the "
+        "empty sum), dgamma = [nan nan nan] on oneDNN and native, float16/32/64; with fix_gamma dgamma is 0. "
+        "dgamma = sum(dy * xhat) over no elements is 0 whatever xhat is. The moving statistics become NaN, "
+        "which the documented update formula gives for a batch mean of no elements (0/0), as the oracle does.",
+        reproducer=lambda: _empty("float32", fix_gamma=False),
+        entries=frozenset({"npx"}),
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputDeviation:
+    """A way MXNet departs from its documented contract on input a Case cannot describe (bnprops.contract)."""
+
+    id: str
+    summary: str
+    conditions: str
+    #: Does it explain this observation (an Observation from bnprops.contract)?
+    applies: Callable[[str, str, str, int], bool]
+    evidence: str
+    #: A standalone script that shows it (run it in a throwaway process: it may corrupt its heap).
+    reproducer: str
+
+
+INPUT_DEVIATIONS: tuple[InputDeviation, ...] = (
+    InputDeviation(
+        id="wrong-length-parameters-accepted",
+        summary="gamma, beta and the moving statistics of the wrong length are accepted without an error",
+        conditions="every entry point (sym via bind() with the user's arrays, nd, npx, gluon via in_channels) on "
+        "both CPU kernels; any of the four per-channel arrays longer or shorter than the channel count. Longer: "
+        "the first C elements are used; shorter: elements past the end are read (and, for the moving "
+        "statistics, written): undefined behaviour that can corrupt the heap.",
+        applies=lambda entry, backend, parameter, length: length != 3,
+        evidence="bnprops.contract probes, x (4, 3) float32: all 5 entry points x 2 backends accept length 5 for each "
+        "of the four arrays and length 2 for gamma (gluon: in_channels 5 and 2); with beta of length 2, y in the "
+        "third channel was 7.49e+31 (memory past the array). The documentation says gamma and beta have shape "
+        "(k,) for k channels, and FInferShape is where MXNet enforces shapes; it does not reject these.",
+        reproducer="import mxnet as mx, numpy as np\n"
+        "x = mx.nd.array(np.random.default_rng(0).standard_normal((4, 3)))\n"
+        "gamma, beta = mx.nd.ones(5), mx.nd.zeros(5)  # 3 channels, length 5: no error\n"
+        "print(mx.nd.BatchNorm(x, gamma, beta, mx.nd.zeros(3), mx.nd.ones(3), fix_gamma=False))",
     ),
 )

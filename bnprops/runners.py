@@ -162,6 +162,11 @@ def _numpy_semantics() -> Iterator[None]:
 
 
 def _run_autograd(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+    with _numpy_semantics() if numpy else contextlib.nullcontext():
+        return _autograd_call(case, numpy=numpy, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def _autograd_call(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
     mod, op = (mx.np, mx.npx.batch_norm) if numpy else (mx.nd, mx.nd.BatchNorm)
     pdt = param_dtype(case.dtype)
     ctx = mx.cpu() if ctx is None else ctx
@@ -177,13 +182,11 @@ def _run_autograd(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None) 
         prior = case.prior(target)
         if prior is not None:
             arrays[target].grad[:] = prior
-    scope = _numpy_semantics() if numpy else contextlib.nullcontext()
-    with scope:
-        with mx.autograd.record(train_mode=case.is_train):
-            outs = op(arrays["data"], arrays["gamma"], arrays["beta"], *moving, **_operator_params(case, cudnn_off))
-        y = outs[0] if case.output_mean_var else outs
-        forward_moving = (moving[0].asnumpy(), moving[1].asnumpy())
-        mx.autograd.backward([y], [mod.array(case.dy, dtype=case.dtype, ctx=ctx)], train_mode=case.is_train)
+    with mx.autograd.record(train_mode=case.is_train):
+        outs = op(arrays["data"], arrays["gamma"], arrays["beta"], *moving, **_operator_params(case, cudnn_off))
+    y = outs[0] if case.output_mean_var else outs
+    forward_moving = (moving[0].asnumpy(), moving[1].asnumpy())
+    mx.autograd.backward([y], [mod.array(case.dy, dtype=case.dtype, ctx=ctx)], train_mode=case.is_train)
     return _outputs(
         case,
         y=y,
