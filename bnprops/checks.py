@@ -248,9 +248,14 @@ def assert_agree(
         outcome = judge(compare(case, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
         record(outcome, kernel=kernel)
         outcomes[label] = outcome
-    problems = [
-        d.message() for d in disagreements(case, results, explained={k: o.allowed for k, o in outcomes.items()})
-    ]
+    where = {label: (entry, backend) for label, (_, entry, backend) in runners.items()}
+    found = disagreements(
+        case,
+        results,
+        explained={k: o.allowed for k, o in outcomes.items()},
+        exact=lambda a, b: same_computation(case, where[a], where[b]),
+    )
+    problems = [d.message() for d in found]
     problems += [o.message() for o in outcomes.values() if not o.ok]
     if problems:
         label, (_, entry, backend) = next(iter(runners.items()))
