@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bnprops.case import Case, param_dtype
+from bnprops.contract import CHANNELS as CONTRACT_CHANNELS
 from bnprops.error_model import bounds, indeterminate_channels
 from bnprops.oracle import per_channel, reference, statistics
 
@@ -365,7 +366,7 @@ INPUT_DEVIATIONS: tuple[InputDeviation, ...] = (
         "both CPU kernels; any of the four per-channel arrays longer or shorter than the channel count. Longer: "
         "the first C elements are used; shorter: elements past the end are read (and, for the moving "
         "statistics, written): undefined behaviour that can corrupt the heap.",
-        applies=lambda entry, backend, parameter, length: length != 3,
+        applies=lambda entry, backend, parameter, length: length != CONTRACT_CHANNELS,
         evidence="bnprops.contract probes, x (4, 3) float32: all 5 entry points x 2 backends accept length 5 for each "
         "of the four arrays and length 2 for gamma (gluon: in_channels 5 and 2); with beta of length 2, y in the "
         "third channel was 7.49e+31 (memory past the array). The documentation says gamma and beta have shape "
