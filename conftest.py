@@ -1,20 +1,23 @@
-"""Hypothesis settings profiles and the bnprops summary at the end of a pytest run.
+"""Hypothesis settings profiles, the --bn-entry/--bn-backend options, and the bnprops summary of a pytest run.
 
 Profiles (choose with --hypothesis-profile=NAME, or BNPROPS_PROFILE=NAME):
-  dev      the default: randomised, enough examples for >= 2,000 property cases in all
+  dev      the default: randomised; the five symbolic properties make 2,000 cases, the entry-point
+           and backend properties take shares of the same per-property budget (tests/test_entry_points.py)
   ci       the default when CI is set: the same budget, derandomised, no example database
   nightly  50 times the examples of dev, for long runs
 """
 
 from __future__ import annotations
 
+import collections
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-#: Examples per property test in the dev and ci profiles; five properties make 2,100 cases.
-EXAMPLES_PER_PROPERTY = 420
+#: Examples per property test in the dev and ci profiles; five symbolic properties make 2,000 cases.
+EXAMPLES_PER_PROPERTY = 400
 
 settings.register_profile(
     "dev",
@@ -28,25 +31,101 @@ settings.register_profile("nightly", parent=settings.get_profile("dev"), max_exa
 settings.load_profile(os.environ.get("BNPROPS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from bnprops.checks import TALLY
-    from bnprops.runners import RUNNERS
+def pytest_addoption(parser: pytest.Parser) -> None:
+    from bnprops.runners import ALL_BACKENDS, ENTRY_POINTS
 
-    tally = {key: n for key, n in TALLY.items() if key[0] in RUNNERS}  # MXNet's entry points, not test doubles
-    if not tally:
+    group = parser.getgroup("bnprops", "bnprops: which entry points and backends the properties run through")
+    group.addoption(
+        "--bn-entry",
+        default="all",
+        metavar="LIST",
+        help=f"comma-separated entry points: {','.join(ENTRY_POINTS)} (default: all). "
+        "sym is mx.sym + simple_bind, nd is mx.nd.BatchNorm under autograd, gluon(-hybrid) is "
+        "gluon.nn.BatchNorm (hybridized), npx is mx.npx.batch_norm.",
+    )
+    group.addoption(
+        "--bn-backend",
+        default="all",
+        metavar="LIST",
+        help=f"comma-separated kernels: {','.join(ALL_BACKENDS)} (default: all). onednn: float32 through "
+        "oneDNN (MXNet's default); native: MXNET_MKLDNN_ENABLED=0, served by one worker process; cudnn and "
+        "cuda (cudnn_off=True) need a GPU and are skipped, with the reason, without one.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from bnprops.runners import ALL_BACKENDS, ENTRY_POINTS
+    from bnprops.selection import parse_choices
+
+    try:
+        config.bn_entries = parse_choices(config.getoption("--bn-entry"), allowed=ENTRY_POINTS, what="entry point")  # type: ignore[attr-defined]
+        config.bn_backends = parse_choices(config.getoption("--bn-backend"), allowed=ALL_BACKENDS, what="backend")  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise pytest.UsageError(f"{exc}") from exc
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bn_entry" in metafunc.fixturenames:
+        metafunc.parametrize("bn_entry", metafunc.config.bn_entries)  # type: ignore[attr-defined]
+    if "bn_backend" in metafunc.fixturenames:
+        metafunc.parametrize("bn_backend", metafunc.config.bn_backends)  # type: ignore[attr-defined]
+
+
+def _counts_as_rows() -> dict[str, list[list[Any]]]:
+    from bnprops.checks import COUNTS, DEVIATION_HITS
+
+    return {
+        "counts": [[*key, n] for key, n in COUNTS.items()],
+        "hits": [[*key, n] for key, n in DEVIATION_HITS.items()],
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Under pytest-xdist each worker counts its own cases; hand them to the controller.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["bnprops"] = _counts_as_rows()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    from bnprops.checks import COUNTS, DEVIATION_HITS, Tally
+
+    rows = getattr(node, "workeroutput", {}).get("bnprops")
+    if not rows:
+        return
+    for *key, n in rows["counts"]:
+        COUNTS[Tally(*key)] += n
+    for *key, n in rows["hits"]:
+        DEVIATION_HITS[tuple(key)] += n  # type: ignore[index]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from bnprops.checks import COUNTS, DEVIATION_HITS
+
+    if not COUNTS:
         return
     tr = terminalreporter
     tr.section("bnprops: cases judged against the oracle")
-    rows: dict[tuple[str, str, str], dict[str, int]] = {}
-    for (entry, kernel, dtype, result), count in tally.items():
-        rows.setdefault((entry, kernel, dtype), {}).setdefault(result, 0)
-        rows[(entry, kernel, dtype)][result] += count
-    tr.write_line(f"{'entry':<8}{'kernel':<8}{'dtype':<9}{'cases':>7}{'passed':>8}{'known dev.':>12}{'failed':>8}")
+    rows: dict[tuple[str, str, str, str], collections.Counter[str]] = {}
+    for key, count in COUNTS.items():
+        rows.setdefault((key.entry, key.backend, key.kernel, key.dtype), collections.Counter())[key.result] += count
+    tr.write_line(
+        f"{'entry':<14}{'backend':<9}{'kernel':<8}{'dtype':<9}{'cases':>7}{'passed':>8}{'known dev.':>12}{'failed':>8}"
+    )
     for key in sorted(rows):
         r = rows[key]
-        total = sum(r.values())
         tr.write_line(
-            f"{key[0]:<8}{key[1]:<8}{key[2]:<9}{total:>7}{r.get('passed', 0):>8}"
-            f"{r.get('known deviation', 0):>12}{r.get('failed', 0):>8}"
+            f"{key[0]:<14}{key[1]:<9}{key[2]:<8}{key[3]:<9}{sum(r.values()):>7}{r['passed']:>8}"
+            f"{r['known deviation']:>12}{r['failed']:>8}"
         )
-    tr.write_line(f"total cases: {sum(tally.values())}")
+    for title, index in (("entry point", 0), ("backend", 1)):
+        totals: collections.Counter[str] = collections.Counter()
+        for key, count in COUNTS.items():
+            totals[key[index]] += count
+        tr.write_line(f"cases per {title}: " + ", ".join(f"{k} {n}" for k, n in sorted(totals.items())))
+    tr.write_line(f"total cases: {sum(COUNTS.values())}")
+    if DEVIATION_HITS:
+        tr.write_line("known deviations matched (cases, by entry point and backend):")
+        for (kd, entry, backend), n in sorted(DEVIATION_HITS.items()):
+            tr.write_line(f"  {kd:<36}{entry:<14}{backend:<9}{n:>7}")

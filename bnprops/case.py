@@ -25,9 +25,20 @@ QUANTITIES = (
     "gamma",
     "mean",
     "invstd",
+    # The moving statistics between forward and backward: when the update happens.
+    "forward_moving_mean",
+    "forward_moving_var",
 )
 
 ARRAY_FIELDS = ("x", "gamma", "beta", "moving_mean", "moving_var", "dy")
+#: What a gradient buffer may be asked to do (MXNet's OpReqType as Python names it).
+GRAD_REQS = ("write", "add", "null")
+#: The arrays that take a gradient, in the order of ``Case.grad_req``, with the quantity each yields.
+GRAD_TARGETS = ("data", "gamma", "beta")
+GRADIENT_OF = {"data": "dx", "gamma": "dgamma", "beta": "dbeta"}
+#: The gradient buffers' contents before the call, for targets requested with 'add'.
+PRIOR_FIELDS = {"data": "prior_dx", "gamma": "prior_dgamma", "beta": "prior_dbeta"}
+WRITE_ALL = ("write", "write", "write")
 _CASE_FORMAT = "bnprops.case/1"
 
 #: What a runner or the oracle returns: quantity name -> array (absent if not produced).
@@ -45,7 +56,11 @@ def param_dtype(dtype: str) -> str:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Case:
-    """One BatchNorm call, as the symbolic executor runs it: forward(is_train=True), then backward(dy)."""
+    """One BatchNorm call: forward (training mode unless ``is_train`` is False), then backward(dy).
+
+    ``grad_req`` gives the request for data, gamma and beta (see GRAD_TARGETS); a target requested
+    with 'add' starts from the matching ``prior_*`` array, which must be given exactly then.
+    """
 
     x: np.ndarray
     gamma: np.ndarray
@@ -59,6 +74,12 @@ class Case:
     fix_gamma: bool = True
     use_global_stats: bool = False
     output_mean_var: bool = False
+    #: Training mode for the forward and the backward (sym: forward(is_train=); autograd: train_mode=).
+    is_train: bool = True
+    grad_req: tuple[str, str, str] = WRITE_ALL
+    prior_dx: np.ndarray | None = None
+    prior_dgamma: np.ndarray | None = None
+    prior_dbeta: np.ndarray | None = None
     #: Labels of the value regimes the strategy drew from; they classify failures, nothing reads them.
     regime: str = "given"
 
@@ -84,6 +105,28 @@ class Case:
                     f"{name} must be {pdt} of shape ({channels},) for axis {self.axis} of {self.x.shape}, "
                     f"got {arr.dtype}{arr.shape}"
                 )
+        self._validate_requests(pdt)
+
+    def _validate_requests(self, pdt: str) -> None:
+        reqs = tuple(self.grad_req)
+        if len(reqs) != len(GRAD_TARGETS) or any(r not in GRAD_REQS for r in reqs):
+            raise ValueError(
+                f"grad_req must be 3 of {GRAD_REQS} (for {', '.join(GRAD_TARGETS)}), got {self.grad_req!r}"
+            )
+        if reqs == ("null",) * 3:
+            raise ValueError("grad_req is 'null' for data, gamma and beta: there is nothing to differentiate")
+        object.__setattr__(self, "grad_req", reqs)
+        for target, req in zip(GRAD_TARGETS, reqs, strict=True):
+            field = PRIOR_FIELDS[target]
+            prior = getattr(self, field)
+            if req != "add":
+                if prior is not None:
+                    raise ValueError(f"{field} is given but grad_req for {target} is {req!r}, not 'add'")
+                continue
+            shape, dtype = (self.x.shape, self.dtype) if target == "data" else ((self.channels,), pdt)
+            if prior is None or prior.shape != shape or str(prior.dtype) != dtype:
+                got = "nothing" if prior is None else f"{prior.dtype}{prior.shape}"
+                raise ValueError(f"grad_req 'add' for {target} needs {field} of {dtype}{shape}, got {got}")
 
     # Derived facts the oracle, runners and comparator share.
     @property
@@ -113,7 +156,23 @@ class Case:
 
     @property
     def uses_batch_stats(self) -> bool:
-        return not self.use_global_stats
+        """Batch statistics normalise (and the moving ones update) only in training without use_global_stats."""
+        return self.is_train and not self.use_global_stats
+
+    def request(self, target: str) -> str:
+        """The grad_req of 'data', 'gamma' or 'beta'."""
+        return self.grad_req[GRAD_TARGETS.index(target)]
+
+    def prior(self, target: str) -> np.ndarray | None:
+        prior: np.ndarray | None = getattr(self, PRIOR_FIELDS[target])
+        return prior
+
+    @property
+    def accumulates(self) -> bool:
+        return "add" in self.grad_req
+
+    def _array_fields(self) -> tuple[str, ...]:
+        return ARRAY_FIELDS + tuple(f for f in PRIOR_FIELDS.values() if getattr(self, f) is not None)
 
     def with_(self, **changes: Any) -> Case:
         return dataclasses.replace(self, **changes)
@@ -126,7 +185,7 @@ class Case:
                 "shape": list(arr.shape),
                 "b64": _b64(arr),
             }
-            for name, arr in ((n, getattr(self, n)) for n in ARRAY_FIELDS)
+            for name, arr in ((n, getattr(self, n)) for n in self._array_fields())
         }
         return {
             "format": _CASE_FORMAT,
@@ -138,6 +197,8 @@ class Case:
             "fix_gamma": self.fix_gamma,
             "use_global_stats": self.use_global_stats,
             "output_mean_var": self.output_mean_var,
+            "is_train": self.is_train,
+            "grad_req": list(self.grad_req),
             "regime": self.regime,
             "arrays": arrays,
         }
@@ -150,7 +211,7 @@ class Case:
         if data.get("format") != _CASE_FORMAT:
             raise ValueError(f"not a bnprops case (format {data.get('format')!r}, expected {_CASE_FORMAT!r})")
         arrays = {}
-        for name in ARRAY_FIELDS:
+        for name in ARRAY_FIELDS + tuple(f for f in PRIOR_FIELDS.values() if f in data["arrays"]):
             spec = data["arrays"][name]
             raw = base64.b64decode(spec["b64"])
             arr = np.frombuffer(raw, dtype=np.dtype(spec["dtype"]).newbyteorder("<"))
@@ -163,6 +224,9 @@ class Case:
             fix_gamma=bool(data["fix_gamma"]),
             use_global_stats=bool(data["use_global_stats"]),
             output_mean_var=bool(data.get("output_mean_var", False)),
+            # Cases saved before these fields existed ran in training mode with grad_req='write'.
+            is_train=bool(data.get("is_train", True)),
+            grad_req=tuple(data.get("grad_req", WRITE_ALL)),
             regime=str(data.get("regime", "given")),
         )
 
@@ -185,41 +249,40 @@ class Case:
         return hash(self.to_json())
 
     # The reproducer.
-    def snippet(self) -> str:
-        """A standalone script (mxnet and numpy only) that makes this exact call and prints what MXNet returns."""
+    def snippet(self, *, entry: str = "sym", backend: str = "onednn") -> str:
+        """A standalone script (mxnet and numpy only) that makes this exact call and prints what MXNet returns.
+
+        ``entry`` is how the call reaches the operator (bnprops.runners.ENTRY_POINTS); ``backend``
+        'native' disables oneDNN, which MXNet reads at start-up.
+        """
+        body = _SNIPPET_BODIES.get(entry)
+        if body is None:
+            raise ValueError(f"no reproducer for entry point {entry!r}; choose from {sorted(_SNIPPET_BODIES)}")
         pdt = param_dtype(self.dtype)
 
-        def arr(name: str) -> str:
-            a = getattr(self, name)
+        def arr(a: np.ndarray) -> str:
             # float64 repr of every element is exact, and casting back restores the original bits.
             return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float64).astype({str(a.dtype)!r})"
 
-        head = "[dy]" + (" + [mx.nd.zeros(C, dtype=pdt)] * 2" if self.output_mean_var else "")
-        return "\n".join(
-            [
-                "import mxnet as mx, numpy as np",
-                f"x = {arr('x')}",
-                f"dy = {arr('dy')}",
-                f"gamma, beta = {arr('gamma')}, {arr('beta')}",
-                f"moving_mean, moving_var = {arr('moving_mean')}, {arr('moving_var')}",
-                f"C, pdt = {self.channels}, {pdt!r}",
-                "bn = mx.sym.BatchNorm(mx.sym.Variable('data'), name='bn', "
-                f"eps={self.eps!r}, momentum={self.momentum!r}, fix_gamma={self.fix_gamma}, "
-                f"use_global_stats={self.use_global_stats}, output_mean_var={self.output_mean_var}, axis={self.axis})",
-                f"exe = bn.simple_bind(mx.cpu(), data=x.shape, type_dict={{'data': {self.dtype!r}, "
-                "'bn_gamma': pdt, 'bn_beta': pdt}, grad_req='write')",
-                "for name, value in [('data', x), ('bn_gamma', gamma), ('bn_beta', beta)]:",
-                "    exe.arg_dict[name][:] = value",
-                "exe.aux_dict['bn_moving_mean'][:] = moving_mean",
-                "exe.aux_dict['bn_moving_var'][:] = moving_var",
-                "outs = exe.forward(is_train=True)",
-                f"exe.backward({head.replace('dy', 'mx.nd.array(dy, dtype=dy.dtype)', 1)})",
-                "print('y', outs[0].asnumpy())",
-                "for name in ('data', 'bn_gamma', 'bn_beta'):",
-                "    print('grad', name, exe.grad_dict[name].asnumpy())",
-                "print('moving', exe.aux_dict['bn_moving_mean'].asnumpy(), exe.aux_dict['bn_moving_var'].asnumpy())",
-            ]
-        )
+        head = []
+        if backend == "native":
+            head += ["import os", "os.environ['MXNET_MKLDNN_ENABLED'] = '0'  # the native kernel (read at import)"]
+        head += [
+            "import mxnet as mx, numpy as np",
+            f"x = {arr(self.x)}",
+            f"dy = {arr(self.dy)}",
+            f"gamma, beta = {arr(self.gamma)}, {arr(self.beta)}",
+            f"moving_mean, moving_var = {arr(self.moving_mean)}, {arr(self.moving_var)}",
+            f"C, pdt = {self.channels}, {pdt!r}",
+            f"req = {dict(zip(GRAD_TARGETS, self.grad_req, strict=True))!r}",
+            "prior = {"
+            + ", ".join(f"{t!r}: {arr(p)}" for t in GRAD_TARGETS if (p := self.prior(t)) is not None)
+            + "}  # gradient buffers' contents before the call (grad_req 'add')",
+            f"params = dict(eps={self.eps!r}, momentum={self.momentum!r}, fix_gamma={self.fix_gamma}, "
+            f"use_global_stats={self.use_global_stats}, axis={self.axis})",
+            f"is_train, output_mean_var = {self.is_train}, {self.output_mean_var}",
+        ]
+        return "\n".join(head) + "\n" + body.strip("\n")
 
     def __repr__(self) -> str:
         return f"<Case {self.describe()}>"
@@ -233,7 +296,111 @@ class Case:
         flags = [f"fix_gamma={self.fix_gamma}", f"use_global_stats={self.use_global_stats}"]
         if self.output_mean_var:
             flags.append("output_mean_var=True")
+        if not self.is_train:
+            flags.append("is_train=False")
+        if self.grad_req != WRITE_ALL:
+            flags.append("grad_req=" + "/".join(self.grad_req))
         return (
             f"BatchNorm({self.dtype}{list(self.shape)}, axis={self.axis}, eps={self.eps!r}, "
             f"momentum={self.momentum!r}, {', '.join(flags)}) regime={self.regime}"
         )
+
+
+_SNIPPET_SYM = """
+sym = mx.sym.BatchNorm(mx.sym.Variable('data'), name='bn', output_mean_var=output_mean_var, **params)
+names = {'data': 'data', 'gamma': 'bn_gamma', 'beta': 'bn_beta'}
+exe = sym.simple_bind(mx.cpu(), data=x.shape, type_dict={'data': x.dtype.name, 'bn_gamma': pdt, 'bn_beta': pdt},
+                      grad_req={names[t]: r for t, r in req.items()})
+for name, value in [('data', x), ('bn_gamma', gamma), ('bn_beta', beta)]:
+    exe.arg_dict[name][:] = value
+exe.aux_dict['bn_moving_mean'][:] = moving_mean
+exe.aux_dict['bn_moving_var'][:] = moving_var
+for t, value in prior.items():
+    exe.grad_dict[names[t]][:] = value
+outs = exe.forward(is_train=is_train)
+print('moving after forward', exe.aux_dict['bn_moving_mean'].asnumpy(), exe.aux_dict['bn_moving_var'].asnumpy())
+heads = [mx.nd.array(dy, dtype=dy.dtype)] + [mx.nd.zeros(C, dtype=pdt)] * (2 if output_mean_var else 0)
+exe.backward(heads)
+print('y', outs[0].asnumpy())
+if output_mean_var:
+    print('mean', outs[1].asnumpy(), 'invstd', outs[2].asnumpy())
+for t, r in req.items():
+    if r != 'null':
+        print('grad', t, exe.grad_dict[names[t]].asnumpy())
+print('gamma', exe.arg_dict['bn_gamma'].asnumpy())
+print('moving', exe.aux_dict['bn_moving_mean'].asnumpy(), exe.aux_dict['bn_moving_var'].asnumpy())
+"""
+
+_SNIPPET_AUTOGRAD = """
+{setup}mod, op = {modules}
+arrays = {{'data': mod.array(x, dtype=x.dtype), 'gamma': mod.array(gamma, dtype=pdt),
+          'beta': mod.array(beta, dtype=pdt)}}
+mm, mv = mod.array(moving_mean, dtype=pdt), mod.array(moving_var, dtype=pdt)
+for t, r in req.items():
+    if r != 'null':
+        arrays[t].attach_grad(grad_req=r)
+for t, value in prior.items():
+    arrays[t].grad[:] = value
+with mx.autograd.record(train_mode=is_train):
+    outs = op(arrays['data'], arrays['gamma'], arrays['beta'], mm, mv, output_mean_var=output_mean_var, **params)
+y = outs[0] if output_mean_var else outs
+print('moving after forward', mm.asnumpy(), mv.asnumpy())
+mx.autograd.backward([y], [mod.array(dy, dtype=dy.dtype)], train_mode=is_train)
+print('y', y.asnumpy())
+if output_mean_var:
+    print('mean', outs[1].asnumpy(), 'invstd', outs[2].asnumpy())
+for t, r in req.items():
+    if r != 'null':
+        print('grad', t, arrays[t].grad.asnumpy())
+print('gamma', arrays['gamma'].asnumpy())
+print('moving', mm.asnumpy(), mv.asnumpy())
+"""
+
+_SNIPPET_GLUON = """
+from mxnet.gluon import nn
+# gluon's own mapping: fix_gamma = not scale (gamma then takes no gradient), center = beta learns.
+layer = nn.BatchNorm(axis=params['axis'], momentum=params['momentum'], epsilon=params['eps'],
+                     center=req['beta'] != 'null', scale=not params['fix_gamma'],
+                     use_global_stats=params['use_global_stats'], in_channels=C)
+layer.initialize(ctx=mx.cpu())
+layer.cast(x.dtype.name)  # float16 keeps its parameters in float32
+for p, value in [(layer.gamma, gamma), (layer.beta, beta), (layer.running_mean, moving_mean),
+                 (layer.running_var, moving_var)]:
+    p.set_data(mx.nd.array(value, dtype=pdt))
+if not params['fix_gamma']:
+    layer.gamma.grad_req = req['gamma']
+if req['beta'] != 'null':
+    layer.beta.grad_req = req['beta']
+for t, value in prior.items():
+    if t != 'data':
+        getattr(layer, t).grad()[:] = value
+{hybridize}data = mx.nd.array(x, dtype=x.dtype)
+if req['data'] != 'null':
+    data.attach_grad(grad_req=req['data'])
+    if 'data' in prior:
+        data.grad[:] = prior['data']
+if not is_train:
+    y = layer(data)  # inference, as gluon runs it outside autograd.record()
+with mx.autograd.record(train_mode=is_train):
+    out = layer(data)
+y = out if is_train else y
+print('moving after forward', layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy())
+out.backward(mx.nd.array(dy, dtype=dy.dtype), train_mode=is_train)
+print('y', y.asnumpy())
+if req['data'] != 'null':
+    print('grad data', data.grad.asnumpy())
+for p in (layer.gamma, layer.beta):
+    if p.grad_req != 'null':
+        print('grad', p.name, p.grad().asnumpy())
+print('gamma', layer.gamma.data().asnumpy())
+print('moving', layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy())
+"""
+
+_SNIPPET_BODIES = {
+    "sym": _SNIPPET_SYM,
+    "nd": _SNIPPET_AUTOGRAD.format(modules="mx.nd, mx.nd.BatchNorm", setup=""),
+    # the numpy interface, as its users turn it on (bnprops's runner scopes it to the call)
+    "npx": _SNIPPET_AUTOGRAD.format(modules="mx.np, mx.npx.batch_norm", setup="mx.npx.set_np()\n"),
+    "gluon": _SNIPPET_GLUON.format(hybridize=""),
+    "gluon-hybrid": _SNIPPET_GLUON.format(hybridize="layer.hybridize()\n"),
+}

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 import hypothesis
 
-from bnprops.case import QUANTITIES, Case
-from bnprops.comparator import Mismatch, Verdict, compare
+from bnprops.case import QUANTITIES, Case, Outputs
+from bnprops.comparator import Mismatch, Verdict, compare, compare_pair, reproducer
 from bnprops.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
-from bnprops.runners import Runner, kernel_for
+from bnprops.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, Runner, adapt, kernel_for
 
 #: The properties: each names the quantities it checks (one property per thing under test).
 PROPERTIES: dict[str, tuple[str, ...]] = {
@@ -24,6 +26,7 @@ PROPERTIES: dict[str, tuple[str, ...]] = {
     "forward_output": ("y", "mean", "invstd"),
     "moving_statistics": ("moving_mean", "moving_var"),
     "gamma_side_effect": ("gamma",),
+    "moving_statistics_timing": ("forward_moving_mean", "forward_moving_var"),
 }
 
 
@@ -41,6 +44,9 @@ class Outcome:
     stale: tuple[KnownDeviation, ...]
     #: The quantities the caller asked about.
     checked: frozenset[str]
+    backend: str = IN_PROCESS_BACKEND
+    #: Every quantity some applicable known deviation may make fail (what disagreements it can explain).
+    allowed: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -54,18 +60,22 @@ class Outcome:
         lines: list[str] = []
         if self.unexpected:
             partial = dataclasses.replace(self.verdict, mismatches=self.unexpected)
-            lines.append(partial.message(label=f"MXNet ({self.entry})"))
+            lines.append(
+                partial.message(label=f"MXNet ({self.entry}, {self.backend})", entry=self.entry, backend=self.backend)
+            )
         for kd in self.stale:
             lines.append(
                 f"Known deviation {kd.id} applies to {self.case.describe()} but did not reproduce: "
                 f"{', '.join(sorted(kd.quantities))} matched the oracle. If MXNet was fixed, narrow or "
                 f"remove it in bnprops/known_deviations.py.\nReproduce with:\n"
-                + "\n".join("    " + line for line in self.case.snippet().splitlines())
+                + "\n".join("    " + line for line in reproducer(self.case, self.entry, self.backend).splitlines())
             )
         return "\n".join(lines)
 
 
-def judge(verdict: Verdict, *, entry: str, kernel: str, checked: Iterable[str]) -> Outcome:
+def judge(
+    verdict: Verdict, *, entry: str, kernel: str, checked: Iterable[str], backend: str = IN_PROCESS_BACKEND
+) -> Outcome:
     """Sort a verdict over all quantities: findings among ``checked``, staleness over all of them.
 
     A certain known deviation must show in some quantity it names, even one the calling property
@@ -87,21 +97,58 @@ def judge(verdict: Verdict, *, entry: str, kernel: str, checked: Iterable[str]) 
         elif not hit and expectation.certain:
             stale.append(kd)
     unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked and m.quantity not in allowed)
-    return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale), checked)
+    return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale), checked, backend, frozenset(allowed))
 
 
-#: Cases judged by assert_matches_oracle in this process, by (entry, kernel, dtype, result).
+class Tally(NamedTuple):
+    entry: str
+    backend: str
+    kernel: str
+    dtype: str
+    result: str  # "passed", "known deviation" or "failed"
+
+
+#: Cases judged in this process, by (entry, kernel, dtype, result) (kept for existing readers; see COUNTS).
 TALLY: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+#: Cases judged in this process, by entry point, backend, kernel, dtype and result; the pytest summary prints it.
+COUNTS: collections.Counter[Tally] = collections.Counter()
+#: Cases a known deviation explained, by (deviation id, entry, backend).
+DEVIATION_HITS: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
 
 def check(
-    case: Case, *, runner: Runner, entry: str, kernel: str | None = None, quantities: Iterable[str] = QUANTITIES
+    case: Case,
+    *,
+    runner: Runner,
+    entry: str,
+    kernel: str | None = None,
+    quantities: Iterable[str] = QUANTITIES,
+    backend: str | None = None,
 ) -> Outcome:
-    """Run ``case`` through ``runner`` and judge the chosen quantities (known deviations see them all)."""
+    """Run ``case`` through ``runner`` and judge the chosen quantities (known deviations see them all).
+
+    The case is first adapted to what the entry point can express (bnprops.runners.adapt); the
+    outcome's case is the adapted one. ``backend`` defaults to the one this process runs.
+    """
     quantities = tuple(quantities)
-    kernel = kernel_for(case) if kernel is None else kernel
+    backend = IN_PROCESS_BACKEND if backend is None else backend
+    kernel = kernel_for(case, backend) if kernel is None else kernel
+    case = adapt(entry, case)
     verdict = compare(case, runner(case))
-    return judge(verdict, entry=entry, kernel=kernel, checked=quantities)
+    outcome = judge(verdict, entry=entry, kernel=kernel, checked=quantities, backend=backend)
+    record(outcome, kernel=kernel)
+    return outcome
+
+
+def record(outcome: Outcome, *, kernel: str) -> None:
+    """Count a judged case for the summary (MXNet's entry points only: test doubles stay out)."""
+    if outcome.entry not in ENTRY_POINTS:
+        return
+    result = "failed" if not outcome.ok else ("known deviation" if outcome.explained else "passed")
+    TALLY[(outcome.entry, kernel, outcome.case.dtype, result)] += 1
+    COUNTS[Tally(outcome.entry, outcome.backend, kernel, outcome.case.dtype, result)] += 1
+    for kd, _ in outcome.explained:
+        DEVIATION_HITS[(kd.id, outcome.entry, outcome.backend)] += 1
 
 
 def steer(outcome: Outcome) -> None:
@@ -112,17 +159,111 @@ def steer(outcome: Outcome) -> None:
 
 
 def assert_matches_oracle(
-    case: Case, *, runner: Runner, entry: str, quantities: Iterable[str], kernel: str | None = None
+    case: Case,
+    *,
+    runner: Runner,
+    entry: str,
+    quantities: Iterable[str],
+    kernel: str | None = None,
+    backend: str | None = None,
 ) -> Outcome:
     """Raise AssertionError, with what differed and a reproducer, unless the case passes or fails only as known.
 
     Inside a Hypothesis test it also steers the search toward large relative errors.
     """
-    outcome = check(case, runner=runner, entry=entry, kernel=kernel, quantities=quantities)
-    result = "failed" if not outcome.ok else ("known deviation" if outcome.explained else "passed")
-    TALLY[(entry, kernel or kernel_for(case), case.dtype, result)] += 1
+    outcome = check(case, runner=runner, entry=entry, kernel=kernel, quantities=quantities, backend=backend)
     if hypothesis.currently_in_test_context():
         steer(outcome)
     if not outcome.ok:
         raise AssertionError(outcome.message())
     return outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class Disagreement:
+    """Two implementations that differ, on the same case, by more than their bounds allow."""
+
+    first: str
+    second: str
+    verdict: Verdict
+
+    def message(self) -> str:
+        lines = [f"{self.first} and {self.second} disagree on {self.verdict.case.describe()}"]
+        for m in self.verdict.mismatches:
+            lines.append("  " + m.describe().replace("expected (oracle)", f"{self.second:<17}"))
+            lines[-1] = lines[-1].replace("actual:           ", f"{self.first:<17}:")
+        return "\n".join(lines)
+
+
+def same_computation(case: Case, first: tuple[str, str], second: tuple[str, str]) -> bool:
+    """Do two (entry, backend) pairs run the very same kernel code on the case, so that their results must be
+    bit for bit the same? Every entry point reaches the same operator; verified by runs on both CPU
+    backends. The exception: the executor's backward after forward(is_train=False) takes the training
+    branch (known deviation sym-inference-backward-trains), a different computation.
+    """
+    if first[1] != second[1]:
+        return False
+    inference_backward = not case.is_train and not case.use_global_stats
+    return not (inference_backward and "sym" in (first[0], second[0]) and first[0] != second[0])
+
+
+def disagreements(
+    case: Case,
+    results: Mapping[str, Outputs],
+    *,
+    explained: Mapping[str, frozenset[str]] | None = None,
+    exact: Callable[[str, str], bool] | None = None,
+) -> list[Disagreement]:
+    """Every pair of ``results`` (label -> Outputs, for the same case) that disagrees.
+
+    A pair for which ``exact(first, second)`` is true must agree bit for bit; others within twice
+    the bound. A disagreement in a quantity that a known deviation allows for either member of the
+    pair (``explained``: label -> quantities) is not reported: one deviates as known, the other need not.
+    """
+    explained = explained or {}
+    found = []
+    for first, second in itertools.combinations(results, 2):
+        allowed = explained.get(first, frozenset()) | explained.get(second, frozenset())
+        same = exact is not None and exact(first, second)
+        verdict = compare_pair(case, results[first], results[second], exact=same)
+        left = tuple(m for m in verdict.mismatches if m.quantity not in allowed)
+        if left:
+            found.append(Disagreement(first, second, dataclasses.replace(verdict, mismatches=left)))
+    return found
+
+
+def assert_agree(
+    case: Case, runners: Mapping[str, tuple[Runner, str, str]], *, quantities: Iterable[str] = QUANTITIES
+) -> dict[str, Outcome]:
+    """Run ``case`` through each runner (label -> (runner, entry, backend)), judge each against the oracle,
+    and raise AssertionError if any fails the oracle unexpectedly or any two disagree: bit for bit
+    where they run the same computation (see same_computation), else beyond twice the bound.
+
+    Every runner must be able to express the case as given (adapt it first for gluon).
+    """
+    outcomes: dict[str, Outcome] = {}
+    results: dict[str, Outputs] = {}
+    for label, (runner, entry, backend) in runners.items():
+        outputs = runner(case)
+        results[label] = outputs
+        kernel = kernel_for(case, backend)
+        outcome = judge(compare(case, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+        record(outcome, kernel=kernel)
+        outcomes[label] = outcome
+    where = {label: (entry, backend) for label, (_, entry, backend) in runners.items()}
+    found = disagreements(
+        case,
+        results,
+        explained={k: o.allowed for k, o in outcomes.items()},
+        exact=lambda a, b: same_computation(case, where[a], where[b]),
+    )
+    problems = [d.message() for d in found]
+    problems += [o.message() for o in outcomes.values() if not o.ok]
+    if problems:
+        label, (_, entry, backend) = next(iter(runners.items()))
+        problems.append(
+            "Reproduce with (one of them; the others' reproducers follow from --bn-entry/--bn-backend):\n"
+            + "\n".join("    " + line for line in reproducer(case, entry, backend).splitlines())
+        )
+        raise AssertionError("\n".join(problems))
+    return outcomes

@@ -67,11 +67,19 @@ class Verdict:
     def failed_quantities(self) -> frozenset[str]:
         return frozenset(m.quantity for m in self.mismatches)
 
-    def message(self, *, label: str = "MXNet") -> str:
+    def message(self, *, label: str = "MXNet", entry: str = "sym", backend: str = "onednn") -> str:
         lines = [f"{label} disagrees with the oracle for {self.case.describe()}"]
         lines += ["  " + m.describe() for m in self.mismatches]
-        lines += ["Reproduce with:", *("    " + line for line in self.case.snippet().splitlines())]
+        lines += ["Reproduce with:", *("    " + line for line in reproducer(self.case, entry, backend).splitlines())]
         return "\n".join(lines)
+
+
+def reproducer(case: Case, entry: str, backend: str) -> str:
+    """The case's snippet through its entry point; the symbolic one for subjects that are not MXNet's."""
+    try:
+        return case.snippet(entry=entry, backend=backend)
+    except ValueError:
+        return case.snippet()
 
 
 def _compare_one(
@@ -130,6 +138,47 @@ def _compare_one(
     return mismatch, worst
 
 
+def _judged(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
+    """Where the quantity is judged: everywhere but the indeterminate channels of the quantities they spoil."""
+    if quantity in indeterminate_quantities(case) and undetermined.any():
+        per_element = shape == case.shape
+        defined = ~per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
+        return np.broadcast_to(defined, shape)
+    return np.ones(shape, dtype=bool)
+
+
+def compare_pair(
+    case: Case, first: Outputs, second: Outputs, *, exact: bool = False, quantities: Iterable[str] = QUANTITIES
+) -> Verdict:
+    """Do two implementations agree? Each may be off the oracle by its bound, so they may differ by twice it.
+
+    Judged where the oracle comparison judges, over the quantities both produce; the NaN/inf
+    patterns must match. ``exact``: the two ran the same computation, so every element must be
+    the same, indeterminate channels included. A mismatch's "expected" is ``second``'s value,
+    "actual" ``first``'s.
+    """
+    expected = reference(case)
+    tol = bounds(case, expected)
+    dtypes = output_dtypes(case)
+    undetermined = indeterminate_channels(case)
+    mismatches: list[Mismatch] = []
+    ratios: dict[str, float] = {}
+    for q in quantities:
+        if q not in first or q not in second or q not in tol:
+            continue
+        a, b = np.asarray(first[q]), np.asarray(second[q])
+        if a.shape != b.shape or b.shape != tol[q].shape:
+            detail = f"shapes {a.shape} and {b.shape}"
+            mismatches.append(Mismatch(q, "shape", b.size, b.size, (), np.nan, np.nan, np.nan, 0.0, detail))
+            continue
+        judged: np.ndarray = np.ones(b.shape, dtype=bool) if exact else _judged(case, q, b.shape, undetermined)
+        bound: np.ndarray = np.zeros(b.shape) if exact else 2 * tol[q]
+        mismatch, ratios[q] = _compare_one(q, b.astype(np.float64), a, bound, dtypes[q], judged)
+        if mismatch is not None:
+            mismatches.append(mismatch)
+    return Verdict(case, tuple(mismatches), ratios)
+
+
 def compare(
     case: Case, actual: Outputs, *, expected: Outputs | None = None, quantities: Iterable[str] = QUANTITIES
 ) -> Verdict:
@@ -146,11 +195,7 @@ def compare(
         if q not in actual:
             mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))
             continue
-        judged = np.ones(expected[q].shape, dtype=bool)
-        if q in indeterminate_quantities(case) and undetermined.any():
-            per_element = expected[q].shape == case.shape
-            defined = ~per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
-            judged = np.broadcast_to(defined, expected[q].shape)
+        judged = _judged(case, q, expected[q].shape, undetermined)
         mismatch, ratios[q] = _compare_one(q, expected[q], np.asarray(actual[q]), tol[q], dtypes[q], judged)
         if mismatch is not None:
             mismatches.append(mismatch)

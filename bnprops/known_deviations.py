@@ -18,8 +18,9 @@ from collections.abc import Callable
 import numpy as np
 
 from bnprops.case import Case, param_dtype
-from bnprops.error_model import indeterminate_channels
-from bnprops.oracle import per_channel, statistics
+from bnprops.contract import CHANNELS as CONTRACT_CHANNELS
+from bnprops.error_model import bounds, indeterminate_channels
+from bnprops.oracle import per_channel, reference, statistics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +86,17 @@ def _expect(channels: np.ndarray, quantities: set[str], *, certain: bool) -> Exp
     return Expectation(frozenset(quantities), certain)
 
 
+def _finite_channels(case: Case) -> np.ndarray:
+    """Channels whose data are all finite (NaN and inf propagate by IEEE rules; nothing to explain there)."""
+    return np.asarray(np.isfinite(case.x).all(axis=case.reduce_axes))
+
+
 def _zero_variance(case: Case) -> np.ndarray:
     return np.asarray(statistics(case)[1] == 0)
 
 
 def _native_zero_variance_eps0(case: Case, kernel: str) -> Expectation:
-    if kernel != "native" or case.use_global_stats or case.eps != 0:
+    if kernel != "native" or not case.uses_batch_stats or case.eps != 0:
         return Expectation.none()
     zero = _zero_variance(case)
     # The guard needs the kernel's own sum of squares to be exactly 0: certain for a single value
@@ -109,8 +115,8 @@ def _float16_normaliser_out_of_range(case: Case, kernel: str) -> Expectation:
         return Expectation.none()
     _, rounded = _float16_normaliser(case)
     guarded = _zero_variance(case) & (case.eps == 0)  # native-zero-variance-eps0's territory
-    hit = (np.isinf(rounded) | (rounded == 0)) & ~indeterminate_channels(case) & ~guarded
-    return _expect(hit, _gradients(case) | (set() if case.use_global_stats else {"moving_var"}), certain=True)
+    hit = (np.isinf(rounded) | (rounded == 0)) & ~indeterminate_channels(case) & ~guarded & _finite_channels(case)
+    return _expect(hit, _gradients(case) | (set() if not case.uses_batch_stats else {"moving_var"}), certain=True)
 
 
 def _float16_normaliser_subnormal(case: Case, kernel: str) -> Expectation:
@@ -121,7 +127,7 @@ def _float16_normaliser_subnormal(case: Case, kernel: str) -> Expectation:
     with np.errstate(invalid="ignore"):
         coarse = (rounded > 0) & (rounded < float(f16.tiny)) & (np.abs(rounded - exact) > exact * float(f16.eps) / 2)
     # Whether the error crosses the bound depends on where in the ulp var + eps falls.
-    quantities = _gradients(case) | (set() if case.use_global_stats else {"moving_var"})
+    quantities = _gradients(case) | (set() if not case.uses_batch_stats else {"moving_var"})
     return _expect(coarse & ~indeterminate_channels(case), quantities, certain=False)
 
 
@@ -132,19 +138,86 @@ def _float16_gradient_product_overflow(case: Case, kernel: str) -> Expectation:
     with np.errstate(over="ignore", invalid="ignore"):
         centred = (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
         product = centred * case.dy  # float16 x float16 rounds to float16, as the kernel's half_t does
-    overflow = ~np.isfinite(product).all(axis=case.reduce_axes) & ~indeterminate_channels(case)
+    overflow = ~np.isfinite(product).all(axis=case.reduce_axes) & ~indeterminate_channels(case) & _finite_channels(case)
     quantities = (set() if case.fix_gamma else {"dgamma"}) | ({"dx"} if case.uses_batch_stats else set())
     return _expect(overflow, quantities, certain=True)
 
 
 def _onednn_subnormal_eps(case: Case, kernel: str) -> Expectation:
     tiny = float(np.finfo(np.float32).tiny)
-    if kernel != "onednn" or case.use_global_stats or not 0 < case.eps < tiny:
+    if kernel != "onednn" or not case.uses_batch_stats or not 0 < case.eps < tiny:
         return Expectation.none()
     # Channels with several equal values are indeterminate (their float32 variance need not be 0);
     # what is left are exact zero variances, M = 1.
     hit = _zero_variance(case) & ~indeterminate_channels(case)
     return _expect(hit, {"dx"} | (set() if case.fix_gamma else {"dgamma"}), certain=True)
+
+
+def _onednn_fix_gamma_add(case: Case, kernel: str) -> Expectation:
+    if kernel != "onednn" or not case.fix_gamma or case.request("gamma") != "add":
+        return Expectation.none()
+    prior = case.prior("gamma")
+    wiped = np.asarray(prior != 0) if prior is not None else np.zeros(case.channels, dtype=bool)
+    # dgamma is not judged where invstd is indeterminate (var + eps = 0): nothing to see there.
+    return _expect(wiped & ~indeterminate_channels(case), {"dgamma"}, certain=True)
+
+
+def sym_inference_dx(case: Case) -> np.ndarray:
+    """What the executor's backward gives for dx after forward(is_train=False): the training formula on the
+    moving statistics, ``g invstd (dy - mean(dy) - xhat mean(dy xhat))`` (plus the prior under 'add')."""
+    mean, var = statistics(case)
+    g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+    dy = case.dy.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        invstd = 1.0 / np.sqrt(var + case.eps)
+        xhat = (case.x.astype(np.float64) - per_channel(case, mean)) * per_channel(case, invstd)
+        red = case.reduce_axes
+        dx = per_channel(case, g * invstd) * (
+            dy - dy.mean(axis=red, keepdims=True) - xhat * (dy * xhat).mean(axis=red, keepdims=True)
+        )
+    prior = case.prior("data")
+    return np.asarray(dx if prior is None else prior.astype(np.float64) + dx)
+
+
+def _sym_inference_backward(case: Case, kernel: str) -> Expectation:
+    if case.is_train or case.use_global_stats:
+        return Expectation.none()
+    # The training backward also "updates" the moving statistics with themselves: m s + (1 - m) s,
+    # the variance recovered from invstd, which moves them by a few ulps.
+    drift = {"moving_mean", "moving_var"}
+    if case.request("data") == "null":
+        return Expectation(frozenset(drift), certain=False)
+    expected = reference(case)
+    with np.errstate(invalid="ignore"):
+        model = sym_inference_dx(case)
+        visible = (np.abs(model - expected["dx"]) > bounds(case, expected)["dx"]) | (
+            np.isnan(model) != np.isnan(expected["dx"])
+        )
+    undetermined = per_channel(case, indeterminate_channels(case)).astype(bool)
+    if not (visible & ~undetermined).any():
+        return Expectation(frozenset(drift), certain=False)
+    return Expectation(frozenset(drift | {"dx"}), certain=True)
+
+
+def _empty_batch_dgamma(case: Case, kernel: str) -> Expectation:
+    if case.x.size or case.fix_gamma or not case.uses_batch_stats or case.request("gamma") == "null":
+        return Expectation.none()
+    return Expectation(frozenset({"dgamma"}), certain=True)
+
+
+def _empty(dtype: str, **params: object) -> Case:
+    pdt = param_dtype(dtype)
+    x = np.zeros((0, 2), dtype=dtype)
+    return Case(
+        x=x,
+        dy=x.copy(),
+        gamma=np.full(2, 1.5, pdt),
+        beta=np.full(2, 0.25, pdt),
+        moving_mean=np.zeros(2, pdt),
+        moving_var=np.ones(2, pdt),
+        regime="reproducer",
+        **params,  # type: ignore[arg-type]
+    )
 
 
 KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
@@ -214,5 +287,93 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "gives the finite oracle values; float64 with the same eps matches the oracle. The backward computes "
         "1/sqrt(0 + eps) with eps flushed to 0.",
         reproducer=lambda: _minimal([1.0], "float32", eps=1e-39),
+    ),
+    KnownDeviation(
+        id="onednn-fix-gamma-add-wipes-dgamma",
+        summary="oneDNN, fix_gamma and grad_req='add' for gamma: the accumulated gamma gradient is overwritten with 0",
+        quantities=frozenset({"dgamma"}),
+        conditions="float32 through oneDNN; fix_gamma=True; gamma's grad_req is 'add'; some channel's gradient "
+        "buffer holds a non-zero value before the call (training or inference alike). gluon cannot reach it: "
+        "with scale=False gamma takes no gradient.",
+        predicate=_onednn_fix_gamma_add,
+        evidence="sym, x (4, 3) float32, gamma buffer pre-filled with 7: oneDNN returns dgamma=[0, 0, 0], the native "
+        "kernel (MXNET_MKLDNN_ENABLED=0) and float64 return [7, 7, 7], which is prior + 0 as 'add' requires. "
+        "mkldnn_batch_norm-inl.h writes zeros into the gamma gradient under fix_gamma without looking at req.",
+        reproducer=lambda: _minimal([1.0, 2.0, 4.0], "float32").with_(
+            fix_gamma=True, grad_req=("write", "add", "write"), prior_dgamma=np.array([7.0], dtype=np.float32)
+        ),
+        upstream="the MKLDNN fix_gamma/grad_req='add' problem noted in MXNet's sources and issues",
+    ),
+    KnownDeviation(
+        id="sym-inference-backward-trains",
+        summary="Executor backward after forward(is_train=False) runs the training formula for dx",
+        quantities=frozenset({"dx", "moving_mean", "moving_var"}),
+        conditions="mx.sym executor; forward(is_train=False) then backward(); use_global_stats=False; any kernel "
+        "and dtype. dx comes out as g invstd (dy - mean(dy) - xhat mean(dy xhat)) with the moving statistics "
+        "(see sym_inference_dx) instead of g invstd dy: certain where data takes a gradient and that formula "
+        "differs from the oracle beyond the bound (or in its NaN pattern). The backward also blends the moving "
+        "statistics with themselves, m s + (1 - m) s, which may move them by a few ulps (may fail). y, dgamma "
+        "and dbeta are right.",
+        predicate=_sym_inference_backward,
+        evidence="x (5, 3), moving_mean [.5, -.5, 1], moving_var [2, .5, 1.5]: dx is 1.27 off the oracle in float32 "
+        "(oneDNN and native), float64 and float16, and within 2e-7 (float64: 1e-16) of sym_inference_dx; "
+        "a float64 moving_var 0.18624842644487116 came back as 0.18624842644487113. "
+        "The executor's Backward always runs with is_train=True; the operator's backward then takes the training "
+        "branch with the saved (moving) statistics. Executor.forward documents is_train=False as evaluation "
+        "'without a backward call following', but nothing stops or warns the caller. nd/npx/gluon with "
+        "backward(train_mode=False) get it right; with backward() (train_mode=True) they do the same (#9580).",
+        reproducer=lambda: _minimal([1.0, 2.0, 4.0, -3.0], "float64", is_train=False),
+        entries=frozenset({"sym"}),
+        upstream="apache/incubator-mxnet#9580 (the autograd form of the same mix-up)",
+    ),
+    KnownDeviation(
+        id="empty-batch-nan-dgamma",
+        summary="An empty batch (numpy shape semantics) gives dgamma = NaN instead of the empty sum 0",
+        quantities=frozenset({"dgamma"}),
+        conditions="x with no elements (a zero-length axis other than the channel axis), which only the numpy "
+        "interface's shape semantics accept (npx; sym/nd/gluon reject it: in legacy shapes 0 means unknown); "
+        "batch statistics; fix_gamma=False; gamma takes a gradient; either kernel, every dtype.",
+        predicate=_empty_batch_dgamma,
+        evidence="npx.batch_norm on x of shape (0, 3) under np_shape: y and dx are empty, dbeta = [0 0 0] (the "
+        "empty sum), dgamma = [nan nan nan] on oneDNN and native, float16/32/64; with fix_gamma dgamma is 0. "
+        "dgamma = sum(dy * xhat) over no elements is 0 whatever xhat is. The moving statistics become NaN, "
+        "which the documented update formula gives for a batch mean of no elements (0/0), as the oracle does.",
+        reproducer=lambda: _empty("float32", fix_gamma=False),
+        entries=frozenset({"npx"}),
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputDeviation:
+    """A way MXNet departs from its documented contract on input a Case cannot describe (bnprops.contract)."""
+
+    id: str
+    summary: str
+    conditions: str
+    #: Does it explain this observation (an Observation from bnprops.contract)?
+    applies: Callable[[str, str, str, int], bool]
+    evidence: str
+    #: A standalone script that shows it (run it in a throwaway process: it may corrupt its heap).
+    reproducer: str
+
+
+INPUT_DEVIATIONS: tuple[InputDeviation, ...] = (
+    InputDeviation(
+        id="wrong-length-parameters-accepted",
+        summary="gamma, beta and the moving statistics of the wrong length are accepted without an error",
+        conditions="every entry point (sym via bind() with the user's arrays, nd, npx, gluon via in_channels) on "
+        "both CPU kernels; any of the four per-channel arrays longer or shorter than the channel count. Longer: "
+        "the first C elements are used; shorter: elements past the end are read (and, for the moving "
+        "statistics, written): undefined behaviour that can corrupt the heap.",
+        applies=lambda entry, backend, parameter, length: length != CONTRACT_CHANNELS,
+        evidence="bnprops.contract probes, x (4, 3) float32: all 5 entry points x 2 backends accept length 5 for each "
+        "of the four arrays and length 2 for gamma (gluon: in_channels 5 and 2); with beta of length 2, y in the "
+        "third channel was 7.49e+31 (memory past the array). The documentation says gamma and beta have shape "
+        "(k,) for k channels, and FInferShape is where MXNet enforces shapes; it does not reject these.",
+        reproducer="import mxnet as mx, numpy as np\n"
+        "x = mx.nd.array(np.random.default_rng(0).standard_normal((4, 3)))\n"
+        "gamma, beta = mx.nd.ones(5), mx.nd.zeros(5)  # 3 channels, length 5: no error\n"
+        "print(mx.nd.BatchNorm(x, gamma, beta, mx.nd.zeros(3), mx.nd.ones(3), fix_gamma=False))",
     ),
 )

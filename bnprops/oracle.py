@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.case import Case, Outputs, param_dtype
+from bnprops.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, param_dtype
 
 
 def per_channel(case: Case, values: np.ndarray) -> np.ndarray:
@@ -21,12 +21,14 @@ def per_channel(case: Case, values: np.ndarray) -> np.ndarray:
 
 def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """The per-channel mean and variance the call normalises with (batch, biased; or the moving ones)."""
-    if case.use_global_stats:
+    if not case.uses_batch_stats:
         return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
     x = case.x.astype(np.float64)
-    mean = x.mean(axis=case.reduce_axes)
-    centred = x - per_channel(case, mean)
-    var = (centred * centred).mean(axis=case.reduce_axes)
+    # NaN/inf in the data make their channel's statistics NaN/inf, by IEEE rules, as they should.
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = x.mean(axis=case.reduce_axes)
+        centred = x - per_channel(case, mean)
+        var = (centred * centred).mean(axis=case.reduce_axes)
     return mean, var
 
 
@@ -44,7 +46,24 @@ def momentum_as_applied(case: Case) -> tuple[float, float]:
 
 
 def reference(case: Case) -> Outputs:
-    """Every quantity of the call, in float64: forward, backward, side effects."""
+    """Every quantity of the call, in float64: forward, backward, side effects.
+
+    A gradient requested with 'null' is absent; one requested with 'add' is its prior plus the
+    gradient (see fresh_reference for the gradient alone).
+    """
+    out = fresh_reference(case)
+    for target in GRAD_TARGETS:
+        quantity = GRADIENT_OF[target]
+        prior = case.prior(target)
+        if case.request(target) == "null":
+            del out[quantity]
+        elif prior is not None:
+            out[quantity] = prior.astype(np.float64) + out[quantity]
+    return out
+
+
+def fresh_reference(case: Case) -> Outputs:
+    """Every quantity as if each gradient were requested with 'write'."""
     x = case.x.astype(np.float64)
     dy = case.dy.astype(np.float64)
     red = case.reduce_axes
@@ -85,6 +104,9 @@ def reference(case: Case) -> Outputs:
         "moving_mean": moving_mean,
         "moving_var": moving_var,
         "gamma": np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64),
+        # The operator updates the moving statistics in its backward, never in its forward.
+        "forward_moving_mean": case.moving_mean.astype(np.float64),
+        "forward_moving_var": case.moving_var.astype(np.float64),
     }
     if case.output_mean_var:
         out["mean"] = np.asarray(mean, dtype=np.float64)
@@ -95,7 +117,14 @@ def reference(case: Case) -> Outputs:
 def output_dtypes(case: Case) -> dict[str, str]:
     """The dtype MXNet returns each quantity in."""
     pdt = param_dtype(case.dtype)
-    return {
-        q: (case.dtype if q in ("y", "dx") else pdt)
-        for q in ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var", "gamma", "mean", "invstd")
-    }
+    return {q: (case.dtype if q in ("y", "dx") else pdt) for q in QUANTITIES}
+
+
+def writing(case: Case) -> Case:
+    """The same call with every gradient requested with 'write' (or 'null' as given): no accumulation."""
+    if not case.accumulates:
+        return case
+    reqs = tuple("write" if r == "add" else r for r in case.grad_req)
+    return case.with_(
+        grad_req=reqs if "write" in reqs else WRITE_ALL, prior_dx=None, prior_dgamma=None, prior_dbeta=None
+    )

@@ -1,112 +1,333 @@
-"""MXNet runners: each takes a Case, calls BatchNorm through one entry point and returns its Outputs."""
+"""MXNet runners: each takes a Case, calls BatchNorm through one entry point and returns its Outputs.
+
+Entry points (ENTRY_POINTS) are the Python APIs a user reaches the operator through; backends
+(BACKENDS, GPU_BACKENDS) are the kernels behind them. The CPU backend this process was started
+with runs in-process; the other one runs in a long-lived worker process (bnprops/worker.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Quiet the per-bind "Subgraph backend MKLDNN is activated" log line before mxnet loads.
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+# The native kernel logs a "storage type fallback" paragraph per call when oneDNN is disabled.
+os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
 
 import mxnet as mx
+import numpy as np
 
-from bnprops.case import Case, Outputs, param_dtype
+from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, param_dtype
 
 Runner = Callable[[Case], Outputs]
 
 #: Read by MXNet at start-up: "0" sends float32 to the native kernel instead of oneDNN.
 ONEDNN_ENABLED = os.environ.get("MXNET_MKLDNN_ENABLED", "1") != "0"
 
+#: Entry points by name: how a user reaches the operator.
+ENTRY_POINTS = ("sym", "nd", "gluon", "gluon-hybrid", "npx")
+#: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
+BACKENDS = ("onednn", "native")
+#: GPU kernels: cuDNN, and MXNet's own CUDA kernel (cudnn_off=True).
+GPU_BACKENDS = ("cudnn", "cuda")
+ALL_BACKENDS = BACKENDS + GPU_BACKENDS
+#: The CPU backend this process serves itself.
+IN_PROCESS_BACKEND = "onednn" if ONEDNN_ENABLED else "native"
 
-def kernel_for(case: Case) -> str:
-    """Which CPU kernel runs the case in this process: float32 goes to oneDNN unless it is disabled."""
-    return "onednn" if case.dtype == "float32" and ONEDNN_ENABLED else "native"
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (no GPU, or the worker process cannot start); the message says why."""
 
 
-def _signature(case: Case) -> tuple[Any, ...]:
-    """Everything that fixes the bound graph; cases that share it can reuse one executor."""
-    return (
-        case.shape,
-        case.dtype,
-        case.axis,
-        case.eps,
-        case.momentum,
-        case.fix_gamma,
-        case.use_global_stats,
-        case.output_mean_var,
-    )
+def kernel_for(case: Case, backend: str | None = None) -> str:
+    """Which kernel runs the case: on the onednn backend float16/float64 still take the native kernel."""
+    backend = IN_PROCESS_BACKEND if backend is None else backend
+    if backend == "onednn":
+        return "onednn" if case.dtype == "float32" else "native"
+    return backend
+
+
+def adapt(entry: str, case: Case) -> Case:
+    """The case as the entry point can express it; the oracle must judge this one.
+
+    gluon.nn.BatchNorm has no output_mean_var, and with fix_gamma (scale=False) its gamma is not
+    differentiable: gamma's request is 'null' there, whatever was asked for.
+    """
+    if entry not in ("gluon", "gluon-hybrid"):
+        return case
+    changes: dict[str, Any] = {}
+    if case.output_mean_var:
+        changes["output_mean_var"] = False
+    if case.fix_gamma and case.request("gamma") != "null":
+        data, _, beta = case.grad_req
+        if data == "null" and beta == "null":
+            raise ValueError(f"gluon cannot run {case.describe()}: with scale=False only gamma was to take a gradient")
+        changes["grad_req"] = (data, "null", beta)
+        changes["prior_dgamma"] = None
+    return case.with_(**changes) if changes else case
+
+
+def _outputs(
+    case: Case,
+    *,
+    y: Any,
+    grads: dict[str, Any],
+    gamma: Any,
+    moving: tuple[Any, Any],
+    forward_moving: tuple[np.ndarray, np.ndarray],
+    mean_invstd: tuple[Any, Any] | None,
+) -> Outputs:
+    result: Outputs = {"y": y.asnumpy()}
+    for target, grad in grads.items():
+        result[GRADIENT_OF[target]] = grad.asnumpy()
+    result["gamma"] = gamma.asnumpy()
+    result["moving_mean"], result["moving_var"] = moving[0].asnumpy(), moving[1].asnumpy()
+    result["forward_moving_mean"], result["forward_moving_var"] = forward_moving
+    if mean_invstd is not None:
+        result["mean"], result["invstd"] = mean_invstd[0].asnumpy(), mean_invstd[1].asnumpy()
+    return result
+
+
+def _operator_params(case: Case, cudnn_off: bool | None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "eps": case.eps,
+        "momentum": case.momentum,
+        "fix_gamma": case.fix_gamma,
+        "use_global_stats": case.use_global_stats,
+        "output_mean_var": case.output_mean_var,
+        "axis": case.axis,
+    }
+    if cudnn_off is not None:
+        params["cudnn_off"] = cudnn_off
+    return params
+
+
+_SYM_NAMES = {"data": "data", "gamma": "bn_gamma", "beta": "bn_beta"}
 
 
 @functools.lru_cache(maxsize=512)
 def _executor(signature: tuple[Any, ...]) -> Any:
-    shape, dtype, axis, eps, momentum, fix_gamma, use_global_stats, output_mean_var = signature
-    sym = mx.sym.BatchNorm(
-        mx.sym.Variable("data"),
-        name="bn",
-        eps=eps,
-        momentum=momentum,
-        fix_gamma=fix_gamma,
-        use_global_stats=use_global_stats,
-        output_mean_var=output_mean_var,
-        axis=axis,
-    )
+    shape, dtype, grad_req, ctx, params = signature
+    sym = mx.sym.BatchNorm(mx.sym.Variable("data"), name="bn", **dict(params))
     pdt = param_dtype(dtype)
     return sym.simple_bind(
-        mx.cpu(),
+        ctx,
         data=shape,
         type_dict={"data": dtype, "bn_gamma": pdt, "bn_beta": pdt},
-        grad_req="write",
+        grad_req={_SYM_NAMES[t]: r for t, r in zip(GRAD_TARGETS, grad_req, strict=True)},
     )
 
 
-def run_symbolic(case: Case) -> Outputs:
-    """mx.sym.BatchNorm + simple_bind, forward(is_train=True), backward(dy): the forum thread's path."""
-    exe = _executor(_signature(case))
+def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.sym.BatchNorm + simple_bind, forward(is_train=), backward(dy): the forum thread's path."""
+    ctx = mx.cpu() if ctx is None else ctx
+    params = tuple(sorted(_operator_params(case, cudnn_off).items()))
+    exe = _executor((case.shape, case.dtype, case.grad_req, ctx, params))
     exe.arg_dict["data"][:] = case.x
     exe.arg_dict["bn_gamma"][:] = case.gamma
     exe.arg_dict["bn_beta"][:] = case.beta
     exe.aux_dict["bn_moving_mean"][:] = case.moving_mean
     exe.aux_dict["bn_moving_var"][:] = case.moving_var
-    outs = exe.forward(is_train=True)
-    heads = [mx.nd.array(case.dy, dtype=case.dtype)]
+    for target in GRAD_TARGETS:
+        prior = case.prior(target)
+        if prior is not None:
+            exe.grad_dict[_SYM_NAMES[target]][:] = prior
+    outs = exe.forward(is_train=case.is_train)
+    forward_moving = (exe.aux_dict["bn_moving_mean"].asnumpy(), exe.aux_dict["bn_moving_var"].asnumpy())
+    heads = [mx.nd.array(case.dy, dtype=case.dtype, ctx=ctx)]
     if case.output_mean_var:
         # The mean and invstd outputs take no gradient; their heads must still be given.
-        heads += [mx.nd.zeros(case.channels, dtype=param_dtype(case.dtype))] * 2
+        heads += [mx.nd.zeros(case.channels, dtype=param_dtype(case.dtype), ctx=ctx)] * 2
     exe.backward(heads)
-    result: Outputs = {
-        "y": outs[0].asnumpy(),
-        "dx": exe.grad_dict["data"].asnumpy(),
-        "dgamma": exe.grad_dict["bn_gamma"].asnumpy(),
-        "dbeta": exe.grad_dict["bn_beta"].asnumpy(),
-        "moving_mean": exe.aux_dict["bn_moving_mean"].asnumpy(),
-        "moving_var": exe.aux_dict["bn_moving_var"].asnumpy(),
-        "gamma": exe.arg_dict["bn_gamma"].asnumpy(),
+    return _outputs(
+        case,
+        y=outs[0],
+        grads={t: exe.grad_dict[_SYM_NAMES[t]] for t in GRAD_TARGETS if case.request(t) != "null"},
+        gamma=exe.arg_dict["bn_gamma"],
+        moving=(exe.aux_dict["bn_moving_mean"], exe.aux_dict["bn_moving_var"]),
+        forward_moving=forward_moving,
+        mean_invstd=(outs[1], outs[2]) if case.output_mean_var else None,
+    )
+
+
+@contextlib.contextmanager
+def _numpy_semantics() -> Iterator[None]:
+    """What mx.npx.set_np() switches on, for the duration of one call only."""
+    with mx.util.np_shape(True), mx.util.np_array(True):
+        yield
+
+
+def _run_autograd(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+    with _numpy_semantics() if numpy else contextlib.nullcontext():
+        return _autograd_call(case, numpy=numpy, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def _autograd_call(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+    mod, op = (mx.np, mx.npx.batch_norm) if numpy else (mx.nd, mx.nd.BatchNorm)
+    pdt = param_dtype(case.dtype)
+    ctx = mx.cpu() if ctx is None else ctx
+    arrays = {
+        "data": mod.array(case.x, dtype=case.dtype, ctx=ctx),
+        "gamma": mod.array(case.gamma, dtype=pdt, ctx=ctx),
+        "beta": mod.array(case.beta, dtype=pdt, ctx=ctx),
     }
-    if case.output_mean_var:
-        result["mean"] = outs[1].asnumpy()
-        result["invstd"] = outs[2].asnumpy()
-    return result
+    moving = (mod.array(case.moving_mean, dtype=pdt, ctx=ctx), mod.array(case.moving_var, dtype=pdt, ctx=ctx))
+    for target in GRAD_TARGETS:
+        if case.request(target) != "null":
+            arrays[target].attach_grad(grad_req=case.request(target))
+        prior = case.prior(target)
+        if prior is not None:
+            arrays[target].grad[:] = prior
+    with mx.autograd.record(train_mode=case.is_train):
+        outs = op(arrays["data"], arrays["gamma"], arrays["beta"], *moving, **_operator_params(case, cudnn_off))
+    y = outs[0] if case.output_mean_var else outs
+    forward_moving = (moving[0].asnumpy(), moving[1].asnumpy())
+    mx.autograd.backward([y], [mod.array(case.dy, dtype=case.dtype, ctx=ctx)], train_mode=case.is_train)
+    return _outputs(
+        case,
+        y=y,
+        grads={t: arrays[t].grad for t in GRAD_TARGETS if case.request(t) != "null"},
+        gamma=arrays["gamma"],
+        moving=moving,
+        forward_moving=forward_moving,
+        mean_invstd=(outs[1], outs[2]) if case.output_mean_var else None,
+    )
 
 
-#: Entry points by name: how a user reaches the operator.
-RUNNERS: dict[str, Runner] = {"sym": run_symbolic}
-#: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
-BACKENDS = ("onednn", "native")
+def run_nd(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.nd.BatchNorm under mx.autograd.record(train_mode=is_train), then backward(train_mode=is_train)."""
+    return _run_autograd(case, numpy=False, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def run_npx(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.npx.batch_norm on mx.np arrays, with the numpy interface's shape and array semantics on."""
+    return _run_autograd(case, numpy=True, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def _run_gluon(case: Case, *, hybridize: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+    from mxnet.gluon import nn
+
+    if cudnn_off is not None and cudnn_off:
+        raise BackendUnavailable("gluon.nn.BatchNorm has no cudnn_off: it always takes cuDNN on a GPU")
+    case = adapt("gluon", case)
+    ctx = mx.cpu() if ctx is None else ctx
+    pdt = param_dtype(case.dtype)
+    # gluon's own mapping: epsilon (default 1e-5) given explicitly, fix_gamma = not scale, center = beta learns.
+    layer = nn.BatchNorm(
+        axis=case.axis,
+        momentum=case.momentum,
+        epsilon=case.eps,
+        center=case.request("beta") != "null",
+        scale=not case.fix_gamma,
+        use_global_stats=case.use_global_stats,
+        in_channels=case.channels,
+    )
+    layer.initialize(ctx=ctx)
+    layer.cast(case.dtype)  # float16 keeps its parameters in float32
+    for param, value in (
+        (layer.gamma, case.gamma),
+        (layer.beta, case.beta),
+        (layer.running_mean, case.moving_mean),
+        (layer.running_var, case.moving_var),
+    ):
+        param.set_data(mx.nd.array(value, dtype=pdt, ctx=ctx))
+    # Requests other than gluon's 'write', as a user sets them (e.g. collect_params().setattr('grad_req', 'add')).
+    if not case.fix_gamma:
+        layer.gamma.grad_req = case.request("gamma")
+    if case.request("beta") != "null":
+        layer.beta.grad_req = case.request("beta")
+    for target, param in (("gamma", layer.gamma), ("beta", layer.beta)):
+        prior = case.prior(target)
+        if prior is not None:
+            param.grad(ctx)[:] = prior
+    if hybridize:
+        layer.hybridize()
+    data = mx.nd.array(case.x, dtype=case.dtype, ctx=ctx)
+    if case.request("data") != "null":
+        data.attach_grad(grad_req=case.request("data"))
+        if case.prior_dx is not None:
+            data.grad[:] = case.prior_dx
+    if not case.is_train:
+        y = layer(data)  # inference, as gluon runs outside autograd.record()
+    with mx.autograd.record(train_mode=case.is_train):
+        out = layer(data)
+    forward_moving = (layer.running_mean.data(ctx).asnumpy(), layer.running_var.data(ctx).asnumpy())
+    out.backward(mx.nd.array(case.dy, dtype=case.dtype, ctx=ctx), train_mode=case.is_train)
+    grads = {"data": data.grad} if case.request("data") != "null" else {}
+    for target, param in (("gamma", layer.gamma), ("beta", layer.beta)):
+        if param.grad_req != "null":
+            grads[target] = param.grad(ctx)
+    return _outputs(
+        case,
+        y=out if case.is_train else y,
+        grads=grads,
+        gamma=layer.gamma.data(ctx),
+        moving=(layer.running_mean.data(ctx), layer.running_var.data(ctx)),
+        forward_moving=forward_moving,
+        mean_invstd=None,
+    )
+
+
+def run_gluon(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.gluon.nn.BatchNorm, imperative: inference outside autograd.record(), training inside it."""
+    return _run_gluon(case, hybridize=False, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def run_gluon_hybrid(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.gluon.nn.BatchNorm after hybridize(): the same layer through a cached graph."""
+    return _run_gluon(case, hybridize=True, ctx=ctx, cudnn_off=cudnn_off)
+
+
+_ENTRY_FUNCTIONS: dict[str, Callable[..., Outputs]] = {
+    "sym": run_symbolic,
+    "nd": run_nd,
+    "gluon": run_gluon,
+    "gluon-hybrid": run_gluon_hybrid,
+    "npx": run_npx,
+}
+#: In-process CPU runners by entry point (the backend is IN_PROCESS_BACKEND).
+RUNNERS: dict[str, Runner] = {name: _ENTRY_FUNCTIONS[name] for name in ENTRY_POINTS}
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why the GPU backends cannot run here, or None if they can."""
+    try:
+        count = mx.context.num_gpus()
+    except mx.base.MXNetError as exc:  # a CPU-only build raises instead of returning 0 on some setups
+        return f"no GPU: mx.context.num_gpus() failed ({str(exc).splitlines()[0]})"
+    return None if count > 0 else "no GPU: mx.context.num_gpus() == 0 (this MXNet build or machine has none)"
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run here (so tests skip with it), or None. CPU backends are always available
+    in principle; a worker that cannot start raises BackendUnavailable when first used."""
+    if backend not in ALL_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(ALL_BACKENDS)}")
+    return gpu_unavailable_reason() if backend in GPU_BACKENDS else None
 
 
 def runner_for(entry: str, backend: str) -> Runner:
     """The runner for an entry point on a backend.
 
-    Only the backend this process runs in is served in-process (see ONEDNN_ENABLED); the other one
-    needs a process started with MXNET_MKLDNN_ENABLED set accordingly.
+    The in-process backend runs here; the other CPU backend goes to a long-lived worker process
+    (bnprops.worker) started with MXNET_MKLDNN_ENABLED set for it; GPU backends raise
+    BackendUnavailable, with the reason, where no GPU is present.
     """
-    if entry not in RUNNERS:
-        raise ValueError(f"unknown entry point {entry!r}; choose from {sorted(RUNNERS)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
-    in_process = "onednn" if ONEDNN_ENABLED else "native"
-    if backend != in_process:
-        raise NotImplementedError(f"backend {backend!r} needs a worker process (not built yet)")
-    return RUNNERS[entry]
+    if entry not in ENTRY_POINTS:
+        raise ValueError(f"unknown entry point {entry!r}; choose from {list(ENTRY_POINTS)}")
+    if backend not in ALL_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(ALL_BACKENDS)}")
+    if backend in GPU_BACKENDS:
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(f"backend {backend!r}: {reason}")
+        return functools.partial(_ENTRY_FUNCTIONS[entry], ctx=mx.gpu(0), cudnn_off=backend == "cuda")
+    if backend == IN_PROCESS_BACKEND:
+        return RUNNERS[entry]
+    from bnprops.worker import worker_for
+
+    return functools.partial(worker_for(backend).run, entry)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 from hypothesis import strategies as st
 
-from bnprops.case import DEFAULT_EPS, DEFAULT_MOMENTUM, DTYPES, Case, param_dtype
+from bnprops.case import DEFAULT_EPS, DEFAULT_MOMENTUM, DTYPES, GRAD_REQS, WRITE_ALL, Case, param_dtype
 
 #: How the data of a case is spread, each a numerical stress of its own.
-VALUE_REGIMES = ("ordinary", "offset", "tiny_spread", "constant", "large")
+VALUE_REGIMES = ("ordinary", "offset", "tiny_spread", "constant", "large", "nonfinite")
 #: How the head gradient dy is drawn.
 HEAD_REGIMES = ("ones", "random", "scaled")
 #: The operator takes any eps (it is a double with no lower bound on CPU); 0 is the smallest
@@ -48,13 +48,18 @@ def _data(rng: np.random.Generator, regime: str, shape: tuple[int, ...], axis: i
     elif regime == "constant":
         offset = rng.normal(0, 2, channels)
         spread = np.zeros(channels)
-    elif regime == "large":
-        spread = 10 ** rng.uniform(1.5, 3 if half else 6, channels)
+    elif regime in ("large", "nonfinite"):
+        spread = 10 ** rng.uniform(1.5, 3 if half else 6, channels) if regime == "large" else np.ones(channels)
         offset = rng.normal(0, 1, channels) * spread
     else:
         raise ValueError(f"unknown value regime {regime!r}; choose from {VALUE_REGIMES}")
     noise = rng.standard_normal(shape)
     x = offset.reshape(view) + spread.reshape(view) * noise
+    if regime == "nonfinite":
+        # A user's data with a NaN or an infinity in it: one to three elements.
+        flat = x.reshape(-1)
+        picks = rng.choice(flat.size, size=min(flat.size, int(rng.integers(1, 4))), replace=False)
+        flat[picks] = rng.choice([np.nan, np.inf, -np.inf], size=picks.size)
     return x.astype(dtype)
 
 
@@ -87,6 +92,13 @@ def momenta() -> st.SearchStrategy[float]:
         st.sampled_from([0.0, 1.0]),
         st.floats(0, 1, width=32, allow_subnormal=False),
     )
+
+
+def grad_requests() -> st.SearchStrategy[tuple[str, str, str]]:
+    """grad_req for data, gamma and beta: all 'write' half the time, else any mix of write/add/null in which
+    data or beta takes a gradient (so that every entry point, gluon's scale=False included, has one)."""
+    mixed = st.tuples(*[st.sampled_from(GRAD_REQS)] * 3).filter(lambda r: r[0] != "null" or r[2] != "null")
+    return st.one_of(st.just(WRITE_ALL), mixed)
 
 
 def _validate_choice(name: str, values: Sequence[str] | None, allowed: Sequence[str]) -> tuple[str, ...]:
@@ -147,6 +159,8 @@ def cases(
     output_mean_var: bool | None = None,
     eps: st.SearchStrategy[float] | None = None,
     momentum: st.SearchStrategy[float] | None = None,
+    is_train: bool | None = None,
+    grad_req: st.SearchStrategy[tuple[str, str, str]] | None = None,
 ) -> st.SearchStrategy[Case]:
     """BatchNorm cases; every argument narrows the space, and None means 'all of it'.
 
@@ -182,6 +196,9 @@ def cases(
     eps_s = epsilons() if eps is None else eps
     momentum_s = momenta() if momentum is None else momentum
     seed_s = st.integers(0, 2**32 - 1)
+    # Training is what most calls do; inference a quarter of the time.
+    train_s = st.sampled_from([True, True, True, False]) if is_train is None else st.just(is_train)
+    grad_req_s = grad_requests() if grad_req is None else grad_req
 
     @st.composite
     def build(draw: st.DrawFn) -> Case:
@@ -190,6 +207,8 @@ def cases(
         value_regime = draw(value_s)
         head_regime = draw(head_s)
         ugs = draw(ugs_s)
+        train = draw(train_s)
+        reqs = draw(grad_req_s)
         seed = draw(seed_s)
         rng = np.random.default_rng(seed)
         caxis = axis % len(shape)
@@ -201,6 +220,14 @@ def cases(
         beta = rng.standard_normal(channels).astype(pdt)
         moving_mean = rng.standard_normal(channels).astype(pdt)
         moving_var = rng.uniform(0, 2, channels).astype(pdt)
+        # What the gradient buffers hold before an 'add': earlier gradients, of any scale.
+        priors = {
+            f"prior_{q}": (_log_uniform(rng, -2, 2) * rng.standard_normal(s)).astype(t)
+            for q, req, s, t in zip(
+                ("dx", "dgamma", "dbeta"), reqs, (shape, (channels,), (channels,)), (dtype, pdt, pdt), strict=True
+            )
+            if req == "add"
+        }
         return Case(
             x=x,
             dy=dy,
@@ -214,6 +241,9 @@ def cases(
             fix_gamma=draw(fix_gamma_s),
             use_global_stats=ugs,
             output_mean_var=draw(omv_s),
+            is_train=train,
+            grad_req=reqs,
+            **priors,
             regime=f"{value_regime}/{head_regime}",
         )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.case import Case, Outputs
+from bnprops.case import GRADIENT_OF, Case, Outputs
 from bnprops.oracle import momentum_as_applied, output_dtypes
 
 #: Each fault and what it gets wrong.
@@ -25,6 +25,8 @@ FAULTS = {
     "gamma_not_written": "leaves gamma as it was under fix_gamma",
     "global_stats_ignored": "normalises with batch statistics under use_global_stats",
     "invstd_is_variance": "returns the variance as the second output_mean_var output",
+    "moving_updated_in_forward": "updates the moving statistics in the forward already",
+    "add_overwrites": "writes gradients requested with 'add' instead of accumulating them",
 }
 
 
@@ -41,7 +43,7 @@ def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
     g = np.ones(case.channels, ct) if case.fix_gamma else case.gamma.astype(ct)
     beta = np.zeros(case.channels, ct) if fault == "beta_dropped" else case.beta.astype(ct)
 
-    batch_stats = case.uses_batch_stats or fault == "global_stats_ignored"
+    batch_stats = case.uses_batch_stats or (fault == "global_stats_ignored" and case.is_train)
     with np.errstate(all="ignore"):
         if batch_stats and fault == "stats_over_all_axes":
             mean = np.full(case.channels, x.mean(), ct)
@@ -83,15 +85,20 @@ def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
     if fault == "dx_off_by_half_percent":
         dx = dx * 1.005
     gamma_after = case.gamma if (fault == "gamma_not_written" or not case.fix_gamma) else np.ones(case.channels)
+    gradients = {"data": dx, "gamma": dgamma, "beta": dbeta}
+    for target in GRADIENT_OF:
+        if case.request(target) == "add" and fault != "add_overwrites":
+            gradients[target] = case.prior(target) + gradients[target]  # type: ignore[operator]
+    in_forward = fault == "moving_updated_in_forward"
     out = {
         "y": y,
-        "dx": dx,
-        "dgamma": dgamma,
-        "dbeta": dbeta,
         "moving_mean": moving_mean,
         "moving_var": moving_var,
         "gamma": gamma_after,
+        "forward_moving_mean": moving_mean if in_forward else case.moving_mean,
+        "forward_moving_var": moving_var if in_forward else case.moving_var,
     }
+    out.update({name: gradients[target] for target, name in GRADIENT_OF.items() if case.request(target) != "null"})
     if case.output_mean_var:
         out["mean"] = mean
         out["invstd"] = var if fault == "invstd_is_variance" else invstd

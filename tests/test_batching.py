@@ -17,8 +17,9 @@ from tests.helpers import one_channel_case
 
 
 def float64_params(case: Case) -> dict[str, np.ndarray]:
-    """The parameters as float64, so that the comparison runs under float64 bounds."""
-    return {name: getattr(case, name).astype(np.float64) for name in ("gamma", "beta", "moving_mean", "moving_var")}
+    """The parameters (and pre-filled gradients) as float64, so the comparison runs under float64 bounds."""
+    names = ("gamma", "beta", "moving_mean", "moving_var", "prior_dx", "prior_dgamma", "prior_dbeta")
+    return {name: getattr(case, name).astype(np.float64) for name in names if getattr(case, name) is not None}
 
 
 def siblings(case: Case, count: int, seed: int) -> list[Case]:

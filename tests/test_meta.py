@@ -28,6 +28,7 @@ CATCHES = {
         "global_stats_ignored",
     ],
     "data_gradient": [
+        "add_overwrites",
         "unbiased_variance",
         "eps_dropped",
         "stats_over_all_axes",
@@ -44,6 +45,7 @@ CATCHES = {
     ],
     "moving_statistics": ["momentum_swapped", "unbiased_variance", "stats_over_all_axes"],
     "gamma_side_effect": ["gamma_not_written"],
+    "moving_statistics_timing": ["moving_updated_in_forward"],
 }
 PAIRS = [(prop, fault) for prop, faults in CATCHES.items() for fault in faults]
 

@@ -7,10 +7,18 @@ from hypothesis import given
 
 from bnprops.case import Case
 from bnprops.checks import PROPERTIES, assert_matches_oracle
-from bnprops.runners import run_symbolic
+from bnprops.runners import IN_PROCESS_BACKEND, run_symbolic
 from bnprops.strategies import cases
 
 pytestmark = pytest.mark.property
+
+
+@pytest.fixture(autouse=True)
+def _chosen(request: pytest.FixtureRequest) -> None:
+    # These run sym in this process: honour --bn-entry and --bn-backend.
+    config = request.config
+    if "sym" not in config.bn_entries or IN_PROCESS_BACKEND not in config.bn_backends:  # type: ignore[attr-defined]
+        pytest.skip(f"--bn-entry/--bn-backend leave out sym on {IN_PROCESS_BACKEND}")
 
 
 def check_symbolic(case: Case, prop: str) -> None:

@@ -1,0 +1,73 @@
+"""Bad or degenerate input a user can pass: each gets an error or the result the contract defines.
+
+NaN and inf in the data are part of every property's cases (value regime "nonfinite"); here are
+the inputs a property cannot draw: parameter arrays of the wrong length (probed in throwaway
+processes, bnprops.contract) and a batch with no elements.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bnprops import contract
+from bnprops.case import Case, param_dtype
+from bnprops.checks import check
+from bnprops.known_deviations import INPUT_DEVIATIONS
+from bnprops.runners import BACKENDS, ENTRY_POINTS, runner_for
+
+
+@pytest.fixture(scope="module")
+def wrong_length_observations() -> dict[tuple[str, str], list[contract.Observation]]:
+    # Ten throwaway processes, two at a time: each imports MXNet (a few seconds) and may corrupt its heap.
+    pairs = [(entry, backend) for entry in ENTRY_POINTS for backend in BACKENDS]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(pairs, pool.map(lambda p: contract.observe(*p), pairs), strict=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_wrong_length_parameters_are_rejected_or_a_known_deviation(
+    entry: str, backend: str, wrong_length_observations: dict[tuple[str, str], list[contract.Observation]]
+) -> None:
+    observations = wrong_length_observations[(entry, backend)]
+    assert len(observations) == len(contract.probes(entry)), [o.describe() for o in observations]
+    for obs in observations:
+        known = [d for d in INPUT_DEVIATIONS if d.applies(obs.entry, obs.backend, obs.parameter, obs.length)]
+        if obs.rejected:
+            assert not known, f"{obs.describe()}, but known deviation {known[0].id} says it is accepted: remove it?"
+        else:
+            assert known, f"{obs.describe()}: the contract (shape (C,)) wants an error, and no known deviation says so"
+
+
+def empty_batch(dtype: str, *, fix_gamma: bool) -> Case:
+    pdt = param_dtype(dtype)
+    x = np.zeros((0, 3), dtype=dtype)
+    return Case(
+        x=x,
+        dy=x.copy(),
+        gamma=np.full(3, 1.5, pdt),
+        beta=np.full(3, 0.25, pdt),
+        moving_mean=np.zeros(3, pdt),
+        moving_var=np.ones(3, pdt),
+        fix_gamma=fix_gamma,
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_an_empty_batch_is_rejected_or_gives_the_defined_result(entry: str, backend: str) -> None:
+    # In MXNet's legacy shapes a 0 means "unknown", so sym, nd and gluon must refuse; the numpy interface
+    # allows zero-size arrays, and then the oracle defines the result (empty sums are 0, an empty mean NaN).
+    for dtype in ("float32", "float64"):
+        for fix_gamma in (False, True):
+            case = empty_batch(dtype, fix_gamma=fix_gamma)
+            if entry == "npx":
+                outcome = check(case, runner=runner_for(entry, backend), entry=entry, backend=backend)
+                assert outcome.ok, outcome.message()
+            else:
+                with pytest.raises((mx.base.MXNetError, RuntimeError)):
+                    runner_for(entry, backend)(case)
