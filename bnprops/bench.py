@@ -6,6 +6,7 @@ Stages (cases per second, and the ratio to the ceiling):
             (no Hypothesis): what one process can judge at best;
 * empty     a Hypothesis loop over the same strategy with an empty body: Hypothesis's own cost;
 * property  the property run's body (assert_matches_oracle on every quantity) under Hypothesis;
+* stacked   the stacked property: up to 16 same-signature cases per example in one MXNet call;
 * fuzz      the fuzz job on all cores, when it is available.
 """
 
@@ -18,9 +19,9 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, Phase, given, settings
 
 from bnprops.case import QUANTITIES, Case
-from bnprops.checks import assert_matches_oracle, check
+from bnprops.checks import assert_group_matches_oracle, assert_matches_oracle, check
 from bnprops.runners import run_symbolic
-from bnprops.strategies import cases
+from bnprops.strategies import case_groups, cases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +85,26 @@ def property_run(examples: int) -> Stage:
     return _hypothesis_stage("property", examples, body)
 
 
+def stacked_run(examples: int) -> Stage:
+    count = 0
+
+    @_loop_settings(examples)
+    @given(group=case_groups())
+    def loop(group: list[Case]) -> None:
+        nonlocal count
+        count += len(group)
+        assert_group_matches_oracle(group, runner=run_symbolic, entry="sym")
+
+    start = time.perf_counter()
+    loop()
+    return Stage("stacked", count, time.perf_counter() - start)
+
+
 def run(*, examples: int = 1000) -> list[Stage]:
     """Measure every stage on the same strategy; the first pass warms MXNet's executor cache."""
     drawn = draw_cases(examples)
     ceiling(drawn)  # warm-up: binds the executors the timed stages reuse
-    return [ceiling(drawn), empty(examples), property_run(examples)]
+    return [ceiling(drawn), empty(examples), property_run(examples), stacked_run(examples)]
 
 
 def format_table(stages: list[Stage]) -> str:

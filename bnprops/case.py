@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,6 +42,7 @@ GRADIENT_OF = {"data": "dx", "gamma": "dgamma", "beta": "dbeta"}
 PRIOR_FIELDS = {"data": "prior_dx", "gamma": "prior_dgamma", "beta": "prior_dbeta"}
 WRITE_ALL = ("write", "write", "write")
 _CASE_FORMAT = "bnprops.case/1"
+T = TypeVar("T")
 
 #: What a runner or the oracle returns: quantity name -> array (absent if not produced).
 Outputs = dict[str, np.ndarray]
@@ -106,6 +109,17 @@ class Case:
                     f"got {arr.dtype}{arr.shape}"
                 )
         self._validate_requests(pdt)
+        # Derived values are memoised per case (see memo), so a case's arrays must not change under it.
+        for name in self._array_fields():
+            getattr(self, name).flags.writeable = False
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, once per case: the oracle, error model and known deviations share derived values."""
+        cache: dict[str, Any] = self.__dict__.setdefault("_memo", {})
+        if key not in cache:
+            cache[key] = compute()
+        result: T = cache[key]
+        return result
 
     def _validate_requests(self, pdt: str) -> None:
         reqs = tuple(self.grad_req)
@@ -129,27 +143,27 @@ class Case:
                 raise ValueError(f"grad_req 'add' for {target} needs {field} of {dtype}{shape}, got {got}")
 
     # Derived facts the oracle, runners and comparator share.
-    @property
+    @functools.cached_property
     def dtype(self) -> str:
         return str(self.x.dtype)
 
-    @property
+    @functools.cached_property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape)
 
-    @property
+    @functools.cached_property
     def channel_axis(self) -> int:
         return self.axis % self.x.ndim
 
-    @property
+    @functools.cached_property
     def channels(self) -> int:
         return int(self.x.shape[self.axis])
 
-    @property
+    @functools.cached_property
     def reduce_axes(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.x.ndim) if i != self.channel_axis)
 
-    @property
+    @functools.cached_property
     def reduction_length(self) -> int:
         """M, the number of elements that share one channel's statistics."""
         return int(self.x.size // max(self.channels, 1))

@@ -9,11 +9,12 @@ import collections
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import hypothesis
 
+from bnprops.batching import split, stack
 from bnprops.case import QUANTITIES, Case, Outputs
 from bnprops.comparator import Mismatch, Verdict, compare, compare_pair, reproducer
 from bnprops.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
@@ -138,6 +139,51 @@ def check(
     outcome = judge(verdict, entry=entry, kernel=kernel, checked=quantities, backend=backend)
     record(outcome, kernel=kernel)
     return outcome
+
+
+def check_group(
+    group: Sequence[Case],
+    *,
+    runner: Runner,
+    entry: str,
+    quantities: Iterable[str] = QUANTITIES,
+    backend: str | None = None,
+) -> list[Outcome]:
+    """Judge same-signature cases from one stacked MXNet call (bnprops.batching): one outcome per case.
+
+    The stacked call is itself a case and is judged as one. Known deviations apply case by case,
+    though, so wherever the stacked verdict shows any disagreement, each case is judged on its own
+    slice of the outputs: the fast path only ever says "passed".
+    """
+    quantities = tuple(quantities)
+    backend = IN_PROCESS_BACKEND if backend is None else backend
+    group = [adapt(entry, case) for case in group]
+    stacked = stack(group)
+    outputs = runner(stacked)
+    kernel = kernel_for(stacked, backend)
+    whole = judge(compare(stacked, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+    outcomes = []
+    for case, part in zip(group, split(stacked, outputs, [c.channels for c in group]), strict=True):
+        if whole.verdict.mismatches or whole.stale:
+            outcome = judge(compare(case, part), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+        else:
+            outcome = Outcome(Verdict(case, (), {}), entry, (), (), (), frozenset(quantities), backend)
+        record(outcome, kernel=kernel)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def assert_group_matches_oracle(
+    group: Sequence[Case], *, runner: Runner, entry: str, quantities: Iterable[str] = QUANTITIES
+) -> list[Outcome]:
+    """check_group, raising AssertionError (what differed, and a reproducer) for the first case that fails."""
+    outcomes = check_group(group, runner=runner, entry=entry, quantities=quantities)
+    for outcome in outcomes:
+        if not outcome.ok:
+            raise AssertionError(
+                f"(case {outcomes.index(outcome) + 1} of a stacked group of {len(group)})\n" + outcome.message()
+            )
+    return outcomes
 
 
 def record(outcome: Outcome, *, kernel: str) -> None:

@@ -99,6 +99,10 @@ class _Statistics:
 
 
 def _statistics(case: Case) -> _Statistics:
+    return case.memo("error_model", lambda: _compute_statistics(case))
+
+
+def _compute_statistics(case: Case) -> _Statistics:
     u = unit_roundoff(compute_dtype(case.dtype))
     sum_err = u + (case.reduction_length + 2) * unit_roundoff(accumulation_dtype(case.dtype))
     mean, var = statistics(case)
@@ -134,6 +138,10 @@ def indeterminate_channels(case: Case) -> np.ndarray:
     comparator judges none of those there (see indeterminate_quantities); the moving statistics
     stay judged.
     """
+    return case.memo("indeterminate", lambda: _indeterminate(case))
+
+
+def _indeterminate(case: Case) -> np.ndarray:
     st = _statistics(case)
     with np.errstate(invalid="ignore"):
         return np.asarray((st.s2 <= 0) | (2 * st.e_var >= st.s2))

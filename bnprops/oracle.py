@@ -21,12 +21,20 @@ def per_channel(case: Case, values: np.ndarray) -> np.ndarray:
 
 def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """The per-channel mean and variance the call normalises with (batch, biased; or the moving ones)."""
+    return case.memo("statistics", lambda: _statistics(case))
+
+
+def _statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     if not case.uses_batch_stats:
         return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
     x = case.x.astype(np.float64)
     # NaN/inf in the data make their channel's statistics NaN/inf, by IEEE rules, as they should.
     with np.errstate(invalid="ignore", over="ignore"):
         mean = x.mean(axis=case.reduce_axes)
+        # One refinement step: float64 data's own mean rounds relative to |x|; the correction is
+        # exact for a constant channel, whose variance then comes out exactly 0, as it must.
+        correction = (x - per_channel(case, mean)).mean(axis=case.reduce_axes)
+        mean = np.where(np.isfinite(mean), mean + correction, mean)  # inf data keeps its inf mean
         centred = x - per_channel(case, mean)
         var = (centred * centred).mean(axis=case.reduce_axes)
     return mean, var
@@ -63,7 +71,17 @@ def reference(case: Case) -> Outputs:
 
 
 def fresh_reference(case: Case) -> Outputs:
-    """Every quantity as if each gradient were requested with 'write'."""
+    """Every quantity as if each gradient were requested with 'write' (a new dict of read-only arrays)."""
+    return dict(case.memo("fresh_reference", lambda: _frozen(_fresh_reference(case))))
+
+
+def _frozen(outputs: Outputs) -> Outputs:
+    for value in outputs.values():
+        value.flags.writeable = False
+    return outputs
+
+
+def _fresh_reference(case: Case) -> Outputs:
     x = case.x.astype(np.float64)
     dy = case.dy.astype(np.float64)
     red = case.reduce_axes

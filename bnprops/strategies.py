@@ -74,6 +74,63 @@ def _head(rng: np.random.Generator, regime: str, shape: tuple[int, ...], dtype: 
     raise ValueError(f"unknown head regime {regime!r}; choose from {HEAD_REGIMES}")
 
 
+def _values(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    axis: int,
+    dtype: str,
+    value_regime: str,
+    head_regime: str,
+    reqs: tuple[str, str, str],
+) -> dict[str, np.ndarray]:
+    """Every array of a case, drawn from ``rng``: the data and head in their regimes, the parameters."""
+    caxis = axis % len(shape)
+    channels = shape[caxis]
+    pdt = param_dtype(dtype)
+    arrays = {
+        "x": _data(rng, value_regime, shape, caxis, dtype),
+        "dy": _head(rng, head_regime, shape, dtype),
+        "gamma": rng.standard_normal(channels).astype(pdt),
+        "beta": rng.standard_normal(channels).astype(pdt),
+        "moving_mean": rng.standard_normal(channels).astype(pdt),
+        "moving_var": rng.uniform(0, 2, channels).astype(pdt),
+    }
+    # What the gradient buffers hold before an 'add': earlier gradients, of any scale.
+    for q, req, s, t in zip(
+        ("dx", "dgamma", "dbeta"), reqs, (shape, (channels,), (channels,)), (dtype, pdt, pdt), strict=True
+    ):
+        if req == "add":
+            arrays[f"prior_{q}"] = (_log_uniform(rng, -2, 2) * rng.standard_normal(s)).astype(t)
+    return arrays
+
+
+def sibling(case: Case, seed: int) -> Case:
+    """A case with ``case``'s signature and regimes and other values: a partner to stack with it."""
+    value_regime, _, head_regime = case.regime.partition("/")
+    rng = np.random.default_rng(seed)
+    return case.with_(**_values(rng, case.shape, case.axis, case.dtype, value_regime, head_regime, case.grad_req))
+
+
+def case_groups(*, max_size: int = 16, **case_options: object) -> st.SearchStrategy[list[Case]]:
+    """Lists of 1 to ``max_size`` cases that share one signature, to run stacked in one MXNet call.
+
+    ``case_options`` are those of cases(); the group shrinks towards one case, then that case shrinks.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    first_s = cases(**case_options)  # type: ignore[arg-type]
+    size_s = st.integers(1, max_size)
+    seed_s = st.integers(0, 2**32 - 1)
+
+    @st.composite
+    def group(draw: st.DrawFn) -> list[Case]:
+        first = draw(first_s)
+        size, seed = draw(size_s), draw(seed_s)
+        return [first, *(sibling(first, seed + i) for i in range(1, size))]
+
+    return group()
+
+
 def epsilons() -> st.SearchStrategy[float]:
     """eps: the default 1e-3 about a third of the time, else 0 through tiny to large."""
     return st.one_of(
@@ -210,31 +267,8 @@ def cases(
         train = draw(train_s)
         reqs = draw(grad_req_s)
         seed = draw(seed_s)
-        rng = np.random.default_rng(seed)
-        caxis = axis % len(shape)
-        channels = shape[caxis]
-        pdt = param_dtype(dtype)
-        x = _data(rng, value_regime, shape, caxis, dtype)
-        dy = _head(rng, head_regime, shape, dtype)
-        gamma = rng.standard_normal(channels).astype(pdt)
-        beta = rng.standard_normal(channels).astype(pdt)
-        moving_mean = rng.standard_normal(channels).astype(pdt)
-        moving_var = rng.uniform(0, 2, channels).astype(pdt)
-        # What the gradient buffers hold before an 'add': earlier gradients, of any scale.
-        priors = {
-            f"prior_{q}": (_log_uniform(rng, -2, 2) * rng.standard_normal(s)).astype(t)
-            for q, req, s, t in zip(
-                ("dx", "dgamma", "dbeta"), reqs, (shape, (channels,), (channels,)), (dtype, pdt, pdt), strict=True
-            )
-            if req == "add"
-        }
         return Case(
-            x=x,
-            dy=dy,
-            gamma=gamma,
-            beta=beta,
-            moving_mean=moving_mean,
-            moving_var=moving_var,
+            **_values(np.random.default_rng(seed), shape, axis, dtype, value_regime, head_regime, reqs),
             axis=axis,
             eps=draw(eps_s),
             momentum=draw(momentum_s),
@@ -243,7 +277,6 @@ def cases(
             output_mean_var=draw(omv_s),
             is_train=train,
             grad_req=reqs,
-            **priors,
             regime=f"{value_regime}/{head_regime}",
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,11 +11,13 @@ from hypothesis import strategies as st
 
 from bnprops.batching import split, stack
 from bnprops.case import Case
+from bnprops.checks import check, check_group
 from bnprops.comparator import compare
 from bnprops.oracle import reference
 from bnprops.runners import run_symbolic
-from bnprops.strategies import cases
+from bnprops.strategies import case_groups, cases
 from tests.helpers import one_channel_case
+from tests.planted import FAULTS, numpy_batchnorm
 
 
 def float64_params(case: Case) -> dict[str, np.ndarray]:
@@ -74,3 +78,15 @@ def test_split_refuses_sizes_that_do_not_add_up() -> None:
     case = one_channel_case([1.0, 2.0])
     with pytest.raises(ValueError, match="add up"):
         split(case, reference(case), [2])
+
+
+@settings(max_examples=80, deadline=None)
+@given(group=case_groups(max_size=5), fault=st.sampled_from(sorted(FAULTS)))
+def test_judging_a_stacked_group_agrees_with_judging_each_case(group: list[Case], fault: str) -> None:
+    runner = functools.partial(numpy_batchnorm, fault=fault)
+    together = check_group(group, runner=runner, entry="subject", backend="subject")
+    alone = [check(case, runner=runner, entry="subject", kernel="subject", backend="subject") for case in group]
+    assert [o.ok for o in together] == [o.ok for o in alone]
+    assert [sorted(m.quantity for m in o.unexpected) for o in together] == [
+        sorted(m.quantity for m in o.unexpected) for o in alone
+    ]

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 
 from bnprops.case import Case
-from bnprops.checks import PROPERTIES, assert_matches_oracle
+from bnprops.checks import PROPERTIES, assert_group_matches_oracle, assert_matches_oracle
 from bnprops.runners import IN_PROCESS_BACKEND, run_symbolic
-from bnprops.strategies import cases
+from bnprops.strategies import case_groups, cases
 
 pytestmark = pytest.mark.property
 
@@ -48,3 +48,9 @@ def test_moving_statistics_match_the_oracle(case: Case) -> None:
 @given(case=cases())
 def test_fix_gamma_side_effect_matches_the_oracle(case: Case) -> None:
     check_symbolic(case, "gamma_side_effect")
+
+
+@given(group=case_groups())
+def test_stacked_cases_match_the_oracle_case_by_case(group: list[Case]) -> None:
+    # Up to 16 same-signature cases in one MXNet call: many more cases per second (see bench.py).
+    assert_group_matches_oracle(group, runner=run_symbolic, entry="sym")
