@@ -32,7 +32,7 @@ output (all written atomically into --out):
   findings/ID.py           its standalone reproducer (mxnet and numpy only; exits 1 while it fails)
   db/, db-index.json       the Hypothesis example database: next run replays these first
 
-exit status: 0 no new deviation, 1 new deviation(s) found, 2 usage error.
+exit status: 0 no new deviation, 1 new deviation(s) found (or a worker stopped on an error), 2 usage error.
 Ctrl-C stops the campaign and still writes the report of what ran."""
 
 
@@ -242,8 +242,10 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except fuzz.UsageError as exc:
         _usage(parser, str(exc))
     print(result.summary())
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"report: {config.out / 'report.md'} (machine-readable: {config.out / 'report.json'})")
-    return EXIT_FOUND if result.new else EXIT_OK
+    return EXIT_FOUND if result.new or result.crashed else EXIT_OK
 
 
 def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -14,7 +14,12 @@ signatures already catalogued are only counted.
 Sharding: chunk ``g`` of the infinite chunk sequence has seed ``sha256(seed, g)``; shard ``I`` of
 ``N`` runs the chunks ``g = I, I + N, I + 2N, ...`` (0-based ``I``), and its ``K`` workers deal
 those out in turn.  So shards and workers never run the same chunk, and together N shards run
-exactly the chunks one unsharded run would have run.
+exactly the chunks one unsharded run would have run.  Distinct chunks draw distinct cases, with one
+exception: Hypothesis starts every run with its simplest cases (shape (1,), seed 0, ...), so a few
+of those recur in every chunk (about 1 in 100 cases).  A worker judges each case once and skips its
+repeats (WorkerResult.repeats); across shards and workers such a simplest case may be judged once
+each.  An exact partition (each shard judging only the cases whose hash it owns) would cost N
+generated cases per judged one, and generation costs about as much as judging.
 
 The Hypothesis example database lives in ``OUT/db``: each new signature's minimal example is kept
 under a key of its own (Signature.key), and ``OUT/db-index.json`` lists those signatures, so the
@@ -261,6 +266,9 @@ class WorkerResult:
 
     worker: int
     cases: int = 0
+    #: Cases drawn again that this worker had judged already (Hypothesis starts every chunk with its
+    #: simplest cases); skipped, not counted.
+    repeats: int = 0
     shrink_calls: int = 0
     elapsed_s: float = 0.0
     stop_reason: str = "budget"
@@ -344,6 +352,9 @@ def search(
             raise _Found
 
     test = given(strategy)(body)
+    # As hypothesis.find does: a fixed key spares Hypothesis hashing the source of ``body`` for one
+    # (which reads this file again on every search); _Router maps every key to a signature's anyway.
+    test._hypothesis_internal_database_key = b"bnprops-fuzz"  # type: ignore[attr-defined]
     if seed_value is not None:
         test = seed(seed_value)(test)
     test = Settings(
@@ -397,6 +408,7 @@ class _Worker:
         self.sampler = _Sampler(PLOT_SAMPLE, chunk_seed(config.seed, -1 - worker))
         self.failed = self.known = 0
         self.last_progress = 0.0
+        self.judged: set[bytes] = set()
 
     # Judging.
     def judge(self, value: tuple[Target, Case]) -> tuple[Outcome | None, tuple[Signature, ...], str]:
@@ -470,6 +482,11 @@ class _Worker:
         if self.time_is_up():
             self.result.stop_reason = "time"
             raise _Stop
+        fingerprint = hashlib.sha1(repr(value[0]).encode() + value[1].to_json().encode()).digest()
+        if fingerprint in self.judged:
+            self.result.repeats += 1
+            return False
+        self.judged.add(fingerprint)
         outcome, sigs, _ = self.judge(value)
         self.record(value, outcome, sigs)
         if outcome is not None:
@@ -582,6 +599,11 @@ class _Worker:
         except KeyboardInterrupt:
             self.result.stop_reason = "interrupted"
             self.settle(self.best, reduction="partly shrunk")
+        except Exception:
+            # A bug in bnprops or Hypothesis: keep what ran, and say what broke.
+            self.result.stop_reason = "crashed"
+            self.result.error = traceback.format_exc()
+            self.hunting = None
         for entry in self.pending.values():
             entry.detail = self.describe(entry.signature, entry.case)
             self.catalogue.add(entry)

@@ -52,10 +52,16 @@ class Report:
     points: Points
     notes: list[str] = dataclasses.field(default_factory=list)
     shards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Cases drawn again by a worker that had judged them already (skipped).
+    repeats: int = 0
 
     @property
     def cases_per_s(self) -> float:
         return self.cases / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def crashed(self) -> bool:
+        return "crashed" in self.stop_reason
 
     @property
     def new(self) -> list[Entry]:
@@ -98,6 +104,7 @@ class Report:
             "cases": self.cases,
             "cases_per_s": self.cases_per_s,
             "shrink_calls": self.shrink_calls,
+            "repeats_skipped": self.repeats,
             "stop_reason": self.stop_reason,
             "totals": self.totals(),
             "counts": [
@@ -136,6 +143,7 @@ class Report:
             points=points,
             notes=data.get("notes", []),
             shards=data.get("shards", []),
+            repeats=int(data.get("repeats_skipped", 0)),
         )
 
 
@@ -164,7 +172,7 @@ def from_workers(
         _add_worst(worst, r.worst.values())
         points = points.concat(r.points)
         if r.error:
-            notes.append(f"worker {r.worker} crashed; its findings are lost:\n{r.error}")
+            notes.append(f"worker {r.worker} stopped on an error (what it ran is reported):\n{r.error}")
     reasons = {r.stop_reason for r in results}
     stop = "interrupted" if interrupted else ("time" if "time" in reasons else ", ".join(sorted(reasons)))
     return Report(
@@ -181,6 +189,7 @@ def from_workers(
         skipped=skipped,
         points=points,
         notes=notes,
+        repeats=sum(r.repeats for r in results),
     )
 
 
@@ -303,6 +312,7 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         points=points,
         notes=notes,
         shards=shards,
+        repeats=sum(r.repeats for r in reports),
     )
 
 
