@@ -72,6 +72,8 @@ DEFAULT_CHUNK_SIZE = 100
 SHRINK_GRACE_S = 30.0
 #: Cases per worker kept for the error plot (a uniform sample of all cases run).
 PLOT_SAMPLE = 50_000
+#: Chunks in a row that judge nothing new before a worker gives up (the space is exhausted).
+MAX_IDLE_CHUNKS = 50
 INDEX_FILE = "db-index.json"
 _INDEX_FORMAT = "bnprops.db-index/1"
 
@@ -482,6 +484,9 @@ class _Worker:
         if self.time_is_up():
             self.result.stop_reason = "time"
             raise _Stop
+        if self.budget_spent():
+            self.result.stop_reason = "budget"
+            raise _Stop
         fingerprint = hashlib.sha1(repr(value[0]).encode() + value[1].to_json().encode()).digest()
         if fingerprint in self.judged:
             self.result.repeats += 1
@@ -496,6 +501,9 @@ class _Worker:
             self.hunting, self.best = fresh[0], value[1]
             return True
         return False
+
+    def budget_spent(self) -> bool:
+        return self.budget is not None and self.result.cases >= self.budget
 
     def shrink_step(self, value: tuple[Target, Case]) -> bool:
         if self.stop_requested():
@@ -565,6 +573,7 @@ class _Worker:
 
     def run(self) -> WorkerResult:
         start = time.time()
+        idle_chunks = 0
         try:
             if self.worker == 0:
                 self.replay()
@@ -574,26 +583,30 @@ class _Worker:
                 worker=self.worker,
                 workers=self.config.workers,
             ):
-                n = self.config.chunk_size
-                if self.budget is not None:
-                    n = min(n, self.budget - self.result.cases)
-                    if n <= 0:
-                        self.result.stop_reason = "budget"
-                        break
+                if self.budget_spent():
+                    self.result.stop_reason = "budget"
+                    break
                 if self.time_is_up():
                     self.result.stop_reason = "time"
                     break
+                if idle_chunks >= MAX_IDLE_CHUNKS:
+                    self.result.stop_reason = "exhausted (only repeated cases drawn)"
+                    break
                 self.result.chunks.append(index)
+                before = self.result.cases
+                # Always a whole chunk: the budget stops the search from inside (a chunk cut to a few
+                # cases would draw only Hypothesis's simplest ones, which this worker has judged).
                 minimal = search(
                     self.strategy,
                     self.explore,
                     database=_Router(self.db, lambda: self.hunting, replay=False),
-                    max_examples=n,
+                    max_examples=self.config.chunk_size,
                     phases=(Phase.generate, Phase.target, Phase.shrink),
                     seed_value=chunk_seed(self.config.seed, index),
                 )
                 if minimal is not None:
                     self.settle(minimal[1], reduction="shrunk")
+                idle_chunks = 0 if self.result.cases > before else idle_chunks + 1
         except _Stop:
             self.settle(self.best, reduction="partly shrunk")
         except KeyboardInterrupt:
