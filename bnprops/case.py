@@ -266,6 +266,8 @@ class Case:
     def snippet(self, *, entry: str = "sym", backend: str = "onednn") -> str:
         """A standalone script (mxnet and numpy only) that makes this exact call and prints what MXNet returns.
 
+        It leaves MXNet's results in ``actual``, a dict from quantity name to numpy array.
+
         ``entry`` is how the call reaches the operator (bnprops.runners.ENTRY_POINTS); ``backend``
         'native' disables oneDNN, which MXNet reads at start-up.
         """
@@ -296,7 +298,9 @@ class Case:
             f"use_global_stats={self.use_global_stats}, axis={self.axis})",
             f"is_train, output_mean_var = {self.is_train}, {self.output_mean_var}",
         ]
-        return "\n".join(head) + "\n" + body.strip("\n")
+        head.append(f"gradient_of = {GRADIENT_OF!r}")
+        tail = "for q, value in actual.items():\n    print(q, value)"
+        return "\n".join(head) + "\n" + body.strip("\n") + "\n" + tail
 
     def __repr__(self) -> str:
         return f"<Case {self.describe()}>"
@@ -332,17 +336,19 @@ exe.aux_dict['bn_moving_var'][:] = moving_var
 for t, value in prior.items():
     exe.grad_dict[names[t]][:] = value
 outs = exe.forward(is_train=is_train)
-print('moving after forward', exe.aux_dict['bn_moving_mean'].asnumpy(), exe.aux_dict['bn_moving_var'].asnumpy())
+actual = {'forward_moving_mean': exe.aux_dict['bn_moving_mean'].asnumpy(),
+          'forward_moving_var': exe.aux_dict['bn_moving_var'].asnumpy()}
 heads = [mx.nd.array(dy, dtype=dy.dtype)] + [mx.nd.zeros(C, dtype=pdt)] * (2 if output_mean_var else 0)
 exe.backward(heads)
-print('y', outs[0].asnumpy())
+actual['y'] = outs[0].asnumpy()
 if output_mean_var:
-    print('mean', outs[1].asnumpy(), 'invstd', outs[2].asnumpy())
-for t, r in req.items():
-    if r != 'null':
-        print('grad', t, exe.grad_dict[names[t]].asnumpy())
-print('gamma', exe.arg_dict['bn_gamma'].asnumpy())
-print('moving', exe.aux_dict['bn_moving_mean'].asnumpy(), exe.aux_dict['bn_moving_var'].asnumpy())
+    actual['mean'], actual['invstd'] = outs[1].asnumpy(), outs[2].asnumpy()
+for t, q in gradient_of.items():
+    if req[t] != 'null':
+        actual[q] = exe.grad_dict[names[t]].asnumpy()
+actual['gamma'] = exe.arg_dict['bn_gamma'].asnumpy()
+actual['moving_mean'] = exe.aux_dict['bn_moving_mean'].asnumpy()
+actual['moving_var'] = exe.aux_dict['bn_moving_var'].asnumpy()
 """
 
 _SNIPPET_AUTOGRAD = """
@@ -358,16 +364,16 @@ for t, value in prior.items():
 with mx.autograd.record(train_mode=is_train):
     outs = op(arrays['data'], arrays['gamma'], arrays['beta'], mm, mv, output_mean_var=output_mean_var, **params)
 y = outs[0] if output_mean_var else outs
-print('moving after forward', mm.asnumpy(), mv.asnumpy())
+actual = {{'forward_moving_mean': mm.asnumpy(), 'forward_moving_var': mv.asnumpy()}}
 mx.autograd.backward([y], [mod.array(dy, dtype=dy.dtype)], train_mode=is_train)
-print('y', y.asnumpy())
+actual['y'] = y.asnumpy()
 if output_mean_var:
-    print('mean', outs[1].asnumpy(), 'invstd', outs[2].asnumpy())
-for t, r in req.items():
-    if r != 'null':
-        print('grad', t, arrays[t].grad.asnumpy())
-print('gamma', arrays['gamma'].asnumpy())
-print('moving', mm.asnumpy(), mv.asnumpy())
+    actual['mean'], actual['invstd'] = outs[1].asnumpy(), outs[2].asnumpy()
+for t, q in gradient_of.items():
+    if req[t] != 'null':
+        actual[q] = arrays[t].grad.asnumpy()
+actual['gamma'] = arrays['gamma'].asnumpy()
+actual['moving_mean'], actual['moving_var'] = mm.asnumpy(), mv.asnumpy()
 """
 
 _SNIPPET_GLUON = """
@@ -398,16 +404,18 @@ if not is_train:
 with mx.autograd.record(train_mode=is_train):
     out = layer(data)
 y = out if is_train else y
-print('moving after forward', layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy())
+actual = {{'forward_moving_mean': layer.running_mean.data().asnumpy(),
+          'forward_moving_var': layer.running_var.data().asnumpy()}}
 out.backward(mx.nd.array(dy, dtype=dy.dtype), train_mode=is_train)
-print('y', y.asnumpy())
+actual['y'] = y.asnumpy()
 if req['data'] != 'null':
-    print('grad data', data.grad.asnumpy())
-for p in (layer.gamma, layer.beta):
+    actual['dx'] = data.grad.asnumpy()
+for t, p in (('gamma', layer.gamma), ('beta', layer.beta)):
     if p.grad_req != 'null':
-        print('grad', p.name, p.grad().asnumpy())
-print('gamma', layer.gamma.data().asnumpy())
-print('moving', layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy())
+        actual[gradient_of[t]] = p.grad().asnumpy()
+actual['gamma'] = layer.gamma.data().asnumpy()
+actual['moving_mean'] = layer.running_mean.data().asnumpy()
+actual['moving_var'] = layer.running_var.data().asnumpy()
 """
 
 _SNIPPET_BODIES = {

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bnprops.case import Case, param_dtype
+from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
 from bnprops.contract import CHANNELS as CONTRACT_CHANNELS
 from bnprops.error_model import bounds, indeterminate_channels
 from bnprops.oracle import per_channel, reference, statistics
@@ -55,7 +55,10 @@ class KnownDeviation:
         if self.entries is not None and entry not in self.entries:
             return Expectation.none()
         found = self.predicate(case, kernel)
-        return Expectation(found.quantities & self.quantities, found.certain)
+        # A gradient requested with 'null' is not produced, so it cannot show the deviation.
+        absent = {GRADIENT_OF[t] for t in GRAD_TARGETS if case.request(t) == "null"}
+        quantities = found.quantities & self.quantities - absent
+        return Expectation(quantities, found.certain and bool(quantities))
 
 
 def _minimal(values: list[float], dtype: str, **params: object) -> Case:

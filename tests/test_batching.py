@@ -81,7 +81,8 @@ def test_split_refuses_sizes_that_do_not_add_up() -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(group=case_groups(max_size=5), fault=st.sampled_from(sorted(FAULTS)))
+# stats_over_all_axes mixes channels, so stacking changes what that faulty subject computes.
+@given(group=case_groups(max_size=5), fault=st.sampled_from(sorted(set(FAULTS) - {"stats_over_all_axes"})))
 def test_judging_a_stacked_group_agrees_with_judging_each_case(group: list[Case], fault: str) -> None:
     runner = functools.partial(numpy_batchnorm, fault=fault)
     together = check_group(group, runner=runner, entry="subject", backend="subject")

@@ -70,7 +70,7 @@ def test_every_entry_points_reproducer_runs_and_prints_what_the_runner_returns(b
     sections = proc.stdout.split("== ")[1:]
     assert [section.splitlines()[0] for section in sections] == list(ENTRY_POINTS)
     for entry, section in zip(ENTRY_POINTS, sections, strict=True):
-        beta_line = next(line for line in section.splitlines() if line.startswith("grad") and "beta" in line)
+        beta_line = next(line for line in section.splitlines() if line.startswith("dbeta "))
         printed = np.array(beta_line.split("[", 1)[1].rstrip("]").split(), dtype=np.float32)
         np.testing.assert_allclose(printed, dbeta, rtol=1e-6, err_msg=f"{entry}'s reproducer")
 

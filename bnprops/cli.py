@@ -1,0 +1,330 @@
+"""The ``bnprops`` command: fuzz campaigns, one-case reproduction, and merging shard reports.
+
+Exit status: 0 when no new deviation was found (or the case agrees), 1 when one was (or the
+deviation persists), 2 for a usage error (with a message saying what was expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, NoReturn
+
+from bnprops.case import DTYPES, QUANTITIES
+from bnprops.selection import parse_choices
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+DEFAULT_OUT = "bnprops-out"
+DEFAULT_TIME = 120.0
+
+_EPILOG_FUZZ = """\
+budget: --max-examples N stops after N cases, --time S after S seconds; with both, whichever comes
+first; with neither, --time %(time)g.  A shrink under way when the time is up may take up to 30 s more.
+
+output (all written atomically into --out):
+  report.json, report.md   run parameters, counts, the catalogue (new and known deviations), worst errors
+  errors.png, plot-data.npz   error/bound against offset/spread per dtype and quantity
+  findings/ID.json         one failing case per signature (bnprops repro findings/ID.json)
+  findings/ID.py           its standalone reproducer (mxnet and numpy only; exits 1 while it fails)
+  db/, db-index.json       the Hypothesis example database: next run replays these first
+
+exit status: 0 no new deviation, 1 new deviation(s) found (or a worker stopped on an error), 2 usage error.
+Ctrl-C stops the campaign and still writes the report of what ran."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {value}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """'I/N' with 1 <= I <= N -> (I - 1, N)."""
+    parts = text.split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (for example 2/4), got {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N, got {text!r}")
+    return index - 1, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bnprops.runners import BACKENDS, RUNNERS
+
+    parser = _Parser(
+        prog="bnprops",
+        description="Check Apache MXNet's BatchNorm against a float64 oracle: fuzz campaigns, reproducers, reports.",
+        epilog="Run 'bnprops COMMAND --help' for a command's options. The test suite itself runs under pytest.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    fuzz = sub.add_parser(
+        "fuzz",
+        help="run a campaign and write a report with a catalogue of distinct deviations",
+        description="Run the property checks (same strategies, runners, oracle and comparator as "
+        "'pytest -m property') on many cases, classify failures by signature, shrink one example per "
+        "signature, and write a report.",
+        epilog=_EPILOG_FUZZ % {"time": DEFAULT_TIME},
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fuzz.add_argument("--max-examples", type=_positive_int, metavar="N", help="stop after N cases (all workers)")
+    fuzz.add_argument("--time", type=_seconds, metavar="SECONDS", help="stop exploring after SECONDS")
+    fuzz.add_argument("--seed", type=_seed, default=0, help="campaign seed (default 0); chunk seeds derive from it")
+    fuzz.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="run shard I of N (1-based): N shards with one seed run disjoint chunks of one campaign (default 1/1)",
+    )
+    fuzz.add_argument("--workers", type=_positive_int, default=1, metavar="K", help="worker processes (default 1)")
+    fuzz.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
+    fuzz.add_argument(
+        "--entry",
+        default="all",
+        help=f"entry points, comma-separated, or 'all' (default): {', '.join(RUNNERS)}",
+    )
+    fuzz.add_argument(
+        "--backend",
+        default=None,
+        help=f"backends, comma-separated, or 'all': {', '.join(BACKENDS)} (default: every backend that can run "
+        "here; a named one that cannot is an error)",
+    )
+    fuzz.add_argument(
+        "--dtype", default="all", help=f"dtypes, comma-separated, or 'all' (default): {', '.join(DTYPES)}"
+    )
+    fuzz.add_argument(
+        "--chunk-size", type=_positive_int, default=None, metavar="N", help="cases per Hypothesis run (default 100)"
+    )
+    fuzz.add_argument("--quiet", action="store_true", help="no progress display")
+    fuzz.set_defaults(subparser=fuzz)
+
+    repro = sub.add_parser(
+        "repro",
+        help="re-run one case (findings/ID.json or a case JSON) and explain the difference",
+        description="Re-run one case through MXNet and the oracle and explain every difference. Exit status 1 "
+        "while the finding's deviation persists (for a bare case: while it fails in a way no known deviation "
+        "explains), 0 when it is gone, 2 for a usage error.",
+    )
+    repro.add_argument("file", type=Path, metavar="FILE.json", help="a findings/ID.json file or a bnprops case JSON")
+    repro.add_argument("--entry", default=None, help="entry point (default: the finding's, else sym)")
+    repro.add_argument("--backend", default=None, help="backend (default: the finding's, else onednn)")
+    repro.set_defaults(subparser=repro)
+
+    merge = sub.add_parser(
+        "merge",
+        help="combine the reports of several shards into one",
+        description="Merge shard output folders: counts add up, catalogues merge by signature (the smallest "
+        "example wins), plots are redrawn. Exit status 1 if the merged catalogue holds new deviations.",
+    )
+    merge.add_argument("inputs", type=Path, nargs="+", metavar="DIR", help="shard output folders (with report.json)")
+    merge.add_argument("--out", type=Path, required=True, help="folder for the merged report")
+    merge.set_defaults(subparser=merge)
+
+    sub.add_parser(
+        "bench",
+        help="(reserved) measure the suite's speed; not implemented yet",
+        description="Reserved for the speed issue: not implemented yet.",
+    )
+    return parser
+
+
+class Progress:
+    """Cases run, cases/s and failures so far, on stderr: one rewritten line on a TTY, plain lines otherwise."""
+
+    def __init__(self, stream: IO[str], *, interval: float | None = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
+        self.start = time.monotonic()
+        self.last = -math.inf
+        self.state = (0, 0, 0, 0)
+
+    def __call__(self, cases: int, failed: int, known: int, signatures: int) -> None:
+        self.state = (cases, failed, known, signatures)
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.show()
+
+    def line(self) -> str:
+        cases, failed, known, signatures = self.state
+        elapsed = time.monotonic() - self.start
+        rate = cases / elapsed if elapsed > 0 else 0.0
+        return (
+            f"[{elapsed:7.1f} s] {cases} cases, {rate:.1f} cases/s, failures so far: {failed} new, "
+            f"{known} known ({signatures} signatures)"
+        )
+
+    def show(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + self.line())
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.show()
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.error(message)
+
+
+def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops import campaign, fuzz
+    from bnprops.runners import BACKENDS, RUNNERS
+
+    try:
+        entries = parse_choices(args.entry, allowed=tuple(RUNNERS), what="entry point")
+        backends = parse_choices(args.backend or "all", allowed=BACKENDS, what="backend")
+        dtypes = parse_choices(args.dtype, allowed=DTYPES, what="dtype")
+    except ValueError as exc:
+        _usage(parser, str(exc))
+    if args.out.exists() and not args.out.is_dir():
+        _usage(parser, f"--out {args.out} exists and is not a folder")
+    time_limit = args.time if (args.time is not None or args.max_examples is not None) else DEFAULT_TIME
+    try:
+        config = fuzz.Config(
+            out=args.out,
+            entries=entries,
+            backends=backends,
+            dtypes=dtypes,
+            max_examples=args.max_examples,
+            time_limit=time_limit,
+            seed=args.seed,
+            shard_index=args.shard[0],
+            shard_count=args.shard[1],
+            workers=args.workers,
+            chunk_size=args.chunk_size or fuzz.DEFAULT_CHUNK_SIZE,
+            backends_explicit=args.backend is not None,
+        )
+        result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
+    except fuzz.UsageError as exc:
+        _usage(parser, str(exc))
+    print(result.summary())
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"report: {config.out / 'report.md'} (machine-readable: {config.out / 'report.json'})")
+    return EXIT_FOUND if result.new or result.crashed else EXIT_OK
+
+
+def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops.catalogue import classify, classify_error
+    from bnprops.checks import check
+    from bnprops.fuzz import kernel_of
+    from bnprops.reproducer import load_finding
+    from bnprops.runners import runner_for
+
+    try:
+        case, sig, entry, backend = load_finding(args.file)
+    except ValueError as exc:
+        _usage(parser, str(exc))
+    entry = args.entry or entry or "sym"
+    backend = args.backend or backend or "onednn"
+    try:
+        runner = runner_for(entry, backend)
+    except (ValueError, NotImplementedError) as exc:
+        _usage(parser, str(exc))
+    kernel = kernel_of(case, backend)
+    print(f"case: {case.describe()}")
+    print(f"run through entry point {entry!r} on backend {backend!r} (kernel {kernel})")
+    if sig is not None:
+        print(f"finding: {sig.describe()}")
+    try:
+        outcome = check(case, runner=runner, entry=entry, kernel=kernel, quantities=QUANTITIES)
+    except Exception as exc:
+        print(f"MXNet raised {type(exc).__name__}: {exc}")
+        error_sig = classify_error(case, exc, entry=entry, backend=backend)
+        return EXIT_FOUND if sig is None or sig == error_sig else EXIT_OK
+    print("\nerror/bound per quantity (above 1 fails):")
+    for q in QUANTITIES:
+        if q in outcome.verdict.ratios:
+            failed = q in outcome.verdict.failed_quantities
+            print(f"  {q:<12} {outcome.verdict.ratios[q]:>11.3g}  {'FAILS' if failed else 'ok'}")
+    for kd, quantities in outcome.explained:
+        print(f"\nknown deviation {kd.id} explains {', '.join(sorted(quantities))}: {kd.summary}")
+        print(f"  conditions: {kd.conditions}")
+    if not outcome.ok:
+        print()
+        print(outcome.message())
+    sigs = classify(outcome, backend=backend)
+    persists = (sig in sigs) if sig is not None else not outcome.ok
+    if sig is not None:
+        print(f"\nthe finding's deviation {'persists' if persists else 'is gone'} ({sig.ident})")
+    else:
+        print(f"\n{'new deviation: not explained by known_deviations.py' if persists else 'no new deviation'}")
+    return EXIT_FOUND if persists else EXIT_OK
+
+
+def _merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops import report
+
+    reports = []
+    for folder in args.inputs:
+        try:
+            reports.append(report.load(folder))
+        except ValueError as exc:
+            _usage(parser, str(exc))
+    merged = report.merge(reports, sources=[str(p) for p in args.inputs])
+    report.write(merged, args.out)
+    print(merged.summary())
+    print(f"merged report: {args.out / 'report.md'} (machine-readable: {args.out / 'report.json'})")
+    return EXIT_FOUND if merged.new else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "bench":
+        print("bnprops bench: reserved for the speed issue, not implemented yet", file=sys.stderr)
+        return EXIT_USAGE
+    handlers = {"fuzz": _fuzz, "repro": _repro, "merge": _merge}
+    result: int = handlers[args.command](args, args.subparser)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

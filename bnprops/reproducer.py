@@ -1,0 +1,186 @@
+"""Findings as files: the case as JSON, and a standalone reproducer script that needs only mxnet and numpy.
+
+The script, in the spirit of the forum thread that started bnprops, makes the exact MXNet call
+through the finding's entry point and backend (Case.snippet), prints MXNet's numbers beside the
+float64 oracle's and exits 1 while the deviation persists, 0 once MXNet agrees.  The oracle's
+values and the per-element error bounds (bnprops.error_model's, for this very case) are embedded
+as numbers: they depend on the case alone, so the script judges exactly as the comparator does.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnprops import oracle
+from bnprops.case import Case
+from bnprops.catalogue import ERROR, STALE, Entry, Signature
+from bnprops.error_model import bounds, indeterminate_channels, indeterminate_quantities
+from bnprops.known_deviations import KNOWN_DEVIATIONS
+
+FINDING_FORMAT = "bnprops.finding/1"
+
+
+def finding_json(entry: Entry) -> str:
+    """``findings/ID.json``: the signature, where it runs, and the case (``bnprops repro`` reads it)."""
+    data = {
+        "format": FINDING_FORMAT,
+        "signature": entry.signature.to_dict(),
+        "entry": entry.signature.entry,
+        "backend": entry.signature.backend,
+        "count": entry.count,
+        "reduction": entry.reduction,
+        "detail": entry.detail,
+        "case": entry.case.to_dict(),
+    }
+    return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+
+def load_finding(path: Path) -> tuple[Case, Signature | None, str | None, str | None]:
+    """A finding file (or a bare case JSON): the case, and the signature, entry and backend if it has them."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} does not parse as JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object (a bnprops finding or case)")
+    try:
+        if data.get("format") == FINDING_FORMAT:
+            sig = Signature.from_dict(data["signature"])
+            return Case.from_dict(data["case"]), sig, str(data["entry"]), str(data["backend"])
+        return Case.from_dict(data), None, None, None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a bnprops finding or case: {exc}") from exc
+
+
+def _literal(value: Any) -> str:
+    """Python source that evaluates to ``value`` exactly (arrays keep dtype and bits)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:
+            return f"np.array({value.tolist()!r}, dtype=bool)"
+        data = value.astype(np.float64).tolist()
+        return f"np.array({data!r}, dtype=np.float64).astype({str(value.dtype)!r})".replace(
+            "inf", "float('inf')"
+        ).replace("nan", "float('nan')")
+    if isinstance(value, float) and not np.isfinite(value):
+        return f"float({str(value)!r})"
+    if isinstance(value, bool | int | float | str | tuple | type(None)):
+        return repr(value)
+    raise TypeError(f"cannot write {type(value).__name__} into a reproducer")
+
+
+def _focus(sig: Signature) -> list[str]:
+    """The quantities whose agreement decides the exit status."""
+    if sig.kind == STALE:
+        return sorted(next(kd.quantities for kd in KNOWN_DEVIATIONS if kd.id == sig.deviation))
+    if sig.kind == ERROR:
+        return []
+    return [sig.quantity]
+
+
+def script(entry: Entry) -> str:
+    """The standalone reproducer for a catalogue entry."""
+    sig, case = entry.signature, entry.case
+    expected = oracle.reference(case)
+    tol = bounds(case, expected)
+    dtypes = oracle.output_dtypes(case)
+    undetermined = indeterminate_channels(case)
+    judged = {}
+    for q, e in expected.items():
+        mask = np.ones(e.shape, dtype=bool)
+        if q in indeterminate_quantities(case) and undetermined.any():
+            per_element = e.shape == case.shape
+            defined = ~oracle.per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
+            mask = np.broadcast_to(defined, e.shape).copy()
+        judged[q] = mask
+    call = case.snippet(entry=sig.entry, backend=sig.backend)
+    focus = _focus(sig)
+    if sig.kind == STALE:
+        verdict = "PERSISTS = not any(deviates(q) for q in FOCUS)  # stale: the known deviation did not show"
+        meaning = "the known deviation it names does not show (the entry in known_deviations.py is stale)"
+    elif sig.kind == ERROR:
+        verdict = "PERSISTS = error is not None"
+        meaning = "MXNet raises"
+    else:
+        verdict = "PERSISTS = any(deviates(q) for q in FOCUS)"
+        meaning = f"MXNet's {sig.quantity} is outside the error bound around the float64 oracle"
+    lines = [
+        "#!/usr/bin/env python3",
+        f'"""bnprops reproducer {sig.ident}',
+        "",
+        f"{sig.describe()}",
+        f"Example ({entry.reduction}): {case.describe()}",
+        "",
+        "Needs only mxnet (1.9.1) and numpy. Prints MXNet's numbers beside a float64 oracle's and exits 1",
+        f"while {meaning}; exits 0 once it agrees.",
+        '"""',
+        "from __future__ import annotations",
+        "",
+        "import sys",
+        "",
+        "import numpy as np",
+        "",
+        "# The call under test (it leaves MXNet's results in `actual`).",
+        "error, actual = None, {}",
+        "try:",
+        textwrap.indent(call, "    "),
+        "except Exception as exc:  # MXNet raising is the finding for error signatures",
+        "    error, actual = exc, {}",
+        "np.set_printoptions(precision=9, linewidth=120)",
+        "",
+        "# The float64 oracle's values for this call (bnprops/oracle.py).",
+        f"expected = {{{', '.join(f'{q!r}: {_literal(np.ascontiguousarray(v))}' for q, v in expected.items())}}}",
+        "",
+        "# bnprops' per-element error bounds for this case (bnprops/error_model.py), which elements are judged",
+        "# (invstd is undetermined where var + eps is within rounding of 0) and the dtype MXNet returns each in.",
+        f"BOUND = {{{', '.join(f'{q!r}: {_literal(np.ascontiguousarray(b))}' for q, b in tol.items())}}}",
+        f"JUDGED = {{{', '.join(f'{q!r}: {_literal(m)}' for q, m in judged.items())}}}",
+        f"OUT_DTYPE = {dtypes!r}",
+        f"FOCUS = {focus!r}",
+        "",
+        "",
+        "def deviates(q):",
+        "    if q not in actual:",
+        "        return True",
+        "    e, a, b, judged = expected[q], np.asarray(actual[q], dtype=np.float64), BOUND[q], JUDGED[q]",
+        "    if a.shape != e.shape:",
+        "        return True",
+        "    with np.errstate(over='ignore', invalid='ignore'):",
+        "        stored = e.astype(OUT_DTYPE[q]).astype(np.float64)  # inf where the exact value overflows the dtype",
+        "        finite = np.isfinite(stored) & np.isfinite(a)",
+        "        same = (np.isnan(stored) & np.isnan(a)) | (stored == a)",
+        "        err = np.where(judged & finite, np.abs(a - e), 0.0)",
+        "    return bool((judged & ~finite & ~same).any() or (err > b).any())",
+        "",
+        "",
+        "def show(q, rows=12):",
+        "    e, a, b = expected[q].ravel(), np.asarray(actual[q], dtype=np.float64).ravel(), BOUND[q].ravel()",
+        "    with np.errstate(invalid='ignore', over='ignore', divide='ignore'):",
+        "        ratio = np.where(b > 0, np.abs(a - e) / b, np.where(np.abs(a - e) > 0, np.inf, 0.0))",
+        "    ratio = np.where(np.isnan(ratio) & ~(np.isnan(a) & np.isnan(e)), np.inf, ratio)",
+        "    status = 'DEVIATES' if deviates(q) else 'agrees'",
+        "    if not JUDGED[q].all():",
+        "        status += f' ({int((~JUDGED[q]).sum())} elements not judged: var + eps within rounding of 0)'",
+        "    print(f'{q}: {status} (MXNet beside the float64 oracle; worst elements first)')",
+        "    print(f\"  {'index':>6} {'MXNet':>24} {'oracle':>24} {'|error|':>11} {'bound':>11}\")",
+        "    for i in np.argsort(-np.nan_to_num(ratio, nan=0.0, posinf=1e300), kind='stable')[:rows]:",
+        "        print(f'  {i:>6} {a[i]!r:>24} {e[i]!r:>24} {abs(a[i] - e[i]):>11.3g} {b[i]:>11.3g}')",
+        "",
+        "",
+        "if error is not None:",
+        "    print(f'MXNet raised {type(error).__name__}: {error}')",
+        "else:",
+        "    for q in FOCUS + [q for q in expected if q not in FOCUS]:",
+        "        if q in actual:",
+        "            show(q, rows=12 if q in FOCUS else 3)",
+        verdict,
+        "print('deviation persists' if PERSISTS else 'deviation gone: MXNet agrees with the oracle here')",
+        "sys.exit(1 if PERSISTS else 0)",
+    ]
+    return "\n".join(lines) + "\n"
