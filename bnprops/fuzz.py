@@ -63,13 +63,15 @@ from bnprops.catalogue import (
     classify_error,
     conditioning,
 )
-from bnprops.checks import Outcome, check, steer
+from bnprops.checks import Outcome, check, check_group
 from bnprops.runners import BACKENDS, RUNNERS, BackendUnavailable, Runner, kernel_for, runner_for
-from bnprops.strategies import cases
+from bnprops.strategies import case_groups
 
 DEFAULT_CHUNK_SIZE = 100
 #: A shrink under way when the time is up may go on this long (seconds) before its best case is kept.
 SHRINK_GRACE_S = 30.0
+#: Cases per example at most: same-signature cases share one stacked MXNet call (see bench.py).
+GROUP_SIZE = 32
 #: Cases per worker kept for the error plot (a uniform sample of all cases run).
 PLOT_SAMPLE = 50_000
 #: Chunks in a row that judge nothing new before a worker gives up (the space is exhausted).
@@ -395,7 +397,9 @@ class _Worker:
         self.config = config
         self.worker = worker
         self.runners = {t: runner_factory(*t) for t in targets}
-        self.strategy = st.tuples(st.sampled_from(targets), cases(dtypes=config.dtypes))
+        # Each example is a group of same-signature cases judged from one stacked MXNet call
+        # (bnprops.batching): most of a case's cost is per call, not per channel.
+        self.strategy = st.tuples(st.sampled_from(targets), case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE))
         self.db = DirectoryBasedExampleDatabase(config.out / "db")
         self.deadline = deadline
         self.stop_requested = stop_requested
@@ -414,6 +418,7 @@ class _Worker:
 
     # Judging.
     def judge(self, value: tuple[Target, Case]) -> tuple[Outcome | None, tuple[Signature, ...], str]:
+        """One case on its own: what describe() and the reproducers see."""
         (entry, backend), case = value
         try:
             outcome = check(case, runner=self.runners[(entry, backend)], entry=entry, kernel=kernel_of(case, backend))
@@ -421,6 +426,15 @@ class _Worker:
             error = classify_error(case, exc, entry=entry, backend=backend)
             return None, (error,), f"{type(exc).__name__}: {exc}"
         return outcome, classify(outcome, backend=backend), ""
+
+    def judge_group(self, value: tuple[Target, list[Case]]) -> list[tuple[Outcome | None, tuple[Signature, ...]]]:
+        """A group from one stacked call; should the call raise, each case on its own decides whose error it is."""
+        (entry, backend), group = value
+        try:
+            outcomes = check_group(group, runner=self.runners[(entry, backend)], entry=entry, backend=backend)
+        except Exception:
+            return [self.judge(((entry, backend), case))[:2] for case in group]
+        return [(outcome, classify(outcome, backend=backend)) for outcome in outcomes]
 
     def record(self, value: tuple[Target, Case], outcome: Outcome | None, sigs: tuple[Signature, ...]) -> None:
         (entry, backend), case = value
@@ -475,7 +489,7 @@ class _Worker:
     def time_is_up(self, *, grace: float = 0.0) -> bool:
         return self.deadline is not None and time.time() > self.deadline + grace
 
-    def explore(self, value: tuple[Target, Case]) -> bool:
+    def explore(self, value: tuple[Target, list[Case]]) -> bool:
         if self.hunting is not None:
             return self.shrink_step(value)
         if self.stop_requested():
@@ -487,25 +501,30 @@ class _Worker:
         if self.budget_spent():
             self.result.stop_reason = "budget"
             raise _Stop
-        fingerprint = hashlib.sha1(repr(value[0]).encode() + value[1].to_json().encode()).digest()
+        target, group = value
+        if self.budget is not None:
+            group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
+            value = (target, group)
+        fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.to_json().encode() for c in group)).digest()
         if fingerprint in self.judged:
-            self.result.repeats += 1
+            self.result.repeats += len(group)
             return False
         self.judged.add(fingerprint)
-        outcome, sigs, _ = self.judge(value)
-        self.record(value, outcome, sigs)
-        if outcome is not None:
-            steer(outcome)
-        fresh = [s for s in sigs if s.is_new and s not in self.catalogue]
-        if fresh:
-            self.hunting, self.best = fresh[0], value[1]
+        fresh_case: Case | None = None
+        for case, (outcome, sigs) in zip(group, self.judge_group(value), strict=True):
+            self.record((target, case), outcome, sigs)
+            fresh = [s for s in sigs if s.is_new and s not in self.catalogue]
+            if fresh and self.hunting is None:
+                self.hunting, fresh_case = fresh[0], case
+        if fresh_case is not None:
+            self.best = fresh_case
             return True
         return False
 
     def budget_spent(self) -> bool:
         return self.budget is not None and self.result.cases >= self.budget
 
-    def shrink_step(self, value: tuple[Target, Case]) -> bool:
+    def shrink_step(self, value: tuple[Target, list[Case]]) -> bool:
         if self.stop_requested():
             self.result.stop_reason = "interrupted"
             raise _Stop
@@ -513,10 +532,10 @@ class _Worker:
             self.result.stop_reason = "time"
             raise _Stop
         self.result.shrink_calls += 1
-        _, sigs, _ = self.judge(value)
-        if self.hunting in sigs:
-            self.best = value[1]
-            return True
+        for case, (_, sigs) in zip(value[1], self.judge_group(value), strict=True):
+            if self.hunting in sigs:
+                self.best = case
+                return True
         return False
 
     def describe(self, sig: Signature, case: Case) -> str:
@@ -567,7 +586,7 @@ class _Worker:
                 self.hunting = None
                 status = "did not reproduce (fixed, or the example no longer decodes under this selection)"
             else:
-                self.settle(minimal[1], reduction="replayed")
+                self.settle(self.best, reduction="replayed")
                 status = "reproduced"
             self.result.replays.append({**row, "status": status})
 
@@ -605,7 +624,8 @@ class _Worker:
                     seed_value=chunk_seed(self.config.seed, index),
                 )
                 if minimal is not None:
-                    self.settle(minimal[1], reduction="shrunk")
+                    # shrink_step left the case of the minimal group that shows the signature in best.
+                    self.settle(self.best, reduction="shrunk")
                 idle_chunks = 0 if self.result.cases > before else idle_chunks + 1
         except _Stop:
             self.settle(self.best, reduction="partly shrunk")
