@@ -13,8 +13,10 @@ Stages (cases per second, and the ratio to the ceiling):
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, settings
 
@@ -100,11 +102,23 @@ def stacked_run(examples: int) -> Stage:
     return Stage("stacked", count, time.perf_counter() - start)
 
 
-def run(*, examples: int = 1000) -> list[Stage]:
-    """Measure every stage on the same strategy; the first pass warms MXNet's executor cache."""
+def fuzz_run(*, seconds: float, workers: int) -> Stage:
+    """A time-limited fuzz campaign on ``workers`` processes, in a scratch folder (report writing excluded)."""
+    from bnprops import campaign, fuzz
+
+    with tempfile.TemporaryDirectory(prefix="bnprops-bench-") as out:
+        result = campaign.run(fuzz.Config(out=Path(out), time_limit=seconds, workers=workers))
+    return Stage(f"fuzz x{workers}", result.cases, result.elapsed_s)
+
+
+def run(*, examples: int = 1000, fuzz_seconds: float = 20.0, workers: int = 2) -> list[Stage]:
+    """Measure every stage in one run; the ceiling's first pass warms MXNet's executor cache."""
     drawn = draw_cases(examples)
     ceiling(drawn)  # warm-up: binds the executors the timed stages reuse
-    return [ceiling(drawn), empty(examples), property_run(examples), stacked_run(examples)]
+    stages = [ceiling(drawn), empty(examples), property_run(examples), stacked_run(examples)]
+    if fuzz_seconds > 0:
+        stages.append(fuzz_run(seconds=fuzz_seconds, workers=workers))
+    return stages
 
 
 def format_table(stages: list[Stage]) -> str:
@@ -112,4 +126,8 @@ def format_table(stages: list[Stage]) -> str:
     lines = [f"{'stage':<10}{'cases':>8}{'seconds':>10}{'cases/s':>10}{'x ceiling':>11}"]
     for s in stages:
         lines.append(f"{s.name:<10}{s.cases:>8}{s.seconds:>10.2f}{s.rate:>10.1f}{s.rate / base:>11.2f}")
+    by_name = {s.name: s for s in stages}
+    if "empty" in by_name and "stacked" in by_name:
+        ratio = by_name["stacked"].rate / by_name["empty"].rate
+        lines.append(f"stacked property / empty Hypothesis loop: {ratio:.2f} (goal: >= 0.80, and >= 400 cases/s)")
     return "\n".join(lines)

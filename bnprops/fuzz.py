@@ -505,7 +505,7 @@ class _Worker:
         if self.budget is not None:
             group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
             value = (target, group)
-        fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.to_json().encode() for c in group)).digest()
+        fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.fingerprint() for c in group)).digest()
         if fingerprint in self.judged:
             self.result.repeats += len(group)
             return False

@@ -87,6 +87,7 @@ def test_merge_of_a_folder_without_a_report_is_a_usage_error(
         (["fuzz"], ["--max-examples", "--time", "--shard", "--workers", "exit status", "report.json", "Ctrl-C"]),
         (["repro"], ["FILE.json", "Exit status 1 while"]),
         (["merge"], ["DIR", "--out", "smallest"]),
+        (["bench"], ["--examples", "--fuzz-seconds", "ceiling", "Hypothesis"]),
     ],
 )
 def test_help_explains_each_command(command: list[str], words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,3 +199,16 @@ def test_merge_adds_up_the_shards_and_merges_the_catalogues(tmp_path: Path, caps
     for e in data["catalogue"]["new"]:
         assert (merged_dir / e["reproducer"]).exists()
     assert (merged_dir / "errors.png").exists() and "## Shards" in (merged_dir / "report.md").read_text()
+
+
+def test_bench_prints_every_stage_against_the_ceiling(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["bench", "--examples", "30", "--fuzz-seconds", "0"], capsys)
+    assert code == 0
+    for stage in ("ceiling", "empty", "property", "stacked"):
+        assert any(line.startswith(stage) for line in out.splitlines()), f"{stage} missing from:\n{out}"
+    assert "x ceiling" in out
+
+
+def test_bench_rejects_a_negative_fuzz_time(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["bench", "--fuzz-seconds", "-1"], capsys)
+    assert code == cli.EXIT_USAGE and "--fuzz-seconds" in err
