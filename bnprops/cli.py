@@ -299,7 +299,9 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     sigs = classify(outcome, backend=backend)
     persists = (sig in sigs) if sig is not None else not outcome.ok
     if sig is not None:
-        print(f"\nthe finding's deviation {'persists' if persists else 'is gone'} ({sig.ident})")
+        now_known = not persists and any(sig.quantity in quantities for _, quantities in outcome.explained)
+        state = "persists" if persists else ("is now a known deviation" if now_known else "is gone")
+        print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
         print(f"\n{'new deviation: not explained by known_deviations.py' if persists else 'no new deviation'}")
     return EXIT_FOUND if persists else EXIT_OK

@@ -147,6 +147,11 @@ def _judged(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.
     return np.ones(shape, dtype=bool)
 
 
+def _judging(case: Case, expected: Outputs) -> tuple[Outputs, Outputs, dict[str, str], np.ndarray]:
+    """What every comparison needs: the oracle, its bounds, the output dtypes and the indeterminate channels."""
+    return expected, bounds(case, expected), output_dtypes(case), indeterminate_channels(case)
+
+
 def compare_pair(
     case: Case, first: Outputs, second: Outputs, *, exact: bool = False, quantities: Iterable[str] = QUANTITIES
 ) -> Verdict:
@@ -157,10 +162,7 @@ def compare_pair(
     the same, indeterminate channels included. A mismatch's "expected" is ``second``'s value,
     "actual" ``first``'s.
     """
-    expected = reference(case)
-    tol = bounds(case, expected)
-    dtypes = output_dtypes(case)
-    undetermined = indeterminate_channels(case)
+    expected, tol, dtypes, undetermined = _judging(case, reference(case))
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     for q in quantities:
@@ -183,10 +185,7 @@ def compare(
     case: Case, actual: Outputs, *, expected: Outputs | None = None, quantities: Iterable[str] = QUANTITIES
 ) -> Verdict:
     """Check ``actual`` against the oracle for the chosen quantities (those the oracle produces)."""
-    expected = reference(case) if expected is None else expected
-    tol = bounds(case, expected)
-    dtypes = output_dtypes(case)
-    undetermined = indeterminate_channels(case)
+    expected, tol, dtypes, undetermined = _judging(case, reference(case) if expected is None else expected)
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     for q in quantities:
