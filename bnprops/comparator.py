@@ -162,7 +162,7 @@ def compare_pair(
     the same, indeterminate channels included. A mismatch's "expected" is ``second``'s value,
     "actual" ``first``'s.
     """
-    expected, tol, dtypes, undetermined = _judging(case, reference(case))
+    _, tol, dtypes, undetermined = _judging(case, reference(case))
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     for q in quantities:
