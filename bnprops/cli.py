@@ -10,14 +10,15 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, NoReturn, TypeVar
 
 from bnprops.case import DTYPES, QUANTITIES
 from bnprops.selection import parse_choices
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 DEFAULT_OUT = "bnprops-out"
 DEFAULT_TIME = 120.0
 
@@ -42,34 +43,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(parse: Callable[[str], T], accept: Callable[[T], bool], what: str) -> Callable[[str], T]:
+    """An argparse type: ``parse`` the text, and reject what ``accept`` refuses, saying what was expected."""
+
+    def convert(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return convert
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {value}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_seconds = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number of seconds")
+_seed = _number(int, lambda v: v >= 0, "a non-negative integer seed")
 
 
 def _shard(text: str) -> tuple[int, int]:
