@@ -43,7 +43,7 @@ def known_entry(deviation: str) -> Entry:
     ("args", "message"),
     [
         (["fuzz", "--time", "-1"], "positive number of seconds"),
-        (["fuzz", "--time", "soon"], "expected a number of seconds"),
+        (["fuzz", "--time", "soon"], "expected a positive number of seconds"),
         (["fuzz", "--max-examples", "0"], "expected a positive integer"),
         (["fuzz", "--shard", "3/2"], "1 <= I <= N"),
         (["fuzz", "--shard", "first"], "expected I/N"),
