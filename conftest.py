@@ -128,4 +128,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if DEVIATION_HITS:
         tr.write_line("known deviations matched (cases, by entry point and backend):")
         for (kd, entry, backend), n in sorted(DEVIATION_HITS.items()):
-            tr.write_line(f"  {kd:<36}{entry:<14}{backend:<9}{n:>7}")
+            tr.write_line(f"  {kd:<42}{entry:<14}{backend:<9}{n:>7}")

@@ -230,16 +230,17 @@ def _empty_batch_dgamma(case: Case, kernel: str) -> Expectation:
     return Expectation(frozenset({"dgamma"}), certain=True)
 
 
-def _empty(dtype: str, **params: object) -> Case:
+def empty_batch(dtype: str, *, channels: int = 2, **params: object) -> Case:
+    """A case whose batch is empty (shape (0, channels)): the reproducer here, and tests/test_bad_input.py."""
     pdt = param_dtype(dtype)
-    x = np.zeros((0, 2), dtype=dtype)
+    x = np.zeros((0, channels), dtype=dtype)
     return Case(
         x=x,
         dy=x.copy(),
-        gamma=np.full(2, 1.5, pdt),
-        beta=np.full(2, 0.25, pdt),
-        moving_mean=np.zeros(2, pdt),
-        moving_var=np.ones(2, pdt),
+        gamma=np.full(channels, 1.5, pdt),
+        beta=np.full(channels, 0.25, pdt),
+        moving_mean=np.zeros(channels, pdt),
+        moving_var=np.ones(channels, pdt),
         regime="reproducer",
         **params,  # type: ignore[arg-type]
     )
@@ -394,7 +395,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "empty sum), dgamma = [nan nan nan] on oneDNN and native, float16/32/64; with fix_gamma dgamma is 0. "
         "dgamma = sum(dy * xhat) over no elements is 0 whatever xhat is. The moving statistics become NaN, "
         "which the documented update formula gives for a batch mean of no elements (0/0), as the oracle does.",
-        reproducer=lambda: _empty("float32", fix_gamma=False),
+        reproducer=lambda: empty_batch("float32", fix_gamma=False),
         entries=frozenset({"npx"}),
     ),
 )

@@ -10,13 +10,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import mxnet as mx
-import numpy as np
 import pytest
 
 from bnprops import contract
-from bnprops.case import Case, param_dtype
 from bnprops.checks import check
-from bnprops.known_deviations import INPUT_DEVIATIONS
+from bnprops.known_deviations import INPUT_DEVIATIONS, empty_batch
 from bnprops.runners import BACKENDS, ENTRY_POINTS, runner_for
 
 
@@ -43,20 +41,6 @@ def test_wrong_length_parameters_are_rejected_or_a_known_deviation(
             assert known, f"{obs.describe()}: the contract (shape (C,)) wants an error, and no known deviation says so"
 
 
-def empty_batch(dtype: str, *, fix_gamma: bool) -> Case:
-    pdt = param_dtype(dtype)
-    x = np.zeros((0, 3), dtype=dtype)
-    return Case(
-        x=x,
-        dy=x.copy(),
-        gamma=np.full(3, 1.5, pdt),
-        beta=np.full(3, 0.25, pdt),
-        moving_mean=np.zeros(3, pdt),
-        moving_var=np.ones(3, pdt),
-        fix_gamma=fix_gamma,
-    )
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_an_empty_batch_is_rejected_or_gives_the_defined_result(entry: str, backend: str) -> None:
@@ -64,7 +48,7 @@ def test_an_empty_batch_is_rejected_or_gives_the_defined_result(entry: str, back
     # allows zero-size arrays, and then the oracle defines the result (empty sums are 0, an empty mean NaN).
     for dtype in ("float32", "float64"):
         for fix_gamma in (False, True):
-            case = empty_batch(dtype, fix_gamma=fix_gamma)
+            case = empty_batch(dtype, channels=3, fix_gamma=fix_gamma)
             if entry == "npx":
                 outcome = check(case, runner=runner_for(entry, backend), entry=entry, backend=backend)
                 assert outcome.ok, outcome.message()
