@@ -109,8 +109,6 @@ class Tally(NamedTuple):
     result: str  # "passed", "known deviation" or "failed"
 
 
-#: Cases judged in this process, by (entry, kernel, dtype, result) (kept for existing readers; see COUNTS).
-TALLY: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
 #: Cases judged in this process, by entry point, backend, kernel, dtype and result; the pytest summary prints it.
 COUNTS: collections.Counter[Tally] = collections.Counter()
 #: Cases a known deviation explained, by (deviation id, entry, backend).
@@ -191,7 +189,6 @@ def record(outcome: Outcome, *, kernel: str) -> None:
     if outcome.entry not in ENTRY_POINTS:
         return
     result = "failed" if not outcome.ok else ("known deviation" if outcome.explained else "passed")
-    TALLY[(outcome.entry, kernel, outcome.case.dtype, result)] += 1
     COUNTS[Tally(outcome.entry, outcome.backend, kernel, outcome.case.dtype, result)] += 1
     for kd, _ in outcome.explained:
         DEVIATION_HITS[(kd.id, outcome.entry, outcome.backend)] += 1

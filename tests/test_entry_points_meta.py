@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from bnprops.case import QUANTITIES, Case, Outputs
-from bnprops.checks import COUNTS, DEVIATION_HITS, TALLY, assert_agree, assert_matches_oracle, disagreements
+from bnprops.checks import COUNTS, DEVIATION_HITS, assert_agree, assert_matches_oracle, disagreements
 from bnprops.error_model import bounds
 from bnprops.oracle import fresh_reference, output_dtypes, reference
 from bnprops.runners import Runner
@@ -26,9 +26,9 @@ Subject = Callable[[Case], Outputs]
 @pytest.fixture(autouse=True)
 def _keep_the_summary_for_mxnet() -> Iterator[None]:
     # The subjects here are not MXNet; their cases must not show in the run's summary.
-    saved = (TALLY.copy(), COUNTS.copy(), DEVIATION_HITS.copy())
+    saved = (COUNTS.copy(), DEVIATION_HITS.copy())
     yield
-    for counter, before in zip((TALLY, COUNTS, DEVIATION_HITS), saved, strict=True):
+    for counter, before in zip((COUNTS, DEVIATION_HITS), saved, strict=True):
         counter.clear()
         counter.update(before)  # type: ignore[arg-type]
 
