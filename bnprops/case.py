@@ -274,10 +274,10 @@ class Case:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Case):
             return NotImplemented
-        return self.to_dict() == other.to_dict()
+        return self.fingerprint() == other.fingerprint()
 
     def __hash__(self) -> int:
-        return hash(self.to_json())
+        return hash(self.fingerprint())
 
     # The reproducer.
     def snippet(self, *, entry: str = "sym", backend: str = "onednn") -> str:
