@@ -72,11 +72,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _counts_as_rows() -> dict[str, list[list[Any]]]:
-    from bnprops.checks import COUNTS, DEVIATION_HITS
+    from bnprops.checks import COUNTS, DECADES, DEVIATION_HITS
 
     return {
         "counts": [[*key, n] for key, n in COUNTS.items()],
         "hits": [[*key, n] for key, n in DEVIATION_HITS.items()],
+        "decades": [[key, n] for key, n in DECADES.items()],
     }
 
 
@@ -89,19 +90,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    from bnprops.checks import COUNTS, DEVIATION_HITS, Tally
+    from bnprops.checks import COUNTS, DECADES, DEVIATION_HITS, Tally
 
     rows = getattr(node, "workeroutput", {}).get("bnprops")
     if not rows:
         return
     for *key, n in rows["counts"]:
         COUNTS[Tally(*key)] += n
+    for key, n in rows["decades"]:
+        DECADES[key] += n
     for *key, n in rows["hits"]:
         DEVIATION_HITS[tuple(key)] += n  # type: ignore[index]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from bnprops.checks import COUNTS, DEVIATION_HITS
+    from bnprops.checks import COUNTS, DECADES, DEVIATION_HITS
 
     if not COUNTS:
         return
@@ -125,6 +128,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             totals[key[index]] += count
         tr.write_line(f"cases per {title}: " + ", ".join(f"{k} {n}" for k, n in sorted(totals.items())))
     tr.write_line(f"total cases: {sum(COUNTS.values())}")
+    tr.write_line(
+        "cases by reduction length M: "
+        + ", ".join(f"M >= 10^{d}: {sum(DECADES[k] for k in DECADES if k >= d)}" for d in range(7))
+    )
     if DEVIATION_HITS:
         tr.write_line("known deviations matched (cases, by entry point and backend):")
         for (kd, entry, backend), n in sorted(DEVIATION_HITS.items()):

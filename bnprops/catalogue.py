@@ -21,8 +21,9 @@ from bnprops.checks import Outcome
 from bnprops.oracle import statistics
 
 #: Kinds of finding. "known" is explained by bnprops/known_deviations.py; the others are new.
-MISMATCH, STALE, ERROR, KNOWN = "mismatch", "stale", "error", "known"
-KINDS = (MISMATCH, STALE, ERROR, KNOWN)
+#: "accuracy": beyond the probabilistic error bound, within the deterministic one (bnprops/error_model.py).
+MISMATCH, ACCURACY, STALE, ERROR, KNOWN = "mismatch", "accuracy", "stale", "error", "known"
+KINDS = (MISMATCH, ACCURACY, STALE, ERROR, KNOWN)
 _SIGNATURE_FORMAT = "bnprops.signature/1"
 
 
@@ -124,7 +125,7 @@ def classify(outcome: Outcome, *, backend: str) -> tuple[Signature, ...]:
             kind, quantity, outcome.entry, backend, case.dtype, case_flags(case), value_regime(case), deviation
         )
 
-    found = [sig(MISMATCH, m.quantity) for m in outcome.unexpected]
+    found = [sig(ACCURACY if m.kind == "accuracy" else MISMATCH, m.quantity) for m in outcome.unexpected]
     found += [sig(STALE, ",".join(sorted(kd.quantities)), kd.id) for kd in outcome.stale]
     found += [sig(KNOWN, q, kd.id) for kd, quantities in outcome.explained for q in sorted(quantities)]
     return tuple(found)

@@ -83,21 +83,26 @@ def judge(
     does not check (dgamma may agree by accident where y cannot).
     """
     checked = frozenset(checked)
-    failed = verdict.failed_quantities
     explained: list[tuple[KnownDeviation, frozenset[str]]] = []
     stale: list[KnownDeviation] = []
     allowed: set[str] = set()
+    covering: list[tuple[KnownDeviation, frozenset[str]]] = []
     for kd in KNOWN_DEVIATIONS:
         expectation = kd.expectation(verdict.case, entry=entry, kernel=kernel)
         if not expectation.quantities:
             continue
         allowed |= expectation.quantities
-        hit = expectation.quantities & failed
+        covering.append((kd, expectation.quantities))
+        hit = {m.quantity for m in verdict.mismatches if m.quantity in expectation.quantities and kd.explains(m.kind)}
         if hit & checked:
             explained.append((kd, frozenset(hit & checked)))
         elif not hit and expectation.certain:
             stale.append(kd)
-    unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked and m.quantity not in allowed)
+
+    def is_explained(m: Mismatch) -> bool:
+        return any(m.quantity in quantities and kd.explains(m.kind) for kd, quantities in covering)
+
+    unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked and not is_explained(m))
     return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale), checked, backend, frozenset(allowed))
 
 
@@ -113,6 +118,13 @@ class Tally(NamedTuple):
 COUNTS: collections.Counter[Tally] = collections.Counter()
 #: Cases a known deviation explained, by (deviation id, entry, backend).
 DEVIATION_HITS: collections.Counter[tuple[str, str, str]] = collections.Counter()
+#: Cases judged, by decade of their reduction length M (0 for M < 10, ..., 6 for M >= 10^6).
+DECADES: collections.Counter[int] = collections.Counter()
+
+
+def decade(m: int) -> int:
+    """The decade of a reduction length: floor(log10(M)), and 0 for an empty reduction."""
+    return len(str(m)) - 1 if m > 0 else 0
 
 
 def check(
@@ -190,13 +202,17 @@ def record(outcome: Outcome, *, kernel: str) -> None:
         return
     result = "failed" if not outcome.ok else ("known deviation" if outcome.explained else "passed")
     COUNTS[Tally(outcome.entry, outcome.backend, kernel, outcome.case.dtype, result)] += 1
+    DECADES[decade(outcome.case.reduction_length)] += 1
     for kd, _ in outcome.explained:
         DEVIATION_HITS[(kd.id, outcome.entry, outcome.backend)] += 1
 
 
 def steer(outcome: Outcome) -> None:
-    """Point Hypothesis at large error/bound ratios (one target per quantity); call inside a test."""
-    for quantity, ratio in outcome.verdict.ratios.items():
+    """Point Hypothesis at large error/bound ratios (one target per quantity); call inside a test.
+
+    The ratios to the sharper, probabilistic bound: climbing them finds accuracy findings and, beyond, mismatches.
+    """
+    for quantity, ratio in (outcome.verdict.sharp_ratios or outcome.verdict.ratios).items():
         if quantity in outcome.checked and math.isfinite(ratio):
             hypothesis.target(math.log10(ratio + 1e-300) if ratio > 0 else -300.0, label=quantity)
 

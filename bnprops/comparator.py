@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 
 import numpy as np
 
 from bnprops.case import QUANTITIES, Case, Outputs
-from bnprops.error_model import bounds, indeterminate_channels, indeterminate_quantities
+from bnprops.error_model import PROBABILISTIC_FAILURE, bounds, indeterminate_channels, indeterminate_quantities
 from bnprops.oracle import output_dtypes, per_channel, reference
 
 
@@ -17,7 +18,7 @@ class Mismatch:
     """The worst disagreement in one quantity."""
 
     quantity: str
-    kind: str  # "value", "nonfinite", "shape" or "missing"
+    kind: str  # "value", "accuracy", "nonfinite", "shape" or "missing"
     count: int  # elements that disagree
     size: int
     index: tuple[int, ...]
@@ -26,6 +27,8 @@ class Mismatch:
     error: float
     bound: float
     detail: str = ""
+    #: The probabilistic bound at the same element ("accuracy": the error lies between the two).
+    sharp_bound: float = float("nan")
 
     @property
     def ratio(self) -> float:
@@ -41,14 +44,23 @@ class Mismatch:
             return f"{self.quantity}: {self.detail}"
         head = {
             "value": f"{self.count} of {self.size} elements outside the error bound; worst {where}",
+            "accuracy": f"accuracy finding: {self.count} of {self.size} elements beyond the probabilistic "
+            f"bound (within the deterministic one); worst {where}",
             "nonfinite": f"{self.count} of {self.size} elements differ in their NaN/inf pattern; first {where}",
         }[self.kind]
-        return (
+        text = (
             f"{self.quantity}: {head}\n"
             f"    expected (oracle): {self.expected!r}\n"
             f"    actual:            {self.actual!r}\n"
-            f"    |error| = {self.error:.3g}, bound = {self.bound:.3g} (ratio {self.ratio:.3g})"
         )
+        if self.kind == "accuracy":
+            digits = math.log10(self.error / self.sharp_bound) if self.sharp_bound > 0 else math.inf
+            return text + (
+                f"    |error| = {self.error:.3g}, probabilistic bound = {self.sharp_bound:.3g}, deterministic bound = "
+                f"{self.bound:.3g}\n    loses {digits:.2g} digits more than a float sum with random rounding would "
+                f"(probability < {PROBABILISTIC_FAILURE:g} for a correct kernel under that model)"
+            )
+        return text + f"    |error| = {self.error:.3g}, bound = {self.bound:.3g} (ratio {self.ratio:.3g})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +70,8 @@ class Verdict:
     case: Case
     mismatches: tuple[Mismatch, ...]
     ratios: dict[str, float]
+    #: The largest error / probabilistic bound per quantity (above 1: an accuracy finding, or worse).
+    sharp_ratios: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -82,14 +96,30 @@ def reproducer(case: Case, entry: str, backend: str) -> str:
         return case.snippet()
 
 
+def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
+
+
 def _compare_one(
-    quantity: str, expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str, judged: np.ndarray
-) -> tuple[Mismatch | None, float]:
-    """The worst disagreement in one quantity (or None) and its largest error/bound ratio."""
+    quantity: str,
+    expected: np.ndarray,
+    actual: np.ndarray,
+    bound: np.ndarray,
+    out_dtype: str,
+    judged: np.ndarray,
+    sharp: np.ndarray | None = None,
+) -> tuple[Mismatch | None, float, float]:
+    """The worst disagreement in one quantity (or None), its largest error/bound and error/sharp-bound ratios.
+
+    ``sharp`` is the probabilistic bound (None: judge against ``bound`` alone): an error beyond it
+    but within ``bound`` is an accuracy finding.
+    """
     nan = float("nan")
     if actual.shape != expected.shape:
         detail = f"shape {actual.shape}, expected {expected.shape}"
-        return Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail), float("inf")
+        mismatch = Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail)
+        return mismatch, float("inf"), float("inf")
     a = actual.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         # A correct kernel returns inf where the exact value overflows the output dtype.
@@ -111,22 +141,26 @@ def _compare_one(
             nan,
             float(bound[idx]),
         )
-        return mismatch, float("inf")
+        return mismatch, float("inf"), float("inf")
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.where(judged & finite, np.abs(a - expected), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
-    if ratio.size == 0:
-        return None, 0.0
-    flat = int(np.argmax(ratio))
-    worst = float(ratio.flat[flat])
+    if err.size == 0:
+        return None, 0.0, 0.0
+    ratio = _ratio(err, bound)
+    sharp_ratio = ratio if sharp is None else _ratio(err, sharp)
+    worst, worst_sharp = float(ratio.max()), float(sharp_ratio.max())
     bad = ratio > 1
+    kind = "value"
     if not bad.any():
-        return None, worst
+        bad = sharp_ratio > 1
+        kind = "accuracy"
+        if not bad.any():
+            return None, worst, worst_sharp
+    flat = int(np.argmax(ratio if kind == "value" else sharp_ratio))
     idx = tuple(int(i) for i in np.unravel_index(flat, ratio.shape))
     mismatch = Mismatch(
         quantity,
-        "value",
+        kind,
         int(bad.sum()),
         expected.size,
         idx,
@@ -134,8 +168,9 @@ def _compare_one(
         float(a[idx]),
         float(err[idx]),
         float(bound[idx]),
+        sharp_bound=float(bound[idx]) if sharp is None else float(sharp[idx]),
     )
-    return mismatch, worst
+    return mismatch, worst, worst_sharp
 
 
 def _judged(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
@@ -175,7 +210,7 @@ def compare_pair(
             continue
         judged: np.ndarray = np.ones(b.shape, dtype=bool) if exact else _judged(case, q, b.shape, undetermined)
         bound: np.ndarray = np.zeros(b.shape) if exact else 2 * tol[q]
-        mismatch, ratios[q] = _compare_one(q, b.astype(np.float64), a, bound, dtypes[q], judged)
+        mismatch, ratios[q], _ = _compare_one(q, b.astype(np.float64), a, bound, dtypes[q], judged)
         if mismatch is not None:
             mismatches.append(mismatch)
     return Verdict(case, tuple(mismatches), ratios)
@@ -186,8 +221,14 @@ def compare(
 ) -> Verdict:
     """Check ``actual`` against the oracle for the chosen quantities (those the oracle produces)."""
     expected, tol, dtypes, undetermined = _judging(case, reference(case) if expected is None else expected)
+    # Never above the deterministic bound; where its own first-order model breaks down (nan/inf), that bound.
+    sharp = {
+        q: np.where(np.isfinite(b), np.minimum(b, tol[q]), tol[q])
+        for q, b in bounds(case, expected, model="probabilistic").items()
+    }
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
+    sharp_ratios: dict[str, float] = {}
     for q in quantities:
         if q not in expected:
             continue
@@ -195,7 +236,9 @@ def compare(
             mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))
             continue
         judged = _judged(case, q, expected[q].shape, undetermined)
-        mismatch, ratios[q] = _compare_one(q, expected[q], np.asarray(actual[q]), tol[q], dtypes[q], judged)
+        mismatch, ratios[q], sharp_ratios[q] = _compare_one(
+            q, expected[q], np.asarray(actual[q]), tol[q], dtypes[q], judged, sharp[q]
+        )
         if mismatch is not None:
             mismatches.append(mismatch)
-    return Verdict(case, tuple(mismatches), ratios)
+    return Verdict(case, tuple(mismatches), ratios, sharp_ratios)

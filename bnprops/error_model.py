@@ -1,62 +1,86 @@
 """How far a correct float implementation of BatchNorm may land from the float64 oracle.
 
-Every bound is a first-order forward-error bound, element by element, built from:
+Two bounds per element, from one first-order propagation that differs only in what a sum of
+``n + 1`` rounded additions may lose, per unit of the sum of its terms' absolute values:
 
-* ``u``: the unit roundoff of the precision each term is rounded to: float64 and float32 for
-  their own data; float16 for float16 data, whose native kernel rounds terms such as x - mean,
-  xhat, (x - mean) * dy and var + eps to float16 (y is seen up to 3 float16 ulps of |g xhat| from
-  the oracle).  var + eps rounded to float16 outside float16's normal range, and products that
-  overflow there, are known deviations (bnprops/known_deviations.py).
-* ``u_acc``: the unit roundoff of the accumulation type, MXNet's AccReal: float32 for float16
-  data (batch_norm.cc), else the data's own.
-* ``M``: the reduction length (elements per channel).  A sum of ``M`` rounded terms is bounded by
-  ``sum_err * sum(|terms|)`` with ``sum_err = u + (M + 2) u_acc``: each term's own rounding, then
-  the classical worst case for recursive summation, which also covers pairwise and blocked orders.
-* the magnitudes of the terms: ``D`` = max |x| in a channel (what the mean's rounding scales
-  with), ``S`` = sqrt(var + eps) (what centred values are divided by), |xhat|, |dy|, |gamma|.
-* the rounding of each result into its output dtype, ``u_out * |value|``, plus half the smallest
-  subnormal of that dtype, for results that land in the subnormal range.
+* **deterministic** (the line beyond which MXNet is wrong): ``gamma_n = n u_acc / (1 - n u_acc)``,
+  the classical worst case of recursive summation, which covers every order and tree.  The whole
+  bound is multiplied by ``SAFETY`` (2), fixed before any comparison was run, for second-order terms.
+* **probabilistic** (the line beyond which MXNet loses more than a float sum should):
+  ``exp(lambda sqrt(n) u_acc + n u_acc^2 / (1 - u_acc)) - 1`` (Higham & Mary 2019, Thm 2.4, with
+  Ipsen & Zhou's martingale constant, arXiv 1906.10465, which needs mean-independent rather than
+  independent roundings; Hallman & Ipsen, arXiv 2107.01604, extend it to any summation tree, with
+  every partial sum bounded by the sum of |terms|).  ``lambda = sqrt(2 ln(2 / delta))`` with
+  ``delta = PROBABILISTIC_FAILURE / (4 C)``: at most 1e-12 per quantity over a case's 4 C sums.
+  Its model assumes rounding errors with mean zero given the past.  Sequential sums of data with a
+  common offset break that assumption (each binade rounds the same way: the drift that PyTorch PR
+  #13431 and TensorFlow XLA PR #25115 fixed); MXNet beyond this bound but within the deterministic
+  one is an *accuracy finding*, its own kind of finding.
 
-The propagation, per channel (e_* are absolute error bounds):
+A sum whose terms are exact and share a quantum that fits the accumulation type is formed exactly
+in any order (bnprops/exactness.py): it contributes no summation error in either model.
 
-* ``e_mean = sum_err D`` (zero under use_global_stats or in inference, where the mean is an input, and for M = 1,
-  where the mean is the value itself and x - mean is exactly 0);
-* centred values ``c = x - mean``: ``e_c = e_mean + u (max|c| + e_mean)`` (one rounded subtraction);
-* ``e_var = 2 sqrt(var) e_c + sum_err var + e_c^2`` (zero without batch statistics);
-* ``rel(invstd) = (e_var + 2 u (var + eps)) / (2 S^2) + 3 u`` (eps and the sum are rounded too);
-* ``e_xhat = e_c / S + |xhat| (rel(invstd) + u)``;
-* ``y = g xhat + beta``: ``|g| e_xhat + 2 u (|g xhat| + |beta|)``;
-* ``dbeta = sum dy``: ``sum_err sum|dy|``;
-* ``sum(dy xhat)``: ``sum|dy| e_xhat + sum_err sum|dy xhat|``;
-* ``dx = g invstd (dy - dbeta/M - xhat sum(dy xhat)/M)``: the errors of each term inside the
-  parentheses (for the product, the second-order ``e_xhat e_sum / M`` too, which is all that is
-  left where both factors are exactly 0), ``3 u`` of their magnitudes for the two subtractions,
-  then ``rel(invstd) + 2 u`` of |dx| for the scaling;
-* moving statistics ``m * old + (1 - m) * batch``: ``(1 - m)`` times the batch statistic's error,
-  ``3 u`` of both terms.  The kernels keep the batch variance as invstd and recover it as
-  ``1/invstd^2 - eps``, so the variance carries ``e_var + (2 rel(invstd) + 3 u) (var + eps)``.
+The terms, per channel (``u``: unit roundoff of the precision the kernels round intermediates to,
+float16's own for float16 data; ``u_acc``: MXNet's AccReal, float32 for float16 data; ``Gamma``:
+the sum factor above for that sum; ``S = sqrt(var + eps)``):
 
-Where var + eps is 0 or below ``2 e_var``, no first-order bound exists: see indeterminate_channels.
+* mean ``= sum(x) / M``: ``e_mean = Gamma sum|x| / M + u_acc |mean|`` (the division; 0 where the
+  sum is exact and its quotient representable); zero for the moving statistics.
+* centred values ``c = x - mean``: the mean's error ``e_mean`` shifts every one of them alike, and
+  ``sum c = 0`` exactly, so in ``var = sum(c^2) / M`` it enters only as ``e_mean^2``:
+  ``e_var = e_mean^2 + (2 u + u_acc + Gamma)(var + e_mean^2) + u_acc var``.
+* ``var + eps``: eps as MXNet reads it (bnprops/params.py) and converts it to the data type
+  (``DType(eps)``, an exactly known error ``e_eps``); then ``rel(invstd) = 1/sqrt(1 - eta) - 1``
+  with ``eta = (e_var + e_eps + u s2) / s2``, plus ``2 u`` for the square root and reciprocal (0
+  where ``var + eps`` is an exact power of 4).
+* ``xhat``: a shift common to the channel, ``a = e_mean / S (1 + rel)``, a common scale ``rel``,
+  and ``2 u |xhat|`` of its own.
+* ``y = g xhat + beta``: ``|g| e_xhat + u (|g xhat| + |y|)``.
+* ``dbeta = sum dy``: ``Gamma sum|dy|``.
+* ``dgamma = sum dy xhat``: the common shift multiplies ``|sum dy|``, the common scale ``|dgamma|``
+  (not ``sum |dy| e_xhat``: errors shared by a whole channel do not add up in absolute value),
+  ``(3 u + Gamma) sum|dy xhat|`` for the products and the sum.
+* ``dx = g invstd (dy - dbeta/M - xhat dgamma/M)``: the errors of the three terms (the product's
+  second-order term included), ``2 u`` of their magnitudes for the subtractions, ``rel + 2 u`` of
+  |dx| for the scaling.
+* moving statistics ``m old + (1 - m) batch``: ``(1 - m)`` times the batch statistic's error, ``3 u``
+  of both terms; the batch variance is recovered from invstd as ``1/invstd^2 - eps``, so it carries
+  ``2 rel s2 + 3 u s2``.
+* every result rounded to its output dtype, ``u_out |value|``, plus the absolute rounding of
+  subnormal results: half the smallest subnormal of the output dtype, and of the compute dtype
+  once per term (float16's is 3e-8) for the sums of products.
 
-The total is multiplied by ``SAFETY`` (2), chosen once, before any comparison was run, to cover
-second-order terms; it is not a knob for making failures go away.  Quantities that a correct
-implementation produces exactly (dgamma under fix_gamma, gamma after the call, statistics under
-use_global_stats or in inference, the moving statistics between forward and backward) have a bound of 0.
-A gradient accumulated onto a prior (grad_req 'add') carries the bound of the gradient alone plus
-one rounding of the sum, ``u_out |prior + gradient|``.  tests/test_error_model.py checks that the bounds hold for a
-float emulation of the operator and that they are tight enough to expose a 0.5% error.
+Where var + eps is 0 or below ``2 (e_var + e_eps)`` (deterministic), no first-order bound exists:
+see indeterminate_channels.  Quantities that a correct implementation produces exactly have a bound
+of 0.  A gradient accumulated onto a prior (grad_req 'add') carries the bound of the gradient alone
+plus one rounding of the sum.  tests/test_error_model.py and tests/test_error_model_soundness.py
+search for violations by float emulations of correct kernels and measure the bounds' sharpness.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from fractions import Fraction
 
 import numpy as np
 
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, WRITE_ALL, Case, Outputs, param_dtype
-from bnprops.oracle import fresh_reference, momentum_as_applied, per_channel, statistics
+from bnprops.exactness import (
+    exact_input_sums,
+    exact_quotients,
+    fits,
+    lowest_bit_exponent,
+    quantum,
+    representable,
+    rows,
+)
+from bnprops.oracle import eps_as_applied, fresh_reference, momentum_as_applied, per_channel, statistics
 
 SAFETY = 2.0
+#: The probability that a correct kernel's result lands beyond the probabilistic bound, per quantity.
+PROBABILISTIC_FAILURE = 1e-12
+MODELS = ("deterministic", "probabilistic")
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -83,68 +107,172 @@ def compute_dtype(dtype: str) -> str:
     return dtype
 
 
+def probabilistic_lambda(channels: int) -> float:
+    """lambda for a failure probability of PROBABILISTIC_FAILURE over a case's 4 sums per channel."""
+    delta = PROBABILISTIC_FAILURE / (4 * max(channels, 1))
+    return math.sqrt(2 * math.log(2 / delta))
+
+
+def sum_factor(additions: int, dtype: str, *, model: str, channels: int = 1) -> float:
+    """What a sum of ``additions + 1`` terms may lose in ``dtype``, per unit of the sum of |terms|."""
+    ua = unit_roundoff(dtype)
+    if model == "deterministic":
+        n = additions * ua
+        return n / (1 - n) if n < 1 else math.inf
+    if model == "probabilistic":
+        lam = probabilistic_lambda(channels)
+        # A short sum's worst case is below lambda sqrt(n) u: it never needs more than that.
+        worst = sum_factor(additions, dtype, model="deterministic")
+        return min(worst, math.expm1(lam * math.sqrt(additions) * ua + additions * ua * ua / (1 - ua)))
+    raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exact:
+    """Per channel: which of the kernel's sums and roundings are exact for this data."""
+
+    x_sum: np.ndarray
+    mean: np.ndarray  # the mean's quotient too
+    c2_sum: np.ndarray  # and the centred values and their squares
+    var: np.ndarray  # and its quotient
+    invstd: np.ndarray  # var + eps an exact power of 4, so sqrt and reciprocal are exact
+    dy_sum: np.ndarray
+    dot_sum: np.ndarray  # sum (x - mean) dy and sum dy xhat, terms included
+
+
+def _exactness(case: Case) -> _Exact:
+    return case.memo("exactness", lambda: _compute_exactness(case))
+
+
+def _compute_exactness(case: Case) -> _Exact:
+    acc, cd = accumulation_dtype(case.dtype), compute_dtype(case.dtype)
+    ax, m = case.channel_axis, case.reduction_length
+    no = np.zeros(case.channels, dtype=bool)
+    x = case.x.astype(np.float64)
+    dy = case.dy.astype(np.float64)
+    dy_sum = exact_input_sums(dy, channel_axis=ax, dtype=acc)
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        return _Exact(no, no, no, no, no, dy_sum, no)
+    mean, var = statistics(case)
+    xr = rows(x, ax)
+    if case.uses_batch_stats:
+        x_sum = exact_input_sums(x, channel_axis=ax, dtype=acc)
+        # An exact sum is a float64 number, so fsum gives it exactly.
+        mean_ok = x_sum & exact_quotients([Fraction(math.fsum(r)) for r in xr], m, mean)
+    else:
+        x_sum, mean_ok = ~no, ~no  # the moving mean is an input: exact
+    if not mean_ok.any():
+        return _Exact(x_sum, mean_ok, no, no, no, dy_sum, no)
+    # x - mean is exact where both are multiples of a common quantum and the difference fits.
+    mean_bit = lowest_bit_exponent(np.where(np.isfinite(mean), mean, 0.0))
+    head = xr[:, :64]
+    c_ok = mean_ok & fits(np.abs(head - mean[:, None]).max(axis=1), np.minimum(quantum(head), mean_bit), cd)
+    if not c_ok.any():
+        return _Exact(x_sum, mean_ok, no, no, no, dy_sum, no)
+    q_c = np.minimum(quantum(xr), mean_bit)
+    cr = xr - mean[:, None]
+    c_ok &= fits(np.abs(cr).max(axis=1), q_c, cd)
+    c2_sum = c_ok & fits((cr * cr).sum(axis=1), 2 * q_c, acc)
+    if case.uses_batch_stats:
+        var_ok = c2_sum & exact_quotients([Fraction(math.fsum(r * r)) for r in cr], m, var)
+    else:
+        var_ok = ~no
+    eps = eps_as_applied(case)
+    s2 = var + eps
+    eps_ok = bool(representable(np.asarray(eps), cd) & representable(np.asarray(eps), acc))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        root = np.sqrt(s2)
+        pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
+    sum_ok = np.array([Fraction(float(v)) + Fraction(eps) == Fraction(float(t)) for v, t in zip(var, s2, strict=True)])
+    inv_ok = var_ok & eps_ok & pow4 & sum_ok
+    # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed.
+    dyr = rows(dy, ax)
+    dot_sum = c_ok & inv_ok & fits(np.abs(cr * dyr).sum(axis=1), q_c + quantum(dyr), acc)
+    return _Exact(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, dot_sum)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Statistics:
-    """The per-channel statistics and their error bounds, shared by bounds() and indeterminate_channels()."""
+    """The per-channel statistics and their error bounds under one model."""
 
     u: float
-    sum_err: float  # relative error bound of a sum of M rounded terms, per unit of sum(|terms|)
     mean: np.ndarray
     var: np.ndarray
     s2: np.ndarray  # var + eps
-    d: np.ndarray  # max |x|
     e_mean: np.ndarray
-    e_c: np.ndarray
     e_var: np.ndarray
+    e_eps: float  # eps converted to the data type (DType(eps)), an exactly known error
+    rel_inv: np.ndarray  # relative error bound of invstd
+    rel_round: np.ndarray  # the part of it that the square root and reciprocal add
+    gamma: dict[str, np.ndarray]  # the sum factor of each sum: x, c2, dy, dot
 
 
-def _statistics(case: Case) -> _Statistics:
-    return case.memo("error_model", lambda: _compute_statistics(case))
+def _statistics(case: Case, model: str) -> _Statistics:
+    return case.memo(f"error_model/{model}", lambda: _compute_statistics(case, model))
 
 
-def _compute_statistics(case: Case) -> _Statistics:
-    u = unit_roundoff(compute_dtype(case.dtype))
-    sum_err = u + (case.reduction_length + 2) * unit_roundoff(accumulation_dtype(case.dtype))
+def _rounding_scale(model: str) -> float:
+    """The probabilistic bound keeps SAFETY on the elementwise roundings (the oracle's own float64
+    rounding is of their size) and drops it on the sums, whose factor is the point of the model."""
+    return 1.0 if model == "deterministic" else SAFETY
+
+
+def _compute_statistics(case: Case, model: str) -> _Statistics:
+    r = _rounding_scale(model)
+    u = r * unit_roundoff(compute_dtype(case.dtype))
+    acc = accumulation_dtype(case.dtype)
+    ua = r * unit_roundoff(acc)
+    exact = _exactness(case)
+    m = case.reduction_length
+    factor = sum_factor(max(m - 1, 0), acc, model=model, channels=case.channels)
+    gamma = {
+        name: np.where(flags, 0.0, factor)
+        for name, flags in (("x", exact.x_sum), ("c2", exact.c2_sum), ("dy", exact.dy_sum), ("dot", exact.dot_sum))
+    }
     mean, var = statistics(case)
+    eps = eps_as_applied(case)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps) if np.isfinite(eps) else 0.0
     x = case.x.astype(np.float64)
-    # A NaN or inf makes every batch statistic of its channel non-finite (judged by pattern alone); with
-    # the moving statistics the channel's finite elements stay finite, and their bound must too.
-    x = np.where(np.isfinite(x), x, 0.0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        d = np.abs(x).max(axis=case.reduce_axes) if x.size else np.zeros(case.channels)
-        e_mean = np.zeros(case.channels) if not case.uses_batch_stats else sum_err * d
-        # x - mean is one subtraction: its rounding is relative to the centred value, not to x.
-        finite_mean = np.where(np.isfinite(mean), mean, 0.0)
-        centred = (
-            np.abs(x - per_channel(case, finite_mean)).max(axis=case.reduce_axes) if x.size else np.zeros(case.channels)
-        )
-        e_c = e_mean + u * (centred + e_mean)
-        if case.uses_batch_stats and case.reduction_length == 1:
-            # One value per channel: its mean is itself and x - mean is exactly 0.
-            e_mean = e_c = np.zeros(case.channels)
-        if not case.uses_batch_stats or case.reduction_length == 1:
-            e_var = np.zeros(case.channels)
+    x = np.where(np.isfinite(x), x, 0.0)  # a NaN/inf channel is judged by its pattern alone
+    zeros = np.zeros(case.channels)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if case.uses_batch_stats and m > 1:
+            mean_abs = np.abs(x).mean(axis=case.reduce_axes)
+            finite_mean = np.where(np.isfinite(mean), mean, 0.0)
+            finite_var = np.where(np.isfinite(var), var, 0.0)
+            e_mean = gamma["x"] * mean_abs + np.where(exact.mean, 0.0, ua * np.abs(finite_mean))
+            per_term = np.where(exact.c2_sum, 0.0, 2 * u + ua)
+            spread = finite_var + e_mean * e_mean
+            e_var = e_mean * e_mean + (per_term + gamma["c2"]) * spread + np.where(exact.var, 0.0, ua * finite_var)
         else:
-            e_var = 2 * np.sqrt(var) * e_c + sum_err * var + e_c * e_c
-    return _Statistics(u, sum_err, mean, var, var + case.eps, d, e_mean, e_c, e_var)
+            # The statistics are inputs (or, for one value per channel, the value itself: x - mean = 0).
+            e_mean, e_var = zeros, zeros
+        s2 = var + eps
+        sum_rounding = np.where(exact.invstd, 0.0, u * np.abs(s2))
+        eta = np.where(s2 > 0, (e_var + e_eps + sum_rounding) / np.where(s2 > 0, s2, 1.0), 0.0)
+        # 1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order).
+        rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
+        rel_round = np.where(exact.invstd, 0.0, 2 * u)
+    return _Statistics(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, gamma)
 
 
 def indeterminate_channels(case: Case) -> np.ndarray:
     """Channels whose invstd the data does not determine at working precision.
 
-    Where var + eps is 0, or below twice the bound on the variance's own rounding error (a constant
-    channel with eps at or near 0), invstd may be anything from 1/sqrt(e_var) to infinity, and
-    y, dx, dgamma and invstd with it: 0/0 in the limit, no first-order bound holds.  The
-    comparator judges none of those there (see indeterminate_quantities); the moving statistics
-    stay judged.
+    Where var + eps is 0, or below twice the (deterministic) bound on its own rounding error (a
+    constant channel with eps at or near 0), invstd may be anything from 1/sqrt(e_var) to
+    infinity, and y, dx, dgamma and invstd with it: 0/0 in the limit, no first-order bound holds.
+    The comparator judges none of those there (see indeterminate_quantities); the moving
+    statistics stay judged.
     """
     return case.memo("indeterminate", lambda: _indeterminate(case))
 
 
 def _indeterminate(case: Case) -> np.ndarray:
-    st = _statistics(case)
+    st = _statistics(case, "deterministic")
     with np.errstate(invalid="ignore"):
-        return np.asarray((st.s2 <= 0) | (2 * st.e_var >= st.s2))
+        return np.asarray((st.s2 <= 0) | (2 * (st.e_var + st.e_eps) >= st.s2))
 
 
 def indeterminate_quantities(case: Case) -> tuple[str, ...]:
@@ -152,21 +280,30 @@ def indeterminate_quantities(case: Case) -> tuple[str, ...]:
     return ("y", "dx", "dgamma") + (() if not case.uses_batch_stats else ("invstd",))
 
 
-def bounds(case: Case, expected: Outputs) -> Outputs:
+def bounds(case: Case, expected: Outputs, *, model: str = "deterministic") -> Outputs:
     """Per-element absolute error bounds for each quantity in ``expected`` (the oracle's Outputs)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
+    return _bounds(case, expected, model)
+
+
+def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
     accumulated = expected
     if case.grad_req != WRITE_ALL:
         # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
         expected = fresh_reference(case)
-    st = _statistics(case)
-    u = st.u
-    u_data = unit_roundoff(case.dtype)
-    u_param = unit_roundoff(param_dtype(case.dtype))
-    tiny_data = subnormal_step(case.dtype)
-    tiny_param = subnormal_step(param_dtype(case.dtype))
+    st = _statistics(case, model)
+    u, gam = st.u, st.gamma
+    r = _rounding_scale(model)
+    u_data = r * unit_roundoff(case.dtype)
+    u_param = r * unit_roundoff(param_dtype(case.dtype))
+    tiny_data = r * subnormal_step(case.dtype)
+    tiny_param = r * subnormal_step(param_dtype(case.dtype))
+    tiny_term = r * subnormal_step(compute_dtype(case.dtype))
+    acc_dtype = accumulation_dtype(case.dtype)
+    ua = r * unit_roundoff(acc_dtype)
     red = case.reduce_axes
     m = case.reduction_length
-    sum_err = st.sum_err
 
     def chan(values: np.ndarray) -> np.ndarray:
         return per_channel(case, values)
@@ -174,53 +311,62 @@ def bounds(case: Case, expected: Outputs) -> Outputs:
     x = case.x.astype(np.float64)
     dy = case.dy.astype(np.float64)
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-    beta = case.beta.astype(np.float64)
-    mean, var, s2, e_mean, e_c, e_var = st.mean, st.var, st.s2, st.e_mean, st.e_c, st.e_var
+    ag = np.abs(g)
+    mean, s2, rel = st.mean, st.s2, st.rel_inv
 
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        s = np.sqrt(s2)
-        # Where var + eps is 0 the normalised values are indeterminate (not judged); the terms
-        # that scale with var + eps then vanish.
-        rel_inv = np.where(s2 > 0, (e_var + 2 * u * s2) / np.where(s2 > 0, 2 * s2, 1), 0.0) + 3 * u
-
-        xhat = (x - chan(mean)) / chan(s)
+        inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
+        shift = st.e_mean * inv * (1 + rel)  # the mean's error, as it moves every xhat of the channel
+        xhat = (x - chan(mean)) * chan(inv)
         axhat = np.abs(xhat)
-        e_xhat = chan(e_c / s) + axhat * chan(rel_inv + u)
+        # (x - mean) and xhat may each be rounded among float16's subnormals: an absolute 2^-25 each.
+        e_xhat = chan(shift + tiny_term * (1 + inv)) + axhat * chan(rel + 2 * u)
 
         out: Outputs = {}
-        out["y"] = chan(np.abs(g)) * e_xhat + 2 * u * (chan(np.abs(g)) * axhat + chan(np.abs(beta)))
+        gx = chan(ag) * axhat
+        out["y"] = chan(ag) * e_xhat + u * (gx + np.abs(expected["y"])) + tiny_term * (1 + chan(ag))
         out["y"] += u_data * np.abs(expected["y"])
 
         sum_ady = np.abs(dy).sum(axis=red)
-        e_dbeta = sum_err * sum_ady
-        out["dbeta"] = e_dbeta + u_param * np.abs(expected["dbeta"])
+        dbeta = expected["dbeta"]
+        e_dbeta = gam["dy"] * sum_ady
+        out["dbeta"] = e_dbeta + u_param * np.abs(dbeta)
 
-        sum_dy_xhat = (dy * xhat).sum(axis=red)
-        e_sdx = (np.abs(dy) * e_xhat).sum(axis=red) + sum_err * (np.abs(dy) * axhat).sum(axis=red)
-        if case.fix_gamma:
-            out["dgamma"] = np.zeros(case.channels)
-        else:
-            out["dgamma"] = e_sdx + u_param * np.abs(expected["dgamma"])
+        dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
+        sum_adx = (np.abs(dy) * axhat).sum(axis=red)
+        per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
+        e_dgamma = (
+            shift * np.abs(dbeta)
+            + rel * np.abs(dgamma)
+            + (per_product + gam["dot"]) * sum_adx
+            + m * tiny_term * np.maximum(1.0, inv)
+        )
+        out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
 
         if case.uses_batch_stats:
-            inner_mag = np.abs(dy) + chan(np.abs(sum_ady) / m) + axhat * chan(np.abs(sum_dy_xhat) / m)
-            # xhat * sum(dy xhat) / M: both factors are uncertain, and where both are exactly 0
-            # (dy constant in a channel) only the product of their errors is left.
-            e_product = e_xhat * chan(np.abs(sum_dy_xhat) / m) + axhat * chan(e_sdx / m) + e_xhat * chan(e_sdx / m)
-            e_inner = chan(e_dbeta / m) + e_product + 3 * u * inner_mag
-            out["dx"] = chan(np.abs(g) / s) * e_inner + np.abs(expected["dx"]) * chan(rel_inv + 2 * u)
+            t2 = np.abs(dbeta) / m
+            t3 = axhat * chan(np.abs(dgamma) / m)
+            # xhat * dgamma / M: both factors are uncertain, and where both are exactly 0 (dy constant
+            # in a channel) only the product of their errors is left.
+            e_t3 = e_xhat * chan(np.abs(dgamma) / m) + axhat * chan(e_dgamma / m) + e_xhat * chan(e_dgamma / m)
+            e_inner = chan(e_dbeta / m + ua * t2) + e_t3 + 2 * ua * t3 + 2 * u * (np.abs(dy) + chan(t2) + t3)
+            e_inner += 3 * tiny_term  # the float16 kernel rounds each of its three terms, maybe to a subnormal
+            out["dx"] = chan(ag * inv) * e_inner + np.abs(expected["dx"]) * chan(rel + 2 * u)
         else:
-            out["dx"] = np.abs(expected["dx"]) * chan(rel_inv + 3 * u)
-        out["dx"] += u_data * np.abs(expected["dx"])
+            out["dx"] = np.abs(expected["dx"]) * chan(rel + 2 * u)
+        out["dx"] += u_data * np.abs(expected["dx"]) + tiny_term * chan(ag * np.maximum(1.0, inv))
 
         mom, rest = momentum_as_applied(case)
         old_mean = np.abs(case.moving_mean.astype(np.float64))
         old_var = np.abs(case.moving_var.astype(np.float64))
         if case.uses_batch_stats:
-            out["moving_mean"] = abs(rest) * e_mean + 3 * u * (abs(mom) * old_mean + abs(rest) * np.abs(mean))
-            out["moving_var"] = abs(rest) * (e_var + (2 * rel_inv + 3 * u) * s2) + 3 * u * (
-                abs(mom) * old_var + abs(rest) * np.abs(var)
-            )
+            var = st.var
+            # 1/invstd^2 - eps: the variance's own error, the roundings of invstd, its square, the reciprocal
+            # and the subtraction, each of which may land among the subnormals.
+            reach = np.abs(s2) + st.e_var
+            e_recovered = st.e_var + st.e_eps + (2 * st.rel_round + 3 * u) * reach + 2 * r * subnormal_step(acc_dtype)
+            out["moving_mean"] = abs(rest) * st.e_mean + 3 * u * (abs(mom) * old_mean + abs(rest) * np.abs(mean))
+            out["moving_var"] = abs(rest) * e_recovered + 3 * u * (abs(mom) * old_var + abs(rest) * np.abs(var))
             out["moving_mean"] += u_param * np.abs(expected["moving_mean"])
             out["moving_var"] += u_param * np.abs(expected["moving_var"])
         else:
@@ -229,8 +375,8 @@ def bounds(case: Case, expected: Outputs) -> Outputs:
 
         out["gamma"] = np.zeros(case.channels)
         if case.output_mean_var:
-            out["mean"] = e_mean + u_param * np.abs(expected["mean"])
-            out["invstd"] = np.abs(expected["invstd"]) * (rel_inv + u_param)
+            out["mean"] = st.e_mean + u_param * np.abs(expected["mean"])
+            out["invstd"] = np.abs(expected["invstd"]) * (rel + u_param)
         out["forward_moving_mean"] = np.zeros(case.channels)
         out["forward_moving_var"] = np.zeros(case.channels)
 
@@ -240,6 +386,7 @@ def bounds(case: Case, expected: Outputs) -> Outputs:
         | ({"moving_mean", "moving_var"} if not case.uses_batch_stats else set())
         | {"forward_moving_mean", "forward_moving_var"}
     )
+    safety = SAFETY if model == "deterministic" else 1.0
     result: Outputs = {}
     for q, b in out.items():
         if q not in accumulated:
@@ -250,7 +397,7 @@ def bounds(case: Case, expected: Outputs) -> Outputs:
             # One more rounding: prior + gradient, in the output dtype.
             with np.errstate(invalid="ignore", over="ignore"):
                 b = b + (u_data if q == "dx" else u_param) * np.abs(accumulated[q])
-        result[q] = SAFETY * np.broadcast_to(b, expected[q].shape)
+        result[q] = safety * np.broadcast_to(b, expected[q].shape)
     return result
 
 

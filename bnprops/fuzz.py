@@ -398,8 +398,10 @@ class _Worker:
         self.worker = worker
         self.runners = {t: runner_factory(*t) for t in targets}
         # Each example is a group of same-signature cases judged from one stacked MXNet call
-        # (bnprops.batching): most of a case's cost is per call, not per channel.
-        self.strategy = st.tuples(st.sampled_from(targets), case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE))
+        # (bnprops.batching): most of a case's cost is per call, not per channel.  One example in
+        # LARGE_SHARE is a single case the size of a real layer (10^3 to 10^6 elements per channel).
+        groups = case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all")
+        self.strategy = st.tuples(st.sampled_from(targets), groups)
         self.db = DirectoryBasedExampleDatabase(config.out / "db")
         self.deadline = deadline
         self.stop_requested = stop_requested

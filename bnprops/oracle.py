@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, param_dtype
+from bnprops.params import parsed
 
 
 def per_channel(case: Case, values: np.ndarray) -> np.ndarray:
@@ -28,29 +29,37 @@ def _statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     if not case.uses_batch_stats:
         return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
     x = case.x.astype(np.float64)
+    red = case.reduce_axes
     # NaN/inf in the data make their channel's statistics NaN/inf, by IEEE rules, as they should.
-    with np.errstate(invalid="ignore", over="ignore"):
-        mean = x.mean(axis=case.reduce_axes)
-        # One refinement step: float64 data's own mean rounds relative to |x|; the correction is
-        # exact for a constant channel, whose variance then comes out exactly 0, as it must.
-        correction = (x - per_channel(case, mean)).mean(axis=case.reduce_axes)
-        mean = np.where(np.isfinite(mean), mean + correction, mean)  # inf data keeps its inf mean
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # The sum in extended precision (x86's 64-bit significand), rounded once to float64 after the
+        # division: a float64 mean's own rounding is as large as the error bound of a kernel whose sum
+        # is exact, and refining it in float64 adds noise of that size.
+        mean = (x.astype(np.longdouble).sum(axis=red) / case.reduction_length).astype(np.float64)  # 0/0: NaN
+        if x.size:
+            # A constant channel's mean is its value (its sum may not fit even 64 bits), so its variance is 0.
+            lo, hi = x.min(axis=red), x.max(axis=red)
+            mean = np.where((lo == hi) & np.isfinite(lo), lo, mean)
         centred = x - per_channel(case, mean)
-        var = (centred * centred).mean(axis=case.reduce_axes)
+        var = (centred * centred).mean(axis=red)
     return mean, var
 
 
 def momentum_as_applied(case: Case) -> tuple[float, float]:
     """The two update coefficients, ``momentum`` and ``1 - momentum``, as MXNet applies them.
 
-    BatchNormParam declares momentum as a C++ float, so MXNet uses it rounded to float32, and forms
-    ``1 - momentum`` from that rounded value in the accumulation type (eps, a double, is used as
-    given).  Probed on float64 data: this model matches MXNet's moving statistics to the last bits,
-    while a float64 momentum is off by about 2.4e-8 * |old - batch| at the default 0.9, and a
-    float32 ``1 - momentum`` by up to 5e-8 relative.
+    BatchNormParam declares momentum as a C++ float, read from its string by dmlc's ParseFloat
+    (bnprops/params.py: not always the correctly rounded float32, e.g. one ulp above
+    4.740775480516213e-11), and forms ``1 - momentum`` from that value in the accumulation type.
+    Probed on float64 data: this model matches MXNet's moving statistics to the last bits.
     """
-    mom = float(np.float32(case.momentum))
+    mom = case.memo("momentum", lambda: parsed(case.momentum, "float32"))
     return mom, 1.0 - mom
+
+
+def eps_as_applied(case: Case) -> float:
+    """eps as MXNet reads it: a C++ double parsed by dmlc's ParseFloat from ``str(eps)`` (bnprops/params.py)."""
+    return case.memo("eps", lambda: parsed(case.eps, "float64"))
 
 
 def reference(case: Case) -> Outputs:
@@ -91,7 +100,7 @@ def _fresh_reference(case: Case) -> Outputs:
 
     mean, var = statistics(case)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        invstd = 1.0 / np.sqrt(var + case.eps)
+        invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
         xhat = (x - per_channel(case, mean)) * per_channel(case, invstd)
         y = per_channel(case, g) * xhat + per_channel(case, beta)
 

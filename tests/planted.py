@@ -27,7 +27,16 @@ FAULTS = {
     "invstd_is_variance": "returns the variance as the second output_mean_var output",
     "moving_updated_in_forward": "updates the moving statistics in the forward already",
     "add_overwrites": "writes gradients requested with 'add' instead of accumulating them",
+    # Faults a checker that never reaches real sizes, or whose bounds are loose there, cannot see.
+    "y_off_by_half_percent_at_large_m": "scales y by 1.005 where M >= 10^4",
+    "dx_off_by_half_percent_at_large_m": "scales dx by 1.005 where M >= 10^4",
+    "dgamma_off_by_half_percent_at_large_m": "scales dgamma by 1.005 where M >= 10^4",
+    "dbeta_off_by_half_percent_at_large_m": "scales dbeta by 1.005 where M >= 10^4",
+    # A fault only bounds that know exact sums can see: 256 float32 ulps.
+    "y_off_by_256_ulps_on_exact_data": "scales y by 1 + 2^-15 on the exact regime's data",
 }
+#: M from which the large-M faults act.
+LARGE_M = 10**4
 
 
 def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
@@ -78,12 +87,17 @@ def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
         else:
             moving_mean, moving_var = case.moving_mean, case.moving_var
 
-    if fault == "dgamma_off_by_half_percent":
+    large = case.reduction_length >= LARGE_M
+    if fault == "dgamma_off_by_half_percent" or (fault == "dgamma_off_by_half_percent_at_large_m" and large):
         dgamma = dgamma * 1.005
-    if fault == "dbeta_off_by_half_percent":
+    if fault == "dbeta_off_by_half_percent" or (fault == "dbeta_off_by_half_percent_at_large_m" and large):
         dbeta = dbeta * 1.005
-    if fault == "dx_off_by_half_percent":
+    if fault == "dx_off_by_half_percent" or (fault == "dx_off_by_half_percent_at_large_m" and large):
         dx = dx * 1.005
+    if fault == "y_off_by_half_percent_at_large_m" and large:
+        y = y * ct(1.005)
+    if fault == "y_off_by_256_ulps_on_exact_data" and case.regime.startswith("exact/"):
+        y = y * (1 + 2.0**-15)
     gamma_after = case.gamma if (fault == "gamma_not_written" or not case.fix_gamma) else np.ones(case.channels)
     gradients = {"data": dx, "gamma": dgamma, "beta": dbeta}
     for target in GRADIENT_OF:

@@ -102,5 +102,6 @@ def test_a_constant_channel_with_eps_zero_is_indeterminate() -> None:
 def test_float16_bounds_are_wider_than_float32_bounds_for_the_same_values() -> None:
     wide = one_channel_case([0.5, -1.0, 2.0, 3.5], dtype="float16")
     narrow = one_channel_case([0.5, -1.0, 2.0, 3.5], dtype="float32")
-    for q in ("y", "dx", "dbeta", "dgamma"):
+    # (not dbeta: four float16 head gradients add up exactly in float32, and the model knows it)
+    for q in ("y", "dx", "dgamma"):
         assert np.all(bounds(wide, reference(wide))[q] > bounds(narrow, reference(narrow))[q])

@@ -11,6 +11,7 @@ import functools
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import find as hypothesis_find
+from hypothesis.strategies import SearchStrategy
 
 from bnprops.case import Case
 from bnprops.checks import PROPERTIES, check
@@ -23,6 +24,8 @@ CATCHES = {
         "dgamma_not_zeroed",
         "dgamma_off_by_half_percent",
         "dbeta_off_by_half_percent",
+        "dgamma_off_by_half_percent_at_large_m",
+        "dbeta_off_by_half_percent_at_large_m",
         "eps_dropped",
         "unbiased_variance",
         "global_stats_ignored",
@@ -33,6 +36,7 @@ CATCHES = {
         "eps_dropped",
         "stats_over_all_axes",
         "dx_off_by_half_percent",
+        "dx_off_by_half_percent_at_large_m",
         "global_stats_ignored",
     ],
     "forward_output": [
@@ -42,6 +46,8 @@ CATCHES = {
         "beta_dropped",
         "global_stats_ignored",
         "invstd_is_variance",
+        "y_off_by_half_percent_at_large_m",
+        "y_off_by_256_ulps_on_exact_data",
     ],
     "moving_statistics": ["momentum_swapped", "unbiased_variance", "stats_over_all_axes"],
     "gamma_side_effect": ["gamma_not_written"],
@@ -59,6 +65,15 @@ search = settings(
 )
 
 
+def where_it_shows(fault: str) -> SearchStrategy[Case]:
+    """The strategy the property runs with, at the sizes or on the data the fault needs."""
+    if fault.endswith("_at_large_m"):
+        return cases(sizes="large")
+    if fault.endswith("_on_exact_data"):
+        return cases(value_regimes=["exact"])
+    return cases()
+
+
 def judged_by(prop: str, fault: str | None):  # type: ignore[no-untyped-def]
     runner = functools.partial(numpy_batchnorm, fault=fault)
     return lambda case: check(case, runner=runner, entry="subject", kernel="subject", quantities=PROPERTIES[prop])
@@ -72,7 +87,7 @@ def test_every_fault_is_caught_by_some_property() -> None:
 @pytest.mark.parametrize(("prop", "fault"), PAIRS, ids=[f"{p}-catches-{f}" for p, f in PAIRS])
 def test_property_catches_planted_fault(prop: str, fault: str) -> None:
     judge = judged_by(prop, fault)
-    found = hypothesis_find(cases(), lambda case: not judge(case).ok, settings=search)
+    found = hypothesis_find(where_it_shows(fault), lambda case: not judge(case).ok, settings=search)
     outcome = judge(found)
     assert outcome.unexpected, f"{prop} flagged {found.describe()} only through a known deviation"
 
@@ -82,4 +97,11 @@ def test_property_catches_planted_fault(prop: str, fault: str) -> None:
 @given(case=cases())
 def test_property_passes_a_correct_float_implementation(prop: str, case: Case) -> None:
     outcome = judged_by(prop, None)(case)
+    assert outcome.ok, outcome.message()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(case=cases(sizes="large") | cases(value_regimes=["exact"], sizes="all"))
+def test_a_correct_float_implementation_passes_at_real_sizes_and_on_exact_data(case: Case) -> None:
+    outcome = check(case, runner=numpy_batchnorm, entry="subject", kernel="subject")
     assert outcome.ok, outcome.message()
