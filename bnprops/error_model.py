@@ -15,7 +15,8 @@ Two bounds per element, from one first-order propagation that differs only in wh
   Its model assumes rounding errors with mean zero given the past.  Sequential sums of data with a
   common offset break that assumption (each binade rounds the same way: the drift that PyTorch PR
   #13431 and TensorFlow XLA PR #25115 fixed); MXNet beyond this bound but within the deterministic
-  one is an *accuracy finding*, its own kind of finding.
+  one is an *accuracy finding*, its own kind of finding.  The elementwise roundings keep SAFETY
+  in this bound too (the oracle's own float64 roundings are of their size); only the sums drop it.
 
 A sum whose terms are exact and share a quantum that fits the accumulation type is formed exactly
 in any order (bnprops/exactness.py): it contributes no summation error in either model.
