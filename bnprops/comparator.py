@@ -9,7 +9,13 @@ from collections.abc import Iterable
 import numpy as np
 
 from bnprops.case import QUANTITIES, Case, Outputs
-from bnprops.error_model import PROBABILISTIC_FAILURE, bounds, indeterminate_channels, indeterminate_quantities
+from bnprops.error_model import (
+    PROBABILISTIC_FAILURE,
+    bounds,
+    indeterminate_channels,
+    indeterminate_quantities,
+    sharp_bounds,
+)
 from bnprops.oracle import output_dtypes, per_channel, reference
 
 
@@ -221,11 +227,7 @@ def compare(
 ) -> Verdict:
     """Check ``actual`` against the oracle for the chosen quantities (those the oracle produces)."""
     expected, tol, dtypes, undetermined = _judging(case, reference(case) if expected is None else expected)
-    # Never above the deterministic bound; where its own first-order model breaks down (nan/inf), that bound.
-    sharp = {
-        q: np.where(np.isfinite(b), np.minimum(b, tol[q]), tol[q])
-        for q, b in bounds(case, expected, model="probabilistic").items()
-    }
+    sharp = sharp_bounds(case, expected, tol)
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     sharp_ratios: dict[str, float] = {}

@@ -288,6 +288,15 @@ def bounds(case: Case, expected: Outputs, *, model: str = "deterministic") -> Ou
     return _bounds(case, expected, model)
 
 
+def sharp_bounds(case: Case, expected: Outputs, deterministic: Outputs) -> Outputs:
+    """The probabilistic bounds, never above the deterministic ones; where the probabilistic model's own
+    first-order propagation breaks down (nan or inf), the deterministic bound."""
+    return {
+        q: np.where(np.isfinite(b), np.minimum(b, deterministic[q]), deterministic[q])
+        for q, b in bounds(case, expected, model="probabilistic").items()
+    }
+
+
 def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
     accumulated = expected
     if case.grad_req != WRITE_ALL:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from bnprops import checks
+from bnprops.catalogue import ACCURACY, classify
 from bnprops.checks import assert_matches_oracle, check
-from bnprops.known_deviations import KNOWN_DEVIATIONS
+from bnprops.error_model import bounds
+from bnprops.known_deviations import KNOWN_DEVIATIONS, Expectation
 from bnprops.oracle import reference
 from tests.helpers import one_channel_case
 
@@ -79,3 +84,48 @@ def test_a_certain_known_deviation_that_no_longer_reproduces_is_stale() -> None:
 def test_known_deviations_are_bound_to_their_kernel() -> None:
     outcome = check(ZERO_VARIANCE_EPS0.reproducer(), runner=oracle_runner, entry="sym", kernel="onednn")
     assert outcome.ok and not outcome.stale
+
+
+def nudged_dbeta(factor: float):  # type: ignore[no-untyped-def]
+    """The oracle's outputs with dbeta moved by ``factor`` times its probabilistic bound."""
+
+    def run(case):  # type: ignore[no-untyped-def]
+        out = reference(case)
+        sharp = bounds(case, out, model="probabilistic")["dbeta"]
+        out["dbeta"] = out["dbeta"] + factor * sharp
+        return out
+
+    return run
+
+
+def test_an_error_between_the_two_bounds_is_an_accuracy_finding_of_its_own_kind() -> None:
+    case = one_channel_case([0.1 * i for i in range(1, 4001)], dy=[1.0 + 1e-3 * i for i in range(4000)])
+    deterministic = bounds(case, reference(case))["dbeta"]
+    sharp = bounds(case, reference(case), model="probabilistic")["dbeta"]
+    assert np.all(3 * sharp < deterministic)  # room between the two at M = 4000
+    outcome = check(case, runner=nudged_dbeta(2.0), entry="test-double", quantities=("dbeta",))
+    [mismatch] = outcome.unexpected
+    assert mismatch.kind == "accuracy" and "loses" in outcome.message()
+    assert [s.kind for s in classify(outcome, backend="onednn")] == [ACCURACY]
+    assert check(case, runner=nudged_dbeta(0.5), entry="test-double", quantities=("dbeta",)).ok
+
+
+def test_a_deviation_that_explains_accuracy_findings_does_not_excuse_a_mismatch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    case = one_channel_case([0.1 * i for i in range(1, 4001)], dy=[1.0 + 1e-3 * i for i in range(4000)])
+    drift = dataclasses.replace(
+        KNOWN_DEVIATIONS[0],
+        id="test-drift",
+        quantities=frozenset({"dbeta"}),
+        predicate=lambda c, k: Expectation(frozenset({"dbeta"}), False),
+        entries=None,
+        kinds=frozenset({"accuracy"}),
+    )
+    monkeypatch.setattr(checks, "KNOWN_DEVIATIONS", (drift,))
+    explained = check(case, runner=nudged_dbeta(2.0), entry="test-double", quantities=("dbeta",))
+    assert explained.ok and explained.explained
+    deterministic = bounds(case, reference(case))["dbeta"]
+    far = nudged_dbeta(float(np.max(3 * deterministic / bounds(case, reference(case), model="probabilistic")["dbeta"])))
+    outcome = check(case, runner=far, entry="test-double", quantities=("dbeta",))
+    assert [m.kind for m in outcome.unexpected] == ["value"]
