@@ -302,6 +302,7 @@ def shapes_and_axes(
     return tuple(dims), axis
 
 
+_DECADES = st.sampled_from([3, 4, 5, 6])
 #: Spatial sides of real feature maps, and depths of volumes.
 _SIDES = (7, 8, 14, 16, 28, 32, 56, 64, 112)
 _DEPTHS = (4, 8, 16, 32)
@@ -312,7 +313,9 @@ def large_shapes_and_axes(draw: st.DrawFn, *, max_channels: int) -> tuple[tuple[
     """Shapes of real layers with 10^3 to 2*10^6 elements per channel: conv maps (N, C, H, W), volumes
     (N, C, D, H, W) and dense activations (N, C), channels first or last."""
     kind = draw(st.sampled_from(["conv2d", "conv3d", "dense"]))
-    target = 10 ** draw(st.floats(3, 6.3))
+    # A decade, then a place within it: each decade from 10^3 to 10^6 as likely as another (Hypothesis
+    # draws bounded numbers toward their simple ends), shrinking toward the small end.
+    target = min(10 ** (draw(_DECADES) + draw(_integers(0, 100)) / 100), MAX_LARGE_ELEMENTS)
     # Shrinks toward few channels; capped so that the whole case stays within MAX_LARGE_ELEMENTS.
     channels = draw(_integers(1, max(1, min(max_channels, MAX_LARGE_ELEMENTS // int(target)))))
     if kind == "dense":
