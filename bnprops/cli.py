@@ -37,6 +37,32 @@ exit status: 0 no new deviation, 1 new deviation(s) found (or a worker stopped o
 Ctrl-C stops the campaign and still writes the report of what ran."""
 
 
+_DESCRIPTION_TIGHTNESS = """\
+Two measurements per decade of M, the elements per channel (decade d: 10^d <= M < 10^(d+1);
+decade 6: 10^6 <= M <= 2*10^6):
+
+  tightness  seeded cases (conv-like (N, C, H, W) or dense (N, C) shapes with 1-4 channels; ordinary
+             data and the exact regime; learnable gamma, training, every gradient written) through
+             MXNet's symbolic entry point: per quantity the largest error / bound against the
+             deterministic and the probabilistic bound, over the cases whose result is not the
+             oracle's to the last bit; and the time MXNet and the judging take per case.
+  detection  numpy only, float32 and float64: the share of well-conditioned cases in which the oracle,
+             rounded to the output dtype with one quantity scaled by 1.005, is flagged (any mismatch,
+             accuracy included)."""
+
+_EPILOG_TIGHTNESS = """\
+goals: a median error/bound of at least 0.01 (ordinary data) and 0.05 (exact regime) in every cell, and a planted
+0.5% error flagged in at least 99% of well-conditioned cases (sum |terms| <= 10 |sum| at the largest element).
+
+output: the tables on stdout (tightness per regime x quantity x dtype x decade: median, p99 and max of error/bound for
+each bound; cost per decade; detection per quantity x dtype x decade), whether the goals hold, and any finding: a
+ratio above 1 that no known deviation explains (beyond the deterministic bound: a false alarm or an MXNet bug; beyond
+the probabilistic one only: an accuracy finding), with its case saved as JSON (bnprops repro CASE.json).
+Progress lines go to stderr.
+
+exit status: 0 no finding, 1 finding(s), 2 usage error."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -162,6 +188,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--workers", type=_positive_int, default=2, help="fuzz worker processes (default 2)")
     bench.set_defaults(subparser=bench)
+
+    tight = sub.add_parser(
+        "tightness",
+        help="measure how sharp the error bounds are on MXNet, and how often they catch a planted 0.5%% error",
+        description=_DESCRIPTION_TIGHTNESS,
+        epilog=_EPILOG_TIGHTNESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tight.add_argument(
+        "--cases-per-cell",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="MXNet cases per regime x dtype x decade (default 10)",
+    )
+    tight.add_argument(
+        "--decades",
+        default="0-6",
+        metavar="D-D",
+        help="decades of M: a range, a list or both, e.g. 4-6 or 0,2,5 (default 0-6)",
+    )
+    tight.add_argument(
+        "--backend",
+        default="onednn",
+        choices=BACKENDS,
+        help="CPU kernel for float32: onednn (default; float16 and float64 take the native kernel anyway) or native "
+        "(a worker process with MXNET_MKLDNN_ENABLED=0)",
+    )
+    tight.add_argument(
+        "--dtype", default="all", help=f"dtypes, comma-separated, or 'all' (default): {', '.join(DTYPES)}"
+    )
+    tight.add_argument("--regime", default="all", help="value regimes, comma-separated, or 'all': ordinary, exact")
+    only = tight.add_mutually_exclusive_group()
+    only.add_argument("--detection-only", action="store_true", help="skip MXNet: the detection table alone")
+    only.add_argument("--measure-only", action="store_true", help="skip detection: the MXNet tables alone")
+    tight.add_argument(
+        "--detection-cases",
+        type=_positive_int,
+        default=200,
+        metavar="N",
+        help="well-conditioned cases per quantity x dtype x decade for detection (default 200)",
+    )
+    tight.add_argument(
+        "--detection-cases-top",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="the same at decade 6, where a case takes about a second to judge (default 50)",
+    )
+    tight.add_argument("--seed", type=_seed, default=0, help="seed of every case drawn (default 0)")
+    tight.add_argument("--json", type=Path, metavar="PATH", help="also write every table and per-case ratio as JSON")
+    tight.add_argument(
+        "--findings",
+        type=Path,
+        metavar="DIR",
+        help="folder for the case JSON of every ratio above 1 on MXNet (default: PATH-findings/ next to --json)",
+    )
+    tight.set_defaults(subparser=tight)
     return parser
 
 
@@ -325,13 +409,61 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _tightness(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops import tightness
+
+    try:
+        decades = tightness.parse_decades(args.decades)
+        dtypes = parse_choices(args.dtype, allowed=DTYPES, what="dtype")
+        regimes = parse_choices(args.regime, allowed=tightness.REGIMES, what="regime")
+    except ValueError as exc:
+        _usage(parser, str(exc))
+    detection_dtypes = tuple(d for d in dtypes if d in tightness.DETECTION_DTYPES)
+    if args.detection_only and not detection_dtypes:
+        _usage(parser, f"detection covers {' and '.join(tightness.DETECTION_DTYPES)}; --dtype {args.dtype} has neither")
+    if args.json is not None and args.json.is_dir():
+        _usage(parser, f"--json {args.json} is a folder; give a file name")
+    if args.findings is not None and args.findings.exists() and not args.findings.is_dir():
+        _usage(parser, f"--findings {args.findings} exists and is not a folder")
+    findings_dir = args.findings
+    if findings_dir is None and args.json is not None:
+        findings_dir = args.json.with_name(args.json.stem + "-findings")
+    start = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"[{time.monotonic() - start:7.1f} s] {line}", file=sys.stderr, flush=True)
+
+    from bnprops.runners import BackendUnavailable
+
+    try:
+        found = tightness.run(
+            decades=decades,
+            dtypes=dtypes,
+            regimes=regimes,
+            backend=args.backend,
+            cases_per_cell=args.cases_per_cell,
+            detection_cases=args.detection_cases,
+            detection_cases_top=args.detection_cases_top,
+            seed=args.seed,
+            on_mxnet=not args.detection_only,
+            detect=not args.measure_only,
+            json_path=args.json,
+            findings_dir=findings_dir,
+            progress=progress,
+        )
+    except BackendUnavailable as exc:
+        _usage(parser, str(exc))
+    print(f"\n{time.monotonic() - start:.1f} s in all")
+    return EXIT_FOUND if found else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    handlers = {"fuzz": _fuzz, "repro": _repro, "merge": _merge, "bench": _bench}
+    handlers = {"fuzz": _fuzz, "repro": _repro, "merge": _merge, "bench": _bench, "tightness": _tightness}
     result: int = handlers[args.command](args, args.subparser)
     return result
 

@@ -225,12 +225,16 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
     ua = r * unit_roundoff(acc)
     exact = _exactness(case)
     m = case.reduction_length
-    factor = sum_factor(max(m - 1, 0), acc, model=model, channels=case.channels)
+    mean, var = statistics(case)
+    if model == "probabilistic":
+        factors = _partial_sum_factors(case, mean)
+    else:
+        worst = np.full(case.channels, sum_factor(max(m - 1, 0), acc, model=model))
+        factors = dict.fromkeys(("x", "c2", "dy", "dot"), worst)
     gamma = {
-        name: np.where(flags, 0.0, factor)
+        name: np.where(flags, 0.0, factors[name])
         for name, flags in (("x", exact.x_sum), ("c2", exact.c2_sum), ("dy", exact.dy_sum), ("dot", exact.dot_sum))
     }
-    mean, var = statistics(case)
     eps = eps_as_applied(case)
     with np.errstate(over="ignore", invalid="ignore"):
         e_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps) if np.isfinite(eps) else 0.0
@@ -256,6 +260,40 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
         rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
         rel_round = np.where(exact.invstd, 0.0, 2 * u)
     return _Statistics(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, gamma)
+
+
+def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.ndarray:
+    """Per row of terms, ``lambda u sqrt(sum_k S_k^2) / sum|t|``: the martingale bound (Ipsen & Zhou) with
+    the partial sums S_k of the sequential order in memory, which MXNet's CPU kernels use (their mean is
+    np.cumsum's, bit for bit), as a factor on sum|terms|.  Pairwise and blocked orders have smaller partial
+    sums (for terms of one sign ~M^2 against M^3/3; for random signs M log M against M^2/2), so it covers
+    them too; tests/test_error_model_soundness.py checks it with emulations of each.  For sums that cancel
+    (random head gradients) it is ~sqrt(M) sharper than sum_factor's ``lambda sqrt(M) u``, which takes every
+    partial sum as large as sum|t|.  Never above the deterministic factor."""
+    lam = probabilistic_lambda(channels)
+    worst = sum_factor(max(rows.shape[1] - 1, 0), dtype, model="deterministic")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        terms = np.where(np.isfinite(rows), rows, 0.0)
+        partial = np.cumsum(terms, axis=1)[:, 1:]  # the sums each addition rounds (from the 2nd term on)
+        spread = np.sqrt((partial * partial).sum(axis=1))
+        total = np.abs(terms).sum(axis=1)
+        factor = np.where(total > 0, lam * unit_roundoff(dtype) * spread / np.where(total > 0, total, 1.0), 0.0)
+    return np.asarray(np.minimum(factor, worst), dtype=np.float64)
+
+
+def _partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
+    """sequential_sum_factor for each of the kernel's sums: x, (x - mean)^2, dy and (x - mean) dy."""
+    acc = accumulation_dtype(case.dtype)
+
+    def rows(values: np.ndarray) -> np.ndarray:
+        return np.moveaxis(values, case.channel_axis, 0).reshape(case.channels, -1)
+
+    x = rows(case.x.astype(np.float64))
+    dy = rows(case.dy.astype(np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = x - np.where(np.isfinite(mean), mean, 0.0)[:, None]
+        terms = {"x": x, "c2": centred * centred, "dy": dy, "dot": centred * dy}
+    return {name: sequential_sum_factor(t, acc, channels=case.channels) for name, t in terms.items()}
 
 
 def indeterminate_channels(case: Case) -> np.ndarray:
@@ -375,8 +413,9 @@ def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
             # and the subtraction, each of which may land among the subnormals.
             reach = np.abs(s2) + st.e_var
             e_recovered = st.e_var + st.e_eps + (2 * st.rel_round + 3 * u) * reach + 2 * r * subnormal_step(acc_dtype)
-            out["moving_mean"] = abs(rest) * st.e_mean + 3 * u * (abs(mom) * old_mean + abs(rest) * np.abs(mean))
-            out["moving_var"] = abs(rest) * e_recovered + 3 * u * (abs(mom) * old_var + abs(rest) * np.abs(var))
+            # The update itself is AccReal arithmetic (float32 for float16 data), not the data type's.
+            out["moving_mean"] = abs(rest) * st.e_mean + 3 * ua * (abs(mom) * old_mean + abs(rest) * np.abs(mean))
+            out["moving_var"] = abs(rest) * e_recovered + 3 * ua * (abs(mom) * old_var + abs(rest) * np.abs(var))
             out["moving_mean"] += u_param * np.abs(expected["moving_mean"])
             out["moving_var"] += u_param * np.abs(expected["moving_var"])
         else:
