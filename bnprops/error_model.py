@@ -383,10 +383,18 @@ def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
         dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
         sum_adx = (np.abs(dy) * axhat).sum(axis=red)
         per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
+        if model == "probabilistic":
+            # The products' own roundings (to float16, in the float16 kernel) are mean-zero too: Azuma
+            # bounds their sum by lambda u sqrt(sum t^2), not u sum|t|.
+            spread = np.sqrt(((dy * xhat) ** 2).sum(axis=red))
+            e_products = per_product * np.minimum(probabilistic_lambda(case.channels) * spread, sum_adx)
+        else:
+            e_products = per_product * sum_adx
         e_dgamma = (
             shift * np.abs(dbeta)
             + rel * np.abs(dgamma)
-            + (per_product + gam["dot"]) * sum_adx
+            + e_products
+            + gam["dot"] * sum_adx
             + m * tiny_term * np.maximum(1.0, inv)
         )
         out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
