@@ -209,7 +209,8 @@ def _sequential_sum_drift(case: Case, kernel: str) -> Expectation:
     quantities: set[str] = set()
     if case.uses_batch_stats and _drifting(rows(case.x), acc, c).any():
         quantities |= _gradients(case) | {"mean", "invstd", "moving_mean", "moving_var"}
-    centred = rows(case.x.astype(np.float64) - per_channel(case, mean))
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = rows(case.x.astype(np.float64) - per_channel(case, mean))
     if case.uses_batch_stats and _drifting(centred * centred, acc, c).any():
         # var += (x - mean)^2: at large M the small squares are lost whole (stagnation), always downward.
         quantities |= _gradients(case) | {"invstd", "moving_var"}

@@ -1,0 +1,281 @@
+"""Correct float implementations of BatchNorm, with the arithmetic done the way real kernels do it.
+
+``emulate(case, summation=..., variance=...)`` returns the same quantities, with the same semantics,
+as ``tests.planted.numpy_batchnorm`` without a fault (fix_gamma, use_global_stats, inference,
+output_mean_var, grad_req 'null'/'add', the moving statistics updated in the backward), but each
+value is formed as MXNet's native CPU kernel forms it (src/operator/nn/batch_norm.cc):
+
+* forward: ``mean = sum(x) / M``; ``var = sum((x - mean) * (x - mean)) / M``;
+  ``invstd = 1.0 / sqrt(var + DType(eps))``; ``y = ((x - mean) * invstd) * gamma + beta``
+  (``((x - mean) * invstd) + beta`` under fix_gamma);
+* backward: ``dotp = sum((x - mean) * dy)``; ``dgamma = dotp * invstd``; ``dbeta = sum(dy)``;
+  ``k = dotp * invstd * invstd / M``; ``dx = (dy - sum(dy) / M - (x - mean) * k) * (invstd * gamma)``
+  (``dy * (invstd * gamma)`` with the moving statistics);
+* the moving statistics: ``moving * momentum + batch * (1 - momentum)``, momentum a C++ float, the
+  batch variance recovered from invstd as ``1.0 / (invstd * invstd) - eps``.
+
+How the per-channel sums are formed is a choice (``summation``):
+
+* ``sequential``: left to right, one accumulator (``np.add.accumulate`` is sequential; numpy's own
+  ``sum`` is not, it sums pairwise in blocks);
+* ``pairwise``: a balanced tree of halvings (rows padded with zeros to a power of two);
+* ``blocked16``: 16 interleaved sequential lanes (element i goes to lane i % 16), the lanes then
+  summed left to right, as a vectorised kernel does;
+
+and so is how the variance is formed (``variance``): ``two-pass`` (the mean, then the centred sum
+of squares, as MXNet does) or ``welford`` (Welford's running updates of the mean and of M2, in
+blocks of at most WELFORD_BLOCK elements merged by Chan's formula; the mean then comes from the
+updates too). Everything else is the same for both.
+
+Precision, as MXNet's types make it: float64 and float32 data are computed in their own type.
+float16 data are accumulated in float32 (MXNet's AccReal), and every operation that mixes a half_t
+with another number rounds its result to float16, as mshadow's half_t operators do: x - mean, xhat,
+y's product and sum, (x - mean) * dy, (x - mean) * k, dx's differences and product, and
+var + eps (eps itself is converted to float16 first). The sum of squares is formed in float32
+(the kernel converts x to AccReal first). gamma's and beta's gradients, the statistics and the
+moving statistics are float32. Every result is rounded to the dtype MXNet returns.
+
+These are *correct* kernels, so where MXNet's rounding is a known deviation
+(bnprops/known_deviations.py) they keep the value unrounded instead: a float16 intermediate that
+would overflow float16 stays in float32, var + eps is rounded to float16 only within float16's
+normal range, and the recovered variance does not overflow invstd * invstd. The float16
+subnormal range is otherwise kept: a real float16 kernel rounds tiny intermediates there.
+
+Elsewhere, the sequential two-pass kernel *is* MXNet 1.9.1's native CPU kernel, bit for bit, for
+float16, float32 and float64 (tests/test_error_model_soundness.py checks it against MXNet).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
+from bnprops.oracle import eps_as_applied, momentum_as_applied, output_dtypes
+
+SUMMATIONS = ("sequential", "pairwise", "blocked16")
+VARIANCES = ("two-pass", "welford")
+#: Every (summation, variance) pair: the kernels emulate() offers.
+VARIANTS = tuple(itertools.product(SUMMATIONS, VARIANCES))
+LANES = 16
+#: Welford runs sequentially over blocks of at most this many elements, vectorised over channels and
+#: blocks; the blocks are then merged pairwise with Chan's formula (a correct parallel kernel).
+WELFORD_BLOCK = 256
+
+_F16_TINY = float(np.finfo(np.float16).tiny)  # the smallest normal float16, 2^-14
+
+
+def emulate(case: Case, *, summation: str, variance: str) -> Outputs:
+    """Every quantity of ``case`` (as bnprops.oracle.reference names them), computed by the chosen kernel."""
+    if summation not in SUMMATIONS:
+        raise ValueError(f"unknown summation {summation!r}; choose from {SUMMATIONS}")
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose from {VARIANCES}")
+    half = case.dtype == "float16"
+    acc = np.float64 if case.dtype == "float64" else np.float32  # MXNet's AccReal
+    rnd = _to_float16 if half else _same
+    m = acc(case.reduction_length)
+    eps = eps_as_applied(case)
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return channel_sums(values, summation)
+
+    x = rows(case, case.x).astype(acc)  # exact: float16 widens to float32 without rounding
+    dy = rows(case, case.dy).astype(acc)
+    g = np.ones(case.channels, acc) if case.fix_gamma else case.gamma.astype(acc)
+    beta = case.beta.astype(acc)
+
+    with np.errstate(all="ignore"):
+        if case.uses_batch_stats:
+            if variance == "two-pass":
+                mean = total(x) / m
+                centred = x - mean[:, None]  # AccReal - AccReal: not rounded to float16
+                var = total(centred * centred) / m
+            else:
+                mean, m2 = welford(x)
+                var = m2 / m
+            invstd = _invstd(var, eps, acc, half)
+        else:
+            mean = case.moving_mean.astype(acc)
+            invstd = _invstd(case.moving_var.astype(acc), eps, acc, half)
+
+        # The forward's output.
+        c = rnd(x - mean[:, None])  # half_t - AccReal: a half_t
+        xhat = rnd(c * invstd[:, None])
+        y = rnd(xhat + beta[:, None]) if case.fix_gamma else rnd(rnd(xhat * g[:, None]) + beta[:, None])
+
+        # The backward.
+        sum_dy = total(dy)
+        dotp = total(rnd(c * dy))  # half_t * half_t, accumulated in AccReal
+        iw = invstd * g
+        if case.uses_batch_stats:
+            k = dotp * invstd * invstd / m
+            projection = rnd(c * k[:, None])  # stored in dx's own (DType) buffer
+            dx = rnd(rnd(rnd(dy - (sum_dy / m)[:, None]) - projection) * iw[:, None])
+        else:
+            dx = rnd(dy * iw[:, None])
+        dgamma = np.zeros(case.channels, acc) if case.fix_gamma else dotp * invstd
+        dbeta = sum_dy
+
+        # The moving statistics: updated in the backward, from the batch statistics.
+        momentum, _ = momentum_as_applied(case)
+        mom = acc(momentum)
+        rest = acc(1) - mom
+        old_mean, old_var = case.moving_mean.astype(acc), case.moving_var.astype(acc)
+        if case.uses_batch_stats:
+            moving_mean = old_mean * mom + mean * rest
+            moving_var = old_var * mom + recovered_variance(invstd, eps, acc) * rest
+        else:
+            moving_mean, moving_var = old_mean, old_var
+
+    gradients = {"data": unrows(case, dx), "gamma": dgamma, "beta": dbeta}
+    out: Outputs = {
+        "y": unrows(case, y),
+        "moving_mean": moving_mean,
+        "moving_var": moving_var,
+        "gamma": np.ones(case.channels) if case.fix_gamma else case.gamma,
+        "forward_moving_mean": case.moving_mean,
+        "forward_moving_var": case.moving_var,
+    }
+    if case.output_mean_var:
+        out["mean"] = mean
+        out["invstd"] = invstd
+    dtypes = output_dtypes(case)
+    with np.errstate(all="ignore"):
+        result = {q: np.asarray(v).astype(dtypes[q]) for q, v in out.items()}
+        for target in GRAD_TARGETS:
+            quantity = GRADIENT_OF[target]
+            if case.request(target) == "null":
+                continue
+            gradient = np.asarray(gradients[target]).astype(dtypes[quantity])
+            prior = case.prior(target)
+            # 'add': the buffer's old contents plus the gradient, one more rounding in the output dtype.
+            result[quantity] = gradient if prior is None else (prior + gradient).astype(dtypes[quantity])
+    return result
+
+
+def rows(case: Case, values: np.ndarray) -> np.ndarray:
+    """``values`` (shaped like x) as one row per channel, shape (C, M), elements in C order."""
+    return np.moveaxis(values, case.channel_axis, 0).reshape(case.channels, -1)
+
+
+def unrows(case: Case, values: np.ndarray) -> np.ndarray:
+    """The inverse of rows()."""
+    moved = [case.shape[case.channel_axis], *(d for i, d in enumerate(case.shape) if i != case.channel_axis)]
+    return np.moveaxis(values.reshape(moved), 0, case.channel_axis)
+
+
+def channel_sums(values: np.ndarray, summation: str) -> np.ndarray:
+    """The sum of each row of ``values`` (C, M), in their dtype, in the chosen order."""
+    channels, m = values.shape
+    if m == 0:
+        return np.zeros(channels, values.dtype)
+    if summation == "sequential":
+        # accumulate forms every prefix, so each is the previous one plus one element: left to right.
+        return np.add.accumulate(values, axis=1)[:, -1]
+    if summation == "pairwise":
+        width = 1 << (m - 1).bit_length()
+        level = _padded(values, width)
+        while level.shape[1] > 1:
+            level = level[:, 0::2] + level[:, 1::2]
+        return level[:, 0]
+    if summation == "blocked16":
+        lanes = _padded(values, -(-m // LANES) * LANES).reshape(channels, -1, LANES)
+        lane_sums = np.add.accumulate(lanes, axis=1)[:, -1, :]
+        result = lane_sums[:, 0]
+        for lane in range(1, LANES):
+            result = result + lane_sums[:, lane]
+        return result
+    raise ValueError(f"unknown summation {summation!r}; choose from {SUMMATIONS}")
+
+
+def welford(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Welford's mean and M2 (the centred sum of squares) of each row of ``values`` (C, M), in their dtype.
+
+    Rows longer than WELFORD_BLOCK run as blocks, each sequential, merged pairwise with Chan's formula.
+    """
+    dt = values.dtype.type
+    channels, m = values.shape
+    if m == 0:
+        return np.full(channels, np.nan, dt), np.zeros(channels, dt)
+    block = max(1, min(m, WELFORD_BLOCK))
+    blocks = -(-m // block)
+    data = _padded(values, blocks * block).reshape(channels, blocks, block)
+    counts = np.full(blocks, block)
+    counts[-1] = m - (blocks - 1) * block
+    n = np.zeros(blocks, dt)
+    mean = np.zeros((channels, blocks), dt)
+    m2 = np.zeros((channels, blocks), dt)
+    with np.errstate(all="ignore"):
+        for i in range(block):
+            live = i < counts  # only the last block can be short
+            n = np.where(live, n + dt(1), n)
+            xi = data[:, :, i]
+            delta = xi - mean
+            new_mean = mean + delta / n
+            new_m2 = m2 + delta * (xi - new_mean)
+            mean = np.where(live, new_mean, mean)
+            m2 = np.where(live, new_m2, m2)
+        while mean.shape[1] > 1:
+            if mean.shape[1] % 2:
+                n = np.append(n, dt(0))
+                mean = np.concatenate([mean, np.zeros((channels, 1), dt)], axis=1)
+                m2 = np.concatenate([m2, np.zeros((channels, 1), dt)], axis=1)
+            na, nb = n[0::2], n[1::2]
+            ma, mb = mean[:, 0::2], mean[:, 1::2]
+            total = na + nb
+            delta = mb - ma
+            merged_mean = ma + delta * (nb / total)
+            merged_m2 = m2[:, 0::2] + m2[:, 1::2] + delta * delta * (na * nb / total)
+            empty = nb == 0
+            mean = np.where(empty, ma, merged_mean)
+            m2 = np.where(empty, m2[:, 0::2], merged_m2)
+            n = total
+    return mean[:, 0], m2[:, 0]
+
+
+def _invstd(var: np.ndarray, eps: float, acc: type, half: bool) -> np.ndarray:
+    """``1.0 / sqrt(var + DType(eps))``, stored as AccReal (VARIANCE_TO_INVSTD in batch_norm.cc)."""
+    normaliser = var + acc(eps)
+    if half:
+        # float + half_t is a half_t: eps goes to float16, and so does the sum, where it is a normal float16.
+        rounded = (var + _to_float16(np.asarray(eps, np.float32))).astype(np.float16).astype(np.float32)
+        normal = (np.abs(rounded) >= _F16_TINY) & np.isfinite(rounded)
+        normaliser = np.where(normal, rounded, normaliser)
+    root = np.sqrt(normaliser)
+    return (1.0 / root.astype(np.float64)).astype(acc)  # 1.0 is a double literal
+
+
+def recovered_variance(invstd: np.ndarray, eps: float, acc: type) -> np.ndarray:
+    """``1.0 / (invstd * invstd) - eps`` (INVSTD_TO_VARIANCE): the square in AccReal, the rest in double.
+
+    Where invstd * invstd overflows AccReal (var + eps below the square of its smallest normal), MXNet's
+    recovered variance comes out as -eps (for float64 a known deviation); this kernel squares 1 / invstd.
+    """
+    square = invstd * invstd
+    recovered = 1.0 / square.astype(np.float64) - eps
+    overflowed = np.isinf(square) & np.isfinite(invstd)
+    if overflowed.any():
+        root = 1.0 / invstd.astype(np.float64)
+        recovered = np.where(overflowed, root * root - eps, recovered)
+    return recovered.astype(acc)
+
+
+def _to_float16(values: np.ndarray) -> np.ndarray:
+    """Round to float16 (kept as float32 values), as a half_t result is; except where float16 would overflow."""
+    values = np.asarray(values, np.float32)
+    rounded = values.astype(np.float16).astype(np.float32)
+    return np.where(np.isinf(rounded) & np.isfinite(values), values, rounded)
+
+
+def _same(values: np.ndarray) -> np.ndarray:
+    return values
+
+
+def _padded(values: np.ndarray, width: int) -> np.ndarray:
+    """Rows padded on the right with zeros (adding 0 is exact) to ``width`` columns."""
+    extra = width - values.shape[1]
+    if extra == 0:
+        return values
+    return np.concatenate([values, np.zeros((values.shape[0], extra), values.dtype)], axis=1)
