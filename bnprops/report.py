@@ -25,7 +25,7 @@ import numpy as np
 
 from bnprops import atomic
 from bnprops.case import DTYPES, QUANTITIES
-from bnprops.catalogue import Catalogue, Entry
+from bnprops.catalogue import KNOWN, Catalogue, Entry
 from bnprops.fuzz import Config, Points, WorkerResult
 from bnprops.reproducer import finding_json, script
 
@@ -94,6 +94,8 @@ class Report:
     # JSON.
     def to_dict(self) -> dict[str, Any]:
         def entry(e: Entry) -> dict[str, Any]:
+            if not _has_files(e):
+                return {**e.to_dict(), "case_file": None, "reproducer": None}
             return {**e.to_dict(), "case_file": f"{FINDINGS}/{e.signature.ident}.json", "reproducer": _repro(e)}
 
         return {
@@ -145,6 +147,16 @@ class Report:
             shards=data.get("shards", []),
             repeats=int(data.get("repeats_skipped", 0)),
         )
+
+
+#: A known deviation whose smallest example has more elements than this gets no files of its own: its
+#: arrays would make reproducers of hundreds of MB, and the deviation's minimal reproducer
+#: (bnprops/known_deviations.py) shows it already.  New findings always get theirs (shrunk, they are small).
+LARGE_EXAMPLE = 100_000
+
+
+def _has_files(e: Entry) -> bool:
+    return not (e.signature.kind == KNOWN and e.case.x.size > LARGE_EXAMPLE)
 
 
 def _repro(e: Entry) -> str:
@@ -215,6 +227,8 @@ def write(report: Report, out: Path) -> None:
     findings.mkdir(exist_ok=True)
     keep = set()
     for e in report.catalogue.entries.values():
+        if not _has_files(e):
+            continue
         atomic.write_text(findings / f"{e.signature.ident}.json", finding_json(e))
         atomic.write_text(out / _repro(e), script(e), executable=True)
         keep |= {f"{e.signature.ident}.json", f"{e.signature.ident}.py"}
@@ -367,7 +381,10 @@ def markdown(report: Report) -> str:
                 f"- {e.count} case(s) in this run; example {e.reduction}: `{e.case.describe()}`",
                 f"- case: [{FINDINGS}/{s.ident}.json]({FINDINGS}/{s.ident}.json) "
                 f"(`bnprops repro {FINDINGS}/{s.ident}.json`); reproducer: [{_repro(e)}]({_repro(e)}) "
-                f"(`python {_repro(e)}`)",
+                f"(`python {_repro(e)}`)"
+                if _has_files(e)
+                else f"- no files: the example has {e.case.x.size:,} elements; the deviation's own reproducer "
+                "is in bnprops/known_deviations.py",
             ]
             if e.detail:
                 lines += ["", "```", e.detail, "```"]
