@@ -12,7 +12,18 @@ def parse_choices(text: str, *, allowed: Sequence[str], what: str) -> tuple[str,
         raise ValueError(f"no {what} given; choose from {', '.join(allowed)} (or 'all')")
     if values == ("all",):
         return tuple(allowed)
+    try:
+        return validate_choices(what, values, allowed=allowed)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or 'all')") from None
+
+
+def validate_choices(what: str, values: Sequence[str], *, allowed: Sequence[str]) -> tuple[str, ...]:
+    """The values, each once, in order; none, or an unknown one, is a ValueError that lists the choices."""
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"no {what} given; choose from {', '.join(allowed)}")
     unknown = [v for v in values if v not in allowed]
     if unknown:
-        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)} (or 'all')")
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
     return tuple(dict.fromkeys(values))

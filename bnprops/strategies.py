@@ -15,6 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnprops.case import DEFAULT_EPS, DEFAULT_MOMENTUM, DTYPES, GRAD_REQS, WRITE_ALL, Case, param_dtype
+from bnprops.selection import validate_choices
 
 #: How the data of a case is spread, each a numerical stress of its own.  "exact": data, heads,
 #: parameters and eps chosen so that every per-channel sum the operator forms is exact in the working
@@ -261,15 +262,7 @@ def grad_requests() -> st.SearchStrategy[tuple[str, str, str]]:
 
 
 def _validate_choice(name: str, values: Sequence[str] | None, allowed: Sequence[str]) -> tuple[str, ...]:
-    if values is None:
-        return tuple(allowed)
-    values = tuple(values)
-    if not values:
-        raise ValueError(f"{name} must not be empty; choose from {tuple(allowed)}")
-    unknown = [v for v in values if v not in allowed]
-    if unknown:
-        raise ValueError(f"{name} has unknown values {unknown}; choose from {tuple(allowed)}")
-    return values
+    return tuple(allowed) if values is None else validate_choices(name, values, allowed=allowed)
 
 
 @functools.cache

@@ -38,6 +38,7 @@ from bnprops import atomic
 from bnprops.case import DTYPES, WRITE_ALL, Case, Outputs
 from bnprops.comparator import compare
 from bnprops.oracle import eps_as_applied, output_dtypes, reference, statistics
+from bnprops.selection import validate_choices
 from bnprops.strategies import _values
 
 #: Decades of M measured: 10^0 .. 10^6.
@@ -94,16 +95,6 @@ def check_decades(decades: Iterable[int]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
 
 
-def _check_choices(name: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    values = tuple(values)
-    if not values:
-        raise ValueError(f"no {name} given; choose from {', '.join(allowed)}")
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise ValueError(f"unknown {name} {', '.join(map(repr, bad))}; choose from {', '.join(allowed)}")
-    return tuple(dict.fromkeys(values))
-
-
 def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *key]))
 
@@ -131,22 +122,27 @@ def draw_shape(rng: np.random.Generator, decade: int) -> tuple[int, ...]:
     return (target, channels)
 
 
-def draw_case(rng: np.random.Generator, decade: int, dtype: str, regime: str) -> Case:
-    """One training-mode case with learnable gamma and every gradient written, its values from the strategies."""
-    shape = draw_shape(rng, decade)
-    arrays, eps = _values(rng, shape, 1, dtype, regime, "random", WRITE_ALL)
+def _training_case(arrays: dict[str, np.ndarray], eps: float, regime: str) -> Case:
+    """Training mode, learnable gamma, every gradient written, channels on axis 1."""
     return Case(
         **arrays,
         axis=1,
-        eps=DEFAULT_EPS if eps is None else eps,
+        eps=eps,
         momentum=MOMENTUM,
         fix_gamma=False,
         use_global_stats=False,
         output_mean_var=False,
         is_train=True,
         grad_req=WRITE_ALL,
-        regime=f"{regime}/random",
+        regime=regime,
     )
+
+
+def draw_case(rng: np.random.Generator, decade: int, dtype: str, regime: str) -> Case:
+    """One training-mode case with learnable gamma and every gradient written, its values from the strategies."""
+    shape = draw_shape(rng, decade)
+    arrays, eps = _values(rng, shape, 1, dtype, regime, "random", WRITE_ALL)
+    return _training_case(arrays, DEFAULT_EPS if eps is None else eps, f"{regime}/random")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,9 +214,9 @@ def measure(
     that no known deviation explains.
     """
     decades = check_decades(decades)
-    dtypes = _check_choices("dtype", dtypes, DTYPES)
-    regimes = _check_choices("regime", regimes, REGIMES)
-    _check_choices("backend", [backend], BACKENDS)
+    dtypes = validate_choices("dtype", dtypes, allowed=DTYPES)
+    regimes = validate_choices("regime", regimes, allowed=REGIMES)
+    validate_choices("backend", [backend], allowed=BACKENDS)
     if cases_per_cell < 1:
         raise ValueError(f"cases_per_cell must be at least 1, got {cases_per_cell}")
     from bnprops.checks import judge
@@ -525,18 +521,7 @@ def draw_detection_case(rng: np.random.Generator, decade: int, dtype: str) -> Ca
     shape = draw_shape(rng, decade)
     arrays, _ = _values(rng, shape, 1, dtype, "ordinary", "random", WRITE_ALL)
     arrays["dy"] = correlated_head(rng, arrays["x"], 1, DEFAULT_EPS).astype(dtype)
-    return Case(
-        **arrays,
-        axis=1,
-        eps=DEFAULT_EPS,
-        momentum=MOMENTUM,
-        fix_gamma=False,
-        use_global_stats=False,
-        output_mean_var=False,
-        is_train=True,
-        grad_req=WRITE_ALL,
-        regime="ordinary/correlated",
-    )
+    return _training_case(arrays, DEFAULT_EPS, "ordinary/correlated")
 
 
 def conditioning(case: Case, expected: Outputs | None = None) -> dict[str, float]:
@@ -626,7 +611,7 @@ def detection(
     case carries the error in all four quantities at once: the comparator judges every quantity on its own.
     """
     decades = check_decades(decades)
-    dtypes = _check_choices("dtype", dtypes, DETECTION_DTYPES)
+    dtypes = validate_choices("dtype", dtypes, allowed=DETECTION_DTYPES)
     if cases_per_cell < 1 or (top_decade_cases is not None and top_decade_cases < 1):
         raise ValueError("cases per cell must be at least 1")
     if not (math.isfinite(relative_error) and relative_error > 0):

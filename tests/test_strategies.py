@@ -18,9 +18,9 @@ reach = settings(
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"dtypes": ["float8"]}, "dtypes has unknown values"),
-        ({"dtypes": []}, "dtypes must not be empty"),
-        ({"value_regimes": ["wild"]}, "value_regimes has unknown values"),
+        ({"dtypes": ["float8"]}, "unknown dtypes 'float8'; choose from float16, float32, float64"),
+        ({"dtypes": []}, "no dtypes given; choose from"),
+        ({"value_regimes": ["wild"]}, "unknown value_regimes 'wild'; choose from ordinary"),
         ({"min_ndim": 0}, "min_ndim"),
         ({"max_ndim": 6}, "max_ndim"),
         ({"max_channels": 0}, "max_channels must be at least 1"),

@@ -15,15 +15,7 @@ from bnprops import cli, tightness
 from bnprops.case import Case
 from bnprops.oracle import output_dtypes, reference
 from tests.planted import numpy_batchnorm
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = cli.main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.test_cli import run_cli
 
 
 @pytest.mark.parametrize("decade", tightness.DECADES)
