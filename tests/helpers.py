@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from hypothesis import settings
 
 from bnprops.case import Case, param_dtype
+from bnprops.runners import unavailable_reason
+
+
+def budget(fraction: float) -> int:
+    """A share of the profile's per-property budget (400 examples in dev and ci), so nightly scales it too."""
+    return max(1, round(settings.default.max_examples * fraction))
+
+
+def skip_unless_available(backend: str) -> None:
+    """Skip, with the reason, where the backend cannot run here (no GPU, no worker process)."""
+    reason = unavailable_reason(backend)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def one_channel_case(

@@ -13,6 +13,7 @@ from bnprops.case import QUANTITIES, Case
 from bnprops.checks import assert_agree, assert_matches_oracle
 from bnprops.runners import BACKENDS, adapt, runner_for, unavailable_reason
 from bnprops.strategies import cases
+from tests.helpers import budget, skip_unless_available
 
 pytestmark = pytest.mark.property
 
@@ -22,17 +23,11 @@ SHARES = {"onednn": 0.75, "native": 0.55, "gpu": 0.25, "entries": 0.125, "backen
 
 
 def examples(share: str) -> int:
-    return max(1, round(settings.default.max_examples * SHARES[share]))
-
-
-def available(backend: str) -> None:
-    reason = unavailable_reason(backend)
-    if reason is not None:
-        pytest.skip(reason)
+    return budget(SHARES[share])
 
 
 def test_entry_point_matches_the_oracle(bn_entry: str, bn_backend: str) -> None:
-    available(bn_backend)
+    skip_unless_available(bn_backend)
     runner = runner_for(bn_entry, bn_backend)
 
     @settings(max_examples=examples(bn_backend if bn_backend in BACKENDS else "gpu"))
@@ -44,7 +39,7 @@ def test_entry_point_matches_the_oracle(bn_entry: str, bn_backend: str) -> None:
 
 
 def test_all_entry_points_agree_on_the_same_case(bn_backend: str, request: pytest.FixtureRequest) -> None:
-    available(bn_backend)
+    skip_unless_available(bn_backend)
     entries = request.config.bn_entries  # type: ignore[attr-defined]
     if len(entries) < 2:
         pytest.skip(f"needs two entry points to compare; --bn-entry chose {','.join(entries)}")

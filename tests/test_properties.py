@@ -9,6 +9,7 @@ from bnprops.case import QUANTITIES, Case
 from bnprops.checks import PROPERTIES, assert_group_matches_oracle, assert_matches_oracle
 from bnprops.runners import IN_PROCESS_BACKEND, run_symbolic
 from bnprops.strategies import case_groups, cases
+from tests.helpers import budget
 
 pytestmark = pytest.mark.property
 
@@ -23,11 +24,6 @@ def _chosen(request: pytest.FixtureRequest) -> None:
 
 def check_symbolic(case: Case, prop: str) -> None:
     assert_matches_oracle(case, runner=run_symbolic, entry="sym", quantities=PROPERTIES[prop])
-
-
-def share(fraction: float) -> int:
-    """A share of the profile's per-property budget (400 examples in dev and ci), so nightly scales it too."""
-    return max(1, round(settings.default.max_examples * fraction))
 
 
 @given(case=cases())
@@ -61,14 +57,14 @@ def test_stacked_cases_match_the_oracle_case_by_case(group: list[Case]) -> None:
     assert_group_matches_oracle(group, runner=run_symbolic, entry="sym")
 
 
-@settings(max_examples=share(0.25))
+@settings(max_examples=budget(0.25))
 @given(case=cases(sizes="large"))
 def test_reductions_the_size_of_real_layers_match_the_oracle(case: Case) -> None:
     # 10^3 to 10^6 elements per channel, where loose bounds would hide a 0.5% error (100 cases in ci).
     assert_matches_oracle(case, runner=run_symbolic, entry="sym", quantities=QUANTITIES)
 
 
-@settings(max_examples=share(0.25))
+@settings(max_examples=budget(0.25))
 @given(case=cases(value_regimes=["exact"], sizes="all"))
 def test_exact_data_matches_the_oracle_to_a_few_ulps(case: Case) -> None:
     # Every sum exact and var + eps a power of 4: the bounds shrink to a few ulps at any size.
