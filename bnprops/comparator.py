@@ -103,7 +103,7 @@ def reproducer(case: Case, entry: str, backend: str) -> str:
 
 
 def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
 
 
