@@ -214,7 +214,7 @@ class _Statistics:
     e_eps: float  # eps converted to the data type (DType(eps)), an exactly known error
     rel_inv: np.ndarray  # relative error bound of invstd
     rel_round: np.ndarray  # the part of it that the square root and reciprocal add
-    gamma: dict[str, np.ndarray]  # the sum factor of each sum: x, c2, dy, dot
+    sum_factors: dict[str, np.ndarray]  # what each of the kernel's sums may lose per sum|terms|: x, c2, dy, dot
 
 
 def _statistics(case: Case, model: str) -> _Statistics:
@@ -240,7 +240,7 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
     else:
         worst = np.full(case.channels, sum_factor(max(m - 1, 0), acc, model=model))
         factors = dict.fromkeys(("x", "c2", "dy", "dot"), worst)
-    gamma = {
+    sums = {
         name: np.where(flags, 0.0, factors[name])
         for name, flags in (("x", exact.x_sum), ("c2", exact.c2_sum), ("dy", exact.dy_sum), ("dot", exact.dot_sum))
     }
@@ -255,10 +255,10 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
             mean_abs = np.abs(x).mean(axis=case.reduce_axes)
             finite_mean = np.where(np.isfinite(mean), mean, 0.0)
             finite_var = np.where(np.isfinite(var), var, 0.0)
-            e_mean = gamma["x"] * mean_abs + np.where(exact.mean, 0.0, ua * np.abs(finite_mean))
+            e_mean = sums["x"] * mean_abs + np.where(exact.mean, 0.0, ua * np.abs(finite_mean))
             per_term = np.where(exact.c2_sum, 0.0, 2 * u + ua)
             spread = finite_var + e_mean * e_mean
-            e_var = e_mean * e_mean + (per_term + gamma["c2"]) * spread + np.where(exact.var, 0.0, ua * finite_var)
+            e_var = e_mean * e_mean + (per_term + sums["c2"]) * spread + np.where(exact.var, 0.0, ua * finite_var)
         else:
             # The statistics are inputs (or, for one value per channel, the value itself: x - mean = 0).
             e_mean, e_var = zeros, zeros
@@ -268,7 +268,7 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
         # 1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order).
         rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
         rel_round = np.where(exact.invstd, 0.0, 2 * u)
-    return _Statistics(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, gamma)
+    return _Statistics(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums)
 
 
 def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.ndarray:
@@ -350,7 +350,7 @@ def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
         # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
         expected = fresh_reference(case)
     st = _statistics(case, model)
-    u, gam = st.u, st.gamma
+    u, sums = st.u, st.sum_factors
     r = _rounding_scale(model)
     u_data = r * unit_roundoff(case.dtype)
     u_param = r * unit_roundoff(param_dtype(case.dtype))
@@ -386,7 +386,7 @@ def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
 
         sum_ady = np.abs(dy).sum(axis=red)
         dbeta = expected["dbeta"]
-        e_dbeta = gam["dy"] * sum_ady
+        e_dbeta = sums["dy"] * sum_ady
         out["dbeta"] = e_dbeta + u_param * np.abs(dbeta)
 
         dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
@@ -401,7 +401,7 @@ def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
             shift * np.abs(dbeta)
             + rel * np.abs(dgamma)
             + e_products
-            + gam["dot"] * sum_adx
+            + sums["dot"] * sum_adx
             + m * tiny_term * np.maximum(1.0, inv)
         )
         out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
