@@ -17,6 +17,7 @@ import hypothesis
 from bnprops.batching import split, stack
 from bnprops.case import QUANTITIES, Case, Outputs
 from bnprops.comparator import Mismatch, Verdict, compare, compare_pair, reproducer
+from bnprops.invariants import violations
 from bnprops.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, Runner, adapt, kernel_for
 
@@ -106,6 +107,13 @@ def judge(
     return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale), checked, backend, frozenset(allowed))
 
 
+def judged_outputs(case: Case, outputs: Outputs) -> Verdict:
+    """The comparison with the oracle, and the invariants (bnprops/invariants.py) that hold whatever the bounds say."""
+    verdict = compare(case, outputs)
+    broken = violations(case, outputs)
+    return dataclasses.replace(verdict, mismatches=verdict.mismatches + tuple(broken)) if broken else verdict
+
+
 class Tally(NamedTuple):
     entry: str
     backend: str
@@ -145,7 +153,7 @@ def check(
     backend = IN_PROCESS_BACKEND if backend is None else backend
     kernel = kernel_for(case, backend) if kernel is None else kernel
     case = adapt(entry, case)
-    verdict = compare(case, runner(case))
+    verdict = judged_outputs(case, runner(case))
     outcome = judge(verdict, entry=entry, kernel=kernel, checked=quantities, backend=backend)
     record(outcome, kernel=kernel)
     return outcome
@@ -171,11 +179,11 @@ def check_group(
     stacked = stack(group)
     outputs = runner(stacked)
     kernel = kernel_for(stacked, backend)
-    whole = judge(compare(stacked, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+    whole = judge(judged_outputs(stacked, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
     outcomes = []
     for case, part in zip(group, split(stacked, outputs, [c.channels for c in group]), strict=True):
         if whole.verdict.mismatches or whole.stale:
-            outcome = judge(compare(case, part), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+            outcome = judge(judged_outputs(case, part), entry=entry, kernel=kernel, checked=quantities, backend=backend)
         else:
             outcome = Outcome(Verdict(case, (), {}), entry, (), (), (), frozenset(quantities), backend)
         record(outcome, kernel=kernel)
@@ -306,7 +314,7 @@ def assert_agree(
         outputs = runner(case)
         results[label] = outputs
         kernel = kernel_for(case, backend)
-        outcome = judge(compare(case, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+        outcome = judge(judged_outputs(case, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
         record(outcome, kernel=kernel)
         outcomes[label] = outcome
     where = {label: (entry, backend) for label, (_, entry, backend) in runners.items()}

@@ -24,7 +24,7 @@ class Mismatch:
     """The worst disagreement in one quantity."""
 
     quantity: str
-    kind: str  # "value", "accuracy", "nonfinite", "shape" or "missing"
+    kind: str  # "value", "accuracy", "nonfinite", "invariant" (bnprops/invariants.py), "shape" or "missing"
     count: int  # elements that disagree
     size: int
     index: tuple[int, ...]
@@ -53,7 +53,13 @@ class Mismatch:
             "accuracy": f"accuracy finding: {self.count} of {self.size} elements beyond the probabilistic "
             f"bound (within the deterministic one); worst {where}",
             "nonfinite": f"{self.count} of {self.size} elements differ in their NaN/inf pattern; first {where}",
+            "invariant": f"{self.count} of {self.size} elements break an invariant: {self.detail}; first {where}",
         }[self.kind]
+        if self.kind == "invariant":
+            bound = "at least" if self.expected == 0 and self.quantity == "moving_var" else "exactly"
+            return (
+                f"{self.quantity}: {head}\n    must be {bound}: {self.expected!r}\n    actual:{' ' * 12}{self.actual!r}"
+            )
         text = (
             f"{self.quantity}: {head}\n"
             f"    expected (oracle): {self.expected!r}\n"

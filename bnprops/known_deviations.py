@@ -20,7 +20,7 @@ import numpy as np
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
 from bnprops.contract import CHANNELS as CONTRACT_CHANNELS
 from bnprops.error_model import accumulation_dtype, bounds, indeterminate_channels, sequential_sum_factor
-from bnprops.oracle import eps_as_applied, per_channel, reference, statistics
+from bnprops.oracle import eps_as_applied, momentum_as_applied, per_channel, reference, statistics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +226,26 @@ def _sequential_sum_drift(case: Case, kernel: str) -> Expectation:
     return Expectation(frozenset(quantities), False)
 
 
+def _recovered_variance_negative(case: Case, kernel: str) -> Expectation:
+    """Where ``m old + (1 - m)(1/invstd^2 - eps)`` can come out below 0: the batch variance is within the
+    rounding of ``1/invstd^2 - eps`` of 0 (a constant channel, one value per channel) and ``m old`` is
+    no larger than that rounding."""
+    if kernel not in ("native", "onednn") or not case.uses_batch_stats or not case.x.size:
+        return Expectation.none()
+    acc = accumulation_dtype(case.dtype)
+    u, tiny = float(np.finfo(acc).eps) / 2, float(np.finfo(acc).smallest_subnormal)
+    var = statistics(case)[1]
+    mom, rest = momentum_as_applied(case)
+    eps = eps_as_applied(case)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # invstd, its square, 1/that and - eps each round; and the forward added DType(eps), the backward
+        # subtracts the double eps (float16: up to half a float16 ulp of eps).
+        dtype_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps)
+        reach = 8 * u * (var + eps) + 4 * tiny + dtype_eps
+        possible = (var < reach) & (mom * case.moving_var.astype(np.float64) <= rest * reach + tiny)
+    return _expect(possible & _finite_channels(case), {"moving_var"}, certain=False)
+
+
 def _onednn_fix_gamma_add(case: Case, kernel: str) -> Expectation:
     if kernel != "onednn" or not case.fix_gamma or case.request("gamma") != "add":
         return Expectation.none()
@@ -272,10 +292,11 @@ def _sym_inference_backward(case: Case, kernel: str) -> Expectation:
     return Expectation(frozenset(drift | {"dx"}), certain=True)
 
 
-def _empty_batch_dgamma(case: Case, kernel: str) -> Expectation:
-    if case.x.size or case.fix_gamma or not case.uses_batch_stats or case.request("gamma") == "null":
+def _empty_batch(case: Case, kernel: str) -> Expectation:
+    if case.x.size or not case.uses_batch_stats:
         return Expectation.none()
-    return Expectation(frozenset({"dgamma"}), certain=True)
+    learnable = not case.fix_gamma and case.request("gamma") != "null"
+    return Expectation(frozenset({"moving_mean", "moving_var"} | ({"dgamma"} if learnable else set())), certain=True)
 
 
 def empty_batch(dtype: str, *, channels: int = 2, **params: object) -> Case:
@@ -405,6 +426,26 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         kinds=frozenset({"accuracy"}),
     ),
     KnownDeviation(
+        id="recovered-variance-negative",
+        summary="A zero-variance channel's moving variance can come out negative: the backward recovers the "
+        "batch variance as 1/invstd^2 - eps, which rounds to a few ulps of eps either side of 0",
+        quantities=frozenset({"moving_var"}),
+        conditions="batch statistics; a channel whose variance is within the rounding of 1/invstd^2 - eps of 0 "
+        "(one value per channel, a constant channel); momentum * old moving_var no larger than that rounding "
+        "(momentum 0, or a prior of 0), or below eps's rounding to the data type (float16: DType(eps) in the "
+        "forward, the double eps subtracted in the backward); every dtype, entry point and CPU kernel; only "
+        "the invariant (the value stays within the error bound)",
+        predicate=_recovered_variance_negative,
+        evidence="Found by the moving-variance invariant (bnprops/invariants.py) in pytest -m property: float64 "
+        "x=[0.65...] (M=1), eps=1e-3, momentum=0: moving_var -2.168404344971009e-19 (= 1/(invstd*invstd) - 1e-3 "
+        "in double); float32 and float16 with eps=1.4e-45: -1.401298464324817e-45. A channel that stays "
+        "constant (a dead ReLU) drifts to such a value under any momentum. float16[7, 1], tiny spread, "
+        "eps=3.1622776601683795, momentum 0: -1.68e-4 = half(eps) - eps. batch_norm.cc: "
+        "INVSTD_TO_VARIANCE(invstd, eps) = 1.0/(invstd*invstd) - eps, no clamp at 0.",
+        reproducer=lambda: _minimal([0.6508470327725044], "float64", eps=1e-3, momentum=0.0),
+        kinds=frozenset({"invariant"}),
+    ),
+    KnownDeviation(
         id="onednn-fix-gamma-add-wipes-dgamma",
         summary="oneDNN, fix_gamma and grad_req='add' for gamma: the accumulated gamma gradient is overwritten with 0",
         quantities=frozenset({"dgamma"}),
@@ -443,17 +484,19 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         upstream="apache/incubator-mxnet#9580 (the autograd form of the same mix-up)",
     ),
     KnownDeviation(
-        id="empty-batch-nan-dgamma",
-        summary="An empty batch (numpy shape semantics) gives dgamma = NaN instead of the empty sum 0",
-        quantities=frozenset({"dgamma"}),
+        id="empty-batch-nan",
+        summary="An empty batch (numpy shape semantics) gives dgamma = NaN instead of the empty sum 0, and turns "
+        "the moving statistics into NaN instead of leaving them alone",
+        quantities=frozenset({"dgamma", "moving_mean", "moving_var"}),
         conditions="x with no elements (a zero-length axis other than the channel axis), which only the numpy "
         "interface's shape semantics accept (npx; sym/nd/gluon reject it: in legacy shapes 0 means unknown); "
-        "batch statistics; fix_gamma=False; gamma takes a gradient; either kernel, every dtype.",
-        predicate=_empty_batch_dgamma,
+        "batch statistics; dgamma where gamma is learnable and takes a gradient; either kernel, every dtype.",
+        predicate=_empty_batch,
         evidence="npx.batch_norm on x of shape (0, 3) under np_shape: y and dx are empty, dbeta = [0 0 0] (the "
         "empty sum), dgamma = [nan nan nan] on oneDNN and native, float16/32/64; with fix_gamma dgamma is 0. "
-        "dgamma = sum(dy * xhat) over no elements is 0 whatever xhat is. The moving statistics become NaN, "
-        "which the documented update formula gives for a batch mean of no elements (0/0), as the oracle does.",
+        "dgamma = sum(dy * xhat) over no elements is 0 whatever xhat is. The moving statistics become NaN (the "
+        "update formula with a batch mean of 0/0); bnprops's contract (bnprops/invariants.py) is that an "
+        "empty batch leaves them as they were, or the call is rejected.",
         reproducer=lambda: empty_batch("float32", fix_gamma=False),
         entries=frozenset({"npx"}),
     ),

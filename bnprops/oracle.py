@@ -116,7 +116,8 @@ def _fresh_reference(case: Case) -> Outputs:
             dx = scale * dy
 
         mom, rest = momentum_as_applied(case)
-        if case.uses_batch_stats:
+        # An empty batch has nothing to average: bnprops's contract is no update (bnprops/invariants.py).
+        if case.uses_batch_stats and m > 0:
             moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean
             moving_var = mom * case.moving_var.astype(np.float64) + rest * var
         else:

@@ -16,7 +16,7 @@ from bnprops.known_deviations import KNOWN_DEVIATIONS
 from bnprops.runners import BACKENDS, ENTRY_POINTS, kernel_for, runner_for
 from bnprops.worker import environment_for
 
-NEW_DEVIATIONS = ("onednn-fix-gamma-add-wipes-dgamma", "sym-inference-backward-trains", "empty-batch-nan-dgamma")
+NEW_DEVIATIONS = ("onednn-fix-gamma-add-wipes-dgamma", "sym-inference-backward-trains", "empty-batch-nan")
 
 
 def accumulating_case() -> Case:
