@@ -241,7 +241,9 @@ def _recovered_variance_negative(case: Case, kernel: str) -> Expectation:
         # invstd, its square, 1/that and - eps each round; and the forward added DType(eps), the backward
         # subtracts the double eps (float16: up to half a float16 ulp of eps).
         dtype_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps)
-        reach = 8 * u * (var + eps) + 4 * tiny + dtype_eps
+        # float16 data: var + eps itself is rounded to float16 (half an ulp of it).
+        u_data = float(np.finfo(case.dtype).eps) / 2
+        reach = (8 * u + 2 * u_data) * (var + eps) + 4 * tiny + dtype_eps
         possible = (var < reach) & (mom * case.moving_var.astype(np.float64) <= rest * reach + tiny)
     return _expect(possible & _finite_channels(case), {"moving_var"}, certain=False)
 
