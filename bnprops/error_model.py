@@ -293,12 +293,8 @@ def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.
 def _partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
     """sequential_sum_factor for each of the kernel's sums: x, (x - mean)^2, dy and (x - mean) dy."""
     acc = accumulation_dtype(case.dtype)
-
-    def rows(values: np.ndarray) -> np.ndarray:
-        return np.moveaxis(values, case.channel_axis, 0).reshape(case.channels, -1)
-
-    x = rows(case.x.astype(np.float64))
-    dy = rows(case.dy.astype(np.float64))
+    x = rows(case.x.astype(np.float64), case.channel_axis)
+    dy = rows(case.dy.astype(np.float64), case.channel_axis)
     with np.errstate(over="ignore", invalid="ignore"):
         centred = x - np.where(np.isfinite(mean), mean, 0.0)[:, None]
         terms = {"x": x, "c2": centred * centred, "dy": dy, "dot": centred * dy}

@@ -20,6 +20,7 @@ import numpy as np
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
 from bnprops.contract import CHANNELS as CONTRACT_CHANNELS
 from bnprops.error_model import accumulation_dtype, bounds, indeterminate_channels, sequential_sum_factor
+from bnprops.exactness import rows as channel_rows
 from bnprops.oracle import eps_as_applied, momentum_as_applied, per_channel, reference, statistics
 
 
@@ -201,7 +202,7 @@ def _sequential_sum_drift(case: Case, kernel: str) -> Expectation:
     c = case.channels
 
     def rows(values: np.ndarray) -> np.ndarray:
-        return np.moveaxis(values, case.channel_axis, 0).reshape(case.channels, -1).astype(np.float64)
+        return channel_rows(values.astype(np.float64), case.channel_axis)
 
     mean = statistics(case)[0]
     with np.errstate(over="ignore", invalid="ignore"):
