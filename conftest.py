@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="all",
         metavar="LIST",
         help=f"comma-separated entry points: {','.join(ENTRY_POINTS)} (default: all). "
-        "sym is mx.sym + simple_bind, nd is mx.nd.BatchNorm under autograd, gluon(-hybrid) is "
+        "sym is mx.sym + bind, nd is mx.nd.BatchNorm under autograd, gluon(-hybrid) is "
         "gluon.nn.BatchNorm (hybridized), npx is mx.npx.batch_norm.",
     )
     group.addoption(

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -41,6 +42,10 @@ GRAD_TARGETS = ("data", "gamma", "beta")
 GRADIENT_OF = {"data": "dx", "gamma": "dgamma", "beta": "dbeta"}
 #: The gradient buffers' contents before the call, for targets requested with 'add'.
 PRIOR_FIELDS = {"data": "prior_dx", "gamma": "prior_dgamma", "beta": "prior_dbeta"}
+#: Where a runner returns what a target's gradient buffer holds after a call that requested it with 'null'
+#: (filled with ``sentinel`` before; bnprops/invariants.py checks it kept every bit). Not quantities: the
+#: oracle has none of them, so the comparator, which iterates the oracle's quantities, passes them by.
+NULL_BUFFER_OF = {"data": "null_dx", "gamma": "null_dgamma", "beta": "null_dbeta"}
 WRITE_ALL = ("write", "write", "write")
 _CASE_FORMAT = "bnprops.case/1"
 T = TypeVar("T")
@@ -56,6 +61,16 @@ def _b64(arr: np.ndarray) -> str:
 def param_dtype(dtype: str) -> str:
     """gamma, beta and the moving statistics are float32 for float16 data, else the data's dtype."""
     return "float32" if dtype == "float16" else dtype
+
+
+def sentinel(shape: tuple[int, ...], axis: int, dtype: str) -> np.ndarray:
+    """What a gradient buffer requested with 'null' holds before the call: odd multiples of 1/16 in
+    (-16, 16), exact in every dtype, varying along every axis but the channel axis (constant along it,
+    so that a stacked call's buffers split into each case's own, bnprops/batching.py)."""
+    other = [d for i, d in enumerate(shape) if i != axis]
+    period = ((np.arange(251) * 37 % 251 - 125.5) / 8).astype(dtype)  # element k holds period[k % 251]
+    values = np.resize(period, int(np.prod(other))).reshape(other)
+    return np.ascontiguousarray(np.broadcast_to(np.expand_dims(values, axis), shape))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -198,6 +213,14 @@ class Case:
         prior: np.ndarray | None = getattr(self, PRIOR_FIELDS[target])
         return prior
 
+    def null_sentinel(self, target: str) -> np.ndarray:
+        """What the runners fill ``target``'s gradient buffer with when it is requested with 'null'."""
+        if target == "data":
+            result: np.ndarray = sentinel(self.shape, self.channel_axis, self.dtype)
+        else:
+            result = sentinel((self.channels,), 0, param_dtype(self.dtype))
+        return result
+
     @property
     def accumulates(self) -> bool:
         return "add" in self.grad_req
@@ -294,6 +317,8 @@ class Case:
         pdt = param_dtype(self.dtype)
 
         def arr(a: np.ndarray) -> str:
+            if not a.size:  # an empty batch: its shape is all there is to it
+                return f"np.zeros({a.shape!r}, dtype={str(a.dtype)!r})"
             # float64 repr of every element is exact, and casting back restores the original bits.
             return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float64).astype({str(a.dtype)!r})"
 
@@ -302,6 +327,7 @@ class Case:
             head += ["import os", "os.environ['MXNET_MKLDNN_ENABLED'] = '0'  # the native kernel (read at import)"]
         head += [
             "import mxnet as mx, numpy as np",
+            "nan, inf = float('nan'), float('inf')  # as repr writes non-finite data",
             f"x = {arr(self.x)}",
             f"dy = {arr(self.dy)}",
             f"gamma, beta = {arr(self.gamma)}, {arr(self.beta)}",
@@ -315,7 +341,12 @@ class Case:
             f"use_global_stats={self.use_global_stats}, axis={self.axis})",
             f"is_train, output_mean_var = {self.is_train}, {self.output_mean_var}",
         ]
-        head.append(f"gradient_of = {GRADIENT_OF!r}")
+        head.append(f"gradient_of, null_buffer_of = {GRADIENT_OF!r}, {NULL_BUFFER_OF!r}")
+        head.append(inspect.getsource(sentinel).rstrip())  # standalone: numpy as np only
+        head.append(
+            f"null = {{t: sentinel(x.shape, {self.channel_axis}, x.dtype) if t == 'data' else sentinel((C,), 0, pdt) "
+            "for t, r in req.items() if r == 'null'}  # 'null' requests' buffers before the call: it must leave them"
+        )
         tail = "for q, value in actual.items():\n    print(q, value)"
         return "\n".join(head) + "\n" + body.strip("\n") + "\n" + tail
 
@@ -344,14 +375,14 @@ class Case:
 _SNIPPET_SYM = """
 sym = mx.sym.BatchNorm(mx.sym.Variable('data'), name='bn', output_mean_var=output_mean_var, **params)
 names = {'data': 'data', 'gamma': 'bn_gamma', 'beta': 'bn_beta'}
-exe = sym.simple_bind(mx.cpu(), data=x.shape, type_dict={'data': x.dtype.name, 'bn_gamma': pdt, 'bn_beta': pdt},
-                      grad_req={names[t]: r for t, r in req.items()})
-for name, value in [('data', x), ('bn_gamma', gamma), ('bn_beta', beta)]:
-    exe.arg_dict[name][:] = value
-exe.aux_dict['bn_moving_mean'][:] = moving_mean
-exe.aux_dict['bn_moving_var'][:] = moving_var
-for t, value in prior.items():
-    exe.grad_dict[names[t]][:] = value
+values = {'data': x, 'gamma': gamma, 'beta': beta}
+# Every target has a gradient buffer, a 'null' one too (bind, not simple_bind, which allocates none for it).
+buffers = {t: null.get(t, prior.get(t, np.zeros_like(v))) for t, v in values.items()}
+exe = sym.bind(mx.cpu(), args={names[t]: mx.nd.array(v, dtype=v.dtype) for t, v in values.items()},
+               args_grad={names[t]: mx.nd.array(v, dtype=v.dtype) for t, v in buffers.items()},
+               grad_req={names[t]: r for t, r in req.items()},
+               aux_states={'bn_moving_mean': mx.nd.array(moving_mean, dtype=pdt),
+                           'bn_moving_var': mx.nd.array(moving_var, dtype=pdt)})
 outs = exe.forward(is_train=is_train)
 actual = {'forward_moving_mean': exe.aux_dict['bn_moving_mean'].asnumpy(),
           'forward_moving_var': exe.aux_dict['bn_moving_var'].asnumpy()}
@@ -360,9 +391,8 @@ exe.backward(heads)
 actual['y'] = outs[0].asnumpy()
 if output_mean_var:
     actual['mean'], actual['invstd'] = outs[1].asnumpy(), outs[2].asnumpy()
-for t, q in gradient_of.items():
-    if req[t] != 'null':
-        actual[q] = exe.grad_dict[names[t]].asnumpy()
+for t in req:
+    actual[null_buffer_of[t] if t in null else gradient_of[t]] = exe.grad_dict[names[t]].asnumpy()
 actual['gamma'] = exe.arg_dict['bn_gamma'].asnumpy()
 actual['moving_mean'] = exe.aux_dict['bn_moving_mean'].asnumpy()
 actual['moving_var'] = exe.aux_dict['bn_moving_var'].asnumpy()
@@ -373,11 +403,12 @@ _SNIPPET_AUTOGRAD = """
 arrays = {{'data': mod.array(x, dtype=x.dtype), 'gamma': mod.array(gamma, dtype=pdt),
           'beta': mod.array(beta, dtype=pdt)}}
 mm, mv = mod.array(moving_mean, dtype=pdt), mod.array(moving_var, dtype=pdt)
+buffers = {{}}
 for t, r in req.items():
-    if r != 'null':
-        arrays[t].attach_grad(grad_req=r)
-for t, value in prior.items():
-    arrays[t].grad[:] = value
+    arrays[t].attach_grad(grad_req=r)  # a 'null' request too: its buffer must stay as filled
+    buffers[t] = arrays[t].grad  # kept: autograd forgets a 'null' variable's buffer in backward
+for t, value in {{**prior, **null}}.items():
+    buffers[t][:] = value
 with mx.autograd.record(train_mode=is_train):
     outs = op(arrays['data'], arrays['gamma'], arrays['beta'], mm, mv, output_mean_var=output_mean_var, **params)
 y = outs[0] if output_mean_var else outs
@@ -386,9 +417,8 @@ mx.autograd.backward([y], [mod.array(dy, dtype=dy.dtype)], train_mode=is_train)
 actual['y'] = y.asnumpy()
 if output_mean_var:
     actual['mean'], actual['invstd'] = outs[1].asnumpy(), outs[2].asnumpy()
-for t, q in gradient_of.items():
-    if req[t] != 'null':
-        actual[q] = arrays[t].grad.asnumpy()
+for t in req:
+    actual[null_buffer_of[t] if t in null else gradient_of[t]] = buffers[t].asnumpy()
 actual['gamma'] = arrays['gamma'].asnumpy()
 actual['moving_mean'], actual['moving_var'] = mm.asnumpy(), mv.asnumpy()
 """
@@ -412,10 +442,12 @@ for t, value in prior.items():
     if t != 'data':
         getattr(layer, t).grad()[:] = value
 {hybridize}data = mx.nd.array(x, dtype=x.dtype)
-if req['data'] != 'null':
-    data.attach_grad(grad_req=req['data'])
-    if 'data' in prior:
-        data.grad[:] = prior['data']
+# A 'null' request for data gets a buffer that must stay as filled; gluon gives a 'null' Parameter none at all.
+data.attach_grad(grad_req=req['data'])
+data_grad = data.grad  # kept: autograd forgets a 'null' variable's buffer in backward
+for t, value in {{**prior, **null}}.items():
+    if t == 'data':
+        data_grad[:] = value
 if not is_train:
     y = layer(data)  # inference, as gluon runs it outside autograd.record()
 with mx.autograd.record(train_mode=is_train):
@@ -425,8 +457,7 @@ actual = {{'forward_moving_mean': layer.running_mean.data().asnumpy(),
           'forward_moving_var': layer.running_var.data().asnumpy()}}
 out.backward(mx.nd.array(dy, dtype=dy.dtype), train_mode=is_train)
 actual['y'] = y.asnumpy()
-if req['data'] != 'null':
-    actual['dx'] = data.grad.asnumpy()
+actual[null_buffer_of['data'] if 'data' in null else 'dx'] = data_grad.asnumpy()
 for t, p in (('gamma', layer.gamma), ('beta', layer.beta)):
     if p.grad_req != 'null':
         actual[gradient_of[t]] = p.grad().asnumpy()

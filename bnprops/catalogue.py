@@ -20,10 +20,16 @@ from bnprops.case import Case
 from bnprops.checks import Outcome
 from bnprops.oracle import statistics
 
-#: Kinds of finding. "known" is explained by bnprops/known_deviations.py; the others are new.
+#: Kinds of finding. "known" matches the model of a deviation in bnprops/known_deviations.py; the others are new.
 #: "accuracy": beyond the probabilistic error bound, within the deterministic one (bnprops/error_model.py).
+#: "unrecorded": inside a known deviation's region, but neither the oracle's values nor the deviation's model.
+#: "relation": an exact metamorphic relation broken (bnprops/relations.py); the quantity says which and where.
 MISMATCH, ACCURACY, STALE, ERROR, KNOWN = "mismatch", "accuracy", "stale", "error", "known"
-KINDS = (MISMATCH, ACCURACY, STALE, ERROR, KNOWN)
+UNRECORDED = "unrecorded"
+RELATION = "relation"
+KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, STALE, ERROR, KNOWN)
+#: What a finding of a known deviation's kind says about it, in reports and reproducers.
+VERDICTS = {KNOWN: "matches the recorded deviation", UNRECORDED: "deviates, but not as recorded"}
 _SIGNATURE_FORMAT = "bnprops.signature/1"
 
 
@@ -53,7 +59,8 @@ class Signature:
     dtype: str
     flags: tuple[tuple[str, str], ...]
     regime: str
-    #: The known deviation it is (kind "known") or that did not reproduce (kind "stale").
+    #: The known deviation it is (kind "known"), whose region it is in but whose model it missed
+    #: ("unrecorded"), or that did not reproduce ("stale").
     deviation: str = ""
 
     def __post_init__(self) -> None:
@@ -103,13 +110,15 @@ class Signature:
     def ident(self) -> str:
         """A stable file-name-safe name: readable fields, then a hash of the whole signature."""
         digest = hashlib.sha256(self.key).hexdigest()[:10]
-        what = self.deviation if self.kind in (KNOWN, STALE) else self.quantity
+        what = self.deviation if self.kind in (KNOWN, STALE, UNRECORDED) else self.quantity
         what = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
         return f"{self.kind}-{what}-{self.entry}-{self.backend}-{self.dtype}-{digest}"
 
     def describe(self) -> str:
         flags = ", ".join(f"{k}={v}" for k, v in self.flags)
         dev = f" [{self.deviation}]" if self.deviation else ""
+        if self.kind in VERDICTS:
+            dev += f" ({VERDICTS[self.kind]})"
         return (
             f"{self.kind}{dev}: {self.quantity} via {self.entry}/{self.backend}, {self.dtype}, {flags}, "
             f"regime {self.regime}"
@@ -125,7 +134,8 @@ def classify(outcome: Outcome, *, backend: str) -> tuple[Signature, ...]:
             kind, quantity, outcome.entry, backend, case.dtype, case_flags(case), value_regime(case), deviation
         )
 
-    found = [sig(ACCURACY if m.kind == "accuracy" else MISMATCH, m.quantity) for m in outcome.unexpected]
+    kinds = {"accuracy": ACCURACY, "unrecorded": UNRECORDED}
+    found = [sig(kinds.get(m.kind, MISMATCH), m.quantity, m.deviation) for m in outcome.unexpected]
     found += [sig(STALE, ",".join(sorted(kd.quantities)), kd.id) for kd in outcome.stale]
     found += [sig(KNOWN, q, kd.id) for kd, quantities in outcome.explained for q in sorted(quantities)]
     return tuple(found)
@@ -154,6 +164,8 @@ class Entry:
     reduction: str
     #: What the comparator said about the example (mismatch description, or the exception).
     detail: str = ""
+    #: Kind "relation": the relation the example ran and its parameter choice (Relation.parameters).
+    relation: tuple[str, int] | None = None
 
     def absorb(self, other: Entry) -> None:
         """Fold another entry for the same signature into this one (worker and shard merges)."""
@@ -162,6 +174,7 @@ class Entry:
         self.count += other.count
         if _rank(other) < _rank(self):
             self.case, self.reduction, self.detail = other.case, other.reduction, other.detail
+            self.relation = other.relation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +185,7 @@ class Entry:
             "detail": self.detail,
             "case_summary": self.case.describe(),
             "case": self.case.to_dict(),
+            **({} if self.relation is None else {"relation": {"name": self.relation[0], "choice": self.relation[1]}}),
         }
 
     @classmethod
@@ -182,6 +196,7 @@ class Entry:
             case=Case.from_dict(data["case"]),
             reduction=str(data["reduction"]),
             detail=str(data.get("detail", "")),
+            relation=(str(data["relation"]["name"]), int(data["relation"]["choice"])) if "relation" in data else None,
         )
 
 

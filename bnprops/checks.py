@@ -13,13 +13,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import hypothesis
+import numpy as np
 
 from bnprops.batching import split, stack
 from bnprops.case import QUANTITIES, Case, Outputs
-from bnprops.comparator import Mismatch, Verdict, compare, compare_pair, reproducer
-from bnprops.invariants import violations
-from bnprops.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
+from bnprops.comparator import Verdict, compare_pair, reproducer
+from bnprops.judgement import Outcome, judge
 from bnprops.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, Runner, adapt, kernel_for
+
+__all__ = ["Outcome", "judge"]  # re-exported: the judgement is what callers of checks consume
 
 #: The properties: each names the quantities it checks (one property per thing under test).
 PROPERTIES: dict[str, tuple[str, ...]] = {
@@ -30,88 +32,6 @@ PROPERTIES: dict[str, tuple[str, ...]] = {
     "gamma_side_effect": ("gamma",),
     "moving_statistics_timing": ("forward_moving_mean", "forward_moving_var"),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """A verdict sorted against the known deviations."""
-
-    verdict: Verdict
-    entry: str
-    #: Known deviations that apply to the case and reproduced, with the quantities they explain.
-    explained: tuple[tuple[KnownDeviation, frozenset[str]], ...]
-    #: Mismatches that no known deviation explains: these are findings.
-    unexpected: tuple[Mismatch, ...]
-    #: Known deviations that apply to the case but did not reproduce (MXNet may have been fixed).
-    stale: tuple[KnownDeviation, ...]
-    #: The quantities the caller asked about.
-    checked: frozenset[str]
-    backend: str = IN_PROCESS_BACKEND
-    #: Every quantity some applicable known deviation may make fail (what disagreements it can explain).
-    allowed: frozenset[str] = frozenset()
-
-    @property
-    def ok(self) -> bool:
-        return not self.unexpected and not self.stale
-
-    @property
-    def case(self) -> Case:
-        return self.verdict.case
-
-    def message(self) -> str:
-        lines: list[str] = []
-        if self.unexpected:
-            partial = dataclasses.replace(self.verdict, mismatches=self.unexpected)
-            lines.append(
-                partial.message(label=f"MXNet ({self.entry}, {self.backend})", entry=self.entry, backend=self.backend)
-            )
-        for kd in self.stale:
-            lines.append(
-                f"Known deviation {kd.id} applies to {self.case.describe()} but did not reproduce: "
-                f"{', '.join(sorted(kd.quantities))} matched the oracle. If MXNet was fixed, narrow or "
-                f"remove it in bnprops/known_deviations.py.\nReproduce with:\n"
-                + "\n".join("    " + line for line in reproducer(self.case, self.entry, self.backend).splitlines())
-            )
-        return "\n".join(lines)
-
-
-def judge(
-    verdict: Verdict, *, entry: str, kernel: str, checked: Iterable[str], backend: str = IN_PROCESS_BACKEND
-) -> Outcome:
-    """Sort a verdict over all quantities: findings among ``checked``, staleness over all of them.
-
-    A certain known deviation must show in some quantity it names, even one the calling property
-    does not check (dgamma may agree by accident where y cannot).
-    """
-    checked = frozenset(checked)
-    explained: list[tuple[KnownDeviation, frozenset[str]]] = []
-    stale: list[KnownDeviation] = []
-    allowed: set[str] = set()
-    covering: list[tuple[KnownDeviation, frozenset[str]]] = []
-    for kd in KNOWN_DEVIATIONS:
-        expectation = kd.expectation(verdict.case, entry=entry, kernel=kernel)
-        if not expectation.quantities:
-            continue
-        allowed |= expectation.quantities
-        covering.append((kd, expectation.quantities))
-        hit = {m.quantity for m in verdict.mismatches if m.quantity in expectation.quantities and kd.explains(m.kind)}
-        if hit & checked:
-            explained.append((kd, frozenset(hit & checked)))
-        elif not hit and expectation.certain:
-            stale.append(kd)
-
-    def is_explained(m: Mismatch) -> bool:
-        return any(m.quantity in quantities and kd.explains(m.kind) for kd, quantities in covering)
-
-    unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked and not is_explained(m))
-    return Outcome(verdict, entry, tuple(explained), unexpected, tuple(stale), checked, backend, frozenset(allowed))
-
-
-def judged_outputs(case: Case, outputs: Outputs) -> Verdict:
-    """The comparison with the oracle, and the invariants (bnprops/invariants.py) that hold whatever the bounds say."""
-    verdict = compare(case, outputs)
-    broken = violations(case, outputs)
-    return dataclasses.replace(verdict, mismatches=verdict.mismatches + tuple(broken)) if broken else verdict
 
 
 class Tally(NamedTuple):
@@ -153,8 +73,7 @@ def check(
     backend = IN_PROCESS_BACKEND if backend is None else backend
     kernel = kernel_for(case, backend) if kernel is None else kernel
     case = adapt(entry, case)
-    verdict = judged_outputs(case, runner(case))
-    outcome = judge(verdict, entry=entry, kernel=kernel, checked=quantities, backend=backend)
+    outcome = judge(case, runner(case), entry=entry, kernel=kernel, checked=quantities, backend=backend)
     record(outcome, kernel=kernel)
     return outcome
 
@@ -179,11 +98,11 @@ def check_group(
     stacked = stack(group)
     outputs = runner(stacked)
     kernel = kernel_for(stacked, backend)
-    whole = judge(judged_outputs(stacked, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+    whole = judge(stacked, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend)
     outcomes = []
     for case, part in zip(group, split(stacked, outputs, [c.channels for c in group]), strict=True):
         if whole.verdict.mismatches or whole.stale:
-            outcome = judge(judged_outputs(case, part), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+            outcome = judge(case, part, entry=entry, kernel=kernel, checked=quantities, backend=backend)
         else:
             outcome = Outcome(Verdict(case, (), {}), entry, (), (), (), frozenset(quantities), backend)
         record(outcome, kernel=kernel)
@@ -278,24 +197,26 @@ def disagreements(
     case: Case,
     results: Mapping[str, Outputs],
     *,
-    explained: Mapping[str, frozenset[str]] | None = None,
+    covered: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     exact: Callable[[str, str], bool] | None = None,
 ) -> list[Disagreement]:
     """Every pair of ``results`` (label -> Outputs, for the same case) that disagrees.
 
     A pair for which ``exact(first, second)`` is true must agree bit for bit; others within twice
-    the bound. A disagreement in a quantity that a known deviation allows for either member of the
-    pair (``explained``: label -> quantities) is not reported: one deviates as known, the other need not.
+    the bound. Elements a known deviation covers for either member of the pair (``covered``:
+    label -> quantity -> elements) are not compared: one deviates as known, the other need not.
     """
-    explained = explained or {}
+    covered = covered or {}
     found = []
     for first, second in itertools.combinations(results, 2):
-        allowed = explained.get(first, frozenset()) | explained.get(second, frozenset())
+        excluded: dict[str, np.ndarray] = {}
+        for label in (first, second):
+            for q, where in covered.get(label, {}).items():
+                excluded[q] = excluded[q] | where if q in excluded else where
         same = exact is not None and exact(first, second)
-        verdict = compare_pair(case, results[first], results[second], exact=same)
-        left = tuple(m for m in verdict.mismatches if m.quantity not in allowed)
-        if left:
-            found.append(Disagreement(first, second, dataclasses.replace(verdict, mismatches=left)))
+        verdict = compare_pair(case, results[first], results[second], exact=same, excluded=excluded)
+        if verdict.mismatches:
+            found.append(Disagreement(first, second, verdict))
     return found
 
 
@@ -314,14 +235,14 @@ def assert_agree(
         outputs = runner(case)
         results[label] = outputs
         kernel = kernel_for(case, backend)
-        outcome = judge(judged_outputs(case, outputs), entry=entry, kernel=kernel, checked=quantities, backend=backend)
+        outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend)
         record(outcome, kernel=kernel)
         outcomes[label] = outcome
     where = {label: (entry, backend) for label, (_, entry, backend) in runners.items()}
     found = disagreements(
         case,
         results,
-        explained={k: o.allowed for k, o in outcomes.items()},
+        covered={k: o.covered for k, o in outcomes.items()},
         exact=lambda a, b: same_computation(case, where[a], where[b]),
     )
     problems = [d.message() for d in found]

@@ -12,10 +12,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, NoReturn, TypeVar
+from typing import IO, TYPE_CHECKING, NoReturn, TypeVar
 
-from bnprops.case import DTYPES, QUANTITIES
+from bnprops.case import DTYPES, QUANTITIES, Case
 from bnprops.selection import parse_choices
+
+if TYPE_CHECKING:
+    from bnprops.catalogue import Signature
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
@@ -148,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuzz.add_argument(
         "--chunk-size", type=_positive_int, default=None, metavar="N", help="cases per Hypothesis run (default 100)"
+    )
+    fuzz.add_argument(
+        "--relations",
+        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        default=None,
+        metavar="N",
+        help="also run an exact relation (bnprops/relations.py) on one example in N; 0: none (default 2)",
     )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
@@ -321,6 +331,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             workers=args.workers,
             chunk_size=args.chunk_size or fuzz.DEFAULT_CHUNK_SIZE,
             backends_explicit=args.backend is not None,
+            **({} if args.relations is None else {"relation_every": args.relations}),
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
     except fuzz.UsageError as exc:
@@ -343,6 +354,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         case, sig, entry, backend = load_finding(args.file)
     except ValueError as exc:
         _usage(parser, str(exc))
+    if sig is not None and sig.kind == "relation":  # catalogue.RELATION: its two calls again, no oracle
+        return _repro_relation(args, parser, case, sig)
     entry = args.entry or entry or "sym"
     backend = args.backend or backend or "onednn"
     try:
@@ -366,8 +379,11 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             failed = q in outcome.verdict.failed_quantities
             print(f"  {q:<12} {outcome.verdict.ratios[q]:>11.3g}  {'FAILS' if failed else 'ok'}")
     for kd, quantities in outcome.explained:
-        print(f"\nknown deviation {kd.id} explains {', '.join(sorted(quantities))}: {kd.summary}")
-        print(f"  conditions: {kd.conditions}")
+        print(f"\n{', '.join(sorted(quantities))} matches the recorded deviation {kd.id}: {kd.summary}")
+        print(f"  conditions: {kd.conditions}\n  model: {kd.model}")
+    for m in outcome.unexpected:
+        if m.kind == "unrecorded":
+            print(f"\n{m.quantity} deviates, but not as recorded by known deviation {m.deviation}")
     if not outcome.ok:
         print()
         print(outcome.message())
@@ -379,6 +395,25 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
         print(f"\n{'new deviation: not explained by known_deviations.py' if persists else 'no new deviation'}")
+    return EXIT_FOUND if persists else EXIT_OK
+
+
+def _repro_relation(args: argparse.Namespace, parser: argparse.ArgumentParser, case: Case, sig: Signature) -> int:
+    """A broken exact relation: run its two calls again and say whether the relation still breaks."""
+    from bnprops.relation_findings import load_draw, replay
+    from bnprops.runners import runner_for
+
+    entry, backend = args.entry or sig.entry, args.backend or sig.backend
+    try:
+        draw = load_draw(args.file)
+        runner = runner_for(entry, backend)
+    except (ValueError, NotImplementedError) as exc:
+        _usage(parser, str(exc))
+    print(f"case: {case.describe()}")
+    print(f"run through entry point {entry!r} on backend {backend!r}: relation {draw.relation!r}, choice {draw.choice}")
+    print(f"finding: {sig.describe()}\n")
+    persists = replay(case, sig, draw, runner=runner, entry=entry, backend=backend)
+    print(f"\nthe finding's relation {'still breaks' if persists else 'holds now'} ({sig.ident})")
     return EXIT_FOUND if persists else EXIT_OK
 
 

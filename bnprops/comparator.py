@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,7 +25,9 @@ class Mismatch:
     """The worst disagreement in one quantity."""
 
     quantity: str
-    kind: str  # "value", "accuracy", "nonfinite", "invariant" (bnprops/invariants.py), "shape" or "missing"
+    #: "value", "accuracy", "nonfinite", "invariant" (bnprops/invariants.py), "unrecorded" (in a known
+    #: deviation's region, neither the oracle's value nor its model's), "shape" or "missing".
+    kind: str
     count: int  # elements that disagree
     size: int
     index: tuple[int, ...]
@@ -35,6 +38,11 @@ class Mismatch:
     detail: str = ""
     #: The probabilistic bound at the same element ("accuracy": the error lies between the two).
     sharp_bound: float = float("nan")
+    #: Every element that disagrees (the quantity's shape; None for "shape" and "missing").
+    where: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: "unrecorded": the known deviation whose region it is in, and what its model gives at ``index``.
+    deviation: str = ""
+    model: float = float("nan")
 
     @property
     def ratio(self) -> float:
@@ -54,17 +62,20 @@ class Mismatch:
             f"bound (within the deterministic one); worst {where}",
             "nonfinite": f"{self.count} of {self.size} elements differ in their NaN/inf pattern; first {where}",
             "invariant": f"{self.count} of {self.size} elements break an invariant: {self.detail}; first {where}",
+            "unrecorded": f"deviates, but not as recorded by known deviation {self.deviation}: {self.count} of "
+            f"{self.size} elements in its region match neither the oracle nor its model; worst {where}",
         }[self.kind]
         if self.kind == "invariant":
             bound = "at least" if self.expected == 0 and self.quantity == "moving_var" else "exactly"
+            if "non-finite" in self.detail:
+                bound = "finite (exactly, near)"
             return (
                 f"{self.quantity}: {head}\n    must be {bound}: {self.expected!r}\n    actual:{' ' * 12}{self.actual!r}"
             )
-        text = (
-            f"{self.quantity}: {head}\n"
-            f"    expected (oracle): {self.expected!r}\n"
-            f"    actual:            {self.actual!r}\n"
-        )
+        text = f"{self.quantity}: {head}\n    expected (oracle): {self.expected!r}\n"
+        if self.kind == "unrecorded":
+            text += f"    model:             {self.model!r}\n"
+        text += f"    actual:            {self.actual!r}\n"
         if self.kind == "accuracy":
             digits = math.log10(self.error / self.sharp_bound) if self.sharp_bound > 0 else math.inf
             return text + (
@@ -113,6 +124,43 @@ def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:
         return np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
 
 
+def overflow_threshold(dtype: str) -> float:
+    """Where rounding to ``dtype`` gives inf: its largest number plus half an ulp (float64: its largest number)."""
+    info = np.finfo(np.dtype(dtype))
+    half_ulp_of_max = 2.0 ** (int(info.maxexp) - 2 - int(info.nmant))
+    return float(info.max) + half_ulp_of_max if dtype != "float64" else float(info.max)
+
+
+def _overflow_adjusted(expected: np.ndarray, actual: np.ndarray, out_dtype: str) -> np.ndarray:
+    """``actual`` in float64, each inf that stands for an exact value past the dtype's overflow threshold mapped.
+
+    A correct kernel returns +-inf where the exact value rounds beyond the dtype's largest number, and
+    may return that number where the exact value is just past the overflow threshold (max + half an
+    ulp): an inf stands for the threshold, judged by the bound like any other value.
+    """
+    a = actual.astype(np.float64)
+    threshold = overflow_threshold(out_dtype)
+    with np.errstate(invalid="ignore"):
+        overflowed = np.isinf(a) & np.isfinite(expected)
+        beyond = overflowed & (np.sign(a) * expected >= threshold)  # the exact value rounds to that inf: no error
+        return np.where(beyond, expected, np.where(overflowed, np.sign(a) * threshold, a))
+
+
+def _nonfinite_differs(expected: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Where exactly one of the two is non-finite, or both are but differently (NaN, +inf, -inf)."""
+    finite = np.isfinite(expected) & np.isfinite(a)
+    same_nonfinite = (np.isnan(expected) & np.isnan(a)) | (expected == a)
+    return np.asarray(~finite & ~same_nonfinite)
+
+
+def disagreeing(expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str) -> np.ndarray:
+    """Element by element: is ``actual`` outside ``bound`` of ``expected``, or in another NaN/inf pattern?"""
+    a = _overflow_adjusted(expected, np.asarray(actual), out_dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(np.isfinite(expected) & np.isfinite(a), np.abs(a - expected), 0.0)
+    return np.asarray(_nonfinite_differs(expected, a) | (err > bound))
+
+
 def _compare_one(
     quantity: str,
     expected: np.ndarray,
@@ -132,21 +180,9 @@ def _compare_one(
         detail = f"shape {actual.shape}, expected {expected.shape}"
         mismatch = Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail)
         return mismatch, float("inf"), float("inf")
-    a = actual.astype(np.float64)
-    # A correct kernel returns +-inf where the exact value rounds beyond the dtype's largest number, and
-    # may return that number where the exact value is just past the overflow threshold (max + half an
-    # ulp): an inf stands for the threshold, judged by the bound like any other value.
-    info = np.finfo(np.dtype(out_dtype))
-    half_ulp_of_max = 2.0 ** (int(info.maxexp) - 2 - int(info.nmant))
-    threshold = float(info.max) + half_ulp_of_max if out_dtype != "float64" else float(info.max)
-    exact_finite = np.isfinite(expected)
-    with np.errstate(invalid="ignore"):
-        overflowed = np.isinf(a) & exact_finite
-        beyond = overflowed & (np.sign(a) * expected >= threshold)  # the exact value rounds to that inf: no error
-        a = np.where(beyond, expected, np.where(overflowed, np.sign(a) * threshold, a))
-    finite = exact_finite & np.isfinite(a)
-    same_nonfinite = (np.isnan(expected) & np.isnan(a)) | (expected == a)
-    pattern_differs = judged & ~finite & ~same_nonfinite
+    a = _overflow_adjusted(expected, actual, out_dtype)
+    finite = np.isfinite(expected) & np.isfinite(a)
+    pattern_differs = judged & _nonfinite_differs(expected, a)
     if pattern_differs.any():
         idx = tuple(int(i) for i in np.argwhere(pattern_differs)[0])
         count = int(pattern_differs.sum())
@@ -160,6 +196,7 @@ def _compare_one(
             float(a[idx]),
             nan,
             float(bound[idx]),
+            where=pattern_differs,
         )
         return mismatch, float("inf"), float("inf")
     with np.errstate(invalid="ignore", over="ignore"):
@@ -189,11 +226,12 @@ def _compare_one(
         float(err[idx]),
         float(bound[idx]),
         sharp_bound=float(bound[idx]) if sharp is None else float(sharp[idx]),
+        where=bad,
     )
     return mismatch, worst, worst_sharp
 
 
-def _judged(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
+def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
     """Where the quantity is judged: everywhere but the indeterminate channels of the quantities they spoil."""
     if quantity in indeterminate_quantities(case) and undetermined.any():
         per_element = shape == case.shape
@@ -202,22 +240,46 @@ def _judged(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.
     return np.ones(shape, dtype=bool)
 
 
-def _judging(case: Case, expected: Outputs) -> tuple[Outputs, Outputs, dict[str, str], np.ndarray]:
-    """What every comparison needs: the oracle, its bounds, the output dtypes and the indeterminate channels."""
-    return expected, bounds(case, expected), output_dtypes(case), indeterminate_channels(case)
+class Judging(NamedTuple):
+    """What every comparison of a case needs: the oracle, its bounds, the output dtypes, the indeterminate channels."""
+
+    expected: Outputs
+    bound: Outputs
+    sharp: Outputs
+    dtypes: dict[str, str]
+    undetermined: np.ndarray
+
+
+def judging(case: Case) -> Judging:
+    """The oracle's judging apparatus for ``case``, computed once (the comparator and known deviations share it)."""
+
+    def compute() -> Judging:
+        expected = reference(case)
+        bound = bounds(case, expected)
+        sharp = sharp_bounds(case, expected, bound)
+        return Judging(expected, bound, sharp, output_dtypes(case), indeterminate_channels(case))
+
+    return case.memo("judging", compute)
 
 
 def compare_pair(
-    case: Case, first: Outputs, second: Outputs, *, exact: bool = False, quantities: Iterable[str] = QUANTITIES
+    case: Case,
+    first: Outputs,
+    second: Outputs,
+    *,
+    exact: bool = False,
+    quantities: Iterable[str] = QUANTITIES,
+    excluded: Mapping[str, np.ndarray] | None = None,
 ) -> Verdict:
     """Do two implementations agree? Each may be off the oracle by its bound, so they may differ by twice it.
 
     Judged where the oracle comparison judges, over the quantities both produce; the NaN/inf
     patterns must match. ``exact``: the two ran the same computation, so every element must be
-    the same, indeterminate channels included. A mismatch's "expected" is ``second``'s value,
-    "actual" ``first``'s.
+    the same, indeterminate channels included. Otherwise ``excluded`` (quantity -> elements) are
+    not compared: where a known deviation covers one of the two, the other need not follow it.
+    A mismatch's "expected" is ``second``'s value, "actual" ``first``'s.
     """
-    _, tol, dtypes, undetermined = _judging(case, reference(case))
+    _, tol, _, dtypes, undetermined = judging(case)
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     for q in quantities:
@@ -228,7 +290,9 @@ def compare_pair(
             detail = f"shapes {a.shape} and {b.shape}"
             mismatches.append(Mismatch(q, "shape", b.size, b.size, (), np.nan, np.nan, np.nan, 0.0, detail))
             continue
-        judged: np.ndarray = np.ones(b.shape, dtype=bool) if exact else _judged(case, q, b.shape, undetermined)
+        judged: np.ndarray = np.ones(b.shape, dtype=bool) if exact else judged_elements(case, q, b.shape, undetermined)
+        if not exact and excluded is not None and q in excluded:
+            judged = judged & ~excluded[q]
         bound: np.ndarray = np.zeros(b.shape) if exact else 2 * tol[q]
         mismatch, ratios[q], _ = _compare_one(q, b.astype(np.float64), a, bound, dtypes[q], judged)
         if mismatch is not None:
@@ -237,11 +301,23 @@ def compare_pair(
 
 
 def compare(
-    case: Case, actual: Outputs, *, expected: Outputs | None = None, quantities: Iterable[str] = QUANTITIES
+    case: Case,
+    actual: Outputs,
+    *,
+    expected: Outputs | None = None,
+    quantities: Iterable[str] = QUANTITIES,
+    within: Mapping[str, np.ndarray] | None = None,
 ) -> Verdict:
-    """Check ``actual`` against the oracle for the chosen quantities (those the oracle produces)."""
-    expected, tol, dtypes, undetermined = _judging(case, reference(case) if expected is None else expected)
-    sharp = sharp_bounds(case, expected, tol)
+    """Check ``actual`` against the oracle (or ``expected``) for the chosen quantities (those it produces).
+
+    ``within`` (quantity -> elements) limits the judged elements of the quantities it names.
+    """
+    apparatus = judging(case)
+    if expected is None:
+        expected, tol, sharp = apparatus.expected, apparatus.bound, apparatus.sharp
+    else:
+        tol = bounds(case, expected)
+        sharp = sharp_bounds(case, expected, tol)
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     sharp_ratios: dict[str, float] = {}
@@ -251,9 +327,11 @@ def compare(
         if q not in actual:
             mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))
             continue
-        judged = _judged(case, q, expected[q].shape, undetermined)
+        judged = judged_elements(case, q, expected[q].shape, apparatus.undetermined)
+        if within is not None and q in within:
+            judged = judged & within[q]
         mismatch, ratios[q], sharp_ratios[q] = _compare_one(
-            q, expected[q], np.asarray(actual[q]), tol[q], dtypes[q], judged, sharp[q]
+            q, expected[q], np.asarray(actual[q]), tol[q], apparatus.dtypes[q], judged, sharp[q]
         )
         if mismatch is not None:
             mismatches.append(mismatch)

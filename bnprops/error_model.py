@@ -217,6 +217,11 @@ class _Statistics:
     sum_factors: dict[str, np.ndarray]  # what each of the kernel's sums may lose per sum|terms|: x, c2, dy, dot
 
 
+def propagated_statistics(case: Case, model: str = "deterministic") -> _Statistics:
+    """Per channel: the statistics the call normalises with, var + eps, and their propagated errors."""
+    return _statistics(case, model)
+
+
 def _statistics(case: Case, model: str) -> _Statistics:
     return case.memo(f"error_model/{model}", lambda: _compute_statistics(case, model))
 
@@ -324,11 +329,15 @@ def indeterminate_quantities(case: Case) -> tuple[str, ...]:
     return ("y", "dx", "dgamma") + (() if not case.uses_batch_stats else ("invstd",))
 
 
-def bounds(case: Case, expected: Outputs, *, model: str = "deterministic") -> Outputs:
-    """Per-element absolute error bounds for each quantity in ``expected`` (the oracle's Outputs)."""
+def bounds(case: Case, expected: Outputs, *, model: str = "deterministic", training_backward: bool = False) -> Outputs:
+    """Per-element absolute error bounds for each quantity in ``expected`` (the oracle's Outputs).
+
+    ``training_backward``: bound dx as the training formula computes it from the statistics the call
+    normalises with, even where they are inputs (what the executor does after an inference forward).
+    """
     if model not in MODELS:
         raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
-    return _bounds(case, expected, model)
+    return _bounds(case, expected, model, training_backward)
 
 
 def sharp_bounds(case: Case, expected: Outputs, deterministic: Outputs) -> Outputs:
@@ -340,7 +349,7 @@ def sharp_bounds(case: Case, expected: Outputs, deterministic: Outputs) -> Outpu
     }
 
 
-def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
+def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool = False) -> Outputs:
     accumulated = expected
     if case.grad_req != WRITE_ALL:
         # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
@@ -402,7 +411,7 @@ def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
         )
         out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
 
-        if case.uses_batch_stats:
+        if case.uses_batch_stats or training_backward:
             t2 = np.abs(dbeta) / m
             t3 = axhat * chan(np.abs(dgamma) / m)
             # xhat * dgamma / M: both factors are uncertain, and where both are exactly 0 (dy constant
@@ -418,7 +427,7 @@ def _bounds(case: Case, expected: Outputs, model: str) -> Outputs:
         mom, rest = momentum_as_applied(case)
         old_mean = np.abs(case.moving_mean.astype(np.float64))
         old_var = np.abs(case.moving_var.astype(np.float64))
-        if case.uses_batch_stats:
+        if case.uses_batch_stats and m > 0:  # an empty batch leaves them alone: exact
             var = st.var
             # 1/invstd^2 - eps: the variance's own error, the roundings of invstd, its square, the reciprocal
             # and the subtraction, each of which may land among the subnormals.

@@ -21,6 +21,11 @@ repeats (WorkerResult.repeats); across shards and workers such a simplest case m
 each.  An exact partition (each shard judging only the cases whose hash it owns) would cost N
 generated cases per judged one, and generation costs about as much as judging.
 
+Exact relations: every example also draws a relation and a parameter choice
+(bnprops/relation_findings.py); one example in ``Config.relation_every`` runs that relation on its first
+case through the same runner, and a broken relation is a finding of kind "relation" like any other
+(hunted, shrunk, stored and replayed with its draw, which is part of the example).
+
 The Hypothesis example database lives in ``OUT/db``: each new signature's minimal example is kept
 under a key of its own (Signature.key), and ``OUT/db-index.json`` lists those signatures, so the
 next run replays them first and says whether each still fails.
@@ -55,6 +60,7 @@ from bnprops import atomic
 from bnprops.case import DTYPES, QUANTITIES, Case
 from bnprops.catalogue import (
     KNOWN,
+    RELATION,
     STALE,
     Catalogue,
     Entry,
@@ -64,6 +70,15 @@ from bnprops.catalogue import (
     conditioning,
 )
 from bnprops.checks import Outcome, check, check_group
+from bnprops.relation_findings import (
+    RELATION_EVERY,
+    RelationCheck,
+    RelationDraw,
+    check_relation,
+    due,
+    relation_draws,
+    relation_of,
+)
 from bnprops.runners import BACKENDS, RUNNERS, BackendUnavailable, Runner, kernel_for, runner_for
 from bnprops.strategies import case_groups
 
@@ -80,6 +95,8 @@ INDEX_FILE = "db-index.json"
 _INDEX_FORMAT = "bnprops.db-index/1"
 
 Target = tuple[str, str]
+#: What a search draws: the target, a group of same-signature cases, and a relation for the first one.
+Example = tuple[Target, list[Case], RelationDraw]
 RunnerFactory = Callable[[str, str], Runner]
 #: Called by a worker with (cases run, new-deviation cases, known-deviation cases, signatures) now and then.
 ProgressFn = Callable[[int, int, int, int], None]
@@ -107,6 +124,8 @@ class Config:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     #: True when the user named the backends: one that cannot run is then an error, not a skip.
     backends_explicit: bool = False
+    #: One example in this many also runs an exact relation on its first case (0: none).
+    relation_every: int = RELATION_EVERY
 
     def __post_init__(self) -> None:
         if self.max_examples is None and self.time_limit is None:
@@ -123,6 +142,8 @@ class Config:
             raise UsageError(f"chunk_size must be at least 1, got {self.chunk_size}")
         if self.seed < 0:
             raise UsageError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.relation_every < 0:
+            raise UsageError(f"relation_every must be 0 (no relations) or more, got {self.relation_every}")
         for name, values, allowed in (
             ("entries", self.entries, tuple(RUNNERS)),
             ("backends", self.backends, BACKENDS),
@@ -145,6 +166,7 @@ class Config:
             "shard": f"{self.shard_index + 1}/{self.shard_count}",
             "workers": self.workers,
             "chunk_size": self.chunk_size,
+            "relation_every": self.relation_every,
             "out": str(self.out),
         }
 
@@ -285,6 +307,8 @@ class WorkerResult:
     points: Points = dataclasses.field(default_factory=Points.empty)
     chunks: list[int] = dataclasses.field(default_factory=list)
     error: str = ""
+    #: relation -> {"held"|"broken"|"no instance"|"error": count} over the relation checks run while exploring.
+    relations: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
 
 class _Stop(BaseException):
@@ -401,7 +425,7 @@ class _Worker:
         # (bnprops.batching): most of a case's cost is per call, not per channel.  One example in
         # LARGE_SHARE is a single case the size of a real layer (10^3 to 10^6 elements per channel).
         groups = case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all")
-        self.strategy = st.tuples(st.sampled_from(targets), groups)
+        self.strategy = st.tuples(st.sampled_from(targets), groups, relation_draws())
         self.db = DirectoryBasedExampleDatabase(config.out / "db")
         self.deadline = deadline
         self.stop_requested = stop_requested
@@ -413,6 +437,8 @@ class _Worker:
         self.pending: dict[Signature, Entry] = {}
         self.hunting: Signature | None = None
         self.best: Case | None = None
+        #: The relation drawn with best, for a relation signature.
+        self.best_draw: RelationDraw | None = None
         self.sampler = _Sampler(PLOT_SAMPLE, chunk_seed(config.seed, -1 - worker))
         self.failed = self.known = 0
         self.last_progress = 0.0
@@ -491,7 +517,7 @@ class _Worker:
     def time_is_up(self, *, grace: float = 0.0) -> bool:
         return self.deadline is not None and time.time() > self.deadline + grace
 
-    def explore(self, value: tuple[Target, list[Case]]) -> bool:
+    def explore(self, value: Example) -> bool:
         if self.hunting is not None:
             return self.shrink_step(value)
         if self.stop_requested():
@@ -503,30 +529,49 @@ class _Worker:
         if self.budget_spent():
             self.result.stop_reason = "budget"
             raise _Stop
-        target, group = value
+        target, group, draw = value
         if self.budget is not None:
             group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
-            value = (target, group)
         fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.fingerprint() for c in group)).digest()
         if fingerprint in self.judged:
             self.result.repeats += len(group)
             return False
         self.judged.add(fingerprint)
         fresh_case: Case | None = None
-        for case, (outcome, sigs) in zip(group, self.judge_group(value), strict=True):
+        for case, (outcome, sigs) in zip(group, self.judge_group((target, group)), strict=True):
             self.record((target, case), outcome, sigs)
             fresh = [s for s in sigs if s.is_new and s not in self.catalogue]
             if fresh and self.hunting is None:
                 self.hunting, fresh_case = fresh[0], case
+        if due(group[0], every=self.config.relation_every):
+            checked = self.check_relation(target, group[0], draw)
+            self.record_relation(checked, group[0])
+            fresh = [s for s in checked.signatures if s not in self.catalogue]
+            if fresh and self.hunting is None:
+                self.hunting, fresh_case, self.best_draw = fresh[0], group[0], draw
         if fresh_case is not None:
             self.best = fresh_case
             return True
         return False
 
+    def check_relation(self, target: Target, case: Case, draw: RelationDraw) -> RelationCheck:
+        entry, backend = target
+        return check_relation(case, draw, runner=self.runners[target], entry=entry, backend=backend)
+
+    def record_relation(self, checked: RelationCheck, case: Case) -> None:
+        cell = self.result.relations.setdefault(checked.draw.relation, {})
+        cell[checked.result] = cell.get(checked.result, 0) + 1
+        for sig in checked.signatures:
+            if sig in self.catalogue:
+                self.catalogue.entries[sig].count += 1
+            else:
+                seen = Entry(sig, 1, case, "smallest seen", relation=checked.draw.key)
+                self.pending.setdefault(sig, dataclasses.replace(seen, count=0)).absorb(seen)
+
     def budget_spent(self) -> bool:
         return self.budget is not None and self.result.cases >= self.budget
 
-    def shrink_step(self, value: tuple[Target, list[Case]]) -> bool:
+    def shrink_step(self, value: Example) -> bool:
         if self.stop_requested():
             self.result.stop_reason = "interrupted"
             raise _Stop
@@ -534,7 +579,16 @@ class _Worker:
             self.result.stop_reason = "time"
             raise _Stop
         self.result.shrink_calls += 1
-        for case, (_, sigs) in zip(value[1], self.judge_group(value), strict=True):
+        target, group, draw = value
+        if self.hunting is not None and self.hunting.kind == RELATION:
+            # The drawn relation runs whether due or not (so any relation_every replays it); nothing else runs.
+            if draw.relation != relation_of(self.hunting):
+                return False
+            if self.hunting in self.check_relation(target, group[0], draw).signatures:
+                self.best, self.best_draw = group[0], draw
+                return True
+            return False
+        for case, (_, sigs) in zip(group, self.judge_group((target, group)), strict=True):
             if self.hunting in sigs:
                 self.best = case
                 return True
@@ -550,9 +604,14 @@ class _Worker:
             return "this example no longer shows the signature when run again (flaky?)"
         if sig.kind == STALE:
             return outcome.message().splitlines()[0]
+        for m in outcome.unexpected:
+            if m.quantity == sig.quantity and m.deviation == sig.deviation:
+                return m.describe()
         for m in outcome.verdict.mismatches:
             if m.quantity == sig.quantity:
-                return m.describe()
+                # A known one: what differs from the oracle is what the deviation's model predicts.
+                known = f"matches the recorded deviation {sig.deviation}; against the oracle:\n"
+                return (known if sig.deviation else "") + m.describe()
         return ""
 
     def settle(self, case: Case | None, *, reduction: str) -> None:
@@ -562,7 +621,18 @@ class _Worker:
             return
         pending = self.pending.pop(sig, None)
         count = pending.count if pending else 0
+        if sig.kind == RELATION and self.best_draw is not None:
+            detail = self.describe_relation(sig, case, self.best_draw)
+            self.catalogue.add(Entry(sig, count, case, reduction, detail, relation=self.best_draw.key))
+            return
         self.catalogue.add(Entry(sig, count, case, reduction, self.describe(sig, case)))
+
+    def describe_relation(self, sig: Signature, case: Case, draw: RelationDraw) -> str:
+        """What breaks when ``case`` runs ``draw``'s relation again: both calls and the violations."""
+        checked = self.check_relation((sig.entry, sig.backend), case, draw)
+        if sig not in checked.signatures:
+            return "this example no longer shows the signature when run again (flaky?)"
+        return checked.detail()
 
     # Running.
     def replay(self) -> None:
@@ -640,7 +710,10 @@ class _Worker:
             self.result.error = traceback.format_exc()
             self.hunting = None
         for entry in self.pending.values():
-            entry.detail = self.describe(entry.signature, entry.case)
+            if entry.relation is not None:
+                entry.detail = self.describe_relation(entry.signature, entry.case, RelationDraw(*entry.relation))
+            else:
+                entry.detail = self.describe(entry.signature, entry.case)
             self.catalogue.add(entry)
         self.pending.clear()
         self.result.entries = list(self.catalogue.entries.values())

@@ -68,7 +68,13 @@ def reference(case: Case) -> Outputs:
     A gradient requested with 'null' is absent; one requested with 'add' is its prior plus the
     gradient (see fresh_reference for the gradient alone).
     """
-    out = fresh_reference(case)
+    return requested(case, fresh_reference(case))
+
+
+def requested(case: Case, fresh: Outputs) -> Outputs:
+    """Outputs computed as if every gradient were written, as the call requests them: 'null' ones absent,
+    'add' ones on top of their prior."""
+    out = dict(fresh)
     for target in GRAD_TARGETS:
         quantity = GRADIENT_OF[target]
         prior = case.prior(target)

@@ -23,9 +23,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from bnprops import atomic
+from bnprops import atomic, relation_findings, relation_reproducer
 from bnprops.case import DTYPES, QUANTITIES
-from bnprops.catalogue import KNOWN, Catalogue, Entry
+from bnprops.catalogue import KNOWN, RELATION, VERDICTS, Catalogue, Entry
 from bnprops.fuzz import Config, Points, WorkerResult
 from bnprops.reproducer import finding_json, script
 
@@ -54,6 +54,8 @@ class Report:
     shards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: Cases drawn again by a worker that had judged them already (skipped).
     repeats: int = 0
+    #: Exact relation checks run while exploring: relation -> {result: count} (relation_findings.RESULTS).
+    relation_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def cases_per_s(self) -> float:
@@ -83,6 +85,8 @@ class Report:
             f"passed {t['passed']}, known deviations {t['known']}, new deviations {t['failed']}, "
             f"runner errors {t['error']}",
             f"catalogue: {len(self.new)} new signature(s), {len(self.known)} known signature(s)",
+            f"exact relations: {sum(sum(c.values()) for c in self.relation_checks.values())} checks, "
+            f"{sum(c.get('broken', 0) for c in self.relation_checks.values())} broken",
         ]
         for title, entries in (("NEW", self.new), ("known", self.known)):
             for e in entries:
@@ -107,6 +111,7 @@ class Report:
             "cases_per_s": self.cases_per_s,
             "shrink_calls": self.shrink_calls,
             "repeats_skipped": self.repeats,
+            "relation_checks": self.relation_checks,
             "stop_reason": self.stop_reason,
             "totals": self.totals(),
             "counts": [
@@ -146,6 +151,7 @@ class Report:
             notes=data.get("notes", []),
             shards=data.get("shards", []),
             repeats=int(data.get("repeats_skipped", 0)),
+            relation_checks=data.get("relation_checks", {}),
         )
 
 
@@ -178,7 +184,9 @@ def from_workers(
     worst: dict[tuple[str, str], dict[str, Any]] = {}
     points = Points.empty()
     notes: list[str] = []
+    relation_checks: dict[str, dict[str, int]] = {}
     for r in results:
+        relation_findings.add_counts(relation_checks, r.relations)
         catalogue.merge(Catalogue(r.entries))
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -202,6 +210,7 @@ def from_workers(
         points=points,
         notes=notes,
         repeats=sum(r.repeats for r in results),
+        relation_checks=relation_checks,
     )
 
 
@@ -220,6 +229,13 @@ def _add_worst(into: dict[tuple[str, str], dict[str, Any]], rows: Iterable[dict[
 
 
 # Writing.
+def _finding_files(e: Entry) -> tuple[str, str]:
+    """findings/ID.json and ID.py; a broken relation's reproducer runs both calls (bnprops/relation_reproducer.py)."""
+    if e.signature.kind == RELATION:
+        return relation_findings.finding_json(e, finding_json(e)), relation_reproducer.script(e)
+    return finding_json(e), script(e)
+
+
 def write(report: Report, out: Path) -> None:
     """Write every file of the report into ``out`` (atomically, one by one; report.json last)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -229,8 +245,9 @@ def write(report: Report, out: Path) -> None:
     for e in report.catalogue.entries.values():
         if not _has_files(e):
             continue
-        atomic.write_text(findings / f"{e.signature.ident}.json", finding_json(e))
-        atomic.write_text(out / _repro(e), script(e), executable=True)
+        case_file, reproducer = _finding_files(e)
+        atomic.write_text(findings / f"{e.signature.ident}.json", case_file)
+        atomic.write_text(out / _repro(e), reproducer, executable=True)
         keep |= {f"{e.signature.ident}.json", f"{e.signature.ident}.py"}
     for stale in findings.iterdir():
         # Yesterday's findings that did not come back this time (their report is gone too).
@@ -298,7 +315,9 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
     notes: list[str] = []
     shards = []
     seen_shards: dict[str, str] = {}
+    relation_checks: dict[str, dict[str, int]] = {}
     for src, r in zip(sources, reports, strict=True):
+        relation_findings.add_counts(relation_checks, r.relation_checks)
         catalogue.merge(r.catalogue)
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -327,6 +346,7 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         notes=notes,
         shards=shards,
         repeats=sum(r.repeats for r in reports),
+        relation_checks=relation_checks,
     )
 
 
@@ -363,8 +383,19 @@ def markdown(report: Report) -> str:
             + " |"
         )
     for title, entries, blurb in (
-        ("New deviations", report.new, "Not explained by bnprops/known_deviations.py: these need a person."),
-        ("Known deviations", report.known, "Explained by bnprops/known_deviations.py (listed for completeness)."),
+        (
+            "New deviations",
+            report.new,
+            "Not explained by bnprops/known_deviations.py: these need a person. An `unrecorded` finding lies in a "
+            "known deviation's region but matches neither the oracle nor the deviation's model: it deviates, "
+            "but not as recorded.",
+        ),
+        (
+            "Known deviations",
+            report.known,
+            "Each matches the recorded deviation: MXNet returned what the deviation's model in "
+            "bnprops/known_deviations.py predicts (listed for completeness).",
+        ),
     ):
         lines += ["", f"## {title} ({len(entries)})", "", blurb, ""]
         if not entries:
@@ -375,7 +406,9 @@ def markdown(report: Report) -> str:
             lines += [
                 f"### `{s.ident}`",
                 "",
-                f"- **{s.kind}** in `{s.quantity}`" + (f" (known deviation `{s.deviation}`)" if s.deviation else ""),
+                f"- **{s.kind}** in `{s.quantity}`"
+                + (f" (known deviation `{s.deviation}`)" if s.deviation else "")
+                + (f": {VERDICTS[s.kind]}" if s.kind in VERDICTS else ""),
                 f"- entry point `{s.entry}`, backend `{s.backend}`, dtype `{s.dtype}`, {flags}, value regime "
                 f"`{s.regime}`",
                 f"- {e.count} case(s) in this run; example {e.reduction}: `{e.case.describe()}`",
@@ -395,6 +428,7 @@ def markdown(report: Report) -> str:
     if report.skipped:
         lines += ["", "## Skipped targets", ""]
         lines += [f"- {s['entry']}/{s['backend']}: {s['reason']}" for s in report.skipped]
+    lines += ["", *relation_findings.summary_lines(report.relation_checks)]
     lines += [
         "",
         "## Worst errors",

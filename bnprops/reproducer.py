@@ -18,9 +18,11 @@ import numpy as np
 
 from bnprops import oracle
 from bnprops.case import Case
-from bnprops.catalogue import ACCURACY, ERROR, STALE, Entry, Signature
+from bnprops.catalogue import ACCURACY, ERROR, KNOWN, STALE, UNRECORDED, VERDICTS, Entry, Signature
 from bnprops.error_model import bounds, indeterminate_channels, indeterminate_quantities, sharp_bounds
+from bnprops.judgement import predictions
 from bnprops.known_deviations import KNOWN_DEVIATIONS
+from bnprops.runners import kernel_for
 
 FINDING_FORMAT = "bnprops.finding/1"
 
@@ -62,6 +64,8 @@ def load_finding(path: Path) -> tuple[Case, Signature | None, str | None, str | 
 def _literal(value: Any) -> str:
     """Python source that evaluates to ``value`` exactly (arrays keep dtype and bits)."""
     if isinstance(value, np.ndarray):
+        if not value.size:
+            return f"np.zeros({value.shape!r}, dtype={str(value.dtype)!r})"
         if value.dtype == bool:
             return f"np.array({value.tolist()!r}, dtype=bool)"
         data = value.astype(np.float64).tolist()
@@ -84,6 +88,34 @@ def _focus(sig: Signature) -> list[str]:
     return [sig.quantity]
 
 
+def _model(sig: Signature, case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The deviation's model for the focus quantities: quantity -> (region, values, tolerance)."""
+    found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for kd, p in predictions(case, entry=sig.entry, kernel=kernel_for(case, sig.backend)):
+        if kd.id == sig.deviation and p.quantity in _focus(sig) and p.quantity not in found:
+            found[p.quantity] = (np.ascontiguousarray(p.where), np.ascontiguousarray(p.values), p.tolerance)
+    return found
+
+
+def _as_recorded_lines(model: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[str]:
+    """``as_recorded(q)``: every element that deviates from the oracle lies in the REGION and matches the MODEL."""
+    if not model:
+        return []
+    return [
+        "def as_recorded(q):",
+        "    if q not in actual or np.shape(actual[q]) != expected[q].shape:",
+        "        return False",
+        "    a = np.asarray(actual[q], dtype=np.float64)",
+        "    off = differs(expected[q], a, BOUND[q], JUDGED[q], OUT_DTYPE[q])",
+        "    if q not in MODEL:",
+        "        return not off.any()",
+        "    matches = REGION[q] & ~differs(MODEL[q], a, MODEL_TOL[q], REGION[q], OUT_DTYPE[q])",
+        "    return bool(not (off & ~matches).any())",
+        "",
+        "",
+    ]
+
+
 def script(entry: Entry) -> str:
     """The standalone reproducer for a catalogue entry."""
     sig, case = entry.signature, entry.case
@@ -103,6 +135,7 @@ def script(entry: Entry) -> str:
         judged[q] = mask
     call = case.snippet(entry=sig.entry, backend=sig.backend)
     focus = _focus(sig)
+    model = _model(sig, case) if sig.kind in VERDICTS else {}
     if sig.kind == STALE:
         verdict = "PERSISTS = not any(deviates(q) for q in FOCUS)  # stale: the known deviation did not show"
         meaning = "the known deviation it names does not show (the entry in known_deviations.py is stale)"
@@ -115,9 +148,30 @@ def script(entry: Entry) -> str:
             f"MXNet's {sig.quantity} is beyond the probabilistic error bound around the float64 oracle (within the "
             "deterministic one: it loses more digits than a float sum with random rounding would)"
         )
+    elif sig.kind == UNRECORDED:
+        verdict = "PERSISTS = any(deviates(q) for q in FOCUS) and not all(as_recorded(q) for q in FOCUS)"
+        meaning = (
+            f"MXNet's {sig.quantity} deviates from the oracle, but not as known deviation {sig.deviation} "
+            "records (neither the oracle's values nor its model's)"
+        )
+    elif sig.kind == KNOWN:
+        verdict = "PERSISTS = any(deviates(q) for q in FOCUS)"
+        meaning = (
+            f"MXNet's {sig.quantity} deviates from the oracle (it says whether as known deviation {sig.deviation} "
+            "records)"
+        )
     else:
         verdict = "PERSISTS = any(deviates(q) for q in FOCUS)"
         meaning = f"MXNet's {sig.quantity} is outside the error bound around the float64 oracle"
+    if model:
+        recorded = (
+            "RECORDED = all(as_recorded(q) for q in FOCUS)\n"
+            "print('matches the recorded deviation' if PERSISTS and RECORDED else "
+            "'deviates, but not as recorded' if any(deviates(q) for q in FOCUS) else "
+            f"'agrees with the oracle', '({sig.deviation})')"
+        )
+    else:
+        recorded = ""
     lines = [
         "#!/usr/bin/env python3",
         f'"""bnprops reproducer {sig.ident}',
@@ -153,20 +207,33 @@ def script(entry: Entry) -> str:
         f"FOCUS = {focus!r}",
         "",
         "",
-        "def deviates(q):",
-        "    if q not in actual:",
-        "        return True",
-        "    e, a, b, judged = expected[q], np.asarray(actual[q], dtype=np.float64), BOUND[q], JUDGED[q]",
-        "    if a.shape != e.shape:",
-        "        return True",
+        "def differs(e, a, b, judged, dtype):",
         "    with np.errstate(over='ignore', invalid='ignore'):",
-        "        stored = e.astype(OUT_DTYPE[q]).astype(np.float64)  # inf where the exact value overflows the dtype",
+        "        stored = e.astype(dtype).astype(np.float64)  # inf where the exact value overflows the dtype",
         "        finite = np.isfinite(stored) & np.isfinite(a)",
         "        same = (np.isnan(stored) & np.isnan(a)) | (stored == a)",
         "        err = np.where(judged & finite, np.abs(a - e), 0.0)",
-        "    return bool((judged & ~finite & ~same).any() or (err > b).any())",
+        "    return (judged & ~finite & ~same) | (err > b)",
         "",
         "",
+        "def deviates(q):",
+        "    t = next((t for t, g in gradient_of.items() if g == q), None)",
+        "    if t in null:  # requested with 'null': its buffer must keep every bit (an invariant)",
+        "        kept = actual.get(null_buffer_of[t])",
+        "        return kept is None or np.asarray(kept).tobytes() != null[t].tobytes()",
+        "    if q not in actual:",
+        "        return True",
+        "    a = np.asarray(actual[q], dtype=np.float64)",
+        "    if a.shape != expected[q].shape:",
+        "        return True",
+        "    if q == 'gamma' and not params['fix_gamma'] and np.asarray(actual[q]).tobytes() != gamma.tobytes():",
+        "        return True  # a learnable gamma is left as it was, bit for bit (an invariant)",
+        "    if q == 'moving_var' and ((a < 0) & (moving_var >= 0)).any():",
+        "        return True  # a moving variance is never negative (an invariant)",
+        "    return bool(differs(expected[q], a, BOUND[q], JUDGED[q], OUT_DTYPE[q]).any())",
+        "",
+        "",
+        *_as_recorded_lines(model),
         "def show(q, rows=12):",
         "    e, a, b = expected[q].ravel(), np.asarray(actual[q], dtype=np.float64).ravel(), BOUND[q].ravel()",
         "    with np.errstate(invalid='ignore', over='ignore', divide='ignore'):",
@@ -176,11 +243,26 @@ def script(entry: Entry) -> str:
         "    if not JUDGED[q].all():",
         "        status += f' ({int((~JUDGED[q]).sum())} elements not judged: var + eps within rounding of 0)'",
         "    print(f'{q}: {status} (MXNet beside the float64 oracle; worst elements first)')",
-        "    print(f\"  {'index':>6} {'MXNet':>24} {'oracle':>24} {'|error|':>11} {'bound':>11}\")",
+        "    model = MODEL[q].ravel() if q in globals().get('MODEL', {}) else None  # a known deviation's",
+        "    extra = f\" {'model':>24}\" if model is not None else ''",
+        "    print(f\"  {'index':>6} {'MXNet':>24} {'oracle':>24} {'|error|':>11} {'bound':>11}{extra}\")",
         "    for i in np.argsort(-np.nan_to_num(ratio, nan=0.0, posinf=1e300), kind='stable')[:rows]:",
-        "        print(f'  {i:>6} {a[i]!r:>24} {e[i]!r:>24} {abs(a[i] - e[i]):>11.3g} {b[i]:>11.3g}')",
+        "        extra = f' {model[i]!r:>24}' if model is not None else ''",
+        "        print(f'  {i:>6} {a[i]!r:>24} {e[i]!r:>24} {abs(a[i] - e[i]):>11.3g} {b[i]:>11.3g}{extra}')",
         "",
         "",
+        *(
+            [
+                f"# The model of known deviation {sig.deviation} (bnprops/deviation_models.py): what MXNet returns",
+                "# in its REGION (NaN and inf exactly), and how far from it MXNet may land.",
+                f"MODEL = {{{', '.join(f'{q!r}: {_literal(v)}' for q, (_, v, _) in model.items())}}}",
+                f"MODEL_TOL = {{{', '.join(f'{q!r}: {_literal(t)}' for q, (_, _, t) in model.items())}}}",
+                f"REGION = {{{', '.join(f'{q!r}: {_literal(w)}' for q, (w, _, _) in model.items())}}}",
+                "",
+            ]
+            if model
+            else []
+        ),
         "if error is not None:",
         "    print(f'MXNet raised {type(error).__name__}: {error}')",
         "else:",
@@ -188,6 +270,7 @@ def script(entry: Entry) -> str:
         "        if q in actual:",
         "            show(q, rows=12 if q in FOCUS else 3)",
         verdict,
+        *([recorded] if recorded else []),
         "print('deviation persists' if PERSISTS else 'deviation gone: MXNet agrees with the oracle here')",
         "sys.exit(1 if PERSISTS else 0)",
     ]

@@ -26,7 +26,7 @@ os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
 import mxnet as mx
 import numpy as np
 
-from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, param_dtype
+from bnprops.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs, param_dtype
 
 Runner = Callable[[Case], Outputs]
 
@@ -86,9 +86,11 @@ def _outputs(
     forward_moving: tuple[np.ndarray, np.ndarray],
     mean_invstd: tuple[Any, Any] | None,
 ) -> Outputs:
+    """``grads``: each target's gradient buffer after the call (a 'null' one under its NULL_BUFFER_OF name)."""
     result: Outputs = {"y": y.asnumpy()}
     for target, grad in grads.items():
-        result[GRADIENT_OF[target]] = grad.asnumpy()
+        name = NULL_BUFFER_OF[target] if case.request(target) == "null" else GRADIENT_OF[target]
+        result[name] = grad.asnumpy()
     result["gamma"] = gamma.asnumpy()
     result["moving_mean"], result["moving_var"] = moving[0].asnumpy(), moving[1].asnumpy()
     result["forward_moving_mean"], result["forward_moving_var"] = forward_moving
@@ -130,21 +132,31 @@ def _copy_into(target: Any, value: np.ndarray) -> None:
 
 
 class _BoundCall:
-    """A bound executor and the head-gradient arrays it reuses, for one signature."""
+    """A bound executor and the head-gradient arrays it reuses, for one signature.
+
+    bind() with arrays of our own rather than simple_bind(), which allocates no gradient buffer for a
+    'null' request: every target has one here, so that the executor can be seen to leave it alone.
+    """
 
     def __init__(self, signature: tuple[Any, ...]) -> None:
         shape, dtype, grad_req, ctx, params = signature
         sym = mx.sym.BatchNorm(mx.sym.Variable("data"), name="bn", **dict(params))
         pdt = param_dtype(dtype)
-        self.exe = sym.simple_bind(
+        channels = (shape[dict(params)["axis"]],)
+
+        def zeros(names: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
+            return {name: mx.nd.zeros(s, dtype=dt, ctx=ctx) for name, (s, dt) in names.items()}
+
+        args = {"data": (shape, dtype), "bn_gamma": (channels, pdt), "bn_beta": (channels, pdt)}
+        self.exe = sym.bind(
             ctx,
-            data=shape,
-            type_dict={"data": dtype, "bn_gamma": pdt, "bn_beta": pdt},
+            args=zeros(args),
+            args_grad=zeros(args),
             grad_req={_SYM_NAMES[t]: r for t, r in zip(GRAD_TARGETS, grad_req, strict=True)},
+            aux_states=zeros({"bn_moving_mean": (channels, pdt), "bn_moving_var": (channels, pdt)}),
         )
         self.head = mx.nd.zeros(shape, dtype=dtype, ctx=ctx)
         # The mean and invstd outputs take no gradient; their heads must still be given.
-        channels = self.exe.arg_dict["bn_gamma"].shape
         extra = [mx.nd.zeros(channels, dtype=pdt, ctx=ctx)] * 2 if dict(params)["output_mean_var"] else []
         self.heads = [self.head, *extra]
 
@@ -155,7 +167,8 @@ def _bound_call(signature: tuple[Any, ...]) -> _BoundCall:
 
 
 def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
-    """mx.sym.BatchNorm + simple_bind, forward(is_train=), backward(dy): the forum thread's path."""
+    """mx.sym.BatchNorm + bind, forward(is_train=), backward(dy): the forum thread's path (it used
+    simple_bind, which computes the same bits; bind gives a 'null' request a buffer too)."""
     ctx = mx.cpu() if ctx is None else ctx
     params = tuple(sorted(_operator_params(case, cudnn_off).items()))
     call = _bound_call((case.shape, case.dtype, case.grad_req, ctx, params))
@@ -167,9 +180,9 @@ def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) 
     copy(exe.aux_dict["bn_moving_mean"], case.moving_mean)
     copy(exe.aux_dict["bn_moving_var"], case.moving_var)
     for target in GRAD_TARGETS:
-        prior = case.prior(target)
-        if prior is not None:
-            copy(exe.grad_dict[_SYM_NAMES[target]], prior)
+        fill = _fill(case, target)
+        if fill is not None:
+            copy(exe.grad_dict[_SYM_NAMES[target]], fill)
     outs = exe.forward(is_train=case.is_train)
     forward_moving = (exe.aux_dict["bn_moving_mean"].asnumpy(), exe.aux_dict["bn_moving_var"].asnumpy())
     copy(call.head, case.dy)
@@ -177,7 +190,7 @@ def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) 
     return _outputs(
         case,
         y=outs[0],
-        grads={t: exe.grad_dict[_SYM_NAMES[t]] for t in GRAD_TARGETS if case.request(t) != "null"},
+        grads={t: exe.grad_dict[_SYM_NAMES[t]] for t in GRAD_TARGETS},
         gamma=exe.arg_dict["bn_gamma"],
         moving=(exe.aux_dict["bn_moving_mean"], exe.aux_dict["bn_moving_var"]),
         forward_moving=forward_moving,
@@ -187,6 +200,11 @@ def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) 
 
 def _assign(target: Any, value: np.ndarray) -> None:
     target[:] = value
+
+
+def _fill(case: Case, target: str) -> np.ndarray | None:
+    """What ``target``'s gradient buffer holds before the call: the prior of an 'add', the sentinel of a 'null'."""
+    return case.null_sentinel(target) if case.request(target) == "null" else case.prior(target)
 
 
 @contextlib.contextmanager
@@ -211,12 +229,15 @@ def _autograd_call(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None)
         "beta": mod.array(case.beta, dtype=pdt, ctx=ctx),
     }
     moving = (mod.array(case.moving_mean, dtype=pdt, ctx=ctx), mod.array(case.moving_var, dtype=pdt, ctx=ctx))
+    buffers = {}
     for target in GRAD_TARGETS:
-        if case.request(target) != "null":
-            arrays[target].attach_grad(grad_req=case.request(target))
-        prior = case.prior(target)
-        if prior is not None:
-            arrays[target].grad[:] = prior
+        # A 'null' request gets a buffer too (attach_grad makes one), which the call must leave alone.
+        arrays[target].attach_grad(grad_req=case.request(target))
+        # Kept here: backward forgets a 'null' variable's buffer (its .grad is None afterwards).
+        buffers[target] = arrays[target].grad
+        fill = _fill(case, target)
+        if fill is not None:
+            buffers[target][:] = fill
     with mx.autograd.record(train_mode=case.is_train):
         outs = op(arrays["data"], arrays["gamma"], arrays["beta"], *moving, **_operator_params(case, cudnn_off))
     y = outs[0] if case.output_mean_var else outs
@@ -225,7 +246,7 @@ def _autograd_call(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None)
     return _outputs(
         case,
         y=y,
-        grads={t: arrays[t].grad for t in GRAD_TARGETS if case.request(t) != "null"},
+        grads=buffers,
         gamma=arrays["gamma"],
         moving=moving,
         forward_moving=forward_moving,
@@ -282,17 +303,20 @@ def _run_gluon(case: Case, *, hybridize: bool, ctx: Any, cudnn_off: bool | None)
     if hybridize:
         layer.hybridize()
     data = mx.nd.array(case.x, dtype=case.dtype, ctx=ctx)
-    if case.request("data") != "null":
-        data.attach_grad(grad_req=case.request("data"))
-        if case.prior_dx is not None:
-            data.grad[:] = case.prior_dx
+    # data's buffer, a 'null' one too (kept: backward forgets a 'null' variable's). A 'null' Parameter has
+    # none at all (Parameter.grad() raises, setting grad_req='null' drops it): gamma and beta cannot show one.
+    data.attach_grad(grad_req=case.request("data"))
+    data_grad = data.grad
+    fill = _fill(case, "data")
+    if fill is not None:
+        data_grad[:] = fill
     if not case.is_train:
         y = layer(data)  # inference, as gluon runs outside autograd.record()
     with mx.autograd.record(train_mode=case.is_train):
         out = layer(data)
     forward_moving = (layer.running_mean.data(ctx).asnumpy(), layer.running_var.data(ctx).asnumpy())
     out.backward(mx.nd.array(case.dy, dtype=case.dtype, ctx=ctx), train_mode=case.is_train)
-    grads = {"data": data.grad} if case.request("data") != "null" else {}
+    grads = {"data": data_grad}
     for target, param in (("gamma", layer.gamma), ("beta", layer.beta)):
         if param.grad_req != "null":
             grads[target] = param.grad(ctx)

@@ -298,9 +298,9 @@ def _measure_one(
         )
         return record, [failure]
     t1 = time.perf_counter()
-    verdict = compare(case, actual)
+    outcome = judge(case, actual, entry="sym", kernel=kernel, checked=MEASURED, backend=backend)
+    verdict = outcome.verdict
     t2 = time.perf_counter()
-    outcome = judge(verdict, entry="sym", kernel=kernel, checked=MEASURED, backend=backend)
     ratios = {q: verdict.ratios[q] for q in MEASURED if q in verdict.ratios}
     sharp = {q: verdict.sharp_ratios.get(q, math.nan) for q in ratios}
     exact = tuple(q for q, r in ratios.items() if r == 0)

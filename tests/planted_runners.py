@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bnprops.case import Case, Outputs
+import numpy as np
+
+from bnprops.case import GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs
 from bnprops.runners import Runner, runner_for
 
 
@@ -49,3 +51,50 @@ def interrupted_after(calls: int) -> Callable[[str, str], Runner]:
         return run
 
     return factory
+
+
+def writes_null_buffers(entry: str, backend: str) -> Runner:
+    """The real runner, but each 'null' request's buffer comes back holding the gradient, as a kernel that
+    ignores the request would leave it."""
+    real = runner_for(entry, backend)
+
+    def run(case: Case) -> Outputs:
+        out = real(case)
+        written = real(case.with_(grad_req=tuple("write" if r == "null" else r for r in case.grad_req)))
+        for target, key in NULL_BUFFER_OF.items():
+            if key in out:
+                out[key] = written[GRADIENT_OF[target]]
+        return out
+
+    return run
+
+
+def turns_finite_into_nan(quantity: str) -> Callable[[str, str], Runner]:
+    """A factory whose runner is the real one, but the first element of ``quantity`` comes back NaN."""
+
+    def factory(entry: str, backend: str) -> Runner:
+        real = runner_for(entry, backend)
+
+        def run(case: Case) -> Outputs:
+            out = real(case)
+            out[quantity] = out[quantity].copy()
+            out[quantity].flat[0] = np.nan
+            return out
+
+        return run
+
+    return factory
+
+
+def writes_gamma(entry: str, backend: str) -> Runner:
+    """The real runner, but the gamma array comes back one ulp up in its first element."""
+    real = runner_for(entry, backend)
+
+    def run(case: Case) -> Outputs:
+        out = real(case)
+        gamma = out["gamma"].copy()
+        gamma[0] = np.nextafter(gamma[0], gamma.dtype.type(np.inf))
+        out["gamma"] = gamma
+        return out
+
+    return run

@@ -7,11 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bnprops import checks
-from bnprops.catalogue import ACCURACY, classify
+from bnprops import judgement
+from bnprops.catalogue import ACCURACY, UNRECORDED, classify
 from bnprops.checks import assert_matches_oracle, check
+from bnprops.deviation_models import Context, Prediction
 from bnprops.error_model import bounds
-from bnprops.known_deviations import KNOWN_DEVIATIONS, Expectation
+from bnprops.known_deviations import KNOWN_DEVIATIONS
 from bnprops.oracle import reference
 from tests.helpers import one_channel_case
 
@@ -75,6 +76,21 @@ def test_a_known_deviation_does_not_excuse_other_quantities() -> None:
     assert [m.quantity for m in outcome.unexpected] == ["moving_mean"]
 
 
+def test_a_value_inside_a_deviations_region_that_is_not_its_model_deviates_but_not_as_recorded() -> None:
+    case = ZERO_VARIANCE_EPS0.reproducer()
+
+    def deviating_otherwise(c):  # type: ignore[no-untyped-def]
+        out = reference(c)
+        out["moving_var"] = out["moving_var"] + 1  # neither the oracle's value nor the model's inf
+        return out
+
+    outcome = check(case, runner=deviating_otherwise, entry="sym", kernel="native")
+    [mismatch] = outcome.unexpected
+    assert mismatch.kind == "unrecorded" and mismatch.deviation == ZERO_VARIANCE_EPS0.id and mismatch.model == np.inf
+    assert "not as recorded" in outcome.message()
+    assert [(s.kind, s.deviation) for s in classify(outcome, backend="native")] == [(UNRECORDED, ZERO_VARIANCE_EPS0.id)]
+
+
 def test_a_certain_known_deviation_that_no_longer_reproduces_is_stale() -> None:
     outcome = check(ZERO_VARIANCE_EPS0.reproducer(), runner=oracle_runner, entry="sym", kernel="native")
     assert not outcome.ok and outcome.stale == (ZERO_VARIANCE_EPS0,)
@@ -110,22 +126,26 @@ def test_an_error_between_the_two_bounds_is_an_accuracy_finding_of_its_own_kind(
     assert check(case, runner=nudged_dbeta(0.5), entry="test-double", quantities=("dbeta",)).ok
 
 
-def test_a_deviation_that_explains_accuracy_findings_does_not_excuse_a_mismatch(
+def test_a_deviation_modelled_as_the_deterministic_bound_does_not_excuse_a_mismatch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     case = one_channel_case([0.1 * i for i in range(1, 4001)], dy=[1.0 + 1e-3 * i for i in range(4000)])
+
+    def within_the_deterministic_bound(ctx: Context) -> list[Prediction]:
+        where = np.ones(1, dtype=bool)
+        return [Prediction("dbeta", where, ctx.expected["dbeta"], ctx.bound["dbeta"])]
+
     drift = dataclasses.replace(
         KNOWN_DEVIATIONS[0],
         id="test-drift",
         quantities=frozenset({"dbeta"}),
-        predicate=lambda c, k: Expectation(frozenset({"dbeta"}), False),
+        predict=within_the_deterministic_bound,
         entries=None,
-        kinds=frozenset({"accuracy"}),
     )
-    monkeypatch.setattr(checks, "KNOWN_DEVIATIONS", (drift,))
+    monkeypatch.setattr(judgement, "KNOWN_DEVIATIONS", (drift,))
     explained = check(case, runner=nudged_dbeta(2.0), entry="test-double", quantities=("dbeta",))
     assert explained.ok and explained.explained
     deterministic = bounds(case, reference(case))["dbeta"]
     far = nudged_dbeta(float(np.max(3 * deterministic / bounds(case, reference(case), model="probabilistic")["dbeta"])))
     outcome = check(case, runner=far, entry="test-double", quantities=("dbeta",))
-    assert [m.kind for m in outcome.unexpected] == ["value"]
+    assert [m.kind for m in outcome.unexpected] == ["unrecorded"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import planted_runners as planted
 import pytest
 
@@ -128,7 +129,7 @@ def test_repro_explains_a_known_deviation_and_exits_1_while_it_persists(
     finding.write_text(finding_json(known_entry("native-zero-variance-eps0")))
     code, out, _ = run_cli(["repro", str(finding)], capsys)
     assert code == cli.EXIT_FOUND
-    assert "known deviation native-zero-variance-eps0 explains moving_var" in out
+    assert "moving_var matches the recorded deviation native-zero-variance-eps0" in out
     assert "moving_var" in out and "FAILS" in out and "persists" in out
 
 
@@ -155,6 +156,34 @@ def test_the_reproducer_script_runs_alone_and_exits_1_while_the_deviation_persis
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{quantity}: DEVIATES" in result.stdout and "deviation persists" in result.stdout
+    assert "matches the recorded deviation" in result.stdout
+
+
+def test_the_reproducer_of_a_broken_null_buffer_checks_the_buffer(tmp_path: Path) -> None:
+    x = [[1.0, 2.0], [4.0, -1.0], [0.5, 3.0]]
+    case = (
+        KNOWN_DEVIATIONS[0]
+        .reproducer()
+        .with_(
+            x=np.array(x, dtype="float32"),
+            dy=np.array(x, dtype="float32")[::-1].copy(),
+            eps=1e-3,
+            gamma=np.ones(2, "float32"),
+            beta=np.zeros(2, "float32"),
+            moving_mean=np.zeros(2, "float32"),
+            moving_var=np.ones(2, "float32"),
+            grad_req=("null", "write", "write"),
+        )
+    )
+    outcome = check(case, runner=planted.writes_null_buffers("sym", "onednn"), entry="sym", backend="onednn")
+    [sig] = [s for s in classify(outcome, backend="onednn") if s.quantity == "dx"]
+    path = tmp_path / "repro.py"
+    path.write_text(script(Entry(sig, 1, case, "smallest seen")))
+    # MXNet itself leaves the buffer alone: the script, which checks it bit for bit, says the finding is gone.
+    result = subprocess.run(
+        [sys.executable, "-I", str(path)], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0 and "deviation gone" in result.stdout, result.stdout + result.stderr
 
 
 def test_the_reproducer_script_exits_0_when_mxnet_agrees(tmp_path: Path) -> None:

@@ -170,5 +170,8 @@ def test_backends_may_differ_within_twice_the_bound_but_not_beyond() -> None:
     assert not disagreements(case, {"one": good, "two": near})
     found = disagreements(case, {"one": good, "two": far})
     assert [m.quantity for d in found for m in d.verdict.mismatches] == ["dx"]
-    # ... and a quantity a known deviation allows for either side is not reported.
-    assert not disagreements(case, {"one": good, "two": far}, explained={"two": frozenset({"dx"})})
+    # ... and elements a known deviation covers for either side are not compared, the others still are.
+    everywhere, one_element = np.ones(x.shape, dtype=bool), np.zeros(x.shape, dtype=bool)
+    one_element[0, 0] = True
+    assert not disagreements(case, {"one": good, "two": far}, covered={"two": {"dx": everywhere}})
+    assert disagreements(case, {"one": good, "two": far}, covered={"two": {"dx": one_element}})

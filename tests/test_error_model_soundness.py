@@ -510,7 +510,7 @@ def _where_the_emulation_departs_from_mxnet(case: Case, actual: Outputs) -> bool
     if indeterminate_channels(case).any():
         return True
     with np.errstate(all="ignore"):
-        return bool(check_outcome(compare(case, actual), entry="sym", kernel="native", checked=()).allowed)
+        return bool(check_outcome(case, actual, entry="sym", kernel="native", checked=()).allowed)
 
 
 @settings(search(100, targeted=False))
@@ -522,8 +522,10 @@ def test_the_sequential_two_pass_emulation_is_mxnets_native_kernel_bit_for_bit(c
     hypothesis.assume(not _where_the_emulation_departs_from_mxnet(case, actual))
     EMULATED["sanity"] += 1
     emulated = emulate(case, summation="sequential", variance="two-pass")
-    assert set(actual) == set(emulated)
-    for q, value in actual.items():
+    # The buffers of 'null' requests (null_dx, ...) are not results: bnprops/invariants.py judges them.
+    computed = {q: value for q, value in actual.items() if q in QUANTITIES}
+    assert set(computed) == set(emulated)
+    for q, value in computed.items():
         assert emulated[q].dtype == value.dtype, q
         assert np.array_equal(emulated[q], value, equal_nan=True), (q, emulated[q], value)
 

@@ -1,11 +1,15 @@
-"""Each known deviation is real, reproduces from its own case, and explains nothing else."""
+"""Each known deviation is real, MXNet matches its model on its reproducer, and a fault inside its region is caught."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from bnprops.case import QUANTITIES
+from bnprops.case import QUANTITIES, Case, Outputs
 from bnprops.checks import check
+from bnprops.comparator import disagreeing, judging
+from bnprops.deviation_models import Prediction
+from bnprops.judgement import predictions
 from bnprops.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.runners import kernel_for, runner_for
 
@@ -17,29 +21,72 @@ def entry_of(kd: KnownDeviation) -> str:
     return "sym" if kd.entries is None or "sym" in kd.entries else sorted(kd.entries)[0]
 
 
+def predicted(kd: KnownDeviation, case: Case) -> list[Prediction]:
+    return [p for k, p in predictions(case, entry=entry_of(kd), kernel=kernel_for(case)) if k is kd]
+
+
 def test_known_deviation_ids_are_unique() -> None:
     assert len(set(IDS)) == len(IDS)
 
 
 @pytest.mark.parametrize("kd", KNOWN_DEVIATIONS, ids=IDS)
-def test_every_known_deviation_is_documented(kd: KnownDeviation) -> None:
-    assert kd.summary and kd.conditions and kd.evidence and kd.upstream
+def test_every_known_deviation_is_documented_with_its_model(kd: KnownDeviation) -> None:
+    assert kd.summary and kd.conditions and kd.model and kd.evidence and kd.upstream
     assert kd.quantities <= set(QUANTITIES)
 
 
 @pytest.mark.parametrize("kd", KNOWN_DEVIATIONS, ids=IDS)
 def test_every_known_deviation_applies_to_its_reproducer(kd: KnownDeviation) -> None:
     case = kd.reproducer()
-    expectation = kd.expectation(case, entry=entry_of(kd), kernel=kernel_for(case))
-    assert expectation.quantities, f"{kd.id} does not apply to its own reproducer {case.describe()}"
+    assert predicted(kd, case), f"{kd.id} does not apply to its own reproducer {case.describe()}"
 
 
 @pytest.mark.parametrize("kd", KNOWN_DEVIATIONS, ids=IDS)
-def test_every_reproducer_still_deviates_in_mxnet_exactly_as_recorded(kd: KnownDeviation) -> None:
+def test_every_reproducer_still_matches_its_model_in_mxnet(kd: KnownDeviation) -> None:
     case = kd.reproducer()
     entry = entry_of(kd)
     outcome = check(case, runner=runner_for(entry, "onednn"), entry=entry, backend="onednn")
     failed = outcome.verdict.failed_quantities
     assert failed, f"{kd.id}: MXNet now matches the oracle on the reproducer; was it fixed? {case.describe()}"
     assert failed <= kd.quantities, f"{kd.id}: the reproducer also fails in {sorted(failed - kd.quantities)}"
-    assert outcome.ok and kd in [explained for explained, _ in outcome.explained]
+    assert outcome.ok, outcome.message()
+    assert kd in [explained for explained, _ in outcome.explained]
+
+
+def far_from_both(p: Prediction, index: tuple[int, ...], case: Case, out_dtype: str) -> float:
+    """A finite value of the output dtype that matches neither the oracle nor the model at ``index``."""
+    apparatus = judging(case)
+    oracle, bound = apparatus.expected[p.quantity][index], apparatus.bound[p.quantity][index]
+    model, tolerance = p.values[index], p.tolerance[index]
+    largest = float(np.finfo(out_dtype).max)
+    for candidate in (0.0, 1.0, -1.0, 3.0, -3.0, 1e3, -1e3, 3e4, -3e4, largest / 3):
+        value = float(np.asarray(candidate).astype(out_dtype))
+        one = np.array([value])
+        if (
+            disagreeing(np.array([oracle]), one, np.array([bound]), out_dtype)[0]
+            and disagreeing(np.array([model]), one, np.array([tolerance]), out_dtype)[0]
+        ):
+            return value
+    raise AssertionError(f"no value far from both the oracle ({oracle}) and the model ({model})")
+
+
+@pytest.mark.parametrize("kd", KNOWN_DEVIATIONS, ids=IDS)
+def test_a_fault_planted_inside_each_deviations_region_is_caught(kd: KnownDeviation) -> None:
+    case = kd.reproducer()
+    entry = entry_of(kd)
+    real = runner_for(entry, "onednn")(case)
+    # Prefer an element where the model and the oracle differ: the heart of the region.
+    chosen = predicted(kd, case)[0]
+    index = tuple(int(i) for i in np.argwhere(chosen.where)[0])
+    fault = far_from_both(chosen, index, case, judging(case).dtypes[chosen.quantity])
+
+    def planted(c: Case) -> Outputs:
+        out = {q: np.array(v, copy=True) for q, v in real.items()}
+        out[chosen.quantity] = np.asarray(out[chosen.quantity], dtype=np.float64)
+        out[chosen.quantity][index] = fault
+        return out
+
+    outcome = check(case, runner=planted, entry=entry, backend="onednn")
+    caught = [m for m in outcome.unexpected if m.quantity == chosen.quantity]
+    assert caught and caught[0].kind == "unrecorded", outcome.message() or "the planted fault passed"
+    assert "not as recorded" in outcome.message()
