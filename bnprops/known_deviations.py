@@ -25,6 +25,7 @@ from bnprops import deviation_models as models
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
 from bnprops.contract import CHANNELS as CONTRACT_CHANNELS
 from bnprops.deviation_models import Context, Prediction
+from bnprops.producers import Chain, step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,5 +373,60 @@ INPUT_DEVIATIONS: tuple[InputDeviation, ...] = (
         "x = mx.nd.array(np.random.default_rng(0).standard_normal((4, 3)))\n"
         "gamma, beta = mx.nd.ones(5), mx.nd.zeros(5)  # 3 channels, length 5: no error\n"
         "print(mx.nd.BatchNorm(x, gamma, beta, mx.nd.zeros(3), mx.nd.ones(3), fix_gamma=False))",
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkDeviation:
+    """A way MXNet fails with BatchNorm inside a network (bnprops/in_network.py): the chains it applies to,
+    and what it does there (its model: a finding of ``kind`` whose message holds ``signature``)."""
+
+    id: str
+    summary: str
+    kind: str  # one of bnprops.in_network.FINDING_KINDS
+    #: A substring of the finding's message that identifies it (MXNet's own words).
+    signature: str
+    conditions: str
+    applies: Callable[[Chain, str], bool]
+    evidence: str
+    #: The shortest chain that shows it (bnprops.producers.Chain; its snippet() is the standalone script).
+    reproducer: Callable[[], Chain]
+    upstream: str = "none found"
+
+    def explains(self, *, kind: str, message: str, chain: Chain, backend: str) -> bool:
+        return kind == self.kind and self.signature in message and self.applies(chain, backend)
+
+
+def _blocked_input_to_native_bn(chain: Chain, backend: str) -> bool:
+    """A convolution whose channel count oneDNN blocks (a multiple of 8) feeds a BatchNorm that oneDNN does
+    not run (only 4-D input with axis written as 1 takes its path), on the oneDNN backend, float32."""
+    if backend != "onednn" or chain.dtype != "float32":
+        return False
+    blocked = any(dict(s)["op"] == "conv" and dict(s)["channels"] % 8 == 0 for s in chain.steps)
+    onednn_bn = len(chain.bn_input_shape) == 4 and chain.axis == 1
+    return blocked and not onednn_bn
+
+
+NETWORK_DEVIATIONS: tuple[NetworkDeviation, ...] = (
+    NetworkDeviation(
+        id="onednn-blocked-input-native-batchnorm-backward-raises",
+        summary="oneDNN: a convolution with 8k output channels feeding a BatchNorm that the native kernel runs "
+        "cannot be trained: backward raises 'Check failed: !is_view'",
+        kind="raises",
+        signature="Check failed: !is_view",
+        conditions="oneDNN, float32: a convolution with 8k output channels (a blocked layout) feeds BatchNorm whose "
+        "input is not 4-D or whose axis is not written as 1 (so the native kernel runs it): backward raises; "
+        "forward works",
+        applies=_blocked_input_to_native_bn,
+        evidence="Found by tests/test_networks.py's chains (issue 15): nd float32[2,1,3] -> conv1d(8, k1) -> "
+        "BatchNorm(axis=1) raises MXNetError 'Check failed: !is_view' (src/ndarray/ndarray.cc:649) in backward, in "
+        "nd, gluon, gluon-hybrid and sym alike; with 3 or 5 channels, with Conv2D(8) + BatchNorm(axis=1) (oneDNN's "
+        "own BatchNorm) and with MXNET_MKLDNN_ENABLED=0 it trains. In gluon: nn.Conv1D(8, 3, in_channels=2) then "
+        "nn.BatchNorm() raises on y.backward(). The native BatchNorm backward gets the convolution's blocked "
+        "(oneDNN-layout) array as a view it cannot reorder in place.",
+        reproducer=lambda: Chain(
+            api="nd", input_shape=(2, 1, 3), steps=(step("conv", dims=1, channels=8, kernel=1, pad=0),), seed=0
+        ),
     ),
 )

@@ -41,7 +41,7 @@ class WorkerError(RuntimeError):
     """The runner raised an exception in the worker that could not be sent back as itself."""
 
 
-def _write(stream: IO[bytes], payload: Any) -> None:
+def write_message(stream: IO[bytes], payload: Any) -> None:
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
@@ -62,7 +62,7 @@ def _read_exactly(fd: int, size: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def _read(fd: int, deadline: float | None) -> Any:
+def read_message(fd: int, deadline: float | None) -> Any:
     (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, deadline))
     return pickle.loads(_read_exactly(fd, size, deadline))
 
@@ -123,7 +123,7 @@ class Worker:
             raise BackendUnavailable(f"cannot start the {self.backend} worker ({sys.executable}): {exc}") from exc
         assert self._proc.stdout is not None
         try:
-            hello = _read(self._proc.stdout.fileno(), time.monotonic() + self.start_timeout)
+            hello = read_message(self._proc.stdout.fileno(), time.monotonic() + self.start_timeout)
         except (EOFError, TimeoutError, pickle.UnpicklingError) as exc:
             why = "timed out" if isinstance(exc, TimeoutError) else "exited"
             tail = self._stderr_tail()
@@ -154,8 +154,8 @@ class Worker:
             proc = self._proc
             assert proc is not None and proc.stdin is not None and proc.stdout is not None
             try:
-                _write(proc.stdin, (entry, case))
-                status, payload = _read(proc.stdout.fileno(), time.monotonic() + self.call_timeout)
+                write_message(proc.stdin, (entry, case))
+                status, payload = read_message(proc.stdout.fileno(), time.monotonic() + self.call_timeout)
             except (EOFError, BrokenPipeError, TimeoutError) as exc:
                 hung = isinstance(exc, TimeoutError)
                 self._discard()
@@ -216,13 +216,13 @@ def main(argv: list[str]) -> int:
     from bnprops import runners
 
     if backend != runners.IN_PROCESS_BACKEND:
-        _write(channel, ("wrong backend", runners.IN_PROCESS_BACKEND))
+        write_message(channel, ("wrong backend", runners.IN_PROCESS_BACKEND))
         return 1
-    _write(channel, ("ready", backend))
+    write_message(channel, ("ready", backend))
     requests = sys.stdin.buffer.fileno()
     while True:
         try:
-            entry, case = _read(requests, None)
+            entry, case = read_message(requests, None)
         except EOFError:
             return 0
         try:
@@ -230,9 +230,9 @@ def main(argv: list[str]) -> int:
         except Exception as exc:
             reply = ("error", exc)
         try:
-            _write(channel, reply)
+            write_message(channel, reply)
         except (pickle.PicklingError, TypeError, AttributeError):
-            _write(channel, ("error", f"{type(reply[1]).__name__}: {reply[1]}"))
+            write_message(channel, ("error", f"{type(reply[1]).__name__}: {reply[1]}"))
 
 
 if __name__ == "__main__":
