@@ -351,6 +351,10 @@ class InputDeviation:
     conditions: str
     #: Does it explain this observation (an Observation from bnprops.contract)?
     applies: Callable[[str, str, str, int], bool]
+    #: What MXNet does under it, in words; ``outcomes`` is its checked form.
+    model: str
+    #: The outcomes (bnprops.contract.Observation.outcome) it predicts for a parameter length.
+    outcomes: Callable[[int], frozenset[str]]
     evidence: str
     #: A standalone script that shows it (run it in a throwaway process: it may corrupt its heap).
     reproducer: str
@@ -365,6 +369,10 @@ INPUT_DEVIATIONS: tuple[InputDeviation, ...] = (
         "the first C elements are used; shorter: elements past the end are read (and, for the moving "
         "statistics, written): undefined behaviour that can corrupt the heap.",
         applies=lambda entry, backend, parameter, length: length != CONTRACT_CHANNELS,
+        model="the call is accepted, no error raised. No value model: a shorter array is read (and the moving "
+        "statistics written) past its end, undefined behaviour that may also crash the process; a longer one is "
+        "read in part, which the probes do not pin down either",
+        outcomes=lambda length: frozenset({"accepted"} if length > CONTRACT_CHANNELS else {"accepted", "crashed"}),
         evidence="bnprops.contract probes, x (4, 3) float32: all 5 entry points x 2 backends accept length 5 for each "
         "of the four arrays and length 2 for gamma (gluon: in_channels 5 and 2); with beta of length 2, y in the "
         "third channel was 7.49e+31 (memory past the array). The documentation says gamma and beta have shape "

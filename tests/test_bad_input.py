@@ -39,6 +39,7 @@ def test_wrong_length_parameters_are_rejected_or_a_known_deviation(
             assert not known, f"{obs.describe()}, but known deviation {known[0].id} says it is accepted: remove it?"
         else:
             assert known, f"{obs.describe()}: the contract (shape (C,)) wants an error, and no known deviation says so"
+            assert obs.outcome in known[0].outcomes(obs.length), f"{obs.describe()}: not as {known[0].id} records"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
