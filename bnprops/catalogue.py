@@ -24,10 +24,13 @@ from bnprops.oracle import statistics
 #: "accuracy": beyond the probabilistic error bound, within the deterministic one (bnprops/error_model.py).
 #: "unrecorded": inside a known deviation's region, but neither the oracle's values nor the deviation's model.
 #: "relation": an exact metamorphic relation broken (bnprops/relations.py); the quantity says which and where.
+#: "network": BatchNorm inside a producer chain (bnprops/network_findings.py); the quantity says how it failed
+#: ("differs:dx", "oracle:dgamma", "raises:MXNetError", "crashes") and the flags name the chain's steps.
 MISMATCH, ACCURACY, STALE, ERROR, KNOWN = "mismatch", "accuracy", "stale", "error", "known"
 UNRECORDED = "unrecorded"
 RELATION = "relation"
-KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, STALE, ERROR, KNOWN)
+NETWORK = "network"
+KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, NETWORK, STALE, ERROR, KNOWN)
 #: What a finding of a known deviation's kind says about it, in reports and reproducers.
 VERDICTS = {KNOWN: "matches the recorded deviation", UNRECORDED: "deviates, but not as recorded"}
 _SIGNATURE_FORMAT = "bnprops.signature/1"
@@ -166,6 +169,9 @@ class Entry:
     detail: str = ""
     #: Kind "relation": the relation the example ran and its parameter choice (Relation.parameters).
     relation: tuple[str, int] | None = None
+    #: A network finding (kind "network", or "known" for a recorded network deviation): the producer chain as it
+    #: ran (bnprops.producers.Chain JSON); the case is then the plain call BatchNorm made inside it.
+    network: str | None = None
 
     def absorb(self, other: Entry) -> None:
         """Fold another entry for the same signature into this one (worker and shard merges)."""
@@ -174,7 +180,7 @@ class Entry:
         self.count += other.count
         if _rank(other) < _rank(self):
             self.case, self.reduction, self.detail = other.case, other.reduction, other.detail
-            self.relation = other.relation
+            self.relation, self.network = other.relation, other.network
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +192,7 @@ class Entry:
             "case_summary": self.case.describe(),
             "case": self.case.to_dict(),
             **({} if self.relation is None else {"relation": {"name": self.relation[0], "choice": self.relation[1]}}),
+            **({} if self.network is None else {"chain": json.loads(self.network)}),
         }
 
     @classmethod
@@ -197,6 +204,7 @@ class Entry:
             reduction=str(data["reduction"]),
             detail=str(data.get("detail", "")),
             relation=(str(data["relation"]["name"]), int(data["relation"]["choice"])) if "relation" in data else None,
+            network=json.dumps(data["chain"], sort_keys=True) if "chain" in data else None,
         )
 
 
@@ -204,7 +212,16 @@ _REDUCTION_RANK = {"shrunk": 0, "replayed": 0, "partly shrunk": 1, "smallest see
 
 
 def _rank(entry: Entry) -> tuple[int, tuple[int, int, int]]:
-    return (_REDUCTION_RANK.get(entry.reduction, 3), case_size(entry.case))
+    return (
+        _REDUCTION_RANK.get(entry.reduction, 3),
+        case_size(entry.case) if entry.network is None else _chain_size(entry.network),
+    )
+
+
+def _chain_size(network: str) -> tuple[int, int, int]:
+    """A network finding's example is its chain: the network's input elements, its steps, then JSON length."""
+    data = json.loads(network)
+    return (int(np.prod(data["input_shape"])), len(data["steps"]), len(network))
 
 
 class Catalogue:

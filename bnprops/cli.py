@@ -159,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also run an exact relation (bnprops/relations.py) on one example in N; 0: none (default 2)",
     )
+    fuzz.add_argument(
+        "--networks",
+        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        default=None,
+        metavar="N",
+        help="also build a producer chain (a network, BatchNorm last: bnprops/producers.py) and judge BatchNorm in it "
+        "on one example in N whose entry point a chain's API expresses (nd, gluon, gluon-hybrid, sym); 0: none "
+        "(default 8)",
+    )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
 
@@ -332,6 +341,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             chunk_size=args.chunk_size or fuzz.DEFAULT_CHUNK_SIZE,
             backends_explicit=args.backend is not None,
             **({} if args.relations is None else {"relation_every": args.relations}),
+            **({} if args.networks is None else {"network_every": args.networks}),
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
     except fuzz.UsageError as exc:
@@ -356,6 +366,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _usage(parser, str(exc))
     if sig is not None and sig.kind == "relation":  # catalogue.RELATION: its two calls again, no oracle
         return _repro_relation(args, parser, case, sig)
+    if sig is not None and sig.regime == "in-network":  # network_findings.REGIME: the chain again
+        return _repro_network(args, parser, sig)
     entry = args.entry or entry or "sym"
     backend = args.backend or backend or "onednn"
     try:
@@ -414,6 +426,33 @@ def _repro_relation(args: argparse.Namespace, parser: argparse.ArgumentParser, c
     print(f"finding: {sig.describe()}\n")
     persists = replay(case, sig, draw, runner=runner, entry=entry, backend=backend)
     print(f"\nthe finding's relation {'still breaks' if persists else 'holds now'} ({sig.ident})")
+    return EXIT_FOUND if persists else EXIT_OK
+
+
+def _repro_network(args: argparse.Namespace, parser: argparse.ArgumentParser, sig: Signature) -> int:
+    """BatchNorm inside a network: build the finding's chain again and say whether its finding still shows."""
+    from bnprops.in_network import close_workers
+    from bnprops.network_findings import applies, load_chain, replay
+
+    entry, backend = args.entry or sig.entry, args.backend or sig.backend
+    try:
+        chain = load_chain(args.file)
+    except ValueError as exc:
+        _usage(parser, str(exc))
+    if chain is None:
+        _usage(parser, f"{args.file} is a network finding without its chain")
+    if not applies(entry, backend):
+        _usage(parser, f"a chain cannot run through entry point {entry!r} on backend {backend!r}")
+    print(f"run through entry point {entry!r} on backend {backend!r}")
+    print(f"finding: {sig.describe()}\n")
+    try:
+        persists = replay(chain, sig, entry=entry, backend=backend)
+    finally:
+        close_workers()
+    state = "persists" if persists else "is gone"
+    if sig.deviation:
+        state = "still matches the recorded deviation" if persists else "no longer shows the recorded deviation"
+    print(f"\nthe finding {state} ({sig.ident})")
     return EXIT_FOUND if persists else EXIT_OK
 
 

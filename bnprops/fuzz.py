@@ -26,6 +26,12 @@ Exact relations: every example also draws a relation and a parameter choice
 case through the same runner, and a broken relation is a finding of kind "relation" like any other
 (hunted, shrunk, stored and replayed with its draw, which is part of the example).
 
+BatchNorm inside networks: every example also draws a producer chain (bnprops/network_findings.py); one
+example in ``Config.network_every`` whose target a chain's API can express (nd, gluon, gluon-hybrid, sym on
+a CPU backend) builds it in that API and judges it in context (bnprops/in_network.py, in a worker process a
+crash cannot take down). A finding is of kind "network" (or "known", for a recorded network deviation),
+with the chain's steps in its signature; it is hunted, shrunk, stored and replayed with its chain.
+
 The Hypothesis example database lives in ``OUT/db``: each new signature's minimal example is kept
 under a key of its own (Signature.key), and ``OUT/db-index.json`` lists those signatures, so the
 next run replays them first and says whether each still fails.
@@ -56,10 +62,11 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
-from bnprops import atomic
+from bnprops import atomic, in_network, network_findings
 from bnprops.case import DTYPES, QUANTITIES, Case
 from bnprops.catalogue import (
     KNOWN,
+    NETWORK,
     RELATION,
     STALE,
     Catalogue,
@@ -70,6 +77,8 @@ from bnprops.catalogue import (
     conditioning,
 )
 from bnprops.checks import Outcome, check, check_group
+from bnprops.network_findings import NETWORK_EVERY, NetworkCheck, applies, check_network, network_draws
+from bnprops.producers import Chain
 from bnprops.relation_findings import (
     RELATION_EVERY,
     RelationCheck,
@@ -95,8 +104,8 @@ INDEX_FILE = "db-index.json"
 _INDEX_FORMAT = "bnprops.db-index/1"
 
 Target = tuple[str, str]
-#: What a search draws: the target, a group of same-signature cases, and a relation for the first one.
-Example = tuple[Target, list[Case], RelationDraw]
+#: What a search draws: the target, a group of same-signature cases, a relation for the first one, and a chain.
+Example = tuple[Target, list[Case], RelationDraw, Chain]
 RunnerFactory = Callable[[str, str], Runner]
 #: Called by a worker with (cases run, new-deviation cases, known-deviation cases, signatures) now and then.
 ProgressFn = Callable[[int, int, int, int], None]
@@ -126,6 +135,10 @@ class Config:
     backends_explicit: bool = False
     #: One example in this many also runs an exact relation on its first case (0: none).
     relation_every: int = RELATION_EVERY
+    #: One example in this many also runs its producer chain (BatchNorm inside a network; 0: none).
+    network_every: int = NETWORK_EVERY
+    #: The in-network run (module:function, as bnprops.in_network takes it): tests plant faults here.
+    network_runner: str = in_network.DEFAULT_RUNNER
 
     def __post_init__(self) -> None:
         if self.max_examples is None and self.time_limit is None:
@@ -144,6 +157,8 @@ class Config:
             raise UsageError(f"seed must be a non-negative integer, got {self.seed}")
         if self.relation_every < 0:
             raise UsageError(f"relation_every must be 0 (no relations) or more, got {self.relation_every}")
+        if self.network_every < 0:
+            raise UsageError(f"network_every must be 0 (no networks) or more, got {self.network_every}")
         for name, values, allowed in (
             ("entries", self.entries, tuple(RUNNERS)),
             ("backends", self.backends, BACKENDS),
@@ -167,6 +182,7 @@ class Config:
             "workers": self.workers,
             "chunk_size": self.chunk_size,
             "relation_every": self.relation_every,
+            "network_every": self.network_every,
             "out": str(self.out),
         }
 
@@ -309,6 +325,9 @@ class WorkerResult:
     error: str = ""
     #: relation -> {"held"|"broken"|"no instance"|"error": count} over the relation checks run while exploring.
     relations: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: "entry/backend" -> {"checks"|network_findings.RESULTS: count, "ms": milliseconds} over the chains run while
+    #: exploring.
+    networks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
 
 class _Stop(BaseException):
@@ -425,7 +444,7 @@ class _Worker:
         # (bnprops.batching): most of a case's cost is per call, not per channel.  One example in
         # LARGE_SHARE is a single case the size of a real layer (10^3 to 10^6 elements per channel).
         groups = case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all")
-        self.strategy = st.tuples(st.sampled_from(targets), groups, relation_draws())
+        self.strategy = st.tuples(st.sampled_from(targets), groups, relation_draws(), network_draws(config.dtypes))
         self.db = DirectoryBasedExampleDatabase(config.out / "db")
         self.deadline = deadline
         self.stop_requested = stop_requested
@@ -439,6 +458,8 @@ class _Worker:
         self.best: Case | None = None
         #: The relation drawn with best, for a relation signature.
         self.best_draw: RelationDraw | None = None
+        #: The chain drawn with best, for a network signature.
+        self.best_chain: Chain | None = None
         self.sampler = _Sampler(PLOT_SAMPLE, chunk_seed(config.seed, -1 - worker))
         self.failed = self.known = 0
         self.last_progress = 0.0
@@ -529,7 +550,7 @@ class _Worker:
         if self.budget_spent():
             self.result.stop_reason = "budget"
             raise _Stop
-        target, group, draw = value
+        target, group, draw, chain = value
         if self.budget is not None:
             group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
         fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.fingerprint() for c in group)).digest()
@@ -549,6 +570,13 @@ class _Worker:
             fresh = [s for s in checked.signatures if s not in self.catalogue]
             if fresh and self.hunting is None:
                 self.hunting, fresh_case, self.best_draw = fresh[0], group[0], draw
+        if network_findings.due(group[0], every=self.config.network_every) and applies(*target):
+            started = time.perf_counter()
+            network = self.check_network(target, chain)
+            self.record_network(network, ms=round(1000 * (time.perf_counter() - started)))
+            fresh = [s for s in network.signatures if s.is_new and s not in self.catalogue]
+            if fresh and self.hunting is None:
+                self.hunting, fresh_case, self.best_chain = fresh[0], group[0], chain
         if fresh_case is not None:
             self.best = fresh_case
             return True
@@ -568,6 +596,25 @@ class _Worker:
                 seen = Entry(sig, 1, case, "smallest seen", relation=checked.draw.key)
                 self.pending.setdefault(sig, dataclasses.replace(seen, count=0)).absorb(seen)
 
+    def check_network(self, target: Target, chain: Chain) -> NetworkCheck:
+        entry, backend = target
+        return check_network(
+            chain, entry=entry, backend=backend, plain_runner=self.runners[target], runner=self.config.network_runner
+        )
+
+    def record_network(self, checked: NetworkCheck, *, ms: int = 0) -> None:
+        cell = self.result.networks.setdefault(f"{checked.chain.api}/{checked.backend}", {})
+        for result in ("checks", *checked.results):
+            cell[result] = cell.get(result, 0) + 1
+        cell["ms"] = cell.get("ms", 0) + ms  # the time the checks took, worker processes' start included
+        case = network_findings.call_of(checked.chain, checked.result)
+        for sig in checked.signatures:
+            seen = Entry(sig, 1, case, "smallest seen", checked.detail(sig), network=checked.chain.to_json())
+            if sig.kind == KNOWN or sig in self.catalogue:
+                self.catalogue.add(seen)
+            else:
+                self.pending.setdefault(sig, dataclasses.replace(seen, count=0)).absorb(seen)
+
     def budget_spent(self) -> bool:
         return self.budget is not None and self.result.cases >= self.budget
 
@@ -579,7 +626,15 @@ class _Worker:
             self.result.stop_reason = "time"
             raise _Stop
         self.result.shrink_calls += 1
-        target, group, draw = value
+        target, group, draw, chain = value
+        if self.hunting is not None and self.hunting.kind == NETWORK:
+            # The drawn chain runs whether due or not (so any network_every replays it); nothing else runs.
+            if not applies(*target):
+                return False
+            if self.hunting in self.check_network(target, chain).signatures:
+                self.best, self.best_chain = group[0], chain
+                return True
+            return False
         if self.hunting is not None and self.hunting.kind == RELATION:
             # The drawn relation runs whether due or not (so any relation_every replays it); nothing else runs.
             if draw.relation != relation_of(self.hunting):
@@ -621,11 +676,20 @@ class _Worker:
             return
         pending = self.pending.pop(sig, None)
         count = pending.count if pending else 0
+        if sig.kind == NETWORK and self.best_chain is not None:
+            self.catalogue.add(self.network_entry(sig, self.best_chain, count, reduction))
+            return
         if sig.kind == RELATION and self.best_draw is not None:
             detail = self.describe_relation(sig, case, self.best_draw)
             self.catalogue.add(Entry(sig, count, case, reduction, detail, relation=self.best_draw.key))
             return
         self.catalogue.add(Entry(sig, count, case, reduction, self.describe(sig, case)))
+
+    def network_entry(self, sig: Signature, chain: Chain, count: int, reduction: str) -> Entry:
+        """A network finding's entry: ``chain`` run again for its detail and the plain call BatchNorm made."""
+        checked = self.check_network((sig.entry, sig.backend), chain)
+        case = network_findings.call_of(checked.chain, checked.result)
+        return Entry(sig, count, case, reduction, checked.detail(sig), network=checked.chain.to_json())
 
     def describe_relation(self, sig: Signature, case: Case, draw: RelationDraw) -> str:
         """What breaks when ``case`` runs ``draw``'s relation again: both calls and the violations."""
@@ -710,12 +774,15 @@ class _Worker:
             self.result.error = traceback.format_exc()
             self.hunting = None
         for entry in self.pending.values():
-            if entry.relation is not None:
+            if entry.network is not None:
+                pass  # its detail is the check's own: run again, the chain shows the same
+            elif entry.relation is not None:
                 entry.detail = self.describe_relation(entry.signature, entry.case, RelationDraw(*entry.relation))
             else:
                 entry.detail = self.describe(entry.signature, entry.case)
             self.catalogue.add(entry)
         self.pending.clear()
+        in_network.close_workers()
         self.result.entries = list(self.catalogue.entries.values())
         self.result.points = self.sampler.points()
         self.result.elapsed_s = time.time() - start

@@ -162,7 +162,8 @@ class Chain:
         alone (mx.nd.BatchNorm) on a plain copy of its captured input, and prints how the two differ.
 
         It exits 1 if they differ at all (on oneDNN a different layout may legitimately round differently:
-        read the numbers), 0 if they agree bit for bit.
+        read the numbers) or the network raises, 0 if they agree bit for bit. ``main(in_network)`` takes another
+        in-network run, so that a test can run the same comparison on a planted one.
         """
         if backend not in ("onednn", "native"):
             raise ValueError(f"a chain runs on a CPU backend ('onednn' or 'native'), not {backend!r}")
@@ -174,20 +175,32 @@ class Chain:
         tail = f"""
 import json, sys
 spec = json.loads({self.to_json()!r})
-print({self.describe()!r})
-net = run_in_network(spec)  # BatchNorm inside the network, with its input x and head gradient dy captured
-plain = run_plain(spec, net['x'], net['dy'])  # the same BatchNorm alone on a plain copy of x
-differs = False
-for q, value in plain.items():
-    if q not in net:
-        continue
-    diff = np.abs(net[q].astype(np.float64) - value.astype(np.float64))
-    same = np.array_equal(net[q], value, equal_nan=True)
-    differs |= not same
-    worst = np.unravel_index(int(np.nanargmax(diff)), diff.shape) if diff.size else ()
-    print(f"{{q:12}} {{'bit for bit' if same else 'differs'}}; max |in-network - plain| = {{np.nanmax(diff):.3g}}"
-          + ('' if same else f" at {{worst}}: {{net[q][worst]!r}} vs {{value[worst]!r}}"))
-sys.exit(1 if differs else 0)
+
+
+def main(in_network=run_in_network):
+    \"\"\"1 while BatchNorm's in-network results differ from the plain call's (or the network raises), else 0.\"\"\"
+    print({self.describe()!r})
+    try:
+        net = in_network(spec)  # BatchNorm inside the network, with its input x and head gradient dy captured
+    except Exception as exc:
+        print(f"the network raised {{type(exc).__name__}}: {{exc}}")
+        return 1
+    plain = run_plain(spec, net['x'], net['dy'])  # the same BatchNorm alone on a plain copy of x
+    differs = False
+    for q, value in plain.items():
+        if q not in net:
+            continue
+        diff = np.abs(net[q].astype(np.float64) - value.astype(np.float64))
+        same = np.array_equal(net[q], value, equal_nan=True)
+        differs |= not same
+        worst = np.unravel_index(int(np.nanargmax(diff)), diff.shape) if diff.size else ()
+        print(f"{{q:12}} {{'bit for bit' if same else 'differs'}}; max |in-network - plain| = {{np.nanmax(diff):.3g}}"
+              + ('' if same else f" at {{worst}}: {{net[q][worst]!r}} vs {{value[worst]!r}}"))
+    return 1 if differs else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
 """
         return "\n".join(head) + "\n" + source + tail
 

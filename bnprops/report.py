@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bnprops import atomic, relation_findings, relation_reproducer
+from bnprops import atomic, network_findings, relation_findings, relation_reproducer
 from bnprops.case import DTYPES, QUANTITIES
 from bnprops.catalogue import KNOWN, RELATION, VERDICTS, Catalogue, Entry
 from bnprops.fuzz import Config, Points, WorkerResult
@@ -56,6 +56,8 @@ class Report:
     repeats: int = 0
     #: Exact relation checks run while exploring: relation -> {result: count} (relation_findings.RESULTS).
     relation_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: Producer chains run while exploring: "entry/backend" -> {"checks"|network_findings.RESULTS: count}.
+    network_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def cases_per_s(self) -> float:
@@ -87,6 +89,10 @@ class Report:
             f"catalogue: {len(self.new)} new signature(s), {len(self.known)} known signature(s)",
             f"exact relations: {sum(sum(c.values()) for c in self.relation_checks.values())} checks, "
             f"{sum(c.get('broken', 0) for c in self.relation_checks.values())} broken",
+            f"networks: {sum(c.get('checks', 0) for c in self.network_checks.values())} chains, "
+            f"{sum(c.get('known', 0) for c in self.network_checks.values())} with a known deviation, "
+            f"{sum(c.get('checks', 0) - c.get('passed', 0) - c.get('known', 0) for c in self.network_checks.values())}"
+            " with a new finding or more",
         ]
         for title, entries in (("NEW", self.new), ("known", self.known)):
             for e in entries:
@@ -112,6 +118,7 @@ class Report:
             "shrink_calls": self.shrink_calls,
             "repeats_skipped": self.repeats,
             "relation_checks": self.relation_checks,
+            "network_checks": self.network_checks,
             "stop_reason": self.stop_reason,
             "totals": self.totals(),
             "counts": [
@@ -152,6 +159,7 @@ class Report:
             shards=data.get("shards", []),
             repeats=int(data.get("repeats_skipped", 0)),
             relation_checks=data.get("relation_checks", {}),
+            network_checks=data.get("network_checks", {}),
         )
 
 
@@ -162,7 +170,7 @@ LARGE_EXAMPLE = 100_000
 
 
 def _has_files(e: Entry) -> bool:
-    return not (e.signature.kind == KNOWN and e.case.x.size > LARGE_EXAMPLE)
+    return e.network is not None or not (e.signature.kind == KNOWN and e.case.x.size > LARGE_EXAMPLE)
 
 
 def _repro(e: Entry) -> str:
@@ -185,8 +193,10 @@ def from_workers(
     points = Points.empty()
     notes: list[str] = []
     relation_checks: dict[str, dict[str, int]] = {}
+    network_checks: dict[str, dict[str, int]] = {}
     for r in results:
         relation_findings.add_counts(relation_checks, r.relations)
+        network_findings.add_counts(network_checks, r.networks)
         catalogue.merge(Catalogue(r.entries))
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -211,6 +221,7 @@ def from_workers(
         notes=notes,
         repeats=sum(r.repeats for r in results),
         relation_checks=relation_checks,
+        network_checks=network_checks,
     )
 
 
@@ -233,6 +244,8 @@ def _finding_files(e: Entry) -> tuple[str, str]:
     """findings/ID.json and ID.py; a broken relation's reproducer runs both calls (bnprops/relation_reproducer.py)."""
     if e.signature.kind == RELATION:
         return relation_findings.finding_json(e, finding_json(e)), relation_reproducer.script(e)
+    if e.network is not None:  # a network finding or a recorded network deviation: the chain's own script
+        return network_findings.finding_json(e, finding_json(e)), network_findings.script(e)
     return finding_json(e), script(e)
 
 
@@ -316,8 +329,10 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
     shards = []
     seen_shards: dict[str, str] = {}
     relation_checks: dict[str, dict[str, int]] = {}
+    network_checks: dict[str, dict[str, int]] = {}
     for src, r in zip(sources, reports, strict=True):
         relation_findings.add_counts(relation_checks, r.relation_checks)
+        network_findings.add_counts(network_checks, r.network_checks)
         catalogue.merge(r.catalogue)
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -347,6 +362,7 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         shards=shards,
         repeats=sum(r.repeats for r in reports),
         relation_checks=relation_checks,
+        network_checks=network_checks,
     )
 
 
@@ -388,7 +404,7 @@ def markdown(report: Report) -> str:
             report.new,
             "Not explained by bnprops/known_deviations.py: these need a person. An `unrecorded` finding lies in a "
             "known deviation's region but matches neither the oracle nor the deviation's model: it deviates, "
-            "but not as recorded.",
+            "but not as recorded. A `network` finding is BatchNorm inside a producer chain (its example is the chain).",
         ),
         (
             "Known deviations",
@@ -411,7 +427,10 @@ def markdown(report: Report) -> str:
                 + (f": {VERDICTS[s.kind]}" if s.kind in VERDICTS else ""),
                 f"- entry point `{s.entry}`, backend `{s.backend}`, dtype `{s.dtype}`, {flags}, value regime "
                 f"`{s.regime}`",
-                f"- {e.count} case(s) in this run; example {e.reduction}: `{e.case.describe()}`",
+                f"- {e.count} case(s) in this run; example {e.reduction}: `{e.case.describe()}`"
+                if e.network is None
+                else f"- {e.count} chain(s) in this run; chain {e.reduction}: "
+                f"`{network_findings.chain_of(e).describe()}`",
                 f"- case: [{FINDINGS}/{s.ident}.json]({FINDINGS}/{s.ident}.json) "
                 f"(`bnprops repro {FINDINGS}/{s.ident}.json`); reproducer: [{_repro(e)}]({_repro(e)}) "
                 f"(`python {_repro(e)}`)"
@@ -429,6 +448,7 @@ def markdown(report: Report) -> str:
         lines += ["", "## Skipped targets", ""]
         lines += [f"- {s['entry']}/{s['backend']}: {s['reason']}" for s in report.skipped]
     lines += ["", *relation_findings.summary_lines(report.relation_checks)]
+    lines += ["", *network_findings.summary_lines(report.network_checks)]
     lines += [
         "",
         "## Worst errors",
