@@ -10,7 +10,7 @@ from bnprops.checks import check
 from bnprops.comparator import disagreeing, judging
 from bnprops.deviation_models import Prediction
 from bnprops.judgement import predictions
-from bnprops.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
+from bnprops.known_deviations import KNOWN_DEVIATIONS, SEQUENCE_DEVIATIONS, KnownDeviation, SequenceDeviation
 from bnprops.runners import kernel_for, runner_for
 
 IDS = [kd.id for kd in KNOWN_DEVIATIONS]
@@ -90,3 +90,9 @@ def test_a_fault_planted_inside_each_deviations_region_is_caught(kd: KnownDeviat
     caught = [m for m in outcome.unexpected if m.quantity == chosen.quantity]
     assert caught and caught[0].kind == "unrecorded", outcome.message() or "the planted fault passed"
     assert "not as recorded" in outcome.message()
+
+
+@pytest.mark.parametrize("kd", SEQUENCE_DEVIATIONS, ids=[kd.id for kd in SEQUENCE_DEVIATIONS])
+def test_every_sequence_deviation_is_documented_with_its_model_and_shortest_sequence(kd: SequenceDeviation) -> None:
+    # tests/test_training.py's state machines hold MXNet to the model (bnprops/state_model.py).
+    assert kd.summary and kd.conditions and kd.model and kd.evidence and len(kd.sequence) >= 2
