@@ -268,10 +268,3 @@ def summary_lines(counts: dict[str, dict[str, int]]) -> list[str]:
             + f" | {per:.0f} |"
         )
     return lines
-
-
-def add_counts(into: dict[str, dict[str, int]], more: dict[str, dict[str, int]]) -> None:
-    for name, cell in more.items():
-        target = into.setdefault(name, {})
-        for result, n in cell.items():
-            target[result] = target.get(result, 0) + n

@@ -204,10 +204,3 @@ def summary_lines(counts: dict[str, dict[str, int]]) -> list[str]:
         cell = counts[name]
         lines.append(f"| {name} | {sum(cell.values())} | " + " | ".join(str(cell.get(r, 0)) for r in RESULTS) + " |")
     return lines
-
-
-def add_counts(into: dict[str, dict[str, int]], more: dict[str, dict[str, int]]) -> None:
-    for name, cell in more.items():
-        target = into.setdefault(name, {})
-        for result, n in cell.items():
-            target[result] = target.get(result, 0) + n

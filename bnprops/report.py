@@ -195,8 +195,8 @@ def from_workers(
     relation_checks: dict[str, dict[str, int]] = {}
     network_checks: dict[str, dict[str, int]] = {}
     for r in results:
-        relation_findings.add_counts(relation_checks, r.relations)
-        network_findings.add_counts(network_checks, r.networks)
+        _add_counts(relation_checks, r.relations)
+        _add_counts(network_checks, r.networks)
         catalogue.merge(Catalogue(r.entries))
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -225,9 +225,10 @@ def from_workers(
     )
 
 
-def _add_counts(into: dict[tuple[str, str, str, str], dict[str, int]], more: dict[Any, dict[str, int]]) -> None:
+def _add_counts(into: dict[Any, dict[str, int]], more: dict[Any, dict[str, int]]) -> None:
+    """Add per-cell result counts (keys: a target tuple, which JSON gives back as a list, or a name)."""
     for key, cell in more.items():
-        target = into.setdefault(tuple(key), {})
+        target = into.setdefault(tuple(key) if isinstance(key, list | tuple) else key, {})
         for result, n in cell.items():
             target[result] = target.get(result, 0) + n
 
@@ -331,8 +332,8 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
     relation_checks: dict[str, dict[str, int]] = {}
     network_checks: dict[str, dict[str, int]] = {}
     for src, r in zip(sources, reports, strict=True):
-        relation_findings.add_counts(relation_checks, r.relation_checks)
-        network_findings.add_counts(network_checks, r.network_checks)
+        _add_counts(relation_checks, r.relation_checks)
+        _add_counts(network_checks, r.network_checks)
         catalogue.merge(r.catalogue)
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
