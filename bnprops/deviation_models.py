@@ -234,9 +234,14 @@ def float16_normaliser_subnormal(ctx: Context) -> list[Prediction]:
 
 def _centred_half(case: Case) -> np.ndarray:
     """half(x - mean): the kernel's ``*in_data - mean`` (half_t minus AccReal rounds to half_t)."""
-    mean = statistics(case)[0].astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
+
+    def compute() -> np.ndarray:
+        mean = statistics(case)[0].astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
+
+    # Every float16 model starts from it: once per case.
+    return case.memo("deviation_models/centred_half", compute)
 
 
 def float16_gradient_product_overflow(ctx: Context) -> list[Prediction]:
@@ -299,12 +304,17 @@ def float16_projection(case: Case) -> tuple[np.ndarray, np.ndarray]:
 def float16_dotp(case: Case) -> np.ndarray:
     """``dotp = sum (x - mean) dy``: exact, but where a float16 product ``half(x - mean) * dy`` overflowed (half_t
     times half_t rounds to half_t), the sum of the rounded products: +-inf, or NaN where both signs did."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        product = _centred_half(case) * case.dy
-        overflow = ~np.isfinite(product).all(axis=case.reduce_axes)
-        centred = case.x.astype(np.float64) - per_channel(case, statistics(case)[0])
-        exact = (centred * case.dy.astype(np.float64)).sum(axis=case.reduce_axes)
-        return np.where(overflow, product.astype(np.float64).sum(axis=case.reduce_axes), exact)
+
+    def compute() -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            product = _centred_half(case) * case.dy
+            overflow = ~np.isfinite(product).all(axis=case.reduce_axes)
+            centred = case.x.astype(np.float64) - per_channel(case, statistics(case)[0])
+            exact = (centred * case.dy.astype(np.float64)).sum(axis=case.reduce_axes)
+            return np.asarray(np.where(overflow, product.astype(np.float64).sum(axis=case.reduce_axes), exact))
+
+    # The float16 kernel and the projection both need it: once per case.
+    return case.memo("deviation_models/float16_dotp", compute)
 
 
 def float16_dx_projection_overflow(ctx: Context) -> list[Prediction]:
@@ -471,9 +481,10 @@ def sym_inference_backward_trains(ctx: Context) -> list[Prediction]:
     model = {**reference(fresh), "dx": sym_inference_dx(fresh)}
     with np.errstate(invalid="ignore", over="ignore"):
         tolerance = bounds(fresh, model, training_backward=True)["dx"]
+        dx = sym_inference_dx(case)
         if case.prior("data") is not None:
-            tolerance = tolerance + unit_roundoff(case.dtype) * np.abs(sym_inference_dx(case))
-    values = {"dx": sym_inference_dx(case)}
+            tolerance = tolerance + unit_roundoff(case.dtype) * np.abs(dx)
+    values = {"dx": dx}
     if case.dtype == "float16" and ctx.kernel == "native":
         # The float16 kernel forms that formula in half_t: where its projection overflows, so does dx.
         overflow, dx16 = float16_projection(case)

@@ -39,24 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.case import GRAD_TARGETS, GRADIENT_OF, PRIOR_FIELDS, Case, Outputs, param_dtype
+from bnprops.case import GRAD_TARGETS, GRADIENT_OF, PRIOR_FIELDS, QUANTITIES, Case, Outputs, param_dtype
 from bnprops.comparator import compare, judging
 from bnprops.judgement import judge
 from bnprops.known_deviations import RETAINED_GRAPH_UPDATES_AGAIN
 from bnprops.runners import IN_PROCESS_BACKEND, kernel_for
 from bnprops.training import SESSIONS, STATE_KEYS, open_session, session_source
 
-TRAIN_QUANTITIES = (
-    "y",
-    "dx",
-    "dgamma",
-    "dbeta",
-    "moving_mean",
-    "moving_var",
-    "gamma",
-    "forward_moving_mean",
-    "forward_moving_var",
-)
+#: What a training step produces: every quantity but the ones only output_mean_var adds.
+TRAIN_QUANTITIES = tuple(q for q in QUANTITIES if q not in ("mean", "invstd"))
 FORWARD_QUANTITIES = ("y", "forward_moving_mean", "forward_moving_var")
 BACKWARD_QUANTITIES = ("dx", "dgamma", "dbeta", "gamma")
 #: Where each gradient quantity lives in the state.
