@@ -26,11 +26,14 @@ from bnprops.oracle import statistics
 #: "relation": an exact metamorphic relation broken (bnprops/relations.py); the quantity says which and where.
 #: "network": BatchNorm inside a producer chain (bnprops/network_findings.py); the quantity says how it failed
 #: ("differs:dx", "oracle:dgamma", "raises:MXNetError", "crashes") and the flags name the chain's steps.
+#: "sequence": a training sequence left the reference model of the state (bnprops/sequence_findings.py); the
+#: quantity names the rule where it did and what broke ("backward_again:moving_mean").
 MISMATCH, ACCURACY, STALE, ERROR, KNOWN = "mismatch", "accuracy", "stale", "error", "known"
 UNRECORDED = "unrecorded"
 RELATION = "relation"
 NETWORK = "network"
-KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, NETWORK, STALE, ERROR, KNOWN)
+SEQUENCE = "sequence"
+KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, NETWORK, SEQUENCE, STALE, ERROR, KNOWN)
 #: What a finding of a known deviation's kind says about it, in reports and reproducers.
 VERDICTS = {KNOWN: "matches the recorded deviation", UNRECORDED: "deviates, but not as recorded"}
 _SIGNATURE_FORMAT = "bnprops.signature/1"
@@ -118,14 +121,12 @@ class Signature:
         return f"{self.kind}-{what}-{self.entry}-{self.backend}-{self.dtype}-{digest}"
 
     def describe(self) -> str:
-        flags = ", ".join(f"{k}={v}" for k, v in self.flags)
+        flags = "".join(f", {k}={v}" for k, v in self.flags)
         dev = f" [{self.deviation}]" if self.deviation else ""
         if self.kind in VERDICTS:
             dev += f" ({VERDICTS[self.kind]})"
-        return (
-            f"{self.kind}{dev}: {self.quantity} via {self.entry}/{self.backend}, {self.dtype}, {flags}, "
-            f"regime {self.regime}"
-        )
+        where = f"{self.entry}/{self.backend}, {self.dtype}{flags}"
+        return f"{self.kind}{dev}: {self.quantity} via {where}, regime {self.regime}"
 
 
 def classify(outcome: Outcome, *, backend: str) -> tuple[Signature, ...]:
@@ -172,6 +173,12 @@ class Entry:
     #: A network finding (kind "network", or "known" for a recorded network deviation): the producer chain as it
     #: ran (bnprops.producers.Chain JSON); the case is then the plain call BatchNorm made inside it.
     network: str | None = None
+    #: A sequence finding (kind "sequence", or "known" for a recorded sequence deviation): the sequence as it ran
+    #: (bnprops.sequences.Sequence JSON); the case is then its first batch on the initial state.
+    sequence: str | None = None
+    #: A sequence finding's standalone replay script, as written when the failure showed (it needs the failing
+    #: rule's expected values, which only a failing run has).
+    replay: str | None = None
 
     def absorb(self, other: Entry) -> None:
         """Fold another entry for the same signature into this one (worker and shard merges)."""
@@ -180,7 +187,8 @@ class Entry:
         self.count += other.count
         if _rank(other) < _rank(self):
             self.case, self.reduction, self.detail = other.case, other.reduction, other.detail
-            self.relation, self.network = other.relation, other.network
+            self.relation, self.network, self.sequence = other.relation, other.network, other.sequence
+            self.replay = other.replay
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -193,6 +201,8 @@ class Entry:
             "case": self.case.to_dict(),
             **({} if self.relation is None else {"relation": {"name": self.relation[0], "choice": self.relation[1]}}),
             **({} if self.network is None else {"chain": json.loads(self.network)}),
+            **({} if self.sequence is None else {"sequence": json.loads(self.sequence)}),
+            **({} if self.replay is None else {"replay": self.replay}),
         }
 
     @classmethod
@@ -205,6 +215,8 @@ class Entry:
             detail=str(data.get("detail", "")),
             relation=(str(data["relation"]["name"]), int(data["relation"]["choice"])) if "relation" in data else None,
             network=json.dumps(data["chain"], sort_keys=True) if "chain" in data else None,
+            sequence=json.dumps(data["sequence"], sort_keys=True) if "sequence" in data else None,
+            replay=str(data["replay"]) if "replay" in data else None,
         )
 
 
@@ -212,10 +224,19 @@ _REDUCTION_RANK = {"shrunk": 0, "replayed": 0, "partly shrunk": 1, "smallest see
 
 
 def _rank(entry: Entry) -> tuple[int, tuple[int, int, int]]:
-    return (
-        _REDUCTION_RANK.get(entry.reduction, 3),
-        case_size(entry.case) if entry.network is None else _chain_size(entry.network),
-    )
+    if entry.sequence is not None:
+        size = _sequence_size(entry.sequence)
+    elif entry.network is not None:
+        size = _chain_size(entry.network)
+    else:
+        size = case_size(entry.case)
+    return (_REDUCTION_RANK.get(entry.reduction, 3), size)
+
+
+def _sequence_size(sequence: str) -> tuple[int, int, int]:
+    """A sequence finding's example is its sequence: the shortest first, then the smallest batch, then JSON length."""
+    data = json.loads(sequence)
+    return (len(data["rules"]), int(np.prod(data["config"]["x_shape"])), len(sequence))
 
 
 def _chain_size(network: str) -> tuple[int, int, int]:

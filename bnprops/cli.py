@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from bnprops.case import DTYPES, QUANTITIES, Case
 from bnprops.selection import parse_choices
@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         "on one example in N whose entry point a chain's API expresses (nd, gluon, gluon-hybrid, sym); 0: none "
         "(default 8)",
     )
+    fuzz.add_argument(
+        "--sequences",
+        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        default=None,
+        metavar="N",
+        help="also run a training sequence (steps, second backwards, grad_req and use_global_stats changes, updates, "
+        "...: bnprops/sequences.py) on one BatchNorm of the example's entry point and backend, on one example in N, "
+        "and check its state after every rule; 0: none (default 8)",
+    )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
 
@@ -265,6 +274,78 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the case JSON of every ratio above 1 on MXNet (default: PATH-findings/ next to --json)",
     )
     tight.set_defaults(subparser=tight)
+
+    explain = sub.add_parser(
+        "explain",
+        help="say why your BatchNorm numbers differ from MXNet's: which semantics, known deviation, or a new one",
+        description="Run the call as you made it through MXNet and the oracle, then search the semantics users mix "
+        "up (fix_gamma's default, gamma as the forward wrote it, eps's defaults, biased variance, training vs "
+        "inference statistics, momentum's convention, output_mean_var's third output, the loss head's scale), "
+        "alone and in combinations of two and three, for the one that reproduces your numbers within the "
+        "digits you gave. Prints, per quantity, whether it agrees and what explains a difference, with the fix.",
+        epilog="example (the forum thread in ../shared/seed/):\n"
+        "  bnprops explain --entry sym --x '[[0.18527887],[-1.23678724]]' --target '[[2.57767984],[-1.55019435]]' \\\n"
+        "      --loss l2 --gamma-read-back --expect dbeta=-1.0274856 --expect dgamma=-2.127873\n\n"
+        "parameters you leave out take MXNet's defaults for the entry point (operator: eps 1e-3, fix_gamma true; "
+        "gluon: epsilon 1e-5, scale true); arrays you leave out are what simple_bind gives (sym: zeros) or gluon's "
+        "initialisers (gamma 1, beta 0, moving_mean 0, moving_var 1).\n\n"
+        "exit status: 0 every number agrees or is explained (semantics or a known deviation), 1 a number is "
+        "unexplained (possibly a new MXNet deviation: a reproducer is written), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument("--case", type=Path, metavar="FILE.json", help="the call as a bnprops case JSON")
+    for name, what in (
+        ("x", "the data, a JSON literal such as '[[0.185],[-1.237]]'"),
+        ("gamma", "gamma as initialised (a number or a JSON list)"),
+        ("beta", "beta"),
+        ("moving-mean", "the moving mean before the call"),
+        ("moving-var", "the moving variance before the call"),
+        ("dy", "the head gradient (or give --target)"),
+        ("target", "the regression target the head gradient came from (with --loss)"),
+    ):
+        explain.add_argument(f"--{name}", metavar="JSON", help=what)
+    explain.add_argument(
+        "--loss",
+        choices=("l2", "l1", "logistic"),
+        default=None,
+        help="the head on the target: l2 LinearRegressionOutput (default), l1 MAERegressionOutput, logistic "
+        "LogisticRegressionOutput",
+    )
+    explain.add_argument("--entry", default="sym", choices=RUNNERS, help="how you called BatchNorm (default sym)")
+    explain.add_argument("--backend", default=None, choices=BACKENDS, help="CPU kernel (default: this process's)")
+    explain.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of x (default float32)")
+    truth = _number(_truth, lambda v: True, "true or false")
+    explain.add_argument("--fix-gamma", type=truth, metavar="BOOL", help="fix_gamma as you passed it (operator)")
+    explain.add_argument("--scale", type=truth, metavar="BOOL", help="gluon's scale (fix_gamma = not scale)")
+    explain.add_argument("--center", type=truth, metavar="BOOL", help="gluon's center")
+    explain.add_argument("--eps", type=_number(float, math.isfinite, "a number"), help="eps (epsilon) as you passed it")
+    explain.add_argument("--momentum", type=_number(float, math.isfinite, "a number"), help="momentum as you passed it")
+    explain.add_argument("--use-global-stats", type=truth, metavar="BOOL", help="use_global_stats as you passed it")
+    explain.add_argument("--axis", type=int, default=None, help="the channel axis as you passed it (default 1)")
+    explain.add_argument("--inference", action="store_true", help="the forward ran in inference mode (is_train=False)")
+    explain.add_argument("--output-mean-var", action="store_true", help="you passed output_mean_var=True")
+    explain.add_argument(
+        "--gamma-read-back",
+        action="store_true",
+        help="your gamma is what you read from the executor after the forward (fix_gamma=True writes 1.0 there)",
+    )
+    explain.add_argument(
+        "--expect",
+        action="append",
+        required=True,
+        metavar="Q=VALUE",
+        help=f"a number you expected, as you printed it (a value or a JSON list); repeat. Q is one of: "
+        f"{', '.join(QUANTITIES)}",
+    )
+    explain.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    explain.add_argument(
+        "--reproducer",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where an unexplained case's reproducer script goes (default ./bnprops-explain/explain-ID.py)",
+    )
+    explain.set_defaults(subparser=explain)
     return parser
 
 
@@ -342,6 +423,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             backends_explicit=args.backend is not None,
             **({} if args.relations is None else {"relation_every": args.relations}),
             **({} if args.networks is None else {"network_every": args.networks}),
+            **({} if args.sequences is None else {"sequence_every": args.sequences}),
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
     except fuzz.UsageError as exc:
@@ -368,6 +450,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _repro_relation(args, parser, case, sig)
     if sig is not None and sig.regime == "in-network":  # network_findings.REGIME: the chain again
         return _repro_network(args, parser, sig)
+    if sig is not None and sig.regime == "sequence":  # sequence_findings.REGIME: the rules again
+        return _repro_sequence(args, parser, sig)
     entry = args.entry or entry or "sym"
     backend = args.backend or backend or "onednn"
     try:
@@ -431,22 +515,37 @@ def _repro_relation(args: argparse.Namespace, parser: argparse.ArgumentParser, c
 
 def _repro_network(args: argparse.Namespace, parser: argparse.ArgumentParser, sig: Signature) -> int:
     """BatchNorm inside a network: build the finding's chain again and say whether its finding still shows."""
+    from bnprops import network_findings
+
+    return _repro_example(args, parser, sig, network_findings, what="chain")
+
+
+def _repro_sequence(args: argparse.Namespace, parser: argparse.ArgumentParser, sig: Signature) -> int:
+    """A training sequence: run its rules again and say whether its finding still shows."""
+    from bnprops import sequence_findings
+
+    return _repro_example(args, parser, sig, sequence_findings, what="sequence")
+
+
+def _repro_example(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, sig: Signature, findings: Any, *, what: str
+) -> int:
+    """Replay a finding whose example is a chain or a sequence (``findings``: its *_findings module)."""
     from bnprops.in_network import close_workers
-    from bnprops.network_findings import applies, load_chain, replay
 
     entry, backend = args.entry or sig.entry, args.backend or sig.backend
     try:
-        chain = load_chain(args.file)
+        example = findings.load_chain(args.file) if what == "chain" else findings.load_sequence(args.file)
     except ValueError as exc:
         _usage(parser, str(exc))
-    if chain is None:
-        _usage(parser, f"{args.file} is a network finding without its chain")
-    if not applies(entry, backend):
-        _usage(parser, f"a chain cannot run through entry point {entry!r} on backend {backend!r}")
+    if example is None:
+        _usage(parser, f"{args.file} is a {what} finding without its {what}")
+    if not findings.applies(entry, backend):
+        _usage(parser, f"a {what} cannot run through entry point {entry!r} on backend {backend!r}")
     print(f"run through entry point {entry!r} on backend {backend!r}")
     print(f"finding: {sig.describe()}\n")
     try:
-        persists = replay(chain, sig, entry=entry, backend=backend)
+        persists = findings.replay(example, sig, entry=entry, backend=backend)
     finally:
         close_workers()
     state = "persists" if persists else "is gone"
@@ -531,13 +630,83 @@ def _tightness(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return EXIT_FOUND if found else EXIT_OK
 
 
+def _truth(text: str) -> bool:
+    """'true'/'false' (any case), also 1/0 and yes/no: how a flag was written in the user's call."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.strip().lower())
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
+def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from bnprops.explain import explain
+    from bnprops.runners import BackendUnavailable
+
+    expected: dict[str, str] = {}
+    for item in args.expect:
+        quantity, sep, value = item.partition("=")
+        if not sep or not value.strip():
+            _usage(parser, f"--expect {item!r}: write QUANTITY=VALUE, e.g. dgamma=-2.127873")
+        if quantity.strip() in expected:
+            _usage(parser, f"--expect gives {quantity.strip()} twice")
+        expected[quantity.strip()] = value.strip()
+    case = None
+    if args.case is not None:
+        try:
+            case = Case.from_json(args.case.read_text())
+        except OSError as exc:
+            _usage(parser, f"--case {args.case}: {exc.strerror or exc}")
+        except (ValueError, KeyError, TypeError) as exc:
+            _usage(parser, f"--case {args.case} is not a bnprops case: {exc}")
+    try:
+        result = explain(
+            expected=expected,
+            entry=args.entry,
+            case=case,
+            x=args.x,
+            gamma=args.gamma,
+            beta=args.beta,
+            moving_mean=args.moving_mean,
+            moving_var=args.moving_var,
+            dy=args.dy,
+            target=args.target,
+            loss=args.loss,
+            dtype=args.dtype,
+            axis=args.axis,
+            eps=args.eps,
+            momentum=args.momentum,
+            fix_gamma=args.fix_gamma,
+            use_global_stats=args.use_global_stats,
+            scale=args.scale,
+            center=args.center,
+            is_train=False if args.inference else None,
+            output_mean_var=True if args.output_mean_var else None,
+            gamma_read_back=args.gamma_read_back,
+            backend=args.backend,
+            reproducer=args.reproducer,
+        )
+    except (ValueError, BackendUnavailable) as exc:
+        _usage(parser, str(exc))
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.format())
+    return EXIT_FOUND if result.unexplained else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    handlers = {"fuzz": _fuzz, "repro": _repro, "merge": _merge, "bench": _bench, "tightness": _tightness}
+    handlers = {
+        "fuzz": _fuzz,
+        "repro": _repro,
+        "merge": _merge,
+        "bench": _bench,
+        "tightness": _tightness,
+        "explain": _explain,
+    }
     result: int = handlers[args.command](args, args.subparser)
     return result
 

@@ -32,6 +32,12 @@ a CPU backend) builds it in that API and judges it in context (bnprops/in_networ
 crash cannot take down). A finding is of kind "network" (or "known", for a recorded network deviation),
 with the chain's steps in its signature; it is hunted, shrunk, stored and replayed with its chain.
 
+Training sequences: every example also draws a sequence of rules on one BatchNorm
+(bnprops/sequence_findings.py); one example in ``Config.sequence_every`` runs it on the target's entry point
+and backend, and the state after every rule is checked against the reference model (bnprops/state_model.py).
+A finding is of kind "sequence" (or "known", for a recorded sequence deviation); hunted, shrunk to the
+shortest sequence, stored and replayed with it.
+
 The Hypothesis example database lives in ``OUT/db``: each new signature's minimal example is kept
 under a key of its own (Signature.key), and ``OUT/db-index.json`` lists those signatures, so the
 next run replays them first and says whether each still fails.
@@ -62,12 +68,13 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
-from bnprops import atomic, in_network, network_findings
+from bnprops import atomic, in_network, network_findings, sequence_findings
 from bnprops.case import DTYPES, QUANTITIES, Case
 from bnprops.catalogue import (
     KNOWN,
     NETWORK,
     RELATION,
+    SEQUENCE,
     STALE,
     Catalogue,
     Entry,
@@ -89,6 +96,8 @@ from bnprops.relation_findings import (
     relation_of,
 )
 from bnprops.runners import BACKENDS, RUNNERS, BackendUnavailable, Runner, kernel_for, runner_for
+from bnprops.sequence_findings import SEQUENCE_EVERY, SequenceCheck, check_sequence, sequence_draws
+from bnprops.sequences import Sequence
 from bnprops.strategies import case_groups
 
 DEFAULT_CHUNK_SIZE = 100
@@ -104,8 +113,9 @@ INDEX_FILE = "db-index.json"
 _INDEX_FORMAT = "bnprops.db-index/1"
 
 Target = tuple[str, str]
-#: What a search draws: the target, a group of same-signature cases, a relation for the first one, and a chain.
-Example = tuple[Target, list[Case], RelationDraw, Chain]
+#: What a search draws: the target, a group of same-signature cases, a relation for the first one, a chain and a
+#: training sequence.
+Example = tuple[Target, list[Case], RelationDraw, Chain, Sequence]
 RunnerFactory = Callable[[str, str], Runner]
 #: Called by a worker with (cases run, new-deviation cases, known-deviation cases, signatures) now and then.
 ProgressFn = Callable[[int, int, int, int], None]
@@ -139,6 +149,11 @@ class Config:
     network_every: int = NETWORK_EVERY
     #: The in-network run (module:function, as bnprops.in_network takes it): tests plant faults here.
     network_runner: str = in_network.DEFAULT_RUNNER
+    #: One example in this many also runs its training sequence (0: none).
+    sequence_every: int = SEQUENCE_EVERY
+    #: The sessions a sequence runs on (module:function making one from (entry, **kwargs); '' for MXNet's own):
+    #: tests plant faults here.
+    sequence_session: str = ""
 
     def __post_init__(self) -> None:
         if self.max_examples is None and self.time_limit is None:
@@ -159,6 +174,8 @@ class Config:
             raise UsageError(f"relation_every must be 0 (no relations) or more, got {self.relation_every}")
         if self.network_every < 0:
             raise UsageError(f"network_every must be 0 (no networks) or more, got {self.network_every}")
+        if self.sequence_every < 0:
+            raise UsageError(f"sequence_every must be 0 (no sequences) or more, got {self.sequence_every}")
         for name, values, allowed in (
             ("entries", self.entries, tuple(RUNNERS)),
             ("backends", self.backends, BACKENDS),
@@ -183,6 +200,7 @@ class Config:
             "chunk_size": self.chunk_size,
             "relation_every": self.relation_every,
             "network_every": self.network_every,
+            "sequence_every": self.sequence_every,
             "out": str(self.out),
         }
 
@@ -328,6 +346,8 @@ class WorkerResult:
     #: "entry/backend" -> {"checks"|network_findings.RESULTS: count, "ms": milliseconds} over the chains run while
     #: exploring.
     networks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: "entry/backend" -> {"checks"|sequence_findings.RESULTS: count, "ms": milliseconds} over the sequences run.
+    sequences: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
 
 class _Stop(BaseException):
@@ -444,7 +464,13 @@ class _Worker:
         # (bnprops.batching): most of a case's cost is per call, not per channel.  One example in
         # LARGE_SHARE is a single case the size of a real layer (10^3 to 10^6 elements per channel).
         groups = case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all")
-        self.strategy = st.tuples(st.sampled_from(targets), groups, relation_draws(), network_draws(config.dtypes))
+        self.strategy = st.tuples(
+            st.sampled_from(targets),
+            groups,
+            relation_draws(),
+            network_draws(config.dtypes),
+            sequence_draws(config.dtypes),
+        )
         self.db = DirectoryBasedExampleDatabase(config.out / "db")
         self.deadline = deadline
         self.stop_requested = stop_requested
@@ -460,6 +486,8 @@ class _Worker:
         self.best_draw: RelationDraw | None = None
         #: The chain drawn with best, for a network signature.
         self.best_chain: Chain | None = None
+        #: The sequence drawn with best, for a sequence signature.
+        self.best_sequence: Sequence | None = None
         self.sampler = _Sampler(PLOT_SAMPLE, chunk_seed(config.seed, -1 - worker))
         self.failed = self.known = 0
         self.last_progress = 0.0
@@ -550,7 +578,7 @@ class _Worker:
         if self.budget_spent():
             self.result.stop_reason = "budget"
             raise _Stop
-        target, group, draw, chain = value
+        target, group, draw, chain, sequence = value
         if self.budget is not None:
             group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
         fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.fingerprint() for c in group)).digest()
@@ -577,6 +605,13 @@ class _Worker:
             fresh = [s for s in network.signatures if s.is_new and s not in self.catalogue]
             if fresh and self.hunting is None:
                 self.hunting, fresh_case, self.best_chain = fresh[0], group[0], chain
+        if sequence_findings.due(group[0], every=self.config.sequence_every) and sequence_findings.applies(*target):
+            started = time.perf_counter()
+            ran = self.check_sequence(target, sequence)
+            self.record_sequence(ran, group[0], ms=round(1000 * (time.perf_counter() - started)))
+            fresh = [s for s in ran.signatures if s.is_new and s not in self.catalogue]
+            if fresh and self.hunting is None:
+                self.hunting, fresh_case, self.best_sequence = fresh[0], group[0], sequence
         if fresh_case is not None:
             self.best = fresh_case
             return True
@@ -615,6 +650,28 @@ class _Worker:
             else:
                 self.pending.setdefault(sig, dataclasses.replace(seen, count=0)).absorb(seen)
 
+    def check_sequence(self, target: Target, sequence: Sequence) -> SequenceCheck:
+        entry, backend = target
+        return check_sequence(sequence, entry=entry, backend=backend, session=self.config.sequence_session or None)
+
+    def record_sequence(self, checked: SequenceCheck, case: Case, *, ms: int = 0) -> None:
+        cell = self.result.sequences.setdefault(f"{checked.sequence.config.entry}/{checked.backend}", {})
+        for result in ("checks", checked.result):
+            cell[result] = cell.get(result, 0) + 1
+        cell["ms"] = cell.get("ms", 0) + ms
+        for sig in checked.signatures:
+            seen = self.sequence_entry(sig, checked, 1, "smallest seen")
+            if sig.kind == KNOWN or sig in self.catalogue:
+                self.catalogue.add(seen)
+            else:
+                self.pending.setdefault(sig, dataclasses.replace(seen, count=0)).absorb(seen)
+
+    def sequence_entry(self, sig: Signature, checked: SequenceCheck, count: int, reduction: str) -> Entry:
+        case = sequence_findings.entry_case(checked.sequence)
+        replay = checked.run.script if sig.kind == SEQUENCE and checked.run.script else None
+        detail = checked.detail(sig)
+        return Entry(sig, count, case, reduction, detail, sequence=checked.sequence.to_json(), replay=replay)
+
     def budget_spent(self) -> bool:
         return self.budget is not None and self.result.cases >= self.budget
 
@@ -626,7 +683,15 @@ class _Worker:
             self.result.stop_reason = "time"
             raise _Stop
         self.result.shrink_calls += 1
-        target, group, draw, chain = value
+        target, group, draw, chain, sequence = value
+        if self.hunting is not None and self.hunting.kind == SEQUENCE:
+            # The drawn sequence runs whether due or not; nothing else runs.
+            if not sequence_findings.applies(*target):
+                return False
+            if self.hunting in self.check_sequence(target, sequence).signatures:
+                self.best, self.best_sequence = group[0], sequence
+                return True
+            return False
         if self.hunting is not None and self.hunting.kind == NETWORK:
             # The drawn chain runs whether due or not (so any network_every replays it); nothing else runs.
             if not applies(*target):
@@ -678,6 +743,10 @@ class _Worker:
         count = pending.count if pending else 0
         if sig.kind == NETWORK and self.best_chain is not None:
             self.catalogue.add(self.network_entry(sig, self.best_chain, count, reduction))
+            return
+        if sig.kind == SEQUENCE and self.best_sequence is not None:
+            checked = self.check_sequence((sig.entry, sig.backend), self.best_sequence)
+            self.catalogue.add(self.sequence_entry(sig, checked, count, reduction))
             return
         if sig.kind == RELATION and self.best_draw is not None:
             detail = self.describe_relation(sig, case, self.best_draw)
@@ -774,8 +843,8 @@ class _Worker:
             self.result.error = traceback.format_exc()
             self.hunting = None
         for entry in self.pending.values():
-            if entry.network is not None:
-                pass  # its detail is the check's own: run again, the chain shows the same
+            if entry.network is not None or entry.sequence is not None:
+                pass  # its detail is the check's own: run again, the chain or sequence shows the same
             elif entry.relation is not None:
                 entry.detail = self.describe_relation(entry.signature, entry.case, RelationDraw(*entry.relation))
             else:

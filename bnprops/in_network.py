@@ -164,10 +164,15 @@ class NetworkWorker:
         return self._stderr.read().decode(errors="replace")[-limit:]
 
     def run(self, chain: Chain, runner: str = DEFAULT_RUNNER) -> Outputs:
+        outputs: Outputs = self.call(chain.to_dict(), runner)
+        return outputs
+
+    def call(self, spec: dict[str, Any], runner: str) -> Any:
+        """``runner(spec)`` (module:function) in the worker process: what it returns, or ChainRaised / ChainCrashed."""
         proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start()
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            write_message(proc.stdin, (chain.to_dict(), runner))
+            write_message(proc.stdin, (spec, runner))
             status, payload = read_message(proc.stdout.fileno(), time.monotonic() + self.call_timeout)
         except (EOFError, BrokenPipeError, TimeoutError) as exc:
             hung = isinstance(exc, TimeoutError)
@@ -179,7 +184,7 @@ class NetworkWorker:
             why = f"hung for {self.call_timeout:.0f} s" if hung else f"died (exit status {code})"
             raise ChainCrashed(f"the {self.backend} process {why}; its stderr ends:\n{tail}") from exc
         if status == "ok":
-            return payload  # type: ignore[no-any-return]
+            return payload
         raise ChainRaised(str(payload))
 
     def close(self) -> None:

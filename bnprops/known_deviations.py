@@ -451,6 +451,8 @@ class SequenceDeviation:
     evidence: str
     #: The shortest sequence of rules that shows it (bnprops/state_model.py prints it as a replay script).
     sequence: tuple[str, ...]
+    #: What departs from the contract (a fuzz signature's quantity names it).
+    affects: str = "moving statistics"
     upstream: str = "none found"
 
 
@@ -470,4 +472,70 @@ RETAINED_GRAPH_UPDATES_AGAIN = SequenceDeviation(
     sequence=("train_step", "backward_again"),
 )
 
-SEQUENCE_DEVIATIONS = (RETAINED_GRAPH_UPDATES_AGAIN,)
+FROZEN_LAYER_KEEPS_MOVING_STATS = SequenceDeviation(
+    id="frozen-layer-keeps-moving-statistics",
+    summary="A frozen BatchNorm (no gradient for data, gamma or beta) never updates its moving statistics in training",
+    conditions="a training step (batch statistics, use_global_stats=False) of a layer whose data, gamma and beta all "
+    "have grad_req 'null' (a first layer with frozen parameters; gluon BatchNorm(scale=False, center=False) on "
+    "data that needs no gradient), under a learnable layer that makes the backward run; every entry point, both "
+    "CPU kernels, every dtype",
+    model="moving_mean and moving_var keep every bit of their values before the step (MXNet updates them in "
+    "BatchNorm's backward, which autograd and the executor skip when no input of BatchNorm needs a gradient); "
+    "y and the gradients of the layers around it are as the single-call oracle says",
+    evidence="x float32 [[1, 2], [3, -1], [0.5, 0.25]], moving (0, 1), momentum 0.9, fix_gamma=False, every "
+    "BatchNorm input 'null', the output multiplied by a learnable w = 1 and w's gradient taken: moving_mean stays "
+    "[0, 0] and moving_var [1, 1] on nd, gluon and sym, oneDNN and native, float32 and float64 (the contract, "
+    "one update per training step, gives [0.15, 0.0417] and [1.08, 0.946]); without the learnable layer nd and "
+    "gluon raise 'There are no inputs in computation graph that require gradient' and the sym executor's "
+    "backward does nothing. PyTorch updates running statistics in the forward, whatever requires_grad says, so "
+    "a frozen layer there tracks its statistics. Found by the state machines of tests/test_training.py (issue 10).",
+    sequence=("train_step",),  # on a layer frozen from the start (or after set_grad_req to 'null' three times)
+    upstream="apache/mxnet#18673 (closed, label Bug: a BatchNorm-like layer with scale=False and center=False does "
+    "not update its running statistics); 1.9.1 still shows it",
+)
+
+FROZEN_SYM_KEEPS_GAMMA = SequenceDeviation(
+    id="frozen-sym-executor-keeps-gamma",
+    summary="A sym executor with no gradient for BatchNorm's inputs does not write 1.0 into gamma under fix_gamma",
+    conditions="mx.sym executor; fix_gamma=True; grad_req 'null' for data, gamma and beta (a frozen layer, or any "
+    "executor bound with grad_req='null', as inference executors are); any forward (training or inference); both "
+    "CPU kernels. nd, npx and gluon write the 1.0 in the same situation",
+    model="gamma keeps every bit of its value (the forward does not write 1.0 into it); y, the moving statistics "
+    "and the gradients around the layer are as the single-call oracle says (they use gamma = 1)",
+    evidence="x float32 [[1], [3]], gamma 0.5, fix_gamma=True: bound with grad_req 'null' for data, gamma and beta "
+    "(with or without a learnable layer after it), forward(is_train=True or False) leaves gamma 0.5 and gives "
+    "y = [-0.9995, 0.9995] (training), the gamma = 1 result; bound with any one of them 'write', the same forward "
+    "writes 1.0 into gamma (the spec's 'the forward also writes 1.0 into the gamma array'), as mx.nd.BatchNorm "
+    "does with or without autograd.record. Found by the state machines of tests/test_training.py (issue 10): "
+    "shortest sequence inference_step on a frozen sym layer.",
+    sequence=("inference_step",),
+    affects="gamma",
+)
+
+THREADED_ENGINE_STALE_MOVING_STATS = SequenceDeviation(
+    id="threaded-engine-stale-moving-statistics",
+    summary="Under MXNet's threaded engine, the moving statistics read right after a sym executor's backward can "
+    "still hold their values from before the update",
+    conditions="MXNET_ENGINE_TYPE a threaded engine (MXNet's default, ThreadedEnginePerDevice; bnprops runs "
+    "NaiveEngine unless the user sets another, so its checks cannot see this); mx.sym executor; a training step "
+    "(batch statistics); the moving statistics read (asnumpy) right after Executor.backward(); both CPU kernels. "
+    "nd and gluon under autograd did not show it in the same probe",
+    model="each read of the moving statistics returns either their values before the step (bit for bit) or the "
+    "single-call oracle's update; after mx.nd.waitall() always the update. BatchNorm's backward writes the "
+    "auxiliary states, but the engine does not count it as a write to those arrays, so asnumpy() does not "
+    "wait for it",
+    evidence="300 sym training steps (random shapes (1-5, 1-4, 3), momentum 0.9, moving (0, 1)), moving_mean read "
+    "right after backward: 6 to 41 of 300 read [0, ...] (not updated) on oneDNN, 7 of 300 on the native kernel; "
+    "with mx.nd.waitall() before the read, 0 of 300; under NaiveEngine 0 of 300. Probe: tests/test_training.py "
+    "(test_the_threaded_engine_can_show_moving_statistics_before_their_update).",
+    sequence=("train_step",),
+    upstream="apache/mxnet#18610 (BatchNorm running variables not properly synchronized on CPU; closed as fixed "
+    "for gluon); 1.9.1's sym executor still shows it",
+)
+
+SEQUENCE_DEVIATIONS = (
+    RETAINED_GRAPH_UPDATES_AGAIN,
+    FROZEN_LAYER_KEEPS_MOVING_STATS,
+    FROZEN_SYM_KEEPS_GAMMA,
+    THREADED_ENGINE_STALE_MOVING_STATS,
+)

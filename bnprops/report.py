@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bnprops import atomic, network_findings, relation_findings, relation_reproducer
+from bnprops import atomic, network_findings, relation_findings, relation_reproducer, sequence_findings
 from bnprops.case import DTYPES, QUANTITIES
 from bnprops.catalogue import KNOWN, RELATION, VERDICTS, Catalogue, Entry
 from bnprops.fuzz import Config, Points, WorkerResult
@@ -58,6 +58,8 @@ class Report:
     relation_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: Producer chains run while exploring: "entry/backend" -> {"checks"|network_findings.RESULTS: count}.
     network_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: Training sequences run while exploring: "entry/backend" -> {"checks"|sequence_findings.RESULTS: count}.
+    sequence_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def cases_per_s(self) -> float:
@@ -93,6 +95,10 @@ class Report:
             f"{sum(c.get('known', 0) for c in self.network_checks.values())} with a known deviation, "
             f"{sum(c.get('checks', 0) - c.get('passed', 0) - c.get('known', 0) for c in self.network_checks.values())}"
             " with a new finding or more",
+            f"training sequences: {sum(c.get('checks', 0) for c in self.sequence_checks.values())} run, "
+            f"{sum(c.get('known', 0) for c in self.sequence_checks.values())} with a known deviation, "
+            f"{sum(c.get('checks', 0) - c.get('passed', 0) - c.get('known', 0) for c in self.sequence_checks.values())}"
+            " with a new finding",
         ]
         for title, entries in (("NEW", self.new), ("known", self.known)):
             for e in entries:
@@ -119,6 +125,7 @@ class Report:
             "repeats_skipped": self.repeats,
             "relation_checks": self.relation_checks,
             "network_checks": self.network_checks,
+            "sequence_checks": self.sequence_checks,
             "stop_reason": self.stop_reason,
             "totals": self.totals(),
             "counts": [
@@ -160,6 +167,7 @@ class Report:
             repeats=int(data.get("repeats_skipped", 0)),
             relation_checks=data.get("relation_checks", {}),
             network_checks=data.get("network_checks", {}),
+            sequence_checks=data.get("sequence_checks", {}),
         )
 
 
@@ -170,7 +178,9 @@ LARGE_EXAMPLE = 100_000
 
 
 def _has_files(e: Entry) -> bool:
-    return e.network is not None or not (e.signature.kind == KNOWN and e.case.x.size > LARGE_EXAMPLE)
+    if e.network is not None or e.sequence is not None:
+        return True
+    return not (e.signature.kind == KNOWN and e.case.x.size > LARGE_EXAMPLE)
 
 
 def _repro(e: Entry) -> str:
@@ -194,9 +204,11 @@ def from_workers(
     notes: list[str] = []
     relation_checks: dict[str, dict[str, int]] = {}
     network_checks: dict[str, dict[str, int]] = {}
+    sequence_checks: dict[str, dict[str, int]] = {}
     for r in results:
         _add_counts(relation_checks, r.relations)
         _add_counts(network_checks, r.networks)
+        _add_counts(sequence_checks, r.sequences)
         catalogue.merge(Catalogue(r.entries))
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -222,6 +234,7 @@ def from_workers(
         repeats=sum(r.repeats for r in results),
         relation_checks=relation_checks,
         network_checks=network_checks,
+        sequence_checks=sequence_checks,
     )
 
 
@@ -231,6 +244,16 @@ def _add_counts(into: dict[Any, dict[str, int]], more: dict[Any, dict[str, int]]
         target = into.setdefault(tuple(key) if isinstance(key, list | tuple) else key, {})
         for result, n in cell.items():
             target[result] = target.get(result, 0) + n
+
+
+def _example_line(e: Entry) -> str:
+    """The report's line on a finding's example: a case, a chain, or a sequence (the shortest first)."""
+    if e.network is not None:
+        return f"- {e.count} chain(s) in this run; chain {e.reduction}: `{network_findings.chain_of(e).describe()}`"
+    if e.sequence is not None:
+        described = sequence_findings.sequence_of(e).describe()
+        return f"- {e.count} sequence(s) in this run; sequence {e.reduction}: `{described}`"
+    return f"- {e.count} case(s) in this run; example {e.reduction}: `{e.case.describe()}`"
 
 
 def _add_worst(into: dict[tuple[str, str], dict[str, Any]], rows: Iterable[dict[str, Any]]) -> None:
@@ -247,6 +270,8 @@ def _finding_files(e: Entry) -> tuple[str, str]:
         return relation_findings.finding_json(e, finding_json(e)), relation_reproducer.script(e)
     if e.network is not None:  # a network finding or a recorded network deviation: the chain's own script
         return network_findings.finding_json(e, finding_json(e)), network_findings.script(e)
+    if e.sequence is not None:  # a training sequence: its replay script
+        return sequence_findings.finding_json(e, finding_json(e)), sequence_findings.script(e)
     return finding_json(e), script(e)
 
 
@@ -331,9 +356,11 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
     seen_shards: dict[str, str] = {}
     relation_checks: dict[str, dict[str, int]] = {}
     network_checks: dict[str, dict[str, int]] = {}
+    sequence_checks: dict[str, dict[str, int]] = {}
     for src, r in zip(sources, reports, strict=True):
         _add_counts(relation_checks, r.relation_checks)
         _add_counts(network_checks, r.network_checks)
+        _add_counts(sequence_checks, r.sequence_checks)
         catalogue.merge(r.catalogue)
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -364,6 +391,7 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         repeats=sum(r.repeats for r in reports),
         relation_checks=relation_checks,
         network_checks=network_checks,
+        sequence_checks=sequence_checks,
     )
 
 
@@ -405,7 +433,9 @@ def markdown(report: Report) -> str:
             report.new,
             "Not explained by bnprops/known_deviations.py: these need a person. An `unrecorded` finding lies in a "
             "known deviation's region but matches neither the oracle nor the deviation's model: it deviates, "
-            "but not as recorded. A `network` finding is BatchNorm inside a producer chain (its example is the chain).",
+            "but not as recorded. A `network` finding is BatchNorm inside a producer chain (its example is the chain); "
+            "a `sequence` finding is the state of one BatchNorm after a sequence of training rules (its example is the "
+            "shortest sequence found).",
         ),
         (
             "Known deviations",
@@ -428,10 +458,7 @@ def markdown(report: Report) -> str:
                 + (f": {VERDICTS[s.kind]}" if s.kind in VERDICTS else ""),
                 f"- entry point `{s.entry}`, backend `{s.backend}`, dtype `{s.dtype}`, {flags}, value regime "
                 f"`{s.regime}`",
-                f"- {e.count} case(s) in this run; example {e.reduction}: `{e.case.describe()}`"
-                if e.network is None
-                else f"- {e.count} chain(s) in this run; chain {e.reduction}: "
-                f"`{network_findings.chain_of(e).describe()}`",
+                _example_line(e),
                 f"- case: [{FINDINGS}/{s.ident}.json]({FINDINGS}/{s.ident}.json) "
                 f"(`bnprops repro {FINDINGS}/{s.ident}.json`); reproducer: [{_repro(e)}]({_repro(e)}) "
                 f"(`python {_repro(e)}`)"
@@ -450,6 +477,7 @@ def markdown(report: Report) -> str:
         lines += [f"- {s['entry']}/{s['backend']}: {s['reason']}" for s in report.skipped]
     lines += ["", *relation_findings.summary_lines(report.relation_checks)]
     lines += ["", *network_findings.summary_lines(report.network_checks)]
+    lines += ["", *sequence_findings.summary_lines(report.sequence_checks)]
     lines += [
         "",
         "## Worst errors",

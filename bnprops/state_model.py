@@ -42,7 +42,11 @@ import numpy as np
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, PRIOR_FIELDS, QUANTITIES, Case, Outputs, param_dtype
 from bnprops.comparator import compare, judging
 from bnprops.judgement import judge
-from bnprops.known_deviations import RETAINED_GRAPH_UPDATES_AGAIN
+from bnprops.known_deviations import (
+    FROZEN_LAYER_KEEPS_MOVING_STATS,
+    FROZEN_SYM_KEEPS_GAMMA,
+    RETAINED_GRAPH_UPDATES_AGAIN,
+)
 from bnprops.runners import IN_PROCESS_BACKEND, kernel_for
 from bnprops.training import SESSIONS, STATE_KEYS, open_session, session_source
 
@@ -99,7 +103,14 @@ class Config:
 
 
 class SequenceFailure(AssertionError):
-    """The state after a rule is not what the model says; the message ends with a standalone replay script."""
+    """The state after a rule is not what the model says; the message ends with a standalone replay script.
+
+    ``rules`` names the sequence that ran (the failing rule last), ``quantity`` what broke there.
+    """
+
+    def __init__(self, message: str, *, rules: tuple[str, ...] = (), quantity: str = "", script: str = "") -> None:
+        super().__init__(message)
+        self.rules, self.quantity, self.script = rules, quantity, script
 
 
 @dataclasses.dataclass
@@ -164,6 +175,11 @@ class Tracker:
     def requests(self) -> tuple[str, str, str]:
         return (self.req["data"], self.req["gamma"], self.req["beta"])
 
+    @property
+    def frozen(self) -> bool:
+        """No gradient requested of the layer (the session differentiates a learnable layer after it)."""
+        return all(r == "null" for r in self.req.values())
+
     # The case that one call is, from the state before it.
     def case(self, x: np.ndarray, dy: np.ndarray, *, is_train: bool, gradients: bool) -> Case:
         s = self.state
@@ -199,7 +215,10 @@ class Tracker:
         raise SequenceFailure(
             f"MXNet ({self.entry}, {self.backend}) after rule {len(self.steps)} of the sequence [{names}]: {what}\n"
             f"{detail}\nsignature: {signature(self.steps, what)}\nReplay with (mxnet and numpy only):\n"
-            + "\n".join("    " + line for line in script.splitlines())
+            + "\n".join("    " + line for line in script.splitlines()),
+            rules=tuple(s.method for s in self.steps),
+            quantity=what,
+            script=script,
         )
 
     def _judge(self, case: Case, outputs: Outputs, checked: tuple[str, ...]) -> None:
@@ -247,16 +266,58 @@ class Tracker:
     def train_step(self, x: np.ndarray, dy: np.ndarray) -> None:
         self._record("train_step", x=x, dy=dy)
         self.state = self._buffers_after(x.shape)
-        case = self.case(x, dy, is_train=True, gradients=True)
+        case = self._call_case(x, dy, is_train=True)
         result = self.session.train_step(x, dy)
         self.shape = tuple(x.shape)
         after = self.session.state()
-        outputs = self._outputs(case, result, after)
-        self._judge(case, outputs, TRAIN_QUANTITIES)
+        self._judge(case, self._outputs(case, result, after), self._frozen_departures(case, after))
         self._nulls_kept(case, after)
         self._unchanged(after, ("beta",), "left alone (an input)")
         self.graph = {"x": np.asarray(x), "gamma": self.state["gamma"], "beta": self.state["beta"]}  # type: ignore[dict-item]
         self.state = after
+
+    def inference_step(self, x: np.ndarray, dy: np.ndarray) -> None:
+        """A forward in inference mode, then a backward: one call with is_train=False (the single-call oracle's)."""
+        self._record("inference_step", x=x, dy=dy)
+        self.state = self._buffers_after(x.shape)
+        case = self._call_case(x, dy, is_train=False)
+        result = self.session.inference_step(x, dy)
+        self.shape = tuple(x.shape)
+        after = self.session.state()
+        self._judge(case, self._outputs(case, result, after), self._frozen_departures(case, after))
+        self._nulls_kept(case, after)
+        self._unchanged(after, ("beta",), "left alone (an input)")
+        self.graph = None
+        self.state = after
+
+    def _call_case(self, x: np.ndarray, dy: np.ndarray, *, is_train: bool) -> Case:
+        """A step as one call; a frozen layer's has no gradients (a Case cannot ask for none), its buffers stay."""
+        return self.case(x, dy, is_train=is_train, gradients=not self.frozen)
+
+    def _frozen_departures(
+        self, case: Case, after: State, quantities: tuple[str, ...] = TRAIN_QUANTITIES
+    ) -> tuple[str, ...]:
+        """What a step is judged on: a frozen layer's departures that a recorded deviation's model explains are not.
+
+        Each model keeps every bit of the state before the step (FROZEN_LAYER_KEEPS_MOVING_STATS: the moving
+        statistics in training; FROZEN_SYM_KEEPS_GAMMA: gamma under fix_gamma); a value that moved is judged.
+        """
+        checked = tuple(q for q in quantities if q in self._computed())
+        if not self.frozen:
+            return checked
+        kept = {k for k in ("moving_mean", "moving_var", "gamma") if k in checked and _same(after[k], self.state[k])}
+        if case.uses_batch_stats and {"moving_mean", "moving_var"} <= kept:
+            checked = tuple(q for q in checked if q not in ("moving_mean", "moving_var"))
+            self.known.append((len(self.steps), FROZEN_LAYER_KEEPS_MOVING_STATS.id))
+        gamma = self.state["gamma"]
+        if self.config.fix_gamma and "gamma" in kept and gamma is not None and not np.all(gamma == 1):
+            checked = tuple(q for q in checked if q != "gamma")
+            self.known.append((len(self.steps), FROZEN_SYM_KEEPS_GAMMA.id))
+        return checked
+
+    def _computed(self) -> tuple[str, ...]:
+        """What a step computes: a frozen layer's backward gives no gradient of its own."""
+        return tuple(q for q in TRAIN_QUANTITIES if not (self.frozen and q in BUFFER_OF))
 
     def forward(self, x: np.ndarray, train: bool) -> None:
         self._record("forward", x=x, train=train)
@@ -278,12 +339,12 @@ class Tracker:
         self._record("backward_again", dy=dy)
         graph = self.graph
         case = dataclasses.replace(
-            self.case(graph["x"], dy, is_train=True, gradients=True), gamma=graph["gamma"], beta=graph["beta"]
+            self._call_case(graph["x"], dy, is_train=True), gamma=graph["gamma"], beta=graph["beta"]
         )
         self.session.backward_again(dy)
         after = self.session.state()
         outputs = self._outputs(case, {}, after)
-        self._judge(case, outputs, BACKWARD_QUANTITIES)
+        self._judge(case, outputs, self._frozen_departures(case, after, BACKWARD_QUANTITIES))
         self._nulls_kept(case, after)
         if not case.uses_batch_stats or not retained_graph_updates_again(self.entry, kernel_for(case, self.backend)):
             self._unchanged(after, ("moving_mean", "moving_var"), "left alone by a second backward of one forward")
@@ -368,12 +429,12 @@ class Tracker:
             outputs[q] = after[q]  # type: ignore[assignment]
         for target in GRAD_TARGETS:
             buffer = after["grad:" + target]
-            if case.request(target) != "null" and buffer is not None:
+            if self.req[target] != "null" and case.request(target) != "null" and buffer is not None:
                 outputs[GRADIENT_OF[target]] = buffer
         return outputs
 
     def _nulls_kept(self, case: Case, after: State) -> None:
-        keys = tuple("grad:" + t for t in GRAD_TARGETS if case.request(t) == "null")
+        keys = tuple("grad:" + t for t in GRAD_TARGETS if self.req[t] == "null" or case.request(t) == "null")
         self._unchanged(after, keys, "left alone (requested with 'null')")
 
 

@@ -3,9 +3,15 @@
 
 Each session holds the MXNet objects of one BatchNorm (an executor, autograd arrays, or a gluon layer)
 and performs one rule per method call: a training step, a forward alone, a second backward on the same
-recorded graph, a change of grad_req or use_global_stats, an optimiser-like update, zeroing the
-gradients, (re-)hybridizing.  ``state()`` reads back everything the BatchNorm carries across calls:
-gamma, beta, the moving statistics and each gradient buffer.
+recorded graph, a forward in inference mode followed by a backward, a change of grad_req or
+use_global_stats, an optimiser-like update, zeroing the gradients, (re-)hybridizing.
+
+A frozen layer (no gradient requested for data, gamma or beta) has no backward of its own: it trains
+only inside a network whose later layers learn, so its sessions multiply the output by a learnable
+scalar w = 1 (exact: y * 1 = y) and differentiate that, as such a network would.
+
+``state()`` reads back everything the BatchNorm carries across calls: gamma, beta, the moving
+statistics and each gradient buffer.
 
 The session classes use ``mx`` and ``np`` only, so that a failing sequence's replay script
 (bnprops/state_model.py, ``replay_script``) embeds their source as it is and runs alone.
@@ -26,6 +32,11 @@ from bnprops import runners  # noqa: F401  (sets MXNet's environment defaults be
 StepResult = dict[str, np.ndarray]
 #: The state keys: the parameter arrays, then each gradient buffer (None where there is none).
 STATE_KEYS = ("gamma", "beta", "moving_mean", "moving_var", "grad:data", "grad:gamma", "grad:beta")
+
+
+def frozen(req):
+    """No gradient requested of the layer: it only trains under a learnable layer after it."""
+    return all(req[t] == "null" for t in ("data", "gamma", "beta"))
 
 
 class SymSession:
@@ -57,13 +68,13 @@ class SymSession:
             self.shape = shape
         names = {"data": "data", "gamma": "bn_gamma", "beta": "bn_beta"}
         sym = mx.sym.BatchNorm(mx.sym.Variable("data"), name="bn", **self.params)
-        self.exe = sym.bind(
-            mx.cpu(),
-            args=self.args,
-            args_grad=self.grads,
-            grad_req={names[t]: r for t, r in self.req.items()},
-            aux_states=self.aux,
-        )
+        args, grads = dict(self.args), dict(self.grads)
+        req = {names[t]: r for t, r in self.req.items()}
+        if frozen(self.req):  # the learnable layer after a frozen one: y * w, w = 1
+            sym = mx.sym.broadcast_mul(sym, mx.sym.Variable("w"))
+            args["w"] = mx.nd.ones((1,) * len(shape), dtype=self.dtype)
+            grads["w"], req["w"] = mx.nd.zeros((1,) * len(shape), dtype=self.dtype), "write"
+        self.exe = sym.bind(mx.cpu(), args=args, args_grad=grads, grad_req=req, aux_states=self.aux)
 
     def _forward(self, x, train):
         if tuple(x.shape) != self.shape:
@@ -87,6 +98,11 @@ class SymSession:
     def backward_again(self, dy):
         self.exe.backward(mx.nd.array(dy, dtype=self.dtype))
         return {}
+
+    def inference_step(self, x, dy):
+        result = self._forward(x, False)
+        self.exe.backward(mx.nd.array(dy, dtype=self.dtype))
+        return result
 
     def set_grad_req(self, target, req):
         self.req[target] = req
@@ -165,31 +181,38 @@ class AutogradSession:
         return mx.nd.BatchNorm(a["data"], a["gamma"], a["beta"], *self.moving, **self.params)
 
     def _forward(self, x, train, record):
+        """BatchNorm's output, what backward starts from (y, or y * w after a frozen layer) and the statistics."""
         if tuple(x.shape) != self.shape:
             self._reshape(tuple(x.shape))
         self.arrays["data"][:] = x
+        out = None
         if record:
             with mx.autograd.record(train_mode=train):
-                y = self._call()
+                y = out = self._call()
+                if frozen(self.req):  # the learnable layer after a frozen one: y * w, w = 1
+                    mod = mx.np if self.numpy else mx.nd
+                    w, w_grad = mod.ones((1,) * y.ndim, dtype=self.dtype), mod.zeros((1,) * y.ndim, dtype=self.dtype)
+                    mx.autograd.mark_variables([w], [w_grad])
+                    out = y * w
         else:
             y = self._call()  # inference, outside autograd.record
         result = {"forward_moving_mean": self.moving[0].asnumpy(), "forward_moving_var": self.moving[1].asnumpy()}
-        return y, result
+        return y, out, result
 
     def _head(self, dy):
         return (mx.np if self.numpy else mx.nd).array(dy, dtype=self.dtype)
 
     def train_step(self, x, dy):
         with self._semantics():
-            y, result = self._forward(x, True, True)
-            y.backward(self._head(dy), retain_graph=True)
-            self.last = y
+            y, out, result = self._forward(x, True, True)
+            out.backward(self._head(dy), retain_graph=True)
+            self.last = out
             result["y"] = y.asnumpy()
         return result
 
     def forward(self, x, train):
         with self._semantics():
-            y, result = self._forward(x, train, train)
+            y, _, result = self._forward(x, train, train)
             self.last = None
             result["y"] = y.asnumpy()
         return result
@@ -198,6 +221,15 @@ class AutogradSession:
         with self._semantics():
             self.last.backward(self._head(dy), retain_graph=True)
         return {}
+
+    def inference_step(self, x, dy):
+        """Recorded in inference mode (train_mode=False), then backward in it: the moving statistics."""
+        with self._semantics():
+            y, out, result = self._forward(x, False, True)
+            mx.autograd.backward([out], [self._head(dy)], train_mode=False)
+            self.last = None
+            result["y"] = y.asnumpy()
+        return result
 
     def set_grad_req(self, target, req):
         self.req[target] = req
@@ -291,15 +323,32 @@ class GluonSession:
             "forward_moving_var": self.layer.running_var.data().asnumpy(),
         }
 
-    def train_step(self, x, dy):
+    def _recorded(self, x, train):
+        """The layer under autograd.record: its output, and what backward starts from (y * w after a frozen layer)."""
         if tuple(x.shape) != self.shape:
             self._reshape(tuple(x.shape))
         self.data[:] = x
-        with mx.autograd.record(train_mode=True):
-            y = self.layer(self.data)
+        with mx.autograd.record(train_mode=train):
+            y = out = self.layer(self.data)
+            if frozen(self.req):  # the learnable layer after a frozen one: y * w, w = 1
+                w, w_grad = mx.nd.ones((1,) * y.ndim, dtype=self.dtype), mx.nd.zeros((1,) * y.ndim, dtype=self.dtype)
+                mx.autograd.mark_variables([w], [w_grad])
+                out = y * w
+        return y, out
+
+    def train_step(self, x, dy):
+        y, out = self._recorded(x, True)
         result = self._moving()
-        y.backward(mx.nd.array(dy, dtype=self.dtype), retain_graph=True)
-        self.last = y
+        out.backward(mx.nd.array(dy, dtype=self.dtype), retain_graph=True)
+        self.last = out
+        result["y"] = y.asnumpy()
+        return result
+
+    def inference_step(self, x, dy):
+        y, out = self._recorded(x, False)
+        result = self._moving()
+        out.backward(mx.nd.array(dy, dtype=self.dtype), train_mode=False)
+        self.last = None
         result["y"] = y.asnumpy()
         return result
 
@@ -381,8 +430,8 @@ SESSIONS: dict[str, tuple[type, dict[str, Any]]] = {
 
 
 def session_source(cls: type) -> str:
-    """A session class's source, for the standalone replay script (it uses mx and np only)."""
-    return inspect.getsource(cls)
+    """A session class's source and the helper it calls, for the standalone replay script (mx and np only)."""
+    return inspect.getsource(frozen) + "\n\n" + inspect.getsource(cls)
 
 
 def open_session(entry: str, **kwargs: Any) -> Any:

@@ -8,6 +8,8 @@ from hypothesis import settings
 
 from bnprops.case import Case, param_dtype
 from bnprops.runners import unavailable_reason
+from bnprops.sequences import Rule, Sequence
+from bnprops.state_model import Config
 
 
 def budget(fraction: float) -> int:
@@ -38,3 +40,34 @@ def one_channel_case(
     }
     fields.update(params)
     return Case(x=x, dy=head.astype(dtype).reshape(x.shape), **fields)  # type: ignore[arg-type]
+
+
+def one_sequence(*rules: str, entry: str = "nd", dtype: str = "float64", **config: object) -> Sequence:
+    """A sequence on one (3, 2) batch (the same x and dy for every rule), gamma/beta/moving (1.5, 0.25, 0, 1)."""
+    x = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.25]], dtype=dtype)
+    pdt = param_dtype(dtype)
+    fields: dict[str, object] = {
+        "entry": entry,
+        "dtype": dtype,
+        "x_shape": x.shape,
+        "eps": 1e-3,
+        "momentum": 0.9,
+        "fix_gamma": False,
+        "use_global_stats": False,
+        "grad_req": ("write", "write", "write"),
+        "gamma": np.full(2, 1.5, pdt),
+        "beta": np.full(2, 0.25, pdt),
+        "moving_mean": np.zeros(2, pdt),
+        "moving_var": np.ones(2, pdt),
+    }
+    fields.update(config)
+    arrays = {"batch": 0, "x": x, "dy": (x * 0.5).astype(dtype)}
+    args = {
+        "train_step": arrays,
+        "inference_step": arrays,
+        "forward": {"batch": 0, "x": x, "train": True},
+        "backward_again": {"dy": np.resize(-x, (4, 2)).astype(dtype)},
+        "zero_grad": {},
+        "hybridize": {},
+    }
+    return Sequence(Config(**fields), tuple(Rule(r, tuple(args[r].items())) for r in rules))  # type: ignore[arg-type]

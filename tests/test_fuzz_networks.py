@@ -24,13 +24,19 @@ from bnprops.producers import Chain, chain_step_names, step
 from bnprops.relation_findings import RelationDraw
 from bnprops.report import Report
 from bnprops.runners import IN_PROCESS_BACKEND, runner_for
-from tests.helpers import one_channel_case
+from tests.helpers import one_channel_case, one_sequence
 
 PLANTED = "tests.planted_networks:"
 #: A small float64 campaign (the native kernel wherever it runs: in-network must equal plain bit for bit)
 #: through nd on the in-process backend, a chain on every example, no relations.
 SMALL: dict[str, object] = dict(
-    entries=("nd",), backends=(IN_PROCESS_BACKEND,), dtypes=("float64",), relation_every=0, network_every=1, seed=3
+    entries=("nd",),
+    backends=(IN_PROCESS_BACKEND,),
+    dtypes=("float64",),
+    relation_every=0,
+    network_every=1,
+    sequence_every=0,
+    seed=3,
 )
 
 
@@ -150,7 +156,7 @@ def test_a_planted_raise_is_caught_as_raises(tmp_path: Path) -> None:
 
 def example(chain: Chain, case: Case | None = None) -> fuzz.Example:
     case = case if case is not None else one_channel_case([1.0, 2.0, 4.0])
-    return (("nd", IN_PROCESS_BACKEND), [case], RelationDraw("repeat", 0), chain)
+    return (("nd", IN_PROCESS_BACKEND), [case], RelationDraw("repeat", 0), chain, one_sequence("train_step"))
 
 
 def worker(tmp_path: Path, **changes: object) -> fuzz._Worker:

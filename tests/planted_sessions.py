@@ -1,0 +1,52 @@
+"""Test-only sessions with faults that show only in a sequence, and factories naming them as module:function.
+
+The fuzz job takes a session factory by name (fuzz.Config.sequence_session), so that a worker process
+for the other backend can make the same planted session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnprops.training import SESSIONS, AutogradSession, SymSession
+
+
+class DoubleUpdateOnSecondStep(AutogradSession):
+    """Planted: from the second training step on, the backward runs twice (the moving statistics update twice)."""
+
+    calls = 0
+
+    def train_step(self, x: Any, dy: Any) -> Any:
+        result = super().train_step(x, dy)
+        self.calls += 1
+        if self.calls >= 2:
+            with self._semantics():
+                self.last.backward(self._head(dy), retain_graph=True)
+        return result
+
+
+class WriteAccumulatesFromSecondStep(SymSession):
+    """Planted: from the second training step on, a 'write' gradient buffer is not reset: it accumulates."""
+
+    calls = 0
+
+    def train_step(self, x: Any, dy: Any) -> Any:
+        before = {k: g.asnumpy() for k, g in self.grads.items()}
+        result = super().train_step(x, dy)
+        self.calls += 1
+        names = {"bn_gamma": "gamma", "bn_beta": "beta"}
+        if self.calls >= 2:
+            for name, target in names.items():
+                if self.req[target] == "write":
+                    self.grads[name][:] = self.grads[name].asnumpy() + before[name]
+        return result
+
+
+def moving_stats_updated_twice(entry: str, **kwargs: Any) -> Any:
+    """nd or npx: from the second training step on, the moving statistics update twice."""
+    return DoubleUpdateOnSecondStep(**kwargs, **SESSIONS[entry][1])
+
+
+def write_buffer_not_reset(entry: str, **kwargs: Any) -> Any:
+    """sym: from the second training step on, 'write' gradient buffers accumulate."""
+    return WriteAccumulatesFromSecondStep(**kwargs)
