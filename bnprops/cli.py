@@ -641,7 +641,7 @@ def _truth(text: str) -> bool:
 def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
-    from bnprops.explain import explain
+    from bnprops.explanation import explain
     from bnprops.runners import BackendUnavailable
 
     expected: dict[str, str] = {}

@@ -4,7 +4,7 @@ An ``Assumption`` is the set of semantics a user's numbers were computed under: 
 which variance, which statistics, how the moving statistics update, what the head gradient is.  The
 call's own semantics (what the oracle models) is ``base(call)``; each ``Variant`` changes one of them
 the way users get it wrong (the forum thread in ../shared/seed/ needs two: fix_gamma's default and
-eps's).  ``evaluate`` computes every quantity under an assumption in float64, so that bnprops.explain
+eps's).  ``evaluate`` computes every quantity under an assumption in float64, so that bnprops.explanation
 can search for the combination that reproduces a user's numbers.
 """
 
@@ -232,7 +232,10 @@ def _head(name: str, factor: Callable[[Call], float], what: str) -> Variant:
         f"your head gradient is {{head}} times MXNet's ({what})",
         "compute your gradient from the head MXNet uses (LinearRegressionOutput: dy = y - target per element, "
         "not averaged over the batch), or scale your loss to match",
-        _when(lambda c, a: factor(c) != 1.0, lambda c, a: dataclasses.replace(a, head=factor(c))),
+        # Only a head that came from a loss can be scaled differently: a dy the user gave is theirs as it is.
+        _when(
+            lambda c, a: c.target is not None and factor(c) != 1.0, lambda c, a: dataclasses.replace(a, head=factor(c))
+        ),
     )
 
 

@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bnprops.case import Case
 from bnprops.cli import main
-from bnprops.explain import KNOWN, SEMANTICS, UNEXPLAINED, Explanation, explain
+from bnprops.explanation import KNOWN, SEMANTICS, UNEXPLAINED, Explanation, explain
 from bnprops.semantic_variants import VARIANTS, Call, base, evaluate
 from bnprops.semantic_variants import Variant as SemanticVariant
 
@@ -61,6 +62,14 @@ def test_the_answers_numbers_match_mxnet_and_differ_from_the_users_by_gamma_zero
     users = explain(entry="sym", x=FORUM_X, target=FORUM_T, fix_gamma=False, expected={"dgamma": "-2.127873"})
     assert users.combination == ("gamma-written-by-forward", "eps-1e-05") and not users.alternatives
     assert "in this call gamma is 0" in users.quantity("dgamma").causes[0].description
+
+
+def test_bnprops_explain_is_the_python_entry_and_stays_so_after_its_module_is_imported() -> None:
+    import bnprops
+    import bnprops.explanation  # a submodule named explain would replace the function here
+
+    result = bnprops.explain(entry="sym", x=FORUM_X, target=FORUM_T, fix_gamma=False, expected={"dgamma": -4.1237984})
+    assert isinstance(result, Explanation) and result.quantity("dgamma").verdict == "agrees"
 
 
 def test_the_forum_example_through_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,10 +159,37 @@ def test_a_planted_non_semantic_error_is_unexplained_with_a_reproducer_that_runs
     dgamma = result.quantity("dgamma")
     assert dgamma.verdict == "differs" and dgamma.cause == UNEXPLAINED and result.unexplained
     assert result.reproducer == script and script.exists()
-    assert "unexplained: possibly a new MXNet deviation" in result.format()
+    # MXNet agrees with the oracle: the number is the user's own, not a deviation.
+    assert not dgamma.mxnet_deviates and "check your formula" in result.format()
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 1, run.stderr
     assert "dgamma: MXNet" in run.stdout and "DIFFERS" in run.stdout
+
+
+def test_a_planted_mxnet_fault_is_a_possible_new_deviation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """MXNet's dgamma 0.5% off and the user's number the oracle's: explain must blame MXNet, not the user."""
+    from bnprops import explanation
+
+    real = explanation.runner_for
+
+    def nudged(entry: str, backend: str) -> Any:
+        run = real(entry, backend)
+
+        def planted(case: Case) -> Any:
+            out = dict(run(case))
+            out["dgamma"] = np.asarray(out["dgamma"]) * np.float32(1.005)
+            return out
+
+        return planted
+
+    call = {"entry": "nd", "x": "[[1.0], [2.0], [4.0]]", "dy": "[[0.5], [-1.0], [0.25]]", "fix_gamma": False}
+    truth = explain(**call, expected={"dgamma": 0})  # type: ignore[arg-type]
+    oracle = float(np.asarray(truth.quantity("dgamma").oracle)[0])
+    monkeypatch.setattr(explanation, "runner_for", nudged)
+    result = explain(**call, expected={"dgamma": f"{oracle:.9g}"}, reproducer=tmp_path / "r.py")  # type: ignore[arg-type]
+    dgamma = result.quantity("dgamma")
+    assert dgamma.cause == UNEXPLAINED and dgamma.mxnet_deviates, result.format()
+    assert "unexplained: possibly a new MXNet deviation" in result.format()
 
 
 def test_a_known_deviation_is_named_as_such() -> None:

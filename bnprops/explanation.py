@@ -64,6 +64,8 @@ class QuantityReport:
     causes: tuple[Cause, ...] = ()
     deviation: str | None = None
     note: str = ""
+    #: Unexplained, and MXNet itself is off the oracle beyond its error bound (not a known deviation).
+    mxnet_deviates: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         def listed(a: np.ndarray | None) -> Any:
@@ -79,6 +81,7 @@ class QuantityReport:
             "variants": [dataclasses.asdict(c) for c in self.causes],
             "deviation": self.deviation,
             "note": self.note,
+            "mxnet_deviates": self.mxnet_deviates,
         }
 
 
@@ -133,7 +136,7 @@ class Explanation:
             elif q.cause == KNOWN:
                 lines.append(f"  known deviation {q.deviation}")
             elif q.cause == UNEXPLAINED:
-                lines.append("  unexplained: possibly a new MXNet deviation")
+                lines.append(f"  unexplained: {_unexplained(q)}")
             elif q.cause is not None:
                 lines.append(f"  {q.cause}")
             if q.note:
@@ -387,7 +390,7 @@ def _judge(
             if mxnet_off
             else f"no combination of up to {MAX_DIFFERENCES} known semantic differences reproduces your number"
         )
-        reports.append(QuantityReport(q, verdict=DIFFERS, cause=UNEXPLAINED, note=note, **kw))
+        reports.append(QuantityReport(q, verdict=DIFFERS, cause=UNEXPLAINED, note=note, mxnet_deviates=mxnet_off, **kw))
     path = _write_reproducer(call, backend, unexplained, oracle, allowance, reproducer) if unexplained else None
     names = tuple(v.name for v in combo)
     alternatives = tuple(tuple(v.name for v in c) for c, _ in joint[1:])
@@ -401,6 +404,16 @@ def _judge(
         alternatives=alternatives,
         reproducer=path,
         summary=_summary(reports, names, alternatives, path),
+    )
+
+
+def _unexplained(q: QuantityReport) -> str:
+    """What an unexplained number means: MXNet off the oracle is a possible new deviation; otherwise the formula."""
+    if q.mxnet_deviates:
+        return "possibly a new MXNet deviation"
+    return (
+        "MXNet agrees with the oracle (BatchNorm's semantics as MXNet defines them), and no known semantic "
+        "difference gives your number: check your formula"
     )
 
 
@@ -430,9 +443,10 @@ def _summary(
     known = sorted({r.deviation for r in reports if r.cause == KNOWN and r.deviation})
     if known:
         parts.append(f"MXNet deviates as known deviation {', '.join(known)}")
-    lost = [r.quantity for r in reports if r.cause == UNEXPLAINED]
-    if lost:
-        parts.append(f"{', '.join(lost)} unexplained: possibly a new MXNet deviation (see the reproducer)")
+    lost = [r for r in reports if r.cause == UNEXPLAINED]
+    for why in dict.fromkeys(_unexplained(r) for r in lost):
+        which = ", ".join(r.quantity for r in lost if _unexplained(r) == why)
+        parts.append(f"{which} unexplained: {why} (see the reproducer)")
     return "; ".join(parts) or f"{', '.join(differ)} differ"
 
 
