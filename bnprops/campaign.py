@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 import time
 
-from bnprops import fuzz, report
-from bnprops.runners import runner_for
+from bnprops import fuzz, mxversion, report
+from bnprops.backends import runner_for
 
 
 def run(
@@ -36,7 +36,9 @@ def run(
     result = report.from_workers(
         config, results, started=started, elapsed_s=time.time() - t0, skipped=skipped, interrupted=interrupted
     )
-    report.write(result, config.out)
+    # Which MXNet and oneDNN ran: the same code can deviate in one release and not in another.
+    result.parameters.update({f"{name}_version": v for name, v in mxversion.environment().items()})
+    report.write(result, config.out, baseline=config.baseline)
     # The database keeps what was shrunk or replayed this run; signatures not selected this time stay listed.
     selected = {(e, b) for e, b in targets}
     kept = [s for s in previous if (s.entry, s.backend) not in selected or s.dtype not in config.dtypes]

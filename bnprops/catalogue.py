@@ -185,7 +185,7 @@ class Entry:
         if other.signature != self.signature:
             raise ValueError(f"cannot merge entries for {other.signature} into {self.signature}")
         self.count += other.count
-        if _rank(other) < _rank(self):
+        if rank(other) < rank(self):
             self.case, self.reduction, self.detail = other.case, other.reduction, other.detail
             self.relation, self.network, self.sequence = other.relation, other.network, other.sequence
             self.replay = other.replay
@@ -223,7 +223,7 @@ class Entry:
 _REDUCTION_RANK = {"shrunk": 0, "replayed": 0, "partly shrunk": 1, "smallest seen": 2}
 
 
-def _rank(entry: Entry) -> tuple[int, tuple[int, int, int]]:
+def rank(entry: Entry) -> tuple[int, tuple[int, int, int]]:
     if entry.sequence is not None:
         size = _sequence_size(entry.sequence)
     elif entry.network is not None:

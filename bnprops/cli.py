@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--workers", type=_positive_int, default=1, metavar="K", help="worker processes (default 1)")
     fuzz.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
     fuzz.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a previous report (report.json or its folder) to say what changed against; default: the report "
+        "this run replaces in --out",
+    )
+    fuzz.add_argument(
         "--entry",
         default="all",
         help=f"entry points, comma-separated, or 'all' (default): {', '.join(RUNNERS)}",
@@ -200,7 +208,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("inputs", type=Path, nargs="+", metavar="DIR", help="shard output folders (with report.json)")
     merge.add_argument("--out", type=Path, required=True, help="folder for the merged report")
+    merge.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a previous report (report.json or its folder) to say what changed against (default: --out's)",
+    )
     merge.set_defaults(subparser=merge)
+
+    versions = sub.add_parser(
+        "versions",
+        help="the deviation x release matrix: each MXNet release in its own environment, probed and fuzzed",
+        description="For each release, create (or reuse) an isolated environment under --cache, install that "
+        "mxnet the way it installs on Python 3.11, run the recorded deviations' reproducers there and a fuzz "
+        "campaign of --time seconds; write versions.md and versions.json (a matrix of deviation x release: "
+        "present / absent / not applicable, and the new findings per release) into --out. Exit status 1 if a "
+        "release found a new deviation or could not be run.",
+    )
+    versions.add_argument(
+        "--release",
+        action="append",
+        metavar="V",
+        help="a release to check (repeatable; 1.5 or 1.5.1 find 1.5.1.post0); default: every release from "
+        "1.3.1 to 1.9.1",
+    )
+    versions.add_argument("--time", type=_seconds, default=90.0, help="fuzz seconds per release (default 90)")
+    versions.add_argument("--workers", type=_positive_int, default=1, help="fuzz worker processes (default 1)")
+    versions.add_argument("--seed", type=_seed, default=0, help="fuzz seed, the same for every release")
+    versions.add_argument(
+        "--cache", type=Path, default=None, help="folder of the environments (default ~/.cache/bnprops/releases)"
+    )
+    versions.add_argument("--out", type=Path, default=Path("versions-out"), help="output folder (default versions-out)")
+    versions.set_defaults(subparser=versions)
 
     bench = sub.add_parser(
         "bench",
@@ -410,6 +450,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         config = fuzz.Config(
             out=args.out,
+            baseline=args.baseline,
             entries=entries,
             backends=backends,
             dtypes=dtypes,
@@ -436,11 +477,11 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops.backends import runner_for
     from bnprops.catalogue import classify, classify_error
     from bnprops.checks import check
     from bnprops.fuzz import kernel_of
     from bnprops.reproducer import load_finding
-    from bnprops.runners import runner_for
 
     try:
         case, sig, entry, backend = load_finding(args.file)
@@ -496,8 +537,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _repro_relation(args: argparse.Namespace, parser: argparse.ArgumentParser, case: Case, sig: Signature) -> int:
     """A broken exact relation: run its two calls again and say whether the relation still breaks."""
+    from bnprops.backends import runner_for
     from bnprops.relation_findings import load_draw, replay
-    from bnprops.runners import runner_for
 
     entry, backend = args.entry or sig.entry, args.backend or sig.backend
     try:
@@ -565,7 +606,10 @@ def _merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except ValueError as exc:
             _usage(parser, str(exc))
     merged = report.merge(reports, sources=[str(p) for p in args.inputs])
-    report.write(merged, args.out)
+    try:
+        report.write(merged, args.out, baseline=args.baseline)
+    except ValueError as exc:
+        _usage(parser, str(exc))
     print(merged.summary())
     print(f"merged report: {args.out / 'report.md'} (machine-readable: {args.out / 'report.json'})")
     return EXIT_FOUND if merged.new else EXIT_OK
@@ -693,6 +737,30 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_FOUND if result.unexplained else EXIT_OK
 
 
+def _versions(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops import releases, versions
+
+    try:
+        chosen = releases.requested(args.release)
+    except ValueError as exc:
+        _usage(parser, str(exc))
+    if args.out.exists() and not args.out.is_dir():
+        _usage(parser, f"--out {args.out} exists and is not a folder")
+    cache = args.cache if args.cache is not None else releases.default_cache()
+    print(f"bnprops versions: {', '.join(chosen)}; {args.time:g} s of fuzzing each; environments in {cache}")
+    results = versions.run(
+        chosen,
+        cache=cache,
+        out=args.out,
+        time_s=args.time,
+        workers=args.workers,
+        seed=args.seed,
+        progress=lambda line: print(line, flush=True),
+    )
+    print(f"matrix: {args.out / 'versions.md'} and {args.out / 'versions.json'}")
+    return versions.exit_status(results)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -706,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": _bench,
         "tightness": _tightness,
         "explain": _explain,
+        "versions": _versions,
     }
     result: int = handlers[args.command](args, args.subparser)
     return result

@@ -18,6 +18,7 @@ from bnprops.error_model import (
     sharp_bounds,
 )
 from bnprops.oracle import output_dtypes, per_channel, reference
+from bnprops.snippets import snippet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +115,9 @@ class Verdict:
 def reproducer(case: Case, entry: str, backend: str) -> str:
     """The case's snippet through its entry point; the symbolic one for subjects that are not MXNet's."""
     try:
-        return case.snippet(entry=entry, backend=backend)
+        return snippet(case, entry=entry, backend=backend)
     except ValueError:
-        return case.snippet()
+        return snippet(case)
 
 
 def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:

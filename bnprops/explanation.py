@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from bnprops import atomic
+from bnprops.backends import runner_for
 from bnprops.case import QUANTITIES, Case, Outputs
 from bnprops.error_model import bounds
 from bnprops.explain_input import Expectation, build_call, parse_expectation
 from bnprops.judgement import Outcome, judge
 from bnprops.oracle import reference
-from bnprops.runners import IN_PROCESS_BACKEND, kernel_for, runner_for
+from bnprops.runners import IN_PROCESS_BACKEND, kernel_for
 from bnprops.semantic_variants import (
     LOSS_NAMES,
     VARIANTS,
@@ -34,6 +35,7 @@ from bnprops.semantic_variants import (
     evaluate,
     loss_gradient,
 )
+from bnprops.snippets import snippet as make_snippet
 
 MAX_DIFFERENCES = 3
 DEFAULT_REPRODUCER_DIR = Path("bnprops-explain")
@@ -467,7 +469,7 @@ def _write_reproducer(
     )
     if path.is_dir():
         path = path / f"explain-{call.case.fingerprint().hex()[:12]}.py"
-    snippet = call.case.snippet(entry=call.entry, backend="native" if backend == "native" else "onednn")
+    snippet = make_snippet(call.case, entry=call.entry, backend="native" if backend == "native" else "onednn")
     expected = {e.quantity: e.values.tolist() for e in unexplained}
     tol = {}
     for e in unexplained:

@@ -69,6 +69,7 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 from bnprops import atomic, in_network, network_findings, sequence_findings
+from bnprops.backends import runner_for
 from bnprops.case import DTYPES, QUANTITIES, Case
 from bnprops.catalogue import (
     KNOWN,
@@ -83,6 +84,7 @@ from bnprops.catalogue import (
     classify_error,
     conditioning,
 )
+from bnprops.causes import read_baseline
 from bnprops.checks import Outcome, check, check_group
 from bnprops.network_findings import NETWORK_EVERY, NetworkCheck, applies, check_network, network_draws
 from bnprops.producers import Chain
@@ -95,7 +97,16 @@ from bnprops.relation_findings import (
     relation_draws,
     relation_of,
 )
-from bnprops.runners import BACKENDS, RUNNERS, BackendUnavailable, Runner, kernel_for, runner_for
+from bnprops.runners import (
+    BACKENDS,
+    RUNNERS,
+    BackendUnavailable,
+    Runner,
+    entry_unavailable_reason,
+    kernel_for,
+    network_unavailable_reason,
+    sequence_unavailable_reason,
+)
 from bnprops.sequence_findings import SEQUENCE_EVERY, SequenceCheck, check_sequence, sequence_draws
 from bnprops.sequences import Sequence
 from bnprops.strategies import case_groups
@@ -151,6 +162,8 @@ class Config:
     network_runner: str = in_network.DEFAULT_RUNNER
     #: One example in this many also runs its training sequence (0: none).
     sequence_every: int = SEQUENCE_EVERY
+    #: A previous report (report.json or its folder) the report says what changed against; None: --out's own.
+    baseline: Path | None = None
     #: The sessions a sequence runs on (module:function making one from (entry, **kwargs); '' for MXNet's own):
     #: tests plant faults here.
     sequence_session: str = ""
@@ -174,6 +187,12 @@ class Config:
             raise UsageError(f"relation_every must be 0 (no relations) or more, got {self.relation_every}")
         if self.network_every < 0:
             raise UsageError(f"network_every must be 0 (no networks) or more, got {self.network_every}")
+        if self.baseline is not None:
+            try:
+                if read_baseline(self.baseline) is None:
+                    raise UsageError(f"baseline {self.baseline}: no report.json there")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
         if self.sequence_every < 0:
             raise UsageError(f"sequence_every must be 0 (no sequences) or more, got {self.sequence_every}")
         for name, values, allowed in (
@@ -237,6 +256,10 @@ def resolve_targets(config: Config, runner_factory: RunnerFactory) -> tuple[list
     skipped: list[dict[str, str]] = []
     for entry in config.entries:
         for backend in config.backends:
+            missing = entry_unavailable_reason(entry)
+            if missing is not None:  # this release lacks the entry point: noted, never an error
+                skipped.append({"entry": entry, "backend": backend, "reason": missing})
+                continue
             try:
                 runner_factory(entry, backend)
             except (NotImplementedError, BackendUnavailable) as exc:
@@ -598,14 +621,22 @@ class _Worker:
             fresh = [s for s in checked.signatures if s not in self.catalogue]
             if fresh and self.hunting is None:
                 self.hunting, fresh_case, self.best_draw = fresh[0], group[0], draw
-        if network_findings.due(group[0], every=self.config.network_every) and applies(*target):
+        if (
+            network_findings.due(group[0], every=self.config.network_every)
+            and applies(*target)
+            and network_unavailable_reason(target[0]) is None  # a release without the chain's hooks
+        ):
             started = time.perf_counter()
             network = self.check_network(target, chain)
             self.record_network(network, ms=round(1000 * (time.perf_counter() - started)))
             fresh = [s for s in network.signatures if s.is_new and s not in self.catalogue]
             if fresh and self.hunting is None:
                 self.hunting, fresh_case, self.best_chain = fresh[0], group[0], chain
-        if sequence_findings.due(group[0], every=self.config.sequence_every) and sequence_findings.applies(*target):
+        if (
+            sequence_findings.due(group[0], every=self.config.sequence_every)
+            and sequence_findings.applies(*target)
+            and sequence_unavailable_reason(target[0]) is None  # a release without the sessions' APIs
+        ):
             started = time.perf_counter()
             ran = self.check_sequence(target, sequence)
             self.record_sequence(ran, group[0], ms=round(1000 * (time.perf_counter() - started)))

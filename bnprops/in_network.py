@@ -2,7 +2,7 @@
 
 A chain (bnprops.producers.Chain) runs in MXNet (bnprops/network_kernel.py) and yields BatchNorm's
 results inside the network together with the input x and head gradient dy it received. Those make a
-Case; the existing runner for the chain's API (bnprops.runners.runner_for) makes the plain call,
+Case; the existing runner for the chain's API (bnprops.backends.runner_for) makes the plain call,
 which the oracle judges as always (bnprops.checks.check), and the in-network results must equal the
 plain call's: bit for bit where the same kernel runs (the native kernel reads a plain layout whatever
 it is given), within twice the error bound where oneDNN runs (it may pick another primitive for a
@@ -28,13 +28,14 @@ from typing import IO, Any
 
 import numpy as np
 
+from bnprops.backends import runner_for
 from bnprops.case import QUANTITIES, Case, Outputs
 from bnprops.checks import Outcome, check
 from bnprops.comparator import Verdict, compare_pair
 from bnprops.known_deviations import NETWORK_DEVIATIONS, NetworkDeviation
 from bnprops.network_kernel import draw
 from bnprops.producers import Chain
-from bnprops.runners import IN_PROCESS_BACKEND, Runner, kernel_for, runner_for
+from bnprops.runners import IN_PROCESS_BACKEND, Runner, kernel_for
 from bnprops.worker import environment_for, read_message, write_message
 
 #: The entry point of the plain call for each API (gluon-hybrid: BatchNorm alone, hybridized).

@@ -103,13 +103,17 @@ class _Tally:
             self._or(self.visible.setdefault(kd.id, {}), q, visible)
 
 
-def predictions(case: Case, *, entry: str, kernel: str) -> list[tuple[KnownDeviation, Prediction]]:
-    """Every known deviation's predictions for the case, within the elements the oracle judges."""
+def predictions(case: Case, *, entry: str, kernel: str, scoped: bool = True) -> list[tuple[KnownDeviation, Prediction]]:
+    """Every known deviation's predictions for the case, within the elements the oracle judges.
+
+    ``scoped``: only the deviations that hold in the running MXNet release (KnownDeviation.releases); one
+    recorded for other releases is absent here, so it is neither applied nor reported stale.
+    """
     apparatus = judging(case)
     ctx = Context(case, kernel, apparatus)
     found = []
     for kd in KNOWN_DEVIATIONS:
-        for p in kd.predictions(ctx, entry=entry):
+        for p in kd.predictions(ctx, entry=entry, scoped=scoped):
             where = p.where & judged_elements(case, p.quantity, p.where.shape, apparatus.undetermined)
             if where.any():
                 found.append((kd, dataclasses.replace(p, where=where)))
@@ -124,15 +128,18 @@ def judge(
     kernel: str,
     checked: Iterable[str],
     backend: str = IN_PROCESS_BACKEND,
+    scoped: bool = True,
 ) -> Outcome:
     """Judge MXNet's outputs for ``case``: findings among ``checked``, staleness over every quantity.
+
+    ``scoped=False`` applies every known deviation whatever release runs (to probe whether it is present).
 
     A certain known deviation must show in some quantity it names, even one the calling property
     does not check (dgamma may agree by accident where y cannot).
     """
     checked = frozenset(checked)
     verdict = judged_outputs(case, outputs)
-    found = predictions(case, entry=entry, kernel=kernel)
+    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped)
     if not found:
         unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked)
         return Outcome(verdict, entry, (), unexpected, (), checked, backend)

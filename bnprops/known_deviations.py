@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bnprops import deviation_models as models
+from bnprops import mxversion
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
 from bnprops.contract import CHANNELS as CONTRACT_CHANNELS
 from bnprops.deviation_models import Context, Prediction
@@ -44,10 +45,21 @@ class KnownDeviation:
     #: Entry points it shows on (None: all).
     entries: frozenset[str] | None = None
     upstream: str = "none found"
+    #: The MXNet releases it holds in (probed by ``bnprops versions``); elsewhere it is absent, not stale.
+    releases: mxversion.Releases = mxversion.EVERY_RELEASE
 
-    def predictions(self, ctx: Context, *, entry: str) -> list[Prediction]:
-        """What it predicts for the case on this entry point (nothing where it does not apply)."""
+    def holds_in(self, version: str) -> bool:
+        return self.releases.holds(version)
+
+    def predictions(self, ctx: Context, *, entry: str, scoped: bool = True) -> list[Prediction]:
+        """What it predicts for the case on this entry point (nothing where it does not apply).
+
+        ``scoped``: only in the releases it holds in (the running MXNet's); ``bnprops versions`` probes
+        a reproducer with scoped=False to see whether the deviation is present in a release.
+        """
         if self.entries is not None and entry not in self.entries:
+            return []
+        if scoped and not self.releases.holds(mxversion.running()):
             return []
         # A gradient requested with 'null' is not produced, so it cannot show the deviation.
         absent = {GRADIENT_OF[t] for t in GRAD_TARGETS if ctx.case.request(t) == "null"}
@@ -90,6 +102,38 @@ def empty_batch(dtype: str, *, channels: int = 2, **params: object) -> Case:
     )
 
 
+def _add_request_ignored(ctx: Context) -> list[Prediction]:
+    """MXNet before 1.7 (#18499): a gradient requested with 'add' is neither accumulated nor written."""
+    case = ctx.case
+    found: list[Prediction] = []
+    for target in GRAD_TARGETS:
+        prior = case.prior(target)
+        quantity = GRADIENT_OF[target]
+        if case.request(target) != "add" or prior is None or quantity not in ctx.expected:
+            continue
+        kept = np.asarray(prior, dtype=np.float64)
+        where = np.ones(kept.shape, dtype=bool)
+        # The buffer is left as it was, bit for bit: visible wherever this call's gradient is not 0.
+        found.append(models.Prediction(quantity, where, kept, np.zeros(kept.shape), certain=True))
+    return found
+
+
+#: What `bnprops versions` measured (reproducers, 90 s campaigns) for the deviations that hold in every release
+#: that can express them: 1.3.1 to 1.9.1; oneDNN's only where the wheel has oneDNN (1.7+; before 1.8 on 4-D
+#: input with axis=1 only: runners.kernel_for); npx's from 1.6.
+_PROBED_IN_EVERY_RELEASE = mxversion.Releases(
+    probed=tuple((v, True) for v in ("1.3.1", "1.4.1", "1.5.1", "1.6.0", "1.7.0", "1.8.0", "1.9.1"))
+)
+_PROBED_WITH_ONEDNN = mxversion.Releases(
+    probed=(("1.7.0", True), ("1.8.0", True), ("1.9.1", True)),
+    why="needs oneDNN (the 1.3-1.6 'mxnet' wheels have none); reaches 2-D input from 1.8 (apache/mxnet#18504, "
+    "v1.x backport #18890)",
+)
+_PROBED_WITH_NPX = mxversion.Releases(
+    probed=(("1.6.0", True), ("1.7.0", True), ("1.8.0", True), ("1.9.1", True)), why="needs npx (1.6+)"
+)
+
+
 KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
     KnownDeviation(
         id="native-zero-variance-eps0",
@@ -107,6 +151,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "and writes an infinite moving_var although the batch variance is exactly 0 (its invstd output is 0, "
         "which bnprops does not judge either). oneDNN (float32) keeps moving_var finite.",
         reproducer=lambda: _minimal([1.0], "float64", eps=0.0),
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="float16-normaliser-out-of-range",
@@ -126,6 +171,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "invstd=4096 for eps in [3e-8, 6e-8] (1/sqrt(float16(eps))). gamma, beta and the statistics are float32 "
         "for float16 data precisely so that such values are representable.",
         reproducer=lambda: _minimal([-256.0, 256.0, -256.0, 256.0], "float16"),
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="float16-normaliser-subnormal",
@@ -143,6 +189,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         reproducer=lambda: _minimal([1.0, 2.0, 3.0, 4.0], "float16", eps=0.0, use_global_stats=True).with_(
             moving_var=np.array([1e-7], dtype=np.float32)
         ),
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="float16-gradient-product-overflow",
@@ -162,6 +209,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         reproducer=lambda: _minimal([200.0, -200.0, 200.0, -200.0], "float16").with_(
             dy=np.array([[330.0], [330.0], [-330.0], [-330.0]], dtype=np.float16)
         ),
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="float16-dx-projection-overflow",
@@ -186,6 +234,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         reproducer=lambda: _minimal([0.0] * 8 + [1.0], "float16").with_(
             dy=np.array([[-40000.0]] * 8 + [[40000.0]], dtype=np.float16), gamma=np.array([1e-3], dtype=np.float32)
         ),
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="onednn-subnormal-eps-flushed",
@@ -199,6 +248,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "gives the finite oracle values; float64 with the same eps matches the oracle. The backward computes "
         "1/sqrt(0 + eps) with eps flushed to 0.",
         reproducer=lambda: _minimal([1.0], "float32", eps=1e-39),
+        releases=_PROBED_WITH_ONEDNN,
     ),
     KnownDeviation(
         id="float16-normalised-value-overflow",
@@ -222,6 +272,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         reproducer=lambda: _minimal([1000.0, -1000.0, 500.0, -500.0], "float16", use_global_stats=True, eps=0.0).with_(
             moving_var=np.array([1e-4], dtype=np.float32), gamma=np.array([0.1], dtype=np.float32)
         ),
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="sequential-sum-drift",
@@ -253,6 +304,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "low (a pairwise float32 sum is right): the small squares are lost whole once the partial sum is large.",
         reproducer=lambda: _minimal([0.3] * 100_000, "float16", eps=1e-3),
         upstream="none found for MXNet; PyTorch PR #13431, TensorFlow XLA PR #25115 fixed the same class",
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="recovered-variance-negative",
@@ -276,6 +328,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "eps=3.1622776601683795, momentum 0: -1.68e-4 = half(eps) - eps. batch_norm.cc: "
         "INVSTD_TO_VARIANCE(invstd, eps) = 1.0/(invstd*invstd) - eps, no clamp at 0.",
         reproducer=lambda: _minimal([0.6508470327725044], "float64", eps=1e-3, momentum=0.0),
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="onednn-fix-gamma-add-wipes-dgamma",
@@ -293,6 +346,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
             fix_gamma=True, grad_req=("write", "add", "write"), prior_dgamma=np.array([7.0], dtype=np.float32)
         ),
         upstream="the MKLDNN fix_gamma/grad_req='add' problem noted in MXNet's sources and issues",
+        releases=_PROBED_WITH_ONEDNN,
     ),
     KnownDeviation(
         id="sym-inference-backward-trains",
@@ -320,6 +374,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         reproducer=lambda: _minimal([1.0, 2.0, 4.0, -3.0], "float64", is_train=False),
         entries=frozenset({"sym"}),
         upstream="apache/incubator-mxnet#9580 (the autograd form of the same mix-up)",
+        releases=_PROBED_IN_EVERY_RELEASE,
     ),
     KnownDeviation(
         id="empty-batch-nan",
@@ -338,6 +393,36 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         "empty batch leaves them as they were, or the call is rejected.",
         reproducer=lambda: empty_batch("float32", fix_gamma=False),
         entries=frozenset({"npx"}),
+        releases=_PROBED_WITH_NPX,
+    ),
+    KnownDeviation(
+        id="add-request-ignored",
+        summary="Before MXNet 1.7, a gradient requested with grad_req='add' is not accumulated: the buffer keeps "
+        "its prior and this call's gradient is lost (dx, dgamma and dbeta alike)",
+        quantities=frozenset({"dx", "dgamma", "dbeta"}),
+        conditions="MXNet < 1.7.0 (probed: 1.5.1, 1.6.0); grad_req 'add' for data, gamma or beta; every entry point "
+        "and dtype on the native kernel (the 1.5/1.6 'mxnet' wheels have no oneDNN); training or inference",
+        model="each gradient requested with 'add' = its prior, bit for bit (the backward neither adds to the "
+        "buffer nor writes it); the gradients requested with 'write' are right",
+        predict=_add_request_ignored,
+        evidence="mxnet 1.6.0 and 1.5.1, nd under autograd, x=[1, 2, 4, -3] float32, dy=linspace(-1, 1)+0.5, "
+        "priors 5 (dx) and 7 (dgamma, dbeta): with beta 'add', dbeta = [7] where 7 + sum(dy) = 9 is right; "
+        "gamma 'add': dgamma = [7]; data 'add': dx = [5, 5, 5, 5]; float16/32/64 alike. 1.7.0 and later give "
+        "9, 5.69 and 5 + dx. Not 'dbeta = the write value': the buffer is not touched at all. Upstream: "
+        "issue #18499 says the same ('the gradient of gamma and beta are not assigned to any value').",
+        # dy's ramp sums to 0: shifted, so that this call's dbeta (sum(dy) = 2) shows beside the prior.
+        reproducer=lambda: _minimal([1.0, 2.0, 4.0, -3.0], "float32").with_(
+            dy=np.array([[-0.5], [0.1666667], [0.8333333], [1.5]], dtype=np.float32),
+            grad_req=("write", "write", "add"),
+            prior_dbeta=np.array([7.0], dtype=np.float32),
+        ),
+        upstream="apache/mxnet#18499 (the bug), fixed by apache/mxnet#18500 on master and its backports "
+        "#18517 (v1.7.x, in 1.7.0), #18518 (v1.x) and #18714 (v1.6.x, after 1.6.0: no release on PyPI has it)",
+        releases=mxversion.Releases(
+            fixed="1.7.0",
+            probed=(("1.5.1", True), ("1.6.0", True), ("1.7.0", False), ("1.8.0", False), ("1.9.1", False)),
+            why="apache/mxnet#18499, fixed by #18500 (backport #18517 in 1.7.0)",
+        ),
     ),
 )
 
@@ -401,9 +486,16 @@ class NetworkDeviation:
     #: The shortest chain that shows it (bnprops.producers.Chain; its snippet() is the standalone script).
     reproducer: Callable[[], Chain]
     upstream: str = "none found"
+    #: The MXNet releases it holds in (probed by ``bnprops versions``).
+    releases: mxversion.Releases = mxversion.EVERY_RELEASE
 
-    def explains(self, *, kind: str, message: str, chain: Chain, backend: str) -> bool:
+    def explains(self, *, kind: str, message: str, chain: Chain, backend: str, scoped: bool = True) -> bool:
+        if scoped and not self.releases.holds(mxversion.running()):
+            return False
         return kind == self.kind and self.signature in message and self.applies(chain, backend)
+
+    def holds_in(self, version: str) -> bool:
+        return self.releases.holds(version)
 
 
 def _blocked_input_to_native_bn(chain: Chain, backend: str) -> bool:
@@ -435,6 +527,40 @@ NETWORK_DEVIATIONS: tuple[NetworkDeviation, ...] = (
         "(oneDNN-layout) array as a view it cannot reorder in place.",
         reproducer=lambda: Chain(
             api="nd", input_shape=(2, 1, 3), steps=(step("conv", dims=1, channels=8, kernel=1, pad=0),), seed=0
+        ),
+        upstream="apache/mxnet#20858 (v1.8.x: MKLDNN BatchNorm with an even number of channels, backward raises "
+        "'Check failed: !is_view'; #19150 was the forward's, on the v1.7.x branch after 1.7.0)",
+        releases=mxversion.Releases(
+            since="1.8.0",
+            probed=(("1.7.0", False), ("1.8.0", True), ("1.9.1", True)),
+            why="absent in 1.7.0 (DNNL v1.3.0), present from 1.8.0 (oneDNN v1.7.0): apache/mxnet#19150 reports the "
+            "forward's form on the v1.7.x branch after the oneDNN upgrade, apache/mxnet#20858 the backward's in 1.8",
+        ),
+    ),
+    NetworkDeviation(
+        id="monitor-all-batchnorm-backward-raises",
+        summary="Before MXNet 1.7, a sym executor monitored with monitor_all=True cannot run BatchNorm's backward: "
+        "'Check failed: opnode.exec->in_array.size() == input_names.size() (8 vs. 1)'",
+        kind="raises",
+        signature="in_array.size() == input_names.size()",
+        conditions="MXNet < 1.7.0 (probed: 1.5.1 and 1.6.0; 1.3/1.4 have no monitor_all); an Executor with "
+        "set_monitor_callback(..., monitor_all=True), as bnprops's sym chains watch BatchNorm's backward node; "
+        "any chain, even BatchNorm alone; every dtype; forward works, backward raises",
+        applies=lambda chain, backend: chain.api == "sym",
+        evidence="Found by `bnprops versions` (the fuzz job's sym chains) on 1.5.1 and 1.6.0: sym float16[2, 8, 1, 1] "
+        "-> BatchNorm raises in Executor.backward at graph_executor.cc:1346 (1.5.1) / :1406 (1.6.0); standalone: "
+        "simple_bind BatchNorm, set_monitor_callback(cb, monitor_all=True), forward(is_train=True), backward(ones) "
+        "raises on 1.5.1 and 1.6.0, and monitors 33 arrays on 1.7.0. The backward node has 8 inputs, but "
+        "_backward_BatchNorm registered no set_num_inputs (default 1) before 1.7; from 1.7 batch_norm.cc declares "
+        "set_num_inputs(8).",
+        reproducer=lambda: Chain(api="sym", input_shape=(2, 8, 1, 1), steps=(), seed=0),
+        upstream="apache/mxnet#17049 ('Fix operators lying about their number of inputs': backward operators that "
+        "advertise the wrong number of inputs break Monitor; it added the missing set_num_inputs), in 1.7.0",
+        releases=mxversion.Releases(
+            since="1.5.0",
+            fixed="1.7.0",
+            probed=(("1.5.1", True), ("1.6.0", True), ("1.7.0", False), ("1.8.0", False), ("1.9.1", False)),
+            why="apache/mxnet#17049 (set_num_inputs for backward operators), first released in 1.7.0",
         ),
     ),
 )

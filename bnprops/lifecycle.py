@@ -17,10 +17,11 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+from bnprops.backends import runner_for
 from bnprops.case import Case, Outputs, param_dtype
 from bnprops.comparator import compare_pair
 from bnprops.in_network import same_kernel
-from bnprops.runners import IN_PROCESS_BACKEND, runner_for
+from bnprops.runners import IN_PROCESS_BACKEND
 
 
 def _differences(case: Case, model: Outputs, plain: Outputs, *, what: str, backend: str) -> list[str]:

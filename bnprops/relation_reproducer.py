@@ -1,7 +1,7 @@
 """The standalone reproducer of a relation finding: both calls and their bit-for-bit comparison, mxnet and numpy only.
 
 The script makes the original call and the transformed one through the finding's entry point and
-backend (Case.snippet, each in a function of its own) and compares their results as
+backend (bnprops.snippets.snippet, each in a function of its own) and compares their results as
 relations.compare_scaled does: per quantity, the second call's array must be the first call's (its
 channels reordered, for permute-channels) times 2^shift, bit for bit, NaN for NaN; with a shift,
 elements whose last rounding is subnormal or overflows are not judged. It exits 1 while the finding's
@@ -21,6 +21,7 @@ from bnprops.catalogue import Entry
 from bnprops.relation_findings import draw_of
 from bnprops.relations import RELATIONS
 from bnprops.runners import adapt
+from bnprops.snippets import snippet
 
 #: The snippet's last lines print every array; the script prints its own comparison instead.
 _SNIPPET_TAIL = "\nfor q, value in actual.items():\n    print(q, value)"
@@ -118,7 +119,7 @@ if __name__ == '__main__':
 
 
 def _call(case: Case, *, name: str, what: str, entry: str, backend: str) -> str:
-    body = case.snippet(entry=entry, backend=backend)
+    body = snippet(case, entry=entry, backend=backend)
     if body.endswith(_SNIPPET_TAIL):
         body = body[: -len(_SNIPPET_TAIL)]
     return f'def {name}():\n    """{what}"""\n{textwrap.indent(body, "    ")}\n    return actual\n'

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -24,10 +23,13 @@ from typing import IO, Any
 import numpy as np
 
 from bnprops import atomic, network_findings, relation_findings, relation_reproducer, sequence_findings
-from bnprops.case import DTYPES, QUANTITIES
+from bnprops.case import QUANTITIES
 from bnprops.catalogue import KNOWN, RELATION, VERDICTS, Catalogue, Entry
+from bnprops.causes import Cause, Changes, Run, causes, changes, load_history, read_baseline, record, run_of
 from bnprops.fuzz import Config, Points, WorkerResult
+from bnprops.plots import plot, plot_history
 from bnprops.reproducer import finding_json, script
+from bnprops.summary import first_layer, second_layer
 
 REPORT_FORMAT = "bnprops.report/1"
 RESULTS = ("passed", "known", "failed", "error")
@@ -108,11 +110,37 @@ class Report:
         return "\n".join(lines)
 
     # JSON.
+    def causes(self) -> list[Cause]:
+        return causes(self.catalogue.entries.values())
+
     def to_dict(self) -> dict[str, Any]:
+        files = files_of(self.causes())
+
         def entry(e: Entry) -> dict[str, Any]:
-            if not _has_files(e):
+            # A signature's files are its cause's (the smallest example of its kind), if that has any.
+            stand_in = files.get(e.signature.ident)
+            if stand_in is None:
                 return {**e.to_dict(), "case_file": None, "reproducer": None}
-            return {**e.to_dict(), "case_file": f"{FINDINGS}/{e.signature.ident}.json", "reproducer": _repro(e)}
+            return {
+                **e.to_dict(),
+                "case_file": f"{FINDINGS}/{stand_in}.json",
+                "reproducer": f"{FINDINGS}/{stand_in}.py",
+            }
+
+        def cause(c: Cause) -> dict[str, Any]:
+            return {
+                "key": c.key,
+                "new": c.new,
+                "title": c.title(),
+                "cases": c.count,
+                "signatures": [e.signature.ident for e in c.entries],
+                "entry_points": list(c.where("entry")),
+                "backends": list(c.where("backend")),
+                "dtypes": list(c.where("dtype")),
+                "regimes": list(c.where("regime")),
+                "smallest": c.smallest.signature.ident,
+                "reproducer": entry(c.smallest)["reproducer"],
+            }
 
         return {
             "format": REPORT_FORMAT,
@@ -132,6 +160,7 @@ class Report:
                 {"entry": k[0], "backend": k[1], "kernel": k[2], "dtype": k[3], "cases": sum(v.values()), **v}
                 for k, v in sorted(self.counts.items())
             ],
+            "causes": [cause(c) for c in self.causes()],
             "catalogue": {"new": [entry(e) for e in self.new], "known": [entry(e) for e in self.known]},
             "replays": self.replays,
             "worst": sorted(self.worst.values(), key=lambda w: -w["ratio"]),
@@ -185,6 +214,19 @@ def _has_files(e: Entry) -> bool:
 
 def _repro(e: Entry) -> str:
     return f"{FINDINGS}/{e.signature.ident}.py"
+
+
+def files_of(found: Sequence[Cause]) -> dict[str, str]:
+    """Which signature's files stand for each signature: its cause's smallest example of its kind (one reproducer
+    per cause and kind, not one per signature); signatures whose stand-in has no files are left out."""
+    files: dict[str, str] = {}
+    for c in found:
+        chosen = {e.signature.kind: e for e in reversed(c.entries)}  # the smallest of each kind wins
+        for e in c.entries:
+            stand_in = chosen[e.signature.kind]
+            if _has_files(stand_in):
+                files[e.signature.ident] = stand_in.signature.ident
+    return files
 
 
 def from_workers(
@@ -275,14 +317,33 @@ def _finding_files(e: Entry) -> tuple[str, str]:
     return finding_json(e), script(e)
 
 
-def write(report: Report, out: Path) -> None:
-    """Write every file of the report into ``out`` (atomically, one by one; report.json last)."""
+def write(report: Report, out: Path, *, baseline: Path | None = None) -> None:
+    """Write every file of the report into ``out`` (atomically, one by one; report.json last).
+
+    What changed is measured against ``baseline`` (a report.json or its folder), else against the report
+    this one replaces in ``out``; the run joins ``out``'s history.  Raises ValueError for an unreadable
+    baseline that was asked for.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    if baseline is not None:
+        before = read_baseline(baseline)
+        if before is None:
+            raise ValueError(f"--baseline {baseline}: no report.json there")
+        name = str(baseline)
+    else:
+        try:
+            before, name = read_baseline(out), "the previous report in this folder"
+        except ValueError:
+            before, name = None, ""  # a damaged previous report: no comparison, and it is replaced below
+    found = report.causes()
+    change = changes(found, report.cases_per_s, before, name=name)
+    history = record(out, run_of(report.started, report.cases, report.cases_per_s, found), load_history(out))
     findings = out / FINDINGS
     findings.mkdir(exist_ok=True)
     keep = set()
+    stand_ins = set(files_of(found).values())
     for e in report.catalogue.entries.values():
-        if not _has_files(e):
+        if e.signature.ident not in stand_ins:
             continue
         case_file, reproducer = _finding_files(e)
         atomic.write_text(findings / f"{e.signature.ident}.json", case_file)
@@ -294,7 +355,10 @@ def write(report: Report, out: Path) -> None:
             stale.unlink()
     atomic.write_with(out / "plot-data.npz", lambda f: _save_points(f, report.points))
     atomic.write_with(out / "errors.png", lambda f: plot(report.points, f))
-    atomic.write_text(out / "report.md", markdown(report))
+    atomic.write_with(out / "history.png", lambda f: plot_history(history, f))
+    first = _first_layer(report, found, change, history)
+    atomic.write_text(out / "summary.md", "\n".join(first) + "\n")
+    atomic.write_text(out / "report.md", markdown(report, first=first, found=found))
     atomic.write_text(out / "report.json", json.dumps(_jsonable(report.to_dict()), indent=1) + "\n")
 
 
@@ -373,7 +437,16 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
             seen_shards[label] = sub["source"]
             shards.append(sub)
     return Report(
-        parameters={"merged": len(reports), "sources": list(sources)},
+        parameters={
+            "merged": len(reports),
+            "sources": list(sources),
+            # Which MXNet and oneDNN ran (bnprops/campaign.py): one value, or every distinct one.
+            **{
+                key: ", ".join(sorted({str(r.parameters[key]) for r in reports if key in r.parameters}))
+                for key in ("mxnet_version", "onednn_version")
+                if any(key in r.parameters for r in reports)
+            },
+        },
         started=min(r.started for r in reports),
         # Shards run side by side: the campaign took as long as the slowest; cases/s adds up.
         elapsed_s=max(r.elapsed_s for r in reports),
@@ -396,11 +469,60 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
 
 
 # People.
-def markdown(report: Report) -> str:
+def _link(c: Cause) -> str:
+    stand_in = files_of([c]).get(c.smallest.signature.ident)
+    if stand_in is None:
+        return "in bnprops/known_deviations.py (example too large for files)"
+    return f"[{FINDINGS}/{stand_in}.py]({FINDINGS}/{stand_in}.py)"
+
+
+def _first_layer(report: Report, found: Sequence[Cause], change: Changes | None, history: Sequence[Run]) -> list[str]:
+    return first_layer(
+        started=report.started,
+        cases=report.cases,
+        elapsed_s=report.elapsed_s,
+        cases_per_s=report.cases_per_s,
+        stop_reason=report.stop_reason,
+        found=found,
+        change=change,
+        history=history,
+        link=_link,
+    )
+
+
+def _software_line(parameters: dict[str, Any]) -> list[str]:
+    """Which MXNet and oneDNN ran (bnprops/campaign.py records them): the same code deviates in one release
+    and not in another."""
+    if "mxnet_version" not in parameters:
+        return []
+    onednn = str(parameters.get("onednn_version", "unknown"))
+    onednn = onednn if onednn.split()[0] in ("oneDNN", "DNNL", "MKL-DNN", "Intel") else f"oneDNN {onednn}"
+    return ["", f"Software under test: MXNet {parameters['mxnet_version']}, {onednn}."]
+
+
+def markdown(report: Report, *, first: Sequence[str] | None = None, found: Sequence[Cause] | None = None) -> str:
+    """report.md: the one-screen summary, the new deviations by cause, then every signature in a collapsed appendix."""
+    found = report.causes() if found is None else found
+    if first is None:
+        first = _first_layer(report, found, None, ())
+    head = [
+        *first,
+        *_software_line(report.parameters),
+        *second_layer(found, _link),
+        "",
+        "<details><summary>Appendix: every signature, the counts, the "
+        "checks run while exploring and the worst errors</summary>",
+        "",
+    ]
+    return "\n".join(head) + "\n" + _appendix(report) + "\n\n</details>\n"
+
+
+def _appendix(report: Report) -> str:
     t = report.totals()
     p = report.parameters
+    files = files_of(report.causes())
     lines = [
-        "# bnprops fuzz report",
+        "## Appendix",
         "",
         f"Started {report.started}; {report.cases} cases in {report.elapsed_s:.1f} s "
         f"(**{report.cases_per_s:.1f} cases/s**, plus {report.shrink_calls} runs while shrinking); "
@@ -459,12 +581,7 @@ def markdown(report: Report) -> str:
                 f"- entry point `{s.entry}`, backend `{s.backend}`, dtype `{s.dtype}`, {flags}, value regime "
                 f"`{s.regime}`",
                 _example_line(e),
-                f"- case: [{FINDINGS}/{s.ident}.json]({FINDINGS}/{s.ident}.json) "
-                f"(`bnprops repro {FINDINGS}/{s.ident}.json`); reproducer: [{_repro(e)}]({_repro(e)}) "
-                f"(`python {_repro(e)}`)"
-                if _has_files(e)
-                else f"- no files: the example has {e.case.x.size:,} elements; the deviation's own reproducer "
-                "is in bnprops/known_deviations.py",
+                _files_line(e, files.get(s.ident)),
             ]
             if e.detail:
                 lines += ["", "```", e.detail, "```"]
@@ -514,48 +631,18 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _files_line(e: Entry, stand_in: str | None) -> str:
+    if stand_in is None:
+        return (
+            f"- no files: the example has {e.case.x.size:,} elements; the deviation's own reproducer is in "
+            "bnprops/known_deviations.py"
+        )
+    which = "" if stand_in == e.signature.ident else f" (its cause's smallest example, `{stand_in}`)"
+    case, repro = f"{FINDINGS}/{stand_in}.json", f"{FINDINGS}/{stand_in}.py"
+    return f"- case: [{case}]({case}) (`bnprops repro {case}`); reproducer: [{repro}]({repro}){which}"
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return str(value)
-
-
-def plot(points: Points, handle: IO[bytes]) -> None:
-    """error/bound against offset/spread, one panel per dtype (row) and quantity (column), as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dtypes = [i for i, _ in enumerate(DTYPES) if (points.dtype == i).any()] or [0]
-    quantities = [j for j in range(len(QUANTITIES)) if np.isfinite(points.ratio[:, j]).any()] or [0]
-    fig, axes = plt.subplots(
-        len(dtypes), len(quantities), figsize=(2.4 * len(quantities), 2.2 * len(dtypes)), squeeze=False
-    )
-    x_all = np.log10(np.clip(points.cond, 1e-3, 1e12))
-    for r, di in enumerate(dtypes):
-        for c, qj in enumerate(quantities):
-            ax = axes[r][c]
-            rows = points.dtype == di
-            ratio = points.ratio[rows, qj]
-            x = x_all[rows]
-            keep = ~np.isnan(ratio)
-            y = np.log10(np.clip(ratio[keep], 1e-8, 1e8))
-            bad = ratio[keep] > 1
-            ax.scatter(x[keep][~bad], y[~bad], s=2, alpha=0.3, color="tab:blue", rasterized=True)
-            ax.scatter(x[keep][bad], y[bad], s=6, color="tab:red", rasterized=True)
-            ax.axhline(0, color="red", linewidth=0.8)
-            ax.set_ylim(-8.5, 8.5)
-            ax.set_title(f"{DTYPES[di]} {QUANTITIES[qj]}", fontsize=8)
-            ax.tick_params(labelsize=6)
-            if c == 0:
-                ax.set_ylabel("log10 error/bound", fontsize=7)
-            if r == len(dtypes) - 1:
-                ax.set_xlabel("log10 offset/spread", fontsize=7)
-    if not len(points.cond):
-        fig.suptitle("no cases were judged")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    handle.write(buffer.getvalue())

@@ -1,7 +1,7 @@
 """Findings as files: the case as JSON, and a standalone reproducer script that needs only mxnet and numpy.
 
 The script, in the spirit of the forum thread that started bnprops, makes the exact MXNet call
-through the finding's entry point and backend (Case.snippet), prints MXNet's numbers beside the
+through the finding's entry point and backend (bnprops.snippets.snippet), prints MXNet's numbers beside the
 float64 oracle's and exits 1 while the deviation persists, 0 once MXNet agrees.  The oracle's
 values and the per-element error bounds (bnprops.error_model's, for this very case) are embedded
 as numbers: they depend on the case alone, so the script judges exactly as the comparator does.
@@ -23,6 +23,7 @@ from bnprops.error_model import bounds, indeterminate_channels, indeterminate_qu
 from bnprops.judgement import predictions
 from bnprops.known_deviations import KNOWN_DEVIATIONS
 from bnprops.runners import kernel_for
+from bnprops.snippets import snippet
 
 FINDING_FORMAT = "bnprops.finding/1"
 
@@ -133,7 +134,7 @@ def script(entry: Entry) -> str:
             defined = ~oracle.per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
             mask = np.broadcast_to(defined, e.shape).copy()
         judged[q] = mask
-    call = case.snippet(entry=sig.entry, backend=sig.backend)
+    call = snippet(case, entry=sig.entry, backend=sig.backend)
     focus = _focus(sig)
     model = _model(sig, case) if sig.kind in VERDICTS else {}
     if sig.kind == STALE:

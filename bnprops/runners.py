@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,12 +27,15 @@ os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
 import mxnet as mx
 import numpy as np
 
+from bnprops import mxversion
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs, param_dtype
 
 Runner = Callable[[Case], Outputs]
 
+#: Was this MXNet built with oneDNN? The 'mxnet' wheels of 1.3-1.6 were not (mxnet-mkl was).
+ONEDNN_BUILT = mxversion.onednn_built()
 #: Read by MXNet at start-up: "0" sends float32 to the native kernel instead of oneDNN.
-ONEDNN_ENABLED = os.environ.get("MXNET_MKLDNN_ENABLED", "1") != "0"
+ONEDNN_ENABLED = ONEDNN_BUILT and os.environ.get("MXNET_MKLDNN_ENABLED", "1") != "0"
 
 #: Entry points by name: how a user reaches the operator.
 ENTRY_POINTS = ("sym", "nd", "gluon", "gluon-hybrid", "npx")
@@ -48,11 +52,48 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run here (no GPU, or the worker process cannot start); the message says why."""
 
 
+class EntryUnavailable(BackendUnavailable):
+    """The entry point does not exist in this MXNet release (mx.npx before 1.6); the message says why."""
+
+
+def entry_unavailable_reason(entry: str) -> str | None:
+    """Why ``entry`` cannot run in this MXNet release (its tests and fuzz targets skip with it), or None."""
+    if entry not in ENTRY_POINTS:
+        raise ValueError(f"unknown entry point {entry!r}; choose from {list(ENTRY_POINTS)}")
+    if entry != "npx":
+        return None  # sym, nd and gluon.nn.BatchNorm exist in every release since 1.0
+    util = getattr(mx, "util", None)
+    missing = [
+        name
+        for name, ok in (
+            ("mx.npx.batch_norm", hasattr(getattr(mx, "npx", None), "batch_norm")),
+            ("mx.np.array", hasattr(getattr(mx, "np", None), "array")),
+            ("mx.util.np_shape", hasattr(util, "np_shape")),
+            ("mx.util.np_array", hasattr(util, "np_array")),
+        )
+        if not ok
+    ]
+    if missing:
+        return f"MXNet {mx.__version__} has no {', '.join(missing)} (the numpy interface came in 1.6)"
+    return None
+
+
+#: Before 1.8, oneDNN ran BatchNorm only on 4-D input with axis=1 (SupportMKLDNNBN: ndim == 4 and axis ==
+#: DEFAULT_AXIS); apache/mxnet#18504 ("Invoke mkldnn and cudnn BatchNorm when axis != 1", v1.x backport #18890)
+#: widened it to every shape and axis in 1.8.0.
+ONEDNN_ANY_SHAPE_SINCE = "1.8.0"
+
+
 def kernel_for(case: Case, backend: str | None = None) -> str:
-    """Which kernel runs the case: on the onednn backend float16/float64 still take the native kernel."""
+    """Which kernel runs the case: on the onednn backend float16/float64 still take the native kernel, and
+    before 1.8 so does float32 input that is not 4-D with axis=1."""
     backend = IN_PROCESS_BACKEND if backend is None else backend
     if backend == "onednn":
-        return "onednn" if case.dtype == "float32" else "native"
+        if case.dtype != "float32":
+            return "native"
+        if mxversion.parse(mxversion.running()) < mxversion.parse(ONEDNN_ANY_SHAPE_SINCE):
+            return "onednn" if case.x.ndim == 4 and case.axis == 1 else "native"
+        return "onednn"
     return backend
 
 
@@ -341,7 +382,7 @@ def run_gluon_hybrid(case: Case, *, ctx: Any = None, cudnn_off: bool | None = No
     return _run_gluon(case, hybridize=True, ctx=ctx, cudnn_off=cudnn_off)
 
 
-_ENTRY_FUNCTIONS: dict[str, Callable[..., Outputs]] = {
+ENTRY_FUNCTIONS: dict[str, Callable[..., Outputs]] = {
     "sym": run_symbolic,
     "nd": run_nd,
     "gluon": run_gluon,
@@ -349,7 +390,26 @@ _ENTRY_FUNCTIONS: dict[str, Callable[..., Outputs]] = {
     "npx": run_npx,
 }
 #: In-process CPU runners by entry point (the backend is IN_PROCESS_BACKEND).
-RUNNERS: dict[str, Runner] = {name: _ENTRY_FUNCTIONS[name] for name in ENTRY_POINTS}
+RUNNERS: dict[str, Runner] = {name: ENTRY_FUNCTIONS[name] for name in ENTRY_POINTS}
+
+
+def network_unavailable_reason(entry: str) -> str | None:
+    """Why BatchNorm-inside-a-network checks (bnprops/in_network.py) cannot run through ``entry`` in this
+    release, or None: gluon-hybrid chains watch BatchNorm through HybridBlock.register_op_hook (1.6+)."""
+    if entry == "gluon-hybrid" and not hasattr(mx.gluon.HybridBlock, "register_op_hook"):
+        return f"MXNet {mx.__version__} has no HybridBlock.register_op_hook (added in 1.6)"
+    if entry == "sym" and "monitor_all" not in inspect.signature(mx.executor.Executor.set_monitor_callback).parameters:
+        return f"MXNet {mx.__version__}'s Executor.set_monitor_callback has no monitor_all (added in 1.5)"
+    return entry_unavailable_reason(entry)
+
+
+def sequence_unavailable_reason(entry: str) -> str | None:
+    """Why training sequences (bnprops/training.py) cannot run through ``entry`` in this release, or None:
+    its sessions set the shape semantics with mx.util.np_shape/is_np_shape (1.5+) on every entry point."""
+    util = getattr(mx, "util", None)
+    if not (hasattr(util, "np_shape") and hasattr(util, "is_np_shape")):
+        return f"MXNet {mx.__version__} has no mx.util.np_shape (added in 1.5)"
+    return entry_unavailable_reason(entry)
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -366,27 +426,6 @@ def unavailable_reason(backend: str) -> str | None:
     in principle; a worker that cannot start raises BackendUnavailable when first used."""
     if backend not in ALL_BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {list(ALL_BACKENDS)}")
+    if backend == "onednn" and not ONEDNN_BUILT:
+        return f"MXNet {mx.__version__} was built without oneDNN (MKLDNN): float32 runs the native kernel only"
     return gpu_unavailable_reason() if backend in GPU_BACKENDS else None
-
-
-def runner_for(entry: str, backend: str) -> Runner:
-    """The runner for an entry point on a backend.
-
-    The in-process backend runs here; the other CPU backend goes to a long-lived worker process
-    (bnprops.worker) started with MXNET_MKLDNN_ENABLED set for it; GPU backends raise
-    BackendUnavailable, with the reason, where no GPU is present.
-    """
-    if entry not in ENTRY_POINTS:
-        raise ValueError(f"unknown entry point {entry!r}; choose from {list(ENTRY_POINTS)}")
-    if backend not in ALL_BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {list(ALL_BACKENDS)}")
-    if backend in GPU_BACKENDS:
-        reason = gpu_unavailable_reason()
-        if reason is not None:
-            raise BackendUnavailable(f"backend {backend!r}: {reason}")
-        return functools.partial(_ENTRY_FUNCTIONS[entry], ctx=mx.gpu(0), cudnn_off=backend == "cuda")
-    if backend == IN_PROCESS_BACKEND:
-        return RUNNERS[entry]
-    from bnprops.worker import worker_for
-
-    return functools.partial(worker_for(backend).run, entry)

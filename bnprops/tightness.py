@@ -219,8 +219,9 @@ def measure(
     validate_choices("backend", [backend], allowed=BACKENDS)
     if cases_per_cell < 1:
         raise ValueError(f"cases_per_cell must be at least 1, got {cases_per_cell}")
+    from bnprops.backends import runner_for
     from bnprops.checks import judge
-    from bnprops.runners import kernel_for, runner_for
+    from bnprops.runners import kernel_for
 
     if runner is None:
         runner = runner_for("sym", backend)

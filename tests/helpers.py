@@ -7,9 +7,13 @@ import pytest
 from hypothesis import settings
 
 from bnprops.case import Case, param_dtype
+from bnprops.report import Report
 from bnprops.runners import unavailable_reason
 from bnprops.sequences import Rule, Sequence
 from bnprops.state_model import Config
+
+#: Campaign options for tests of one part of the fuzz job: no chains, no sequences (their own tests run those).
+FOCUSED: dict[str, int] = {"network_every": 0, "sequence_every": 0}
 
 
 def budget(fraction: float) -> int:
@@ -71,3 +75,8 @@ def one_sequence(*rules: str, entry: str = "nd", dtype: str = "float64", **confi
         "hybridize": {},
     }
     return Sequence(Config(**fields), tuple(Rule(r, tuple(args[r].items())) for r in rules))  # type: ignore[arg-type]
+
+
+def first_finding(report: Report) -> str:
+    """The ident whose files stand for the first new cause (the report writes files per cause, not per signature)."""
+    return next(c for c in report.causes() if c.new).smallest.signature.ident

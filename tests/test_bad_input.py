@@ -13,9 +13,10 @@ import mxnet as mx
 import pytest
 
 from bnprops import contract
+from bnprops.backends import runner_for
 from bnprops.checks import check
 from bnprops.known_deviations import INPUT_DEVIATIONS, empty_batch
-from bnprops.runners import BACKENDS, ENTRY_POINTS, runner_for
+from bnprops.runners import BACKENDS, ENTRY_POINTS
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 
 from bnprops.case import Case
 from bnprops.runners import run_symbolic
+from bnprops.snippets import snippet
 from bnprops.strategies import cases
 from tests.helpers import one_channel_case
 
@@ -63,7 +64,7 @@ def test_float16_cases_take_float32_parameters() -> None:
 
 def test_the_snippet_runs_alone_and_prints_what_the_runner_returns() -> None:
     case = one_channel_case([0.5, -1.25, 2.0], dtype="float32", output_mean_var=True)
-    result = subprocess.run([sys.executable, "-c", case.snippet()], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", snippet(case)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = run_symbolic(case)
     dgamma_line = next(line for line in result.stdout.splitlines() if line.startswith("dgamma "))

@@ -18,6 +18,7 @@ from bnprops.checks import check
 from bnprops.known_deviations import KNOWN_DEVIATIONS
 from bnprops.reproducer import finding_json, script
 from bnprops.runners import run_symbolic
+from tests.helpers import FOCUSED, first_finding
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,10 +136,10 @@ def test_repro_explains_a_known_deviation_and_exits_1_while_it_persists(
 
 def test_repro_of_a_fault_that_is_not_in_mxnet_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = campaign.run(
-        fuzz.Config(out=tmp_path, dtypes=("float64",), max_examples=20, seed=1),
+        fuzz.Config(out=tmp_path, dtypes=("float64",), max_examples=20, seed=1, **FOCUSED),
         runner_factory=planted.dbeta_off_by_one_percent,
     )
-    finding = tmp_path / "findings" / f"{report.new[0].signature.ident}.json"
+    finding = tmp_path / "findings" / f"{first_finding(report)}.json"
     code, out, _ = run_cli(["repro", str(finding)], capsys)
     assert code == cli.EXIT_OK
     assert "is gone" in out
@@ -208,6 +209,7 @@ def test_merge_adds_up_the_shards_and_merges_the_catalogues(tmp_path: Path, caps
             max_examples=30,
             chunk_size=15,
             seed=5,
+            **FOCUSED,
             shard_index=i,
             shard_count=2,
         )

@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
+from bnprops.backends import runner_for
 from bnprops.case import QUANTITIES, Case
 from bnprops.checks import assert_agree, assert_matches_oracle
-from bnprops.runners import BACKENDS, adapt, runner_for, unavailable_reason
+from bnprops.runners import BACKENDS, adapt, unavailable_reason
 from bnprops.strategies import cases
 from tests.helpers import budget, skip_unless_available
 

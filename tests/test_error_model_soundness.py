@@ -27,12 +27,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from bnprops.backends import runner_for
 from bnprops.case import QUANTITIES, Case, Outputs
 from bnprops.checks import judge as check_outcome
 from bnprops.comparator import Mismatch, Verdict, compare
 from bnprops.error_model import indeterminate_channels
 from bnprops.oracle import eps_as_applied, momentum_as_applied, output_dtypes, per_channel, reference, statistics
-from bnprops.runners import runner_for
 from bnprops.strategies import VALUE_REGIMES, cases, sibling
 from tests.emulated import (
     LANES,

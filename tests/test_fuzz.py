@@ -11,15 +11,17 @@ import planted_runners as planted
 import pytest
 
 from bnprops import campaign, fuzz
+from bnprops.backends import runner_for
 from bnprops.case import Case, Outputs
 from bnprops.catalogue import ERROR, MISMATCH
 from bnprops.report import LARGE_EXAMPLE, Report
-from bnprops.runners import Runner, runner_for
+from bnprops.runners import Runner
+from tests.helpers import FOCUSED
 
 
 def planted_campaign(out: Path, **overrides: object) -> Report:
     """A small float64 campaign against the planted dbeta fault."""
-    params: dict[str, object] = dict(out=out, dtypes=("float64",), max_examples=60, chunk_size=30, seed=1)
+    params: dict[str, object] = dict(out=out, dtypes=("float64",), max_examples=60, chunk_size=30, seed=1, **FOCUSED)
     params.update(overrides)
     config = fuzz.Config(**params)  # type: ignore[arg-type]
     return campaign.run(config, runner_factory=planted.dbeta_off_by_one_percent)
@@ -123,7 +125,7 @@ def test_the_next_run_replays_the_stored_failures_first(planted_run: tuple[Path,
     assert {e.signature for e in first.new} <= {e.signature for e in second.new}
 
     # Once the fault is gone, the replays say so and the database index forgets them.
-    fixed = campaign.run(fuzz.Config(out=again, dtypes=("float64",), max_examples=5, seed=99))
+    fixed = campaign.run(fuzz.Config(out=again, dtypes=("float64",), max_examples=5, seed=99, **FOCUSED))
     assert fixed.replays and all(r["status"].startswith("did not reproduce") for r in fixed.replays)
     assert not fixed.new
     assert json.loads((again / fuzz.INDEX_FILE).read_text())["signatures"] == []
@@ -147,7 +149,7 @@ def test_shards_judge_different_cases(tmp_path: Path) -> None:
     reports = []
     for shard in (0, 1):
         config = fuzz.Config(
-            out=tmp_path / f"s{shard}", max_examples=40, chunk_size=20, shard_index=shard, shard_count=2
+            out=tmp_path / f"s{shard}", max_examples=40, chunk_size=20, shard_index=shard, shard_count=2, **FOCUSED
         )
         reports.append(campaign.run(config, runner_factory=recording(shard)))
     # The runner sees each stacked call: only Hypothesis's few simplest ones, which start every
@@ -157,7 +159,7 @@ def test_shards_judge_different_cases(tmp_path: Path) -> None:
 
 
 def test_a_runner_that_raises_is_catalogued_as_an_error(tmp_path: Path) -> None:
-    config = fuzz.Config(out=tmp_path, dtypes=("float64",), max_examples=10)
+    config = fuzz.Config(out=tmp_path, dtypes=("float64",), max_examples=10, **FOCUSED)
     report = campaign.run(config, runner_factory=planted.raises_for_float64)
     assert [(e.signature.kind, e.signature.quantity) for e in report.new][:1] == [(ERROR, "RuntimeError")]
     assert report.totals()["error"] == 10
@@ -165,7 +167,7 @@ def test_a_runner_that_raises_is_catalogued_as_an_error(tmp_path: Path) -> None:
 
 
 def test_an_interrupt_stops_the_campaign_and_the_report_is_still_written(tmp_path: Path) -> None:
-    config = fuzz.Config(out=tmp_path, max_examples=1000)
+    config = fuzz.Config(out=tmp_path, max_examples=1000, **FOCUSED)
     report = campaign.run(config, runner_factory=planted.interrupted_after(15))
     assert report.stop_reason == "interrupted"
     # 15 MXNet calls, each a stacked group of up to GROUP_SIZE cases.
@@ -181,7 +183,7 @@ def test_the_time_limit_stops_the_campaign(tmp_path: Path) -> None:
 
 
 def test_worker_processes_share_the_budget(tmp_path: Path) -> None:
-    report = campaign.run(fuzz.Config(out=tmp_path, max_examples=12, workers=2, chunk_size=3))
+    report = campaign.run(fuzz.Config(out=tmp_path, max_examples=12, workers=2, chunk_size=3, **FOCUSED))
     assert report.cases == 12
     assert not report.notes, report.notes
 

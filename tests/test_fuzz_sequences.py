@@ -15,16 +15,17 @@ import pytest
 from hypothesis import given, settings
 
 from bnprops import campaign, cli, fuzz, in_network, state_model
+from bnprops.backends import runner_for
 from bnprops.catalogue import KNOWN, SEQUENCE
 from bnprops.known_deviations import FROZEN_LAYER_KEEPS_MOVING_STATS, RETAINED_GRAPH_UPDATES_AGAIN
 from bnprops.producers import Chain, step
 from bnprops.relation_findings import RelationDraw
 from bnprops.report import Report
-from bnprops.runners import IN_PROCESS_BACKEND, runner_for
+from bnprops.runners import IN_PROCESS_BACKEND
 from bnprops.sequence_findings import REGIME, applies, check_sequence, due, sequence_of
 from bnprops.sequences import Sequence, sequences
 from tests import planted_sessions
-from tests.helpers import one_channel_case, one_sequence
+from tests.helpers import first_finding, one_channel_case, one_sequence
 
 PLANTED = "tests.planted_sessions:"
 PLANTED_QUANTITIES = {"moving_mean", "moving_var", "dx", "dgamma", "dbeta"}
@@ -36,7 +37,7 @@ SMALL: dict[str, object] = dict(
     relation_every=0,
     network_every=0,
     sequence_every=1,
-    seed=5,
+    seed=6,
 )
 
 
@@ -54,7 +55,7 @@ def small_campaign(out: Path, *, max_examples: int, session: str = "", **changes
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Report]:
     out = tmp_path_factory.mktemp("planted-sequence")
-    return out, small_campaign(out, max_examples=300, session="moving_stats_updated_twice")
+    return out, small_campaign(out, max_examples=1200, session="moving_stats_updated_twice")
 
 
 def test_a_fault_from_the_second_step_on_is_caught_catalogued_and_shrunk_to_a_short_sequence(
@@ -86,7 +87,8 @@ def test_the_report_lists_sequence_findings_with_their_sequence_and_a_replay_scr
     assert {e["signature"]["kind"] for e in data["catalogue"]["new"]} == {SEQUENCE}
     for e in data["catalogue"]["new"]:
         finding = json.loads((out / e["case_file"]).read_text())
-        assert Sequence.from_dict(finding["sequence"]).to_json() == Sequence.from_dict(e["sequence"]).to_json()
+        if Path(e["case_file"]).stem == e["id"]:  # its own files (the others point at their cause's smallest example)
+            assert Sequence.from_dict(finding["sequence"]).to_json() == Sequence.from_dict(e["sequence"]).to_json()
     assert data["sequence_checks"] == report.sequence_checks
     markdown = (out / "report.md").read_text()
     entry = report.new[0]
@@ -104,7 +106,7 @@ def test_bnprops_repro_replays_a_sequence_finding_and_says_whether_it_persists(
     planted_run: tuple[Path, Report], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, report = planted_run
-    finding = out / "findings" / f"{report.new[0].signature.ident}.json"
+    finding = out / "findings" / f"{first_finding(report)}.json"
     assert cli.main(["repro", str(finding)]) == cli.EXIT_OK  # MXNet itself follows the model
     assert "is gone" in capsys.readouterr().out
     monkeypatch.setattr(state_model, "open_session", planted_sessions.moving_stats_updated_twice)

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from bnprops.backends import runner_for
 from bnprops.batching import split, stack
 from bnprops.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs, param_dtype, sentinel
 from bnprops.checks import check, check_group
@@ -15,7 +16,8 @@ from bnprops.comparator import compare
 from bnprops.invariants import violations
 from bnprops.known_deviations import empty_batch
 from bnprops.oracle import output_dtypes, reference
-from bnprops.runners import BACKENDS, ENTRY_POINTS, IN_PROCESS_BACKEND, adapt, runner_for
+from bnprops.runners import BACKENDS, ENTRY_POINTS, IN_PROCESS_BACKEND, adapt
+from bnprops.snippets import snippet
 from bnprops.worker import environment_for
 from tests.helpers import one_channel_case
 from tests.planted_runners import turns_finite_into_nan, writes_gamma, writes_null_buffers
@@ -229,7 +231,7 @@ def test_every_reproducer_fills_and_reports_the_null_buffers_as_the_runner_does(
     scripts = []
     for entry in ENTRY_POINTS:  # npx last: its snippet switches the numpy semantics on for the process
         expected = checks if entry in ("sym", "nd", "npx") else checks.splitlines()[0]
-        scripts.append(f"print('== {entry}')\n{case.snippet(entry=entry)}\n{expected}")
+        scripts.append(f"print('== {entry}')\n{snippet(case, entry=entry)}\n{expected}")
     proc = subprocess.run(
         [sys.executable, "-c", "\n".join(scripts)],
         capture_output=True,

@@ -10,11 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+from bnprops.backends import runner_for
 from bnprops.case import Case
 from bnprops.checks import check
 from bnprops.judgement import predictions
 from bnprops.known_deviations import KNOWN_DEVIATIONS
-from bnprops.runners import BACKENDS, ENTRY_POINTS, kernel_for, runner_for
+from bnprops.runners import BACKENDS, ENTRY_POINTS, kernel_for
+from bnprops.snippets import snippet
 from bnprops.worker import environment_for
 
 NEW_DEVIATIONS = ("onednn-fix-gamma-add-wipes-dgamma", "sym-inference-backward-trains", "empty-batch-nan")
@@ -62,7 +64,7 @@ def test_a_case_refuses_priors_that_do_not_match_its_requests() -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_entry_points_reproducer_runs_and_prints_what_the_runner_returns(backend: str) -> None:
     case = accumulating_case().with_(output_mean_var=False)
-    script = "\n".join(f"print('== {e}')\n" + case.snippet(entry=e, backend=backend) for e in ENTRY_POINTS)
+    script = "\n".join(f"print('== {e}')\n" + snippet(case, entry=e, backend=backend) for e in ENTRY_POINTS)
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=environment_for(backend), check=False
     )

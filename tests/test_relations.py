@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import find as hypothesis_find
 from hypothesis import strategies as st
 
+from bnprops.backends import runner_for
 from bnprops.case import Case, Outputs
 from bnprops.params import parsed
 from bnprops.relations import RELATIONS, Scale, ScalingRelation, compare_scaled, eps_as_kernel_reads, run_relation
-from bnprops.runners import IN_PROCESS_BACKEND, adapt, run_symbolic, runner_for
+from bnprops.runners import IN_PROCESS_BACKEND, adapt, run_symbolic
 from bnprops.strategies import cases, epsilons
 from tests.helpers import budget, skip_unless_available
 from tests.planted import numpy_batchnorm

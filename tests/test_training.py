@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 )
 
 from bnprops.known_deviations import SEQUENCE_DEVIATIONS
-from bnprops.runners import IN_PROCESS_BACKEND
+from bnprops.runners import IN_PROCESS_BACKEND, entry_unavailable_reason
 from bnprops.sequence_findings import check_sequence
 from bnprops.sequences import configs
 from bnprops.state_model import Config, SequenceFailure, Tracker, signature
@@ -158,6 +158,12 @@ def run(machine: type[RuleBasedStateMachine], *, examples: int | None = None, st
 @pytest.mark.property
 @pytest.mark.parametrize("machine", [SymSequences, AutogradSequences, GluonSequences], ids=["sym", "nd-npx", "gluon"])
 def test_state_follows_the_model_over_sequences(machine: type[RuleBasedStateMachine]) -> None:
+    entries: tuple[str, ...] = machine.entries  # type: ignore[attr-defined]
+    available = tuple(e for e in entries if entry_unavailable_reason(e) is None)
+    if not available:
+        pytest.skip("; ".join(f"{e}: {entry_unavailable_reason(e)}" for e in entries))
+    if available != entries:  # a release without npx still runs nd's sequences
+        machine = type(machine.__name__, (machine,), {"entries": available})
     run(machine)
 
 
