@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from bnprops.comparator import compare_pair
 from bnprops.in_network import ENTRY_OF, Finding, Result, case_of, check_chain, known_deviation
 from bnprops.network_kernel import draw
 from bnprops.producers import Chain, chain_step_names, chains
+from bnprops.reproducer import load_example, with_example
 from bnprops.runners import Runner
 
 #: One example in this many runs its chain while exploring (bnprops fuzz --networks). A chain costs about
@@ -185,24 +185,12 @@ def chain_of(entry: Entry) -> Chain:
 
 def finding_json(entry: Entry, base: str) -> str:
     """``findings/ID.json`` for a network finding: ``base`` (reproducer.finding_json) plus the chain."""
-    data = json.loads(base)
-    data["chain"] = json.loads(entry.network or "null")
-    data["chain_summary"] = chain_of(entry).describe()
-    return json.dumps(data, indent=1, sort_keys=True) + "\n"
+    return with_example(base, key="chain", example=entry.network, summary=chain_of(entry).describe())
 
 
 def load_chain(path: Path) -> Chain | None:
     """The chain a finding file keeps; None if it keeps none (not a network finding)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} does not read as a finding ({exc})") from exc
-    if not isinstance(data, dict) or data.get("chain") is None:
-        return None
-    try:
-        return Chain.from_dict(data["chain"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} keeps a chain that does not decode ({exc})") from exc
+    return load_example(path, key="chain", decode=Chain.from_dict)
 
 
 def script(entry: Entry) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from bnprops.judgement import predictions
 from bnprops.known_deviations import KNOWN_DEVIATIONS
 from bnprops.runners import kernel_for
 from bnprops.snippets import snippet
+
+T = TypeVar("T")
 
 FINDING_FORMAT = "bnprops.finding/1"
 
@@ -41,6 +44,30 @@ def finding_json(entry: Entry) -> str:
         "case": entry.case.to_dict(),
     }
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+
+def with_example(base: str, *, key: str, example: str | None, summary: str) -> str:
+    """``findings/ID.json`` for a finding whose example is not a case (a chain, a sequence): ``base``
+    (finding_json) plus the example's JSON under ``key`` and its one-line summary under ``key``_summary."""
+    data = json.loads(base)
+    data[key] = json.loads(example or "null")
+    data[f"{key}_summary"] = summary
+    return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+
+def load_example(path: Path, *, key: str, decode: Callable[[dict[str, Any]], T]) -> T | None:
+    """The example a finding file keeps under ``key`` (decoded); None if it keeps none. ValueError if it does not
+    read or does not decode, saying which."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} does not read as a finding ({exc})") from exc
+    if not isinstance(data, dict) or data.get(key) is None:
+        return None
+    try:
+        return decode(data[key])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} keeps a {key} that does not decode ({exc})") from exc
 
 
 def load_finding(path: Path) -> tuple[Case, Signature | None, str | None, str | None]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from bnprops import in_network
 from bnprops.case import Case
 from bnprops.catalogue import KNOWN, SEQUENCE, VERDICTS, Entry, Signature
 from bnprops.known_deviations import SEQUENCE_DEVIATIONS
+from bnprops.reproducer import load_example, with_example
 from bnprops.runners import IN_PROCESS_BACKEND
 from bnprops.sequences import ENTRIES, Sequence, SequenceRun, resolve, run_sequence, sequences
 
@@ -164,24 +164,12 @@ def sequence_of(entry: Entry) -> Sequence:
 
 def finding_json(entry: Entry, base: str) -> str:
     """``findings/ID.json`` for a sequence finding: ``base`` (reproducer.finding_json) plus the sequence."""
-    data = json.loads(base)
-    data["sequence"] = json.loads(entry.sequence or "null")
-    data["sequence_summary"] = sequence_of(entry).describe()
-    return json.dumps(data, indent=1, sort_keys=True) + "\n"
+    return with_example(base, key="sequence", example=entry.sequence, summary=sequence_of(entry).describe())
 
 
 def load_sequence(path: Path) -> Sequence | None:
     """The sequence a finding file keeps; None if it keeps none (not a sequence finding)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} does not read as a finding ({exc})") from exc
-    if not isinstance(data, dict) or data.get("sequence") is None:
-        return None
-    try:
-        return Sequence.from_dict(data["sequence"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} keeps a sequence that does not decode ({exc})") from exc
+    return load_example(path, key="sequence", decode=Sequence.from_dict)
 
 
 def script(entry: Entry) -> str:
