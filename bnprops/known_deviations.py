@@ -508,6 +508,17 @@ def _blocked_input_to_native_bn(chain: Chain, backend: str) -> bool:
     return blocked and not onednn_bn
 
 
+def _op_after_reshaped_conv(chain: Chain, backend: str) -> bool:
+    """gluon-hybrid on oneDNN, float32: a step (pooling, transpose, ...) after a reshape of a convolution's output."""
+    if chain.api != "gluon-hybrid" or backend != "onednn" or chain.dtype != "float32":
+        return False
+    ops = [dict(s)["op"] for s in chain.steps]
+    if "conv" not in ops:
+        return False
+    after_conv = ops[ops.index("conv") + 1 :]
+    return "reshape" in after_conv and len(after_conv[after_conv.index("reshape") + 1 :]) > 0
+
+
 NETWORK_DEVIATIONS: tuple[NetworkDeviation, ...] = (
     NetworkDeviation(
         id="onednn-blocked-input-native-batchnorm-backward-raises",
@@ -561,6 +572,57 @@ NETWORK_DEVIATIONS: tuple[NetworkDeviation, ...] = (
             fixed="1.7.0",
             probed=(("1.5.1", True), ("1.6.0", True), ("1.7.0", False), ("1.8.0", False), ("1.9.1", False)),
             why="apache/mxnet#17049 (set_num_inputs for backward operators), first released in 1.7.0",
+        ),
+    ),
+    NetworkDeviation(
+        id="onednn-hybrid-pool-after-reshaped-conv-raises",
+        summary="oneDNN, hybridized: pooling a reshaped convolution output raises 'dimensions are invalid' (the "
+        "producer fails; BatchNorm is not involved)",
+        kind="raises",
+        signature="dimensions are invalid",
+        conditions="gluon-hybrid (static_alloc, static_shape) on oneDNN, float32: a convolution, then a reshape of "
+        "its output, then a pooling layer; the network raises in its forward with or without the BatchNorm after "
+        "it; the same network imperatively (gluon, nd) trains",
+        applies=_op_after_reshaped_conv,
+        evidence="Found by tests/test_networks.py's chains (a fresh Hypothesis database): gluon-hybrid float32"
+        "[2, 1, 3, 3, 3] -> conv3d(8, k1, pad 0) -> reshape((2, 8, 27)) -> maxpool(2) -> BatchNorm raises MXNetError "
+        "'dimensions are invalid'; the same HybridSequential without the BatchNorm raises too, and without "
+        "hybridize() both train. A producer's failure, recorded so that it is not reported as BatchNorm's.",
+        reproducer=lambda: Chain(
+            api="gluon-hybrid",
+            input_shape=(2, 1, 3, 3, 3),
+            steps=(
+                step("conv", dims=3, channels=8, kernel=1, pad=0),
+                step("reshape", shape=(2, 8, 27)),
+                step("pool", kind="max", kernel=2),
+            ),
+            seed=0,
+        ),
+    ),
+    NetworkDeviation(
+        id="onednn-hybrid-reorder-after-reshaped-conv-raises",
+        summary="oneDNN, hybridized: another op on a reshaped convolution output raises 'could not create a primitive "
+        "descriptor for a reorder primitive' (the producer fails; BatchNorm is not involved)",
+        kind="raises",
+        signature="could not create a primitive descriptor for a reorder primitive",
+        conditions="gluon-hybrid (static_alloc, static_shape) on oneDNN, float32: a convolution, then a reshape of "
+        "its output, then another step (a transpose); the network raises in its forward with or without the "
+        "BatchNorm after it; the same network imperatively (gluon, nd) trains",
+        applies=_op_after_reshaped_conv,
+        evidence="Found by tests/test_networks.py's chains (a fresh Hypothesis database): gluon-hybrid float32"
+        "[2, 1, 3, 3, 3] -> conv3d(8, k1, pad 0) -> reshape((2, 8, 27)) -> transpose((0, 1, 2)) -> BatchNorm raises "
+        "MXNetError 'could not create a primitive descriptor for a reorder primitive'; the same HybridSequential "
+        "without the BatchNorm raises too, and without "
+        "hybridize() both train. A producer's failure, recorded so that it is not reported as BatchNorm's.",
+        reproducer=lambda: Chain(
+            api="gluon-hybrid",
+            input_shape=(2, 1, 3, 3, 3),
+            steps=(
+                step("conv", dims=3, channels=8, kernel=1, pad=0),
+                step("reshape", shape=(2, 8, 27)),
+                step("transpose", axes=(0, 1, 2)),
+            ),
+            seed=0,
         ),
     ),
 )
