@@ -39,6 +39,7 @@ from bnprops.network_kernel import draw
 from bnprops.producers import Chain, chain_step_names, chains
 from bnprops.reproducer import load_example, with_example
 from bnprops.runners import Runner
+from bnprops.summary import per_target_table
 
 #: One example in this many runs its chain while exploring (bnprops fuzz --networks). A chain costs about
 #: 15-30 ms (built, trained and captured in the worker process, then the plain call and the oracle), a
@@ -232,27 +233,12 @@ def replay(chain: Chain, sig: Signature, *, entry: str, backend: str) -> bool:
 
 def summary_lines(counts: dict[str, dict[str, int]]) -> list[str]:
     """The report's table of chain checks: per target, how many passed, matched a recorded deviation, or found."""
-    lines = [
+    return per_target_table(
         "## BatchNorm inside networks",
-        "",
         "Producer chains run while exploring (bnprops/producers.py, bnprops/in_network.py; one example in "
         "`network_every`): BatchNorm inside the network against the same call on a plain copy of its input, and "
         "that call against the oracle. A new finding is of kind `network` above; a check can count under several "
         "columns; the time per check includes starting its worker processes.",
-        "",
-    ]
-    if not counts:
-        return [*lines, "None ran."]
-    lines += [
-        "| target | checks | " + " | ".join(RESULTS) + " | ms per check |",
-        "|---|---:|" + "---:|" * (len(RESULTS) + 1),
-    ]
-    for name in sorted(counts):
-        cell = counts[name]
-        per = cell.get("ms", 0) / max(cell.get("checks", 0), 1)
-        lines.append(
-            f"| {name} | {cell.get('checks', 0)} | "
-            + " | ".join(str(cell.get(r, 0)) for r in RESULTS)
-            + f" | {per:.0f} |"
-        )
-    return lines
+        counts,
+        RESULTS,
+    )

@@ -35,6 +35,7 @@ from bnprops.known_deviations import SEQUENCE_DEVIATIONS
 from bnprops.reproducer import load_example, with_example
 from bnprops.runners import IN_PROCESS_BACKEND
 from bnprops.sequences import ENTRIES, Sequence, SequenceRun, resolve, run_sequence, sequences
+from bnprops.summary import per_target_table
 
 #: One example in this many runs its sequence while exploring (bnprops fuzz --sequences). A sequence of up to
 #: MAX_RULES rules costs about 20 ms in this process (README "Training sequences" has the measured cost).
@@ -212,26 +213,11 @@ def replay(sequence: Sequence, sig: Signature, *, entry: str, backend: str) -> b
 
 def summary_lines(counts: dict[str, dict[str, int]]) -> list[str]:
     """The report's table of sequence checks per target."""
-    lines = [
+    return per_target_table(
         "## Training sequences",
-        "",
         "Sequences of rules on one BatchNorm run while exploring (bnprops/sequences.py, bnprops/state_model.py; "
         "one example in `sequence_every`): the state after every rule against the reference model. A new finding "
         "is of kind `sequence` above; `known` counts sequences where a recorded sequence deviation's model held.",
-        "",
-    ]
-    if not counts:
-        return [*lines, "None ran."]
-    lines += [
-        "| target | checks | " + " | ".join(RESULTS) + " | ms per check |",
-        "|---|---:|" + "---:|" * (len(RESULTS) + 1),
-    ]
-    for name in sorted(counts):
-        cell = counts[name]
-        per = cell.get("ms", 0) / max(cell.get("checks", 0), 1)
-        lines.append(
-            f"| {name} | {cell.get('checks', 0)} | "
-            + " | ".join(str(cell.get(r, 0)) for r in RESULTS)
-            + f" | {per:.0f} |"
-        )
-    return lines
+        counts,
+        RESULTS,
+    )

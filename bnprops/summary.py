@@ -99,3 +99,23 @@ def second_layer(found: Sequence[Cause], link: Callable[[Cause], str]) -> list[s
             lines += ["", "```", e.detail, "```"]
         lines.append("")
     return lines
+
+
+def per_target_table(heading: str, blurb: str, counts: dict[str, dict[str, int]], results: Sequence[str]) -> list[str]:
+    """A report section counting the checks run while exploring, per target: each result, and ms per check."""
+    lines = [heading, "", blurb, ""]
+    if not counts:
+        return [*lines, "None ran."]
+    lines += [
+        "| target | checks | " + " | ".join(results) + " | ms per check |",
+        "|---|---:|" + "---:|" * (len(results) + 1),
+    ]
+    for name in sorted(counts):
+        cell = counts[name]
+        per = cell.get("ms", 0) / max(cell.get("checks", 0), 1)
+        lines.append(
+            f"| {name} | {cell.get('checks', 0)} | "
+            + " | ".join(str(cell.get(r, 0)) for r in results)
+            + f" | {per:.0f} |"
+        )
+    return lines
