@@ -32,7 +32,7 @@ settings.load_profile(os.environ.get("BNPROPS_PROFILE") or ("ci" if os.environ.g
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from bnprops.runners import ALL_BACKENDS, ENTRY_POINTS
+    from bnprops.mx.runners import ALL_BACKENDS, ENTRY_POINTS
 
     group = parser.getgroup("bnprops", "bnprops: which entry points and backends the properties run through")
     group.addoption(
@@ -54,15 +54,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from bnprops.runners import ALL_BACKENDS, ENTRY_POINTS
-    from bnprops.selection import parse_choices
+    from bnprops.base.selection import parse_choices
+    from bnprops.mx.runners import ALL_BACKENDS, ENTRY_POINTS
 
     try:
         requested = parse_choices(config.getoption("--bn-entry"), allowed=ENTRY_POINTS, what="entry point")
         config.bn_backends = parse_choices(config.getoption("--bn-backend"), allowed=ALL_BACKENDS, what="backend")  # type: ignore[attr-defined]
     except ValueError as exc:
         raise pytest.UsageError(f"{exc}") from exc
-    from bnprops.runners import entry_unavailable_reason
+    from bnprops.mx.runners import entry_unavailable_reason
 
     # Parametrised tests list every requested entry point (those this release lacks as skipped, with the
     # reason); tests that loop over entry points get the ones this release has.
@@ -73,9 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Which MXNet runs, and which recorded deviations its release has: a release where one is expected
     stays green (its cases count as known deviations) and says so here."""
-    from bnprops import mxversion
-    from bnprops.known_deviations import KNOWN_DEVIATIONS
-    from bnprops.runners import ENTRY_POINTS, ONEDNN_BUILT, entry_unavailable_reason
+    from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+    from bnprops.mx import mxversion
+    from bnprops.mx.runners import ENTRY_POINTS, ONEDNN_BUILT, entry_unavailable_reason
 
     running = mxversion.running()
     scoped = [kd for kd in KNOWN_DEVIATIONS if kd.releases.since or kd.releases.fixed]
@@ -91,7 +91,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bn_entry" in metafunc.fixturenames:
-        from bnprops.runners import entry_unavailable_reason
+        from bnprops.mx.runners import entry_unavailable_reason
 
         # An entry point this release lacks (npx before 1.6) is skipped with the reason, not failed.
         metafunc.parametrize(
@@ -106,7 +106,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _counts_as_rows() -> dict[str, list[list[Any]]]:
-    from bnprops.checks import COUNTS, DECADES, DEVIATION_HITS
+    from bnprops.judging.checks import COUNTS, DECADES, DEVIATION_HITS
 
     return {
         "counts": [[*key, n] for key, n in COUNTS.items()],
@@ -124,7 +124,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    from bnprops.checks import COUNTS, DECADES, DEVIATION_HITS, Tally
+    from bnprops.judging.checks import COUNTS, DECADES, DEVIATION_HITS, Tally
 
     rows = getattr(node, "workeroutput", {}).get("bnprops")
     if not rows:
@@ -138,7 +138,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from bnprops.checks import COUNTS, DECADES, DEVIATION_HITS
+    from bnprops.judging.checks import COUNTS, DECADES, DEVIATION_HITS
 
     if not COUNTS:
         return

@@ -2,7 +2,7 @@
 
 Data flows one way: strategies -> Case -> runners and oracle -> comparator -> Verdict -> report.
 
-``bnprops.explain(...)`` answers "why do my BatchNorm numbers differ from MXNet's?" (bnprops/explanation.py;
+``bnprops.explain(...)`` answers "why do my BatchNorm numbers differ from MXNet's?" (bnprops/commands/explanation.py;
 imported on first use, so that ``import bnprops`` stays light).
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bnprops.explanation import Explanation
+    from bnprops.commands.explanation import Explanation
 
 __version__ = "0.1.0"
 
 
 def explain(**kwargs: Any) -> Explanation:
-    """Why a user's BatchNorm numbers differ from MXNet's: see bnprops.explanation.explain for the arguments."""
-    from bnprops.explanation import explain as run
+    """Why a user's BatchNorm numbers differ from MXNet's: see bnprops.commands.explanation.explain
+    for the arguments."""
+    from bnprops.commands.explanation import explain as run
 
     return run(**kwargs)

@@ -2,6 +2,6 @@
 
 import sys
 
-from bnprops.cli import main
+from bnprops.commands.cli import main
 
 sys.exit(main())

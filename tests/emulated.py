@@ -36,7 +36,7 @@ var + eps (eps itself is converted to float16 first). The sum of squares is form
 moving statistics are float32. Every result is rounded to the dtype MXNet returns.
 
 These are *correct* kernels, so where MXNet's rounding is a known deviation
-(bnprops/known_deviations.py) they keep the value unrounded instead: a float16 intermediate that
+(bnprops/judging/known_deviations.py) they keep the value unrounded instead: a float16 intermediate that
 would overflow float16 stays in float32, var + eps is rounded to float16 only within float16's
 normal range, and the recovered variance does not overflow invstd * invstd. The float16
 subnormal range is otherwise kept: a real float16 kernel rounds tiny intermediates there.
@@ -51,8 +51,8 @@ import itertools
 
 import numpy as np
 
-from bnprops.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
-from bnprops.oracle import eps_as_applied, momentum_as_applied, output_dtypes
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
+from bnprops.model.oracle import eps_as_applied, momentum_as_applied, output_dtypes
 
 SUMMATIONS = ("sequential", "pairwise", "blocked16")
 VARIANCES = ("two-pass", "welford")
@@ -67,7 +67,7 @@ _F16_TINY = float(np.finfo(np.float16).tiny)  # the smallest normal float16, 2^-
 
 
 def emulate(case: Case, *, summation: str, variance: str) -> Outputs:
-    """Every quantity of ``case`` (as bnprops.oracle.reference names them), computed by the chosen kernel."""
+    """Every quantity of ``case`` (as bnprops.model.oracle.reference names them), computed by the chosen kernel."""
     if summation not in SUMMATIONS:
         raise ValueError(f"unknown summation {summation!r}; choose from {SUMMATIONS}")
     if variance not in VARIANCES:

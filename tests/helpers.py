@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from bnprops.case import Case, param_dtype
-from bnprops.report import Report
-from bnprops.runners import unavailable_reason
-from bnprops.sequences import Rule, Sequence
-from bnprops.state_model import Config
+from bnprops.fuzzing.report import Report
+from bnprops.judging.state_model import Config
+from bnprops.model.case import Case, param_dtype
+from bnprops.mx.runners import unavailable_reason
+from bnprops.search.sequences import Rule, Sequence
 
 #: Campaign options for tests of one part of the fuzz job: no chains, no sequences (their own tests run those).
 FOCUSED: dict[str, int] = {"network_every": 0, "sequence_every": 0}

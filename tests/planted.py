@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.case import GRADIENT_OF, Case, Outputs
-from bnprops.oracle import momentum_as_applied, output_dtypes
+from bnprops.model.case import GRADIENT_OF, Case, Outputs
+from bnprops.model.oracle import momentum_as_applied, output_dtypes
 
 #: Each fault and what it gets wrong.
 FAULTS = {

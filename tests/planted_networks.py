@@ -1,4 +1,5 @@
-"""Test-only in-network runners with planted faults, named as module:function for bnprops.in_network's runner."""
+"""Test-only in-network runners with planted faults, named as module:function for
+bnprops.judging.in_network's runner."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.network_kernel import run_in_network
+from bnprops.mx.network_kernel import run_in_network
 
 
 def dx_one_element_off(spec: dict[str, Any]) -> dict[str, np.ndarray]:

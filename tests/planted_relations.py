@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bnprops.case import Case, Outputs
+from bnprops.model.case import Case, Outputs
 from tests.planted import numpy_batchnorm
 
 #: Each fault: the relation it breaks, and what it gets wrong.
@@ -22,7 +22,7 @@ FAULTS = {
     "y_offset": ("scale-affine", "adds 2^-10 to every y: an output that is not linear in gamma and beta"),
     "channel_bias": ("permute-channels", "adds 2^-10 times the channel's index to y and dbeta"),
     "noisy_dx": ("repeat", "adds a few ulps of fresh random noise to dx on every call"),
-    # No drawn case has an input that large (bnprops/strategies.py: below 2^24), so the oracle never sees this
+    # No drawn case has an input that large (bnprops/search/strategies.py: below 2^24), so the oracle never sees this
     # fault: only a call scaled by a large 2^k does (it breaks scale-data and scale-head too).
     "large_input_path": ("scale-affine", "drops y's last bit toward 0 where some |x|, |dy|, |gamma| or |beta| >= 2^28"),
 }

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bnprops.backends import runner_for
-from bnprops.case import GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs
-from bnprops.runners import Runner
+from bnprops.model.case import GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import Runner
 
 
 def dbeta_off_by_one_percent(entry: str, backend: str) -> Runner:

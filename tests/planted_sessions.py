@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnprops.training import SESSIONS, AutogradSession, SymSession
+from bnprops.mx.training import SESSIONS, AutogradSession, SymSession
 
 
 class DoubleUpdateOnSecondStep(AutogradSession):

@@ -8,7 +8,7 @@ from typing import IO
 
 import pytest
 
-from bnprops import atomic
+from bnprops.base import atomic
 
 
 def test_a_write_replaces_the_file_in_one_step(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 NaN and inf in the data are part of every property's cases (value regime "nonfinite"); here are
 the inputs a property cannot draw: parameter arrays of the wrong length (probed in throwaway
-processes, bnprops.contract) and a batch with no elements.
+processes, bnprops.mx.contract) and a batch with no elements.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import mxnet as mx
 import pytest
 
-from bnprops import contract
-from bnprops.backends import runner_for
-from bnprops.checks import check
-from bnprops.known_deviations import INPUT_DEVIATIONS, empty_batch
-from bnprops.runners import BACKENDS, ENTRY_POINTS
+from bnprops.judging.checks import check
+from bnprops.judging.known_deviations import INPUT_DEVIATIONS, empty_batch
+from bnprops.mx import contract
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import BACKENDS, ENTRY_POINTS
 
 
 @pytest.fixture(scope="module")

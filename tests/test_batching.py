@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnprops.batching import split, stack
-from bnprops.case import Case
-from bnprops.checks import check, check_group
-from bnprops.comparator import compare
-from bnprops.oracle import reference
-from bnprops.runners import run_symbolic
-from bnprops.strategies import case_groups, cases
+from bnprops.judging.checks import check, check_group
+from bnprops.judging.comparator import compare
+from bnprops.model.case import Case
+from bnprops.model.oracle import reference
+from bnprops.mx.batching import split, stack
+from bnprops.mx.runners import run_symbolic
+from bnprops.search.strategies import case_groups, cases
 from tests.helpers import one_channel_case
 from tests.planted import FAULTS, numpy_batchnorm
 

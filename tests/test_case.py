@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from bnprops.case import Case
-from bnprops.runners import run_symbolic
-from bnprops.snippets import snippet
-from bnprops.strategies import cases
+from bnprops.model.case import Case
+from bnprops.mx.runners import run_symbolic
+from bnprops.mx.snippets import snippet
+from bnprops.search.strategies import cases
 from tests.helpers import one_channel_case
 
 

@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bnprops import judgement
-from bnprops.catalogue import ACCURACY, UNRECORDED, classify
-from bnprops.checks import assert_matches_oracle, check
-from bnprops.deviation_models import Context, Prediction
-from bnprops.error_model import bounds
-from bnprops.known_deviations import KNOWN_DEVIATIONS
-from bnprops.oracle import reference
+from bnprops.fuzzing.catalogue import ACCURACY, UNRECORDED, classify
+from bnprops.judging import judgement
+from bnprops.judging.checks import assert_matches_oracle, check
+from bnprops.judging.deviation_models import Context, Prediction
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+from bnprops.model.error_model import bounds
+from bnprops.model.oracle import reference
 from tests.helpers import one_channel_case
 
 ZERO_VARIANCE_EPS0 = next(kd for kd in KNOWN_DEVIATIONS if kd.id == "native-zero-variance-eps0")

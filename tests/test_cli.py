@@ -12,12 +12,13 @@ import numpy as np
 import planted_runners as planted
 import pytest
 
-from bnprops import campaign, cli, fuzz
-from bnprops.catalogue import KNOWN, Entry, classify
-from bnprops.checks import check
-from bnprops.known_deviations import KNOWN_DEVIATIONS
-from bnprops.reproducer import finding_json, script
-from bnprops.runners import run_symbolic
+from bnprops.commands import cli
+from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing.catalogue import KNOWN, Entry, classify
+from bnprops.fuzzing.reproducer import finding_json, script
+from bnprops.judging.checks import check
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+from bnprops.mx.runners import run_symbolic
 from tests.helpers import FOCUSED, first_finding
 
 ROOT = Path(__file__).resolve().parent.parent

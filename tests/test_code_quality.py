@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -30,3 +31,74 @@ def test_the_package_passes_static_checks(command: tuple[str, ...]) -> None:
         pytest.fail(f"{command[0]} is not installed: install the dev extras with  pip install -e '.[dev]'")
     result = run_tool(*command)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+# The subpackages, bottom up: a module imports from its own layer and the ones before it (README: How the pieces fit).
+LAYERS = ("base", "model", "mx", "judging", "search", "fuzzing", "commands")
+PACKAGE = ROOT / "bnprops"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every bnprops module a file imports, at the top or inside a function (``bnprops.x.y`` or ``bnprops.x``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bnprops":
+            found.update(
+                f"{node.module}.{alias.name}" if node.module.count(".") == 1 else node.module for alias in node.names
+            )
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "bnprops")
+    return found
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def package_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
+
+
+def test_every_module_lives_in_a_layer() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert not loose, f"modules outside the subpackages {LAYERS}: {loose}; move each into the layer of its concern"
+    unknown = sorted({p.parent.name for p in package_modules()} - set(LAYERS))
+    assert not unknown, f"subpackages not in LAYERS {LAYERS}: {unknown}; add them in their place, bottom up"
+
+
+def test_modules_import_only_from_their_own_layer_and_those_below() -> None:
+    upward = []
+    for path in package_modules():
+        own = layer_of(module_name(path))
+        assert own is not None
+        for target in sorted(imported_modules(path)):
+            layer = layer_of(target)
+            if layer is not None and layer > own:
+                upward.append(f"{module_name(path)} imports {target} ({LAYERS[own]} < {LAYERS[layer]})")
+    assert not upward, "imports that go up a layer:\n" + "\n".join(upward)
+
+
+def test_no_module_imports_itself_back_through_a_circle() -> None:
+    graph = {module_name(p): {m for m in imported_modules(p) if layer_of(m) is not None} for p in package_modules()}
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for target in sorted(graph.get(node, ())):
+            circle = visit(target, [*path, node])
+            if circle:
+                return circle
+        done.add(node)
+        return None
+
+    for module in sorted(graph):
+        circle = visit(module, [])
+        assert circle is None, "import circle: " + " -> ".join(circle)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from bnprops.backends import runner_for
-from bnprops.case import QUANTITIES, Case
-from bnprops.checks import assert_agree, assert_matches_oracle
-from bnprops.runners import BACKENDS, adapt, unavailable_reason
-from bnprops.strategies import cases
+from bnprops.judging.checks import assert_agree, assert_matches_oracle
+from bnprops.model.case import QUANTITIES, Case
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import BACKENDS, adapt, unavailable_reason
+from bnprops.search.strategies import cases
 from tests.helpers import budget, skip_unless_available
 
 pytestmark = pytest.mark.property

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from bnprops.case import QUANTITIES, Case, Outputs
-from bnprops.checks import COUNTS, DEVIATION_HITS, assert_agree, assert_matches_oracle, disagreements
-from bnprops.error_model import bounds, unit_roundoff
-from bnprops.oracle import fresh_reference, output_dtypes, reference
-from bnprops.runners import Runner
-from bnprops.strategies import cases
+from bnprops.judging.checks import COUNTS, DEVIATION_HITS, assert_agree, assert_matches_oracle, disagreements
+from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.model.error_model import bounds, unit_roundoff
+from bnprops.model.oracle import fresh_reference, output_dtypes, reference
+from bnprops.mx.runners import Runner
+from bnprops.search.strategies import cases
 
 Subject = Callable[[Case], Outputs]
 

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bnprops.case import WRITE_ALL, Case
-from bnprops.checks import check
-from bnprops.error_model import bounds, indeterminate_channels, unit_roundoff
-from bnprops.oracle import per_channel, reference, statistics
-from bnprops.strategies import cases
+from bnprops.judging.checks import check
+from bnprops.model.case import WRITE_ALL, Case
+from bnprops.model.error_model import bounds, indeterminate_channels, unit_roundoff
+from bnprops.model.oracle import per_channel, reference, statistics
+from bnprops.search.strategies import cases
 from tests.helpers import one_channel_case
 from tests.planted import numpy_batchnorm
 

@@ -27,13 +27,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bnprops.backends import runner_for
-from bnprops.case import QUANTITIES, Case, Outputs
-from bnprops.checks import judge as check_outcome
-from bnprops.comparator import Mismatch, Verdict, compare
-from bnprops.error_model import indeterminate_channels
-from bnprops.oracle import eps_as_applied, momentum_as_applied, output_dtypes, per_channel, reference, statistics
-from bnprops.strategies import VALUE_REGIMES, cases, sibling
+from bnprops.judging.checks import judge as check_outcome
+from bnprops.judging.comparator import Mismatch, Verdict, compare
+from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.model.error_model import indeterminate_channels
+from bnprops.model.oracle import eps_as_applied, momentum_as_applied, output_dtypes, per_channel, reference, statistics
+from bnprops.mx.backends import runner_for
+from bnprops.search.strategies import VALUE_REGIMES, cases, sibling
 from tests.emulated import (
     LANES,
     SUMMATIONS,
@@ -132,7 +132,7 @@ def violation_report(case: Case, failures: Sequence[tuple[str, str, list[Mismatc
     for summation, variance, mismatches in failures:
         lines.append(f"  kernel: summation={summation}, variance={variance}")
         lines += ["    " + line for m in mismatches for line in m.describe().splitlines()]
-    lines.append("The case (bnprops.case.Case.from_json):")
+    lines.append("The case (bnprops.model.case.Case.from_json):")
     lines.append(case.to_json())
     return "\n".join(lines)
 
@@ -268,7 +268,7 @@ def test_the_probabilistic_bound_is_rarely_crossed_by_a_correct_kernel(variance:
     if quantities:
         print("  quantities beyond it: " + ", ".join(f"{q} {n}" for q, n in quantities.most_common()))
     # The probabilistic bound holds with probability 1 - 1e-12 per quantity *if* rounding errors have
-    # mean zero given the past (bnprops/error_model.py), so a correct kernel's measured rate must be 0 here.
+    # mean zero given the past (bnprops/model/error_model.py), so a correct kernel's measured rate must be 0 here.
     # Where that model fails is the drift it exists to show: a sequential (or 16-lane) float sum of a
     # channel with a common offset rounds the same way binade after binade, and on large reductions
     # (test above, counted not asserted) lands far beyond the bound; MXNet's kernels do exactly that
@@ -288,7 +288,7 @@ def test_the_probabilistic_bound_is_rarely_crossed_by_a_correct_kernel(variance:
 def test_a_correct_float16_result_at_the_overflow_threshold_is_judged_by_its_bound(
     x: float, moving_var: float, correct: float
 ) -> None:
-    # Found by a wider search than bnprops.strategies draws: where the exact value lies within its
+    # Found by a wider search than bnprops.search.strategies draws: where the exact value lies within its
     # bound (480 here) of float16's overflow threshold 65520, a correct kernel may return the largest
     # float16 or inf, whichever side its own rounding lands on. MXNet returns 65504 for the first case.
     case = Case(
@@ -493,7 +493,7 @@ def test_the_sequential_emulation_is_a_scalar_loop_like_the_native_kernel_bit_fo
 
 
 def _where_the_emulation_departs_from_mxnet(case: Case, actual: Outputs) -> bool:
-    """Where MXNet's native kernel is known to deviate (bnprops/known_deviations.py), where invstd is
+    """Where MXNet's native kernel is known to deviate (bnprops/judging/known_deviations.py), where invstd is
     indeterminate, where eps is below float32's smallest normal (MXNet's recovered variance is then
     -eps, and float16's DType(eps) underflows), or where float16's var + eps is no normal float16 (a
     known deviation, but one that may stay within the bound): the emulated *correct* kernel differs
@@ -522,7 +522,7 @@ def test_the_sequential_two_pass_emulation_is_mxnets_native_kernel_bit_for_bit(c
     hypothesis.assume(not _where_the_emulation_departs_from_mxnet(case, actual))
     EMULATED["sanity"] += 1
     emulated = emulate(case, summation="sequential", variance="two-pass")
-    # The buffers of 'null' requests (null_dx, ...) are not results: bnprops/invariants.py judges them.
+    # The buffers of 'null' requests (null_dx, ...) are not results: bnprops/judging/invariants.py judges them.
     computed = {q: value for q, value in actual.items() if q in QUANTITIES}
     assert set(computed) == set(emulated)
     for q, value in computed.items():

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bnprops.case import Case
-from bnprops.cli import main
-from bnprops.explanation import KNOWN, SEMANTICS, UNEXPLAINED, Explanation, explain
-from bnprops.semantic_variants import VARIANTS, Call, base, evaluate
-from bnprops.semantic_variants import Variant as SemanticVariant
+from bnprops.commands.cli import main
+from bnprops.commands.explanation import KNOWN, SEMANTICS, UNEXPLAINED, Explanation, explain
+from bnprops.commands.semantic_variants import VARIANTS, Call, base, evaluate
+from bnprops.commands.semantic_variants import Variant as SemanticVariant
+from bnprops.model.case import Case
 
 # The forum thread (../shared/seed/): one feature, two samples, LinearRegressionOutput as the head.
 FORUM_X = "[[0.18527887], [-1.23678724]]"
@@ -66,7 +66,7 @@ def test_the_answers_numbers_match_mxnet_and_differ_from_the_users_by_gamma_zero
 
 def test_bnprops_explain_is_the_python_entry_and_stays_so_after_its_module_is_imported() -> None:
     import bnprops
-    import bnprops.explanation  # a submodule named explain would replace the function here
+    import bnprops.commands.explanation  # a submodule named explain would replace the function here
 
     result = bnprops.explain(entry="sym", x=FORUM_X, target=FORUM_T, fix_gamma=False, expected={"dgamma": -4.1237984})
     assert isinstance(result, Explanation) and result.quantity("dgamma").verdict == "agrees"
@@ -168,7 +168,7 @@ def test_a_planted_non_semantic_error_is_unexplained_with_a_reproducer_that_runs
 
 def test_a_planted_mxnet_fault_is_a_possible_new_deviation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """MXNet's dgamma 0.5% off and the user's number the oracle's: explain must blame MXNet, not the user."""
-    from bnprops import explanation
+    from bnprops.commands import explanation
 
     real = explanation.runner_for
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import planted_runners as planted
 import pytest
 
-from bnprops import campaign, fuzz
-from bnprops.backends import runner_for
-from bnprops.case import Case, Outputs
-from bnprops.catalogue import ERROR, MISMATCH
-from bnprops.report import LARGE_EXAMPLE, Report
-from bnprops.runners import Runner
+from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing.catalogue import ERROR, MISMATCH
+from bnprops.fuzzing.report import LARGE_EXAMPLE, Report
+from bnprops.model.case import Case, Outputs
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import Runner
 from tests.helpers import FOCUSED
 
 

@@ -15,16 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from bnprops import campaign, cli, fuzz, in_network
-from bnprops.backends import runner_for
-from bnprops.case import Case
-from bnprops.catalogue import KNOWN, NETWORK, Signature
-from bnprops.known_deviations import NETWORK_DEVIATIONS
-from bnprops.network_findings import REGIME, applies, chain_of, check_network, due
-from bnprops.producers import Chain, chain_step_names, step
-from bnprops.relation_findings import RelationDraw
-from bnprops.report import Report
-from bnprops.runners import IN_PROCESS_BACKEND
+from bnprops.commands import cli
+from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing.catalogue import KNOWN, NETWORK, Signature
+from bnprops.fuzzing.exploring import Explorer
+from bnprops.fuzzing.network_findings import REGIME, applies, chain_of, check_network, due
+from bnprops.fuzzing.relation_findings import RelationDraw
+from bnprops.fuzzing.report import Report
+from bnprops.judging import in_network
+from bnprops.judging.known_deviations import NETWORK_DEVIATIONS
+from bnprops.model.case import Case
+from bnprops.mx.backends import runner_for
+from bnprops.mx.producers import Chain, chain_step_names, step
+from bnprops.mx.runners import IN_PROCESS_BACKEND
 from tests.helpers import first_finding, one_channel_case, one_sequence
 
 PLANTED = "tests.planted_networks:"
@@ -161,9 +164,9 @@ def example(chain: Chain, case: Case | None = None) -> fuzz.Example:
     return (("nd", IN_PROCESS_BACKEND), [case], RelationDraw("repeat", 0), chain, one_sequence("train_step"))
 
 
-def worker(tmp_path: Path, **changes: object) -> fuzz._Worker:
+def worker(tmp_path: Path, **changes: object) -> Explorer:
     config = fuzz.Config(out=tmp_path, max_examples=100, **{**SMALL, "dtypes": ("float32",), **changes})  # type: ignore[arg-type]
-    return fuzz._Worker(
+    return Explorer(
         config,
         worker=0,
         targets=[("nd", IN_PROCESS_BACKEND)],
@@ -174,7 +177,7 @@ def worker(tmp_path: Path, **changes: object) -> fuzz._Worker:
     )
 
 
-def counts(w: fuzz._Worker) -> dict[str, int]:
+def counts(w: Explorer) -> dict[str, int]:
     """The worker's chain counts for nd on the in-process backend, without the time they took."""
     return {k: v for k, v in w.result.networks[f"nd/{IN_PROCESS_BACKEND}"].items() if k != "ms"}
 
@@ -183,8 +186,11 @@ def test_a_chain_that_kills_its_process_is_a_crashes_finding_and_the_fuzz_worker
     w = worker(tmp_path, network_runner=PLANTED + "aborts")
     chain = Chain(api="nd", input_shape=(2, 3, 5), steps=(step("conv", dims=1, channels=5, kernel=1, pad=0),))
     assert w.explore(example(chain))  # found: the search would now shrink it
-    assert w.hunting is not None and (w.hunting.kind, w.hunting.quantity) == (NETWORK, "crashes")
-    assert "died (exit status" in w.pending[w.hunting].detail
+    assert w.findings.hunting is not None and (w.findings.hunting.kind, w.findings.hunting.quantity) == (
+        NETWORK,
+        "crashes",
+    )
+    assert "died (exit status" in w.findings.pending[w.findings.hunting].detail
     assert w.result.cases == 1 and counts(w) == {"checks": 1, "crashes": 1}
 
 
@@ -194,14 +200,14 @@ def test_the_recorded_onednn_raise_is_catalogued_as_known_not_new(tmp_path: Path
     kd = NETWORK_DEVIATIONS[0]  # the oneDNN one (the other holds before 1.7 only)
     w = worker(tmp_path)
     assert not w.explore(example(kd.reproducer()))  # nothing new to hunt
-    assert w.hunting is None and not w.pending
-    [entry] = [e for e in w.catalogue.entries.values() if e.signature.regime == REGIME]
+    assert w.findings.hunting is None and not w.findings.pending
+    [entry] = [e for e in w.findings.catalogue.entries.values() if e.signature.regime == REGIME]
     sig = entry.signature
     assert (sig.kind, sig.deviation, sig.quantity) == (KNOWN, kd.id, "raises:MXNetError")
     assert "matches the recorded deviation" in sig.describe() and "Check failed: !is_view" in entry.detail
     assert counts(w) == {"checks": 1, "known": 1}
     # Its reproducer is the chain's own script, which raises on MXNet 1.9.1: exit status 1.
-    from bnprops.network_findings import script
+    from bnprops.fuzzing.network_findings import script
 
     done = subprocess.run(
         [sys.executable, "-c", script(entry)], capture_output=True, text=True, check=False, timeout=300

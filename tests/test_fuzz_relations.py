@@ -20,15 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnprops import backends, campaign, cli, fuzz
-from bnprops.backends import runner_for
-from bnprops.case import DTYPES, Case
-from bnprops.catalogue import RELATION, Entry, Signature, case_flags, value_regime
-from bnprops.relation_findings import RelationDraw, check_relation
-from bnprops.relation_reproducer import script
-from bnprops.relations import RELATIONS, ScalingRelation, compare_scaled
-from bnprops.report import Report
-from bnprops.runners import IN_PROCESS_BACKEND, Runner, adapt
+from bnprops.commands import cli
+from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing.catalogue import RELATION, Entry, Signature, case_flags, value_regime
+from bnprops.fuzzing.relation_findings import RelationDraw, check_relation
+from bnprops.fuzzing.relation_reproducer import script
+from bnprops.fuzzing.report import Report
+from bnprops.judging.relations import RELATIONS, ScalingRelation, compare_scaled
+from bnprops.model.case import DTYPES, Case
+from bnprops.mx import backends
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import IN_PROCESS_BACKEND, Runner, adapt
 from tests.helpers import FOCUSED, first_finding, one_channel_case
 from tests.planted import numpy_batchnorm
 from tests.planted_relations import plant

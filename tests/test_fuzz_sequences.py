@@ -14,16 +14,19 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 
-from bnprops import campaign, cli, fuzz, in_network, state_model
-from bnprops.backends import runner_for
-from bnprops.catalogue import KNOWN, SEQUENCE
-from bnprops.known_deviations import FROZEN_LAYER_KEEPS_MOVING_STATS, RETAINED_GRAPH_UPDATES_AGAIN
-from bnprops.producers import Chain, step
-from bnprops.relation_findings import RelationDraw
-from bnprops.report import Report
-from bnprops.runners import IN_PROCESS_BACKEND
-from bnprops.sequence_findings import REGIME, applies, check_sequence, due, sequence_of
-from bnprops.sequences import Sequence, sequences
+from bnprops.commands import cli
+from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing.catalogue import KNOWN, SEQUENCE
+from bnprops.fuzzing.exploring import Explorer
+from bnprops.fuzzing.relation_findings import RelationDraw
+from bnprops.fuzzing.report import Report
+from bnprops.fuzzing.sequence_findings import REGIME, applies, check_sequence, due, sequence_of
+from bnprops.judging import in_network, state_model
+from bnprops.judging.known_deviations import FROZEN_LAYER_KEEPS_MOVING_STATS, RETAINED_GRAPH_UPDATES_AGAIN
+from bnprops.mx.backends import runner_for
+from bnprops.mx.producers import Chain, step
+from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.search.sequences import Sequence, sequences
 from tests import planted_sessions
 from tests.helpers import first_finding, one_channel_case, one_sequence
 
@@ -125,9 +128,9 @@ def test_the_next_run_replays_stored_sequence_findings(planted_run: tuple[Path, 
     assert {r["status"] for r in second.replays} == {"reproduced"}
 
 
-def worker(tmp_path: Path, **changes: object) -> fuzz._Worker:
+def worker(tmp_path: Path, **changes: object) -> Explorer:
     config = fuzz.Config(out=tmp_path, max_examples=100, **{**SMALL, **changes})  # type: ignore[arg-type]
-    return fuzz._Worker(
+    return Explorer(
         config,
         worker=0,
         targets=[("nd", IN_PROCESS_BACKEND)],
@@ -156,8 +159,8 @@ def test_a_recorded_sequence_deviation_is_catalogued_as_known_not_new(
 ) -> None:
     w = worker(tmp_path)
     assert not w.explore(example(one_sequence(*rules, **config)))  # nothing new to hunt
-    assert w.hunting is None and not w.pending
-    [entry] = [e for e in w.catalogue.entries.values() if e.signature.regime == REGIME]
+    assert w.findings.hunting is None and not w.findings.pending
+    [entry] = [e for e in w.findings.catalogue.entries.values() if e.signature.regime == REGIME]
     assert (entry.signature.kind, entry.signature.deviation) == (KNOWN, deviation.id)  # type: ignore[attr-defined]
     assert entry.signature.quantity == f"{rules[-1]}:moving statistics"
     assert w.result.sequences[f"nd/{IN_PROCESS_BACKEND}"]["known"] == 1

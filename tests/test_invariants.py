@@ -8,17 +8,17 @@ import sys
 import numpy as np
 import pytest
 
-from bnprops.backends import runner_for
-from bnprops.batching import split, stack
-from bnprops.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs, param_dtype, sentinel
-from bnprops.checks import check, check_group
-from bnprops.comparator import compare
-from bnprops.invariants import violations
-from bnprops.known_deviations import empty_batch
-from bnprops.oracle import output_dtypes, reference
-from bnprops.runners import BACKENDS, ENTRY_POINTS, IN_PROCESS_BACKEND, adapt
-from bnprops.snippets import snippet
-from bnprops.worker import environment_for
+from bnprops.judging.checks import check, check_group
+from bnprops.judging.comparator import compare
+from bnprops.judging.invariants import violations
+from bnprops.judging.known_deviations import empty_batch
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs, param_dtype, sentinel
+from bnprops.model.oracle import output_dtypes, reference
+from bnprops.mx.backends import runner_for
+from bnprops.mx.batching import split, stack
+from bnprops.mx.runners import BACKENDS, ENTRY_POINTS, IN_PROCESS_BACKEND, adapt
+from bnprops.mx.snippets import snippet
+from bnprops.mx.worker import environment_for
 from tests.helpers import one_channel_case
 from tests.planted_runners import turns_finite_into_nan, writes_gamma, writes_null_buffers
 
@@ -52,7 +52,7 @@ def test_an_empty_batch_must_leave_the_moving_statistics_alone() -> None:
 
 
 def test_mxnets_negative_moving_variance_is_the_recorded_deviation_and_nothing_else() -> None:
-    from bnprops.runners import run_symbolic
+    from bnprops.mx.runners import run_symbolic
 
     outcome = check(one_channel_case([0.6508470327725044], eps=1e-3, momentum=0.0), runner=run_symbolic, entry="sym")
     assert outcome.ok and [kd.id for kd, _ in outcome.explained] == ["recovered-variance-negative"]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnprops import mxversion
-from bnprops.backends import runner_for
-from bnprops.case import QUANTITIES, Case, Outputs
-from bnprops.checks import check
-from bnprops.comparator import disagreeing, judging
-from bnprops.deviation_models import Prediction
-from bnprops.judgement import predictions
-from bnprops.known_deviations import KNOWN_DEVIATIONS, SEQUENCE_DEVIATIONS, KnownDeviation, SequenceDeviation
-from bnprops.runners import IN_PROCESS_BACKEND, entry_unavailable_reason, kernel_for, unavailable_reason
-from bnprops.sequences import RULES
+from bnprops.judging.checks import check
+from bnprops.judging.comparator import disagreeing, judging
+from bnprops.judging.deviation_models import Prediction
+from bnprops.judging.judgement import predictions
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, SEQUENCE_DEVIATIONS, KnownDeviation, SequenceDeviation
+from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.mx import mxversion
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import IN_PROCESS_BACKEND, entry_unavailable_reason, kernel_for, unavailable_reason
+from bnprops.search.sequences import RULES
 
 IDS = [kd.id for kd in KNOWN_DEVIATIONS]
 #: oneDNN where this MXNet has it (the reproducers were recorded there), else the native kernel.
@@ -121,6 +121,6 @@ def test_a_fault_planted_inside_each_deviations_region_is_caught(kd: KnownDeviat
 
 @pytest.mark.parametrize("kd", SEQUENCE_DEVIATIONS, ids=[kd.id for kd in SEQUENCE_DEVIATIONS])
 def test_every_sequence_deviation_is_documented_with_its_model_and_shortest_sequence(kd: SequenceDeviation) -> None:
-    # tests/test_training.py's state machines hold MXNet to the model (bnprops/state_model.py).
+    # tests/test_training.py's state machines hold MXNet to the model (bnprops/judging/state_model.py).
     # A shortest sequence can be one rule: its configuration (a frozen layer, fix_gamma) sets up the state.
     assert kd.summary and kd.conditions and kd.model and kd.evidence and kd.sequence and set(kd.sequence) <= set(RULES)

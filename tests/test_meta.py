@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import find as hypothesis_find
 from hypothesis.strategies import SearchStrategy
 
-from bnprops.case import Case
-from bnprops.checks import PROPERTIES, check
-from bnprops.strategies import cases
+from bnprops.judging.checks import PROPERTIES, check
+from bnprops.model.case import Case
+from bnprops.search.strategies import cases
 from tests.planted import FAULTS, numpy_batchnorm
 
 #: For each property, the faults it must catch (every fault is caught by some property).

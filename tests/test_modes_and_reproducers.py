@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from bnprops.backends import runner_for
-from bnprops.case import Case
-from bnprops.checks import check
-from bnprops.judgement import predictions
-from bnprops.known_deviations import KNOWN_DEVIATIONS
-from bnprops.runners import BACKENDS, ENTRY_POINTS, kernel_for
-from bnprops.snippets import snippet
-from bnprops.worker import environment_for
+from bnprops.judging.checks import check
+from bnprops.judging.judgement import predictions
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+from bnprops.model.case import Case
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import BACKENDS, ENTRY_POINTS, kernel_for
+from bnprops.mx.snippets import snippet
+from bnprops.mx.worker import environment_for
 
 NEW_DEVIATIONS = ("onednn-fix-gamma-add-wipes-dgamma", "sym-inference-backward-trains", "empty-batch-nan")
 

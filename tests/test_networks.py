@@ -13,19 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnprops import lifecycle, mxversion
-from bnprops.case import DTYPES
-from bnprops.in_network import (
+from bnprops.judging import lifecycle
+from bnprops.judging.in_network import (
     ENTRY_OF,
     Result,
     check_chain,
     close_workers,
     same_kernel,
 )
-from bnprops.known_deviations import NETWORK_DEVIATIONS
-from bnprops.network_kernel import APIS
-from bnprops.producers import Chain, chains, step
-from bnprops.runners import IN_PROCESS_BACKEND, network_unavailable_reason, unavailable_reason
+from bnprops.judging.known_deviations import NETWORK_DEVIATIONS
+from bnprops.model.case import DTYPES
+from bnprops.mx import mxversion
+from bnprops.mx.network_kernel import APIS
+from bnprops.mx.producers import Chain, chains, step
+from bnprops.mx.runners import IN_PROCESS_BACKEND, network_unavailable_reason, unavailable_reason
 from tests.helpers import budget
 
 #: Shares of the profile's per-property budget (400 in dev and ci): 60 chains on the in-process backend,
@@ -234,7 +235,7 @@ def test_a_chain_that_kills_its_process_is_reported_as_crashes_and_the_next_one_
 
 
 def test_a_wrong_plain_call_is_judged_by_the_oracle() -> None:
-    from bnprops.backends import runner_for
+    from bnprops.mx.backends import runner_for
 
     real = runner_for("nd", IN_PROCESS_BACKEND)
 

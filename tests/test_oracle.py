@@ -7,9 +7,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bnprops.case import WRITE_ALL, Case
-from bnprops.oracle import reference
-from bnprops.strategies import cases
+from bnprops.model.case import WRITE_ALL, Case
+from bnprops.model.oracle import reference
+from bnprops.search.strategies import cases
 from tests.helpers import one_channel_case
 
 # The forum thread (../shared/seed/): one feature, two samples, LinearRegressionOutput as the head.

@@ -7,9 +7,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnprops.checks import check
-from bnprops.params import parsed
-from bnprops.runners import run_symbolic
+from bnprops.judging.checks import check
+from bnprops.model.params import parsed
+from bnprops.mx.runners import run_symbolic
 from tests.helpers import one_channel_case
 
 

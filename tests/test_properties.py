@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from bnprops.case import QUANTITIES, Case
-from bnprops.checks import PROPERTIES, assert_group_matches_oracle, assert_matches_oracle
-from bnprops.runners import IN_PROCESS_BACKEND, run_symbolic
-from bnprops.strategies import case_groups, cases
+from bnprops.judging.checks import PROPERTIES, assert_group_matches_oracle, assert_matches_oracle
+from bnprops.model.case import QUANTITIES, Case
+from bnprops.mx.runners import IN_PROCESS_BACKEND, run_symbolic
+from bnprops.search.strategies import case_groups, cases
 from tests.helpers import budget
 
 pytestmark = pytest.mark.property

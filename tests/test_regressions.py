@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bnprops.backends import runner_for
-from bnprops.case import Case
-from bnprops.checks import check
+from bnprops.judging.checks import check
+from bnprops.model.case import Case
+from bnprops.mx.backends import runner_for
 
 CASES = sorted((Path(__file__).parent / "regressions").glob("*.json"))
 

@@ -1,4 +1,4 @@
-"""Exact metamorphic relations hold bit for bit on every entry point and backend (bnprops/relations.py).
+"""Exact metamorphic relations hold bit for bit on every entry point and backend (bnprops/judging/relations.py).
 
 No oracle: each property runs a case and a transformed case through MXNet and demands that the
 results agree to the last bit (scaled by the power of two the relation says). Example counts are
@@ -17,12 +17,19 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import find as hypothesis_find
 from hypothesis import strategies as st
 
-from bnprops.backends import runner_for
-from bnprops.case import Case, Outputs
-from bnprops.params import parsed
-from bnprops.relations import RELATIONS, Scale, ScalingRelation, compare_scaled, eps_as_kernel_reads, run_relation
-from bnprops.runners import IN_PROCESS_BACKEND, adapt, run_symbolic
-from bnprops.strategies import cases, epsilons
+from bnprops.judging.relations import (
+    RELATIONS,
+    Scale,
+    ScalingRelation,
+    compare_scaled,
+    eps_as_kernel_reads,
+    run_relation,
+)
+from bnprops.model.case import Case, Outputs
+from bnprops.model.params import parsed
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import IN_PROCESS_BACKEND, adapt, run_symbolic
+from bnprops.search.strategies import cases, epsilons
 from tests.helpers import budget, skip_unless_available
 from tests.planted import numpy_batchnorm
 from tests.planted_relations import FAULTS, faulty_batchnorm

@@ -13,10 +13,11 @@ from pathlib import Path
 import planted_runners as planted
 import pytest
 
-from bnprops import campaign, causes, cli, fuzz
-from bnprops.catalogue import KNOWN, MISMATCH, Entry, Signature
-from bnprops.report import Report
-from bnprops.runners import IN_PROCESS_BACKEND
+from bnprops.commands import cli
+from bnprops.fuzzing import campaign, causes, fuzz
+from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, Entry, Signature
+from bnprops.fuzzing.report import Report
+from bnprops.mx.runners import IN_PROCESS_BACKEND
 from tests.helpers import one_channel_case
 
 SUMMARY_LINES = 40  # "fits on one screen"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mxnet as mx
 import numpy as np
 
-from bnprops.runners import run_symbolic
+from bnprops.mx.runners import run_symbolic
 from tests.helpers import one_channel_case
 from tests.test_oracle import FORUM_T, FORUM_X, forum_case
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, Phase, find, settings
 
-from bnprops.case import DEFAULT_EPS, Case
-from bnprops.strategies import MAX_NDIM, cases
+from bnprops.model.case import DEFAULT_EPS, Case
+from bnprops.search.strategies import MAX_NDIM, cases
 
 reach = settings(
     max_examples=2000, database=None, derandomize=True, phases=[Phase.generate], suppress_health_check=list(HealthCheck)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnprops import cli, tightness
-from bnprops.case import Case
-from bnprops.oracle import output_dtypes, reference
+from bnprops.commands import cli, tightness
+from bnprops.model.case import Case
+from bnprops.model.oracle import output_dtypes, reference
 from tests.planted import numpy_batchnorm
 from tests.test_cli import run_cli
 

@@ -1,7 +1,7 @@
 """Stateful properties: one BatchNorm driven through sequences of training steps, per entry-point family.
 
-Each RuleBasedStateMachine draws a session (bnprops/training.py) and a sequence of rules; after every
-rule bnprops/state_model.py checks the state (moving statistics, gamma, every gradient buffer) against
+Each RuleBasedStateMachine draws a session (bnprops/mx/training.py) and a sequence of rules; after every
+rule bnprops/judging/state_model.py checks the state (moving statistics, gamma, every gradient buffer) against
 the reference model, each computing rule as one call judged by the single-call oracle on the state
 MXNet left.  A failure shrinks to the shortest sequence and prints a standalone replay script.
 """
@@ -28,12 +28,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bnprops.known_deviations import SEQUENCE_DEVIATIONS
-from bnprops.runners import IN_PROCESS_BACKEND, entry_unavailable_reason
-from bnprops.sequence_findings import check_sequence
-from bnprops.sequences import configs
-from bnprops.state_model import Config, SequenceFailure, Tracker, signature
-from bnprops.training import open_session
+from bnprops.fuzzing.sequence_findings import check_sequence
+from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS
+from bnprops.judging.state_model import Config, SequenceFailure, Tracker, signature
+from bnprops.mx.runners import IN_PROCESS_BACKEND, entry_unavailable_reason
+from bnprops.mx.training import open_session
+from bnprops.search.sequences import configs
 from tests.helpers import budget, one_sequence
 from tests.planted_sessions import DoubleUpdateOnSecondStep, WriteAccumulatesFromSecondStep
 
@@ -99,7 +99,7 @@ class BatchNormSequences(RuleBasedStateMachine):
 
     @rule(which=st.sampled_from(["data", "gamma", "beta"]), req=st.sampled_from(REQS))
     def set_grad_req(self, which: str, req: str) -> None:
-        self.t.set_grad_req(which, req)  # all three 'null' is a frozen layer (bnprops/training.py)
+        self.t.set_grad_req(which, req)  # all three 'null' is a frozen layer (bnprops/mx/training.py)
 
     @rule(flag=st.booleans())
     def set_use_global_stats(self, flag: bool) -> None:
@@ -260,7 +260,7 @@ def test_state_follows_the_model_over_sequences_on_the_native_kernel() -> None:
 
 def test_the_native_kernel_runs_in_the_subprocess() -> None:
     """What the subprocess above relies on: MXNET_MKLDNN_ENABLED=0 makes bnprops's in-process backend native."""
-    code = "from bnprops.runners import IN_PROCESS_BACKEND; print(IN_PROCESS_BACKEND)"
+    code = "from bnprops.mx.runners import IN_PROCESS_BACKEND; print(IN_PROCESS_BACKEND)"
     env = {**os.environ, "MXNET_MKLDNN_ENABLED": "0"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.stdout.strip().splitlines()[-1] == "native", done.stdout + done.stderr

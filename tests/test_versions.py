@@ -18,12 +18,14 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bnprops import cli, fuzz, mxversion, releases, versions
-from bnprops.backends import runner_for
-from bnprops.case import QUANTITIES
-from bnprops.judgement import judge, predictions
-from bnprops.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS
-from bnprops.runners import (
+from bnprops.commands import cli, versions
+from bnprops.fuzzing import fuzz
+from bnprops.judging.judgement import judge, predictions
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS
+from bnprops.model.case import QUANTITIES
+from bnprops.mx import mxversion, releases
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import (
     EntryUnavailable,
     entry_unavailable_reason,
     kernel_for,

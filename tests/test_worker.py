@@ -8,10 +8,10 @@ import signal
 import numpy as np
 import pytest
 
-from bnprops.backends import runner_for
-from bnprops.case import Case
-from bnprops.runners import IN_PROCESS_BACKEND, BackendUnavailable
-from bnprops.worker import Worker, WorkerCrashed
+from bnprops.model.case import Case
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import IN_PROCESS_BACKEND, BackendUnavailable
+from bnprops.mx.worker import Worker, WorkerCrashed
 
 OTHER = "native" if IN_PROCESS_BACKEND == "onednn" else "onednn"
 

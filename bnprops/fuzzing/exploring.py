@@ -1,0 +1,170 @@
+"""What a fuzz worker does with each example Hypothesis draws: judge it, count it, hunt what is new, shrink it."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from hypothesis import strategies as st
+
+from bnprops.fuzzing.catalogue import Entry, Signature
+from bnprops.fuzzing.families import Cases, run_timed, side_families
+from bnprops.fuzzing.find import Stop
+from bnprops.fuzzing.fuzz import (
+    GROUP_SIZE,
+    PLOT_SAMPLE,
+    SHRINK_GRACE_S,
+    Config,
+    Example,
+    ProgressFn,
+    RunnerFactory,
+    Target,
+    chunk_seed,
+    kernel_of,
+)
+from bnprops.fuzzing.hunting import Findings
+from bnprops.fuzzing.network_findings import network_draws
+from bnprops.fuzzing.relation_findings import relation_draws
+from bnprops.fuzzing.sequence_findings import sequence_draws
+from bnprops.fuzzing.tallies import Sampler, WorkerResult, tally_case
+from bnprops.judging.checks import Outcome
+from bnprops.model.case import Case
+from bnprops.search.strategies import case_groups
+
+
+def examples(config: Config, targets: list[Target]) -> st.SearchStrategy[Example]:
+    """What a search draws: a target, a group of same-signature cases, and a draw for each side family.
+
+    The group is judged from one stacked MXNet call (bnprops.mx.batching): most of a case's cost is per
+    call, not per channel. One example in LARGE_SHARE is a single case the size of a real layer.
+    """
+    return st.tuples(
+        st.sampled_from(targets),
+        case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all"),
+        relation_draws(),
+        network_draws(config.dtypes),
+        sequence_draws(config.dtypes),
+    )
+
+
+class Explorer:
+    """One worker's judge: the conditions its searches run (explore, shrink_step), its findings and counts."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        worker: int,
+        targets: list[Target],
+        runner_factory: RunnerFactory,
+        deadline: float | None,
+        stop_requested: Callable[[], bool],
+        progress: ProgressFn | None,
+    ) -> None:
+        self.config, self.deadline, self.stop_requested, self.progress = config, deadline, stop_requested, progress
+        runners = {t: runner_factory(*t) for t in targets}
+        self.cases = Cases(runners)
+        self.families = side_families(config, runners)
+        self.budget = config.worker_budget(worker)
+        self.result = WorkerResult(worker=worker)
+        self.findings = Findings()
+        self.sampler = Sampler(PLOT_SAMPLE, chunk_seed(config.seed, -1 - worker))
+        self.failed = self.known = 0
+        self.last_progress = 0.0
+        self.judged: set[bytes] = set()
+
+    def budget_spent(self) -> bool:
+        return self.budget is not None and self.result.cases >= self.budget
+
+    def time_is_up(self, *, grace: float = 0.0) -> bool:
+        return self.deadline is not None and time.time() > self.deadline + grace
+
+    def stop_if_due(self, *, shrinking: bool) -> None:
+        """End the search (Stop) when asked to, out of time, or (while exploring) out of budget."""
+        if self.stop_requested():
+            self.result.stop_reason = "interrupted"
+        elif self.time_is_up(grace=SHRINK_GRACE_S if shrinking else 0.0):
+            self.result.stop_reason = "time"
+        elif not shrinking and self.budget_spent():
+            self.result.stop_reason = "budget"
+        else:
+            return
+        raise Stop
+
+    def record(self, target: Target, case: Case, outcome: Outcome | None, sigs: tuple[Signature, ...]) -> None:
+        verdict = tally_case(self.result, self.sampler, target, case, outcome, kernel=kernel_of(case, target[1]))
+        self.failed += verdict in ("failed", "error")
+        self.known += verdict == "known"
+        for sig in sigs:
+            self.findings.note(Entry(sig, 1, case, "smallest seen"))
+        self.report_progress()
+
+    def report_progress(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.progress is not None and (force or now - self.last_progress >= 0.25):
+            self.last_progress = now
+            self.progress(self.result.cases, self.failed, self.known, len(self.findings))
+
+    def explore(self, value: Example) -> bool:
+        """The search's condition while exploring: judge the example; True when it shows a new signature."""
+        if self.findings.hunting is not None:
+            return self.shrink_step(value)
+        self.stop_if_due(shrinking=False)
+        target, group, *_ = value
+        if self.budget is not None:
+            group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
+        fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.fingerprint() for c in group)).digest()
+        if fingerprint in self.judged:
+            self.result.repeats += len(group)
+            return False
+        self.judged.add(fingerprint)
+        for case, (outcome, sigs) in zip(group, self.cases.judge_group(target, group), strict=True):
+            self.record(target, case, outcome, sigs)
+            self.findings.consider(sigs, case, value)
+        for family in self.families.values():
+            if family.due(target, group[0]):
+                checked, ms = run_timed(family, target, group[0], family.draw(value))
+                family.tally(self.result, checked, ms=ms)
+                for sig in checked.signatures:
+                    self.findings.note(family.entry(sig, checked, group[0], 1, "smallest seen"))
+                self.findings.consider(checked.signatures, group[0], value)
+        return self.findings.hunting is not None
+
+    def shrink_step(self, value: Example) -> bool:
+        """The search's condition while shrinking: does this example still show the hunted signature?"""
+        self.stop_if_due(shrinking=True)
+        self.result.shrink_calls += 1
+        sig = self.findings.hunting
+        assert sig is not None
+        target, group, *_ = value
+        family = self.families.get(sig.kind)
+        if family is None:
+            case = self.cases.shows(sig, target, group)
+        elif not family.may_show(sig, value):
+            return False
+        else:
+            # A side family's draw runs whether due or not (so any --relations/--networks/--sequences replays it);
+            # nothing else runs.
+            case = group[0] if sig in family.check(target, group[0], family.draw(value)).signatures else None
+        if case is None:
+            return False
+        self.findings.best = (case, value)
+        return True
+
+    def entry_for(self, sig: Signature, case: Case, value: Example, count: int, reduction: str) -> Entry:
+        """The settled entry of ``sig``: its example run once more for the detail."""
+        family = self.families.get(sig.kind)
+        if family is None:
+            return Entry(sig, count, case, reduction, self.cases.describe(sig, case))
+        checked = family.check((sig.entry, sig.backend), case, family.draw(value))
+        return family.entry(sig, checked, case, count, reduction)
+
+    def settle(self, reduction: str) -> None:
+        self.findings.settle(reduction, self.entry_for)
+
+    def detail(self, entry: Entry) -> str:
+        """A pending entry's detail: a side family's check wrote its own; a case's is described again."""
+        if entry.signature.kind in self.families:
+            return entry.detail
+        return self.cases.describe(entry.signature, entry.case)

@@ -1,0 +1,212 @@
+"""The checks a fuzz example runs, one family each, behind one interface.
+
+Every example is a group of cases (judged against the oracle, ``Cases``) plus one draw per side family:
+an exact relation on its first case, a producer chain (BatchNorm inside a network), a training
+sequence. A side family runs on one example in N (``due``), and its findings are hunted, shrunk and
+settled like the cases' own; the worker (bnprops/fuzzing/exploring.py) treats them all alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from bnprops.fuzzing import network_findings, relation_findings, sequence_findings
+from bnprops.fuzzing.catalogue import NETWORK, RELATION, SEQUENCE, STALE, Entry, Signature, classify, classify_error
+from bnprops.fuzzing.fuzz import Config, Example, Target, kernel_of
+from bnprops.fuzzing.relation_findings import RelationDraw
+from bnprops.fuzzing.tallies import WorkerResult, count
+from bnprops.judging.checks import Outcome, check, check_group
+from bnprops.model.case import Case
+from bnprops.mx.runners import Runner, network_unavailable_reason, sequence_unavailable_reason
+
+FLAKY = "this example no longer shows the signature when run again (flaky?)"
+
+
+class Checked(Protocol):
+    @property
+    def signatures(self) -> tuple[Signature, ...]: ...
+
+
+class Family(Protocol):
+    """A side check: what it draws from an example, when it runs, and how its findings become entries."""
+
+    kind: str
+
+    def draw(self, value: Example) -> Any: ...
+    def due(self, target: Target, case: Case) -> bool: ...
+    def may_show(self, sig: Signature, value: Example) -> bool: ...
+    def check(self, target: Target, case: Case, drawn: Any) -> Checked: ...
+    def tally(self, result: WorkerResult, checked: Any, *, ms: int) -> None: ...
+    def entry(self, sig: Signature, checked: Any, case: Case, count: int, reduction: str) -> Entry: ...
+
+
+class Cases:
+    """The example's own cases: one stacked MXNet call judged against the oracle (bnprops.judging.checks)."""
+
+    def __init__(self, runners: dict[Target, Runner]) -> None:
+        self.runners = runners
+
+    def judge(self, target: Target, case: Case) -> tuple[Outcome | None, tuple[Signature, ...], str]:
+        """One case on its own: what describe() and the reproducers see."""
+        entry, backend = target
+        try:
+            outcome = check(case, runner=self.runners[target], entry=entry, kernel=kernel_of(case, backend))
+        except Exception as exc:  # a runner that raises is a finding, not a crash of the campaign
+            return None, (classify_error(case, exc, entry=entry, backend=backend),), f"{type(exc).__name__}: {exc}"
+        return outcome, classify(outcome, backend=backend), ""
+
+    def judge_group(self, target: Target, group: list[Case]) -> list[tuple[Outcome | None, tuple[Signature, ...]]]:
+        """A group from one stacked call; should the call raise, each case on its own decides whose error it is."""
+        entry, backend = target
+        try:
+            outcomes = check_group(group, runner=self.runners[target], entry=entry, backend=backend)
+        except Exception:
+            return [self.judge(target, case)[:2] for case in group]
+        return [(outcome, classify(outcome, backend=backend)) for outcome in outcomes]
+
+    def describe(self, sig: Signature, case: Case) -> str:
+        """What the comparator says about ``case`` for ``sig``: the mismatch, the stale deviation or the error."""
+        outcome, sigs, error = self.judge((sig.entry, sig.backend), case)
+        if error:
+            return error
+        assert outcome is not None
+        if sig not in sigs:
+            return FLAKY
+        if sig.kind == STALE:
+            return outcome.message().splitlines()[0]
+        for m in outcome.unexpected:
+            if m.quantity == sig.quantity and m.deviation == sig.deviation:
+                return m.describe()
+        for m in outcome.verdict.mismatches:
+            if m.quantity == sig.quantity:
+                # A known one: what differs from the oracle is what the deviation's model predicts.
+                known = f"matches the recorded deviation {sig.deviation}; against the oracle:\n"
+                return (known if sig.deviation else "") + m.describe()
+        return ""
+
+    def shows(self, sig: Signature, target: Target, group: list[Case]) -> Case | None:
+        """The first case of ``group`` that shows ``sig``, judged as the group."""
+        for case, (_, sigs) in zip(group, self.judge_group(target, group), strict=True):
+            if sig in sigs:
+                return case
+        return None
+
+
+class Relations:
+    """An exact relation on the example's first case (bnprops/fuzzing/relation_findings.py)."""
+
+    kind = RELATION
+
+    def __init__(self, config: Config, runners: dict[Target, Runner]) -> None:
+        self.every, self.runners = config.relation_every, runners
+
+    def draw(self, value: Example) -> RelationDraw:
+        return value[2]
+
+    def due(self, target: Target, case: Case) -> bool:
+        return relation_findings.due(case, every=self.every)
+
+    def may_show(self, sig: Signature, value: Example) -> bool:
+        # While shrinking the drawn relation runs whether due or not, so any relation_every replays it.
+        return self.draw(value).relation == relation_findings.relation_of(sig)
+
+    def check(self, target: Target, case: Case, drawn: RelationDraw) -> relation_findings.RelationCheck:
+        entry, backend = target
+        return relation_findings.check_relation(case, drawn, runner=self.runners[target], entry=entry, backend=backend)
+
+    def tally(self, result: WorkerResult, checked: relation_findings.RelationCheck, *, ms: int) -> None:
+        count(result.relations, checked.draw.relation, (checked.result,))
+
+    def entry(
+        self, sig: Signature, checked: relation_findings.RelationCheck, case: Case, count: int, reduction: str
+    ) -> Entry:
+        detail = checked.detail() if sig in checked.signatures else FLAKY
+        return Entry(sig, count, case, reduction, detail, relation=checked.draw.key)
+
+
+class Networks:
+    """The example's producer chain, BatchNorm judged inside it (bnprops/fuzzing/network_findings.py)."""
+
+    kind = NETWORK
+
+    def __init__(self, config: Config, runners: dict[Target, Runner]) -> None:
+        self.every, self.runner, self.runners = config.network_every, config.network_runner, runners
+
+    def draw(self, value: Example) -> Any:
+        return value[3]
+
+    def due(self, target: Target, case: Case) -> bool:
+        return (
+            network_findings.due(case, every=self.every)
+            and network_findings.applies(*target)
+            and network_unavailable_reason(target[0]) is None  # a release without the chain's hooks
+        )
+
+    def may_show(self, sig: Signature, value: Example) -> bool:
+        return network_findings.applies(*value[0])
+
+    def check(self, target: Target, case: Case, drawn: Any) -> network_findings.NetworkCheck:
+        entry, backend = target
+        return network_findings.check_network(
+            drawn, entry=entry, backend=backend, plain_runner=self.runners[target], runner=self.runner
+        )
+
+    def tally(self, result: WorkerResult, checked: network_findings.NetworkCheck, *, ms: int) -> None:
+        # ms: the time the checks took, worker processes' start included
+        count(result.networks, f"{checked.chain.api}/{checked.backend}", ("checks", *checked.results), ms=ms)
+
+    def entry(
+        self, sig: Signature, checked: network_findings.NetworkCheck, case: Case, count: int, reduction: str
+    ) -> Entry:
+        call = network_findings.call_of(checked.chain, checked.result)  # the plain call BatchNorm made
+        return Entry(sig, count, call, reduction, checked.detail(sig), network=checked.chain.to_json())
+
+
+class Sequences:
+    """The example's training sequence on one BatchNorm (bnprops/fuzzing/sequence_findings.py)."""
+
+    kind = SEQUENCE
+
+    def __init__(self, config: Config) -> None:
+        self.every, self.session = config.sequence_every, config.sequence_session or None
+
+    def draw(self, value: Example) -> Any:
+        return value[4]
+
+    def due(self, target: Target, case: Case) -> bool:
+        return (
+            sequence_findings.due(case, every=self.every)
+            and sequence_findings.applies(*target)
+            and sequence_unavailable_reason(target[0]) is None  # a release without the sessions' APIs
+        )
+
+    def may_show(self, sig: Signature, value: Example) -> bool:
+        return sequence_findings.applies(*value[0])
+
+    def check(self, target: Target, case: Case, drawn: Any) -> sequence_findings.SequenceCheck:
+        entry, backend = target
+        return sequence_findings.check_sequence(drawn, entry=entry, backend=backend, session=self.session)
+
+    def tally(self, result: WorkerResult, checked: sequence_findings.SequenceCheck, *, ms: int) -> None:
+        count(result.sequences, f"{checked.sequence.config.entry}/{checked.backend}", ("checks", checked.result), ms=ms)
+
+    def entry(
+        self, sig: Signature, checked: sequence_findings.SequenceCheck, case: Case, count: int, reduction: str
+    ) -> Entry:
+        call = sequence_findings.entry_case(checked.sequence)
+        replay = checked.run.script if sig.kind == SEQUENCE and checked.run.script else None
+        sequence = checked.sequence.to_json()
+        return Entry(sig, count, call, reduction, checked.detail(sig), sequence=sequence, replay=replay)
+
+
+def side_families(config: Config, runners: dict[Target, Runner]) -> dict[str, Family]:
+    """The side families by the kind of finding each makes, in the order an example runs them."""
+    families: list[Family] = [Relations(config, runners), Networks(config, runners), Sequences(config)]
+    return {family.kind: family for family in families}
+
+
+def run_timed(family: Family, target: Target, case: Case, drawn: Any) -> tuple[Checked, int]:
+    started = time.perf_counter()
+    checked = family.check(target, case, drawn)
+    return checked, round(1000 * (time.perf_counter() - started))

@@ -1,0 +1,244 @@
+"""BatchNorm inside networks in the fuzz job: which chain an example runs, its findings, files and replay.
+
+Every fuzz example (a target and a group of cases) also draws a producer chain (bnprops/mx/producers.py,
+``chains``); for one example in ``every`` (``due``) whose target an API can express (``applies``: the
+entry points nd, gluon, gluon-hybrid and sym on a CPU backend; npx has no chain API) the chain is
+built in the target's API and judged by bnprops.judging.in_network.check_chain on the target's backend, in a
+throwaway worker process (``isolate=True``: a crash is a finding, and a fresh process runs the next
+chain), with the fuzz job's own runner for the plain call. The chain is part of the example, so the
+example database stores it, and replay and shrinking reproduce it: a hunt for a network finding runs
+the drawn chain whatever ``due`` says, and a hunt for any other finding runs none.
+
+Findings have the kind "network" (catalogue.NETWORK); the quantity is the in_network finding kind and
+what it concerns ("differs:dx", "oracle:dgamma", "raises:MXNetError", "plain-raises:ValueError",
+"crashes"), and the chain's op sequence (producers.chain_step_names) is a flag, so that distinct chains
+are distinct entries. A finding that a recorded network deviation explains
+(known_deviations.NETWORK_DEVIATIONS) is kind "known", with the deviation's id: it matches the recorded
+deviation. A catalogue entry keeps the chain as it ran (Entry.network, JSON); its case is the plain call
+BatchNorm made inside the network (``call_of``). ``finding_json`` writes the chain into
+``findings/ID.json``, ``script`` is its standalone reproducer (the chain's snippet: mxnet and numpy
+only), and ``replay`` is what ``bnprops repro`` does with such a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from hypothesis import strategies as st
+
+from bnprops.fuzzing.catalogue import KNOWN, NETWORK, VERDICTS, Entry, Signature
+from bnprops.fuzzing.reproducer import load_example, with_example
+from bnprops.fuzzing.summary import per_target_table
+from bnprops.judging import in_network
+from bnprops.judging.comparator import compare_pair
+from bnprops.judging.in_network import ENTRY_OF, Finding, Result, case_of, check_chain, known_deviation
+from bnprops.model.case import Case
+from bnprops.mx.network_kernel import draw
+from bnprops.mx.producers import Chain, chain_step_names, chains
+from bnprops.mx.runners import Runner
+
+#: One example in this many runs its chain while exploring (bnprops fuzz --networks). A chain costs about
+#: 15-30 ms (built, trained and captured in the worker process, then the plain call and the oracle), a
+#: few small examples' worth; README "BatchNorm inside networks" has the measured cost.
+NETWORK_EVERY = 8
+#: The backends a chain runs on (in_network.NetworkWorker): the CPU kernels.
+CHAIN_BACKENDS = ("onednn", "native")
+#: Every chain's signature has this value regime: BatchNorm's input is what the network made.
+REGIME = "in-network"
+#: What a chain check came to, counted per target in the report: passed, a known deviation, or each kind
+#: of new finding (in_network.FINDING_KINDS).
+RESULTS = ("passed", "known", "differs", "oracle", "raises", "crashes")
+#: The API the chain strategy draws; the target's entry point replaces it (``chain_for``).
+_DRAWN_API = "nd"
+
+
+def network_draws(dtypes: Sequence[str]) -> st.SearchStrategy[Chain]:
+    """Drawn with every example whatever ``every`` a run uses, so a stored example decodes the same under any."""
+    return chains(apis=(_DRAWN_API,), dtypes=dtypes)
+
+
+def applies(entry: str, backend: str) -> bool:
+    """Can a chain run through this target? Its entry point must be one a chain's API maps to, on a CPU kernel."""
+    return entry in ENTRY_OF.values() and backend in CHAIN_BACKENDS
+
+
+def due(case: Case, *, every: int) -> bool:
+    """Does exploring run the example's chain? One example in ``every``, by its first case's fingerprint (other
+    bytes of it than relation_findings.due reads, so the two choices are independent)."""
+    if every <= 0:
+        return False
+    return int.from_bytes(hashlib.sha256(case.fingerprint()).digest()[:8], "big") % every == 0
+
+
+def chain_for(chain: Chain, entry: str) -> Chain:
+    """The drawn chain built in the API whose plain call is ``entry``."""
+    api = next(a for a, e in ENTRY_OF.items() if e == entry)
+    return chain if chain.api == api else chain.with_(api=api)
+
+
+def chain_flags(chain: Chain) -> tuple[tuple[str, str], ...]:
+    """What of the chain a signature keeps: its op sequence ('conv2d>relu>transpose')."""
+    return (("chain", chain_step_names(chain)),)
+
+
+def call_of(chain: Chain, result: Result | None = None) -> Case:
+    """The plain call BatchNorm made inside the network: the captured input where the chain got that far, else
+    zeros of the input's shape (a chain that raised or crashed captured nothing), with the chain's own dy."""
+    if result is not None and result.case is not None:
+        return result.case
+    arrays = draw(chain.to_dict())
+    return case_of(chain, {"x": np.zeros(chain.bn_input_shape, chain.dtype), "dy": arrays["dy"]})
+
+
+def _whats(finding: Finding, result: Result) -> list[str]:
+    """The quantities of a finding ("differs:dx"), one signature each."""
+    if finding.kind == "differs" and result.case is not None and result.in_network is not None:
+        assert result.plain is not None
+        pair = compare_pair(result.case, result.in_network, result.plain, exact=result.exact)
+        return [f"differs:{q}" for q in sorted({m.quantity for m in pair.mismatches})] or ["differs"]
+    if finding.kind == "oracle" and result.outcome is not None:
+        found = sorted({m.quantity for m in result.outcome.unexpected})
+        found += [f"stale {kd.id}" for kd in result.outcome.stale]
+        return [f"oracle:{q}" for q in found] or ["oracle"]
+    if finding.kind == "raises":
+        plain = "the plain call raised "
+        if finding.message.startswith(plain):
+            return ["plain-raises:" + finding.message[len(plain) :].partition(":")[0]]
+        return ["raises:" + finding.message.partition(":")[0]]
+    return [finding.kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkCheck:
+    """One chain run through one target, and the signatures its findings make."""
+
+    chain: Chain
+    backend: str
+    result: Result
+    signatures: tuple[Signature, ...]
+
+    @property
+    def results(self) -> tuple[str, ...]:
+        """What the report counts for this check: 'passed', or 'known' / the finding kinds it made."""
+        if not self.result.findings:
+            return ("passed",)
+        return tuple(dict.fromkeys("known" if known_deviation(f) else f.kind for f in self.result.findings))
+
+    def detail(self, sig: Signature) -> str:
+        """What the report says about ``sig``: the chain, and the finding's message (and deviation)."""
+        head = f"MXNet ({sig.entry}, {sig.backend}): {self.chain.describe()}"
+        for f in self.result.findings:
+            if sig not in self._signatures_of(f):
+                continue
+            kd = known_deviation(f)
+            if kd is not None:
+                return f"{head}\n{VERDICTS[KNOWN]} {kd.id}: {kd.summary}\n{f.message}"
+            return f"{head}\n{f.message}"
+        return "this example no longer shows the signature when run again (flaky?)"
+
+    def _signatures_of(self, finding: Finding) -> tuple[Signature, ...]:
+        return _signatures(finding, self.result)
+
+
+def _signatures(finding: Finding, result: Result) -> tuple[Signature, ...]:
+    chain = result.chain
+    kd = known_deviation(finding)
+    entry = ENTRY_OF[chain.api]
+    return tuple(
+        Signature(
+            KNOWN if kd is not None else NETWORK,
+            what,
+            entry,
+            result.backend,
+            chain.dtype,
+            chain_flags(chain),
+            REGIME,
+            "" if kd is None else kd.id,
+        )
+        for what in _whats(finding, result)
+    )
+
+
+def check_network(
+    chain: Chain, *, entry: str, backend: str, plain_runner: Runner | None = None, runner: str | None = None
+) -> NetworkCheck:
+    """Build the drawn chain in ``entry``'s API and judge it on ``backend`` in a worker process.
+
+    ``runner`` (module:function) is the in-network run; None: in_network.DEFAULT_RUNNER as it is now.
+    """
+    built = chain_for(chain, entry)
+    runner = in_network.DEFAULT_RUNNER if runner is None else runner
+    result = check_chain(built, backend=backend, isolate=True, runner=runner, plain_runner=plain_runner)
+    sigs = tuple(dict.fromkeys(s for f in result.findings for s in _signatures(f, result)))
+    return NetworkCheck(built, backend, result, sigs)
+
+
+def chain_of(entry: Entry) -> Chain:
+    """The chain a network finding's example ran."""
+    if entry.network is None:
+        raise ValueError(f"{entry.signature.ident} keeps no chain: is it a network finding?")
+    return Chain.from_json(entry.network)
+
+
+def finding_json(entry: Entry, base: str) -> str:
+    """``findings/ID.json`` for a network finding: ``base`` (reproducer.finding_json) plus the chain."""
+    return with_example(base, key="chain", example=entry.network, summary=chain_of(entry).describe())
+
+
+def load_chain(path: Path) -> Chain | None:
+    """The chain a finding file keeps; None if it keeps none (not a network finding)."""
+    return load_example(path, key="chain", decode=Chain.from_dict)
+
+
+def script(entry: Entry) -> str:
+    """The standalone reproducer: the chain's snippet (mxnet and numpy only) on the finding's backend."""
+    sig, chain = entry.signature, chain_of(entry)
+    verdict = f" ({VERDICTS[sig.kind]} {sig.deviation})" if sig.kind in VERDICTS else ""
+    header = "\n".join(
+        [
+            "#!/usr/bin/env python3",
+            f'"""bnprops network reproducer {sig.ident}',
+            "",
+            sig.describe() + verdict,
+            f"Chain ({entry.reduction}): {chain.describe()}",
+            "",
+            "Needs only mxnet (1.9.1) and numpy. Builds the network, trains it one step, and runs the same",
+            "BatchNorm alone (mx.nd.BatchNorm) on a plain copy of the input it received. Exits 1 while the",
+            "in-network results differ from the plain call's (bit for bit; on oneDNN float32 a blocked layout may",
+            "round differently within the error bound: read the numbers) or the network raises, 0 once they agree.",
+            '"""',
+        ]
+    )
+    return header + "\n" + chain.snippet(backend=sig.backend) + "\n"
+
+
+def replay(chain: Chain, sig: Signature, *, entry: str, backend: str) -> bool:
+    """Run a network finding's chain again, say what happened, and return whether its finding still shows."""
+    checked = check_network(chain, entry=entry, backend=backend)
+    print(f"chain: {checked.chain.describe()}")
+    if not checked.result.findings:
+        how = "bit for bit" if checked.result.bitwise else "within the error bound"
+        print(f"in-network and plain results agree ({how}), and the plain call matches the oracle")
+    for sig_now in checked.signatures:
+        print(f"\n{sig_now.describe()}\n{checked.detail(sig_now)}")
+    # Run elsewhere (--entry, --backend), the finding's own signature cannot show: any finding of its kind counts.
+    if (entry, backend) == (sig.entry, sig.backend):
+        return sig in checked.signatures
+    return any(s.kind == sig.kind and s.deviation == sig.deviation for s in checked.signatures)
+
+
+def summary_lines(counts: dict[str, dict[str, int]]) -> list[str]:
+    """The report's table of chain checks: per target, how many passed, matched a recorded deviation, or found."""
+    return per_target_table(
+        "## BatchNorm inside networks",
+        "Producer chains run while exploring (bnprops/mx/producers.py, bnprops/judging/in_network.py; one example in "
+        "`network_every`): BatchNorm inside the network against the same call on a plain copy of its input, and "
+        "that call against the oracle. A new finding is of kind `network` above; a check can count under several "
+        "columns; the time per check includes starting its worker processes.",
+        counts,
+        RESULTS,
+    )

@@ -1,0 +1,224 @@
+"""Training sequences in the fuzz job: which sequence an example runs, its findings, files and replay.
+
+Every fuzz example also draws a training sequence (bnprops/search/sequences.py); for one example in ``every``
+(``due``) whose target has a session (``applies``: every entry point on a CPU backend) the sequence runs
+on the target's entry point and backend (in this process on its own backend, in a worker process on
+the other: MXNet reads its kernel choice at start-up) and bnprops/judging/state_model.py checks the state after
+every rule.  The sequence is part of the example, so the example database stores it, and replay and
+shrinking reproduce it; Hypothesis shortens the list of rules first, so a finding settles on the
+shortest sequence that shows it.
+
+A finding's signature is kind "sequence" with the quantity ``RULE:WHAT`` (the rule where the state
+left the model, and what broke: ``backward_again:moving_mean``, ``train_step:dgamma``,
+``update:raises:MXNetError``); the same fault reached through different longer sequences is one
+finding, and its entry keeps the shortest sequence seen (Entry.sequence), which the report names.
+A rule where a recorded sequence deviation's model held (known_deviations.SEQUENCE_DEVIATIONS) is a
+"known" signature with the deviation's id.  ``script`` is the standalone replay (mxnet and numpy
+only) that state_model.replay_script writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from bnprops.fuzzing.catalogue import KNOWN, SEQUENCE, VERDICTS, Entry, Signature
+from bnprops.fuzzing.reproducer import load_example, with_example
+from bnprops.fuzzing.summary import per_target_table
+from bnprops.judging import in_network
+from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS
+from bnprops.model.case import Case
+from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.search.sequences import ENTRIES, Sequence, SequenceRun, resolve, run_sequence, sequences
+
+#: One example in this many runs its sequence while exploring (bnprops fuzz --sequences). A sequence of up to
+#: MAX_RULES rules costs about 20 ms in this process (README "Training sequences" has the measured cost).
+SEQUENCE_EVERY = 8
+MAX_RULES = 8
+#: Every sequence signature has this value regime.
+REGIME = "sequence"
+#: What a sequence check came to, counted per target in the report.
+RESULTS = ("passed", "known", "failed", "raises", "crashes")
+#: The module:function the worker process runs a sequence with.
+_IN_WORKER = "bnprops.fuzzing.sequence_findings:run_in_worker"
+_DEVIATIONS = {d.id: d for d in SEQUENCE_DEVIATIONS}
+
+
+def sequence_draws(dtypes: Seq[str]) -> st.SearchStrategy[Sequence]:
+    """Drawn with every example whatever ``every`` a run uses, so a stored example decodes the same under any."""
+    return sequences(entries=("nd",), dtypes=dtypes, max_rules=MAX_RULES)
+
+
+def applies(entry: str, backend: str) -> bool:
+    """A session exists for every entry point, on the CPU backends."""
+    return entry in ENTRIES and backend in ("onednn", "native")
+
+
+def due(case: Case, *, every: int) -> bool:
+    """Does exploring run the example's sequence? One example in ``every``, by its first case's fingerprint (salted:
+    independent of the relation's and the chain's choices, which read the same fingerprint)."""
+    if every <= 0:
+        return False
+    return int.from_bytes(hashlib.sha256(b"sequence" + case.fingerprint()).digest()[:8], "big") % every == 0
+
+
+def run_in_worker(spec: dict[str, Any]) -> SequenceRun:
+    """The worker process's side: the sequence on that process's backend."""
+    sequence = Sequence.from_dict(spec["sequence"])
+    session = resolve(spec.get("session"))
+    return run_sequence(sequence, backend=IN_PROCESS_BACKEND, session_factory=session, script=spec["script"])
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceCheck:
+    """One sequence run through one target, and the signatures it makes."""
+
+    sequence: Sequence
+    backend: str
+    run: SequenceRun
+    signatures: tuple[Signature, ...]
+
+    @property
+    def result(self) -> str:
+        """What the report counts: passed, known, failed (the state left the model), raises or crashes."""
+        if self.run.failed:
+            return (
+                self.run.quantity.split(":", 1)[0] if self.run.quantity.startswith(("raises", "crashes")) else "failed"
+            )
+        return "known" if self.run.known else "passed"
+
+    def detail(self, sig: Signature) -> str:
+        """What the report says about ``sig``: the sequence, and the failure (or the deviation it matches)."""
+        head = f"MXNet ({sig.entry}, {sig.backend}): {self.sequence.describe()}"
+        if sig.kind == KNOWN:
+            kd = _DEVIATIONS[sig.deviation]
+            return f"{head}\n{VERDICTS[KNOWN]} {kd.id}: {kd.summary}\nmodel: {kd.model}"
+        if sig not in self.signatures:
+            return "this example no longer shows the signature when run again (flaky?)"
+        return f"{head}\n{self.run.message.split('Replay with', 1)[0].rstrip()}"
+
+
+def signatures(run: SequenceRun, *, entry: str, backend: str) -> tuple[Signature, ...]:
+    dtype = run.sequence.config.dtype
+    sigs = [
+        Signature(KNOWN, f"{rule}:moving statistics", entry, backend, dtype, (), REGIME, ident)
+        for rule, ident in run.known
+    ]
+    if run.failed:
+        rule = run.ran[-1] if run.ran else "start"
+        sigs.append(Signature(SEQUENCE, f"{rule}:{run.quantity}", entry, backend, dtype, (), REGIME))
+    return tuple(dict.fromkeys(sigs))
+
+
+def check_sequence(
+    sequence: Sequence, *, entry: str, backend: str, session: str | None = None, script: bool = False
+) -> SequenceCheck:
+    """Run the drawn sequence on ``entry`` and ``backend``; ``session`` (module:function) plants a session.
+
+    ``script``: a replay script even when the sequence follows the model (a failure always has one).
+    """
+    built = sequence.for_entry(entry)
+    if backend == IN_PROCESS_BACKEND:
+        run = run_sequence(built, backend=backend, session_factory=resolve(session), script=script)
+    else:
+        spec = {"sequence": built.to_dict(), "session": session, "script": script}
+        try:
+            run = in_network.worker_for(backend).call(spec, _IN_WORKER)
+        except in_network.ChainCrashed as exc:
+            run = SequenceRun(built, (), (), "crashes", str(exc))
+        except in_network.ChainRaised as exc:  # bnprops failed in the worker: a finding with its message
+            run = SequenceRun(built, (), (), "raises:" + str(exc).partition(":")[0], str(exc))
+    return SequenceCheck(built, backend, run, signatures(run, entry=entry, backend=backend))
+
+
+def entry_case(sequence: Sequence) -> Case:
+    """The catalogue's case for a sequence finding: the first batch on the initial state (for its size and summary)."""
+    c = sequence.config
+    x = np.zeros(c.x_shape, dtype=c.dtype)
+    return Case(
+        x=x,
+        gamma=c.gamma,
+        beta=c.beta,
+        moving_mean=c.moving_mean,
+        moving_var=c.moving_var,
+        dy=np.zeros_like(x),
+        axis=c.axis,
+        eps=c.eps,
+        momentum=c.momentum,
+        fix_gamma=c.fix_gamma,
+        use_global_stats=c.use_global_stats,
+        regime=REGIME,
+    )
+
+
+def sequence_of(entry: Entry) -> Sequence:
+    if entry.sequence is None:
+        raise ValueError(f"{entry.signature.ident} keeps no sequence: is it a sequence finding?")
+    return Sequence.from_json(entry.sequence)
+
+
+def finding_json(entry: Entry, base: str) -> str:
+    """``findings/ID.json`` for a sequence finding: ``base`` (reproducer.finding_json) plus the sequence."""
+    return with_example(base, key="sequence", example=entry.sequence, summary=sequence_of(entry).describe())
+
+
+def load_sequence(path: Path) -> Sequence | None:
+    """The sequence a finding file keeps; None if it keeps none (not a sequence finding)."""
+    return load_example(path, key="sequence", decode=Sequence.from_dict)
+
+
+def script(entry: Entry) -> str:
+    """The standalone replay (mxnet and numpy only): state_model's script for the sequence on its target.
+
+    A new finding's is the one written when it failed (Entry.replay: it checks the failing rule's value
+    against the model and exits 1 while it deviates); a known deviation's replays and prints the state.
+    """
+    sig = entry.signature
+    sequence = sequence_of(entry).for_entry(sig.entry)
+    body = entry.replay or check_sequence(sequence, entry=sig.entry, backend=sig.backend, script=True).run.script
+    verdict = f" ({VERDICTS[sig.kind]} {sig.deviation})" if sig.kind in VERDICTS else ""
+    header = [
+        "#!/usr/bin/env python3",
+        f'"""bnprops sequence reproducer {sig.ident}',
+        "",
+        sig.describe() + verdict,
+        f"Sequence ({entry.reduction}): {sequence.describe()}",
+        "",
+        "Needs only mxnet (1.9.1) and numpy. Replays the rules on one BatchNorm and prints the state after each;",
+        "a new finding's exits 1 while the failing rule's value lies outside the reference model's bound, 0 once it",
+        "agrees.",
+        '"""',
+    ]
+    return "\n".join(header) + "\n" + body
+
+
+def replay(sequence: Sequence, sig: Signature, *, entry: str, backend: str) -> bool:
+    """Run a sequence finding again, say what happened, and return whether its finding still shows."""
+    checked = check_sequence(sequence, entry=entry, backend=backend)
+    print(f"sequence: {checked.sequence.describe()}")
+    if not checked.signatures:
+        print("the state followed the reference model after every rule")
+    for now in checked.signatures:
+        print(f"\n{now.describe()}\n{checked.detail(now)}")
+    if (entry, backend) == (sig.entry, sig.backend):
+        return sig in checked.signatures
+    return any(s.kind == sig.kind and s.quantity == sig.quantity for s in checked.signatures)
+
+
+def summary_lines(counts: dict[str, dict[str, int]]) -> list[str]:
+    """The report's table of sequence checks per target."""
+    return per_target_table(
+        "## Training sequences",
+        "Sequences of rules on one BatchNorm run while exploring "
+        "(bnprops/search/sequences.py, bnprops/judging/state_model.py; "
+        "one example in `sequence_every`): the state after every rule against the reference model. A new finding "
+        "is of kind `sequence` above; `known` counts sequences where a recorded sequence deviation's model held.",
+        counts,
+        RESULTS,
+    )

@@ -1,0 +1,234 @@
+"""A fuzz worker's run, and the workers of a campaign: one process each (spawned), or this process for one.
+
+A worker first replays the signatures stored in the output folder's database (worker 0), then runs
+its chunks in turn (bnprops/fuzzing/fuzz.py: chunk_indices), each one seeded search of at most
+``chunk_size`` examples whose condition is the explorer's (bnprops/fuzzing/exploring.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue as queue_module
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import Phase
+from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+
+from bnprops.fuzzing.exploring import Explorer, examples
+from bnprops.fuzzing.find import Router, Stop, find
+from bnprops.fuzzing.fuzz import (
+    MAX_IDLE_CHUNKS,
+    Config,
+    ProgressFn,
+    RunnerFactory,
+    Target,
+    chunk_indices,
+    chunk_seed,
+    load_index,
+)
+from bnprops.fuzzing.tallies import WorkerResult
+from bnprops.judging import in_network
+from bnprops.mx.backends import runner_for
+
+
+def replay(explorer: Explorer, strategy: Any, db: ExampleDatabase) -> None:
+    """Yesterday's signatures first: each stored minimal example is run again (and shrunk further if it can)."""
+    config, findings, result = explorer.config, explorer.findings, explorer.result
+    for sig in load_index(config.out):
+        row: dict[str, Any] = {"signature": sig.to_dict(), "id": sig.ident}
+        if (sig.entry, sig.backend) not in explorer.cases.runners or sig.dtype not in config.dtypes:
+            result.replays.append({**row, "status": "not selected in this run"})
+            continue
+        findings.start(sig)
+        try:
+            minimal = find(
+                strategy,
+                explorer.shrink_step,
+                database=Router(db, lambda: findings.hunting, replay=True),
+                max_examples=1,
+                phases=(Phase.reuse, Phase.shrink),
+            )
+        except (Stop, KeyboardInterrupt):
+            explorer.settle("replayed")
+            raise
+        if minimal is None:
+            findings.hunting = None
+            status = "did not reproduce (fixed, or the example no longer decodes under this selection)"
+        else:
+            explorer.settle("replayed")
+            status = "reproduced"
+        result.replays.append({**row, "status": status})
+
+
+def explore_chunks(explorer: Explorer, strategy: Any, db: ExampleDatabase, *, worker: int) -> None:
+    """This worker's chunks in turn, until the budget, the time or fresh cases run out."""
+    config, result = explorer.config, explorer.result
+    idle_chunks = 0
+    for index in chunk_indices(
+        shard_index=config.shard_index, shard_count=config.shard_count, worker=worker, workers=config.workers
+    ):
+        if explorer.budget_spent():
+            result.stop_reason = "budget"
+            break
+        if explorer.time_is_up():
+            result.stop_reason = "time"
+            break
+        if idle_chunks >= MAX_IDLE_CHUNKS:
+            result.stop_reason = "exhausted (only repeated cases drawn)"
+            break
+        result.chunks.append(index)
+        before = result.cases
+        # Always a whole chunk: the budget stops the search from inside (a chunk cut to a few
+        # cases would draw only Hypothesis's simplest ones, which this worker has judged).
+        minimal = find(
+            strategy,
+            explorer.explore,
+            database=Router(db, lambda: explorer.findings.hunting, replay=False),
+            max_examples=config.chunk_size,
+            phases=(Phase.generate, Phase.target, Phase.shrink),
+            seed_value=chunk_seed(config.seed, index),
+        )
+        if minimal is not None:
+            explorer.settle("shrunk")  # shrink_step left the case of the minimal group that shows it in best
+        idle_chunks = 0 if result.cases > before else idle_chunks + 1
+
+
+def run_worker(
+    config: Config,
+    *,
+    worker: int,
+    targets: list[Target],
+    runner_factory: RunnerFactory = runner_for,
+    deadline: float | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+    progress: ProgressFn | None = None,
+) -> WorkerResult:
+    """Run one worker's share of the campaign in this process."""
+    start = time.time()
+    explorer = Explorer(
+        config,
+        worker=worker,
+        targets=targets,
+        runner_factory=runner_factory,
+        deadline=deadline,
+        stop_requested=stop_requested,
+        progress=progress,
+    )
+    result = explorer.result
+    strategy = examples(config, targets)
+    db = DirectoryBasedExampleDatabase(config.out / "db")
+    try:
+        if worker == 0:
+            replay(explorer, strategy, db)
+        explore_chunks(explorer, strategy, db, worker=worker)
+    except Stop:
+        explorer.settle("partly shrunk")
+    except KeyboardInterrupt:
+        result.stop_reason = "interrupted"
+        explorer.settle("partly shrunk")
+    except Exception:
+        # A bug in bnprops or Hypothesis: keep what ran, and say what broke.
+        result.stop_reason = "crashed"
+        result.error = traceback.format_exc()
+    result.entries = explorer.findings.close(explorer.detail)
+    in_network.close_workers()  # the worker processes the network checks ran in
+    result.points = explorer.sampler.points()
+    result.elapsed_s = time.time() - start
+    explorer.report_progress(force=True)
+    return result
+
+
+def _worker_process(
+    config: Config,
+    worker: int,
+    targets: list[Target],
+    runner_factory: RunnerFactory,
+    deadline: float | None,
+    stop: Any,
+    messages: Any,
+) -> None:
+    # The parent turns Ctrl-C into the stop event, so every worker winds down and reports.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def progress(cases_run: int, failed: int, known: int, signatures: int) -> None:
+        messages.put(("progress", worker, (cases_run, failed, known, signatures)))
+
+    try:
+        result = run_worker(
+            config,
+            worker=worker,
+            targets=targets,
+            runner_factory=runner_factory,
+            deadline=deadline,
+            stop_requested=stop.is_set,
+            progress=progress,
+        )
+    except BaseException:
+        result = WorkerResult(worker=worker, stop_reason="crashed", error=traceback.format_exc())
+    messages.put(("done", worker, result))
+
+
+def run_workers(
+    config: Config,
+    *,
+    targets: list[Target],
+    runner_factory: RunnerFactory = runner_for,
+    deadline: float | None,
+    progress: ProgressFn | None,
+) -> tuple[list[WorkerResult], bool]:
+    """Run the workers (in this process when there is one) and collect their results; also says if Ctrl-C came."""
+    if config.workers == 1:
+        result = run_worker(
+            config, worker=0, targets=targets, runner_factory=runner_factory, deadline=deadline, progress=progress
+        )
+        return [result], result.stop_reason == "interrupted"
+    # spawn, not fork: a forked MXNet (OpenMP, oneDNN thread pools) can hang.
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    messages = ctx.Queue()
+    procs = {
+        w: ctx.Process(
+            target=_worker_process,
+            args=(config, w, targets, runner_factory, deadline, stop, messages),
+            name=f"bnprops-fuzz-{w}",
+        )
+        for w in range(config.workers)
+    }
+    for proc in procs.values():
+        proc.start()
+    latest: dict[int, tuple[int, int, int, int]] = {}
+    results: dict[int, WorkerResult] = {}
+    interrupted = False
+    while len(results) < len(procs):
+        try:
+            kind, worker, payload = messages.get(timeout=0.5)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            continue
+        except queue_module.Empty:
+            for w, proc in procs.items():
+                if w not in results and not proc.is_alive() and proc.exitcode not in (0, None):
+                    # Died without a word (a crash inside MXNet): keep the others' results.
+                    results[w] = WorkerResult(
+                        worker=w, stop_reason="crashed", error=f"worker process exited with status {proc.exitcode}"
+                    )
+            continue
+        if kind == "progress":
+            latest[worker] = payload
+            if progress is not None:
+                totals = [sum(v[i] for v in latest.values()) for i in range(4)]
+                progress(*totals)
+        elif kind == "done":
+            results[worker] = payload
+    for proc in procs.values():
+        with contextlib.suppress(KeyboardInterrupt):
+            proc.join(timeout=10)
+        if proc.is_alive():
+            proc.terminate()
+    return [results[w] for w in sorted(results)], interrupted

@@ -1,0 +1,339 @@
+"""Compare a runner's Outputs with the oracle's under the error model, and say what differs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.model.error_model import (
+    PROBABILISTIC_FAILURE,
+    bounds,
+    indeterminate_channels,
+    indeterminate_quantities,
+    sharp_bounds,
+)
+from bnprops.model.oracle import output_dtypes, per_channel, reference
+from bnprops.mx.snippets import snippet
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """The worst disagreement in one quantity."""
+
+    quantity: str
+    #: "value", "accuracy", "nonfinite", "invariant" (bnprops/judging/invariants.py), "unrecorded" (in a known
+    #: deviation's region, neither the oracle's value nor its model's), "shape" or "missing".
+    kind: str
+    count: int  # elements that disagree
+    size: int
+    index: tuple[int, ...]
+    expected: float
+    actual: float
+    error: float
+    bound: float
+    detail: str = ""
+    #: The probabilistic bound at the same element ("accuracy": the error lies between the two).
+    sharp_bound: float = float("nan")
+    #: Every element that disagrees (the quantity's shape; None for "shape" and "missing").
+    where: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: "unrecorded": the known deviation whose region it is in, and what its model gives at ``index``.
+    deviation: str = ""
+    model: float = float("nan")
+
+    @property
+    def ratio(self) -> float:
+        if self.bound > 0:
+            return self.error / self.bound
+        return 0.0 if self.error == 0 else float("inf")
+
+    def describe(self) -> str:
+        where = f"at index {self.index}" if self.index else ""
+        if self.kind == "missing":
+            return f"{self.quantity}: the runner did not return it"
+        if self.kind == "shape":
+            return f"{self.quantity}: {self.detail}"
+        head = {
+            "value": f"{self.count} of {self.size} elements outside the error bound; worst {where}",
+            "accuracy": f"accuracy finding: {self.count} of {self.size} elements beyond the probabilistic "
+            f"bound (within the deterministic one); worst {where}",
+            "nonfinite": f"{self.count} of {self.size} elements differ in their NaN/inf pattern; first {where}",
+            "invariant": f"{self.count} of {self.size} elements break an invariant: {self.detail}; first {where}",
+            "unrecorded": f"deviates, but not as recorded by known deviation {self.deviation}: {self.count} of "
+            f"{self.size} elements in its region match neither the oracle nor its model; worst {where}",
+        }[self.kind]
+        if self.kind == "invariant":
+            bound = "at least" if self.expected == 0 and self.quantity == "moving_var" else "exactly"
+            if "non-finite" in self.detail:
+                bound = "finite (exactly, near)"
+            return (
+                f"{self.quantity}: {head}\n    must be {bound}: {self.expected!r}\n    actual:{' ' * 12}{self.actual!r}"
+            )
+        text = f"{self.quantity}: {head}\n    expected (oracle): {self.expected!r}\n"
+        if self.kind == "unrecorded":
+            text += f"    model:             {self.model!r}\n"
+        text += f"    actual:            {self.actual!r}\n"
+        if self.kind == "accuracy":
+            digits = math.log10(self.error / self.sharp_bound) if self.sharp_bound > 0 else math.inf
+            return text + (
+                f"    |error| = {self.error:.3g}, probabilistic bound = {self.sharp_bound:.3g}, deterministic bound = "
+                f"{self.bound:.3g}\n    loses {digits:.2g} digits more than a float sum with random rounding would "
+                f"(probability < {PROBABILISTIC_FAILURE:g} for a correct kernel under that model)"
+            )
+        return text + f"    |error| = {self.error:.3g}, bound = {self.bound:.3g} (ratio {self.ratio:.3g})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What one comparison found: mismatches, and the largest error/bound ratio per quantity."""
+
+    case: Case
+    mismatches: tuple[Mismatch, ...]
+    ratios: dict[str, float]
+    #: The largest error / probabilistic bound per quantity (above 1: an accuracy finding, or worse).
+    sharp_ratios: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    @property
+    def failed_quantities(self) -> frozenset[str]:
+        return frozenset(m.quantity for m in self.mismatches)
+
+    def message(self, *, label: str = "MXNet", entry: str = "sym", backend: str = "onednn") -> str:
+        lines = [f"{label} disagrees with the oracle for {self.case.describe()}"]
+        lines += ["  " + m.describe() for m in self.mismatches]
+        lines += ["Reproduce with:", *("    " + line for line in reproducer(self.case, entry, backend).splitlines())]
+        return "\n".join(lines)
+
+
+def reproducer(case: Case, entry: str, backend: str) -> str:
+    """The case's snippet through its entry point; the symbolic one for subjects that are not MXNet's."""
+    try:
+        return snippet(case, entry=entry, backend=backend)
+    except ValueError:
+        return snippet(case)
+
+
+def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
+
+
+def overflow_threshold(dtype: str) -> float:
+    """Where rounding to ``dtype`` gives inf: its largest number plus half an ulp (float64: its largest number)."""
+    info = np.finfo(np.dtype(dtype))
+    half_ulp_of_max = 2.0 ** (int(info.maxexp) - 2 - int(info.nmant))
+    return float(info.max) + half_ulp_of_max if dtype != "float64" else float(info.max)
+
+
+def _overflow_adjusted(expected: np.ndarray, actual: np.ndarray, out_dtype: str) -> np.ndarray:
+    """``actual`` in float64, each inf that stands for an exact value past the dtype's overflow threshold mapped.
+
+    A correct kernel returns +-inf where the exact value rounds beyond the dtype's largest number, and
+    may return that number where the exact value is just past the overflow threshold (max + half an
+    ulp): an inf stands for the threshold, judged by the bound like any other value.
+    """
+    a = actual.astype(np.float64)
+    threshold = overflow_threshold(out_dtype)
+    with np.errstate(invalid="ignore"):
+        overflowed = np.isinf(a) & np.isfinite(expected)
+        beyond = overflowed & (np.sign(a) * expected >= threshold)  # the exact value rounds to that inf: no error
+        return np.where(beyond, expected, np.where(overflowed, np.sign(a) * threshold, a))
+
+
+def _nonfinite_differs(expected: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Where exactly one of the two is non-finite, or both are but differently (NaN, +inf, -inf)."""
+    finite = np.isfinite(expected) & np.isfinite(a)
+    same_nonfinite = (np.isnan(expected) & np.isnan(a)) | (expected == a)
+    return np.asarray(~finite & ~same_nonfinite)
+
+
+def disagreeing(expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str) -> np.ndarray:
+    """Element by element: is ``actual`` outside ``bound`` of ``expected``, or in another NaN/inf pattern?"""
+    a = _overflow_adjusted(expected, np.asarray(actual), out_dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(np.isfinite(expected) & np.isfinite(a), np.abs(a - expected), 0.0)
+    return np.asarray(_nonfinite_differs(expected, a) | (err > bound))
+
+
+def _compare_one(
+    quantity: str,
+    expected: np.ndarray,
+    actual: np.ndarray,
+    bound: np.ndarray,
+    out_dtype: str,
+    judged: np.ndarray,
+    sharp: np.ndarray | None = None,
+) -> tuple[Mismatch | None, float, float]:
+    """The worst disagreement in one quantity (or None), its largest error/bound and error/sharp-bound ratios.
+
+    ``sharp`` is the probabilistic bound (None: judge against ``bound`` alone): an error beyond it
+    but within ``bound`` is an accuracy finding.
+    """
+    nan = float("nan")
+    if actual.shape != expected.shape:
+        detail = f"shape {actual.shape}, expected {expected.shape}"
+        mismatch = Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail)
+        return mismatch, float("inf"), float("inf")
+    a = _overflow_adjusted(expected, actual, out_dtype)
+    finite = np.isfinite(expected) & np.isfinite(a)
+    pattern_differs = judged & _nonfinite_differs(expected, a)
+    if pattern_differs.any():
+        idx = tuple(int(i) for i in np.argwhere(pattern_differs)[0])
+        count = int(pattern_differs.sum())
+        mismatch = Mismatch(
+            quantity,
+            "nonfinite",
+            count,
+            expected.size,
+            idx,
+            float(expected[idx]),
+            float(a[idx]),
+            nan,
+            float(bound[idx]),
+            where=pattern_differs,
+        )
+        return mismatch, float("inf"), float("inf")
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(judged & finite, np.abs(a - expected), 0.0)
+    if err.size == 0:
+        return None, 0.0, 0.0
+    ratio = _ratio(err, bound)
+    sharp_ratio = ratio if sharp is None else _ratio(err, sharp)
+    worst, worst_sharp = float(ratio.max()), float(sharp_ratio.max())
+    bad = ratio > 1
+    kind = "value"
+    if not bad.any():
+        bad = sharp_ratio > 1
+        kind = "accuracy"
+        if not bad.any():
+            return None, worst, worst_sharp
+    flat = int(np.argmax(ratio if kind == "value" else sharp_ratio))
+    idx = tuple(int(i) for i in np.unravel_index(flat, ratio.shape))
+    mismatch = Mismatch(
+        quantity,
+        kind,
+        int(bad.sum()),
+        expected.size,
+        idx,
+        float(expected[idx]),
+        float(a[idx]),
+        float(err[idx]),
+        float(bound[idx]),
+        sharp_bound=float(bound[idx]) if sharp is None else float(sharp[idx]),
+        where=bad,
+    )
+    return mismatch, worst, worst_sharp
+
+
+def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
+    """Where the quantity is judged: everywhere but the indeterminate channels of the quantities they spoil."""
+    if quantity in indeterminate_quantities(case) and undetermined.any():
+        per_element = shape == case.shape
+        defined = ~per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
+        return np.broadcast_to(defined, shape)
+    return np.ones(shape, dtype=bool)
+
+
+class Judging(NamedTuple):
+    """What every comparison of a case needs: the oracle, its bounds, the output dtypes, the indeterminate channels."""
+
+    expected: Outputs
+    bound: Outputs
+    sharp: Outputs
+    dtypes: dict[str, str]
+    undetermined: np.ndarray
+
+
+def judging(case: Case) -> Judging:
+    """The oracle's judging apparatus for ``case``, computed once (the comparator and known deviations share it)."""
+
+    def compute() -> Judging:
+        expected = reference(case)
+        bound = bounds(case, expected)
+        sharp = sharp_bounds(case, expected, bound)
+        return Judging(expected, bound, sharp, output_dtypes(case), indeterminate_channels(case))
+
+    return case.memo("judging", compute)
+
+
+def compare_pair(
+    case: Case,
+    first: Outputs,
+    second: Outputs,
+    *,
+    exact: bool = False,
+    quantities: Iterable[str] = QUANTITIES,
+    excluded: Mapping[str, np.ndarray] | None = None,
+) -> Verdict:
+    """Do two implementations agree? Each may be off the oracle by its bound, so they may differ by twice it.
+
+    Judged where the oracle comparison judges, over the quantities both produce; the NaN/inf
+    patterns must match. ``exact``: the two ran the same computation, so every element must be
+    the same, indeterminate channels included. Otherwise ``excluded`` (quantity -> elements) are
+    not compared: where a known deviation covers one of the two, the other need not follow it.
+    A mismatch's "expected" is ``second``'s value, "actual" ``first``'s.
+    """
+    _, tol, _, dtypes, undetermined = judging(case)
+    mismatches: list[Mismatch] = []
+    ratios: dict[str, float] = {}
+    for q in quantities:
+        if q not in first or q not in second or q not in tol:
+            continue
+        a, b = np.asarray(first[q]), np.asarray(second[q])
+        if a.shape != b.shape or b.shape != tol[q].shape:
+            detail = f"shapes {a.shape} and {b.shape}"
+            mismatches.append(Mismatch(q, "shape", b.size, b.size, (), np.nan, np.nan, np.nan, 0.0, detail))
+            continue
+        judged: np.ndarray = np.ones(b.shape, dtype=bool) if exact else judged_elements(case, q, b.shape, undetermined)
+        if not exact and excluded is not None and q in excluded:
+            judged = judged & ~excluded[q]
+        bound: np.ndarray = np.zeros(b.shape) if exact else 2 * tol[q]
+        mismatch, ratios[q], _ = _compare_one(q, b.astype(np.float64), a, bound, dtypes[q], judged)
+        if mismatch is not None:
+            mismatches.append(mismatch)
+    return Verdict(case, tuple(mismatches), ratios)
+
+
+def compare(
+    case: Case,
+    actual: Outputs,
+    *,
+    expected: Outputs | None = None,
+    quantities: Iterable[str] = QUANTITIES,
+    within: Mapping[str, np.ndarray] | None = None,
+) -> Verdict:
+    """Check ``actual`` against the oracle (or ``expected``) for the chosen quantities (those it produces).
+
+    ``within`` (quantity -> elements) limits the judged elements of the quantities it names.
+    """
+    apparatus = judging(case)
+    if expected is None:
+        expected, tol, sharp = apparatus.expected, apparatus.bound, apparatus.sharp
+    else:
+        tol = bounds(case, expected)
+        sharp = sharp_bounds(case, expected, tol)
+    mismatches: list[Mismatch] = []
+    ratios: dict[str, float] = {}
+    sharp_ratios: dict[str, float] = {}
+    for q in quantities:
+        if q not in expected:
+            continue
+        if q not in actual:
+            mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))
+            continue
+        judged = judged_elements(case, q, expected[q].shape, apparatus.undetermined)
+        if within is not None and q in within:
+            judged = judged & within[q]
+        mismatch, ratios[q], sharp_ratios[q] = _compare_one(
+            q, expected[q], np.asarray(actual[q]), tol[q], apparatus.dtypes[q], judged, sharp[q]
+        )
+        if mismatch is not None:
+            mismatches.append(mismatch)
+    return Verdict(case, tuple(mismatches), ratios, sharp_ratios)

@@ -1,0 +1,270 @@
+"""What must hold of BatchNorm's results whatever the error bounds say, checked on every case beside the oracle.
+
+* **A moving variance is never negative**: it is an average, ``m old + (1 - m) var``, of a prior that
+  is not negative (where the case's is not) and a variance, with 0 <= m <= 1.  Within the bound of
+  zero is not good enough: a negative variance makes the next inference's ``var + eps`` wrong, or NaN.
+* **An empty batch leaves the moving statistics exactly as they were.**  There is nothing to average,
+  so the contract bnprops holds MXNet to is "no update" (rejecting the call with an error would do
+  too, and leaves nothing to check); the oracle's own mean of nothing is NaN, so without this
+  invariant a NaN update would pass.
+* **Finite in, finite out.**  An element of a result is finite wherever (a) what it is computed from is
+  finite: its channel's x, dy (for the gradients), gamma (unless fix_gamma), beta and moving statistics,
+  eps, momentum and the element's own prior under 'add'; (b) for the results computed through invstd,
+  y, dx, invstd and (unless fix_gamma) dgamma, ``var + eps`` as the kernel forms it is neither 0 nor
+  past its type's largest number (the batch variance, or moving_var where the moving statistics
+  normalise); and (c) its exact value is finite and representable in its output dtype.  Each
+  exclusion is something a correct kernel may legitimately turn into NaN or inf:
+
+  - non-finite input propagates, by IEEE rules, through the channel it is in (and no further: the
+    channels are independent; the results that copy an input, gamma, the moving statistics before the
+    backward and, where nothing updates them, after it, or that are the constant 0, dgamma under
+    fix_gamma, depend on nothing but their exact value);
+  - invstd = 1/sqrt(var + eps) is inf where ``var + eps`` rounds to 0, and 0 where it rounds to inf, and
+    y, dx and dgamma follow (0 * inf).  "As the kernel forms it": in AccReal, float32 for float16 and
+    float32 data, except that MXNet's float16 kernel rounds ``var + eps`` to float16 (its own
+    deviation, excused here because the call's results are then undefined); and with the kernel's
+    own variance and DType(eps), which may lie anywhere within their error bounds
+    (bnprops/model/error_model.py, times its SAFETY): a channel counts only where every value within them,
+    added in AccReal, rounds to a positive finite number (so no indeterminate channel counts).  The
+    moving variance is not among these results: a correct kernel averages the variance itself, which
+    is finite whatever invstd is;
+  - the sums a kernel accumulates in AccReal, sum x, sum (x - mean)^2, sum dy and sum (x - mean) dy
+    (or sum dy xhat), and the normalised values xhat, may overflow AccReal although the result fits
+    (float32 data of 1e20; never on the strategies' data): a channel is left out of the results they
+    feed where a sum of |terms| times (1 + gamma_M), a bound on every partial sum in any order,
+    reaches AccReal's largest number;
+  - an exact value beyond the output dtype's largest number rounds to inf (float16 y of 1e5), and one
+    within its error bound of the overflow threshold may (the comparator reads such an inf as the
+    threshold too).  Where the error model has no finite bound, the element is left out.
+
+  An empty batch under batch statistics has no variance and normalises nothing: (b) does not apply to
+  it, its dgamma and dbeta are empty sums (0), its moving statistics stay, and its mean and invstd
+  (0/0) fall under (c).
+* **A gradient requested with 'null' leaves its buffer alone.**  The runners give such a target a
+  buffer wherever the entry point can (bnprops/mx/runners.py: gluon only for data, as a 'null' Parameter
+  has no gradient buffer at all), filled with ``case.null_sentinel`` (finite values, none 0), and
+  return it afterwards as ``null_dx``, ``null_dgamma`` or ``null_dbeta``; it must
+  hold the sentinel bit for bit.  'null' is the promise not to write: a kernel that writes zeros, or the
+  gradient, into a buffer its caller shares with something else corrupts it.  A violation is reported
+  under the gradient's own name (dx, dgamma, dbeta), which the properties check and the oracle, having
+  no value for a 'null' gradient, does not.
+* **fix_gamma=False leaves the gamma array alone**, bit for bit (-0.0 and NaN payloads too): gamma is
+  an input then, as beta is.  The oracle's value for it has a bound of 0 as well, but compares values
+  (0.0 == -0.0), and an invariant holds whatever a known deviation says about the quantity.
+
+A violation is a mismatch of kind "invariant", judged and catalogued like any other, and a known
+deviation may explain it (bnprops/judging/known_deviations.py).  Cost: one pass over each result (and over
+each null buffer) where everything is finite; the exclusions are computed only for quantities that
+have a non-finite element, and the error bound only where one remains.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bnprops.judging.comparator import Mismatch, overflow_threshold
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, QUANTITIES, Case, Outputs
+from bnprops.model.error_model import SAFETY, accumulation_dtype, bounds, propagated_statistics, unit_roundoff
+from bnprops.model.oracle import eps_as_applied, output_dtypes, per_channel, reference, statistics
+
+#: The results computed through invstd (dgamma only without fix_gamma).
+_THROUGH_INVSTD = frozenset({"y", "dx", "dgamma", "invstd"})
+#: Results that copy an input (or, gamma under fix_gamma, are the constant 1).
+_COPIES = frozenset({"gamma", "forward_moving_mean", "forward_moving_var"})
+_TARGET_OF = {q: t for t, q in GRADIENT_OF.items()}
+
+
+def violations(case: Case, actual: Outputs) -> list[Mismatch]:
+    """Every invariant the results break: one mismatch per invariant and quantity."""
+    found: list[Mismatch] = []
+    if "moving_var" in actual and 0 <= case.momentum <= 1:
+        after = np.asarray(actual["moving_var"], dtype=np.float64)
+        negative = (after < 0) & (case.moving_var >= 0)
+        found += _mismatch("moving_var", negative, after, np.zeros_like(after), "a moving variance below 0")
+    if case.reduction_length == 0:
+        for q, before in (("moving_mean", case.moving_mean), ("moving_var", case.moving_var)):
+            if q in actual:
+                after = np.asarray(actual[q], dtype=np.float64)
+                prior = before.astype(np.float64)
+                changed = ~((after == prior) | (np.isnan(after) & np.isnan(prior)))
+                found += _mismatch(q, changed, after, prior, "an empty batch changed the moving statistics")
+    found += _finite_in_finite_out(case, actual)
+    for target in GRAD_TARGETS:
+        key = NULL_BUFFER_OF[target]
+        if case.request(target) == "null" and key in actual:
+            what = f"grad_req 'null' for {target}, yet its buffer ({key}) lost the sentinel it was filled with"
+            found += _kept(GRADIENT_OF[target], actual[key], case.null_sentinel(target), what)
+    if not case.fix_gamma and "gamma" in actual:
+        found += _kept("gamma", actual["gamma"], case.gamma, "fix_gamma=False, yet the call wrote the gamma array")
+    return found
+
+
+def _finite_in_finite_out(case: Case, actual: Outputs) -> list[Mismatch]:
+    found: list[Mismatch] = []
+    for q in QUANTITIES:
+        if q not in actual:
+            continue
+        after = np.asarray(actual[q])
+        nonfinite = _nonfinite(after)
+        if not nonfinite.any():  # the common case: one pass, nothing else computed
+            continue
+        expected = reference(case).get(q)
+        if expected is None or expected.shape != after.shape:
+            continue  # the comparator reports a quantity that should not be there or is misshapen
+        bad = nonfinite & _finite_claimed(case, q, expected, nonfinite)
+        what = "non-finite from finite input, where the exact value ('must be') is finite and representable"
+        found += _mismatch(q, bad, after.astype(np.float64), expected, what)
+    return found
+
+
+def _nonfinite(values: np.ndarray) -> np.ndarray:
+    if values.dtype == np.float16:  # numpy's float16 isfinite is 7x slower than looking at the exponent bits
+        return np.asarray(values.view(np.uint16) & 0x7C00 == 0x7C00)
+    return np.asarray(~np.isfinite(values))
+
+
+def _finite_claimed(case: Case, q: str, expected: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
+    """Where ``q`` must be finite (see the module docstring), cheapest conditions first."""
+    threshold = overflow_threshold(output_dtypes(case)[q])
+    with np.errstate(invalid="ignore"):
+        claim: np.ndarray = np.abs(expected) < threshold  # (c) without the bound: rounds to a finite number
+    if not _copies_or_constant(case, q):
+        gradient = q in _TARGET_OF
+        claim &= _spread(case, _inputs_finite(case, gradient=gradient), claim.shape)
+        prior = case.prior(_TARGET_OF[q]) if gradient else None
+        if prior is not None:
+            claim &= np.isfinite(prior)
+        if q in _THROUGH_INVSTD:
+            claim &= _spread(case, _normaliser_in_range(case), claim.shape)
+        if (claim & nonfinite).any():  # only then the sums, a few passes over the data
+            claim &= _spread(case, ~_accumulation_overflows(case, q), claim.shape)
+    if (claim & nonfinite).any():  # only then the bound, which costs as much as the comparison
+        with np.errstate(invalid="ignore", over="ignore"):
+            claim &= np.abs(expected) + bounds(case, reference(case))[q] < threshold
+    return claim
+
+
+def _copies_or_constant(case: Case, q: str) -> bool:
+    """Is ``q`` an input as it was (the moving statistics where nothing updates them) or a constant (dgamma
+    under fix_gamma)? Then its exact value, prior included, decides alone."""
+    moving = q in ("moving_mean", "moving_var") and not case.uses_batch_stats
+    return q in _COPIES or moving or (q == "dgamma" and case.fix_gamma)
+
+
+def _spread(case: Case, channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A per-channel mask over a quantity of ``shape`` (x's shape, or one value per channel)."""
+    if shape == case.shape:
+        return np.broadcast_to(per_channel(case, channels).astype(bool), shape)
+    return channels
+
+
+def _per_channel_all(case: Case, mask: np.ndarray) -> np.ndarray:
+    return np.asarray(mask.all(axis=case.reduce_axes))  # an empty channel: True
+
+
+def _inputs_finite(case: Case, *, gradient: bool) -> np.ndarray:
+    """(a), per channel: x (and dy for the gradients), the parameters the call reads, eps and momentum."""
+
+    def compute(name: str) -> np.ndarray:
+        return case.memo(f"invariants.finite.{name}", lambda: _per_channel_all(case, ~_nonfinite(getattr(case, name))))
+
+    ok = compute("x") & compute("dy") if gradient else compute("x")
+    for name in ("beta", "moving_mean", "moving_var") + (() if case.fix_gamma else ("gamma",)):
+        ok = ok & np.isfinite(getattr(case, name))
+    return np.asarray(ok & math.isfinite(case.eps) & math.isfinite(case.momentum))
+
+
+def _normaliser_in_range(case: Case) -> np.ndarray:
+    """(b), per channel: var + eps, as the kernel forms it from any variance and DType(eps) within their
+    bounds, rounds to a positive finite number in the type it is formed in (float16 for float16 data,
+    else AccReal)."""
+    if case.uses_batch_stats and case.reduction_length == 0:
+        return np.ones(case.channels, dtype=bool)  # nothing is normalised (invstd's 0/0 falls under (c))
+    st = propagated_statistics(case)
+    # The error model's bound on var and DType(eps), times its SAFETY (as the indeterminate channels'),
+    # and the AccReal addition's own rounding.
+    reach, ua = SAFETY * (st.e_var + st.e_eps), unit_roundoff(accumulation_dtype(case.dtype))
+    kind = np.float16 if case.dtype == "float16" else np.dtype(accumulation_dtype(case.dtype)).type
+    with np.errstate(over="ignore", invalid="ignore"):
+        low = ((st.s2 - reach) * (1 - ua)).astype(kind)
+        high = ((st.s2 + reach) * (1 + ua)).astype(kind)
+        return np.asarray((low > 0) & np.isfinite(high))
+
+
+def _accumulation_overflows(case: Case, q: str) -> np.ndarray:
+    """Per channel: may a sum (or xhat) that ``q`` is computed from overflow AccReal? (see the docstring)"""
+    sums = case.memo("invariants.accumulation", lambda: _accumulations(case))
+    acc = accumulation_dtype(case.dtype)
+    nu = case.reduction_length * unit_roundoff(acc)
+    limit = float(np.finfo(acc).max) * (1 - nu) if nu < 1 else 0.0  # max / (1 + gamma_M)
+    over = np.zeros(case.channels, dtype=bool)
+    for feeds, total in sums:
+        if q in feeds:
+            over |= ~(total < limit)
+    return over
+
+
+def _accumulations(case: Case) -> list[tuple[frozenset[str], np.ndarray]]:
+    """The AccReal sums' sums of |terms| (and the largest |xhat|) per channel, with the results each feeds."""
+    if not case.x.size:
+        return []  # no terms (and invstd is 0/0): nothing to overflow
+    x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
+    red = case.reduce_axes
+    mean, var = statistics(case)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        centred = np.abs(x - per_channel(case, mean))
+        invstd = 1 / np.sqrt(var + eps_as_applied(case))
+        dgamma = {"dgamma", "dx"} if not case.fix_gamma else {"dx"}
+        found = [
+            (frozenset({"dbeta", "dx"}), np.abs(dy).sum(axis=red)),
+            (frozenset(dgamma), (centred * np.abs(dy)).sum(axis=red) * np.maximum(invstd, 1)),
+            (frozenset({"y", "dx"} | dgamma), _largest(case, centred) * invstd),
+        ]
+        if case.uses_batch_stats:
+            normalised = {"y", "dx", "invstd", "moving_var"} | dgamma
+            found.append((frozenset(normalised | {"mean", "moving_mean"}), np.abs(x).sum(axis=red)))
+            found.append((frozenset(normalised), (centred * centred).sum(axis=red)))
+    return found
+
+
+def _largest(case: Case, values: np.ndarray) -> np.ndarray:
+    return np.asarray(values.max(axis=case.reduce_axes))
+
+
+def _kept(quantity: str, after: np.ndarray, before: np.ndarray, what: str) -> list[Mismatch]:
+    """A mismatch unless ``after`` holds ``before``'s bits, element for element."""
+    after = np.asarray(after)
+    if after.shape != before.shape:
+        return _mismatch(quantity, np.ones(before.shape, dtype=bool), np.full(before.shape, np.nan), before, what)
+    if after.dtype != before.dtype:  # float64 holds every float16 and float32 value exactly
+        after64, before64 = after.astype(np.float64), before.astype(np.float64)
+        changed = after64.view(np.uint64) != before64.view(np.uint64)
+    else:
+        width = np.dtype(f"u{before.dtype.itemsize}")
+        changed = np.ascontiguousarray(after).view(width) != np.ascontiguousarray(before).view(width)
+    return _mismatch(quantity, changed, after.astype(np.float64), before.astype(np.float64), what)
+
+
+def _mismatch(quantity: str, bad: np.ndarray, actual: np.ndarray, wanted: np.ndarray, what: str) -> list[Mismatch]:
+    if not bad.any():
+        return []
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = float(abs(actual[idx] - wanted[idx]))
+    return [
+        Mismatch(
+            quantity,
+            "invariant",
+            int(bad.sum()),
+            bad.size,
+            idx,
+            float(wanted[idx]),
+            float(actual[idx]),
+            error,
+            0.0,
+            what,
+            where=bad,
+        )
+    ]

@@ -1,0 +1,227 @@
+"""One case's outputs sorted against the oracle and the known deviations' models.
+
+Element by element: outside every known deviation's region the oracle (and the invariants) judge
+alone; inside one, an element passes if it matches the oracle or the deviation's model (and an
+invariant may break only where a model that says so matches).  What fails the oracle but matches a
+model is *explained* by that deviation ("matches the recorded deviation"); what matches neither is
+a finding of kind "unrecorded" ("deviates, but not as recorded").  A certain deviation whose model
+differs from the oracle, where MXNet returned the oracle's values instead, is *stale*.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from bnprops.judging.comparator import Mismatch, Verdict, compare, disagreeing, judged_elements, judging, reproducer
+from bnprops.judging.deviation_models import Context, Prediction
+from bnprops.judging.invariants import violations
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
+from bnprops.model.case import Case, Outputs
+from bnprops.mx.runners import IN_PROCESS_BACKEND
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A verdict sorted against the known deviations."""
+
+    verdict: Verdict
+    entry: str
+    #: Known deviations whose model MXNet matched where it differs from the oracle, with those quantities.
+    explained: tuple[tuple[KnownDeviation, frozenset[str]], ...]
+    #: What no known deviation explains: these are findings ("unrecorded" ones inside a deviation's region).
+    unexpected: tuple[Mismatch, ...]
+    #: Known deviations that apply to the case but did not reproduce (MXNet may have been fixed).
+    stale: tuple[KnownDeviation, ...]
+    #: The quantities the caller asked about.
+    checked: frozenset[str]
+    backend: str = IN_PROCESS_BACKEND
+    #: The elements some applicable known deviation covers, per quantity.
+    covered: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexpected and not self.stale
+
+    @property
+    def case(self) -> Case:
+        return self.verdict.case
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """The quantities some applicable known deviation covers (in some elements)."""
+        return frozenset(q for q, where in self.covered.items() if where.any())
+
+    def message(self) -> str:
+        lines: list[str] = []
+        if self.unexpected:
+            partial = dataclasses.replace(self.verdict, mismatches=self.unexpected)
+            lines.append(
+                partial.message(label=f"MXNet ({self.entry}, {self.backend})", entry=self.entry, backend=self.backend)
+            )
+        for kd in self.stale:
+            lines.append(
+                f"Known deviation {kd.id} applies to {self.case.describe()} but did not reproduce: where its model "
+                f"({kd.model}) differs from the oracle, MXNet returned the oracle's values. If MXNet was fixed, "
+                f"narrow or remove it in bnprops/judging/known_deviations.py.\nReproduce with:\n"
+                + "\n".join("    " + line for line in reproducer(self.case, self.entry, self.backend).splitlines())
+            )
+        return "\n".join(lines)
+
+
+def judged_outputs(case: Case, outputs: Outputs) -> Verdict:
+    """The comparison with the oracle, and the invariants (bnprops/judging/invariants.py) that hold whatever
+    the bounds say."""
+    verdict = compare(case, outputs)
+    broken = violations(case, outputs)
+    return dataclasses.replace(verdict, mismatches=verdict.mismatches + tuple(broken)) if broken else verdict
+
+
+@dataclasses.dataclass
+class _Tally:
+    """Per quantity, the elements that matched a model, those under any region, and per deviation what it showed."""
+
+    matched: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    excused: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # matched by an invariant breaker
+    region: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    shown: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)  # kd.id -> q -> matched
+    visible: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)  # kd.id -> q -> certain
+
+    @staticmethod
+    def _or(table: dict[str, np.ndarray], q: str, mask: np.ndarray) -> None:
+        table[q] = table[q] | mask if q in table else mask.copy()
+
+    def add(self, kd: KnownDeviation, p: Prediction, ok: np.ndarray, visible: np.ndarray | None) -> None:
+        q = p.quantity
+        self._or(self.matched, q, ok)
+        self._or(self.region, q, p.where)
+        if p.breaks_invariants:
+            self._or(self.excused, q, ok)
+        self._or(self.shown.setdefault(kd.id, {}), q, ok)
+        if visible is not None:
+            self._or(self.visible.setdefault(kd.id, {}), q, visible)
+
+
+def predictions(case: Case, *, entry: str, kernel: str, scoped: bool = True) -> list[tuple[KnownDeviation, Prediction]]:
+    """Every known deviation's predictions for the case, within the elements the oracle judges.
+
+    ``scoped``: only the deviations that hold in the running MXNet release (KnownDeviation.releases); one
+    recorded for other releases is absent here, so it is neither applied nor reported stale.
+    """
+    apparatus = judging(case)
+    ctx = Context(case, kernel, apparatus)
+    found = []
+    for kd in KNOWN_DEVIATIONS:
+        for p in kd.predictions(ctx, entry=entry, scoped=scoped):
+            where = p.where & judged_elements(case, p.quantity, p.where.shape, apparatus.undetermined)
+            if where.any():
+                found.append((kd, dataclasses.replace(p, where=where)))
+    return found
+
+
+def judge(
+    case: Case,
+    outputs: Outputs,
+    *,
+    entry: str,
+    kernel: str,
+    checked: Iterable[str],
+    backend: str = IN_PROCESS_BACKEND,
+    scoped: bool = True,
+) -> Outcome:
+    """Judge MXNet's outputs for ``case``: findings among ``checked``, staleness over every quantity.
+
+    ``scoped=False`` applies every known deviation whatever release runs (to probe whether it is present).
+
+    A certain known deviation must show in some quantity it names, even one the calling property
+    does not check (dgamma may agree by accident where y cannot).
+    """
+    checked = frozenset(checked)
+    verdict = judged_outputs(case, outputs)
+    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped)
+    if not found:
+        unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked)
+        return Outcome(verdict, entry, (), unexpected, (), checked, backend)
+    apparatus = judging(case)
+    tally = _Tally()
+    for kd, p in found:
+        actual = outputs.get(p.quantity)
+        if actual is None or np.shape(actual) != p.where.shape:
+            continue
+        dtype = apparatus.dtypes[p.quantity]
+        ok = p.where & ~disagreeing(p.values, np.asarray(actual), p.tolerance, dtype)
+        visible = None
+        if p.certain:
+            oracle = apparatus.expected[p.quantity]
+            visible = p.where & disagreeing(oracle, p.values, apparatus.bound[p.quantity], dtype)
+        tally.add(kd, p, ok, visible)
+
+    failing: dict[str, np.ndarray] = {}
+    for m in verdict.mismatches:
+        if m.where is not None:
+            _Tally._or(failing, m.quantity, m.where)
+    findings = _findings(case, outputs, verdict, found, tally, checked)
+    explained = []
+    stale = []
+    seen: set[str] = set()
+    for kd, _ in found:
+        if kd.id in seen:
+            continue
+        seen.add(kd.id)
+        shown = tally.shown.get(kd.id, {})
+        hit = frozenset(q for q, ok in shown.items() if q in failing and (ok & failing[q]).any())
+        if hit & checked:
+            explained.append((kd, hit & checked))
+        visible = tally.visible.get(kd.id, {})
+        if any(v.any() for v in visible.values()) and not hit:
+            showed = any((v & shown[q]).any() for q, v in visible.items() if q in shown)
+            failed = any((v & failing[q]).any() for q, v in visible.items() if q in failing)
+            if not showed and not failed:
+                stale.append(kd)
+    return Outcome(verdict, entry, tuple(explained), tuple(findings), tuple(stale), checked, backend, tally.region)
+
+
+def _findings(
+    case: Case,
+    outputs: Outputs,
+    verdict: Verdict,
+    found: list[tuple[KnownDeviation, Prediction]],
+    tally: _Tally,
+    checked: frozenset[str],
+) -> list[Mismatch]:
+    """The mismatches no model explains: outside the regions as the oracle saw them, inside as "unrecorded"."""
+    result: list[Mismatch] = []
+    judged_again: set[str] = set()
+    for m in verdict.mismatches:
+        q = m.quantity
+        if q not in checked:
+            continue
+        if q not in tally.region or m.where is None:
+            result.append(m)
+        elif m.kind == "invariant":
+            excused = tally.excused.get(q)
+            left = m.where if excused is None else m.where & ~excused
+            if left.any():
+                idx = tuple(int(i) for i in np.argwhere(left)[0])
+                actual = float(np.asarray(outputs[q], dtype=np.float64)[idx])
+                result.append(dataclasses.replace(m, count=int(left.sum()), index=idx, actual=actual, where=left))
+        elif q not in judged_again:
+            judged_again.add(q)
+            region, matched = tally.region[q], tally.matched[q]
+            outside = compare(case, outputs, quantities=[q], within={q: ~region})
+            result += outside.mismatches
+            inside = compare(case, outputs, quantities=[q], within={q: region & ~matched})
+            result += [_unrecorded(mi, found) for mi in inside.mismatches]
+    return result
+
+
+def _unrecorded(m: Mismatch, found: list[tuple[KnownDeviation, Prediction]]) -> Mismatch:
+    """A mismatch inside a deviation's region that matched no model: "deviates, but not as recorded"."""
+    if m.kind not in ("value", "nonfinite"):
+        return m  # an accuracy finding inside a region whose model it missed is an accuracy finding
+    for kd, p in found:
+        if p.quantity == m.quantity and p.where[m.index]:
+            return dataclasses.replace(m, kind="unrecorded", deviation=kd.id, model=float(p.values[m.index]))
+    return m

@@ -1,0 +1,185 @@
+"""Is each recorded deviation present in the MXNet release this process runs? Its reproducer says.
+
+``python -m bnprops.judging.release_probe OUT.json`` (``bnprops versions`` runs it in each release's environment)
+writes the environment (MXNet's and oneDNN's versions), which entry points and backends this release
+has, and per known deviation (value and network ones) its status here, whatever its recorded scope says:
+
+* ``present``: MXNet matches the deviation's model where it differs from the oracle (on every entry
+  point it was run on; ``partial`` when on some only);
+* ``absent``: MXNet returns the oracle's values on the reproducer (fixed, or not yet broken);
+* ``differs``: MXNet matches neither (deviates, but not as recorded), or the reproducer raises;
+* ``not applicable``: the release cannot express the reproducer (no such entry point, or the kernel it
+  needs, e.g. no oneDNN in the 1.3-1.6 'mxnet' wheels).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bnprops.base import atomic
+from bnprops.judging.judgement import judge
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
+from bnprops.model.case import QUANTITIES, Case
+from bnprops.mx import mxversion
+from bnprops.mx.backends import runner_for
+from bnprops.mx.runners import (
+    ALL_BACKENDS,
+    ENTRY_POINTS,
+    IN_PROCESS_BACKEND,
+    adapt,
+    entry_unavailable_reason,
+    kernel_for,
+    network_unavailable_reason,
+    unavailable_reason,
+)
+
+PRESENT, ABSENT, PARTIAL, DIFFERS, NOT_APPLICABLE = "present", "absent", "partial", "differs", "not applicable"
+STATUSES = (PRESENT, ABSENT, PARTIAL, DIFFERS, NOT_APPLICABLE)
+
+
+def lifted(case: Case) -> Case:
+    """A (M, C) case as (M, C, 1, 1): the same statistics, on the 4-D path oneDNN takes before 1.8."""
+    four = {
+        f: getattr(case, f).reshape(*case.x.shape, 1, 1)
+        for f in ("x", "dy", "prior_dx")
+        if getattr(case, f) is not None
+    }
+    return case.with_(**four)
+
+
+def probe_entry(kd: KnownDeviation, entry: str) -> tuple[str, str]:
+    """(status, detail) of the deviation's reproducer on one entry point, in this process's backend."""
+    case = adapt(entry, kd.reproducer())
+    kernel = kernel_for(case)
+    note = ""
+    if case.x.ndim == 2 and case.axis == 1 and not _applies(kd, case, entry):
+        four = lifted(case)
+        if _applies(kd, four, entry):  # oneDNN runs only 4-D BatchNorm before 1.8: probe the same call there
+            case, kernel, note = four, kernel_for(four), f" (as {case.dtype}{list(four.shape)}: 4-D, oneDNN's path)"
+    status, detail = _judged(kd, case, entry, kernel)
+    return status, detail + note
+
+
+def _applies(kd: KnownDeviation, case: Case, entry: str) -> bool:
+    from bnprops.judging.judgement import predictions
+
+    return any(k is kd for k, _ in predictions(case, entry=entry, kernel=kernel_for(case), scoped=False))
+
+
+def _judged(kd: KnownDeviation, case: Case, entry: str, kernel: str) -> tuple[str, str]:
+    try:
+        outputs = runner_for(entry, IN_PROCESS_BACKEND)(case)
+    except Exception as exc:  # a release that rejects the call shows something else than recorded
+        return DIFFERS, f"raises {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
+    outcome = judge(
+        case, outputs, entry=entry, kernel=kernel, checked=QUANTITIES, backend=IN_PROCESS_BACKEND, scoped=False
+    )
+    mine = [k for k, _ in outcome.explained if k is kd]
+    if not _applies(kd, case, entry):
+        return NOT_APPLICABLE, f"its conditions do not hold on the {kernel} kernel of this build"
+    if outcome.unexpected:
+        first = outcome.unexpected[0]
+        return DIFFERS, f"{first.quantity}: matches neither the oracle nor the model ({first.kind})"
+    if mine:
+        return PRESENT, "MXNet matches the model"
+    if kd in outcome.stale or not outcome.verdict.failed_quantities:
+        return ABSENT, "MXNet returns the oracle's values"
+    return DIFFERS, f"fails in {sorted(outcome.verdict.failed_quantities)}, explained by other deviations"
+
+
+def probe(kd: KnownDeviation) -> dict[str, Any]:
+    """The deviation's status in this release, over the entry points it shows on that this release has."""
+    entries = sorted(kd.entries) if kd.entries is not None else list(ENTRY_POINTS)
+    per_entry: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        missing = entry_unavailable_reason(entry)
+        if missing is not None:
+            per_entry[entry] = {"status": NOT_APPLICABLE, "detail": missing}
+            continue
+        status, detail = probe_entry(kd, entry)
+        per_entry[entry] = {"status": status, "detail": detail}
+    return {"status": summarise([v["status"] for v in per_entry.values()]), "entries": per_entry}
+
+
+def probe_network(kd: NetworkDeviation) -> dict[str, Any]:
+    """A network deviation's status here: its reproducer chain, run as the fuzz job runs chains."""
+    from bnprops.judging.in_network import ENTRY_OF, check_chain
+
+    chain = kd.reproducer()
+    entry = ENTRY_OF[chain.api]
+    missing = network_unavailable_reason(entry)
+    if missing is not None:
+        return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": missing}}}
+    if not kd.applies(chain, IN_PROCESS_BACKEND):
+        detail = f"its conditions do not hold on the {IN_PROCESS_BACKEND} backend of this build"
+        return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": detail}}}
+    result = check_chain(chain, backend=IN_PROCESS_BACKEND)
+    shown = [f for f in result.findings if f.kind == kd.kind and kd.signature in f.message]
+    if shown:
+        status, detail = PRESENT, "MXNet fails as recorded"
+    elif not result.findings:
+        status, detail = ABSENT, "the chain runs and matches the plain call"
+    else:
+        status, detail = DIFFERS, f"{result.findings[0].kind}: {result.findings[0].message.splitlines()[0][:200]}"
+    return {"status": status, "entries": {entry: {"status": status, "detail": detail}}}
+
+
+def summarise(statuses: list[str]) -> str:
+    """One status from the entry points': present on all that apply, absent on all, else partial/differs."""
+    applied = [s for s in statuses if s != NOT_APPLICABLE]
+    if not applied:
+        return NOT_APPLICABLE
+    if DIFFERS in applied:
+        return DIFFERS
+    if all(s == PRESENT for s in applied):
+        return PRESENT
+    if all(s == ABSENT for s in applied):
+        return ABSENT
+    return PARTIAL
+
+
+def run() -> dict[str, Any]:
+    running = mxversion.running()
+    result: dict[str, Any] = {
+        "environment": mxversion.environment(),
+        "in_process_backend": IN_PROCESS_BACKEND,
+        "entries": {e: entry_unavailable_reason(e) for e in ENTRY_POINTS},
+        "backends": {b: unavailable_reason(b) for b in ALL_BACKENDS},
+        "deviations": {},
+    }
+    for kd in KNOWN_DEVIATIONS:
+        try:
+            row = probe(kd)
+        except Exception:  # one broken probe must not hide the others
+            row = {"status": DIFFERS, "entries": {}, "error": traceback.format_exc(limit=4)}
+        row["recorded_scope"] = kd.releases.describe()
+        row["recorded_here"] = kd.holds_in(running)
+        result["deviations"][kd.id] = row
+    for nd in NETWORK_DEVIATIONS:
+        try:
+            row = probe_network(nd)
+        except Exception:
+            row = {"status": DIFFERS, "entries": {}, "error": traceback.format_exc(limit=4)}
+        row["recorded_scope"] = nd.releases.describe()
+        row["recorded_here"] = nd.holds_in(running)
+        result["deviations"][nd.id] = row
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m bnprops.judging.release_probe OUT.json", file=sys.stderr)
+        return 2
+    result = run()
+    atomic.write_text(Path(argv[0]), json.dumps(result, indent=1, sort_keys=True) + "\n")
+    for name, row in result["deviations"].items():
+        print(f"{name:<56}{row['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

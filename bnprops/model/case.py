@@ -1,0 +1,323 @@
+"""The value type for one BatchNorm call: its parameters, its arrays, and the quantities it yields."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+DTYPES = ("float16", "float32", "float64")
+#: The operator's defaults (src/operator/nn/batch_norm-inl.h, BatchNormParam).
+DEFAULT_EPS = 1e-3
+DEFAULT_MOMENTUM = 0.9
+
+#: Every quantity a BatchNorm call produces that bnprops checks, in report order.
+QUANTITIES = (
+    "y",
+    "dx",
+    "dgamma",
+    "dbeta",
+    "moving_mean",
+    "moving_var",
+    "gamma",
+    "mean",
+    "invstd",
+    # The moving statistics between forward and backward: when the update happens.
+    "forward_moving_mean",
+    "forward_moving_var",
+)
+
+ARRAY_FIELDS = ("x", "gamma", "beta", "moving_mean", "moving_var", "dy")
+#: What a gradient buffer may be asked to do (MXNet's OpReqType as Python names it).
+GRAD_REQS = ("write", "add", "null")
+#: The arrays that take a gradient, in the order of ``Case.grad_req``, with the quantity each yields.
+GRAD_TARGETS = ("data", "gamma", "beta")
+GRADIENT_OF = {"data": "dx", "gamma": "dgamma", "beta": "dbeta"}
+#: The gradient buffers' contents before the call, for targets requested with 'add'.
+PRIOR_FIELDS = {"data": "prior_dx", "gamma": "prior_dgamma", "beta": "prior_dbeta"}
+#: Where a runner returns what a target's gradient buffer holds after a call that requested it with 'null'
+#: (filled with ``sentinel`` before; bnprops/judging/invariants.py checks it kept every bit). Not quantities: the
+#: oracle has none of them, so the comparator, which iterates the oracle's quantities, passes them by.
+NULL_BUFFER_OF = {"data": "null_dx", "gamma": "null_dgamma", "beta": "null_dbeta"}
+WRITE_ALL = ("write", "write", "write")
+_CASE_FORMAT = "bnprops.case/1"
+T = TypeVar("T")
+
+#: What a runner or the oracle returns: quantity name -> array (absent if not produced).
+Outputs = dict[str, np.ndarray]
+
+
+def _b64(arr: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()).decode()
+
+
+def param_dtype(dtype: str) -> str:
+    """gamma, beta and the moving statistics are float32 for float16 data, else the data's dtype."""
+    return "float32" if dtype == "float16" else dtype
+
+
+def sentinel(shape: tuple[int, ...], axis: int, dtype: str) -> np.ndarray:
+    """What a gradient buffer requested with 'null' holds before the call: odd multiples of 1/16 in
+    (-16, 16), exact in every dtype, varying along every axis but the channel axis (constant along it,
+    so that a stacked call's buffers split into each case's own, bnprops/mx/batching.py)."""
+    other = [d for i, d in enumerate(shape) if i != axis]
+    period = ((np.arange(251) * 37 % 251 - 125.5) / 8).astype(dtype)  # element k holds period[k % 251]
+    values = np.resize(period, int(np.prod(other))).reshape(other)
+    return np.ascontiguousarray(np.broadcast_to(np.expand_dims(values, axis), shape))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Case:
+    """One BatchNorm call: forward (training mode unless ``is_train`` is False), then backward(dy).
+
+    ``grad_req`` gives the request for data, gamma and beta (see GRAD_TARGETS); a target requested
+    with 'add' starts from the matching ``prior_*`` array, which must be given exactly then.
+    """
+
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    moving_mean: np.ndarray
+    moving_var: np.ndarray
+    dy: np.ndarray
+    axis: int = 1
+    eps: float = DEFAULT_EPS
+    momentum: float = DEFAULT_MOMENTUM
+    fix_gamma: bool = True
+    use_global_stats: bool = False
+    output_mean_var: bool = False
+    #: Training mode for the forward and the backward (sym: forward(is_train=); autograd: train_mode=).
+    is_train: bool = True
+    grad_req: tuple[str, str, str] = WRITE_ALL
+    prior_dx: np.ndarray | None = None
+    prior_dgamma: np.ndarray | None = None
+    prior_dbeta: np.ndarray | None = None
+    #: Labels of the value regimes the strategy drew from; they classify failures, nothing reads them.
+    regime: str = "given"
+
+    def __post_init__(self) -> None:
+        dtype = str(self.x.dtype)
+        if dtype not in DTYPES:
+            raise ValueError(f"x has dtype {dtype}; bnprops cases are one of {DTYPES}")
+        ndim = self.x.ndim
+        if ndim < 1:
+            raise ValueError("x must have at least one dimension (BatchNorm needs a channel axis)")
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"axis={self.axis} is out of range for x of shape {self.x.shape}")
+        if self.dy.shape != self.x.shape or self.dy.dtype != self.x.dtype:
+            raise ValueError(
+                f"dy must match x: got {self.dy.dtype}{self.dy.shape}, expected {self.x.dtype}{self.x.shape}"
+            )
+        channels = self.x.shape[self.axis]
+        pdt = param_dtype(dtype)
+        for name in ("gamma", "beta", "moving_mean", "moving_var"):
+            arr = getattr(self, name)
+            if arr.shape != (channels,) or str(arr.dtype) != pdt:
+                raise ValueError(
+                    f"{name} must be {pdt} of shape ({channels},) for axis {self.axis} of {self.x.shape}, "
+                    f"got {arr.dtype}{arr.shape}"
+                )
+        self._validate_requests(pdt)
+        # Derived values are memoised per case (see memo), so a case's arrays must not change under it.
+        for name in self._array_fields():
+            getattr(self, name).flags.writeable = False
+
+    def fingerprint(self) -> bytes:
+        """A digest of everything that defines the call (what to_json holds), at a fraction of its cost."""
+
+        def compute() -> bytes:
+            digest = hashlib.sha1()
+            for field in dataclasses.fields(self):
+                value = getattr(self, field.name)
+                if isinstance(value, np.ndarray):
+                    digest.update(f"{field.name}:{value.dtype}{value.shape}".encode())
+                    digest.update(np.ascontiguousarray(value).tobytes())
+                else:
+                    digest.update(f"{field.name}={value!r};".encode())
+            return digest.digest()
+
+        return self.memo("fingerprint", compute)
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, once per case: the oracle, error model and known deviations share derived values."""
+        cache: dict[str, Any] = self.__dict__.setdefault("_memo", {})
+        if key not in cache:
+            cache[key] = compute()
+        result: T = cache[key]
+        return result
+
+    def _validate_requests(self, pdt: str) -> None:
+        reqs = tuple(self.grad_req)
+        if len(reqs) != len(GRAD_TARGETS) or any(r not in GRAD_REQS for r in reqs):
+            raise ValueError(
+                f"grad_req must be 3 of {GRAD_REQS} (for {', '.join(GRAD_TARGETS)}), got {self.grad_req!r}"
+            )
+        if reqs == ("null",) * 3:
+            raise ValueError("grad_req is 'null' for data, gamma and beta: there is nothing to differentiate")
+        object.__setattr__(self, "grad_req", reqs)
+        for target, req in zip(GRAD_TARGETS, reqs, strict=True):
+            field = PRIOR_FIELDS[target]
+            prior = getattr(self, field)
+            if req != "add":
+                if prior is not None:
+                    raise ValueError(f"{field} is given but grad_req for {target} is {req!r}, not 'add'")
+                continue
+            shape, dtype = (self.x.shape, self.dtype) if target == "data" else ((self.channels,), pdt)
+            if prior is None or prior.shape != shape or str(prior.dtype) != dtype:
+                got = "nothing" if prior is None else f"{prior.dtype}{prior.shape}"
+                raise ValueError(f"grad_req 'add' for {target} needs {field} of {dtype}{shape}, got {got}")
+
+    # Derived facts the oracle, runners and comparator share.
+    @functools.cached_property
+    def dtype(self) -> str:
+        return str(self.x.dtype)
+
+    @functools.cached_property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape)
+
+    @functools.cached_property
+    def channel_axis(self) -> int:
+        return self.axis % self.x.ndim
+
+    @functools.cached_property
+    def channels(self) -> int:
+        return int(self.x.shape[self.axis])
+
+    @functools.cached_property
+    def reduce_axes(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.x.ndim) if i != self.channel_axis)
+
+    @functools.cached_property
+    def reduction_length(self) -> int:
+        """M, the number of elements that share one channel's statistics."""
+        return int(self.x.size // max(self.channels, 1))
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """Batch statistics normalise (and the moving ones update) only in training without use_global_stats."""
+        return self.is_train and not self.use_global_stats
+
+    def request(self, target: str) -> str:
+        """The grad_req of 'data', 'gamma' or 'beta'."""
+        return self.grad_req[GRAD_TARGETS.index(target)]
+
+    def prior(self, target: str) -> np.ndarray | None:
+        prior: np.ndarray | None = getattr(self, PRIOR_FIELDS[target])
+        return prior
+
+    def null_sentinel(self, target: str) -> np.ndarray:
+        """What the runners fill ``target``'s gradient buffer with when it is requested with 'null'."""
+        if target == "data":
+            result: np.ndarray = sentinel(self.shape, self.channel_axis, self.dtype)
+        else:
+            result = sentinel((self.channels,), 0, param_dtype(self.dtype))
+        return result
+
+    @property
+    def accumulates(self) -> bool:
+        return "add" in self.grad_req
+
+    def _array_fields(self) -> tuple[str, ...]:
+        return ARRAY_FIELDS + tuple(f for f in PRIOR_FIELDS.values() if getattr(self, f) is not None)
+
+    def with_(self, **changes: Any) -> Case:
+        return dataclasses.replace(self, **changes)
+
+    # Serialisation: JSON that round-trips bit for bit.
+    def to_dict(self) -> dict[str, Any]:
+        arrays = {
+            name: {
+                "dtype": str(arr.dtype),
+                "shape": list(arr.shape),
+                "b64": _b64(arr),
+            }
+            for name, arr in ((n, getattr(self, n)) for n in self._array_fields())
+        }
+        return {
+            "format": _CASE_FORMAT,
+            "axis": self.axis,
+            # floats go through repr, which round-trips exactly; hex is there for humans checking bits.
+            "eps": self.eps,
+            "eps_hex": float(self.eps).hex(),
+            "momentum": self.momentum,
+            "fix_gamma": self.fix_gamma,
+            "use_global_stats": self.use_global_stats,
+            "output_mean_var": self.output_mean_var,
+            "is_train": self.is_train,
+            "grad_req": list(self.grad_req),
+            "regime": self.regime,
+            "arrays": arrays,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Case:
+        if data.get("format") != _CASE_FORMAT:
+            raise ValueError(f"not a bnprops case (format {data.get('format')!r}, expected {_CASE_FORMAT!r})")
+        arrays = {}
+        for name in ARRAY_FIELDS + tuple(f for f in PRIOR_FIELDS.values() if f in data["arrays"]):
+            spec = data["arrays"][name]
+            raw = base64.b64decode(spec["b64"])
+            arr = np.frombuffer(raw, dtype=np.dtype(spec["dtype"]).newbyteorder("<"))
+            arrays[name] = arr.astype(spec["dtype"]).reshape(spec["shape"])
+        return cls(
+            **arrays,
+            axis=int(data["axis"]),
+            eps=float.fromhex(data["eps_hex"]) if "eps_hex" in data else float(data["eps"]),
+            momentum=float(data["momentum"]),
+            fix_gamma=bool(data["fix_gamma"]),
+            use_global_stats=bool(data["use_global_stats"]),
+            output_mean_var=bool(data.get("output_mean_var", False)),
+            # Cases saved before these fields existed ran in training mode with grad_req='write'.
+            is_train=bool(data.get("is_train", True)),
+            grad_req=tuple(data.get("grad_req", WRITE_ALL)),
+            regime=str(data.get("regime", "given")),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Case:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"case JSON does not parse: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError("case JSON must be an object")
+        return cls.from_dict(data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Case):
+            return NotImplemented
+        return self.fingerprint() == other.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+    def __repr__(self) -> str:
+        return f"<Case {self.describe()}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        # Hypothesis prints falsifying examples with this; the arrays are in the reproducer.
+        printer.text(repr(self))
+
+    def describe(self) -> str:
+        """A one-line summary for messages and tables."""
+        flags = [f"fix_gamma={self.fix_gamma}", f"use_global_stats={self.use_global_stats}"]
+        if self.output_mean_var:
+            flags.append("output_mean_var=True")
+        if not self.is_train:
+            flags.append("is_train=False")
+        if self.grad_req != WRITE_ALL:
+            flags.append("grad_req=" + "/".join(self.grad_req))
+        return (
+            f"BatchNorm({self.dtype}{list(self.shape)}, axis={self.axis}, eps={self.eps!r}, "
+            f"momentum={self.momentum!r}, {', '.join(flags)}) regime={self.regime}"
+        )

@@ -1,0 +1,474 @@
+"""How far a correct float implementation of BatchNorm may land from the float64 oracle.
+
+Two bounds per element, from one first-order propagation that differs only in what a sum of
+``n + 1`` rounded additions may lose, per unit of the sum of its terms' absolute values:
+
+* **deterministic** (the line beyond which MXNet is wrong): ``gamma_n = n u_acc / (1 - n u_acc)``,
+  the classical worst case of recursive summation, which covers every order and tree.  The whole
+  bound is multiplied by ``SAFETY`` (2), fixed before any comparison was run, for second-order terms.
+* **probabilistic** (the line beyond which MXNet loses more than a float sum should):
+  ``exp(lambda sqrt(n) u_acc + n u_acc^2 / (1 - u_acc)) - 1`` (Higham & Mary 2019, Thm 2.4, with
+  Ipsen & Zhou's martingale constant, arXiv 1906.10465, which needs mean-independent rather than
+  independent roundings; Hallman & Ipsen, arXiv 2107.01604, extend it to any summation tree, with
+  every partial sum bounded by the sum of |terms|).  ``lambda = sqrt(2 ln(2 / delta))`` with
+  ``delta = PROBABILISTIC_FAILURE / (4 C)``: at most 1e-12 per quantity over a case's 4 C sums.
+  Its model assumes rounding errors with mean zero given the past.  Sequential sums of data with a
+  common offset break that assumption (each binade rounds the same way: the drift that PyTorch PR
+  #13431 and TensorFlow XLA PR #25115 fixed); MXNet beyond this bound but within the deterministic
+  one is an *accuracy finding*, its own kind of finding.  The elementwise roundings keep SAFETY
+  in this bound too (the oracle's own float64 roundings are of their size); only the sums drop it.
+
+A sum whose terms are exact and share a quantum that fits the accumulation type is formed exactly
+in any order (bnprops/model/exactness.py): it contributes no summation error in either model.
+
+The terms, per channel (``u``: unit roundoff of the precision the kernels round intermediates to,
+float16's own for float16 data; ``u_acc``: MXNet's AccReal, float32 for float16 data; ``Gamma``:
+the sum factor above for that sum; ``S = sqrt(var + eps)``):
+
+* mean ``= sum(x) / M``: ``e_mean = Gamma sum|x| / M + u_acc |mean|`` (the division; 0 where the
+  sum is exact and its quotient representable); zero for the moving statistics.
+* centred values ``c = x - mean``: the mean's error ``e_mean`` shifts every one of them alike, and
+  ``sum c = 0`` exactly, so in ``var = sum(c^2) / M`` it enters only as ``e_mean^2``:
+  ``e_var = e_mean^2 + (2 u + u_acc + Gamma)(var + e_mean^2) + u_acc var``.
+* ``var + eps``: eps as MXNet reads it (bnprops/model/params.py) and converts it to the data type
+  (``DType(eps)``, an exactly known error ``e_eps``); then ``rel(invstd) = 1/sqrt(1 - eta) - 1``
+  with ``eta = (e_var + e_eps + u s2) / s2``, plus ``2 u`` for the square root and reciprocal (0
+  where ``var + eps`` is an exact power of 4).
+* ``xhat``: a shift common to the channel, ``a = e_mean / S (1 + rel)``, a common scale ``rel``,
+  and ``2 u |xhat|`` of its own.
+* ``y = g xhat + beta``: ``|g| e_xhat + u (|g xhat| + |y|)``.
+* ``dbeta = sum dy``: ``Gamma sum|dy|``.
+* ``dgamma = sum dy xhat``: the common shift multiplies ``|sum dy|``, the common scale ``|dgamma|``
+  (not ``sum |dy| e_xhat``: errors shared by a whole channel do not add up in absolute value),
+  ``(3 u + Gamma) sum|dy xhat|`` for the products and the sum.
+* ``dx = g invstd (dy - dbeta/M - xhat dgamma/M)``: the errors of the three terms (the product's
+  second-order term included), ``2 u`` of their magnitudes for the subtractions, ``rel + 2 u`` of
+  |dx| for the scaling.
+* moving statistics ``m old + (1 - m) batch``: ``(1 - m)`` times the batch statistic's error, ``3 u``
+  of both terms; the batch variance is recovered from invstd as ``1/invstd^2 - eps``, so it carries
+  ``2 rel s2 + 3 u s2``.
+* every result rounded to its output dtype, ``u_out |value|``, plus the absolute rounding of
+  subnormal results: half the smallest subnormal of the output dtype, and of the compute dtype
+  once per term (float16's is 3e-8) for the sums of products.
+
+Where var + eps is 0 or below ``2 (e_var + e_eps)`` (deterministic), no first-order bound exists:
+see indeterminate_channels.  Quantities that a correct implementation produces exactly have a bound
+of 0.  A gradient accumulated onto a prior (grad_req 'add') carries the bound of the gradient alone
+plus one rounding of the sum.  tests/test_error_model.py and tests/test_error_model_soundness.py
+search for violations by float emulations of correct kernels and measure the bounds' sharpness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, WRITE_ALL, Case, Outputs, param_dtype
+from bnprops.model.exactness import (
+    exact_input_sums,
+    exact_quotients,
+    fits,
+    lowest_bit_exponent,
+    quantum,
+    representable,
+    rows,
+)
+from bnprops.model.oracle import eps_as_applied, fresh_reference, momentum_as_applied, per_channel, statistics
+
+SAFETY = 2.0
+#: The probability that a correct kernel's result lands beyond the probabilistic bound, per quantity.
+PROBABILISTIC_FAILURE = 1e-12
+MODELS = ("deterministic", "probabilistic")
+
+
+def unit_roundoff(dtype: str) -> float:
+    return float(np.finfo(np.dtype(dtype)).eps) / 2
+
+
+def subnormal_step(dtype: str) -> float:
+    """The absolute rounding error of a result that lands among the subnormals."""
+    return float(np.finfo(np.dtype(dtype)).smallest_subnormal) / 2
+
+
+def accumulation_dtype(dtype: str) -> str:
+    """MXNet's AccReal: sums of float16 terms are accumulated in float32 (batch_norm.cc)."""
+    return "float32" if dtype == "float16" else dtype
+
+
+def compute_dtype(dtype: str) -> str:
+    """The precision the kernels' intermediates are rounded to.
+
+    MXNet accumulates float16 in float32 (AccReal), but its native kernel rounds intermediate terms
+    such as x - mean, xhat and var + eps to float16: y for float16 data is seen up to 3 float16
+    ulps of |g xhat| away from the oracle.  So float16's own unit roundoff is used for every term.
+    """
+    return dtype
+
+
+def probabilistic_lambda(channels: int) -> float:
+    """lambda for a failure probability of PROBABILISTIC_FAILURE over a case's 4 sums per channel."""
+    delta = PROBABILISTIC_FAILURE / (4 * max(channels, 1))
+    return math.sqrt(2 * math.log(2 / delta))
+
+
+def sum_factor(additions: int, dtype: str, *, model: str, channels: int = 1) -> float:
+    """What a sum of ``additions + 1`` terms may lose in ``dtype``, per unit of the sum of |terms|."""
+    ua = unit_roundoff(dtype)
+    if model == "deterministic":
+        n = additions * ua
+        return n / (1 - n) if n < 1 else math.inf
+    if model == "probabilistic":
+        lam = probabilistic_lambda(channels)
+        # A short sum's worst case is below lambda sqrt(n) u: it never needs more than that.
+        worst = sum_factor(additions, dtype, model="deterministic")
+        return min(worst, math.expm1(lam * math.sqrt(additions) * ua + additions * ua * ua / (1 - ua)))
+    raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exact:
+    """Per channel: which of the kernel's sums and roundings are exact for this data."""
+
+    x_sum: np.ndarray
+    mean: np.ndarray  # the mean's quotient too
+    c2_sum: np.ndarray  # and the centred values and their squares
+    var: np.ndarray  # and its quotient
+    invstd: np.ndarray  # var + eps an exact power of 4, so sqrt and reciprocal are exact
+    dy_sum: np.ndarray
+    dot_sum: np.ndarray  # sum (x - mean) dy and sum dy xhat, terms included
+
+
+def _exactness(case: Case) -> _Exact:
+    return case.memo("exactness", lambda: _compute_exactness(case))
+
+
+def _corner_sums_exact(values: np.ndarray, axis: int, dtype: str) -> np.ndarray:
+    """exact_input_sums on a few elements of every channel (a view, not a copy): where those already fail,
+    the whole channel does, and ordinary data is rejected without a pass over a large array."""
+    corner = tuple(slice(None) if i == axis else slice(0, 4) for i in range(values.ndim))
+    return exact_input_sums(values[corner].astype(np.float64), channel_axis=axis, dtype=dtype)
+
+
+def _compute_exactness(case: Case) -> _Exact:
+    acc, cd = accumulation_dtype(case.dtype), compute_dtype(case.dtype)
+    ax, m = case.channel_axis, case.reduction_length
+    no = np.zeros(case.channels, dtype=bool)
+    dy = case.dy.astype(np.float64)
+    dy_sum = exact_input_sums(dy, channel_axis=ax, dtype=acc) if _corner_sums_exact(case.dy, ax, acc).any() else no
+    if case.x.size == 0 or (case.uses_batch_stats and not _corner_sums_exact(case.x, ax, acc).any()):
+        return _Exact(no, no, no, no, no, dy_sum, no)
+    x = case.x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        return _Exact(no, no, no, no, no, dy_sum, no)
+    mean, var = statistics(case)
+    xr = rows(x, ax)
+    if case.uses_batch_stats:
+        x_sum = exact_input_sums(x, channel_axis=ax, dtype=acc)
+        # An exact sum is a float64 number, so fsum gives it exactly.
+        mean_ok = x_sum & exact_quotients([Fraction(math.fsum(r)) for r in xr], m, mean)
+    else:
+        x_sum, mean_ok = ~no, ~no  # the moving mean is an input: exact
+    if not mean_ok.any():
+        return _Exact(x_sum, mean_ok, no, no, no, dy_sum, no)
+    # x - mean is exact where both are multiples of a common quantum and the difference fits.
+    mean_bit = lowest_bit_exponent(np.where(np.isfinite(mean), mean, 0.0))
+    head = xr[:, :64]
+    c_ok = mean_ok & fits(np.abs(head - mean[:, None]).max(axis=1), np.minimum(quantum(head), mean_bit), cd)
+    if not c_ok.any():
+        return _Exact(x_sum, mean_ok, no, no, no, dy_sum, no)
+    q_c = np.minimum(quantum(xr), mean_bit)
+    cr = xr - mean[:, None]
+    c_ok &= fits(np.abs(cr).max(axis=1), q_c, cd)
+    c2_sum = c_ok & fits((cr * cr).sum(axis=1), 2 * q_c, acc)
+    if case.uses_batch_stats:
+        var_ok = c2_sum & exact_quotients([Fraction(math.fsum(r * r)) for r in cr], m, var)
+    else:
+        var_ok = ~no
+    eps = eps_as_applied(case)
+    s2 = var + eps
+    eps_ok = bool(representable(np.asarray(eps), cd) & representable(np.asarray(eps), acc))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        root = np.sqrt(s2)
+        pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
+    sum_ok = np.array([Fraction(float(v)) + Fraction(eps) == Fraction(float(t)) for v, t in zip(var, s2, strict=True)])
+    inv_ok = var_ok & eps_ok & pow4 & sum_ok
+    # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed.
+    dyr = rows(dy, ax)
+    dot_sum = c_ok & inv_ok & fits(np.abs(cr * dyr).sum(axis=1), q_c + quantum(dyr), acc)
+    return _Exact(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, dot_sum)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Statistics:
+    """The per-channel statistics and their error bounds under one model."""
+
+    u: float
+    mean: np.ndarray
+    var: np.ndarray
+    s2: np.ndarray  # var + eps
+    e_mean: np.ndarray
+    e_var: np.ndarray
+    e_eps: float  # eps converted to the data type (DType(eps)), an exactly known error
+    rel_inv: np.ndarray  # relative error bound of invstd
+    rel_round: np.ndarray  # the part of it that the square root and reciprocal add
+    sum_factors: dict[str, np.ndarray]  # what each of the kernel's sums may lose per sum|terms|: x, c2, dy, dot
+
+
+def propagated_statistics(case: Case, model: str = "deterministic") -> _Statistics:
+    """Per channel: the statistics the call normalises with, var + eps, and their propagated errors."""
+    return _statistics(case, model)
+
+
+def _statistics(case: Case, model: str) -> _Statistics:
+    return case.memo(f"error_model/{model}", lambda: _compute_statistics(case, model))
+
+
+def _rounding_scale(model: str) -> float:
+    """The probabilistic bound keeps SAFETY on the elementwise roundings (the oracle's own float64
+    rounding is of their size) and drops it on the sums, whose factor is the point of the model."""
+    return 1.0 if model == "deterministic" else SAFETY
+
+
+def _compute_statistics(case: Case, model: str) -> _Statistics:
+    r = _rounding_scale(model)
+    u = r * unit_roundoff(compute_dtype(case.dtype))
+    acc = accumulation_dtype(case.dtype)
+    ua = r * unit_roundoff(acc)
+    exact = _exactness(case)
+    m = case.reduction_length
+    mean, var = statistics(case)
+    if model == "probabilistic":
+        factors = _partial_sum_factors(case, mean)
+    else:
+        worst = np.full(case.channels, sum_factor(max(m - 1, 0), acc, model=model))
+        factors = dict.fromkeys(("x", "c2", "dy", "dot"), worst)
+    sums = {
+        name: np.where(flags, 0.0, factors[name])
+        for name, flags in (("x", exact.x_sum), ("c2", exact.c2_sum), ("dy", exact.dy_sum), ("dot", exact.dot_sum))
+    }
+    eps = eps_as_applied(case)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps) if np.isfinite(eps) else 0.0
+    x = case.x.astype(np.float64)
+    x = np.where(np.isfinite(x), x, 0.0)  # a NaN/inf channel is judged by its pattern alone
+    zeros = np.zeros(case.channels)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if case.uses_batch_stats and m > 1:
+            mean_abs = np.abs(x).mean(axis=case.reduce_axes)
+            finite_mean = np.where(np.isfinite(mean), mean, 0.0)
+            finite_var = np.where(np.isfinite(var), var, 0.0)
+            e_mean = sums["x"] * mean_abs + np.where(exact.mean, 0.0, ua * np.abs(finite_mean))
+            per_term = np.where(exact.c2_sum, 0.0, 2 * u + ua)
+            spread = finite_var + e_mean * e_mean
+            e_var = e_mean * e_mean + (per_term + sums["c2"]) * spread + np.where(exact.var, 0.0, ua * finite_var)
+        else:
+            # The statistics are inputs (or, for one value per channel, the value itself: x - mean = 0).
+            e_mean, e_var = zeros, zeros
+        s2 = var + eps
+        sum_rounding = np.where(exact.invstd, 0.0, u * np.abs(s2))
+        eta = np.where(s2 > 0, (e_var + e_eps + sum_rounding) / np.where(s2 > 0, s2, 1.0), 0.0)
+        # 1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order).
+        rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
+        rel_round = np.where(exact.invstd, 0.0, 2 * u)
+    return _Statistics(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums)
+
+
+def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.ndarray:
+    """Per row of terms, ``lambda u sqrt(sum_k S_k^2) / sum|t|``: the martingale bound (Ipsen & Zhou) with
+    the partial sums S_k of the sequential order in memory, which MXNet's CPU kernels use (their mean is
+    np.cumsum's, bit for bit), as a factor on sum|terms|.  Pairwise and blocked orders have smaller partial
+    sums (for terms of one sign ~M^2 against M^3/3; for random signs M log M against M^2/2), so it covers
+    them too; tests/test_error_model_soundness.py checks it with emulations of each.  For sums that cancel
+    (random head gradients) it is ~sqrt(M) sharper than sum_factor's ``lambda sqrt(M) u``, which takes every
+    partial sum as large as sum|t|.  Never above the deterministic factor."""
+    lam = probabilistic_lambda(channels)
+    worst = sum_factor(max(rows.shape[1] - 1, 0), dtype, model="deterministic")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        terms = np.where(np.isfinite(rows), rows, 0.0)
+        partial = np.cumsum(terms, axis=1)[:, 1:]  # the sums each addition rounds (from the 2nd term on)
+        spread = np.sqrt((partial * partial).sum(axis=1))
+        total = np.abs(terms).sum(axis=1)
+        factor = np.where(total > 0, lam * unit_roundoff(dtype) * spread / np.where(total > 0, total, 1.0), 0.0)
+    return np.asarray(np.minimum(factor, worst), dtype=np.float64)
+
+
+def _partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
+    """sequential_sum_factor for each of the kernel's sums: x, (x - mean)^2, dy and (x - mean) dy."""
+    acc = accumulation_dtype(case.dtype)
+    x = rows(case.x.astype(np.float64), case.channel_axis)
+    dy = rows(case.dy.astype(np.float64), case.channel_axis)
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = x - np.where(np.isfinite(mean), mean, 0.0)[:, None]
+        terms = {"x": x, "c2": centred * centred, "dy": dy, "dot": centred * dy}
+    return {name: sequential_sum_factor(t, acc, channels=case.channels) for name, t in terms.items()}
+
+
+def indeterminate_channels(case: Case) -> np.ndarray:
+    """Channels whose invstd the data does not determine at working precision.
+
+    Where var + eps is 0, or below twice the (deterministic) bound on its own rounding error (a
+    constant channel with eps at or near 0), invstd may be anything from 1/sqrt(e_var) to
+    infinity, and y, dx, dgamma and invstd with it: 0/0 in the limit, no first-order bound holds.
+    The comparator judges none of those there (see indeterminate_quantities); the moving
+    statistics stay judged.
+    """
+    return case.memo("indeterminate", lambda: _indeterminate(case))
+
+
+def _indeterminate(case: Case) -> np.ndarray:
+    st = _statistics(case, "deterministic")
+    with np.errstate(invalid="ignore"):
+        return np.asarray((st.s2 <= 0) | (2 * (st.e_var + st.e_eps) >= st.s2))
+
+
+def indeterminate_quantities(case: Case) -> tuple[str, ...]:
+    """The quantities that indeterminate_channels leaves unjudged."""
+    return ("y", "dx", "dgamma") + (() if not case.uses_batch_stats else ("invstd",))
+
+
+def bounds(case: Case, expected: Outputs, *, model: str = "deterministic", training_backward: bool = False) -> Outputs:
+    """Per-element absolute error bounds for each quantity in ``expected`` (the oracle's Outputs).
+
+    ``training_backward``: bound dx as the training formula computes it from the statistics the call
+    normalises with, even where they are inputs (what the executor does after an inference forward).
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
+    return _bounds(case, expected, model, training_backward)
+
+
+def sharp_bounds(case: Case, expected: Outputs, deterministic: Outputs) -> Outputs:
+    """The probabilistic bounds, never above the deterministic ones; where the probabilistic model's own
+    first-order propagation breaks down (nan or inf), the deterministic bound."""
+    return {
+        q: np.where(np.isfinite(b), np.minimum(b, deterministic[q]), deterministic[q])
+        for q, b in bounds(case, expected, model="probabilistic").items()
+    }
+
+
+def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool = False) -> Outputs:
+    accumulated = expected
+    if case.grad_req != WRITE_ALL:
+        # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
+        expected = fresh_reference(case)
+    st = _statistics(case, model)
+    u, sums = st.u, st.sum_factors
+    r = _rounding_scale(model)
+    u_data = r * unit_roundoff(case.dtype)
+    u_param = r * unit_roundoff(param_dtype(case.dtype))
+    tiny_data = r * subnormal_step(case.dtype)
+    tiny_param = r * subnormal_step(param_dtype(case.dtype))
+    tiny_term = r * subnormal_step(compute_dtype(case.dtype))
+    acc_dtype = accumulation_dtype(case.dtype)
+    ua = r * unit_roundoff(acc_dtype)
+    red = case.reduce_axes
+    m = case.reduction_length
+
+    def chan(values: np.ndarray) -> np.ndarray:
+        return per_channel(case, values)
+
+    x = case.x.astype(np.float64)
+    dy = case.dy.astype(np.float64)
+    g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+    ag = np.abs(g)
+    mean, s2, rel = st.mean, st.s2, st.rel_inv
+
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
+        shift = st.e_mean * inv * (1 + rel)  # the mean's error, as it moves every xhat of the channel
+        xhat = (x - chan(mean)) * chan(inv)
+        axhat = np.abs(xhat)
+        # (x - mean) and xhat may each be rounded among float16's subnormals: an absolute 2^-25 each.
+        e_xhat = chan(shift + tiny_term * (1 + inv)) + axhat * chan(rel + 2 * u)
+
+        out: Outputs = {}
+        gx = chan(ag) * axhat
+        out["y"] = chan(ag) * e_xhat + u * (gx + np.abs(expected["y"])) + tiny_term * (1 + chan(ag))
+        out["y"] += u_data * np.abs(expected["y"])
+
+        sum_ady = np.abs(dy).sum(axis=red)
+        dbeta = expected["dbeta"]
+        e_dbeta = sums["dy"] * sum_ady
+        out["dbeta"] = e_dbeta + u_param * np.abs(dbeta)
+
+        dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
+        sum_adx = (np.abs(dy) * axhat).sum(axis=red)
+        # The terms' own roundings stay worst-case in both models: they are not mean-zero. The float16
+        # kernel rounds each x - mean to float16, and for all x in one binade that rounding is the same
+        # fraction of the mean (float16[426580, 1], dy = 1: dgamma -54.2 where the exact value is 0,
+        # beyond lambda u sqrt(sum t^2), within u sum|t|).
+        per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
+        e_products = per_product * sum_adx
+        e_dgamma = (
+            shift * np.abs(dbeta)
+            + rel * np.abs(dgamma)
+            + e_products
+            + sums["dot"] * sum_adx
+            + m * tiny_term * np.maximum(1.0, inv)
+        )
+        out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
+
+        if case.uses_batch_stats or training_backward:
+            t2 = np.abs(dbeta) / m
+            t3 = axhat * chan(np.abs(dgamma) / m)
+            # xhat * dgamma / M: both factors are uncertain, and where both are exactly 0 (dy constant
+            # in a channel) only the product of their errors is left.
+            e_t3 = e_xhat * chan(np.abs(dgamma) / m) + axhat * chan(e_dgamma / m) + e_xhat * chan(e_dgamma / m)
+            e_inner = chan(e_dbeta / m + ua * t2) + e_t3 + 2 * ua * t3 + 2 * u * (np.abs(dy) + chan(t2) + t3)
+            e_inner += 3 * tiny_term  # the float16 kernel rounds each of its three terms, maybe to a subnormal
+            out["dx"] = chan(ag * inv) * e_inner + np.abs(expected["dx"]) * chan(rel + 2 * u)
+        else:
+            out["dx"] = np.abs(expected["dx"]) * chan(rel + 2 * u)
+        out["dx"] += u_data * np.abs(expected["dx"]) + tiny_term * chan(ag * np.maximum(1.0, inv))
+
+        mom, rest = momentum_as_applied(case)
+        old_mean = np.abs(case.moving_mean.astype(np.float64))
+        old_var = np.abs(case.moving_var.astype(np.float64))
+        if case.uses_batch_stats and m > 0:  # an empty batch leaves them alone: exact
+            var = st.var
+            # 1/invstd^2 - eps: the variance's own error, the roundings of invstd, its square, the reciprocal
+            # and the subtraction, each of which may land among the subnormals.
+            reach = np.abs(s2) + st.e_var
+            e_recovered = st.e_var + st.e_eps + (2 * st.rel_round + 3 * u) * reach + 2 * r * subnormal_step(acc_dtype)
+            # The update itself is AccReal arithmetic (float32 for float16 data), not the data type's.
+            out["moving_mean"] = abs(rest) * st.e_mean + 3 * ua * (abs(mom) * old_mean + abs(rest) * np.abs(mean))
+            out["moving_var"] = abs(rest) * e_recovered + 3 * ua * (abs(mom) * old_var + abs(rest) * np.abs(var))
+            out["moving_mean"] += u_param * np.abs(expected["moving_mean"])
+            out["moving_var"] += u_param * np.abs(expected["moving_var"])
+        else:
+            out["moving_mean"] = np.zeros(case.channels)
+            out["moving_var"] = np.zeros(case.channels)
+
+        out["gamma"] = np.zeros(case.channels)
+        if case.output_mean_var:
+            out["mean"] = st.e_mean + u_param * np.abs(expected["mean"])
+            out["invstd"] = np.abs(expected["invstd"]) * (rel + u_param)
+        out["forward_moving_mean"] = np.zeros(case.channels)
+        out["forward_moving_var"] = np.zeros(case.channels)
+
+    exact = (
+        {"gamma"}
+        | ({"dgamma"} if case.fix_gamma else set())
+        | ({"moving_mean", "moving_var"} if not case.uses_batch_stats or case.reduction_length == 0 else set())
+        | {"forward_moving_mean", "forward_moving_var"}
+    )
+    safety = SAFETY if model == "deterministic" else 1.0
+    result: Outputs = {}
+    for q, b in out.items():
+        if q not in accumulated:
+            continue
+        if q not in exact:
+            b = b + (tiny_data if q in ("y", "dx") else tiny_param)
+        if q in _accumulated_quantities(case) and q not in exact:
+            # One more rounding: prior + gradient, in the output dtype.
+            with np.errstate(invalid="ignore", over="ignore"):
+                b = b + (u_data if q == "dx" else u_param) * np.abs(accumulated[q])
+        result[q] = safety * np.broadcast_to(b, expected[q].shape)
+    return result
+
+
+def _accumulated_quantities(case: Case) -> set[str]:
+    return {GRADIENT_OF[t] for t in GRAD_TARGETS if case.request(t) == "add"}

@@ -1,0 +1,85 @@
+"""Which per-channel sums and roundings a float kernel performs exactly, whatever the order of its additions.
+
+A sum of terms that are all integer multiples of one power of two ``q`` (their common quantum)
+and whose absolute values add up to less than ``2^(p-1) q`` (``p`` the accumulation type's
+significand bits) is exact in that type: every partial sum, in any order and any tree, is a
+multiple of ``q`` no larger than the total, so it is representable.  The same argument makes a
+difference ``x - mean`` exact, and a product of two such values exact when their significant bits
+add up to fewer than ``p``.  oneDNN's benchdnn fills BatchNorm's data that way to hold kernels to a
+few ulps at any size; bnprops's "exact" value regime does the same (bnprops/search/strategies.py), and
+the error model asks this module so that an exact sum contributes no summation error at all.
+
+Everything here is derived from the inputs' bits (never from float64 results that may themselves
+be rounded), and every test errs towards "not exact".
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+#: A sample of each channel tried first: if its own terms already fail, the whole channel does.
+_SAMPLE = 64
+
+
+def representable(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Element-wise: is the float64 value exactly a ``dtype`` number (and finite)?"""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(np.isfinite(values) & (values.astype(dtype).astype(np.float64) == values), dtype=bool)
+
+
+def significand_bits(dtype: str) -> int:
+    return int(np.finfo(np.dtype(dtype)).nmant) + 1
+
+
+def rows(values: np.ndarray, channel_axis: int) -> np.ndarray:
+    """One row per channel."""
+    return np.moveaxis(values, channel_axis, 0).reshape(values.shape[channel_axis], -1)
+
+
+def lowest_bit_exponent(values: np.ndarray) -> np.ndarray:
+    """log2 of the lowest set bit of each finite float64 (``+inf`` for zero)."""
+    mantissa, exponent = np.frexp(values)
+    integer = np.abs(mantissa * 2.0**53).astype(np.int64)
+    lowest = integer & -integer
+    bit = np.log2(np.where(integer == 0, 1, lowest))
+    return np.asarray(np.where(integer == 0, np.inf, exponent - 53 + bit), dtype=np.float64)
+
+
+def quantum(channel_rows: np.ndarray) -> np.ndarray:
+    """Per row: the exponent of the largest power of two every element is a multiple of (+inf: all zero)."""
+    if channel_rows.shape[1] == 0:
+        return np.full(channel_rows.shape[0], np.inf)
+    return np.asarray(np.min(lowest_bit_exponent(channel_rows), axis=1), dtype=np.float64)
+
+
+def fits(total: np.ndarray, quantum_exponent: np.ndarray, dtype: str) -> np.ndarray:
+    """Does a multiple of 2^quantum as large as ``total`` (a float64 estimate) fit ``dtype``'s significand?
+
+    One bit of margin absorbs the float64 rounding of ``total`` itself.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        limit = np.exp2(significand_bits(dtype) - 1 + np.where(np.isfinite(quantum_exponent), quantum_exponent, 0))
+        return np.asarray(np.where(np.isfinite(quantum_exponent), total < limit, True), dtype=bool)
+
+
+def exact_input_sums(values: np.ndarray, *, channel_axis: int, dtype: str) -> np.ndarray:
+    """Per channel: is the sum of these input values (exact numbers) formed exactly in ``dtype``?"""
+    r = rows(values, channel_axis)
+    if not np.all(np.isfinite(r)):
+        return np.asarray(np.all(np.isfinite(r), axis=1) & False, dtype=bool)
+    if r.shape[1] <= 1:
+        return np.ones(r.shape[0], dtype=bool)
+    head = r[:, :_SAMPLE]
+    exact = fits(np.abs(head).sum(axis=1), quantum(head), dtype)
+    if exact.any() and r.shape[1] > _SAMPLE:
+        whole = r[exact]
+        exact[exact] = fits(np.abs(whole).sum(axis=1), quantum(whole), dtype)
+    return exact
+
+
+def exact_quotients(numerators: list[Fraction], divisor: int, quotients: np.ndarray) -> np.ndarray:
+    """Per channel: is ``quotient * divisor`` exactly the (exact) numerator, so that dividing is exact?"""
+    pairs = zip(numerators, quotients, strict=True)
+    return np.array([bool(np.isfinite(q)) and Fraction(float(q)) * divisor == n for n, q in pairs], dtype=bool)

@@ -1,0 +1,43 @@
+"""Where each backend runs: the runner for an (entry point, backend) pair.
+
+The in-process backend's runners are bnprops/mx/runners.py's own functions; the other CPU backend's run
+in a worker process (bnprops/mx/worker.py), and the GPU backends on a GPU, where there is one.  This
+module depends on both; neither depends on it, so the worker imports the runners and not the other
+way round.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import mxnet as mx
+
+from bnprops.mx import runners
+from bnprops.mx.runners import Runner
+from bnprops.mx.worker import worker_for
+
+
+def runner_for(entry: str, backend: str) -> Runner:
+    """The runner for an entry point on a backend.
+
+    The in-process backend runs here; the other CPU backend goes to a long-lived worker process
+    (bnprops.mx.worker) started with MXNET_MKLDNN_ENABLED set for it; GPU backends raise
+    BackendUnavailable, with the reason, where no GPU is present.
+    """
+    if entry not in runners.ENTRY_POINTS:
+        raise ValueError(f"unknown entry point {entry!r}; choose from {list(runners.ENTRY_POINTS)}")
+    if backend not in runners.ALL_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(runners.ALL_BACKENDS)}")
+    missing = runners.entry_unavailable_reason(entry)
+    if missing is not None:
+        raise runners.EntryUnavailable(f"entry point {entry!r}: {missing}")
+    if backend == "onednn" and not runners.ONEDNN_BUILT:
+        raise runners.BackendUnavailable(f"backend 'onednn': {runners.unavailable_reason(backend)}")
+    if backend in runners.GPU_BACKENDS:
+        reason = runners.gpu_unavailable_reason()
+        if reason is not None:
+            raise runners.BackendUnavailable(f"backend {backend!r}: {reason}")
+        return functools.partial(runners.ENTRY_FUNCTIONS[entry], ctx=mx.gpu(0), cudnn_off=backend == "cuda")
+    if backend == runners.IN_PROCESS_BACKEND:
+        return runners.RUNNERS[entry]
+    return functools.partial(worker_for(backend).run, entry)

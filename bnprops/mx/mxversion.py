@@ -1,0 +1,150 @@
+"""Which MXNet release runs here, which oneDNN it was built with, and in which releases a deviation holds.
+
+Known deviations carry a :class:`Releases` scope (bnprops/judging/known_deviations.py): the range of releases
+in which it holds, and the releases in which ``bnprops versions`` ran its reproducer, with the result.
+The judgement applies a deviation only where its scope holds; elsewhere it is *absent*, not stale.
+
+Nothing here imports mxnet at module level: ``bnprops versions`` uses it to read other releases' results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import subprocess
+import sys
+
+#: Releases are compared by their numeric components; a post-release tag (1.5.1.post0) is the same code.
+_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+@functools.lru_cache(maxsize=256)
+def parse(version: str) -> tuple[int, int, int]:
+    """'1.5.1.post0' -> (1, 5, 1); '1.9' -> (1, 9, 0). Raises ValueError on anything else."""
+    match = _VERSION.match(version.strip())
+    if match is None:
+        raise ValueError(f"not an MXNet release number: {version!r} (expected e.g. 1.9.1 or 1.5.1.post0)")
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def running() -> str:
+    """mx.__version__ of the MXNet this process imports (tests monkeypatch this to play another release)."""
+    import mxnet as mx
+
+    return str(mx.__version__)
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_built() -> bool:
+    """Was this MXNet built with oneDNN (the MKLDNN feature)? The 1.3-1.6 'mxnet' wheels were not (mxnet-mkl was)."""
+    import importlib
+
+    try:
+        runtime = importlib.import_module("mxnet.runtime")  # 1.5+: not an attribute of mxnet until imported
+        return bool(runtime.Features().is_enabled("MKLDNN"))
+    except (ImportError, AttributeError, RuntimeError):
+        return False  # 1.3/1.4 have no feature list; their 'mxnet' wheels have no MKL-DNN
+
+
+_PROBE = """
+import mxnet as mx
+x = mx.nd.ones((1, 3, 4, 4))
+mx.nd.Convolution(x, mx.nd.ones((8, 3, 3, 3)), no_bias=True, kernel=(3, 3), num_filter=8).wait_to_read()
+"""
+_VERBOSE_INFO = re.compile(r"(?:dnnl|mkldnn)_verbose,info,(?:[^,\n]*?)(v\d+\.\d+(?:\.\d+)?(?: \(commit [0-9a-f]+\))?)")
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_version() -> str:
+    """oneDNN's version as the library prints it in verbose mode ('oneDNN v2.4.4 (commit ...)').
+
+    The wheels do not export dnnl_version(); a convolution in a child process with DNNL_VERBOSE=1 makes
+    the library print its own banner (about 2 s, once per process).
+    """
+    if not onednn_built():
+        return "not built (this MXNet has no MKLDNN feature)"
+    env = {**os.environ, "DNNL_VERBOSE": "1", "MKLDNN_VERBOSE": "1", "MXNET_MKLDNN_ENABLED": "1"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"built, version unknown ({type(exc).__name__})"
+    for line in proc.stdout.splitlines():
+        if ",info," in line and "_verbose" in line:
+            found = _VERBOSE_INFO.search(line)
+            if found:
+                name = line.split(",info,", 1)[1].split(" v", 1)[0].strip() or "oneDNN"
+                return f"{name} {found.group(1)}"
+    return "built, version unknown (no verbose banner)"
+
+
+def environment() -> dict[str, str]:
+    """What every report records about the software under test."""
+    import mxnet as mx
+    import numpy as np
+
+    return {
+        "mxnet": str(mx.__version__),
+        "onednn": onednn_version(),
+        "numpy": str(np.__version__),
+        "python": sys.version.split()[0],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Releases:
+    """The MXNet releases a deviation holds in: ``since`` (inclusive) up to ``fixed`` (exclusive); None: open.
+
+    ``probed`` is what ``bnprops versions`` measured: (release, reproduced) per release its reproducer ran
+    in. The range must agree with every probe (tests/test_versions.py checks it), so a scope is never
+    assumed from the changelog alone.
+    """
+
+    since: str | None = None
+    fixed: str | None = None
+    probed: tuple[tuple[str, bool], ...] = ()
+    #: The upstream issue or pull request that introduced or fixed it, where the scope is not 'every release'.
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        for version in (self.since, self.fixed, *(v for v, _ in self.probed)):
+            if version is not None:
+                parse(version)
+        if self.since and self.fixed and parse(self.since) >= parse(self.fixed):
+            raise ValueError(f"since {self.since} must come before fixed {self.fixed}")
+
+    def holds(self, version: str) -> bool:
+        v = parse(version)
+        if self.since is not None and v < parse(self.since):
+            return False
+        return self.fixed is None or v < parse(self.fixed)
+
+    def contradictions(self) -> list[str]:
+        """Probes that the range gets wrong (none, for a scope that was probed, not assumed)."""
+        return [
+            f"{version}: probed {'present' if seen else 'absent'}, scope says {'present' if not seen else 'absent'}"
+            for version, seen in self.probed
+            if self.holds(version) != seen
+        ]
+
+    def describe(self) -> str:
+        if self.since is None and self.fixed is None:
+            return "every release"
+        parts = ([f">= {self.since}"] if self.since else []) + ([f"< {self.fixed}"] if self.fixed else [])
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "since": self.since,
+            "fixed": self.fixed,
+            "scope": self.describe(),
+            "probed": {v: seen for v, seen in self.probed},
+            "why": self.why,
+        }
+
+
+EVERY_RELEASE = Releases()

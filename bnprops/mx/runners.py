@@ -1,0 +1,431 @@
+"""MXNet runners: each takes a Case, calls BatchNorm through one entry point and returns its Outputs.
+
+Entry points (ENTRY_POINTS) are the Python APIs a user reaches the operator through; backends
+(BACKENDS, GPU_BACKENDS) are the kernels behind them. The CPU backend this process was started
+with runs in-process; the other one runs in a long-lived worker process (bnprops/mx/worker.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# Quiet the per-bind "Subgraph backend MKLDNN is activated" log line before mxnet loads.
+os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+# The native kernel logs a "storage type fallback" paragraph per call when oneDNN is disabled.
+os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
+# The synchronous engine runs the same kernels without the threaded engine's scheduling, which
+# costs more than a small BatchNorm and makes per-call times jump between two levels (bench.py).
+# A user's own MXNET_ENGINE_TYPE wins.
+os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
+
+import mxnet as mx
+import numpy as np
+
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs, param_dtype
+from bnprops.mx import mxversion
+
+Runner = Callable[[Case], Outputs]
+
+#: Was this MXNet built with oneDNN? The 'mxnet' wheels of 1.3-1.6 were not (mxnet-mkl was).
+ONEDNN_BUILT = mxversion.onednn_built()
+#: Read by MXNet at start-up: "0" sends float32 to the native kernel instead of oneDNN.
+ONEDNN_ENABLED = ONEDNN_BUILT and os.environ.get("MXNET_MKLDNN_ENABLED", "1") != "0"
+
+#: Entry points by name: how a user reaches the operator.
+ENTRY_POINTS = ("sym", "nd", "gluon", "gluon-hybrid", "npx")
+#: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
+BACKENDS = ("onednn", "native")
+#: GPU kernels: cuDNN, and MXNet's own CUDA kernel (cudnn_off=True).
+GPU_BACKENDS = ("cudnn", "cuda")
+ALL_BACKENDS = BACKENDS + GPU_BACKENDS
+#: The CPU backend this process serves itself.
+IN_PROCESS_BACKEND = "onednn" if ONEDNN_ENABLED else "native"
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (no GPU, or the worker process cannot start); the message says why."""
+
+
+class EntryUnavailable(BackendUnavailable):
+    """The entry point does not exist in this MXNet release (mx.npx before 1.6); the message says why."""
+
+
+def entry_unavailable_reason(entry: str) -> str | None:
+    """Why ``entry`` cannot run in this MXNet release (its tests and fuzz targets skip with it), or None."""
+    if entry not in ENTRY_POINTS:
+        raise ValueError(f"unknown entry point {entry!r}; choose from {list(ENTRY_POINTS)}")
+    if entry != "npx":
+        return None  # sym, nd and gluon.nn.BatchNorm exist in every release since 1.0
+    util = getattr(mx, "util", None)
+    missing = [
+        name
+        for name, ok in (
+            ("mx.npx.batch_norm", hasattr(getattr(mx, "npx", None), "batch_norm")),
+            ("mx.np.array", hasattr(getattr(mx, "np", None), "array")),
+            ("mx.util.np_shape", hasattr(util, "np_shape")),
+            ("mx.util.np_array", hasattr(util, "np_array")),
+        )
+        if not ok
+    ]
+    if missing:
+        return f"MXNet {mx.__version__} has no {', '.join(missing)} (the numpy interface came in 1.6)"
+    return None
+
+
+#: Before 1.8, oneDNN ran BatchNorm only on 4-D input with axis=1 (SupportMKLDNNBN: ndim == 4 and axis ==
+#: DEFAULT_AXIS); apache/mxnet#18504 ("Invoke mkldnn and cudnn BatchNorm when axis != 1", v1.x backport #18890)
+#: widened it to every shape and axis in 1.8.0.
+ONEDNN_ANY_SHAPE_SINCE = "1.8.0"
+
+
+def kernel_for(case: Case, backend: str | None = None) -> str:
+    """Which kernel runs the case: on the onednn backend float16/float64 still take the native kernel, and
+    before 1.8 so does float32 input that is not 4-D with axis=1."""
+    backend = IN_PROCESS_BACKEND if backend is None else backend
+    if backend == "onednn":
+        if case.dtype != "float32":
+            return "native"
+        if mxversion.parse(mxversion.running()) < mxversion.parse(ONEDNN_ANY_SHAPE_SINCE):
+            return "onednn" if case.x.ndim == 4 and case.axis == 1 else "native"
+        return "onednn"
+    return backend
+
+
+def adapt(entry: str, case: Case) -> Case:
+    """The case as the entry point can express it; the oracle must judge this one.
+
+    gluon.nn.BatchNorm has no output_mean_var, and with fix_gamma (scale=False) its gamma is not
+    differentiable: gamma's request is 'null' there, whatever was asked for.
+    """
+    if entry not in ("gluon", "gluon-hybrid"):
+        return case
+    changes: dict[str, Any] = {}
+    if case.output_mean_var:
+        changes["output_mean_var"] = False
+    if case.fix_gamma and case.request("gamma") != "null":
+        data, _, beta = case.grad_req
+        if data == "null" and beta == "null":
+            raise ValueError(f"gluon cannot run {case.describe()}: with scale=False only gamma was to take a gradient")
+        changes["grad_req"] = (data, "null", beta)
+        changes["prior_dgamma"] = None
+    return case.with_(**changes) if changes else case
+
+
+def _outputs(
+    case: Case,
+    *,
+    y: Any,
+    grads: dict[str, Any],
+    gamma: Any,
+    moving: tuple[Any, Any],
+    forward_moving: tuple[np.ndarray, np.ndarray],
+    mean_invstd: tuple[Any, Any] | None,
+) -> Outputs:
+    """``grads``: each target's gradient buffer after the call (a 'null' one under its NULL_BUFFER_OF name)."""
+    result: Outputs = {"y": y.asnumpy()}
+    for target, grad in grads.items():
+        name = NULL_BUFFER_OF[target] if case.request(target) == "null" else GRADIENT_OF[target]
+        result[name] = grad.asnumpy()
+    result["gamma"] = gamma.asnumpy()
+    result["moving_mean"], result["moving_var"] = moving[0].asnumpy(), moving[1].asnumpy()
+    result["forward_moving_mean"], result["forward_moving_var"] = forward_moving
+    if mean_invstd is not None:
+        result["mean"], result["invstd"] = mean_invstd[0].asnumpy(), mean_invstd[1].asnumpy()
+    return result
+
+
+def _operator_params(case: Case, cudnn_off: bool | None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "eps": case.eps,
+        "momentum": case.momentum,
+        "fix_gamma": case.fix_gamma,
+        "use_global_stats": case.use_global_stats,
+        "output_mean_var": case.output_mean_var,
+        "axis": case.axis,
+    }
+    if cudnn_off is not None:
+        params["cudnn_off"] = cudnn_off
+    return params
+
+
+_SYM_NAMES = {"data": "data", "gamma": "bn_gamma", "beta": "bn_beta"}
+
+
+def _copy_into(target: Any, value: np.ndarray) -> None:
+    """``target[:] = value`` for a CPU NDArray of the same shape, without NDArray.__setitem__'s indexing.
+
+    The same C call that NDArray._sync_copyfrom makes, minus its Python overhead (~10x cheaper).
+    """
+    source = np.ascontiguousarray(value, dtype=target.dtype)
+    if source.shape != target.shape:
+        raise ValueError(f"cannot copy {source.shape} into an NDArray of shape {target.shape}")
+    mx.base.check_call(
+        mx.base._LIB.MXNDArraySyncCopyFromCPU(
+            target.handle, source.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(source.size)
+        )
+    )
+
+
+class _BoundCall:
+    """A bound executor and the head-gradient arrays it reuses, for one signature.
+
+    bind() with arrays of our own rather than simple_bind(), which allocates no gradient buffer for a
+    'null' request: every target has one here, so that the executor can be seen to leave it alone.
+    """
+
+    def __init__(self, signature: tuple[Any, ...]) -> None:
+        shape, dtype, grad_req, ctx, params = signature
+        sym = mx.sym.BatchNorm(mx.sym.Variable("data"), name="bn", **dict(params))
+        pdt = param_dtype(dtype)
+        channels = (shape[dict(params)["axis"]],)
+
+        def zeros(names: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
+            return {name: mx.nd.zeros(s, dtype=dt, ctx=ctx) for name, (s, dt) in names.items()}
+
+        args = {"data": (shape, dtype), "bn_gamma": (channels, pdt), "bn_beta": (channels, pdt)}
+        self.exe = sym.bind(
+            ctx,
+            args=zeros(args),
+            args_grad=zeros(args),
+            grad_req={_SYM_NAMES[t]: r for t, r in zip(GRAD_TARGETS, grad_req, strict=True)},
+            aux_states=zeros({"bn_moving_mean": (channels, pdt), "bn_moving_var": (channels, pdt)}),
+        )
+        self.head = mx.nd.zeros(shape, dtype=dtype, ctx=ctx)
+        # The mean and invstd outputs take no gradient; their heads must still be given.
+        extra = [mx.nd.zeros(channels, dtype=pdt, ctx=ctx)] * 2 if dict(params)["output_mean_var"] else []
+        self.heads = [self.head, *extra]
+
+
+@functools.lru_cache(maxsize=4096)
+def _bound_call(signature: tuple[Any, ...]) -> _BoundCall:
+    return _BoundCall(signature)
+
+
+def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.sym.BatchNorm + bind, forward(is_train=), backward(dy): the forum thread's path (it used
+    simple_bind, which computes the same bits; bind gives a 'null' request a buffer too)."""
+    ctx = mx.cpu() if ctx is None else ctx
+    params = tuple(sorted(_operator_params(case, cudnn_off).items()))
+    call = _bound_call((case.shape, case.dtype, case.grad_req, ctx, params))
+    exe = call.exe
+    copy = _copy_into if ctx.device_type == "cpu" else _assign
+    copy(exe.arg_dict["data"], case.x)
+    copy(exe.arg_dict["bn_gamma"], case.gamma)
+    copy(exe.arg_dict["bn_beta"], case.beta)
+    copy(exe.aux_dict["bn_moving_mean"], case.moving_mean)
+    copy(exe.aux_dict["bn_moving_var"], case.moving_var)
+    for target in GRAD_TARGETS:
+        fill = _fill(case, target)
+        if fill is not None:
+            copy(exe.grad_dict[_SYM_NAMES[target]], fill)
+    outs = exe.forward(is_train=case.is_train)
+    forward_moving = (exe.aux_dict["bn_moving_mean"].asnumpy(), exe.aux_dict["bn_moving_var"].asnumpy())
+    copy(call.head, case.dy)
+    exe.backward(call.heads)
+    return _outputs(
+        case,
+        y=outs[0],
+        grads={t: exe.grad_dict[_SYM_NAMES[t]] for t in GRAD_TARGETS},
+        gamma=exe.arg_dict["bn_gamma"],
+        moving=(exe.aux_dict["bn_moving_mean"], exe.aux_dict["bn_moving_var"]),
+        forward_moving=forward_moving,
+        mean_invstd=(outs[1], outs[2]) if case.output_mean_var else None,
+    )
+
+
+def _assign(target: Any, value: np.ndarray) -> None:
+    target[:] = value
+
+
+def _fill(case: Case, target: str) -> np.ndarray | None:
+    """What ``target``'s gradient buffer holds before the call: the prior of an 'add', the sentinel of a 'null'."""
+    return case.null_sentinel(target) if case.request(target) == "null" else case.prior(target)
+
+
+@contextlib.contextmanager
+def _numpy_semantics() -> Iterator[None]:
+    """What mx.npx.set_np() switches on, for the duration of one call only."""
+    with mx.util.np_shape(True), mx.util.np_array(True):
+        yield
+
+
+def _run_autograd(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+    with _numpy_semantics() if numpy else contextlib.nullcontext():
+        return _autograd_call(case, numpy=numpy, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def _autograd_call(case: Case, *, numpy: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+    mod, op = (mx.np, mx.npx.batch_norm) if numpy else (mx.nd, mx.nd.BatchNorm)
+    pdt = param_dtype(case.dtype)
+    ctx = mx.cpu() if ctx is None else ctx
+    arrays = {
+        "data": mod.array(case.x, dtype=case.dtype, ctx=ctx),
+        "gamma": mod.array(case.gamma, dtype=pdt, ctx=ctx),
+        "beta": mod.array(case.beta, dtype=pdt, ctx=ctx),
+    }
+    moving = (mod.array(case.moving_mean, dtype=pdt, ctx=ctx), mod.array(case.moving_var, dtype=pdt, ctx=ctx))
+    buffers = {}
+    for target in GRAD_TARGETS:
+        # A 'null' request gets a buffer too (attach_grad makes one), which the call must leave alone.
+        arrays[target].attach_grad(grad_req=case.request(target))
+        # Kept here: backward forgets a 'null' variable's buffer (its .grad is None afterwards).
+        buffers[target] = arrays[target].grad
+        fill = _fill(case, target)
+        if fill is not None:
+            buffers[target][:] = fill
+    with mx.autograd.record(train_mode=case.is_train):
+        outs = op(arrays["data"], arrays["gamma"], arrays["beta"], *moving, **_operator_params(case, cudnn_off))
+    y = outs[0] if case.output_mean_var else outs
+    forward_moving = (moving[0].asnumpy(), moving[1].asnumpy())
+    mx.autograd.backward([y], [mod.array(case.dy, dtype=case.dtype, ctx=ctx)], train_mode=case.is_train)
+    return _outputs(
+        case,
+        y=y,
+        grads=buffers,
+        gamma=arrays["gamma"],
+        moving=moving,
+        forward_moving=forward_moving,
+        mean_invstd=(outs[1], outs[2]) if case.output_mean_var else None,
+    )
+
+
+def run_nd(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.nd.BatchNorm under mx.autograd.record(train_mode=is_train), then backward(train_mode=is_train)."""
+    return _run_autograd(case, numpy=False, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def run_npx(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.npx.batch_norm on mx.np arrays, with the numpy interface's shape and array semantics on."""
+    return _run_autograd(case, numpy=True, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def _run_gluon(case: Case, *, hybridize: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+    from mxnet.gluon import nn
+
+    if cudnn_off is not None and cudnn_off:
+        raise BackendUnavailable("gluon.nn.BatchNorm has no cudnn_off: it always takes cuDNN on a GPU")
+    case = adapt("gluon", case)
+    ctx = mx.cpu() if ctx is None else ctx
+    pdt = param_dtype(case.dtype)
+    # gluon's own mapping: epsilon (default 1e-5) given explicitly, fix_gamma = not scale, center = beta learns.
+    layer = nn.BatchNorm(
+        axis=case.axis,
+        momentum=case.momentum,
+        epsilon=case.eps,
+        center=case.request("beta") != "null",
+        scale=not case.fix_gamma,
+        use_global_stats=case.use_global_stats,
+        in_channels=case.channels,
+    )
+    layer.initialize(ctx=ctx)
+    layer.cast(case.dtype)  # float16 keeps its parameters in float32
+    for param, value in (
+        (layer.gamma, case.gamma),
+        (layer.beta, case.beta),
+        (layer.running_mean, case.moving_mean),
+        (layer.running_var, case.moving_var),
+    ):
+        param.set_data(mx.nd.array(value, dtype=pdt, ctx=ctx))
+    # Requests other than gluon's 'write', as a user sets them (e.g. collect_params().setattr('grad_req', 'add')).
+    if not case.fix_gamma:
+        layer.gamma.grad_req = case.request("gamma")
+    if case.request("beta") != "null":
+        layer.beta.grad_req = case.request("beta")
+    for target, param in (("gamma", layer.gamma), ("beta", layer.beta)):
+        prior = case.prior(target)
+        if prior is not None:
+            param.grad(ctx)[:] = prior
+    if hybridize:
+        layer.hybridize()
+    data = mx.nd.array(case.x, dtype=case.dtype, ctx=ctx)
+    # data's buffer, a 'null' one too (kept: backward forgets a 'null' variable's). A 'null' Parameter has
+    # none at all (Parameter.grad() raises, setting grad_req='null' drops it): gamma and beta cannot show one.
+    data.attach_grad(grad_req=case.request("data"))
+    data_grad = data.grad
+    fill = _fill(case, "data")
+    if fill is not None:
+        data_grad[:] = fill
+    if not case.is_train:
+        y = layer(data)  # inference, as gluon runs outside autograd.record()
+    with mx.autograd.record(train_mode=case.is_train):
+        out = layer(data)
+    forward_moving = (layer.running_mean.data(ctx).asnumpy(), layer.running_var.data(ctx).asnumpy())
+    out.backward(mx.nd.array(case.dy, dtype=case.dtype, ctx=ctx), train_mode=case.is_train)
+    grads = {"data": data_grad}
+    for target, param in (("gamma", layer.gamma), ("beta", layer.beta)):
+        if param.grad_req != "null":
+            grads[target] = param.grad(ctx)
+    return _outputs(
+        case,
+        y=out if case.is_train else y,
+        grads=grads,
+        gamma=layer.gamma.data(ctx),
+        moving=(layer.running_mean.data(ctx), layer.running_var.data(ctx)),
+        forward_moving=forward_moving,
+        mean_invstd=None,
+    )
+
+
+def run_gluon(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.gluon.nn.BatchNorm, imperative: inference outside autograd.record(), training inside it."""
+    return _run_gluon(case, hybridize=False, ctx=ctx, cudnn_off=cudnn_off)
+
+
+def run_gluon_hybrid(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.gluon.nn.BatchNorm after hybridize(): the same layer through a cached graph."""
+    return _run_gluon(case, hybridize=True, ctx=ctx, cudnn_off=cudnn_off)
+
+
+ENTRY_FUNCTIONS: dict[str, Callable[..., Outputs]] = {
+    "sym": run_symbolic,
+    "nd": run_nd,
+    "gluon": run_gluon,
+    "gluon-hybrid": run_gluon_hybrid,
+    "npx": run_npx,
+}
+#: In-process CPU runners by entry point (the backend is IN_PROCESS_BACKEND).
+RUNNERS: dict[str, Runner] = {name: ENTRY_FUNCTIONS[name] for name in ENTRY_POINTS}
+
+
+def network_unavailable_reason(entry: str) -> str | None:
+    """Why BatchNorm-inside-a-network checks (bnprops/judging/in_network.py) cannot run through ``entry`` in this
+    release, or None: gluon-hybrid chains watch BatchNorm through HybridBlock.register_op_hook (1.6+)."""
+    if entry == "gluon-hybrid" and not hasattr(mx.gluon.HybridBlock, "register_op_hook"):
+        return f"MXNet {mx.__version__} has no HybridBlock.register_op_hook (added in 1.6)"
+    if entry == "sym" and "monitor_all" not in inspect.signature(mx.executor.Executor.set_monitor_callback).parameters:
+        return f"MXNet {mx.__version__}'s Executor.set_monitor_callback has no monitor_all (added in 1.5)"
+    return entry_unavailable_reason(entry)
+
+
+def sequence_unavailable_reason(entry: str) -> str | None:
+    """Why training sequences (bnprops/mx/training.py) cannot run through ``entry`` in this release, or None:
+    its sessions set the shape semantics with mx.util.np_shape/is_np_shape (1.5+) on every entry point."""
+    util = getattr(mx, "util", None)
+    if not (hasattr(util, "np_shape") and hasattr(util, "is_np_shape")):
+        return f"MXNet {mx.__version__} has no mx.util.np_shape (added in 1.5)"
+    return entry_unavailable_reason(entry)
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why the GPU backends cannot run here, or None if they can."""
+    try:
+        count = mx.context.num_gpus()
+    except mx.base.MXNetError as exc:  # a CPU-only build raises instead of returning 0 on some setups
+        return f"no GPU: mx.context.num_gpus() failed ({str(exc).splitlines()[0]})"
+    return None if count > 0 else "no GPU: mx.context.num_gpus() == 0 (this MXNet build or machine has none)"
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run here (so tests skip with it), or None. CPU backends are always available
+    in principle; a worker that cannot start raises BackendUnavailable when first used."""
+    if backend not in ALL_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(ALL_BACKENDS)}")
+    if backend == "onednn" and not ONEDNN_BUILT:
+        return f"MXNet {mx.__version__} was built without oneDNN (MKLDNN): float32 runs the native kernel only"
+    return gpu_unavailable_reason() if backend in GPU_BACKENDS else None

@@ -1,0 +1,1 @@
+"""Hypothesis strategies: cases, groups, training sequences. Imports only the layers below."""
