@@ -102,3 +102,13 @@ def test_no_module_imports_itself_back_through_a_circle() -> None:
     for module in sorted(graph):
         circle = visit(module, [])
         assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+def test_no_class_is_longer_than_150_lines() -> None:
+    long = [
+        f"{module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for path in package_modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.end_lineno and node.end_lineno - node.lineno + 1 > 150
+    ]
+    assert not long, "classes that do several jobs (split them):\n" + "\n".join(long)

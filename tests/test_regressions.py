@@ -5,6 +5,9 @@
   absolute error of 2^-25 that the bound lacked.
 * float16-eps-rounded-*: the float16 kernel adds half(eps) to the variance, not eps; the
   float16-normaliser-subnormal deviation missed these where var + eps itself was on float16's grid.
+* sym-float16-projection-near-overflow: a false alarm (found by the stacked property): after an inference
+  forward, sym's backward forms the float16 projection t from the kernel's dotp (the sum of float16-rounded
+  products); the model took the exact dotp, whose t overflowed float16 where the kernel's did not.
 """
 
 from __future__ import annotations
@@ -20,8 +23,16 @@ from bnprops.mx.backends import runner_for
 CASES = sorted((Path(__file__).parent / "regressions").glob("*.json"))
 
 
-@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-@pytest.mark.parametrize("entry", ["gluon-hybrid", "nd"])
+#: The entry points a file's case is judged through, by its name's prefix (default: gluon-hybrid and nd).
+ENTRIES = {"sym-": ("sym",)}
+RUNS = [
+    (path, entry)
+    for path in CASES
+    for entry in next((e for prefix, e in ENTRIES.items() if path.stem.startswith(prefix)), ("gluon-hybrid", "nd"))
+]
+
+
+@pytest.mark.parametrize(("path", "entry"), RUNS, ids=[f"{p.stem}-{e}" for p, e in RUNS])
 def test_a_former_wrong_verdict_stays_right(path: Path, entry: str) -> None:
     case = Case.from_json(path.read_text())
     outcome = check(case, runner=runner_for(entry, "onednn"), entry=entry, backend="onednn")

@@ -72,7 +72,7 @@ class BatchNormSequences(RuleBasedStateMachine):
         self.tracker = Tracker(config, session_factory=self.session_factory)
 
     def _batch(self, data: st.DataObject) -> np.ndarray:
-        shape = list(self.t.shape)
+        shape = list(self.t.layer.shape)
         shape[0] = data.draw(st.sampled_from([shape[0], shape[0], 1, 3]), label="batch size")
         return self._array(data, tuple(shape), -4.0, 4.0, self.t.config.dtype)
 
@@ -115,10 +115,14 @@ class BatchNormSequences(RuleBasedStateMachine):
 
     @invariant()
     def finite_state(self) -> None:
-        """Finite data, gamma, beta and eps > 0: nothing the BatchNorm carries may be NaN or inf."""
-        if self.tracker is None:
+        """Finite data, gamma, beta and eps > 0: nothing the BatchNorm carries may be NaN or inf.
+
+        Until a recorded deviation explains a step: from then on the state is what its model says (judged at every
+        step), which may overflow (sym-inference-backward-trains: float16 dx from the moving statistics' invstd).
+        """
+        if self.tracker is None or self.t.explained:
             return
-        for key, value in self.t.state.items():
+        for key, value in self.t.layer.state.items():
             assert value is None or np.isfinite(value).all(), f"{key} is not finite after {self.t.steps}: {value}"
 
 

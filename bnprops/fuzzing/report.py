@@ -116,90 +116,11 @@ class Report:
         return causes(self.catalogue.entries.values())
 
     def to_dict(self) -> dict[str, Any]:
-        files = files_of(self.causes())
-
-        def entry(e: Entry) -> dict[str, Any]:
-            # A signature's files are its cause's (the smallest example of its kind), if that has any.
-            stand_in = files.get(e.signature.ident)
-            if stand_in is None:
-                return {**e.to_dict(), "case_file": None, "reproducer": None}
-            return {
-                **e.to_dict(),
-                "case_file": f"{FINDINGS}/{stand_in}.json",
-                "reproducer": f"{FINDINGS}/{stand_in}.py",
-            }
-
-        def cause(c: Cause) -> dict[str, Any]:
-            return {
-                "key": c.key,
-                "new": c.new,
-                "title": c.title(),
-                "cases": c.count,
-                "signatures": [e.signature.ident for e in c.entries],
-                "entry_points": list(c.where("entry")),
-                "backends": list(c.where("backend")),
-                "dtypes": list(c.where("dtype")),
-                "regimes": list(c.where("regime")),
-                "smallest": c.smallest.signature.ident,
-                "reproducer": entry(c.smallest)["reproducer"],
-            }
-
-        return {
-            "format": REPORT_FORMAT,
-            "parameters": self.parameters,
-            "started": self.started,
-            "elapsed_s": self.elapsed_s,
-            "cases": self.cases,
-            "cases_per_s": self.cases_per_s,
-            "shrink_calls": self.shrink_calls,
-            "repeats_skipped": self.repeats,
-            "relation_checks": self.relation_checks,
-            "network_checks": self.network_checks,
-            "sequence_checks": self.sequence_checks,
-            "stop_reason": self.stop_reason,
-            "totals": self.totals(),
-            "counts": [
-                {"entry": k[0], "backend": k[1], "kernel": k[2], "dtype": k[3], "cases": sum(v.values()), **v}
-                for k, v in sorted(self.counts.items())
-            ],
-            "causes": [cause(c) for c in self.causes()],
-            "catalogue": {"new": [entry(e) for e in self.new], "known": [entry(e) for e in self.known]},
-            "replays": self.replays,
-            "worst": sorted(self.worst.values(), key=lambda w: -w["ratio"]),
-            "skipped_targets": self.skipped,
-            "notes": self.notes,
-            "shards": self.shards,
-        }
+        return report_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], points: Points) -> Report:
-        if data.get("format") != REPORT_FORMAT:
-            raise ValueError(f"not a bnprops report (format {data.get('format')!r}, expected {REPORT_FORMAT!r})")
-        counts = {
-            (c["entry"], c["backend"], c["kernel"], c["dtype"]): {r: int(c[r]) for r in RESULTS if r in c}
-            for c in data["counts"]
-        }
-        catalogue = Catalogue(Entry.from_dict(e) for e in data["catalogue"]["new"] + data["catalogue"]["known"])
-        return cls(
-            parameters=data["parameters"],
-            started=data["started"],
-            elapsed_s=float(data["elapsed_s"]),
-            cases=int(data["cases"]),
-            shrink_calls=int(data["shrink_calls"]),
-            stop_reason=data["stop_reason"],
-            counts=counts,
-            catalogue=catalogue,
-            replays=data["replays"],
-            worst={(w["dtype"], w["quantity"]): w for w in data["worst"]},
-            skipped=data["skipped_targets"],
-            points=points,
-            notes=data.get("notes", []),
-            shards=data.get("shards", []),
-            repeats=int(data.get("repeats_skipped", 0)),
-            relation_checks=data.get("relation_checks", {}),
-            network_checks=data.get("network_checks", {}),
-            sequence_checks=data.get("sequence_checks", {}),
-        )
+        return report_from_dict(data, points)
 
 
 #: A known deviation whose smallest example has more elements than this gets no files of its own: its
@@ -650,3 +571,91 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return str(value)
+
+
+def report_to_dict(report: Report) -> dict[str, Any]:
+    """report.json: every signature pointing at its cause's files, the causes, counts and checks."""
+    files = files_of(report.causes())
+
+    def entry(e: Entry) -> dict[str, Any]:
+        # A signature's files are its cause's (the smallest example of its kind), if that has any.
+        stand_in = files.get(e.signature.ident)
+        if stand_in is None:
+            return {**e.to_dict(), "case_file": None, "reproducer": None}
+        return {
+            **e.to_dict(),
+            "case_file": f"{FINDINGS}/{stand_in}.json",
+            "reproducer": f"{FINDINGS}/{stand_in}.py",
+        }
+
+    def cause(c: Cause) -> dict[str, Any]:
+        return {
+            "key": c.key,
+            "new": c.new,
+            "title": c.title(),
+            "cases": c.count,
+            "signatures": [e.signature.ident for e in c.entries],
+            "entry_points": list(c.where("entry")),
+            "backends": list(c.where("backend")),
+            "dtypes": list(c.where("dtype")),
+            "regimes": list(c.where("regime")),
+            "smallest": c.smallest.signature.ident,
+            "reproducer": entry(c.smallest)["reproducer"],
+        }
+
+    return {
+        "format": REPORT_FORMAT,
+        "parameters": report.parameters,
+        "started": report.started,
+        "elapsed_s": report.elapsed_s,
+        "cases": report.cases,
+        "cases_per_s": report.cases_per_s,
+        "shrink_calls": report.shrink_calls,
+        "repeats_skipped": report.repeats,
+        "relation_checks": report.relation_checks,
+        "network_checks": report.network_checks,
+        "sequence_checks": report.sequence_checks,
+        "stop_reason": report.stop_reason,
+        "totals": report.totals(),
+        "counts": [
+            {"entry": k[0], "backend": k[1], "kernel": k[2], "dtype": k[3], "cases": sum(v.values()), **v}
+            for k, v in sorted(report.counts.items())
+        ],
+        "causes": [cause(c) for c in report.causes()],
+        "catalogue": {"new": [entry(e) for e in report.new], "known": [entry(e) for e in report.known]},
+        "replays": report.replays,
+        "worst": sorted(report.worst.values(), key=lambda w: -w["ratio"]),
+        "skipped_targets": report.skipped,
+        "notes": report.notes,
+        "shards": report.shards,
+    }
+
+
+def report_from_dict(data: dict[str, Any], points: Points) -> Report:
+    if data.get("format") != REPORT_FORMAT:
+        raise ValueError(f"not a bnprops report (format {data.get('format')!r}, expected {REPORT_FORMAT!r})")
+    counts = {
+        (c["entry"], c["backend"], c["kernel"], c["dtype"]): {r: int(c[r]) for r in RESULTS if r in c}
+        for c in data["counts"]
+    }
+    catalogue = Catalogue(Entry.from_dict(e) for e in data["catalogue"]["new"] + data["catalogue"]["known"])
+    return Report(
+        parameters=data["parameters"],
+        started=data["started"],
+        elapsed_s=float(data["elapsed_s"]),
+        cases=int(data["cases"]),
+        shrink_calls=int(data["shrink_calls"]),
+        stop_reason=data["stop_reason"],
+        counts=counts,
+        catalogue=catalogue,
+        replays=data["replays"],
+        worst={(w["dtype"], w["quantity"]): w for w in data["worst"]},
+        skipped=data["skipped_targets"],
+        points=points,
+        notes=data.get("notes", []),
+        shards=data.get("shards", []),
+        repeats=int(data.get("repeats_skipped", 0)),
+        relation_checks=data.get("relation_checks", {}),
+        network_checks=data.get("network_checks", {}),
+        sequence_checks=data.get("sequence_checks", {}),
+    )

@@ -285,12 +285,17 @@ def float16_projection(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """The training formula for dx as the native float16 kernel forms it (batch_norm.cc, half_t arithmetic):
     ``t = half(half(x - mean) k)`` with ``k = dotp invstd^2 / M`` in float32, then
     ``dx = half(half(half(dy - mean(dy)) - t) invstd g)``. Where ``t``, ``dy - mean(dy)`` or their difference
-    overflows float16, dx is +-inf or NaN although the exact dx may be small. Returns (where, dx in float64)."""
+    overflows float16, dx is +-inf or NaN although the exact dx may be small. Returns (where, dx in float64).
+
+    dotp here is the kernel's own, the sum of the products each rounded to float16: whether ``t`` overflows
+    turns on its last bits (found by the stacked property: float16 t = -65651 from the exact dotp 393.087
+    overflowed where the kernel's 391.875 gave -65449 and a finite dx, -54912)."""
     invstd = _invstd(float16_normaliser(case)[1]).astype(np.float32)
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     m = case.reduction_length
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        dotp = float16_dotp(case)
+        # Accumulated in AccReal (float32) in the kernel: that rounding moves t by far less than a float16 ulp.
+        dotp = (_centred_half(case) * case.dy).astype(np.float64).sum(axis=case.reduce_axes)
         k = (dotp * invstd.astype(np.float64) ** 2 / m).astype(np.float32)
         t = (_centred_half(case).astype(np.float32) * per_channel(case, k).astype(np.float32)).astype(np.float16)
         grad_mean = (case.dy.astype(np.float64).sum(axis=case.reduce_axes) / m).astype(np.float32)

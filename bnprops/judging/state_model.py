@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from bnprops.judging.comparator import compare, judging
-from bnprops.judging.judgement import judge
+from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import (
     FROZEN_LAYER_KEEPS_MOVING_STATS,
     FROZEN_SYM_KEEPS_GAMMA,
@@ -128,30 +128,21 @@ def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-class Tracker:
-    """Drives a session through rules, and checks the state after each against the model.
+class Layer:
+    """The model of the layer between rules: its requests and flags, the state it holds, and what each rule makes of it.
 
-    ``session_factory`` makes the session from (entry, session keyword arguments); tests plant faults
-    through it.  ``known`` counts the rules whose departure a SequenceDeviation explained.
+    ``state`` is the state before the next rule, as MXNet left it (so bounds never compound over a sequence).
     """
 
-    def __init__(
-        self, config: Config, *, session_factory: Callable[..., Any] | None = None, backend: str = IN_PROCESS_BACKEND
-    ) -> None:
+    def __init__(self, config: Config, state: State) -> None:
         self.config = config
-        self.backend = backend
-        factory = session_factory or (lambda entry, **kw: open_session(entry, **kw))
-        self.session = factory(config.entry, **config.session_kwargs())
-        self.session_class = type(self.session)
-        self.steps: list[Step] = []
-        self.known: list[tuple[int, str]] = []
         self.use_global_stats = config.use_global_stats
         self.req = dict(zip(GRAD_TARGETS, self.effective(config.grad_req), strict=True))
         self.hybrid = config.entry == "gluon-hybrid"
         self.shape = config.x_shape
         #: The training step whose graph a second backward may run again (x, gamma, beta as recorded).
         self.graph: dict[str, np.ndarray] | None = None
-        self.state: State = self.session.state()
+        self.state = state
 
     # What the entry point makes of a request.
     @property
@@ -182,8 +173,8 @@ class Tracker:
 
     # The case that one call is, from the state before it.
     def case(self, x: np.ndarray, dy: np.ndarray, *, is_train: bool, gradients: bool) -> Case:
-        s = self.state
-        pdt = param_dtype(self.config.dtype)
+        s, config = self.state, self.config
+        pdt = param_dtype(config.dtype)
         reqs = self.requests() if gradients else ("write", "write", "write")
         priors: dict[str, Any] = {}
         for target, req in zip(GRAD_TARGETS, reqs, strict=True):
@@ -192,16 +183,16 @@ class Tracker:
                 assert before is not None
                 priors[PRIOR_FIELDS[target]] = before
         return Case(
-            x=np.asarray(x, dtype=self.config.dtype),
+            x=np.asarray(x, dtype=config.dtype),
             gamma=np.asarray(s["gamma"], dtype=pdt),
             beta=np.asarray(s["beta"], dtype=pdt),
             moving_mean=np.asarray(s["moving_mean"], dtype=pdt),
             moving_var=np.asarray(s["moving_var"], dtype=pdt),
-            dy=np.asarray(dy, dtype=self.config.dtype),
-            axis=self.config.axis,
-            eps=self.config.eps,
-            momentum=self.config.momentum,
-            fix_gamma=self.config.fix_gamma,
+            dy=np.asarray(dy, dtype=config.dtype),
+            axis=config.axis,
+            eps=config.eps,
+            momentum=config.momentum,
+            fix_gamma=config.fix_gamma,
             use_global_stats=self.use_global_stats,
             is_train=is_train,
             grad_req=reqs,
@@ -209,221 +200,23 @@ class Tracker:
             **priors,
         )
 
-    def _fail(self, what: str, detail: str, check: dict[str, Any] | None = None) -> None:
-        names = " > ".join(s.method for s in self.steps)
-        script = replay_script(self, check=check)
-        raise SequenceFailure(
-            f"MXNet ({self.entry}, {self.backend}) after rule {len(self.steps)} of the sequence [{names}]: {what}\n"
-            f"{detail}\nsignature: {signature(self.steps, what)}\nReplay with (mxnet and numpy only):\n"
-            + "\n".join("    " + line for line in script.splitlines()),
-            rules=tuple(s.method for s in self.steps),
-            quantity=what,
-            script=script,
-        )
+    def call_case(self, x: np.ndarray, dy: np.ndarray, *, is_train: bool) -> Case:
+        """A step as one call; a frozen layer's has no gradients (a Case cannot ask for none), its buffers stay."""
+        return self.case(x, dy, is_train=is_train, gradients=not self.frozen)
 
-    def _judge(self, case: Case, outputs: Outputs, checked: tuple[str, ...]) -> None:
-        kernel = kernel_for(case, self.backend)
-        outcome = judge(case, outputs, entry=self.entry, kernel=kernel, checked=checked, backend=self.backend)
-        if not outcome.ok:
-            worst = outcome.unexpected[0] if outcome.unexpected else None
-            check = None
-            if worst is not None and worst.quantity in outputs:
-                apparatus = judging(outcome.case)
-                check = {
-                    "quantity": worst.quantity,
-                    "expected": np.asarray(apparatus.expected[worst.quantity]),
-                    "bound": np.asarray(apparatus.bound[worst.quantity]),
-                }
-            detail = "\n".join("  " + m.describe() for m in outcome.unexpected)
-            detail += "".join(f"\n  stale known deviation {kd.id}" for kd in outcome.stale)
-            self._fail(worst.quantity if worst else "stale", f"judged as one call: {case.describe()}\n{detail}", check)
+    def computed(self) -> tuple[str, ...]:
+        """What a step computes: a frozen layer's backward gives no gradient of its own."""
+        return tuple(q for q in TRAIN_QUANTITIES if not (self.frozen and q in BUFFER_OF))
 
-    def _unchanged(self, after: State, keys: tuple[str, ...], why: str, expected: State | None = None) -> None:
-        want = self.state if expected is None else expected
-        for key in keys:
-            if not _same(after[key], want[key]):
-                check = None
-                w, a = want[key], after[key]
-                if w is not None and a is not None and w.shape == a.shape:
-                    check = {"quantity": key, "expected": w, "bound": np.zeros(w.shape)}
-                self._fail(
-                    key,
-                    f"  {key} must be {why}, bit for bit\n    expected: {want[key]!r}\n    actual:   {after[key]!r}",
-                    check,
-                )
-
-    def _buffers_after(self, x_shape: tuple[int, ...]) -> State:
+    def start_call(self, x_shape: tuple[int, ...]) -> None:
         """The buffers before a call on a batch of ``x_shape``: a new shape starts the data buffer at zero."""
         state = dict(self.state)
         if tuple(x_shape) != self.shape:
             state["grad:data"] = np.zeros(x_shape, dtype=self.config.dtype)
-        return state
+        self.state, self.shape = state, tuple(x_shape)
 
-    def _record(self, method: str, **args: Any) -> None:
-        self.steps.append(Step(method, args))
-
-    # The rules.
-    def train_step(self, x: np.ndarray, dy: np.ndarray) -> None:
-        self._record("train_step", x=x, dy=dy)
-        self.state = self._buffers_after(x.shape)
-        case = self._call_case(x, dy, is_train=True)
-        result = self.session.train_step(x, dy)
-        self.shape = tuple(x.shape)
-        after = self.session.state()
-        self._judge(case, self._outputs(case, result, after), self._frozen_departures(case, after))
-        self._nulls_kept(case, after)
-        self._unchanged(after, ("beta",), "left alone (an input)")
-        self.graph = {"x": np.asarray(x), "gamma": self.state["gamma"], "beta": self.state["beta"]}  # type: ignore[dict-item]
-        self.state = after
-
-    def inference_step(self, x: np.ndarray, dy: np.ndarray) -> None:
-        """A forward in inference mode, then a backward: one call with is_train=False (the single-call oracle's)."""
-        self._record("inference_step", x=x, dy=dy)
-        self.state = self._buffers_after(x.shape)
-        case = self._call_case(x, dy, is_train=False)
-        result = self.session.inference_step(x, dy)
-        self.shape = tuple(x.shape)
-        after = self.session.state()
-        self._judge(case, self._outputs(case, result, after), self._frozen_departures(case, after))
-        self._nulls_kept(case, after)
-        self._unchanged(after, ("beta",), "left alone (an input)")
-        self.graph = None
-        self.state = after
-
-    def _call_case(self, x: np.ndarray, dy: np.ndarray, *, is_train: bool) -> Case:
-        """A step as one call; a frozen layer's has no gradients (a Case cannot ask for none), its buffers stay."""
-        return self.case(x, dy, is_train=is_train, gradients=not self.frozen)
-
-    def _frozen_departures(
-        self, case: Case, after: State, quantities: tuple[str, ...] = TRAIN_QUANTITIES
-    ) -> tuple[str, ...]:
-        """What a step is judged on: a frozen layer's departures that a recorded deviation's model explains are not.
-
-        Each model keeps every bit of the state before the step (FROZEN_LAYER_KEEPS_MOVING_STATS: the moving
-        statistics in training; FROZEN_SYM_KEEPS_GAMMA: gamma under fix_gamma); a value that moved is judged.
-        """
-        checked = tuple(q for q in quantities if q in self._computed())
-        if not self.frozen:
-            return checked
-        kept = {k for k in ("moving_mean", "moving_var", "gamma") if k in checked and _same(after[k], self.state[k])}
-        if case.uses_batch_stats and {"moving_mean", "moving_var"} <= kept:
-            checked = tuple(q for q in checked if q not in ("moving_mean", "moving_var"))
-            self.known.append((len(self.steps), FROZEN_LAYER_KEEPS_MOVING_STATS.id))
-        gamma = self.state["gamma"]
-        if self.config.fix_gamma and "gamma" in kept and gamma is not None and not np.all(gamma == 1):
-            checked = tuple(q for q in checked if q != "gamma")
-            self.known.append((len(self.steps), FROZEN_SYM_KEEPS_GAMMA.id))
-        return checked
-
-    def _computed(self) -> tuple[str, ...]:
-        """What a step computes: a frozen layer's backward gives no gradient of its own."""
-        return tuple(q for q in TRAIN_QUANTITIES if not (self.frozen and q in BUFFER_OF))
-
-    def forward(self, x: np.ndarray, train: bool) -> None:
-        self._record("forward", x=x, train=train)
-        self.state = self._buffers_after(x.shape)
-        case = self.case(x, np.zeros_like(x), is_train=train, gradients=False)
-        result = self.session.forward(x, train)
-        self.shape = tuple(x.shape)
-        after = self.session.state()
-        self._judge(case, dict(result), FORWARD_QUANTITIES)
-        keys = tuple(k for k in STATE_KEYS if k != "gamma")
-        self._unchanged(after, keys, "left alone by a forward without backward")
-        if not (self.config.fix_gamma and np.all(after["gamma"] == 1)):
-            self._unchanged(after, ("gamma",), "left alone by a forward (or 1 under fix_gamma)")
-        self.graph = None
-        self.state = after
-
-    def backward_again(self, dy: np.ndarray) -> None:
-        assert self.graph is not None, "backward_again needs a training step's graph"
-        self._record("backward_again", dy=dy)
-        graph = self.graph
-        case = dataclasses.replace(
-            self._call_case(graph["x"], dy, is_train=True), gamma=graph["gamma"], beta=graph["beta"]
-        )
-        self.session.backward_again(dy)
-        after = self.session.state()
-        outputs = self._outputs(case, {}, after)
-        self._judge(case, outputs, self._frozen_departures(case, after, BACKWARD_QUANTITIES))
-        self._nulls_kept(case, after)
-        if not case.uses_batch_stats or not retained_graph_updates_again(self.entry, kernel_for(case, self.backend)):
-            self._unchanged(after, ("moving_mean", "moving_var"), "left alone by a second backward of one forward")
-        elif not (
-            _same(after["moving_mean"], self.state["moving_mean"])
-            and _same(after["moving_var"], self.state["moving_var"])
-        ):
-            # Not the contract: it must be the recorded deviation's model, one more update from this state.
-            moved = {"moving_mean": after["moving_mean"], "moving_var": after["moving_var"]}
-            verdict = compare(case, moved, quantities=("moving_mean", "moving_var"))
-            if not verdict.ok:
-                detail = "\n".join("  " + m.describe() for m in verdict.mismatches)
-                self._fail("moving statistics", f"neither left alone nor {RETAINED_GRAPH_UPDATES_AGAIN.id}:\n{detail}")
-            self.known.append((len(self.steps), RETAINED_GRAPH_UPDATES_AGAIN.id))
-        self.state = after
-
-    def set_grad_req(self, target: str, req: str) -> None:
-        self._record("set_grad_req", target=target, req=req)
-        reqs = dict(self.req)
-        reqs[target] = req
-        new = self.effective((reqs["data"], reqs["gamma"], reqs["beta"]))
-        old = self.req[target]
-        self.session.set_grad_req(target, req)
-        after = self.session.state()
-        expected = dict(self.state)
-        new_req = new[GRAD_TARGETS.index(target)]
-        if self.gluon and target != "data" and new_req != old:
-            # Parameter.grad_req's setter: a new zero buffer, or none at all for 'null'.
-            size = len(self.config.gamma)
-            expected["grad:" + target] = None if new_req == "null" else np.zeros(size, param_dtype(self.config.dtype))
-        self._unchanged(after, STATE_KEYS, "as the model of a grad_req change says", expected)
-        self.req = dict(zip(GRAD_TARGETS, new, strict=True))
-        self.graph = None
-        self.state = after
-
-    def set_use_global_stats(self, flag: bool) -> None:
-        self._record("set_use_global_stats", flag=flag)
-        self.session.set_use_global_stats(flag)
-        after = self.session.state()
-        self._unchanged(after, STATE_KEYS, "left alone by a change of use_global_stats")
-        self.use_global_stats = flag
-        self.graph = None
-        self.state = after
-
-    def update(self, lr: float) -> None:
-        self._record("update", lr=lr)
-        self.session.update(lr)
-        after = self.session.state()
-        expected = dict(self.state)
-        pdt = param_dtype(self.config.dtype)
-        for t in ("gamma", "beta"):
-            grad = self.state["grad:" + t]
-            if self.req[t] != "null" and grad is not None:
-                expected[t] = self.state[t] - np.asarray(lr, pdt) * grad
-        self._unchanged(after, STATE_KEYS, "the update gamma -= lr dgamma, beta -= lr dbeta", expected)
-        self.graph = None
-        self.state = after
-
-    def zero_grad(self) -> None:
-        self._record("zero_grad")
-        self.session.zero_grad()
-        after = self.session.state()
-        expected = {
-            k: (np.zeros_like(v) if k.startswith("grad:") and v is not None else v) for k, v in self.state.items()
-        }
-        self._unchanged(after, STATE_KEYS, "zeroed (gradients) or left alone", expected)
-        self.state = after
-
-    def hybridize(self) -> None:
-        self._record("hybridize")
-        self.session.hybridize()
-        after = self.session.state()
-        self._unchanged(after, STATE_KEYS, "left alone by hybridize")
-        self.hybrid = True
-        self.graph = None
-        self.state = after
-
-    # Helpers of the rules.
-    def _outputs(self, case: Case, result: dict[str, np.ndarray], after: State) -> Outputs:
+    def outputs(self, case: Case, result: dict[str, np.ndarray], after: State) -> Outputs:
+        """A call's results as the single-call judgement takes them: its outputs, the state it wrote."""
         outputs: Outputs = dict(result)
         for q in ("moving_mean", "moving_var", "gamma"):
             outputs[q] = after[q]  # type: ignore[assignment]
@@ -433,9 +226,246 @@ class Tracker:
                 outputs[GRADIENT_OF[target]] = buffer
         return outputs
 
-    def _nulls_kept(self, case: Case, after: State) -> None:
-        keys = tuple("grad:" + t for t in GRAD_TARGETS if self.req[t] == "null" or case.request(t) == "null")
-        self._unchanged(after, keys, "left alone (requested with 'null')")
+    def null_keys(self, case: Case) -> tuple[str, ...]:
+        return tuple("grad:" + t for t in GRAD_TARGETS if self.req[t] == "null" or case.request(t) == "null")
+
+    # The exact rules: the state each must leave.
+    def after_grad_req(self, target: str, req: str) -> tuple[tuple[str, str, str], State]:
+        """The requests after ``target`` is set to ``req``, and the state: kept (gluon: the setter's new buffer)."""
+        reqs = dict(self.req, **{target: req})
+        new = self.effective((reqs["data"], reqs["gamma"], reqs["beta"]))
+        expected = dict(self.state)
+        new_req = new[GRAD_TARGETS.index(target)]
+        if self.gluon and target != "data" and new_req != self.req[target]:
+            # Parameter.grad_req's setter: a new zero buffer, or none at all for 'null'.
+            size = len(self.config.gamma)
+            expected["grad:" + target] = None if new_req == "null" else np.zeros(size, param_dtype(self.config.dtype))
+        return new, expected
+
+    def after_update(self, lr: float) -> State:
+        """gamma -= lr dgamma, beta -= lr dbeta, in numpy in the parameter dtype, for what has a gradient."""
+        expected = dict(self.state)
+        for t in ("gamma", "beta"):
+            grad = self.state["grad:" + t]
+            if self.req[t] != "null" and grad is not None:
+                expected[t] = self.state[t] - np.asarray(lr, param_dtype(self.config.dtype)) * grad
+        return expected
+
+    def after_zero_grad(self) -> State:
+        return {k: (np.zeros_like(v) if k.startswith("grad:") and v is not None else v) for k, v in self.state.items()}
+
+    def frozen_departures(
+        self, case: Case, after: State, quantities: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What a step is judged on, and the recorded deviations that explain what it is not judged on.
+
+        A frozen layer's departures that a recorded deviation's model explains are not judged. Each model keeps
+        every bit of the state before the step (FROZEN_LAYER_KEEPS_MOVING_STATS: the moving statistics in
+        training; FROZEN_SYM_KEEPS_GAMMA: gamma under fix_gamma); a value that moved is judged.
+        """
+        checked = tuple(q for q in quantities if q in self.computed())
+        if not self.frozen:
+            return checked, ()
+        known: list[str] = []
+        kept = {k for k in ("moving_mean", "moving_var", "gamma") if k in checked and _same(after[k], self.state[k])}
+        if case.uses_batch_stats and {"moving_mean", "moving_var"} <= kept:
+            checked = tuple(q for q in checked if q not in ("moving_mean", "moving_var"))
+            known.append(FROZEN_LAYER_KEEPS_MOVING_STATS.id)
+        gamma = self.state["gamma"]
+        if self.config.fix_gamma and "gamma" in kept and gamma is not None and not np.all(gamma == 1):
+            checked = tuple(q for q in checked if q != "gamma")
+            known.append(FROZEN_SYM_KEEPS_GAMMA.id)
+        return checked, tuple(known)
+
+
+class Tracker:
+    """Drives a session through rules, and checks the state after each against the model (``Layer``).
+
+    ``session_factory`` makes the session from (entry, session keyword arguments); tests plant faults
+    through it.  ``known`` counts the rules whose departure a SequenceDeviation explained.
+    """
+
+    def __init__(
+        self, config: Config, *, session_factory: Callable[..., Any] | None = None, backend: str = IN_PROCESS_BACKEND
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        factory = session_factory or (lambda entry, **kw: open_session(entry, **kw))
+        self.session = factory(config.entry, **config.session_kwargs())
+        self.steps: list[Step] = []
+        self.known: list[tuple[int, str]] = []
+        #: (rule number, single-call known deviation): the steps whose departure from the oracle one explained.
+        self.explained: list[tuple[int, str]] = []
+        self.layer = Layer(config, self.session.state())
+
+    @property
+    def graph(self) -> dict[str, np.ndarray] | None:
+        return self.layer.graph
+
+    def _rule(self, method: str, **args: Any) -> None:
+        self.steps.append(Step(method, args))
+
+    def _judge(self, case: Case, outputs: Outputs, checked: tuple[str, ...], known: tuple[str, ...] = ()) -> None:
+        self.known.extend((len(self.steps), ident) for ident in known)
+        outcome = judge(
+            case,
+            outputs,
+            entry=self.layer.entry,
+            kernel=kernel_for(case, self.backend),
+            checked=checked,
+            backend=self.backend,
+        )
+        if not outcome.ok:
+            _fail_judged(self, case, outcome, outputs)
+        self.explained.extend((len(self.steps), kd.id) for kd, _ in outcome.explained)
+
+    def _unchanged(self, after: State, keys: tuple[str, ...], why: str, expected: State | None = None) -> None:
+        want = self.layer.state if expected is None else expected
+        for key in keys:
+            if not _same(after[key], want[key]):
+                w, a = want[key], after[key]
+                check = None
+                if w is not None and a is not None and w.shape == a.shape:
+                    check = {"quantity": key, "expected": w, "bound": np.zeros(w.shape)}
+                detail = f"  {key} must be {why}, bit for bit\n    expected: {w!r}\n    actual:   {a!r}"
+                _fail(self, key, detail, check)
+
+    def _end(self, after: State, *, graph: dict[str, np.ndarray] | None = None) -> None:
+        self.layer.graph, self.layer.state = graph, after
+
+    # The rules.
+    def train_step(self, x: np.ndarray, dy: np.ndarray) -> None:
+        self._step("train_step", x, dy, is_train=True)
+
+    def inference_step(self, x: np.ndarray, dy: np.ndarray) -> None:
+        """A forward in inference mode, then a backward: one call with is_train=False (the single-call oracle's)."""
+        self._step("inference_step", x, dy, is_train=False)
+
+    def _step(self, method: str, x: np.ndarray, dy: np.ndarray, *, is_train: bool) -> None:
+        self._rule(method, x=x, dy=dy)
+        layer = self.layer
+        layer.start_call(x.shape)
+        case = layer.call_case(x, dy, is_train=is_train)
+        result = getattr(self.session, method)(x, dy)
+        after = self.session.state()
+        self._judge(case, layer.outputs(case, result, after), *layer.frozen_departures(case, after, TRAIN_QUANTITIES))
+        self._unchanged(after, layer.null_keys(case), "left alone (requested with 'null')")
+        self._unchanged(after, ("beta",), "left alone (an input)")
+        graph = {"x": np.asarray(x), "gamma": layer.state["gamma"], "beta": layer.state["beta"]}
+        self._end(after, graph=graph if is_train else None)  # type: ignore[arg-type]
+
+    def forward(self, x: np.ndarray, train: bool) -> None:
+        self._rule("forward", x=x, train=train)
+        self.layer.start_call(x.shape)
+        case = self.layer.case(x, np.zeros_like(x), is_train=train, gradients=False)
+        result = self.session.forward(x, train)
+        after = self.session.state()
+        self._judge(case, dict(result), FORWARD_QUANTITIES)
+        self._unchanged(after, tuple(k for k in STATE_KEYS if k != "gamma"), "left alone by a forward without backward")
+        if not (self.config.fix_gamma and np.all(after["gamma"] == 1)):
+            self._unchanged(after, ("gamma",), "left alone by a forward (or 1 under fix_gamma)")
+        self._end(after)
+
+    def backward_again(self, dy: np.ndarray) -> None:
+        graph = self.layer.graph
+        assert graph is not None, "backward_again needs a training step's graph"
+        self._rule("backward_again", dy=dy)
+        case = self.layer.call_case(graph["x"], dy, is_train=True)
+        case = dataclasses.replace(case, gamma=graph["gamma"], beta=graph["beta"])
+        self.session.backward_again(dy)
+        after = self.session.state()
+        outputs = self.layer.outputs(case, {}, after)
+        self._judge(case, outputs, *self.layer.frozen_departures(case, after, BACKWARD_QUANTITIES))
+        self._unchanged(after, self.layer.null_keys(case), "left alone (requested with 'null')")
+        if case.uses_batch_stats and retained_graph_updates_again(self.layer.entry, kernel_for(case, self.backend)):
+            _check_second_update(self, case, after)
+        else:
+            self._unchanged(after, ("moving_mean", "moving_var"), "left alone by a second backward of one forward")
+        self._end(after, graph=graph)
+
+    def set_grad_req(self, target: str, req: str) -> None:
+        self._rule("set_grad_req", target=target, req=req)
+        new, expected = self.layer.after_grad_req(target, req)
+        self.session.set_grad_req(target, req)
+        after = self.session.state()
+        self._unchanged(after, STATE_KEYS, "as the model of a grad_req change says", expected)
+        self.layer.req = dict(zip(GRAD_TARGETS, new, strict=True))
+        self._end(after)
+
+    def set_use_global_stats(self, flag: bool) -> None:
+        self._rule("set_use_global_stats", flag=flag)
+        self.session.set_use_global_stats(flag)
+        after = self.session.state()
+        self._unchanged(after, STATE_KEYS, "left alone by a change of use_global_stats")
+        self.layer.use_global_stats = flag
+        self._end(after)
+
+    def update(self, lr: float) -> None:
+        self._rule("update", lr=lr)
+        expected = self.layer.after_update(lr)
+        self.session.update(lr)
+        after = self.session.state()
+        self._unchanged(after, STATE_KEYS, "the update gamma -= lr dgamma, beta -= lr dbeta", expected)
+        self._end(after)
+
+    def zero_grad(self) -> None:
+        self._rule("zero_grad")
+        expected = self.layer.after_zero_grad()
+        self.session.zero_grad()
+        after = self.session.state()
+        self._unchanged(after, STATE_KEYS, "zeroed (gradients) or left alone", expected)
+        self._end(after, graph=self.layer.graph)
+
+    def hybridize(self) -> None:
+        self._rule("hybridize")
+        self.session.hybridize()
+        after = self.session.state()
+        self._unchanged(after, STATE_KEYS, "left alone by hybridize")
+        self.layer.hybrid = True
+        self._end(after)
+
+
+def _fail(tracker: Tracker, what: str, detail: str, check: dict[str, Any] | None = None) -> None:
+    """End the sequence: what broke after the last rule, with a replay script (and its check of ``what``)."""
+    names = " > ".join(s.method for s in tracker.steps)
+    script = replay_script(tracker, check=check)
+    raise SequenceFailure(
+        f"MXNet ({tracker.layer.entry}, {tracker.backend}) after rule {len(tracker.steps)} of the sequence "
+        f"[{names}]: {what}\n{detail}\nsignature: {signature(tracker.steps, what)}\n"
+        "Replay with (mxnet and numpy only):\n" + "\n".join("    " + line for line in script.splitlines()),
+        rules=tuple(s.method for s in tracker.steps),
+        quantity=what,
+        script=script,
+    )
+
+
+def _fail_judged(tracker: Tracker, case: Case, outcome: Outcome, outputs: Outputs) -> None:
+    worst = outcome.unexpected[0] if outcome.unexpected else None
+    check = None
+    if worst is not None and worst.quantity in outputs:
+        apparatus = judging(outcome.case)
+        check = {
+            "quantity": worst.quantity,
+            "expected": np.asarray(apparatus.expected[worst.quantity]),
+            "bound": np.asarray(apparatus.bound[worst.quantity]),
+        }
+    detail = "\n".join("  " + m.describe() for m in outcome.unexpected)
+    detail += "".join(f"\n  stale known deviation {kd.id}" for kd in outcome.stale)
+    _fail(tracker, worst.quantity if worst else "stale", f"judged as one call: {case.describe()}\n{detail}", check)
+
+
+def _check_second_update(tracker: Tracker, case: Case, after: State) -> None:
+    """Where a second backward updates again (recorded), the statistics kept, or moved by the deviation's model."""
+    before = tracker.layer.state
+    if _same(after["moving_mean"], before["moving_mean"]) and _same(after["moving_var"], before["moving_var"]):
+        return
+    # Not the contract: it must be the recorded deviation's model, one more update from this state.
+    moved = {k: v for k in ("moving_mean", "moving_var") if (v := after[k]) is not None}
+    verdict = compare(case, moved, quantities=("moving_mean", "moving_var"))
+    if not verdict.ok:
+        detail = "\n".join("  " + m.describe() for m in verdict.mismatches)
+        _fail(tracker, "moving statistics", f"neither left alone nor {RETAINED_GRAPH_UPDATES_AGAIN.id}:\n{detail}")
+    tracker.known.append((len(tracker.steps), RETAINED_GRAPH_UPDATES_AGAIN.id))
 
 
 def signature(steps: list[Step], quantity: str) -> str:

@@ -102,47 +102,14 @@ class Case:
     regime: str = "given"
 
     def __post_init__(self) -> None:
-        dtype = str(self.x.dtype)
-        if dtype not in DTYPES:
-            raise ValueError(f"x has dtype {dtype}; bnprops cases are one of {DTYPES}")
-        ndim = self.x.ndim
-        if ndim < 1:
-            raise ValueError("x must have at least one dimension (BatchNorm needs a channel axis)")
-        if not -ndim <= self.axis < ndim:
-            raise ValueError(f"axis={self.axis} is out of range for x of shape {self.x.shape}")
-        if self.dy.shape != self.x.shape or self.dy.dtype != self.x.dtype:
-            raise ValueError(
-                f"dy must match x: got {self.dy.dtype}{self.dy.shape}, expected {self.x.dtype}{self.x.shape}"
-            )
-        channels = self.x.shape[self.axis]
-        pdt = param_dtype(dtype)
-        for name in ("gamma", "beta", "moving_mean", "moving_var"):
-            arr = getattr(self, name)
-            if arr.shape != (channels,) or str(arr.dtype) != pdt:
-                raise ValueError(
-                    f"{name} must be {pdt} of shape ({channels},) for axis {self.axis} of {self.x.shape}, "
-                    f"got {arr.dtype}{arr.shape}"
-                )
-        self._validate_requests(pdt)
+        _validate(self)
         # Derived values are memoised per case (see memo), so a case's arrays must not change under it.
         for name in self._array_fields():
             getattr(self, name).flags.writeable = False
 
     def fingerprint(self) -> bytes:
         """A digest of everything that defines the call (what to_json holds), at a fraction of its cost."""
-
-        def compute() -> bytes:
-            digest = hashlib.sha1()
-            for field in dataclasses.fields(self):
-                value = getattr(self, field.name)
-                if isinstance(value, np.ndarray):
-                    digest.update(f"{field.name}:{value.dtype}{value.shape}".encode())
-                    digest.update(np.ascontiguousarray(value).tobytes())
-                else:
-                    digest.update(f"{field.name}={value!r};".encode())
-            return digest.digest()
-
-        return self.memo("fingerprint", compute)
+        return self.memo("fingerprint", lambda: _digest(self))
 
     def memo(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``, once per case: the oracle, error model and known deviations share derived values."""
@@ -151,27 +118,6 @@ class Case:
             cache[key] = compute()
         result: T = cache[key]
         return result
-
-    def _validate_requests(self, pdt: str) -> None:
-        reqs = tuple(self.grad_req)
-        if len(reqs) != len(GRAD_TARGETS) or any(r not in GRAD_REQS for r in reqs):
-            raise ValueError(
-                f"grad_req must be 3 of {GRAD_REQS} (for {', '.join(GRAD_TARGETS)}), got {self.grad_req!r}"
-            )
-        if reqs == ("null",) * 3:
-            raise ValueError("grad_req is 'null' for data, gamma and beta: there is nothing to differentiate")
-        object.__setattr__(self, "grad_req", reqs)
-        for target, req in zip(GRAD_TARGETS, reqs, strict=True):
-            field = PRIOR_FIELDS[target]
-            prior = getattr(self, field)
-            if req != "add":
-                if prior is not None:
-                    raise ValueError(f"{field} is given but grad_req for {target} is {req!r}, not 'add'")
-                continue
-            shape, dtype = (self.x.shape, self.dtype) if target == "data" else ((self.channels,), pdt)
-            if prior is None or prior.shape != shape or str(prior.dtype) != dtype:
-                got = "nothing" if prior is None else f"{prior.dtype}{prior.shape}"
-                raise ValueError(f"grad_req 'add' for {target} needs {field} of {dtype}{shape}, got {got}")
 
     # Derived facts the oracle, runners and comparator share.
     @functools.cached_property
@@ -230,58 +176,16 @@ class Case:
     def with_(self, **changes: Any) -> Case:
         return dataclasses.replace(self, **changes)
 
-    # Serialisation: JSON that round-trips bit for bit.
+    # Serialisation: JSON that round-trips bit for bit (case_to_dict, case_from_dict below).
     def to_dict(self) -> dict[str, Any]:
-        arrays = {
-            name: {
-                "dtype": str(arr.dtype),
-                "shape": list(arr.shape),
-                "b64": _b64(arr),
-            }
-            for name, arr in ((n, getattr(self, n)) for n in self._array_fields())
-        }
-        return {
-            "format": _CASE_FORMAT,
-            "axis": self.axis,
-            # floats go through repr, which round-trips exactly; hex is there for humans checking bits.
-            "eps": self.eps,
-            "eps_hex": float(self.eps).hex(),
-            "momentum": self.momentum,
-            "fix_gamma": self.fix_gamma,
-            "use_global_stats": self.use_global_stats,
-            "output_mean_var": self.output_mean_var,
-            "is_train": self.is_train,
-            "grad_req": list(self.grad_req),
-            "regime": self.regime,
-            "arrays": arrays,
-        }
+        return case_to_dict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Case:
-        if data.get("format") != _CASE_FORMAT:
-            raise ValueError(f"not a bnprops case (format {data.get('format')!r}, expected {_CASE_FORMAT!r})")
-        arrays = {}
-        for name in ARRAY_FIELDS + tuple(f for f in PRIOR_FIELDS.values() if f in data["arrays"]):
-            spec = data["arrays"][name]
-            raw = base64.b64decode(spec["b64"])
-            arr = np.frombuffer(raw, dtype=np.dtype(spec["dtype"]).newbyteorder("<"))
-            arrays[name] = arr.astype(spec["dtype"]).reshape(spec["shape"])
-        return cls(
-            **arrays,
-            axis=int(data["axis"]),
-            eps=float.fromhex(data["eps_hex"]) if "eps_hex" in data else float(data["eps"]),
-            momentum=float(data["momentum"]),
-            fix_gamma=bool(data["fix_gamma"]),
-            use_global_stats=bool(data["use_global_stats"]),
-            output_mean_var=bool(data.get("output_mean_var", False)),
-            # Cases saved before these fields existed ran in training mode with grad_req='write'.
-            is_train=bool(data.get("is_train", True)),
-            grad_req=tuple(data.get("grad_req", WRITE_ALL)),
-            regime=str(data.get("regime", "given")),
-        )
+        return case_from_dict(data)
 
     @classmethod
     def from_json(cls, text: str) -> Case:
@@ -310,14 +214,124 @@ class Case:
 
     def describe(self) -> str:
         """A one-line summary for messages and tables."""
-        flags = [f"fix_gamma={self.fix_gamma}", f"use_global_stats={self.use_global_stats}"]
-        if self.output_mean_var:
-            flags.append("output_mean_var=True")
-        if not self.is_train:
-            flags.append("is_train=False")
-        if self.grad_req != WRITE_ALL:
-            flags.append("grad_req=" + "/".join(self.grad_req))
-        return (
-            f"BatchNorm({self.dtype}{list(self.shape)}, axis={self.axis}, eps={self.eps!r}, "
-            f"momentum={self.momentum!r}, {', '.join(flags)}) regime={self.regime}"
-        )
+        return _describe(self)
+
+
+def _validate(case: Case) -> None:
+    """A Case is a valid BatchNorm call, or ValueError says what is wrong."""
+    dtype = str(case.x.dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"x has dtype {dtype}; bnprops cases are one of {DTYPES}")
+    ndim = case.x.ndim
+    if ndim < 1:
+        raise ValueError("x must have at least one dimension (BatchNorm needs a channel axis)")
+    if not -ndim <= case.axis < ndim:
+        raise ValueError(f"axis={case.axis} is out of range for x of shape {case.x.shape}")
+    if case.dy.shape != case.x.shape or case.dy.dtype != case.x.dtype:
+        raise ValueError(f"dy must match x: got {case.dy.dtype}{case.dy.shape}, expected {case.x.dtype}{case.x.shape}")
+    channels = case.x.shape[case.axis]
+    pdt = param_dtype(dtype)
+    for name in ("gamma", "beta", "moving_mean", "moving_var"):
+        arr = getattr(case, name)
+        if arr.shape != (channels,) or str(arr.dtype) != pdt:
+            raise ValueError(
+                f"{name} must be {pdt} of shape ({channels},) for axis {case.axis} of {case.x.shape}, "
+                f"got {arr.dtype}{arr.shape}"
+            )
+    _validate_requests(case, pdt)
+
+
+def _validate_requests(case: Case, pdt: str) -> None:
+    reqs = tuple(case.grad_req)
+    if len(reqs) != len(GRAD_TARGETS) or any(r not in GRAD_REQS for r in reqs):
+        raise ValueError(f"grad_req must be 3 of {GRAD_REQS} (for {', '.join(GRAD_TARGETS)}), got {case.grad_req!r}")
+    if reqs == ("null",) * 3:
+        raise ValueError("grad_req is 'null' for data, gamma and beta: there is nothing to differentiate")
+    object.__setattr__(case, "grad_req", reqs)
+    for target, req in zip(GRAD_TARGETS, reqs, strict=True):
+        field = PRIOR_FIELDS[target]
+        prior = getattr(case, field)
+        if req != "add":
+            if prior is not None:
+                raise ValueError(f"{field} is given but grad_req for {target} is {req!r}, not 'add'")
+            continue
+        shape, dtype = (case.x.shape, case.dtype) if target == "data" else ((case.channels,), pdt)
+        if prior is None or prior.shape != shape or str(prior.dtype) != dtype:
+            got = "nothing" if prior is None else f"{prior.dtype}{prior.shape}"
+            raise ValueError(f"grad_req 'add' for {target} needs {field} of {dtype}{shape}, got {got}")
+
+
+def case_to_dict(case: Case) -> dict[str, Any]:
+    arrays = {
+        name: {
+            "dtype": str(arr.dtype),
+            "shape": list(arr.shape),
+            "b64": _b64(arr),
+        }
+        for name, arr in ((n, getattr(case, n)) for n in case._array_fields())
+    }
+    return {
+        "format": _CASE_FORMAT,
+        "axis": case.axis,
+        # floats go through repr, which round-trips exactly; hex is there for humans checking bits.
+        "eps": case.eps,
+        "eps_hex": float(case.eps).hex(),
+        "momentum": case.momentum,
+        "fix_gamma": case.fix_gamma,
+        "use_global_stats": case.use_global_stats,
+        "output_mean_var": case.output_mean_var,
+        "is_train": case.is_train,
+        "grad_req": list(case.grad_req),
+        "regime": case.regime,
+        "arrays": arrays,
+    }
+
+
+def case_from_dict(data: dict[str, Any]) -> Case:
+    if data.get("format") != _CASE_FORMAT:
+        raise ValueError(f"not a bnprops case (format {data.get('format')!r}, expected {_CASE_FORMAT!r})")
+    arrays = {}
+    for name in ARRAY_FIELDS + tuple(f for f in PRIOR_FIELDS.values() if f in data["arrays"]):
+        spec = data["arrays"][name]
+        raw = base64.b64decode(spec["b64"])
+        arr = np.frombuffer(raw, dtype=np.dtype(spec["dtype"]).newbyteorder("<"))
+        arrays[name] = arr.astype(spec["dtype"]).reshape(spec["shape"])
+    return Case(
+        **arrays,
+        axis=int(data["axis"]),
+        eps=float.fromhex(data["eps_hex"]) if "eps_hex" in data else float(data["eps"]),
+        momentum=float(data["momentum"]),
+        fix_gamma=bool(data["fix_gamma"]),
+        use_global_stats=bool(data["use_global_stats"]),
+        output_mean_var=bool(data.get("output_mean_var", False)),
+        # Cases saved before these fields existed ran in training mode with grad_req='write'.
+        is_train=bool(data.get("is_train", True)),
+        grad_req=tuple(data.get("grad_req", WRITE_ALL)),
+        regime=str(data.get("regime", "given")),
+    )
+
+
+def _digest(case: Case) -> bytes:
+    digest = hashlib.sha1()
+    for field in dataclasses.fields(case):
+        value = getattr(case, field.name)
+        if isinstance(value, np.ndarray):
+            digest.update(f"{field.name}:{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(f"{field.name}={value!r};".encode())
+    return digest.digest()
+
+
+def _describe(case: Case) -> str:
+    flags = [f"fix_gamma={case.fix_gamma}", f"use_global_stats={case.use_global_stats}"]
+    if case.output_mean_var:
+        flags.append("output_mean_var=True")
+    if not case.is_train:
+        flags.append("is_train=False")
+    if case.grad_req != WRITE_ALL:
+        flags.append("grad_req=" + "/".join(case.grad_req))
+    return (
+        f"BatchNorm({case.dtype}{list(case.shape)}, axis={case.axis}, eps={case.eps!r}, "
+        f"momentum={case.momentum!r}, {', '.join(flags)}) regime={case.regime}"
+    )

@@ -294,13 +294,9 @@ class GluonSession:
         )
         self.layer.initialize(ctx=mx.cpu())
         self.layer.cast(dtype)
-        for p, value in (
-            (self.layer.gamma, gamma),
-            (self.layer.beta, beta),
-            (self.layer.running_mean, moving_mean),
-            (self.layer.running_var, moving_var),
-        ):
-            p.set_data(mx.nd.array(value, dtype=self.pdt))
+        arrays = {"gamma": gamma, "beta": beta, "running_mean": moving_mean, "running_var": moving_var}
+        for name, value in arrays.items():
+            getattr(self.layer, name).set_data(mx.nd.array(value, dtype=self.pdt))
         self.layer.gamma.grad_req = grad_req["gamma"]  # gluon keeps 'null' where scale=False
         self.layer.beta.grad_req = grad_req["beta"]  # and where center=False
         self.req["gamma"], self.req["beta"] = self.layer.gamma.grad_req, self.layer.beta.grad_req
@@ -323,11 +319,14 @@ class GluonSession:
             "forward_moving_var": self.layer.running_var.data().asnumpy(),
         }
 
-    def _recorded(self, x, train):
-        """The layer under autograd.record: its output, and what backward starts from (y * w after a frozen layer)."""
+    def _load(self, x):
         if tuple(x.shape) != self.shape:
             self._reshape(tuple(x.shape))
         self.data[:] = x
+
+    def _recorded(self, x, train):
+        """The layer under autograd.record: its output, and what backward starts from (y * w after a frozen layer)."""
+        self._load(x)
         with mx.autograd.record(train_mode=train):
             y = out = self.layer(self.data)
             if frozen(self.req):  # the learnable layer after a frozen one: y * w, w = 1
@@ -337,25 +336,22 @@ class GluonSession:
         return y, out
 
     def train_step(self, x, dy):
-        y, out = self._recorded(x, True)
-        result = self._moving()
-        out.backward(mx.nd.array(dy, dtype=self.dtype), retain_graph=True)
-        self.last = out
-        result["y"] = y.asnumpy()
-        return result
+        return self._step(x, dy, True)
 
     def inference_step(self, x, dy):
-        y, out = self._recorded(x, False)
+        return self._step(x, dy, False)
+
+    def _step(self, x, dy, train):
+        y, out = self._recorded(x, train)
         result = self._moving()
-        out.backward(mx.nd.array(dy, dtype=self.dtype), train_mode=False)
-        self.last = None
+        head = mx.nd.array(dy, dtype=self.dtype)
+        out.backward(head, **({"retain_graph": True} if train else {"train_mode": False}))
+        self.last = out if train else None
         result["y"] = y.asnumpy()
         return result
 
     def forward(self, x, train):
-        if tuple(x.shape) != self.shape:
-            self._reshape(tuple(x.shape))
-        self.data[:] = x
+        self._load(x)
         if train:
             with mx.autograd.record(train_mode=True):
                 y = self.layer(self.data)

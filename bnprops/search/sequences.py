@@ -268,8 +268,8 @@ def _apply(t: Tracker, rule: Rule) -> None:
     m, c = rule.method, t.config
     if m in ("train_step", "inference_step", "forward"):
         x = rule.arg("x")
-        if rule.arg("batch") == 0 and x.shape != t.shape:  # 'the batch size in use', drawn for the initial one
-            x = np.resize(x, t.shape).astype(c.dtype)
+        if rule.arg("batch") == 0 and x.shape != t.layer.shape:  # 'the batch size in use', drawn for the initial one
+            x = np.resize(x, t.layer.shape).astype(c.dtype)
         if m == "forward":
             t.forward(x, rule.arg("train"))
         else:
@@ -280,7 +280,7 @@ def _apply(t: Tracker, rule: Rule) -> None:
             n = t.graph["x"].shape[0]
             t.backward_again(np.resize(rule.arg("dy"), (n, *t.graph["x"].shape[1:])).astype(c.dtype))
     elif m == "hybridize":
-        if t.gluon:
+        if t.layer.gluon:
             t.hybridize()
     elif m == "update":
         t.update(rule.arg("lr"))
