@@ -7,6 +7,7 @@ per-signature detail in the appendix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pytest
 
 from bnprops.commands import cli
 from bnprops.fuzzing import campaign, causes, fuzz
-from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, Entry, Signature
+from bnprops.fuzzing import report as report_module
+from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, Catalogue, Entry, Signature
 from bnprops.fuzzing.report import Report
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 from tests.helpers import one_channel_case
@@ -72,7 +74,21 @@ def test_the_first_screen_says_the_verdict_the_rate_and_each_cause(planted_run: 
     assert markdown.startswith(summary.rstrip("\n"))
     body, appendix = markdown.split("<details>", 1)
     assert "## New deviations by cause (1)" in body and "### `" not in body  # signatures only in the appendix
-    assert all(f"### `{e.signature.ident}`" in appendix for e in report.new)
+    assert all(f"### `{e.signature.ident}`" in appendix for e in report.new[: report_module.NEW_DETAILED])
+    assert all(f"`{e.signature.ident}`" in appendix for e in report.new[: report_module.APPENDIX_SIGNATURES])
+
+
+def test_the_report_stays_short_however_many_signatures_a_run_finds(planted_run: tuple[Path, Report]) -> None:
+    _, report = planted_run
+    # 300 signatures of each kind, as a long night's known deviations split by flags would make.
+    many = Catalogue(
+        dataclasses.replace(e, signature=dataclasses.replace(e.signature, regime=f"{e.signature.regime}-{i}"))
+        for i in range(300)
+        for e in (report.new[0], report.known[0] if report.known else report.new[0])
+    )
+    markdown = report_module.markdown(dataclasses.replace(report, catalogue=many))
+    assert len(markdown.splitlines()) < 400
+    assert f"{300 - report_module.APPENDIX_SIGNATURES} more signature(s)" in markdown
 
 
 def test_a_second_run_says_what_changed_and_the_history_grows(planted_run: tuple[Path, Report], tmp_path: Path) -> None:

@@ -492,25 +492,7 @@ def _appendix(report: Report) -> str:
         ),
     ):
         lines += ["", f"## {title} ({len(entries)})", "", blurb, ""]
-        if not entries:
-            lines.append("None.")
-        for e in entries:
-            s = e.signature
-            flags = ", ".join(f"{k}={v}" for k, v in s.flags)
-            lines += [
-                f"### `{s.ident}`",
-                "",
-                f"- **{s.kind}** in `{s.quantity}`"
-                + (f" (known deviation `{s.deviation}`)" if s.deviation else "")
-                + (f": {VERDICTS[s.kind]}" if s.kind in VERDICTS else ""),
-                f"- entry point `{s.entry}`, backend `{s.backend}`, dtype `{s.dtype}`, {flags}, value regime "
-                f"`{s.regime}`",
-                _example_line(e),
-                _files_line(e, files.get(s.ident)),
-            ]
-            if e.detail:
-                lines += ["", "```", e.detail, "```"]
-            lines.append("")
+        lines += _signature_lines(entries, files, detailed=NEW_DETAILED if title.startswith("New") else 0)
     if report.replays:
         lines += ["", "## Replayed from the example database", "", "| finding | status |", "|---|---|"]
         lines += [f"| `{r['id']}` | {r['status']} |" for r in report.replays]
@@ -554,6 +536,51 @@ def _appendix(report: Report) -> str:
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
+
+
+#: How many signatures the appendix lists (the most frequent first; report.json holds every one), and how many
+#: new ones it shows in full: a planted fault shows under a hundred signatures, one cause in the body.
+APPENDIX_SIGNATURES = 40
+NEW_DETAILED = 8
+
+
+def _signature_lines(entries: Sequence[Entry], files: dict[str, str], *, detailed: int) -> list[str]:
+    """The first ``detailed`` signatures in full (detail, example, files), the next as table rows, the rest counted."""
+    if not entries:
+        return ["None."]
+    lines: list[str] = []
+    for e in entries[:detailed]:
+        s = e.signature
+        flags = ", ".join(f"{k}={v}" for k, v in s.flags)
+        lines += [
+            f"### `{s.ident}`",
+            "",
+            f"- **{s.kind}** in `{s.quantity}`"
+            + (f" (known deviation `{s.deviation}`)" if s.deviation else "")
+            + (f": {VERDICTS[s.kind]}" if s.kind in VERDICTS else ""),
+            f"- entry point `{s.entry}`, backend `{s.backend}`, dtype `{s.dtype}`, {flags}, value regime `{s.regime}`",
+            _example_line(e),
+            _files_line(e, files.get(s.ident)),
+        ]
+        lines += ["", "```", e.detail, "```", ""] if e.detail else [""]
+    rows = entries[detailed:APPENDIX_SIGNATURES]
+    if rows:
+        lines += [
+            "| signature | kind | quantity | where | flags, regime | cases | example |",
+            "|---|---|---|---|---|---:|---|",
+        ]
+        for e in rows:
+            s = e.signature
+            flags = ", ".join([*(f"{k}={v}" for k, v in s.flags), s.regime])
+            example = _example_line(e).split(": ", 1)[-1]
+            lines.append(
+                f"| `{s.ident}` | {s.kind} | `{s.quantity}` | {s.entry}/{s.backend} {s.dtype} | {flags} | {e.count} "
+                f"| {_cell(example)} |"
+            )
+    rest = len(entries) - min(len(entries), max(detailed, APPENDIX_SIGNATURES))
+    if rest > 0:
+        lines += ["", f"{rest} more signature(s), the least frequent: report.json lists every one."]
+    return lines
 
 
 def _files_line(e: Entry, stand_in: str | None) -> str:
