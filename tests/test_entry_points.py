@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from bnprops.judging.checks import assert_agree, assert_matches_oracle
+from bnprops.judging.checks import assert_agree, assert_group_matches_oracle
 from bnprops.model.case import QUANTITIES, Case
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import BACKENDS, adapt, unavailable_reason
-from bnprops.search.strategies import cases
+from bnprops.search.strategies import case_groups, cases
 from tests.helpers import budget, skip_unless_available
 
 pytestmark = pytest.mark.property
@@ -31,10 +31,12 @@ def test_entry_point_matches_the_oracle(bn_entry: str, bn_backend: str) -> None:
     skip_unless_available(bn_backend)
     runner = runner_for(bn_entry, bn_backend)
 
+    # Each example a group of same-signature cases from one stacked call (one round trip to the native
+    # backend's worker per group, not per case).
     @settings(max_examples=examples(bn_backend if bn_backend in BACKENDS else "gpu"))
-    @given(case=cases())
-    def entry_point_matches_the_oracle(case: Case) -> None:
-        assert_matches_oracle(case, runner=runner, entry=bn_entry, quantities=QUANTITIES, backend=bn_backend)
+    @given(group=case_groups())
+    def entry_point_matches_the_oracle(group: list[Case]) -> None:
+        assert_group_matches_oracle(group, runner=runner, entry=bn_entry, quantities=QUANTITIES, backend=bn_backend)
 
     entry_point_matches_the_oracle()
 

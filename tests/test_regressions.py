@@ -5,6 +5,9 @@
   absolute error of 2^-25 that the bound lacked.
 * float16-eps-rounded-*: the float16 kernel adds half(eps) to the variance, not eps; the
   float16-normaliser-subnormal deviation missed these where var + eps itself was on float16's grid.
+* float16-dgamma-sign-of-rounded-products: a false alarm (found by the entry-point property, nd, eps = 0): the
+  float16 kernel's dotp is the sum of float16-rounded products; where the exact dotp nearly cancels its sign can
+  differ, and with var + eps rounded to 0 dgamma is inf of the kernel's sign, not the exact one's.
 * sym-float16-projection-near-overflow: a false alarm (found by the stacked property): after an inference
   forward, sym's backward forms the float16 projection t from the kernel's dotp (the sum of float16-rounded
   products); the model took the exact dotp, whose t overflowed float16 where the kernel's did not.

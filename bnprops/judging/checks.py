@@ -85,12 +85,14 @@ def check_group(
     entry: str,
     quantities: Iterable[str] = QUANTITIES,
     backend: str | None = None,
+    steering: bool = False,
 ) -> list[Outcome]:
     """Judge same-signature cases from one stacked MXNet call (bnprops.mx.batching): one outcome per case.
 
     The stacked call is itself a case and is judged as one. Known deviations apply case by case,
     though, so wherever the stacked verdict shows any disagreement, each case is judged on its own
-    slice of the outputs: the fast path only ever says "passed".
+    slice of the outputs: the fast path only ever says "passed". ``steering``: inside a Hypothesis test,
+    steer the search by the stacked call's ratios (the largest over the group), as assert_matches_oracle does.
     """
     quantities = tuple(quantities)
     backend = IN_PROCESS_BACKEND if backend is None else backend
@@ -99,6 +101,8 @@ def check_group(
     outputs = runner(stacked)
     kernel = kernel_for(stacked, backend)
     whole = judge(stacked, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend)
+    if steering and hypothesis.currently_in_test_context():
+        steer(whole)
     outcomes = []
     for case, part in zip(group, split(stacked, outputs, [c.channels for c in group]), strict=True):
         if whole.verdict.mismatches or whole.stale:
@@ -111,10 +115,17 @@ def check_group(
 
 
 def assert_group_matches_oracle(
-    group: Sequence[Case], *, runner: Runner, entry: str, quantities: Iterable[str] = QUANTITIES
+    group: Sequence[Case],
+    *,
+    runner: Runner,
+    entry: str,
+    quantities: Iterable[str] = QUANTITIES,
+    backend: str | None = None,
 ) -> list[Outcome]:
-    """check_group, raising AssertionError (what differed, and a reproducer) for the first case that fails."""
-    outcomes = check_group(group, runner=runner, entry=entry, quantities=quantities)
+    """check_group, raising AssertionError (what differed, and a reproducer) for the first case that fails.
+
+    Inside a Hypothesis test it also steers the search toward large relative errors."""
+    outcomes = check_group(group, runner=runner, entry=entry, quantities=quantities, backend=backend, steering=True)
     for outcome in outcomes:
         if not outcome.ok:
             raise AssertionError(

@@ -190,7 +190,7 @@ def float16_normaliser(case: Case) -> tuple[np.ndarray, np.ndarray]:
 
 def float16_kernel(case: Case) -> Outputs:
     """The native float16 kernel as the float16 deviations together describe it: the kernel form with invstd
-    from var + eps rounded to float16, and dotp the sum of the float16 products where one overflowed (a
+    from var + eps rounded to float16, and dotp the sum of the products rounded to float16 (float16_dotp; a
     channel may show both: dotp = inf times invstd = 0 is NaN)."""
 
     def compute() -> Outputs:
@@ -287,15 +287,14 @@ def float16_projection(case: Case) -> tuple[np.ndarray, np.ndarray]:
     ``dx = half(half(half(dy - mean(dy)) - t) invstd g)``. Where ``t``, ``dy - mean(dy)`` or their difference
     overflows float16, dx is +-inf or NaN although the exact dx may be small. Returns (where, dx in float64).
 
-    dotp here is the kernel's own, the sum of the products each rounded to float16: whether ``t`` overflows
-    turns on its last bits (found by the stacked property: float16 t = -65651 from the exact dotp 393.087
+    dotp is the kernel's own (float16_dotp), the sum of the products each rounded to float16: whether ``t``
+    overflows turns on its last bits (found by the stacked property: float16 t = -65651 from the exact dotp 393.087
     overflowed where the kernel's 391.875 gave -65449 and a finite dx, -54912)."""
     invstd = _invstd(float16_normaliser(case)[1]).astype(np.float32)
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     m = case.reduction_length
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        # Accumulated in AccReal (float32) in the kernel: that rounding moves t by far less than a float16 ulp.
-        dotp = (_centred_half(case) * case.dy).astype(np.float64).sum(axis=case.reduce_axes)
+        dotp = float16_dotp(case)
         k = (dotp * invstd.astype(np.float64) ** 2 / m).astype(np.float32)
         t = (_centred_half(case).astype(np.float32) * per_channel(case, k).astype(np.float32)).astype(np.float16)
         grad_mean = (case.dy.astype(np.float64).sum(axis=case.reduce_axes) / m).astype(np.float32)
@@ -308,16 +307,18 @@ def float16_projection(case: Case) -> tuple[np.ndarray, np.ndarray]:
 
 
 def float16_dotp(case: Case) -> np.ndarray:
-    """``dotp = sum (x - mean) dy``: exact, but where a float16 product ``half(x - mean) * dy`` overflowed (half_t
-    times half_t rounds to half_t), the sum of the rounded products: +-inf, or NaN where both signs did."""
+    """``dotp = sum (x - mean) dy`` as the float16 kernel forms it: each product ``half(x - mean) * dy`` rounded to
+    float16 (half_t times half_t rounds to half_t), summed in AccReal (float32; far below a float16 ulp of the
+    products, so summed here in float64). +-inf where a product overflowed, NaN where both signs did.
+
+    Not the exact dotp: where the exact one nearly cancels, the rounded products' sum can differ in sign (x of a
+    constant-ish channel: exact -5.6e-17, kernel +1.2e-7), and with invstd = inf dgamma is inf of the kernel's sign
+    (found by the entry-point property, nd, float16, eps = 0)."""
 
     def compute() -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
-            product = _centred_half(case) * case.dy
-            overflow = ~np.isfinite(product).all(axis=case.reduce_axes)
-            centred = case.x.astype(np.float64) - per_channel(case, statistics(case)[0])
-            exact = (centred * case.dy.astype(np.float64)).sum(axis=case.reduce_axes)
-            return np.asarray(np.where(overflow, product.astype(np.float64).sum(axis=case.reduce_axes), exact))
+            products = _centred_half(case) * case.dy
+            return np.asarray(products.astype(np.float64).sum(axis=case.reduce_axes))
 
     # The float16 kernel and the projection both need it: once per case.
     return case.memo("deviation_models/float16_dotp", compute)
