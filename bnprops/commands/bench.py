@@ -8,22 +8,27 @@ Stages (cases per second, and the ratio to the ceiling):
 * property  the property run's body (assert_matches_oracle on every quantity) under Hypothesis;
 * stacked   the stacked property: up to 16 same-signature cases per example in one MXNet call;
 * fuzz      the fuzz job on all cores, when it is available.
+
+And per decade of M (``decades``): MXNet's own time per case against bnprops's judging time (check() minus
+the runner), on the same fresh cases in the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 
 from bnprops.judging.checks import assert_group_matches_oracle, assert_matches_oracle, check
-from bnprops.model.case import QUANTITIES, Case
+from bnprops.model.case import DEFAULT_EPS, DEFAULT_MOMENTUM, QUANTITIES, WRITE_ALL, Case, Outputs
 from bnprops.mx.runners import run_symbolic
-from bnprops.search.strategies import case_groups, cases
+from bnprops.search.strategies import _values, case_groups, cases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,4 +135,97 @@ def format_table(stages: list[Stage]) -> str:
     if "empty" in by_name and "stacked" in by_name:
         ratio = by_name["stacked"].rate / by_name["empty"].rate
         lines.append(f"stacked property / empty Hypothesis loop: {ratio:.2f} (goal: >= 0.80, and >= 400 cases/s)")
+    return "\n".join(lines)
+
+
+# --- judging against MXNet, per decade of M -----------------------------------------------------------------
+
+#: One float32 shape per decade of M (channels second): 10^4 to 10^6 are issue 14's shapes.
+DECADE_SHAPES: dict[int, tuple[int, ...]] = {
+    2: (8, 16, 4, 4),  # M = 128
+    3: (8, 16, 12, 12),  # M = 1,152
+    4: (32, 16, 28, 28),  # M = 25,088
+    5: (64, 16, 56, 56),  # M = 200,704
+    6: (256, 4, 64, 64),  # M = 1,048,576
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecadeRow:
+    """Mean milliseconds per case at one decade of M: MXNet's runner, and bnprops's judging (check() minus the
+    runner: oracle, bounds, comparison, known deviations)."""
+
+    decade: int
+    shape: tuple[int, ...]
+    mxnet_ms: float
+    judging_ms: float
+
+    @property
+    def m(self) -> int:
+        return int(math.prod(self.shape) // self.shape[1])
+
+    @property
+    def ratio(self) -> float:
+        return self.judging_ms / self.mxnet_ms if self.mxnet_ms > 0 else float("inf")
+
+
+def decade_case(shape: tuple[int, ...], seed: int) -> Case:
+    """A fresh float32 training case of ``shape`` (ordinary data, random head, gamma learnt)."""
+    a, _ = _values(np.random.default_rng(seed), shape, 1, "float32", "ordinary", "random", WRITE_ALL)
+    return Case(
+        x=a["x"],
+        gamma=a["gamma"],
+        beta=a["beta"],
+        moving_mean=a["moving_mean"],
+        moving_var=a["moving_var"],
+        dy=a["dy"],
+        axis=1,
+        eps=DEFAULT_EPS,
+        momentum=DEFAULT_MOMENTUM,
+        fix_gamma=False,
+        regime="ordinary/random",
+    )
+
+
+def judging_ms(case: Case, outputs: Outputs) -> float:
+    """Milliseconds check() spends beyond the runner on ``case`` (a fresh copy: nothing computed yet)."""
+    fresh = case.with_()
+    start = time.perf_counter()
+    check(fresh, runner=lambda _: outputs, entry="sym")
+    return 1e3 * (time.perf_counter() - start)
+
+
+def decades(*, top: int = 6, reps: int = 3) -> list[DecadeRow]:
+    """Per decade of M up to 10^top: MXNet's time (sym entry point, executor bound once by a warm-up run) and
+    the judging time, on the same fresh cases, means of ``reps`` cases."""
+    rows = []
+    for decade, shape in DECADE_SHAPES.items():
+        if decade > top:
+            continue
+        warm = decade_case(shape, 0)
+        judging_ms(warm, run_symbolic(warm))
+        mxnet, judged = [], []
+        for rep in range(reps):
+            case = decade_case(shape, 1 + rep)
+            start = time.perf_counter()
+            outputs = run_symbolic(case)
+            mxnet.append(1e3 * (time.perf_counter() - start))
+            judged.append(judging_ms(case, outputs))
+        rows.append(DecadeRow(decade, shape, float(np.mean(mxnet)), float(np.mean(judged))))
+    return rows
+
+
+def format_decades(rows: list[DecadeRow]) -> str:
+    lines = [f"{'decade':<8}{'shape':<20}{'M':>10}{'MXNet ms':>10}{'judging ms':>12}{'judging/MXNet':>15}"]
+    for r in rows:
+        lines.append(
+            f"10^{r.decade:<5}{r.shape!s:<20}{r.m:>10,}{r.mxnet_ms:>10.1f}{r.judging_ms:>12.1f}{r.ratio:>15.2f}"
+        )
+    at_5 = [r for r in rows if r.decade == 5]
+    if at_5:
+        lines.append(
+            f"judging rate at M = {at_5[0].m:,}: {1e3 / at_5[0].judging_ms:.1f} cases/s per worker (goal >= 5)"
+        )
+    lines.append("judging = check() minus the runner (oracle, bounds, comparison, known deviations); goal: <= 2x MXNet")
+    lines.append("for M >= 10^5 (float32, sym entry point, executor bound once, means over the same fresh cases)")
     return "\n".join(lines)

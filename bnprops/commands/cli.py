@@ -250,13 +250,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prints, from one run, cases/s for: the ceiling (pre-drawn cases through runner, oracle and "
         "comparator without Hypothesis), an empty-body Hypothesis loop, the property body, the stacked property "
         "(up to 16 same-signature cases per MXNet call) and a time-limited fuzz campaign; each also as a ratio "
-        "to the ceiling.",
+        "to the ceiling. Then, per decade of M (elements per channel, 10^2 to 10^--top-decade; float32, sym entry "
+        "point, executor bound once, fresh cases): MXNet's milliseconds per case, bnprops's judging milliseconds "
+        "(check() minus the runner: oracle, bounds, comparison, known deviations) and their ratio.",
     )
     bench.add_argument("--examples", type=_positive_int, default=1000, help="examples per stage (default 1000)")
     bench.add_argument(
         "--fuzz-seconds", type=float, default=20.0, help="length of the fuzz stage; 0 skips it (default 20)"
     )
     bench.add_argument("--workers", type=_positive_int, default=2, help="fuzz worker processes (default 2)")
+    bench.add_argument(
+        "--decades-only", action="store_true", help="print only the per-decade table (skip the throughput stages)"
+    )
+    bench.add_argument(
+        "--top-decade",
+        type=int,
+        default=6,
+        choices=range(1, 7),
+        metavar="{1..6}",
+        help="the per-decade table's largest decade of M, 10^2 to 10^6; 1 skips the table (default 6)",
+    )
+    bench.add_argument("--reps", type=_positive_int, default=3, help="cases per decade (default 3)")
     bench.set_defaults(subparser=bench)
 
     tight = sub.add_parser(
@@ -622,9 +636,15 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.fuzz_seconds < 0:
         _usage(parser, "--fuzz-seconds must be 0 or more")
-    print(f"bnprops bench: {args.examples} examples per stage, fuzz {args.fuzz_seconds:g} s on {args.workers} workers")
-    stages = bench.run(examples=args.examples, fuzz_seconds=args.fuzz_seconds, workers=args.workers)
-    print(bench.format_table(stages))
+    if not args.decades_only:
+        print(
+            f"bnprops bench: {args.examples} examples per stage, fuzz {args.fuzz_seconds:g} s on {args.workers} workers"
+        )
+        stages = bench.run(examples=args.examples, fuzz_seconds=args.fuzz_seconds, workers=args.workers)
+        print(bench.format_table(stages))
+    if args.top_decade >= 2:
+        print(f"\njudging against MXNet per decade of M, 10^2 to 10^{args.top_decade}, {args.reps} cases each:")
+        print(bench.format_decades(bench.decades(top=args.top_decade, reps=args.reps)))
     return EXIT_OK
 
 

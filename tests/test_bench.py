@@ -1,0 +1,39 @@
+"""bnprops bench's per-decade table: its structure at tiny sizes (speed is measured, never asserted here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnprops.commands import bench, cli
+
+
+def test_the_decade_table_has_mxnet_and_the_judging_per_decade() -> None:
+    rows = bench.decades(top=3, reps=1)
+    assert [r.decade for r in rows] == [2, 3]
+    for r in rows:
+        assert 10**r.decade <= r.m < 10 ** (r.decade + 1)
+        assert r.mxnet_ms > 0 and r.judging_ms > 0
+    head, *lines = bench.format_decades(rows).splitlines()
+    for column in ("MXNet ms", "judging ms", "judging/MXNet"):
+        assert column in head
+    assert lines[0].startswith("10^2") and lines[1].startswith("10^3")
+    assert "goal: <= 2x MXNet" in lines[-2]
+
+
+def test_the_decade_shapes_cover_one_decade_each() -> None:
+    for decade, shape in bench.DECADE_SHAPES.items():
+        assert 10**decade <= bench.DecadeRow(decade, shape, 1.0, 1.0).m < 10 ** (decade + 1), (decade, shape)
+
+
+def test_bench_prints_the_decade_table_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--decades-only", "--top-decade", "2", "--reps", "1"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "per decade of M" in out and "10^2" in out and "ceiling" not in out
+
+
+def test_bench_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--decades-only", "--top-decade", "--reps", "per decade of M"):
+        assert option in out
