@@ -1,9 +1,9 @@
 """The properties: MXNet's BatchNorm, through the symbolic executor, matches the oracle.
 
-Each example of the five per-quantity properties is a group of same-signature cases (bnprops.search.strategies:
-case_groups: the drawn case and up to 15 siblings with other values) judged case by case from one stacked MXNet
-call (bnprops.mx.batching): a call's cost is mostly per call, so a group judges many cases for about the price of
-one. The group shrinks to its first case, which shrinks as cases() does.
+Each example of the five per-quantity properties is a group of up to GROUP same-signature cases
+(bnprops.search.strategies.case_groups: the drawn case and siblings with other values) judged case by case from one
+stacked MXNet call (bnprops.mx.batching): a call's cost is mostly per call, so a group judges many cases for about
+the price of one. The group shrinks to its first case, which shrinks as cases() does.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from tests.helpers import budget
 
 pytestmark = pytest.mark.property
 
+#: Cases per example of the per-quantity properties: one stacked call judges up to this many.
+GROUP = 32
+
 
 @pytest.fixture(autouse=True)
 def _chosen(request: pytest.FixtureRequest) -> None:
@@ -32,27 +35,27 @@ def check_symbolic(group: list[Case], prop: str) -> None:
     assert_group_matches_oracle(group, runner=run_symbolic, entry="sym", quantities=PROPERTIES[prop])
 
 
-@given(group=case_groups())
+@given(group=case_groups(max_size=GROUP))
 def test_parameter_gradients_match_the_oracle(group: list[Case]) -> None:
     check_symbolic(group, "parameter_gradients")
 
 
-@given(group=case_groups())
+@given(group=case_groups(max_size=GROUP))
 def test_data_gradient_matches_the_oracle(group: list[Case]) -> None:
     check_symbolic(group, "data_gradient")
 
 
-@given(group=case_groups())
+@given(group=case_groups(max_size=GROUP))
 def test_forward_output_matches_the_oracle(group: list[Case]) -> None:
     check_symbolic(group, "forward_output")
 
 
-@given(group=case_groups())
+@given(group=case_groups(max_size=GROUP))
 def test_moving_statistics_match_the_oracle(group: list[Case]) -> None:
     check_symbolic(group, "moving_statistics")
 
 
-@given(group=case_groups())
+@given(group=case_groups(max_size=GROUP))
 def test_fix_gamma_side_effect_matches_the_oracle(group: list[Case]) -> None:
     check_symbolic(group, "gamma_side_effect")
 
