@@ -40,3 +40,22 @@ def test_a_former_wrong_verdict_stays_right(path: Path, entry: str) -> None:
     case = Case.from_json(path.read_text())
     outcome = check(case, runner=runner_for(entry, "onednn"), entry=entry, backend="onednn")
     assert outcome.ok, outcome.message()
+
+
+#: False alarms found and not yet fixed, each with what is known of its cause: the verdict they get is wrong,
+#: so each is a strict xfail (it fails the suite once fixed, so that it moves up to CASES).
+OPEN = {
+    "sym-inference-add-float64-dx-ulps": "sym-inference-backward-trains' dx tolerance under grad_req 'add' in float64 "
+    "is a few ulps short: MXNet's prior + dx is 1.5 ulps from the model's (found by the steered groups, dev profile)",
+    "float16-offset-eps0-dgamma-bound": "float16 dgamma with eps = 0 on offset data: the kernel's float16-rounded "
+    "products move dgamma by 3.7e-4 where the error bound allows 1.3e-6 (found by the steered groups, dev profile)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPEN))
+def test_an_open_false_alarm_still_gets_the_wrong_verdict(name: str) -> None:
+    case = Case.from_json((Path(__file__).parent / "regressions" / "open" / f"{name}.json").read_text())
+    outcome = check(case, runner=runner_for("sym", "onednn"), entry="sym", backend="onednn")
+    if not outcome.ok:
+        pytest.xfail(OPEN[name])
+    pytest.fail(f"{name} is judged right now: move it from regressions/open/ to regressions/ and from OPEN to CASES")
