@@ -195,9 +195,11 @@ def _compute_exactness(case: Case) -> _Exact:
         pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
     sum_ok = np.array([Fraction(float(v)) + Fraction(eps) == Fraction(float(t)) for v, t in zip(var, s2, strict=True)])
     inv_ok = var_ok & eps_ok & pow4 & sum_ok
-    # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed.
+    # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed. Each product is
+    # rounded to the compute type first (float16's kernel: half_t times half_t is half_t), so it must fit there too.
     dyr = rows(dy, ax)
-    dot_sum = c_ok & inv_ok & fits(np.abs(cr * dyr).sum(axis=1), q_c + quantum(dyr), acc)
+    products, q_p = np.abs(cr * dyr), q_c + quantum(dyr)
+    dot_sum = c_ok & inv_ok & fits(products.sum(axis=1), q_p, acc) & fits(products.max(axis=1), q_p, cd)
     return _Exact(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, dot_sum)
 
 
