@@ -12,7 +12,8 @@ from bnprops.mx.training import SESSIONS, AutogradSession, SymSession
 
 
 class DoubleUpdateOnSecondStep(AutogradSession):
-    """Planted: from the second training step on, the backward runs twice (the moving statistics update twice)."""
+    """Planted: from the second training step on, the backward runs twice (the moving statistics update twice,
+    'add' gradients accumulate twice)."""
 
     calls = 0
 
