@@ -7,14 +7,15 @@ import pytest
 from bnprops.commands import bench, cli
 
 
-def test_the_decade_table_has_mxnet_and_the_judging_per_decade() -> None:
+def test_the_decade_table_has_mxnet_and_both_judging_paths_per_decade() -> None:
     rows = bench.decades(top=3, reps=1)
     assert [r.decade for r in rows] == [2, 3]
     for r in rows:
         assert 10**r.decade <= r.m < 10 ** (r.decade + 1)
-        assert r.mxnet_ms > 0 and r.judging_ms > 0
+        assert set(r.judging_ms) == set(bench.PATHS)
+        assert r.mxnet_ms > 0 and all(v > 0 for v in r.judging_ms.values())
     head, *lines = bench.format_decades(rows).splitlines()
-    for column in ("MXNet ms", "judging ms", "judging/MXNet"):
+    for column in ("MXNet ms", "reference ms", "reference/MXNet", "fused ms", "fused/MXNet"):
         assert column in head
     assert lines[0].startswith("10^2") and lines[1].startswith("10^3")
     assert "goal: <= 2x MXNet" in lines[-2]
@@ -22,7 +23,7 @@ def test_the_decade_table_has_mxnet_and_the_judging_per_decade() -> None:
 
 def test_the_decade_shapes_cover_one_decade_each() -> None:
     for decade, shape in bench.DECADE_SHAPES.items():
-        assert 10**decade <= bench.DecadeRow(decade, shape, 1.0, 1.0).m < 10 ** (decade + 1), (decade, shape)
+        assert 10**decade <= bench.DecadeRow(decade, shape, 1.0, {}).m < 10 ** (decade + 1), (decade, shape)
 
 
 def test_bench_prints_the_decade_table_alone(capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,5 +36,5 @@ def test_bench_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     out = capsys.readouterr().out
-    for option in ("--decades-only", "--top-decade", "--reps", "per decade of M"):
+    for option in ("--decades-only", "--top-decade", "--reps", "per decade of M", "fused"):
         assert option in out

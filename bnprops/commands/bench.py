@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 
+from bnprops.judging import fused
 from bnprops.judging.checks import assert_group_matches_oracle, assert_matches_oracle, check
 from bnprops.model.case import DEFAULT_EPS, DEFAULT_MOMENTUM, QUANTITIES, WRITE_ALL, Case, Outputs
 from bnprops.mx.runners import run_symbolic
@@ -150,23 +151,26 @@ DECADE_SHAPES: dict[int, tuple[int, ...]] = {
 }
 
 
+#: The judging paths timed side by side: numpy's reference, and the fused numba path (bnprops/judging/fused.py).
+PATHS = ("reference", "fused")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecadeRow:
     """Mean milliseconds per case at one decade of M: MXNet's runner, and bnprops's judging (check() minus the
-    runner: oracle, bounds, comparison, known deviations)."""
+    runner: oracle, bounds, comparison, known deviations) on each path."""
 
     decade: int
     shape: tuple[int, ...]
     mxnet_ms: float
-    judging_ms: float
+    judging_ms: dict[str, float]
 
     @property
     def m(self) -> int:
         return int(math.prod(self.shape) // self.shape[1])
 
-    @property
-    def ratio(self) -> float:
-        return self.judging_ms / self.mxnet_ms if self.mxnet_ms > 0 else float("inf")
+    def ratio(self, path: str) -> float:
+        return self.judging_ms[path] / self.mxnet_ms if self.mxnet_ms > 0 else float("inf")
 
 
 def decade_case(shape: tuple[int, ...], seed: int) -> Case:
@@ -187,45 +191,54 @@ def decade_case(shape: tuple[int, ...], seed: int) -> Case:
     )
 
 
-def judging_ms(case: Case, outputs: Outputs) -> float:
-    """Milliseconds check() spends beyond the runner on ``case`` (a fresh copy: nothing computed yet)."""
-    fresh = case.with_()
-    start = time.perf_counter()
-    check(fresh, runner=lambda _: outputs, entry="sym")
-    return 1e3 * (time.perf_counter() - start)
+def judging_ms(case: Case, outputs: Outputs, path: str) -> float:
+    """Milliseconds check() spends beyond the runner on ``case`` (a fresh copy: nothing computed yet) on ``path``."""
+    with fused.forced("never" if path == "reference" else "always"):
+        fresh = case.with_()
+        start = time.perf_counter()
+        check(fresh, runner=lambda _: outputs, entry="sym")
+        return 1e3 * (time.perf_counter() - start)
 
 
-def decades(*, top: int = 6, reps: int = 3) -> list[DecadeRow]:
+def decades(*, top: int = 6, reps: int = 3, paths: tuple[str, ...] = PATHS) -> list[DecadeRow]:
     """Per decade of M up to 10^top: MXNet's time (sym entry point, executor bound once by a warm-up run) and
-    the judging time, on the same fresh cases, means of ``reps`` cases."""
+    each path's judging time, on the same fresh cases, means of ``reps`` cases."""
     rows = []
     for decade, shape in DECADE_SHAPES.items():
         if decade > top:
             continue
         warm = decade_case(shape, 0)
-        judging_ms(warm, run_symbolic(warm))
-        mxnet, judged = [], []
+        warm_out = run_symbolic(warm)
+        for path in paths:  # compiled kernels loaded, caches warm
+            judging_ms(warm, warm_out, path)
+        mxnet: list[float] = []
+        judged: dict[str, list[float]] = {path: [] for path in paths}
         for rep in range(reps):
             case = decade_case(shape, 1 + rep)
             start = time.perf_counter()
             outputs = run_symbolic(case)
             mxnet.append(1e3 * (time.perf_counter() - start))
-            judged.append(judging_ms(case, outputs))
-        rows.append(DecadeRow(decade, shape, float(np.mean(mxnet)), float(np.mean(judged))))
+            for path in paths:
+                judged[path].append(judging_ms(case, outputs, path))
+        rows.append(DecadeRow(decade, shape, float(np.mean(mxnet)), {p: float(np.mean(v)) for p, v in judged.items()}))
     return rows
 
 
 def format_decades(rows: list[DecadeRow]) -> str:
-    lines = [f"{'decade':<8}{'shape':<20}{'M':>10}{'MXNet ms':>10}{'judging ms':>12}{'judging/MXNet':>15}"]
+    paths = list(rows[0].judging_ms) if rows else list(PATHS)
+    head = f"{'decade':<8}{'shape':<20}{'M':>10}{'MXNet ms':>10}"
+    for p in paths:
+        head += f"{p + ' ms':>15}{p + '/MXNet':>17}"
+    lines = [head]
     for r in rows:
-        lines.append(
-            f"10^{r.decade:<5}{r.shape!s:<20}{r.m:>10,}{r.mxnet_ms:>10.1f}{r.judging_ms:>12.1f}{r.ratio:>15.2f}"
-        )
+        line = f"10^{r.decade:<5}{r.shape!s:<20}{r.m:>10,}{r.mxnet_ms:>10.1f}"
+        for p in paths:
+            line += f"{r.judging_ms[p]:>15.1f}{r.ratio(p):>17.2f}"
+        lines.append(line)
     at_5 = [r for r in rows if r.decade == 5]
     if at_5:
-        lines.append(
-            f"judging rate at M = {at_5[0].m:,}: {1e3 / at_5[0].judging_ms:.1f} cases/s per worker (goal >= 5)"
-        )
+        rates = ", ".join(f"{p} {1e3 / at_5[0].judging_ms[p]:.1f}" for p in paths)
+        lines.append(f"judging rate at M = {at_5[0].m:,} (cases/s per worker; goal >= 5): {rates}")
     lines.append("judging = check() minus the runner (oracle, bounds, comparison, known deviations); goal: <= 2x MXNet")
-    lines.append("for M >= 10^5 (float32, sym entry point, executor bound once, means over the same fresh cases)")
+    lines.append(f"for M >= 10^5 (float32, sym entry point, means of the same fresh cases; fused: {fused.mode_note()})")
     return "\n".join(lines)

@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         "comparator without Hypothesis), an empty-body Hypothesis loop, the property body, the stacked property "
         "(up to 16 same-signature cases per MXNet call) and a time-limited fuzz campaign; each also as a ratio "
         "to the ceiling. Then, per decade of M (elements per channel, 10^2 to 10^--top-decade; float32, sym entry "
-        "point, executor bound once, fresh cases): MXNet's milliseconds per case, bnprops's judging milliseconds "
-        "(check() minus the runner: oracle, bounds, comparison, known deviations) and their ratio.",
+        "point, executor bound once, fresh cases): MXNet's milliseconds per case and bnprops's judging milliseconds "
+        "(check() minus the runner: oracle, bounds, comparison, known deviations) on the reference numpy path and "
+        "the fused numba path (bnprops/judging/fused.py) side by side, and their ratios to MXNet's.",
     )
     bench.add_argument("--examples", type=_positive_int, default=1000, help="examples per stage (default 1000)")
     bench.add_argument(
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{1..6}",
         help="the per-decade table's largest decade of M, 10^2 to 10^6; 1 skips the table (default 6)",
     )
-    bench.add_argument("--reps", type=_positive_int, default=3, help="cases per decade (default 3)")
+    bench.add_argument("--reps", type=_positive_int, default=3, help="cases per decade, each path (default 3)")
     bench.set_defaults(subparser=bench)
 
     tight = sub.add_parser(

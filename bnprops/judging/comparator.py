@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 import numpy as np
 
+from bnprops.judging import fused
+from bnprops.judging.apparatus import Judging, overflow_threshold
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.error_model import (
     PROBABILISTIC_FAILURE,
@@ -125,13 +126,6 @@ def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:
         return np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
 
 
-def overflow_threshold(dtype: str) -> float:
-    """Where rounding to ``dtype`` gives inf: its largest number plus half an ulp (float64: its largest number)."""
-    info = np.finfo(np.dtype(dtype))
-    half_ulp_of_max = 2.0 ** (int(info.maxexp) - 2 - int(info.nmant))
-    return float(info.max) + half_ulp_of_max if dtype != "float64" else float(info.max)
-
-
 def _overflow_adjusted(expected: np.ndarray, actual: np.ndarray, out_dtype: str) -> np.ndarray:
     """``actual`` in float64, each inf that stands for an exact value past the dtype's overflow threshold mapped.
 
@@ -156,9 +150,14 @@ def _nonfinite_differs(expected: np.ndarray, a: np.ndarray) -> np.ndarray:
 
 def disagreeing(expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str) -> np.ndarray:
     """Element by element: is ``actual`` outside ``bound`` of ``expected``, or in another NaN/inf pattern?"""
+    if fused.for_arrays(np.size(expected)) and np.shape(actual) == np.shape(expected):
+        return fused.disagreeing(expected, np.asarray(actual), bound, overflow_threshold(out_dtype))
     a = _overflow_adjusted(expected, np.asarray(actual), out_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.where(np.isfinite(expected) & np.isfinite(a), np.abs(a - expected), 0.0)
+    if fused.watched():  # an element within rounding of its bound, on a fused case: the reference decides
+        near = np.abs(_ratio(err, np.broadcast_to(bound, err.shape)) - 1) <= fused.CLOSE
+        fused.note_near(near.astype(np.float64))  # (as a ratio: 1 where near)
     return np.asarray(_nonfinite_differs(expected, a) | (err > bound))
 
 
@@ -181,6 +180,10 @@ def _compare_one(
         detail = f"shape {actual.shape}, expected {expected.shape}"
         mismatch = Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail)
         return mismatch, float("inf"), float("inf")
+    if fused.for_arrays(expected.size):
+        found = _compare_compiled(quantity, expected, actual, bound, out_dtype, judged, sharp)
+        if found is not None:
+            return found
     a = _overflow_adjusted(expected, actual, out_dtype)
     finite = np.isfinite(expected) & np.isfinite(a)
     pattern_differs = judged & _nonfinite_differs(expected, a)
@@ -206,6 +209,7 @@ def _compare_one(
         return None, 0.0, 0.0
     ratio = _ratio(err, bound)
     sharp_ratio = ratio if sharp is None else _ratio(err, sharp)
+    fused.note_near(ratio, sharp_ratio)  # (on a fused case: see judgement.judge)
     worst, worst_sharp = float(ratio.max()), float(sharp_ratio.max())
     bad = ratio > 1
     kind = "value"
@@ -232,6 +236,53 @@ def _compare_one(
     return mismatch, worst, worst_sharp
 
 
+def _compare_compiled(
+    quantity: str,
+    expected: np.ndarray,
+    actual: np.ndarray,
+    bound: np.ndarray,
+    out_dtype: str,
+    judged: np.ndarray,
+    sharp: np.ndarray | None,
+) -> tuple[Mismatch | None, float, float] | None:
+    """_compare_one in one compiled pass (bnprops/judging/fused.py), the same result; None where NaN/inf patterns
+    differ (left to the numpy code, which describes them)."""
+    found = fused.compare_arrays(
+        expected,
+        actual,
+        bound,
+        bound if sharp is None else sharp,
+        np.broadcast_to(judged, expected.shape),
+        overflow_threshold(out_dtype),
+    )
+    pattern, worst, worst_at, worst_sharp, worst_sharp_at, bad, bad_sharp, n_bad, n_sharp = found
+    if pattern:
+        return None
+    if n_bad:
+        kind, flat, where, count = "value", worst_at, bad, n_bad
+    elif n_sharp:
+        kind, flat, where, count = "accuracy", worst_sharp_at, bad_sharp, n_sharp
+    else:
+        return None, float(worst), float(worst_sharp)
+    idx = tuple(int(i) for i in np.unravel_index(flat, expected.shape))
+    e = float(expected[idx])
+    a = float(_overflow_adjusted(np.asarray([expected[idx]]), np.asarray([actual[idx]]), out_dtype)[0])
+    mismatch = Mismatch(
+        quantity,
+        kind,
+        int(count),
+        expected.size,
+        idx,
+        e,
+        a,
+        float(np.abs(np.float64(a) - np.float64(e))),
+        float(bound[idx]),
+        sharp_bound=float(bound[idx]) if sharp is None else float(sharp[idx]),
+        where=where,
+    )
+    return mismatch, float(worst), float(worst_sharp)
+
+
 def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
     """Where the quantity is judged: everywhere but the indeterminate channels of the quantities they spoil."""
     if quantity in indeterminate_quantities(case) and undetermined.any():
@@ -241,20 +292,12 @@ def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermi
     return np.ones(shape, dtype=bool)
 
 
-class Judging(NamedTuple):
-    """What every comparison of a case needs: the oracle, its bounds, the output dtypes, the indeterminate channels."""
-
-    expected: Outputs
-    bound: Outputs
-    sharp: Outputs
-    dtypes: dict[str, str]
-    undetermined: np.ndarray
-
-
 def judging(case: Case) -> Judging:
     """The oracle's judging apparatus for ``case``, computed once (the comparator and known deviations share it)."""
 
     def compute() -> Judging:
+        if fused.prepare(case):
+            return fused.judging(case)  # the same apparatus, its per-element arrays computed on demand
         expected = reference(case)
         bound = bounds(case, expected)
         sharp = sharp_bounds(case, expected, bound)
@@ -314,6 +357,8 @@ def compare(
     ``within`` (quantity -> elements) limits the judged elements of the quantities it names.
     """
     apparatus = judging(case)
+    # The fused path judges y and dx in one pass where they agree; the rest, and any disagreement, below.
+    fast = fused.compare(case, actual) if fused.active(case) and within is None and expected is None else {}
     if expected is None:
         expected, tol, sharp = apparatus.expected, apparatus.bound, apparatus.sharp
     else:
@@ -324,6 +369,9 @@ def compare(
     sharp_ratios: dict[str, float] = {}
     for q in quantities:
         if q not in expected:
+            continue
+        if q in fast:
+            _, ratios[q], sharp_ratios[q] = fast[q]
             continue
         if q not in actual:
             mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from bnprops.judging.comparator import Judging
+from bnprops.judging import fused
+from bnprops.judging.apparatus import Judging
 from bnprops.model.case import Case, Outputs, param_dtype
 from bnprops.model.error_model import SAFETY, accumulation_dtype, bounds, sequential_sum_factor, unit_roundoff
 from bnprops.model.exactness import rows as channel_rows
@@ -109,7 +110,7 @@ def gradients(case: Case) -> set[str]:
 
 def finite_channels(case: Case) -> np.ndarray:
     """Channels whose data are all finite (NaN and inf propagate by IEEE rules; nothing to explain there)."""
-    return np.asarray(np.isfinite(case.x).all(axis=case.reduce_axes))
+    return case.memo("finite_channels", lambda: np.asarray(np.isfinite(case.x).all(axis=case.reduce_axes)))
 
 
 def zero_variance(case: Case) -> np.ndarray:
@@ -393,10 +394,19 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
     def drifts(terms: np.ndarray) -> np.ndarray:
         return np.asarray(_drifting(terms, acc, case.channels) & finite)
 
-    mean = statistics(case)[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        centred = rows(case.x.astype(np.float64) - per_channel(case, mean))
-        dot = rows((case.x.astype(np.float64) - per_channel(case, mean)) * case.dy.astype(np.float64))
+    def terms() -> dict[str, np.ndarray]:
+        if fused.active(case):  # the same tests from the fused passes' sums (bnprops/judging/fused.py)
+            return {name: np.asarray(d & finite) for name, d in fused.drifts(case).items()}
+        mean = statistics(case)[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            centred = rows(case.x.astype(np.float64) - per_channel(case, mean))
+            dot = rows((case.x.astype(np.float64) - per_channel(case, mean)) * case.dy.astype(np.float64))
+        found = {"dy": drifts(rows(case.dy)), "dot": drifts(dot)}
+        if case.uses_batch_stats:
+            found.update(x=drifts(rows(case.x)), c2=drifts(centred * centred))
+        return found
+
+    drifting = terms()
     reach: dict[str, np.ndarray] = {}
 
     def spoil(quantities: Iterable[str], channels: np.ndarray) -> None:
@@ -404,11 +414,11 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
             reach[q] = reach.get(q, np.zeros(case.channels, dtype=bool)) | channels
 
     if case.uses_batch_stats:
-        spoil(gradients(case) | {"mean", "invstd", "moving_mean", "moving_var"}, drifts(rows(case.x)))
+        spoil(gradients(case) | {"mean", "invstd", "moving_mean", "moving_var"}, drifting["x"])
         # var += (x - mean)^2: at large M the small squares are lost whole (stagnation), always downward.
-        spoil(gradients(case) | {"invstd", "moving_var"}, drifts(centred * centred))
-    spoil({"dbeta", "dx"}, drifts(rows(case.dy)))
-    spoil({"dx"} | (set() if case.fix_gamma else {"dgamma"}), drifts(dot))
+        spoil(gradients(case) | {"invstd", "moving_var"}, drifting["c2"])
+    spoil({"dbeta", "dx"}, drifting["dy"])
+    spoil({"dx"} | (set() if case.fix_gamma else {"dgamma"}), drifting["dot"])
     return [p for q, channels in reach.items() for p in _predict(ctx, [q], channels, ctx.expected, certain=False)]
 
 

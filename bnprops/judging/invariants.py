@@ -64,7 +64,8 @@ import math
 
 import numpy as np
 
-from bnprops.judging.comparator import Mismatch, overflow_threshold
+from bnprops.judging.apparatus import overflow_threshold
+from bnprops.judging.comparator import Mismatch
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, QUANTITIES, Case, Outputs
 from bnprops.model.error_model import SAFETY, accumulation_dtype, bounds, propagated_statistics, unit_roundoff
 from bnprops.model.oracle import eps_as_applied, output_dtypes, per_channel, reference, statistics

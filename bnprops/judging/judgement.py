@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from bnprops.judging import fused
 from bnprops.judging.comparator import Mismatch, Verdict, compare, disagreeing, judged_elements, judging, reproducer
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.judging.invariants import violations
@@ -138,6 +139,27 @@ def judge(
     A certain known deviation must show in some quantity it names, even one the calling property
     does not check (dgamma may agree by accident where y cannot).
     """
+    if not fused.prepare(case):
+        return _judge(case, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
+    with fused.watching() as near:
+        outcome = _judge(case, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
+    if near or fused.close_call(case):
+        # A fused decision fell within its rounding of a threshold: the reference path judges the case.
+        twin = fused.reference_twin(case)
+        outcome = _judge(twin, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
+    return outcome
+
+
+def _judge(
+    case: Case,
+    outputs: Outputs,
+    *,
+    entry: str,
+    kernel: str,
+    checked: Iterable[str],
+    backend: str,
+    scoped: bool,
+) -> Outcome:
     checked = frozenset(checked)
     verdict = judged_outputs(case, outputs)
     found = predictions(case, entry=entry, kernel=kernel, scoped=scoped)

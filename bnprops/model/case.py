@@ -119,6 +119,14 @@ class Case:
         result: T = cache[key]
         return result
 
+    def memoized(self, key: str) -> Any:
+        """What memo holds under ``key``, or None (nothing computed yet)."""
+        return self.__dict__.get("_memo", {}).get(key)
+
+    def seed(self, key: str, value: Any) -> None:
+        """Give memo ``key`` a value computed another way (the same value: a faster path's, see judging/fused.py)."""
+        self.__dict__.setdefault("_memo", {})[key] = value
+
     # Derived facts the oracle, runners and comparator share.
     @functools.cached_property
     def dtype(self) -> str:

@@ -254,12 +254,10 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
     eps = eps_as_applied(case)
     with np.errstate(over="ignore", invalid="ignore"):
         e_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps) if np.isfinite(eps) else 0.0
-    x = case.x.astype(np.float64)
-    x = np.where(np.isfinite(x), x, 0.0)  # a NaN/inf channel is judged by its pattern alone
     zeros = np.zeros(case.channels)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         if case.uses_batch_stats and m > 1:
-            mean_abs = np.abs(x).mean(axis=case.reduce_axes)
+            mean_abs = _mean_abs(case)
             finite_mean = np.where(np.isfinite(mean), mean, 0.0)
             finite_var = np.where(np.isfinite(var), var, 0.0)
             e_mean = sums["x"] * mean_abs + np.where(exact.mean, 0.0, ua * np.abs(finite_mean))
@@ -297,8 +295,23 @@ def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.
     return np.asarray(np.minimum(factor, worst), dtype=np.float64)
 
 
+def _mean_abs(case: Case) -> np.ndarray:
+    """Per channel, the mean of |x| over its finite values (a NaN/inf channel is judged by its pattern alone)."""
+
+    def compute() -> np.ndarray:
+        x = case.x.astype(np.float64)
+        return np.asarray(np.abs(np.where(np.isfinite(x), x, 0.0)).mean(axis=case.reduce_axes))
+
+    return case.memo("mean_abs", compute)
+
+
 def _partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
-    """sequential_sum_factor for each of the kernel's sums: x, (x - mean)^2, dy and (x - mean) dy."""
+    """sequential_sum_factor for each of the kernel's sums: x, (x - mean)^2, dy and (x - mean) dy (``mean``: the
+    statistics' mean, so memoised per case)."""
+    return case.memo("partial_sum_factors", lambda: _compute_partial_sum_factors(case, mean))
+
+
+def _compute_partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
     acc = accumulation_dtype(case.dtype)
     x = rows(case.x.astype(np.float64), case.channel_axis)
     dy = rows(case.dy.astype(np.float64), case.channel_axis)

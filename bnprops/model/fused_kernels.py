@@ -1,0 +1,656 @@
+"""The numba kernels of the fused judging path (bnprops/fused.py): per-channel sums, per-element oracle, bounds
+and comparison, each one pass over the data with no temporaries.
+
+Arrays come as (P, C, Q) views of a case's arrays (P: the axes before the channel axis, Q: those after), so
+a channel's elements are met in the order of ``exactness.rows`` (p outer, q inner): the sequential sums
+(np.cumsum's partial sums, MXNet's float32 ``sum += t``) are reproduced bit for bit.  The caller passes
+the data in blocks of P and the per-channel ``state`` carries the sums from one block to the next.
+
+Every kernel is compiled with IEEE semantics (``fastmath=False``: no reassociation, no contraction into
+fused multiply-adds), so each per-element expression, written in the reference's order of operations,
+rounds exactly as numpy does.  Compiled code is cached on disk (``cache=True``) where the package's
+folder (or numba's user cache) is writable, and compiled in memory otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+
+def _jit(function: Callable[..., Any], parallel: bool = False) -> Any:
+    try:
+        return njit(cache=True, fastmath=False, nogil=True, parallel=parallel)(function)
+    except RuntimeError:  # no writable cache location: compile per process instead
+        return njit(cache=False, fastmath=False, nogil=True, parallel=parallel)(function)
+
+
+def _per_channel(function: Callable[..., Any]) -> Any:
+    """A kernel whose channels are independent (``prange`` over channels, one channel per loop body).  Compiled
+    without ``parallel``: on this project's 2 shared cores (MXNet's threads, the other fuzz worker) threads
+    measured slower, not faster; with it each channel would still be one thread's sequential loop."""
+    return _jit(function, parallel=False)
+
+
+def _inline(function: Callable[..., Any]) -> Any:
+    """A helper inlined into its callers' code (numba's IR inlining: the per-element code is one loop body)."""
+    return njit(inline="always", fastmath=False)(function)
+
+
+# --- per-channel sums --------------------------------------------------------------------------------------
+
+#: Columns of raw_sums' state (per channel).
+RAW = (
+    "x_hi",  # sum x, compensated (Knuth's TwoSum): x_hi + x_lo
+    "x_lo",
+    "x_min",  # NaN-propagating, as ndarray.min
+    "x_max",
+    "x_nan",  # 1 where some x is NaN
+    "x_finite",  # 1 where every x is finite
+    "x_abs",  # sum |x| over the finite x
+    "x_partial",  # np.cumsum of the finite x (the current partial sum)
+    "x_spread",  # sum of the squared partial sums from the second on
+    "x_f32",  # float32 sequential sum of x (MXNet's AccReal for float16/float32 data)
+    "dy_hi",
+    "dy_lo",
+    "dy_abs",  # sum |dy| (non-finite dy included)
+    "dy_abs_finite",  # sum |dy| over the finite dy
+    "dy_partial",
+    "dy_spread",
+    "dy_f32",
+    "count",
+    "dy_finite",
+)
+R = {name: i for i, name in enumerate(RAW)}
+
+
+@_per_channel
+def raw_sums(x: np.ndarray, dy: np.ndarray, state: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Sums of x and dy alone, per channel, continued from ``state`` (one row per channel, columns RAW)."""
+    blocks, channels, inner = x.shape
+    for c in prange(channels):
+        s = state[c]
+        x_hi, x_lo, x_min, x_max = s[0], s[1], s[2], s[3]
+        x_nan, x_fin, x_abs, x_p, x_sp = s[4], s[5], s[6], s[7], s[8]
+        x_32 = np.float32(s[9])
+        d_hi, d_lo, d_abs, d_absf, d_p, d_sp = s[10], s[11], s[12], s[13], s[14], s[15]
+        d_32 = np.float32(s[16])
+        count, d_fin = s[17], s[18]
+        for p in range(blocks):
+            for q in range(inner):
+                v = np.float64(x[p, c, q])
+                d = np.float64(dy[p, c, q])
+                t = x_hi + v
+                z = t - x_hi
+                x_lo += (x_hi - (t - z)) + (v - z)
+                x_hi = t
+                if v != v:
+                    x_nan = 1.0
+                else:
+                    if v < x_min:
+                        x_min = v
+                    if v > x_max:
+                        x_max = v
+                finite = v - v == 0.0
+                vf = v if finite else 0.0
+                if not finite:
+                    x_fin = 0.0
+                x_abs += abs(vf)
+                x_32 = np.float32(x_32 + np.float32(v))
+                t = d_hi + d
+                z = t - d_hi
+                d_lo += (d_hi - (t - z)) + (d - z)
+                d_hi = t
+                d_abs += abs(d)
+                dfinite = d - d == 0.0
+                df = d if dfinite else 0.0
+                if not dfinite:
+                    d_fin = 0.0
+                d_absf += abs(df)
+                d_32 = np.float32(d_32 + np.float32(d))
+                if count == 0.0:
+                    x_p = vf
+                    d_p = df
+                else:
+                    x_p = x_p + vf
+                    x_sp += x_p * x_p
+                    d_p = d_p + df
+                    d_sp += d_p * d_p
+                count += 1.0
+        s[0], s[1], s[2], s[3] = x_hi, x_lo, x_min, x_max
+        s[4], s[5], s[6], s[7], s[8], s[9] = x_nan, x_fin, x_abs, x_p, x_sp, np.float64(x_32)
+        s[10], s[11], s[12], s[13], s[14], s[15] = d_hi, d_lo, d_abs, d_absf, d_p, d_sp
+        s[16], s[17], s[18] = np.float64(d_32), count, d_fin
+
+
+#: Columns of centred_sums' state: terms (x - mean)^2 ("c2") and (x - mean) dy ("dot").
+CENTRED = (
+    "c2_hi",  # sum (x - mean)^2, compensated
+    "c2_lo",
+    "c2_abs",  # over the finite terms
+    "c2_partial",
+    "c2_spread",
+    "c2_f32",
+    "dot_hi",
+    "dot_lo",
+    "dot_abs",
+    "dot_partial",
+    "dot_spread",
+    "dot_f32",
+    "count",
+)
+K = {name: i for i, name in enumerate(CENTRED)}
+
+
+@_per_channel
+def centred_sums(x: np.ndarray, dy: np.ndarray, mean: np.ndarray, state: np.ndarray) -> None:  # pragma: no cover
+    """Sums of (x - mean)^2 and (x - mean) dy per channel (``mean`` finite), continued from ``state``."""
+    blocks, channels, inner = x.shape
+    for c in prange(channels):
+        s = state[c]
+        m = mean[c]
+        a_hi, a_lo, a_abs, a_p, a_sp = s[0], s[1], s[2], s[3], s[4]
+        a_32 = np.float32(s[5])
+        b_hi, b_lo, b_abs, b_p, b_sp = s[6], s[7], s[8], s[9], s[10]
+        b_32 = np.float32(s[11])
+        count = s[12]
+        for p in range(blocks):
+            for q in range(inner):
+                centred = np.float64(x[p, c, q]) - m
+                sq = centred * centred
+                dot = centred * np.float64(dy[p, c, q])
+                t = a_hi + sq
+                z = t - a_hi
+                a_lo += (a_hi - (t - z)) + (sq - z)
+                a_hi = t
+                t = b_hi + dot
+                z = t - b_hi
+                b_lo += (b_hi - (t - z)) + (dot - z)
+                b_hi = t
+                a_32 = np.float32(a_32 + np.float32(sq))
+                b_32 = np.float32(b_32 + np.float32(dot))
+                sqf = sq if sq - sq == 0.0 else 0.0
+                dotf = dot if dot - dot == 0.0 else 0.0
+                a_abs += abs(sqf)
+                b_abs += abs(dotf)
+                if count == 0.0:
+                    a_p = sqf
+                    b_p = dotf
+                else:
+                    a_p = a_p + sqf
+                    a_sp += a_p * a_p
+                    b_p = b_p + dotf
+                    b_sp += b_p * b_p
+                count += 1.0
+        s[0], s[1], s[2], s[3], s[4], s[5] = a_hi, a_lo, a_abs, a_p, a_sp, np.float64(a_32)
+        s[6], s[7], s[8], s[9], s[10], s[11] = b_hi, b_lo, b_abs, b_p, b_sp, np.float64(b_32)
+        s[12] = count
+
+
+@_per_channel
+def xhat_sums(
+    x: np.ndarray, dy: np.ndarray, mean: np.ndarray, inv: np.ndarray, wanted: np.ndarray, state: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Per wanted channel: sum dy ((x - mean) inv) compensated (state 0, 1) and sum |dy| |(x - mean) inv| (2)."""
+    blocks, channels, inner = x.shape
+    for c in prange(channels):
+        if not wanted[c]:
+            continue
+        s = state[c]
+        m, k = mean[c], inv[c]
+        hi, lo, total = s[0], s[1], s[2]
+        for p in range(blocks):
+            for q in range(inner):
+                xhat = (np.float64(x[p, c, q]) - m) * k
+                d = np.float64(dy[p, c, q])
+                term = d * xhat
+                t = hi + term
+                z = t - hi
+                lo += (hi - (t - z)) + (term - z)
+                hi = t
+                total += abs(d) * abs(xhat)
+        s[0], s[1], s[2] = hi, lo, total
+
+
+# --- per element -------------------------------------------------------------------------------------------
+
+#: Columns of the per-channel coefficients of the per-element formulas (see fused.coefficients).
+COEFFICIENTS = (
+    "mean",
+    "invstd",  # the oracle's 1/sqrt(var + eps)
+    "g",
+    "beta",
+    "scale",  # g invstd
+    "dbeta_m",  # dbeta / M
+    "dot_m",  # sum dy xhat / M
+    "inv",  # the bound's invstd (0 where var + eps <= 0)
+    "ag",
+    "judged",
+    # per model (deterministic, then probabilistic): MODEL columns each from "a1" on
+    "a1",  # shift + tiny_term (1 + inv)
+    "b1",  # rel + 2 u
+    "u",
+    "ty",  # tiny_term (1 + ag)
+    "ud",  # u_data
+    "td",  # tiny_data
+    "safety",
+    "k1",  # |dgamma| / M
+    "k2",  # e_dgamma / M
+    "t2",  # |dbeta| / M
+    "e0",  # e_dbeta / M + ua t2
+    "agi",  # ag inv
+    "tx",  # tiny_term ag max(1, inv)
+    "ua2",  # 2 ua
+    "u2",  # 2 u
+    "tiny3",  # 3 tiny_term
+)
+C_ = {name: i for i, name in enumerate(COEFFICIENTS)}
+MODEL = 16  # columns per model, from "a1"
+FIRST = C_["a1"]
+
+
+#: After the two models' columns, each model's bounds as linear forms in the per-element magnitudes (deterministic
+#: from LINEAR, probabilistic from LINEAR + 8): y ~ a + b |xhat| + c |y|, dx ~ A + B |xhat| + D |dy| + F |dx| + G |dx
+#: as requested|, shrunk by SHRINK below the bounds' own rounding: lower bounds that let compare skip the bounds'
+#: exact evaluation where an error is clearly below them (fused.coefficients; NaN: never skip).
+LINEAR = FIRST + 2 * MODEL
+WIDTH = LINEAR + 16
+SHRINK = 1.0 - 2.0**-40
+
+
+@_inline
+def _row(kc: np.ndarray) -> Any:  # pragma: no cover - compiled
+    """A channel's coefficients as a tuple of scalars (held in registers, not reloaded per element)."""
+    return (
+        kc[0],
+        kc[1],
+        kc[2],
+        kc[3],
+        kc[4],
+        kc[5],
+        kc[6],
+        kc[7],
+        kc[8],
+        kc[9],
+        kc[10],
+        kc[11],
+        kc[12],
+        kc[13],
+        kc[14],
+        kc[15],
+        kc[16],
+        kc[17],
+        kc[18],
+        kc[19],
+        kc[20],
+        kc[21],
+        kc[22],
+        kc[23],
+        kc[24],
+        kc[25],
+        kc[26],
+        kc[27],
+        kc[28],
+        kc[29],
+        kc[30],
+        kc[31],
+        kc[32],
+        kc[33],
+        kc[34],
+        kc[35],
+        kc[36],
+        kc[37],
+        kc[38],
+        kc[39],
+        kc[40],
+        kc[41],
+        kc[42],
+        kc[43],
+        kc[44],
+        kc[45],
+        kc[46],
+        kc[47],
+        kc[48],
+        kc[49],
+        kc[50],
+        kc[51],
+        kc[52],
+        kc[53],
+        kc[54],
+        kc[55],
+        kc[56],
+        kc[57],
+    )
+
+
+@_inline
+def _bound_y(
+    axhat: float, y: float, ag: float, a1: float, b1: float, u: float, ty: float, ud: float, td: float, sf: float
+) -> float:  # pragma: no cover - compiled
+    """error_model._bounds' y, in its order of operations."""
+    e_xhat = a1 + axhat * b1
+    gx = ag * axhat
+    b = ag * e_xhat + u * (gx + abs(y)) + ty
+    b = b + ud * abs(y)
+    b = b + td
+    return sf * b
+
+
+@_inline
+def _bound_dx(
+    axhat: float,
+    d: float,
+    fresh: float,
+    acc: float,
+    batch: bool,
+    add: bool,
+    a1: float,
+    b1: float,
+    ud: float,
+    td: float,
+    sf: float,
+    k1: float,
+    k2: float,
+    t2: float,
+    e0: float,
+    agi: float,
+    tx: float,
+    ua2: float,
+    u2: float,
+    tiny3: float,
+) -> float:  # pragma: no cover - compiled
+    """error_model._bounds' dx, in its order of operations."""
+    if batch:
+        e_xhat = a1 + axhat * b1
+        t3 = axhat * k1
+        e_t3 = e_xhat * k1 + axhat * k2 + e_xhat * k2
+        e_inner = e0 + e_t3 + ua2 * t3 + u2 * (abs(d) + t2 + t3)
+        e_inner = e_inner + tiny3
+        b = agi * e_inner + abs(fresh) * b1
+    else:
+        b = abs(fresh) * b1
+    b = b + (ud * abs(fresh) + tx)
+    b = b + td
+    if add:
+        b = b + ud * abs(acc)
+    return sf * b
+
+
+@_inline
+def _oracle(v: float, d: float, prior: float, t: Any, batch: bool, add: bool) -> Any:  # pragma: no cover - compiled
+    """The oracle's y, dx (fresh and as requested) at one element, and |xhat| as the bounds take it."""
+    centred = v - t[0]
+    xhat = centred * t[1]
+    y = t[2] * xhat + t[3]
+    fresh = t[4] * ((d - t[5]) - xhat * t[6]) if batch else t[4] * d
+    acc = prior + fresh if add else fresh
+    return y, fresh, acc, abs(centred * t[7])
+
+
+@_inline
+def _bounds_y(axhat: float, y: float, t: Any) -> Any:  # pragma: no cover - compiled
+    """Both models' bounds on y."""
+    ag = t[8]
+    by = _bound_y(axhat, y, ag, t[10], t[11], t[12], t[13], t[14], t[15], t[16])
+    sy = _bound_y(axhat, y, ag, t[26], t[27], t[28], t[29], t[30], t[31], t[32])
+    return by, sy
+
+
+@_inline
+def _bounds_dx(
+    axhat: float, d: float, fresh: float, acc: float, t: Any, batch: bool, add: bool
+) -> Any:  # pragma: no cover
+    """Both models' bounds on dx."""
+    bdx = _bound_dx(
+        axhat, d, fresh, acc, batch, add, t[10], t[11], t[14], t[15], t[16], t[17], t[18], t[19], t[20], t[21], t[22],
+        t[23], t[24], t[25],
+    )  # fmt: skip
+    sdx = _bound_dx(
+        axhat, d, fresh, acc, batch, add, t[26], t[27], t[30], t[31], t[32], t[33], t[34], t[35], t[36], t[37], t[38],
+        t[39], t[40], t[41],
+    )  # fmt: skip
+    return bdx, sdx
+
+
+@_inline
+def _element(v: float, d: float, prior: float, t: Any, batch: bool, add: bool) -> Any:  # pragma: no cover - compiled
+    """The oracle's y, dx (fresh and as requested) at one element, and both models' bounds on them."""
+    y, fresh, acc, axhat = _oracle(v, d, prior, t, batch, add)
+    by, sy = _bounds_y(axhat, y, t)
+    bdx, sdx = _bounds_dx(axhat, d, fresh, acc, t, batch, add)
+    return y, fresh, acc, by, sy, bdx, sdx
+
+
+@_inline
+def _lower(det: float, prob: float) -> float:  # pragma: no cover - compiled
+    """A lower bound on sharp_bounds' min(prob, det) (det where prob is not finite) from lower bounds on each."""
+    return prob if prob <= det else det
+
+
+@_inline
+def _clear(err: float, low: float, worst: float) -> bool:  # pragma: no cover - compiled
+    """Is err / bound certainly neither above ``worst`` nor above 1, for any bound at least ``low``?"""
+    return err <= _NEAR * low * min(worst, 1.0) and low > _TINY
+
+
+@_inline
+def _sharp(prob: float, det: float) -> float:  # pragma: no cover - compiled
+    """sharp_bounds: where(isfinite(prob), minimum(prob, det), det)."""
+    if prob - prob == 0.0:
+        if det != det:
+            return det
+        return prob if prob < det else det
+    return det
+
+
+@_per_channel
+def materialise(
+    x: np.ndarray,
+    dy: np.ndarray,
+    prior: np.ndarray,
+    k: np.ndarray,
+    batch: bool,
+    add: bool,
+    which: int,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Write y and its deterministic and sharp bounds (which 0: out[0..2]), or dx fresh, dx as requested and
+    its bounds (which 1: out[0..3])."""
+    blocks, channels, inner = x.shape
+    for c in prange(channels):
+        t = _row(k[c])
+        for p in range(blocks):
+            for q in range(inner):
+                pv = np.float64(prior[p, c, q]) if add else 0.0
+                y, fresh, acc, by, sy, bdx, sdx = _element(
+                    np.float64(x[p, c, q]), np.float64(dy[p, c, q]), pv, t, batch, add
+                )
+                if which == 0:
+                    out[0, p, c, q] = y
+                    out[1, p, c, q] = by
+                    out[2, p, c, q] = _sharp(sy, by)
+                else:
+                    out[0, p, c, q] = fresh
+                    out[1, p, c, q] = acc
+                    out[2, p, c, q] = bdx
+                    out[3, p, c, q] = _sharp(sdx, bdx)
+
+
+#: Columns of compare's result (per quantity: y in row 0, dx in row 1).
+VERDICT = ("worst", "worst_sharp", "pattern", "bad", "bad_sharp")
+_NEAR = 1.0 - 2.0**-40  # a ratio err/bound is only computed where err > _NEAR * bound * (the largest so far)
+_TINY = 2.0**-960  # (or where the bound is so small that the product could lose its relative precision)
+
+
+@_inline
+def _adjusted(e: float, a: float, threshold: float) -> float:  # pragma: no cover - compiled
+    """comparator._overflow_adjusted at one element."""
+    if (a - a != 0.0) and a == a and (e - e == 0.0):  # a is +-inf, e finite
+        sign = 1.0 if a > 0 else -1.0
+        if sign * e >= threshold:
+            return e
+        return sign * threshold
+    return a
+
+
+@_inline
+def _ratio(err: float, bound: float) -> float:  # pragma: no cover - compiled
+    """comparator._ratio at one element."""
+    if bound > 0:
+        return err / bound
+    return np.inf if err > 0 else 0.0
+
+
+@_inline
+def _judge_one(e: float, a: float, bound: float, sharp: float, r: Any) -> Any:  # pragma: no cover - compiled
+    """comparator._compare_one at one judged element, folded into r = (worst, worst_sharp, pattern, bad,
+    bad_sharp).  Divisions only where the error comes near a bound times the largest ratio so far."""
+    worst, worst_sharp, pattern, bad, bad_sharp = r
+    if not (e - e == 0.0 and a - a == 0.0):
+        if not ((e != e and a != a) or e == a):
+            pattern = 1.0
+        return worst, worst_sharp, pattern, bad, bad_sharp
+    err = abs(a - e)
+    if err > _NEAR * bound * min(worst, 1.0) or not bound > _TINY:
+        ratio = _ratio(err, bound)
+        if ratio > worst:
+            worst = ratio
+        if ratio > 1:
+            bad = 1.0
+    if err > _NEAR * sharp * min(worst_sharp, 1.0) or not sharp > _TINY:
+        ratio = _ratio(err, sharp)
+        if ratio > worst_sharp:
+            worst_sharp = ratio
+        if ratio > 1:
+            bad_sharp = 1.0
+    return worst, worst_sharp, pattern, bad, bad_sharp
+
+
+@_per_channel
+def compare(
+    x: np.ndarray,
+    dy: np.ndarray,
+    prior: np.ndarray,
+    actual_y: np.ndarray,
+    actual_dx: np.ndarray,
+    k: np.ndarray,
+    batch: bool,
+    add: bool,
+    with_dx: bool,
+    thresholds: np.ndarray,
+    result: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The comparison of y (and dx) with the oracle under both bounds, per channel: folded into result[c]
+    (rows y, dx; columns VERDICT).  A channel stops as soon as each quantity has something the reference
+    comparator must describe (a NaN/inf pattern, an error beyond a bound)."""
+    blocks, channels, inner = x.shape
+    ty, tdx = thresholds[0], thresholds[1]
+    for c in prange(channels):
+        t = _row(k[c])
+        r = result[c]
+        if t[9] == 0.0 or (r[0, 2] + r[0, 3] + r[0, 4] > 0 and (not with_dx or r[1, 2] + r[1, 3] + r[1, 4] > 0)):
+            continue  # an indeterminate channel (not judged), or one already decided
+        ry = (r[0, 0], r[0, 1], r[0, 2], r[0, 3], r[0, 4])
+        rd = (r[1, 0], r[1, 1], r[1, 2], r[1, 3], r[1, 4])
+        for p in range(blocks):
+            for q in range(inner):
+                pv = np.float64(prior[p, c, q]) if add else 0.0
+                d = np.float64(dy[p, c, q])
+                y, fresh, acc, axhat = _oracle(np.float64(x[p, c, q]), d, pv, t, batch, add)
+                a = _adjusted(y, np.float64(actual_y[p, c, q]), ty)
+                err = abs(a - y)  # NaN where either is not finite: never clear
+                low = (t[42] + t[43] * axhat + t[44] * abs(y)) * SHRINK
+                low_sharp = _lower(low, (t[50] + t[51] * axhat + t[52] * abs(y)) * SHRINK)
+                if not (_clear(err, low, ry[0]) and _clear(err, low_sharp, ry[1])):
+                    by, sy = _bounds_y(axhat, y, t)
+                    ry = _judge_one(y, a, by, _sharp(sy, by), ry)
+                if with_dx:
+                    a = _adjusted(acc, np.float64(actual_dx[p, c, q]), tdx)
+                    err = abs(a - acc)
+                    ad, af, aa = abs(d), abs(fresh), abs(acc)
+                    low = (t[45] + t[46] * axhat + t[47] * ad + t[48] * af + t[49] * aa) * SHRINK
+                    low_sharp = _lower(low, (t[53] + t[54] * axhat + t[55] * ad + t[56] * af + t[57] * aa) * SHRINK)
+                    if not (_clear(err, low, rd[0]) and _clear(err, low_sharp, rd[1])):
+                        bdx, sdx = _bounds_dx(axhat, d, fresh, acc, t, batch, add)
+                        rd = _judge_one(acc, a, bdx, _sharp(sdx, bdx), rd)
+            if ry[2] + ry[3] + ry[4] > 0 and (not with_dx or rd[2] + rd[3] + rd[4] > 0):
+                break
+        for i in range(5):
+            r[0, i] = ry[i]
+            r[1, i] = rd[i]
+
+
+# --- whole arrays (the comparator's own functions on large arrays) ----------------------------------------
+
+
+@_jit
+def compare_arrays(
+    e: np.ndarray,
+    actual: np.ndarray,
+    bound: np.ndarray,
+    sharp: np.ndarray,
+    judged: np.ndarray,
+    threshold: float,
+    close: float,
+    bad: np.ndarray,
+    bad_sharp: np.ndarray,
+) -> Any:  # pragma: no cover - compiled
+    """comparator._compare_one over flat arrays: (elements whose NaN/inf pattern differs, worst ratio, its first
+    index, worst sharp ratio, its first index, count of ratios > 1, count of sharp ratios > 1, count of ratios
+    within ``close`` of 1), with the masks of ratios > 1 and sharp ratios > 1 written to ``bad`` and
+    ``bad_sharp``."""
+    pattern, near = 0, 0
+    worst, worst_at, worst_sharp, worst_sharp_at = 0.0, 0, 0.0, 0
+    n_bad, n_sharp = 0, 0
+    for i in range(e.shape[0]):
+        bad[i] = False
+        bad_sharp[i] = False
+        if not judged[i]:
+            continue
+        v = e[i]
+        a = _adjusted(v, np.float64(actual[i]), threshold)
+        if not (v - v == 0.0 and a - a == 0.0):
+            if not ((v != v and a != a) or v == a):
+                pattern += 1
+            continue
+        err = abs(a - v)
+        if err == 0.0:
+            continue
+        ratio = _ratio(err, bound[i])
+        sharp_ratio = _ratio(err, sharp[i])
+        if ratio > worst:
+            worst, worst_at = ratio, i
+        if sharp_ratio > worst_sharp:
+            worst_sharp, worst_sharp_at = sharp_ratio, i
+        if ratio > 1:
+            bad[i] = True
+            n_bad += 1
+        if sharp_ratio > 1:
+            bad_sharp[i] = True
+            n_sharp += 1
+        if abs(ratio - 1.0) <= close or abs(sharp_ratio - 1.0) <= close:
+            near += 1
+    return pattern, worst, worst_at, worst_sharp, worst_sharp_at, n_bad, n_sharp, near
+
+
+@_jit
+def disagreeing(
+    e: np.ndarray, actual: np.ndarray, bound: np.ndarray, threshold: float, close: float, out: np.ndarray
+) -> int:  # pragma: no cover - compiled
+    """comparator.disagreeing over flat arrays, into ``out``; returns how many errors lie within ``close``
+    (relatively) of their bound."""
+    near = 0
+    for i in range(e.shape[0]):
+        v = e[i]
+        a = _adjusted(v, np.float64(actual[i]), threshold)
+        if v - v == 0.0 and a - a == 0.0:
+            err = abs(a - v)
+            out[i] = err > bound[i]
+            if abs(err - bound[i]) <= close * bound[i]:
+                near += 1
+        else:
+            out[i] = not ((v != v and a != a) or v == a)
+    return near

@@ -1,0 +1,248 @@
+"""The fused judging path (bnprops/judging/fused.py) against the numpy reference it replaces on large cases.
+
+Over the strategies the properties use: the oracle's values and both bounds agree with the reference's
+far within CLOSE of the bound (bit for bit where a correct kernel's error is 0), and the judgement of
+MXNet's results (mismatches, known deviations, findings) is the same; so are planted faults'.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bnprops.judging import fused
+from bnprops.judging.comparator import judging
+from bnprops.judging.judgement import Outcome, judge
+from bnprops.model.case import Case, Outputs
+from bnprops.model.oracle import reference, statistics
+from bnprops.mx.runners import kernel_for, run_symbolic
+from bnprops.search.strategies import VALUE_REGIMES, cases
+from tests.helpers import budget
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
+
+#: How far the fused oracle's values and bounds may be from the reference's, as a share of the reference's
+#: bound: far below CLOSE (2^-8), where the fused path hands a case to the reference.
+AGREEMENT = 2.0**-20
+FUSED_DTYPES = ("float16", "float32")
+
+
+def _judged(case: Case, outputs: Outputs, mode: str, chunk: int | None = None) -> tuple[Case, Outcome]:
+    with fused.forced(mode, chunk=chunk):
+        twin = case.with_()
+        outcome = judge(twin, outputs, entry="sym", kernel=kernel_for(twin, "onednn"), checked=list(outputs))
+        judging(twin)  # (the apparatus, for the comparisons below)
+    return twin, outcome
+
+
+def _signature(outcome: Outcome) -> tuple[object, ...]:
+    def mismatches(found: tuple[object, ...]) -> list[tuple[object, ...]]:
+        # (not the counts: an element within rounding of a bound may be counted on one path only, see fused.CLOSE)
+        return [(m.quantity, m.kind, m.index, m.deviation) for m in found]  # type: ignore[attr-defined]
+
+    return (
+        outcome.ok,
+        mismatches(outcome.verdict.mismatches),
+        mismatches(outcome.unexpected),
+        sorted((kd.id, sorted(qs)) for kd, qs in outcome.explained),
+        sorted(kd.id for kd in outcome.stale),
+    )
+
+
+def _assert_close(name: str, fused_values: np.ndarray, ref: np.ndarray, scale: np.ndarray) -> None:
+    """Equal NaN/inf patterns; finite values within AGREEMENT of ``scale`` (bit for bit where it is 0; anything
+    where it is not finite)."""
+    f, r = np.asarray(fused_values, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert f.shape == r.shape, name
+    finite = np.isfinite(r)
+    assert np.array_equal(np.isfinite(f), finite), name
+    assert np.array_equal(f[~finite], r[~finite], equal_nan=True), name
+    with np.errstate(invalid="ignore", over="ignore"):
+        # (where the bound is not finite, an indeterminate channel's, nothing is judged: its pattern alone)
+        allowed = np.where(np.isfinite(scale), AGREEMENT * scale, np.inf)
+        off = np.abs(f - r)[finite] > allowed[finite]
+    assert not off.any(), f"{name}: {np.abs(f - r)[finite][off][:3]} beyond {allowed[finite][off][:3]}"
+
+
+def assert_same_judgement(case: Case, outputs: Outputs, *, chunk: int | None = None) -> tuple[Case, Case]:
+    """The two paths agree on ``case``: oracle, bounds, sharp bounds, and the whole judgement."""
+    ref, ref_outcome = _judged(case, outputs, "never")
+    fast, fast_outcome = _judged(case, outputs, "always", chunk)
+    assert not fused.active(ref)
+    assert fused.active(fast) == (case.dtype in FUSED_DTYPES and case.x.size > 0)
+    assert _signature(fast_outcome) == _signature(ref_outcome)
+    a, b = judging(ref), judging(fast)
+    assert set(a.expected) == set(b.expected) and set(a.bound) == set(b.bound)
+    assert np.array_equal(a.undetermined, b.undetermined)
+    for q in a.expected:
+        scale = np.asarray(a.bound[q]) if q in a.bound else np.zeros_like(a.expected[q])
+        _assert_close(f"expected {q}", b.expected[q], a.expected[q], scale)
+    for q in a.bound:
+        _assert_close(f"bound {q}", b.bound[q], a.bound[q], np.asarray(a.bound[q]))
+        _assert_close(f"sharp {q}", b.sharp[q], a.sharp[q], np.asarray(a.sharp[q]))
+    # error/bound: the errors differ by AGREEMENT of the bound at most, and the bounds by AGREEMENT of themselves
+    for found, other in ((ref_outcome.verdict, fast_outcome.verdict),):
+        for table, fast_table in ((found.ratios, other.ratios), (found.sharp_ratios, other.sharp_ratios)):
+            for q, ratio in table.items():
+                assert fast_table[q] == ratio or abs(fast_table[q] - ratio) <= 3 * AGREEMENT * (1 + ratio), q
+    return ref, fast
+
+
+_SETTINGS = settings(max_examples=budget(0.25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_SETTINGS
+@given(case=cases(dtypes=FUSED_DTYPES))
+def test_the_fused_path_judges_as_the_reference_does(case: Case) -> None:
+    assert_same_judgement(case, run_symbolic(case))
+
+
+@_SETTINGS
+@given(case=cases(dtypes=FUSED_DTYPES, value_regimes=["exact"]))
+def test_in_the_exact_regime_the_fused_path_is_the_reference_bit_for_bit(case: Case) -> None:
+    ref, fast = assert_same_judgement(case, run_symbolic(case))
+    for q, value in reference(ref).items():
+        assert np.array_equal(reference(fast)[q], value, equal_nan=True), q
+    for a, b in zip(statistics(ref), statistics(fast), strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
+    for q, bound in judging(ref).bound.items():
+        assert np.array_equal(judging(fast).bound[q], bound, equal_nan=True), q
+
+
+@_SETTINGS
+@given(case=cases(dtypes=FUSED_DTYPES, value_regimes=["nonfinite"], fix_gamma=False))
+def test_nan_and_inf_data_are_judged_alike(case: Case) -> None:
+    assert_same_judgement(case, run_symbolic(case))
+
+
+@settings(max_examples=budget(0.05), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(dtypes=FUSED_DTYPES, sizes="large", max_channels=3), chunk=st.sampled_from([None, 4096]))
+def test_large_cases_are_judged_alike(case: Case, chunk: int | None) -> None:
+    assert_same_judgement(case, run_symbolic(case), chunk=chunk)
+
+
+@settings(max_examples=budget(0.1), deadline=None)
+@given(case=cases(dtypes=["float64"]))
+def test_float64_data_stay_on_the_reference_path(case: Case) -> None:
+    with fused.forced("always"):
+        assert not fused.active(case.with_())
+
+
+def _planted(case: Case, outputs: Outputs, quantity: str) -> Outputs:
+    """One element of ``quantity`` 0.5% off (the largest)."""
+    planted = dict(outputs)
+    values = np.array(outputs[quantity])
+    flat = values.reshape(-1)
+    i = int(np.argmax(np.abs(flat.astype(np.float64))))
+    flat[i] = flat[i] * np.float64(1.005)
+    planted[quantity] = values
+    return planted
+
+
+@pytest.mark.parametrize("quantity", ["y", "dx", "dgamma"])
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+def test_a_planted_error_is_caught_alike(quantity: str, dtype: str) -> None:
+    rng = np.random.default_rng(7)
+    shape = (16, 3, 20, 20)
+    x = (rng.standard_normal(shape) + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    pdt = "float32"
+    case = Case(
+        x=x,
+        dy=dy,
+        gamma=rng.uniform(0.5, 2, 3).astype(pdt),
+        beta=rng.standard_normal(3).astype(pdt),
+        moving_mean=np.zeros(3, dtype=pdt),
+        moving_var=np.ones(3, dtype=pdt),
+        fix_gamma=False,
+    )
+    outputs = _planted(case, run_symbolic(case), quantity)
+    ref, fast = _judged(case, outputs, "never")[1], _judged(case, outputs, "always", chunk=1000)[1]
+    assert _signature(fast) == _signature(ref)
+    if dtype == "float32":  # (float16's bounds are of the size of the planted error)
+        assert not fast.ok and quantity in {m.quantity for m in fast.unexpected}
+
+
+def test_blocks_of_any_size_give_the_same_bits() -> None:
+    rng = np.random.default_rng(3)
+    shape = (6, 5, 7, 3)
+    case = Case(
+        x=(rng.standard_normal(shape) * 3 + 1).astype("float32"),
+        dy=rng.standard_normal(shape).astype("float32"),
+        gamma=rng.standard_normal(5).astype("float32"),
+        beta=rng.standard_normal(5).astype("float32"),
+        moving_mean=np.zeros(5, dtype="float32"),
+        moving_var=np.ones(5, dtype="float32"),
+        fix_gamma=False,
+    )
+    results = []
+    for chunk in (1, 21, 100, None):
+        with fused.forced("always", chunk=chunk):
+            twin = case.with_()
+            apparatus = judging(twin)
+            results.append(
+                (
+                    statistics(twin),
+                    {q: np.array(v) for q, v in apparatus.expected.items()},
+                    {q: np.array(v) for q, v in apparatus.bound.items()},
+                    {q: np.array(v) for q, v in apparatus.sharp.items()},
+                )
+            )
+    first = results[0]
+    for other in results[1:]:
+        for a, b in zip(first[0], other[0], strict=True):
+            assert np.array_equal(a, b)
+        for table_a, table_b in zip(first[1:], other[1:], strict=True):
+            for q in table_a:
+                assert np.array_equal(table_a[q], table_b[q], equal_nan=True), q
+
+
+def test_memory_stays_bounded_at_a_million_per_channel_and_256_channels() -> None:
+    """M = 10^6, C = 256 (2.56e8 elements, as views of one row): the fused sums allocate O(C) and one block."""
+    shape = (1000, 256, 1000)
+    row = np.random.default_rng(0).standard_normal(1000).astype("float16")
+    x = np.broadcast_to(row, shape)
+    ones = np.ones(256, dtype="float32")
+    case = Case(x=x, dy=x, gamma=ones, beta=0 * ones, moving_mean=0 * ones, moving_var=ones, fix_gamma=False)
+    assert case.reduction_length == 10**6
+    with fused.forced("always", chunk=256 * 1000):
+        small = np.broadcast_to(row[:10], (3, 256, 10))
+        fused.prepare(case.with_(x=small, dy=small))  # compiled for these arrays before measuring
+        twin = case.with_()
+        tracemalloc.start()
+        fused.prepare(twin)  # every per-channel sum, and the model's memo seeded with them
+        mean, var = statistics(twin)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    # one block of float16 widened to float32 (256 x 1000 x 4 bytes, twice) and per-channel state, with room for
+    # numba's own bookkeeping: x is 512 MB as float16, and a float64 copy of it would be 2 GB
+    assert peak < 16 * 2**20, peak
+    expected = float(np.mean(row.astype(np.float64)))
+    assert np.allclose(mean, expected, rtol=1e-12, atol=1e-15)
+    assert np.allclose(var, np.mean((row.astype(np.float64) - mean[0]) ** 2), rtol=1e-9)
+
+
+def test_the_environment_chooses_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    small = Case(
+        x=rng.standard_normal((4, 2, 3)).astype("float32"),
+        dy=rng.standard_normal((4, 2, 3)).astype("float32"),
+        gamma=np.ones(2, dtype="float32"),
+        beta=np.zeros(2, dtype="float32"),
+        moving_mean=np.zeros(2, dtype="float32"),
+        moving_var=np.ones(2, dtype="float32"),
+    )
+    for value, expected in (("never", False), ("always", True), ("auto", False), ("", False)):
+        monkeypatch.setenv(fused.ENV, value)
+        assert fused.active(small.with_()) is expected, value
+    monkeypatch.setenv(fused.ENV, "sometimes")
+    with pytest.raises(ValueError, match=fused.ENV):
+        fused.active(small.with_())
+
+
+def test_every_value_regime_is_covered() -> None:
+    assert set(VALUE_REGIMES) >= {"exact", "nonfinite", "constant", "large", "offset"}
