@@ -67,6 +67,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Parametrised tests list every requested entry point (those this release lacks as skipped, with the
     # reason); tests that loop over entry points get the ones this release has.
     config.bn_entries_requested = requested  # type: ignore[attr-defined]
+    # pytest-xdist's workers share the cores: each takes its share for the fused path's threads.
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        from bnprops.judging import fused
+
+        fused.share_cores(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     config.bn_entries = tuple(e for e in requested if entry_unavailable_reason(e) is None)  # type: ignore[attr-defined]
 
 

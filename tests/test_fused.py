@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnprops.judging import fused
-from bnprops.judging.comparator import judging
+from bnprops.judging.comparator import _compare_one, judged_elements, judging
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import Case, Outputs
-from bnprops.model.oracle import reference, statistics
+from bnprops.model.oracle import output_dtypes, per_channel, reference, statistics
 from bnprops.mx.runners import kernel_for, run_symbolic
 from bnprops.search.strategies import VALUE_REGIMES, cases
 from tests.helpers import budget
@@ -130,6 +130,188 @@ def test_large_cases_are_judged_alike(case: Case, chunk: int | None) -> None:
 def test_float64_data_stay_on_the_reference_path(case: Case) -> None:
     with fused.forced("always"):
         assert not fused.active(case.with_())
+
+
+@_SETTINGS
+@given(case=cases(dtypes=FUSED_DTYPES), spread=st.floats(0.0, 3.0), seed=st.integers(0, 2**32 - 1))
+def test_the_compiled_comparison_sorts_every_element_as_numpy_does(case: Case, spread: float, seed: int) -> None:
+    """MXNet's values moved by up to ``spread`` bounds from the oracle: the kernel's counts, worst ratios, their
+    positions and the elements beyond each bound are numpy's on the same oracle values and bounds, exactly
+    (its scan sorts most elements by the bounds' linear forms, and only the ones near a bound exactly)."""
+    with fused.forced("always"):
+        case = case.with_()
+        apparatus = judging(case)
+        if not fused.active(case):
+            return
+        rng = np.random.default_rng(seed)
+        actual: Outputs = {}
+        for q in ("y", "dx"):
+            if q in apparatus.expected:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    moved = apparatus.expected[q] + spread * rng.uniform(-1, 1, case.shape) * apparatus.bound[q]
+                    actual[q] = moved.astype(case.dtype)
+        found = fused.compare(case, actual)
+    for q, compared in found.items():
+        expected, bound, sharp = apparatus.expected[q], apparatus.bound[q], apparatus.sharp[q]
+        judged = judged_elements(case, q, case.shape, apparatus.undetermined)
+        mismatch, worst, worst_sharp = _compare_one(
+            q, expected, actual[q], bound, output_dtypes(case)[q], judged, sharp
+        )
+        if compared.pattern:
+            assert mismatch is not None and mismatch.kind == "nonfinite", q
+            continue
+        assert (compared.worst, compared.worst_sharp) == (worst, worst_sharp), q
+        a = actual[q].astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            err = np.where(judged & np.isfinite(a) & np.isfinite(expected), np.abs(a - expected), 0.0)
+            ratio = np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
+            sharp_ratio = np.where(sharp > 0, err / sharp, np.where(err > 0, np.inf, 0.0))
+        assert np.array_equal(compared.over, ratio > 1), q
+        assert np.array_equal(compared.over_sharp, sharp_ratio > 1), q
+        assert (compared.bad, compared.bad_sharp) == (int((ratio > 1).sum()), int((sharp_ratio > 1).sum())), q
+        assert compared.worst_at == int(np.argmax(ratio)) or worst == 0, q
+        assert compared.worst_sharp_at == int(np.argmax(sharp_ratio)) or worst_sharp == 0, q
+        if mismatch is not None:
+            assert mismatch.count == (compared.bad or compared.bad_sharp), q
+
+
+@_SETTINGS
+@given(case=cases(dtypes=FUSED_DTYPES))
+def test_the_linear_forms_bracket_the_bounds(case: Case) -> None:
+    """What the kernel's scan rests on: per element, the linear forms lie in [bound / _ABOVE, bound] for both
+    bounds of y and dx (or are NaN, and the element is judged exactly)."""
+    with fused.forced("always"):
+        case = case.with_()
+        apparatus = judging(case)
+        if not fused.active(case):
+            return
+        coeffs, _ = fused._coefficients(case)
+        fresh, acc = fused._arrays(case, 1)[:2]
+    k = fused._kernels()
+    col: dict[object, np.ndarray] = {name: per_channel(case, coeffs[:, i]) for name, i in k.C_.items()}
+    col.update({i: per_channel(case, coeffs[:, i]) for i in range(k.WIDTH)})
+    with np.errstate(invalid="ignore", over="ignore"):
+        axhat = np.abs((case.x.astype(np.float64) - col["mean"]) * col["inv"])
+        y = apparatus.expected["y"]
+        magnitudes = {
+            "y": [np.ones(case.shape), axhat, np.abs(y)],
+            "dx": [np.ones(case.shape), axhat, np.abs(case.dy.astype(np.float64)), np.abs(fresh), np.abs(acc)],
+        }
+        starts = {"y": (k.LINEAR, k.LINEAR + 8), "dx": (k.LINEAR + 3, k.LINEAR + 11)}
+        judged = col["judged"] != 0
+        for q, (det_at, prob_at) in starts.items():
+            if q not in apparatus.expected:
+                continue
+            terms = magnitudes[q]
+            det = sum(col[det_at + i] * m for i, m in enumerate(terms)) * k.SHRINK
+            prob = sum(col[prob_at + i] * m for i, m in enumerate(terms)) * k.SHRINK
+            low_sharp = np.where(np.isnan(det) | np.isnan(prob), np.nan, np.minimum(det, prob))
+            for low, bound in ((det, apparatus.bound[q]), (low_sharp, apparatus.sharp[q])):
+                usable = judged & np.isfinite(low) & np.isfinite(bound)
+                assert (low[usable] <= bound[usable]).all(), q
+                assert (bound[usable] <= low[usable] * k._ABOVE).all(), q
+
+
+@settings(max_examples=budget(0.5), deadline=None)
+@given(
+    err=st.floats(0, 1e30) | st.sampled_from([float("nan"), float("inf")]),
+    low=st.floats(1e-300, 1e30),
+    worst=st.floats(0, 1e6),
+    frac=st.floats(0, 1),
+    near=st.sampled_from([None, -(2.0**-37), -(2.0**-41), 0.0, 2.0**-41, 2.0**-37]),
+)
+def test_the_scan_decides_alone_only_what_holds_for_every_bound_in_the_bracket(
+    err: float, low: float, worst: float, frac: float, near: float | None
+) -> None:
+    """_sort: unless it asks for the exact bound, its answer (beyond the bound or not; not beyond the worst
+    ratio so far) holds for every bound in [low, low * _ABOVE]. ``near`` puts the error at the bracket's
+    edges."""
+    k = fused._kernels()
+    if near is not None:
+        err = low * (1 + near) if frac < 0.5 else low * k._ABOVE * (1 + near)
+    over, exact = k._sort(err, low, worst)
+    if exact:
+        return
+    bound = low + frac * (low * k._ABOVE - low)
+    ratio = err / bound
+    assert (ratio > 1) == over, (err, low, bound)
+    assert ratio <= worst or err == 0, (err, low, bound, worst)
+
+
+def test_any_number_of_threads_gives_the_same_bits() -> None:
+    rng = np.random.default_rng(5)
+    shape = (3, 7, 11, 13)
+    case = Case(
+        x=(rng.standard_normal(shape) * 2 + 3).astype("float32"),
+        dy=rng.standard_normal(shape).astype("float32"),
+        gamma=rng.standard_normal(7).astype("float32"),
+        beta=rng.standard_normal(7).astype("float32"),
+        moving_mean=np.zeros(7, dtype="float32"),
+        moving_var=np.ones(7, dtype="float32"),
+        fix_gamma=False,
+    )
+    outputs = run_symbolic(case)
+    seen = []
+    for n in (1, 2, 3, 7):
+        with fused.forced("always", threads=n):
+            twin = case.with_()
+            apparatus = judging(twin)
+            found = fused.compare(twin, outputs)
+            seen.append(
+                (
+                    [np.array(v) for v in statistics(twin)],
+                    {q: np.array(v) for q, v in {**apparatus.expected, **apparatus.bound}.items()},
+                    {q: (c.worst, c.worst_at, c.worst_sharp, c.bad, c.bad_sharp) for q, c in found.items()},
+                )
+            )
+    first = seen[0]
+    for other in seen[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(first[0], other[0], strict=True))
+        assert all(np.array_equal(first[1][q], other[1][q], equal_nan=True) for q in first[1])
+        assert first[2] == other[2]
+
+
+def test_the_fused_path_leaves_mxnets_own_results_alone() -> None:
+    """numba's parallel threading layer (OpenMP) changed MXNet's sums in the same process; the fused path's
+    own threads must not: MXNet's outputs for one call are the same bits before and after judging another."""
+    rng = np.random.default_rng(11)
+    shape = (64, 4, 30, 30)
+    ones = np.ones(4, dtype="float32")
+    case = Case(
+        x=(rng.standard_normal(shape) + 1).astype("float32"),
+        dy=rng.standard_normal(shape).astype("float32"),
+        gamma=ones,
+        beta=0 * ones,
+        moving_mean=0 * ones,
+        moving_var=ones,
+        fix_gamma=False,
+    )
+    before = {q: np.array(v) for q, v in run_symbolic(case).items()}
+    other = case.with_(x=(case.x * 3).astype("float32"))
+    with fused.forced("always", threads=2):
+        judge(other, run_symbolic(other), entry="sym", kernel="onednn", checked=["y", "dx"])
+    after = run_symbolic(case)
+    for q, value in before.items():
+        assert np.array_equal(np.asarray(after[q]), value, equal_nan=True), q
+
+
+def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "_threads", None)
+    monkeypatch.setenv(fused.THREADS_ENV, "3")
+    assert fused.threads() == 3
+    fused.share_cores(2)  # (the user's choice wins)
+    assert fused.threads() == 3
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv(fused.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=fused.THREADS_ENV):
+            fused.threads()
+    monkeypatch.delenv(fused.THREADS_ENV)
+    fused.share_cores(10**6)
+    assert fused.threads() == 1
+    with pytest.raises(ValueError, match="1 or more"):
+        fused.set_threads(0)
+    with pytest.raises(ValueError, match="1 or more"), fused.forced("always", threads=0):
+        pass
 
 
 def _planted(case: Case, outputs: Outputs, quantity: str) -> Outputs:

@@ -82,7 +82,8 @@ def far_from_both(p: Prediction, index: tuple[int, ...], case: Case, out_dtype: 
     """A finite value of the output dtype that matches neither the oracle nor the model at ``index``."""
     apparatus = judging(case)
     oracle, bound = apparatus.expected[p.quantity][index], apparatus.bound[p.quantity][index]
-    model, tolerance = p.values[index], p.tolerance[index]
+    values, tolerances = p.model(apparatus)
+    model, tolerance = values[index], tolerances[index]
     largest = float(np.finfo(out_dtype).max)
     for candidate in (0.0, 1.0, -1.0, 3.0, -3.0, 1e3, -1e3, 3e4, -3e4, largest / 3):
         value = float(np.asarray(candidate).astype(out_dtype))

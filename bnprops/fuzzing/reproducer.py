@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bnprops.fuzzing.catalogue import ACCURACY, ERROR, KNOWN, STALE, UNRECORDED, VERDICTS, Entry, Signature
+from bnprops.judging.comparator import judging
 from bnprops.judging.judgement import predictions
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
 from bnprops.model import oracle
@@ -121,7 +122,8 @@ def _model(sig: Signature, case: Case) -> dict[str, tuple[np.ndarray, np.ndarray
     found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for kd, p in predictions(case, entry=sig.entry, kernel=kernel_for(case, sig.backend)):
         if kd.id == sig.deviation and p.quantity in _focus(sig) and p.quantity not in found:
-            found[p.quantity] = (np.ascontiguousarray(p.where), np.ascontiguousarray(p.values), p.tolerance)
+            values, tolerance = p.model(judging(case))
+            found[p.quantity] = (np.ascontiguousarray(p.where), np.ascontiguousarray(values), tolerance)
     return found
 
 

@@ -32,7 +32,7 @@ from bnprops.fuzzing.fuzz import (
     load_index,
 )
 from bnprops.fuzzing.tallies import WorkerResult
-from bnprops.judging import in_network
+from bnprops.judging import fused, in_network
 from bnprops.mx.backends import runner_for
 
 
@@ -154,6 +154,7 @@ def _worker_process(
 ) -> None:
     # The parent turns Ctrl-C into the stop event, so every worker winds down and reports.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fused.share_cores(config.workers)
 
     def progress(cases_run: int, failed: int, known: int, signatures: int) -> None:
         messages.put(("progress", worker, (cases_run, failed, known, signatures)))

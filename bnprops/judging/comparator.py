@@ -150,8 +150,6 @@ def _nonfinite_differs(expected: np.ndarray, a: np.ndarray) -> np.ndarray:
 
 def disagreeing(expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str) -> np.ndarray:
     """Element by element: is ``actual`` outside ``bound`` of ``expected``, or in another NaN/inf pattern?"""
-    if fused.for_arrays(np.size(expected)) and np.shape(actual) == np.shape(expected):
-        return fused.disagreeing(expected, np.asarray(actual), bound, overflow_threshold(out_dtype))
     a = _overflow_adjusted(expected, np.asarray(actual), out_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.where(np.isfinite(expected) & np.isfinite(a), np.abs(a - expected), 0.0)
@@ -180,10 +178,6 @@ def _compare_one(
         detail = f"shape {actual.shape}, expected {expected.shape}"
         mismatch = Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail)
         return mismatch, float("inf"), float("inf")
-    if fused.for_arrays(expected.size):
-        found = _compare_compiled(quantity, expected, actual, bound, out_dtype, judged, sharp)
-        if found is not None:
-            return found
     a = _overflow_adjusted(expected, actual, out_dtype)
     finite = np.isfinite(expected) & np.isfinite(a)
     pattern_differs = judged & _nonfinite_differs(expected, a)
@@ -236,51 +230,26 @@ def _compare_one(
     return mismatch, worst, worst_sharp
 
 
-def _compare_compiled(
-    quantity: str,
-    expected: np.ndarray,
-    actual: np.ndarray,
-    bound: np.ndarray,
-    out_dtype: str,
-    judged: np.ndarray,
-    sharp: np.ndarray | None,
-) -> tuple[Mismatch | None, float, float] | None:
-    """_compare_one in one compiled pass (bnprops/judging/fused.py), the same result; None where NaN/inf patterns
-    differ (left to the numpy code, which describes them)."""
-    found = fused.compare_arrays(
-        expected,
-        actual,
-        bound,
-        bound if sharp is None else sharp,
-        np.broadcast_to(judged, expected.shape),
-        overflow_threshold(out_dtype),
-    )
-    pattern, worst, worst_at, worst_sharp, worst_sharp_at, bad, bad_sharp, n_bad, n_sharp = found
-    if pattern:
-        return None
-    if n_bad:
-        kind, flat, where, count = "value", worst_at, bad, n_bad
-    elif n_sharp:
-        kind, flat, where, count = "accuracy", worst_sharp_at, bad_sharp, n_sharp
+def _compare_fused(
+    case: Case, quantity: str, found: fused.Compared, out_dtype: str
+) -> tuple[Mismatch | None, float, float]:
+    """_compare_one's result from the fused path's judgement of y or dx (NaN/inf patterns alike): the oracle's
+    value and bounds computed at the worst element alone."""
+    if found.bad:
+        kind, flat, where, count = "value", found.worst_at, found.over, found.bad
+    elif found.bad_sharp:
+        kind, flat, where, count = "accuracy", found.worst_sharp_at, found.over_sharp, found.bad_sharp
     else:
-        return None, float(worst), float(worst_sharp)
-    idx = tuple(int(i) for i in np.unravel_index(flat, expected.shape))
-    e = float(expected[idx])
-    a = float(_overflow_adjusted(np.asarray([expected[idx]]), np.asarray([actual[idx]]), out_dtype)[0])
+        fused.note_near(np.asarray(found.worst), np.asarray(found.worst_sharp))
+        return None, found.worst, found.worst_sharp
+    fused.note_near(np.asarray(found.worst), np.asarray(found.worst_sharp))
+    idx = tuple(int(i) for i in np.unravel_index(flat, case.shape))
+    expected, bound, sharp = fused.element(case, quantity, idx)
+    a = float(_overflow_adjusted(np.asarray([expected]), np.asarray([found.actual[idx]]), out_dtype)[0])
     mismatch = Mismatch(
-        quantity,
-        kind,
-        int(count),
-        expected.size,
-        idx,
-        e,
-        a,
-        float(np.abs(np.float64(a) - np.float64(e))),
-        float(bound[idx]),
-        sharp_bound=float(bound[idx]) if sharp is None else float(sharp[idx]),
-        where=where,
+        quantity, kind, count, case.x.size, idx, expected, a, abs(a - expected), bound, sharp_bound=sharp, where=where
     )
-    return mismatch, float(worst), float(worst_sharp)
+    return mismatch, found.worst, found.worst_sharp
 
 
 def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
@@ -290,6 +259,13 @@ def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermi
         defined = ~per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
         return np.broadcast_to(defined, shape)
     return np.ones(shape, dtype=bool)
+
+
+def judged_only(case: Case, quantity: str, mask: np.ndarray, undetermined: np.ndarray) -> np.ndarray:
+    """``mask`` within the elements judged_elements judges (``mask`` itself where that is everywhere)."""
+    if quantity in indeterminate_quantities(case) and undetermined.any():
+        return np.asarray(mask & judged_elements(case, quantity, mask.shape, undetermined))
+    return mask
 
 
 def judging(case: Case) -> Judging:
@@ -350,15 +326,11 @@ def compare(
     *,
     expected: Outputs | None = None,
     quantities: Iterable[str] = QUANTITIES,
-    within: Mapping[str, np.ndarray] | None = None,
 ) -> Verdict:
-    """Check ``actual`` against the oracle (or ``expected``) for the chosen quantities (those it produces).
-
-    ``within`` (quantity -> elements) limits the judged elements of the quantities it names.
-    """
+    """Check ``actual`` against the oracle (or ``expected``) for the chosen quantities (those it produces)."""
     apparatus = judging(case)
-    # The fused path judges y and dx in one pass where they agree; the rest, and any disagreement, below.
-    fast = fused.compare(case, actual) if fused.active(case) and within is None and expected is None else {}
+    # The fused path judges y and dx in one pass (any NaN/inf pattern that differs is left to the code below)
+    fast = fused.compare(case, actual) if fused.active(case) and expected is None else {}
     if expected is None:
         expected, tol, sharp = apparatus.expected, apparatus.bound, apparatus.sharp
     else:
@@ -370,18 +342,43 @@ def compare(
     for q in quantities:
         if q not in expected:
             continue
-        if q in fast:
-            _, ratios[q], sharp_ratios[q] = fast[q]
+        if q in fast and fast[q].pattern == 0:
+            mismatch, ratios[q], sharp_ratios[q] = _compare_fused(case, q, fast[q], apparatus.dtypes[q])
+            if mismatch is not None:
+                mismatches.append(mismatch)
             continue
         if q not in actual:
             mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))
             continue
         judged = judged_elements(case, q, expected[q].shape, apparatus.undetermined)
-        if within is not None and q in within:
-            judged = judged & within[q]
         mismatch, ratios[q], sharp_ratios[q] = _compare_one(
             q, expected[q], np.asarray(actual[q]), tol[q], apparatus.dtypes[q], judged, sharp[q]
         )
         if mismatch is not None:
             mismatches.append(mismatch)
     return Verdict(case, tuple(mismatches), ratios, sharp_ratios)
+
+
+def mismatch_within(case: Case, actual: Outputs, quantity: str, within: np.ndarray) -> Mismatch | None:
+    """The worst disagreement of ``quantity`` among the elements ``within`` (with those compare judges), or None."""
+    apparatus = judging(case)
+    found = fused.compare(case, actual).get(quantity) if fused.active(case) else None
+    if found is not None and found.pattern == 0 and (found.off is None or not (found.off & within).any()):
+        return None  # (the fused path's bits say so without the oracle's arrays)
+    expected = apparatus.expected[quantity]
+    judged = judged_elements(case, quantity, expected.shape, apparatus.undetermined) & within
+    tol, sharp, dtype = apparatus.bound[quantity], apparatus.sharp[quantity], apparatus.dtypes[quantity]
+    return _compare_one(quantity, expected, np.asarray(actual[quantity]), tol, dtype, judged, sharp)[0]
+
+
+def disagrees_with_oracle(case: Case, actual: Outputs, quantity: str) -> np.ndarray | None:
+    """disagreeing(the oracle, actual, its deterministic bound), element by element, within the elements compare
+    judges (from the fused path's bits where it judged the quantity); None where nothing disagrees."""
+    apparatus = judging(case)
+    found = fused.compare(case, actual).get(quantity) if fused.active(case) else None
+    if found is not None and found.pattern == 0:
+        return found.over if found.bad else None
+    expected = apparatus.expected[quantity]
+    judged = judged_elements(case, quantity, expected.shape, apparatus.undetermined)
+    tol, dtype = apparatus.bound[quantity], apparatus.dtypes[quantity]
+    return np.asarray(disagreeing(expected, np.asarray(actual[quantity]), tol, dtype) & judged)

@@ -24,7 +24,7 @@ import numpy as np
 
 from bnprops.judging import fused
 from bnprops.judging.apparatus import Judging
-from bnprops.model.case import Case, Outputs, param_dtype
+from bnprops.model.case import Case, Outputs, param_dtype, quantity_shape
 from bnprops.model.error_model import SAFETY, accumulation_dtype, bounds, sequential_sum_factor, unit_roundoff
 from bnprops.model.exactness import rows as channel_rows
 from bnprops.model.oracle import (
@@ -63,20 +63,33 @@ class Prediction:
     quantity: str
     #: The elements it covers (bool, the quantity's shape).
     where: np.ndarray
-    #: MXNet's values there (float64, the quantity's shape; NaN and inf are predicted exactly).
-    values: np.ndarray
-    #: How far MXNet may land from ``values`` (the quantity's shape).
-    tolerance: np.ndarray
+    #: MXNet's values there (float64, the quantity's shape; NaN and inf are predicted exactly); None: the
+    #: oracle's own (read only where needed: on large cases the fused path may never write them).
+    values: np.ndarray | None
+    #: How far MXNet may land from ``values`` (the quantity's shape); None: the oracle's deterministic bound.
+    tolerance: np.ndarray | None
     #: Must MXNet show it, wherever ``values`` and the oracle differ beyond the oracle's bound?
     certain: bool = False
     #: May the values there break an invariant (bnprops/judging/invariants.py): NaN from finite data,
     #: a negative variance?
     breaks_invariants: bool = False
 
+    @property
+    def is_oracle(self) -> bool:
+        """Is the model the oracle within its deterministic bound (so that MXNet matches it wherever the oracle's
+        own comparison finds no value beyond that bound)?"""
+        return self.values is None and self.tolerance is None
+
+    def model(self, apparatus: Judging) -> tuple[np.ndarray, np.ndarray]:
+        """The predicted values and tolerance as arrays."""
+        values = apparatus.expected[self.quantity] if self.values is None else self.values
+        tolerance = apparatus.bound[self.quantity] if self.tolerance is None else self.tolerance
+        return values, tolerance
+
 
 def _elements(ctx: Context, quantity: str, channels: np.ndarray) -> np.ndarray:
     """A per-channel mask as a mask of the quantity's elements."""
-    shape = ctx.expected[quantity].shape
+    shape = quantity_shape(ctx.case, quantity)
     if shape == ctx.case.shape:
         return np.broadcast_to(per_channel(ctx.case, channels).astype(bool), shape)
     return np.broadcast_to(np.asarray(channels, dtype=bool), shape)
@@ -92,12 +105,19 @@ def _predict(
     certain: bool,
     breaks_invariants: bool = False,
 ) -> list[Prediction]:
-    """One prediction per quantity the call produces, over the given channels."""
+    """One prediction per quantity the call produces, over the given channels (the oracle's own values and
+    bounds are passed on as None: read only where needed)."""
     if not np.asarray(channels).any():
         return []
-    tolerance = ctx.bound if tolerance is None else tolerance
     return [
-        Prediction(q, _elements(ctx, q, channels), values[q], tolerance[q], certain, breaks_invariants)
+        Prediction(
+            q,
+            _elements(ctx, q, channels),
+            None if values is ctx.expected else values[q],
+            None if tolerance is None or tolerance is ctx.bound else tolerance[q],
+            certain,
+            breaks_invariants,
+        )
         for q in quantities
         if q in ctx.expected
     ]

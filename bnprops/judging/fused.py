@@ -32,6 +32,7 @@ does the same for a block of code.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -64,6 +65,7 @@ from bnprops.model.oracle import statistics as oracle_statistics
 
 ENV = "BNPROPS_FUSED"
 MODES = ("auto", "always", "never")
+THREADS_ENV = "BNPROPS_FUSED_THREADS"
 #: From this many elements on (x.size), "auto" takes the fused path (measured: see bnprops bench).
 MIN_ELEMENTS = 20_000
 #: Elements per block of the passes (a block holds whole rows of P; float16 blocks are widened to float32).
@@ -73,20 +75,24 @@ CLOSE = 2.0**-8
 
 _forced: str | None = None
 _chunk: int | None = None
+_threads: int | None = None
 
 
 @contextlib.contextmanager
-def forced(mode: str, *, chunk: int | None = None) -> Iterator[None]:
-    """Take ``mode``'s path (and blocks of ``chunk`` elements) for the cases first judged inside the block."""
-    global _forced, _chunk
+def forced(mode: str, *, chunk: int | None = None, threads: int | None = None) -> Iterator[None]:
+    """Take ``mode``'s path (blocks of ``chunk`` elements, ``threads`` threads) for the cases first judged
+    inside the block."""
+    global _forced, _chunk, _threads
     if mode not in MODES:
         raise ValueError(f"unknown fused mode {mode!r}; choose from {MODES}")
-    before = _forced, _chunk
-    _forced, _chunk = mode, chunk
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be 1 or more, not {threads}")
+    before = _forced, _chunk, _threads
+    _forced, _chunk, _threads = mode, chunk, threads or _threads
     try:
         yield
     finally:
-        _forced, _chunk = before
+        _forced, _chunk, _threads = before
 
 
 def mode() -> str:
@@ -177,14 +183,69 @@ def _three(case: Case, values: np.ndarray) -> np.ndarray:
 
 
 def _blocks(case: Case) -> list[slice]:
+    """Slices of P: float16 data (widened) and arrays not contiguous (copied) block by block, CHUNK elements
+    each; contiguous float32 data in one block, read in place."""
     p, c, q = _three(case, case.x).shape
+    arrays = (case.x, case.dy) if case.prior_dx is None else (case.x, case.dy, case.prior_dx)
+    if _chunk is None and case.dtype != "float16" and all(a.flags.c_contiguous for a in arrays):
+        return [slice(0, p)]
     step = max(1, (_chunk or CHUNK) // max(1, c * q))
     return [slice(start, min(start + step, p)) for start in range(0, p, step)]
 
 
+def threads() -> int:
+    """How many threads share a case's channels (BNPROPS_FUSED_THREADS; default: one per core)."""
+    chosen = _threads or os.environ.get(THREADS_ENV, "") or str(os.cpu_count() or 1)
+    try:
+        n = int(chosen)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV}={chosen!r}: give a whole number of threads, 1 or more")
+    return n
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads from now on (a fuzz worker sharing the cores with others takes its share)."""
+    global _threads
+    if n < 1:
+        raise ValueError(f"threads must be 1 or more, not {n}")
+    _threads = n
+
+
+def share_cores(processes: int) -> None:
+    """This process is one of ``processes`` sharing the machine (fuzz workers, pytest-xdist's): its share of
+    the cores, unless BNPROPS_FUSED_THREADS says otherwise."""
+    if not os.environ.get(THREADS_ENV):
+        set_threads(max(1, (os.cpu_count() or 1) // max(1, processes)))
+
+
+@functools.cache
+def _pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="bnprops-fused")
+
+
+def _sweep(case: Case, kernel: Callable[..., None], arguments: Callable[[slice], tuple[Any, ...]]) -> None:
+    """``kernel(*arguments(b), c0, c1)`` for each block b in order, its channels shared among threads()
+    threads (the kernels release the GIL; each channel is one thread's, in order, so the sums are the same
+    whatever the number of threads)."""
+    n = min(threads(), case.channels)
+    edges = [case.channels * i // n for i in range(n + 1)]
+    groups = [(edges[i], edges[i + 1]) for i in range(n)]
+    for b in _blocks(case):
+        args = arguments(b)
+        if n == 1:
+            kernel(*args, 0, case.channels)
+        else:
+            list(_pool(n).map(lambda group, args=args: kernel(*args, *group), groups))
+
+
 def _wide(block: np.ndarray) -> np.ndarray:
-    """numba has no float16: a float16 block as float32 (exactly)."""
-    return block.astype(np.float32) if block.dtype == np.float16 else block
+    """A block as the kernels take every input: float32 (numba has no float16; widening is exact), C-contiguous,
+    read-only (so that each kernel is compiled once, for one type of array)."""
+    view = np.ascontiguousarray(block, dtype=np.float32).view()
+    view.flags.writeable = False
+    return view
 
 
 # --- per-channel sums --------------------------------------------------------------------------------------
@@ -226,8 +287,7 @@ def _raw(case: Case) -> dict[str, np.ndarray]:
         state[:, k.R["x_min"]], state[:, k.R["x_max"]] = np.inf, -np.inf
         state[:, k.R["x_finite"]] = state[:, k.R["dy_finite"]] = 1.0
         x3, dy3 = _three(case, case.x), _three(case, case.dy)
-        for b in _blocks(case):
-            k.raw_sums(_wide(x3[b]), _wide(dy3[b]), state)
+        _sweep(case, k.raw_sums, lambda b: (_wide(x3[b]), _wide(dy3[b]), state))
         return {name: state[:, i].copy() for name, i in k.R.items()}
 
     return case.memo("fused/raw", compute)
@@ -259,8 +319,7 @@ def _centred(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
         state = np.zeros((case.channels, len(k.CENTRED)))
         finite_mean = np.ascontiguousarray(np.where(np.isfinite(mean), mean, 0.0), dtype=np.float64)
         x3, dy3 = _three(case, case.x), _three(case, case.dy)
-        for b in _blocks(case):
-            k.centred_sums(_wide(x3[b]), _wide(dy3[b]), finite_mean, state)
+        _sweep(case, k.centred_sums, lambda b: (_wide(x3[b]), _wide(dy3[b]), finite_mean, state))
         return {name: state[:, i].copy() for name, i in k.K.items()}
 
     return case.memo("fused/centred", compute)
@@ -348,8 +407,8 @@ def _xhat_sums(case: Case) -> dict[str, np.ndarray]:
 
         def run(scale: np.ndarray, wanted: np.ndarray) -> np.ndarray:
             state = np.zeros((case.channels, 3))
-            for b in _blocks(case):
-                k.xhat_sums(_wide(x3[b]), _wide(dy3[b]), mean_c, np.ascontiguousarray(scale), wanted, state)
+            scale = np.ascontiguousarray(scale)
+            _sweep(case, k.xhat_sums, lambda b: (_wide(x3[b]), _wide(dy3[b]), mean_c, scale, wanted, state))
             return state
 
         bound_state = run(inv, np.ones(case.channels, dtype=np.bool_))
@@ -378,8 +437,11 @@ def _arrays(case: Case, which: int) -> list[np.ndarray]:
         x3, dy3 = _three(case, case.x), _three(case, case.dy)
         prior3 = _three(case, case.prior_dx) if add and case.prior_dx is not None else x3
         out = np.empty((3 if which == 0 else 4, *x3.shape))
-        for b in _blocks(case):
-            k.materialise(_wide(x3[b]), _wide(dy3[b]), _wide(prior3[b]), coeffs, batch, add, which, out[:, b])
+
+        def arguments(b: slice) -> tuple[Any, ...]:
+            return _wide(x3[b]), _wide(dy3[b]), _wide(prior3[b]), coeffs, batch, add, which, b.start, out
+
+        _sweep(case, k.materialise, arguments)
         arrays = [np.reshape(a, case.shape) for a in out]
         for a in arrays:
             a.flags.writeable = False
@@ -700,15 +762,56 @@ def judging(case: Case) -> Judging:
 # --- the comparison ----------------------------------------------------------------------------------------
 
 
-def compare(case: Case, actual: Outputs) -> dict[str, tuple[None, float, float]]:
-    """y and dx judged in one pass where they agree with the oracle: quantity -> (None, worst error/bound,
-    worst error/sharp bound), as comparator._compare_one returns them.  A quantity left out (it
-    disagrees somewhere, or is missing or misshapen) is for the reference comparator to judge."""
+@dataclasses.dataclass(frozen=True)
+class Compared:
+    """One per-element quantity judged on the fused path: what comparator._compare_one finds (worst ratios,
+    where the worst lie, counts) and which elements are beyond each bound, for ``actual``."""
 
+    actual: np.ndarray  # what was judged (the judgement asks again about the same array)
+    worst: float
+    worst_at: int  # flat index (C order) of the first largest error/bound
+    worst_sharp: float
+    worst_sharp_at: int
+    pattern: int  # elements whose NaN/inf pattern differs from the oracle's
+    bad: int  # beyond the deterministic bound
+    bad_sharp: int  # beyond the probabilistic bound
+    bits: np.ndarray = dataclasses.field(repr=False)  # fused_kernels.compare's, (P, C, Q)
+    over_bit: int = 0
+    sharp_bit: int = 0
+
+    @functools.cached_property
+    def over(self) -> np.ndarray:
+        """bool, the quantity's shape: beyond the deterministic bound."""
+        return np.reshape(self.bits & self.over_bit != 0, self.actual.shape) if self.bad else self._none
+
+    @functools.cached_property
+    def over_sharp(self) -> np.ndarray:
+        """bool, the quantity's shape: beyond the probabilistic bound."""
+        return np.reshape(self.bits & self.sharp_bit != 0, self.actual.shape) if self.bad_sharp else self._none
+
+    @functools.cached_property
+    def off(self) -> np.ndarray | None:
+        """bool, the quantity's shape: beyond either bound (None: nowhere)."""
+        if not (self.bad or self.bad_sharp):
+            return None
+        return np.reshape(self.bits & (self.over_bit | self.sharp_bit) != 0, self.actual.shape)
+
+    @property
+    def _none(self) -> np.ndarray:
+        return np.broadcast_to(False, self.actual.shape)
+
+
+def compare(case: Case, actual: Outputs) -> dict[str, Compared]:
+    """y and dx judged in one pass over the data (none where y is missing or misshapen): quantity -> Compared.
+    Memoised per case for the same actual arrays."""
     expected = reference(case)
-    wanted = [q for q in ("y", "dx") if q in expected and q in actual and np.shape(actual[q]) == case.shape]
+    wanted = [q for q in ("y", "dx") if q in expected and q in actual and _judgeable(actual[q], case.shape)]
     if "y" not in wanted:
         return {}
+    arrays = {q: np.asarray(actual[q]) for q in wanted}
+    before: dict[str, Compared] = case.memoized("fused/compared") or {}
+    if set(before) == set(wanted) and all(before[q].actual is arrays[q] for q in wanted):
+        return before
     k = _kernels()
     coeffs, batch = _coefficients(case)
     with_dx = "dx" in wanted
@@ -716,83 +819,61 @@ def compare(case: Case, actual: Outputs) -> dict[str, tuple[None, float, float]]
     dtypes = output_dtypes(case)
     thresholds = np.array([overflow_threshold(dtypes["y"]), overflow_threshold(dtypes["dx"])])
     x3, dy3 = _three(case, case.x), _three(case, case.dy)
-    ay3 = _three(case, np.asarray(actual["y"]))
-    adx3 = _three(case, np.asarray(actual["dx"])) if with_dx else x3
+    ay3 = _three(case, arrays["y"])
+    adx3 = _three(case, arrays["dx"]) if with_dx else x3
     prior3 = _three(case, case.prior_dx) if add and case.prior_dx is not None else x3
     result = np.zeros((case.channels, 2, len(k.VERDICT)))
-    for b in _blocks(case):
-        k.compare(
-            _wide(x3[b]),
-            _wide(dy3[b]),
-            _wide(prior3[b]),
-            _wide(ay3[b]),
-            _wide(adx3[b]),
-            coeffs,
-            batch,
-            add,
-            with_dx,
-            thresholds,
-            result,
+    bits = np.zeros(x3.shape, dtype=np.uint8)  # (an indeterminate channel's are never written)
+
+    def arguments(b: slice) -> tuple[Any, ...]:
+        blocks = (_wide(a[b]) for a in (x3, dy3, prior3, ay3, adx3))
+        return (*blocks, coeffs, batch, add, with_dx, thresholds, b.start, result, bits[b])
+
+    _sweep(case, k.compare, arguments)
+    found: dict[str, Compared] = {}
+    for row, q in enumerate(wanted):
+        per_channel = result[:, row]
+        worst, worst_at = _first_largest(per_channel[:, 0], per_channel[:, 1])
+        worst_sharp, worst_sharp_at = _first_largest(per_channel[:, 2], per_channel[:, 3])
+        pattern, bad, bad_sharp = (int(n) for n in per_channel[:, 4:].sum(axis=0))
+        over_bit, sharp_bit = (k.OVER_Y, k.OVER_SHARP_Y) if q == "y" else (k.OVER_DX, k.OVER_SHARP_DX)
+        found[q] = Compared(
+            arrays[q], worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp, bits, over_bit, sharp_bit
         )
-    decided: dict[str, tuple[None, float, float]] = {}
-    for row, q in enumerate(("y", "dx")):
-        if q not in wanted:
-            continue
-        worst, worst_sharp, pattern, bad, bad_sharp = result[:, row].max(axis=0)  # max: in any order, exactly
-        if not (pattern or bad or bad_sharp):
-            near(case, worst, worst_sharp)
-            decided[q] = (None, float(worst), float(worst_sharp))
-    return decided
+    case.seed("fused/compared", found)
+    return found
 
 
-# --- the comparator's functions on large arrays -------------------------------------------------------------
+def _judgeable(values: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Can the kernels read these values as they are (float16 or float32, widened exactly), in x's shape?"""
+    return np.shape(values) == shape and np.asarray(values).dtype in (np.float16, np.float32)
 
 
-def _flat(values: np.ndarray) -> np.ndarray:
-    flat = np.ravel(values)
-    return flat.astype(np.float32) if flat.dtype == np.float16 else flat
+def _first_largest(values: np.ndarray, at: np.ndarray) -> tuple[float, int]:
+    """The largest of the channels' worst ratios, and the smallest flat index among channels that reach it
+    (numpy's argmax over the whole array)."""
+    worst = float(values.max())
+    return worst, int(at[values == worst].min())
 
 
-def for_arrays(size: int) -> bool:
-    """Do the comparator's per-array functions take the compiled loops for arrays of ``size`` elements?
-    (Exactly the same results: the same operations, element by element.)"""
-    return size >= MIN_ELEMENTS and mode() != "never" and available()
-
-
-def compare_arrays(
-    expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, sharp: np.ndarray, judged: np.ndarray, threshold: float
-) -> tuple[int, float, int, float, int, np.ndarray, np.ndarray, int, int]:
-    """fused_kernels.compare_arrays on arrays of any shape (see comparator._compare_one)."""
+def element(case: Case, quantity: str, index: tuple[int, ...]) -> tuple[float, float, float]:
+    """The oracle's value of y or dx (as requested) at ``index``, and its deterministic and sharp bounds, by the
+    formulas the materialised arrays use (one row of Q elements computed)."""
     k = _kernels()
-    bad = np.empty(expected.shape, dtype=bool)
-    bad_sharp = np.empty(expected.shape, dtype=bool)
-    e = np.ravel(np.asarray(expected, dtype=np.float64))
-    pattern, worst, worst_at, worst_sharp, worst_sharp_at, n_bad, n_sharp, near = k.compare_arrays(
-        e,
-        _flat(actual),
-        np.ravel(np.asarray(bound, dtype=np.float64)),
-        np.ravel(np.asarray(sharp, dtype=np.float64)),
-        np.ravel(judged),
-        threshold,
-        CLOSE,
-        np.ravel(bad),
-        np.ravel(bad_sharp),
-    )
-    if near:  # (an element within CLOSE of a bound changes a count, not the finding, unless it is the worst)
-        deciding = abs(worst - 1) <= CLOSE or (worst <= 1 and abs(worst_sharp - 1) <= CLOSE)
-        if deciding:
-            _note()
-    return pattern, worst, worst_at, worst_sharp, worst_sharp_at, bad, bad_sharp, n_bad, n_sharp
-
-
-def disagreeing(expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, threshold: float) -> np.ndarray:
-    """fused_kernels.disagreeing on arrays of any shape (see comparator.disagreeing)."""
-    out = np.empty(expected.shape, dtype=bool)
-    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
-    e = np.ravel(np.asarray(expected, dtype=np.float64))
-    if _kernels().disagreeing(e, _flat(np.asarray(actual)), np.ravel(bound), threshold, CLOSE, np.ravel(out)):
-        _note()
-    return out
+    coeffs, batch = _coefficients(case)
+    add = case.request("data") == "add" and case.prior_dx is not None
+    flat = int(np.ravel_multi_index(index, case.shape))
+    x3, dy3 = _three(case, case.x), _three(case, case.dy)
+    prior3 = _three(case, case.prior_dx) if add and case.prior_dx is not None else x3
+    _, channels, inner = x3.shape
+    p, c, q = flat // (channels * inner), (flat // inner) % channels, flat % inner
+    rows = (slice(p, p + 1), slice(c, c + 1))
+    which = 0 if quantity == "y" else 1
+    out = np.empty((3 if which == 0 else 4, 1, 1, inner))
+    blocks = (_wide(x3[rows]), _wide(dy3[rows]), _wide(prior3[rows]))
+    k.materialise(*blocks, np.ascontiguousarray(coeffs[c : c + 1]), batch, add, which, 0, out, 0, 1)
+    values = [float(v) for v in out[:, 0, 0, q]]
+    return (values[0], values[1], values[2]) if which == 0 else (values[1], values[2], values[3])
 
 
 #: The near-threshold decisions of the case being judged (judgement.judge watches each fused case).

@@ -16,7 +16,17 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from bnprops.judging import fused
-from bnprops.judging.comparator import Mismatch, Verdict, compare, disagreeing, judged_elements, judging, reproducer
+from bnprops.judging.comparator import (
+    Mismatch,
+    Verdict,
+    compare,
+    disagreeing,
+    disagrees_with_oracle,
+    judged_only,
+    judging,
+    mismatch_within,
+    reproducer,
+)
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.judging.invariants import violations
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
@@ -92,7 +102,7 @@ class _Tally:
 
     @staticmethod
     def _or(table: dict[str, np.ndarray], q: str, mask: np.ndarray) -> None:
-        table[q] = table[q] | mask if q in table else mask.copy()
+        table[q] = table[q] | mask if q in table else mask  # (masks are never written in place)
 
     def add(self, kd: KnownDeviation, p: Prediction, ok: np.ndarray, visible: np.ndarray | None) -> None:
         q = p.quantity
@@ -116,7 +126,7 @@ def predictions(case: Case, *, entry: str, kernel: str, scoped: bool = True) -> 
     found = []
     for kd in KNOWN_DEVIATIONS:
         for p in kd.predictions(ctx, entry=entry, scoped=scoped):
-            where = p.where & judged_elements(case, p.quantity, p.where.shape, apparatus.undetermined)
+            where = judged_only(case, p.quantity, p.where, apparatus.undetermined)
             if where.any():
                 found.append((kd, dataclasses.replace(p, where=where)))
     return found
@@ -173,11 +183,17 @@ def _judge(
         if actual is None or np.shape(actual) != p.where.shape:
             continue
         dtype = apparatus.dtypes[p.quantity]
-        ok = p.where & ~disagreeing(p.values, np.asarray(actual), p.tolerance, dtype)
-        visible = None
-        if p.certain:
-            oracle = apparatus.expected[p.quantity]
-            visible = p.where & disagreeing(oracle, p.values, apparatus.bound[p.quantity], dtype)
+        visible: np.ndarray | None = None
+        if p.is_oracle:  # (the oracle's own comparison says where MXNet is beyond its bound)
+            off = disagrees_with_oracle(case, outputs, p.quantity)
+            ok = p.where if off is None else p.where & ~off
+            visible = np.zeros_like(p.where) if p.certain else None
+        else:
+            values, tolerance = p.model(apparatus)
+            ok = p.where & ~disagreeing(values, np.asarray(actual), tolerance, dtype)
+            if p.certain:
+                oracle = apparatus.expected[p.quantity]
+                visible = p.where & disagreeing(oracle, values, apparatus.bound[p.quantity], dtype)
         tally.add(kd, p, ok, visible)
 
     failing: dict[str, np.ndarray] = {}
@@ -196,10 +212,10 @@ def _judge(
         hit = frozenset(q for q, ok in shown.items() if q in failing and (ok & failing[q]).any())
         if hit & checked:
             explained.append((kd, hit & checked))
-        visible = tally.visible.get(kd.id, {})
-        if any(v.any() for v in visible.values()) and not hit:
-            showed = any((v & shown[q]).any() for q, v in visible.items() if q in shown)
-            failed = any((v & failing[q]).any() for q, v in visible.items() if q in failing)
+        certain = tally.visible.get(kd.id, {})
+        if any(v.any() for v in certain.values()) and not hit:
+            showed = any((v & shown[q]).any() for q, v in certain.items() if q in shown)
+            failed = any((v & failing[q]).any() for q, v in certain.items() if q in failing)
             if not showed and not failed:
                 stale.append(kd)
     return Outcome(verdict, entry, tuple(explained), tuple(findings), tuple(stale), checked, backend, tally.region)
@@ -232,18 +248,19 @@ def _findings(
         elif q not in judged_again:
             judged_again.add(q)
             region, matched = tally.region[q], tally.matched[q]
-            outside = compare(case, outputs, quantities=[q], within={q: ~region})
-            result += outside.mismatches
-            inside = compare(case, outputs, quantities=[q], within={q: region & ~matched})
-            result += [_unrecorded(mi, found) for mi in inside.mismatches]
+            outside = mismatch_within(case, outputs, q, ~region)
+            result += [] if outside is None else [outside]
+            inside = mismatch_within(case, outputs, q, region & ~matched)
+            result += [] if inside is None else [_unrecorded(case, inside, found)]
     return result
 
 
-def _unrecorded(m: Mismatch, found: list[tuple[KnownDeviation, Prediction]]) -> Mismatch:
+def _unrecorded(case: Case, m: Mismatch, found: list[tuple[KnownDeviation, Prediction]]) -> Mismatch:
     """A mismatch inside a deviation's region that matched no model: "deviates, but not as recorded"."""
     if m.kind not in ("value", "nonfinite"):
         return m  # an accuracy finding inside a region whose model it missed is an accuracy finding
     for kd, p in found:
         if p.quantity == m.quantity and p.where[m.index]:
-            return dataclasses.replace(m, kind="unrecorded", deviation=kd.id, model=float(p.values[m.index]))
+            model = float(p.model(judging(case))[0][m.index])
+            return dataclasses.replace(m, kind="unrecorded", deviation=kd.id, model=model)
     return m

@@ -33,6 +33,9 @@ QUANTITIES = (
     "forward_moving_var",
 )
 
+#: The quantities with one value per element of x (the rest have one per channel).
+PER_ELEMENT = ("y", "dx")
+
 ARRAY_FIELDS = ("x", "gamma", "beta", "moving_mean", "moving_var", "dy")
 #: What a gradient buffer may be asked to do (MXNet's OpReqType as Python names it).
 GRAD_REQS = ("write", "add", "null")
@@ -343,3 +346,8 @@ def _describe(case: Case) -> str:
         f"BatchNorm({case.dtype}{list(case.shape)}, axis={case.axis}, eps={case.eps!r}, "
         f"momentum={case.momentum!r}, {', '.join(flags)}) regime={case.regime}"
     )
+
+
+def quantity_shape(case: Case, quantity: str) -> tuple[int, ...]:
+    """The shape of a quantity's values: x's for y and dx, one per channel for the rest."""
+    return case.shape if quantity in PER_ELEMENT else (case.channels,)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 def _jit(function: Callable[..., Any], parallel: bool = False) -> Any:
@@ -29,10 +29,12 @@ def _jit(function: Callable[..., Any], parallel: bool = False) -> Any:
 
 
 def _per_channel(function: Callable[..., Any]) -> Any:
-    """A kernel whose channels are independent (``prange`` over channels, one channel per loop body).  Compiled
-    without ``parallel``: on this project's 2 shared cores (MXNet's threads, the other fuzz worker) threads
-    measured slower, not faster; with it each channel would still be one thread's sequential loop."""
-    return _jit(function, parallel=False)
+    """A kernel whose channels are independent: it works on channels c0 to c1 - 1 (its last two arguments), so
+    that threads can share a case's channels (fused.py runs the kernels, which release the GIL, in a thread
+    pool).  Never numba's ``parallel``: its OpenMP threading layer, once started, changes MXNet's own results
+    in the same process (1.9.1's sums, float32 y at M = 2 10^5 off by 1.9e-4 from the same call before it
+    started), and MXNet is what bnprops checks."""
+    return _jit(function)
 
 
 def _inline(function: Callable[..., Any]) -> Any:
@@ -68,10 +70,10 @@ R = {name: i for i, name in enumerate(RAW)}
 
 
 @_per_channel
-def raw_sums(x: np.ndarray, dy: np.ndarray, state: np.ndarray) -> None:  # pragma: no cover - compiled
+def raw_sums(x: np.ndarray, dy: np.ndarray, state: np.ndarray, c0: int, c1: int) -> None:  # pragma: no cover - compiled
     """Sums of x and dy alone, per channel, continued from ``state`` (one row per channel, columns RAW)."""
-    blocks, channels, inner = x.shape
-    for c in prange(channels):
+    blocks, _, inner = x.shape
+    for c in range(c0, c1):
         s = state[c]
         x_hi, x_lo, x_min, x_max = s[0], s[1], s[2], s[3]
         x_nan, x_fin, x_abs, x_p, x_sp = s[4], s[5], s[6], s[7], s[8]
@@ -146,10 +148,12 @@ K = {name: i for i, name in enumerate(CENTRED)}
 
 
 @_per_channel
-def centred_sums(x: np.ndarray, dy: np.ndarray, mean: np.ndarray, state: np.ndarray) -> None:  # pragma: no cover
+def centred_sums(
+    x: np.ndarray, dy: np.ndarray, mean: np.ndarray, state: np.ndarray, c0: int, c1: int
+) -> None:  # pragma: no cover
     """Sums of (x - mean)^2 and (x - mean) dy per channel (``mean`` finite), continued from ``state``."""
-    blocks, channels, inner = x.shape
-    for c in prange(channels):
+    blocks, _, inner = x.shape
+    for c in range(c0, c1):
         s = state[c]
         m = mean[c]
         a_hi, a_lo, a_abs, a_p, a_sp = s[0], s[1], s[2], s[3], s[4]
@@ -192,11 +196,18 @@ def centred_sums(x: np.ndarray, dy: np.ndarray, mean: np.ndarray, state: np.ndar
 
 @_per_channel
 def xhat_sums(
-    x: np.ndarray, dy: np.ndarray, mean: np.ndarray, inv: np.ndarray, wanted: np.ndarray, state: np.ndarray
+    x: np.ndarray,
+    dy: np.ndarray,
+    mean: np.ndarray,
+    inv: np.ndarray,
+    wanted: np.ndarray,
+    state: np.ndarray,
+    c0: int,
+    c1: int,
 ) -> None:  # pragma: no cover - compiled
     """Per wanted channel: sum dy ((x - mean) inv) compensated (state 0, 1) and sum |dy| |(x - mean) inv| (2)."""
-    blocks, channels, inner = x.shape
-    for c in prange(channels):
+    blocks, _, inner = x.shape
+    for c in range(c0, c1):
         if not wanted[c]:
             continue
         s = state[c]
@@ -426,14 +437,13 @@ def _element(v: float, d: float, prior: float, t: Any, batch: bool, add: bool) -
 
 @_inline
 def _lower(det: float, prob: float) -> float:  # pragma: no cover - compiled
-    """A lower bound on sharp_bounds' min(prob, det) (det where prob is not finite) from lower bounds on each."""
-    return prob if prob <= det else det
-
-
-@_inline
-def _clear(err: float, low: float, worst: float) -> bool:  # pragma: no cover - compiled
-    """Is err / bound certainly neither above ``worst`` nor above 1, for any bound at least ``low``?"""
-    return err <= _NEAR * low * min(worst, 1.0) and low > _TINY
+    """A lower bound on sharp_bounds' min(prob, det) from lower bounds on each (NaN where either is NaN: a form
+    that cannot be used says nothing)."""
+    if det <= prob:
+        return det
+    if prob < det:
+        return prob
+    return np.nan
 
 
 @_inline
@@ -455,12 +465,15 @@ def materialise(
     batch: bool,
     add: bool,
     which: int,
+    p0: int,
     out: np.ndarray,
+    c0: int,
+    c1: int,
 ) -> None:  # pragma: no cover - compiled
     """Write y and its deterministic and sharp bounds (which 0: out[0..2]), or dx fresh, dx as requested and
-    its bounds (which 1: out[0..3])."""
-    blocks, channels, inner = x.shape
-    for c in prange(channels):
+    its bounds (which 1: out[0..3]), the block's rows from row p0 of out's P."""
+    blocks, _, inner = x.shape
+    for c in range(c0, c1):
         t = _row(k[c])
         for p in range(blocks):
             for q in range(inner):
@@ -469,20 +482,25 @@ def materialise(
                     np.float64(x[p, c, q]), np.float64(dy[p, c, q]), pv, t, batch, add
                 )
                 if which == 0:
-                    out[0, p, c, q] = y
-                    out[1, p, c, q] = by
-                    out[2, p, c, q] = _sharp(sy, by)
+                    out[0, p0 + p, c, q] = y
+                    out[1, p0 + p, c, q] = by
+                    out[2, p0 + p, c, q] = _sharp(sy, by)
                 else:
-                    out[0, p, c, q] = fresh
-                    out[1, p, c, q] = acc
-                    out[2, p, c, q] = bdx
-                    out[3, p, c, q] = _sharp(sdx, bdx)
+                    out[0, p0 + p, c, q] = fresh
+                    out[1, p0 + p, c, q] = acc
+                    out[2, p0 + p, c, q] = bdx
+                    out[3, p0 + p, c, q] = _sharp(sdx, bdx)
 
 
-#: Columns of compare's result (per quantity: y in row 0, dx in row 1).
-VERDICT = ("worst", "worst_sharp", "pattern", "bad", "bad_sharp")
-_NEAR = 1.0 - 2.0**-40  # a ratio err/bound is only computed where err > _NEAR * bound * (the largest so far)
-_TINY = 2.0**-960  # (or where the bound is so small that the product could lose its relative precision)
+#: Columns of compare's result (per channel; y in row 0, dx in row 1).  The worst ratios' positions are flat
+#: indices into the case's arrays (C order), so that the smallest among equal ratios is numpy's argmax.
+VERDICT = ("worst", "worst_at", "worst_sharp", "worst_sharp_at", "pattern", "bad", "bad_sharp")
+_NEAR = 1.0 - 2.0**-40  # an element is judged exactly where its error exceeds _NEAR * a lower bound * the worst
+_TINY = 2.0**-960  # ratio so far (or its lower bound is so small that the product could lose its precision)
+#: A linear form raised by this much is at least the bound it stands for: the forms and the bounds are sums of
+#: the same non-negative terms, each rounded a few times (within 2^-48 of each other), and the forms are shrunk
+#: by SHRINK.
+_ABOVE = (1.0 + 2.0**-38) / SHRINK
 
 
 @_inline
@@ -505,28 +523,93 @@ def _ratio(err: float, bound: float) -> float:  # pragma: no cover - compiled
 
 
 @_inline
-def _judge_one(e: float, a: float, bound: float, sharp: float, r: Any) -> Any:  # pragma: no cover - compiled
-    """comparator._compare_one at one judged element, folded into r = (worst, worst_sharp, pattern, bad,
-    bad_sharp).  Divisions only where the error comes near a bound times the largest ratio so far."""
-    worst, worst_sharp, pattern, bad, bad_sharp = r
+def _sort(err: float, low: float, worst: float) -> Any:  # pragma: no cover - compiled
+    """An error against a bound known to lie in [low, low * _ABOVE]: (certainly beyond the bound, must be judged
+    exactly: it may be beyond it or not, or beyond the worst ratio ``worst`` so far).  NaN (a NaN/inf value, a
+    form that cannot be used) is always judged exactly; an error of 0 never is.  Bitwise operators, not
+    and/or: no branches, so that the scan vectorises."""
+    over = err > low * _ABOVE
+    undecided = (not (err <= _NEAR * low)) & (not over)
+    beyond_worst = not (err <= _NEAR * low * worst)
+    tiny = (err != 0.0) & (not (low > _TINY))
+    return over, undecided | beyond_worst | tiny
+
+
+@_inline
+def _judge(e: float, a: float, bound: float, sharp: float, at: float, r: Any) -> Any:  # pragma: no cover - compiled
+    """comparator._compare_one at one flagged element ``at``, folded into r = (worst, worst_at, worst_sharp,
+    worst_sharp_at, pattern, bad, bad_sharp); also whether the element is beyond each bound."""
+    worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp = r
+    over = over_sharp = False
     if not (e - e == 0.0 and a - a == 0.0):
         if not ((e != e and a != a) or e == a):
-            pattern = 1.0
-        return worst, worst_sharp, pattern, bad, bad_sharp
+            pattern += 1.0
+        return (worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp), over, over_sharp
     err = abs(a - e)
-    if err > _NEAR * bound * min(worst, 1.0) or not bound > _TINY:
-        ratio = _ratio(err, bound)
-        if ratio > worst:
-            worst = ratio
-        if ratio > 1:
-            bad = 1.0
-    if err > _NEAR * sharp * min(worst_sharp, 1.0) or not sharp > _TINY:
-        ratio = _ratio(err, sharp)
-        if ratio > worst_sharp:
-            worst_sharp = ratio
-        if ratio > 1:
-            bad_sharp = 1.0
-    return worst, worst_sharp, pattern, bad, bad_sharp
+    ratio = _ratio(err, bound)
+    if ratio > worst:
+        worst, worst_at = ratio, at
+    if ratio > 1:
+        bad += 1.0
+        over = True
+    ratio = _ratio(err, sharp)
+    if ratio > worst_sharp:
+        worst_sharp, worst_sharp_at = ratio, at
+    if ratio > 1:
+        bad_sharp += 1.0
+        over_sharp = True
+    return (worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp), over, over_sharp
+
+
+@_jit
+def _scan(
+    xr: np.ndarray,
+    dr: np.ndarray,
+    pr: np.ndarray,
+    ar: np.ndarray,
+    adr: np.ndarray,
+    t: Any,
+    batch: bool,
+    add: bool,
+    with_dx: bool,
+    worsts: Any,
+    bits: np.ndarray,
+) -> Any:  # pragma: no cover - compiled
+    """One row of compare, without branches (so that the compiler vectorises it): each element's bits (OVER_Y,
+    OVER_SHARP_Y, OVER_DX, OVER_SHARP_DX where certainly beyond that bound; EXACT where it must be judged
+    exactly); returns how many are EXACT and how many certainly beyond each bound."""
+    wy, wys, wd, wds = worsts
+    exact = s0 = s1 = s2 = s3 = 0  # (integers: a float sum would not vectorise)
+    for q in range(xr.shape[0]):
+        d = np.float64(dr[q])
+        pv = np.float64(pr[q]) if add else 0.0
+        y, fresh, acc, axhat = _oracle(np.float64(xr[q]), d, pv, t, batch, add)
+        err = abs(np.float64(ar[q]) - y)
+        low = (t[42] + t[43] * axhat + t[44] * abs(y)) * SHRINK
+        low_sharp = _lower(low, (t[50] + t[51] * axhat + t[52] * abs(y)) * SHRINK)
+        o1, e1 = _sort(err, low, wy)
+        o2, e2 = _sort(err, low_sharp, wys)
+        o3 = o4 = e3 = e4 = False
+        if with_dx:
+            err = abs(np.float64(adr[q]) - acc)
+            ad, af, aa = abs(d), abs(fresh), abs(acc)
+            low = (t[45] + t[46] * axhat + t[47] * ad + t[48] * af + t[49] * aa) * SHRINK
+            low_sharp = _lower(low, (t[53] + t[54] * axhat + t[55] * ad + t[56] * af + t[57] * aa) * SHRINK)
+            o3, e3 = _sort(err, low, wd)
+            o4, e4 = _sort(err, low_sharp, wds)
+        e = e1 | e2 | e3 | e4
+        b1, b2, b3, b4 = o1 & (not e), o2 & (not e), o3 & (not e), o4 & (not e)
+        bits[q] = np.uint8(b1) | (np.uint8(b2) << 1) | (np.uint8(b3) << 2) | (np.uint8(b4) << 3) | (np.uint8(e) << 4)
+        exact += 1 if e else 0
+        s0 += 1 if b1 else 0
+        s1 += 1 if b2 else 0
+        s2 += 1 if b3 else 0
+        s3 += 1 if b4 else 0
+    return exact, s0, s1, s2, s3
+
+
+#: compare's bits per element.
+OVER_Y, OVER_SHARP_Y, OVER_DX, OVER_SHARP_DX, EXACT = 1, 2, 4, 8, 16
 
 
 @_per_channel
@@ -541,116 +624,55 @@ def compare(
     add: bool,
     with_dx: bool,
     thresholds: np.ndarray,
+    p0: int,
     result: np.ndarray,
+    bits: np.ndarray,
+    c0: int,
+    c1: int,
 ) -> None:  # pragma: no cover - compiled
-    """The comparison of y (and dx) with the oracle under both bounds, per channel: folded into result[c]
-    (rows y, dx; columns VERDICT).  A channel stops as soon as each quantity has something the reference
-    comparator must describe (a NaN/inf pattern, an error beyond a bound)."""
+    """The comparison of y (and dx) with the oracle under both bounds, per channel, continued from result[c]
+    (rows y, dx; columns VERDICT); ``bits`` (x's shape as (P, C, Q)): OVER_Y, OVER_SHARP_Y, OVER_DX and
+    OVER_SHARP_DX set where the element is beyond that bound.  ``p0``: the block's first row of P, for the
+    flat indices.
+
+    Each row of Q elements is first scanned without branches (_scan), each error set against the linear forms
+    of fused.coefficients, which bracket the bounds within 2^-38: an element clearly beyond a bound is marked
+    so; one near a bound, or that may be the worst so far, is judged with the exact bounds in a second walk of
+    the row (the few rows that have any): the same worst ratios, positions and counts as judging every
+    element exactly."""
     blocks, channels, inner = x.shape
     ty, tdx = thresholds[0], thresholds[1]
-    for c in prange(channels):
+    for c in range(c0, c1):
         t = _row(k[c])
+        if t[9] == 0.0:
+            continue  # an indeterminate channel: not judged
         r = result[c]
-        if t[9] == 0.0 or (r[0, 2] + r[0, 3] + r[0, 4] > 0 and (not with_dx or r[1, 2] + r[1, 3] + r[1, 4] > 0)):
-            continue  # an indeterminate channel (not judged), or one already decided
-        ry = (r[0, 0], r[0, 1], r[0, 2], r[0, 3], r[0, 4])
-        rd = (r[1, 0], r[1, 1], r[1, 2], r[1, 3], r[1, 4])
+        ry = (r[0, 0], r[0, 1], r[0, 2], r[0, 3], r[0, 4], r[0, 5], r[0, 6])
+        rd = (r[1, 0], r[1, 1], r[1, 2], r[1, 3], r[1, 4], r[1, 5], r[1, 6])
         for p in range(blocks):
+            xr, dr, pr, ar, adr, br = x[p, c], dy[p, c], prior[p, c], actual_y[p, c], actual_dx[p, c], bits[p, c]
+            worsts = (ry[0], ry[2], rd[0], rd[2])  # (the row's classification uses the worsts it starts with)
+            exact, s0, s1, s2, s3 = _scan(xr, dr, pr, ar, adr, t, batch, add, with_dx, worsts, br)
+            ry = (ry[0], ry[1], ry[2], ry[3], ry[4], ry[5] + s0, ry[6] + s1)
+            rd = (rd[0], rd[1], rd[2], rd[3], rd[4], rd[5] + s2, rd[6] + s3)
+            if exact == 0:
+                continue
+            base = ((p0 + p) * channels + c) * inner
             for q in range(inner):
-                pv = np.float64(prior[p, c, q]) if add else 0.0
-                d = np.float64(dy[p, c, q])
-                y, fresh, acc, axhat = _oracle(np.float64(x[p, c, q]), d, pv, t, batch, add)
-                a = _adjusted(y, np.float64(actual_y[p, c, q]), ty)
-                err = abs(a - y)  # NaN where either is not finite: never clear
-                low = (t[42] + t[43] * axhat + t[44] * abs(y)) * SHRINK
-                low_sharp = _lower(low, (t[50] + t[51] * axhat + t[52] * abs(y)) * SHRINK)
-                if not (_clear(err, low, ry[0]) and _clear(err, low_sharp, ry[1])):
-                    by, sy = _bounds_y(axhat, y, t)
-                    ry = _judge_one(y, a, by, _sharp(sy, by), ry)
+                if not br[q] & EXACT:
+                    continue
+                d = np.float64(dr[q])
+                pv = np.float64(pr[q]) if add else 0.0
+                y, fresh, acc, axhat = _oracle(np.float64(xr[q]), d, pv, t, batch, add)
+                by, sy = _bounds_y(axhat, y, t)
+                ry, over, over_sharp = _judge(y, _adjusted(y, np.float64(ar[q]), ty), by, _sharp(sy, by), base + q, ry)
+                code = (OVER_Y if over else 0) | (OVER_SHARP_Y if over_sharp else 0)
                 if with_dx:
-                    a = _adjusted(acc, np.float64(actual_dx[p, c, q]), tdx)
-                    err = abs(a - acc)
-                    ad, af, aa = abs(d), abs(fresh), abs(acc)
-                    low = (t[45] + t[46] * axhat + t[47] * ad + t[48] * af + t[49] * aa) * SHRINK
-                    low_sharp = _lower(low, (t[53] + t[54] * axhat + t[55] * ad + t[56] * af + t[57] * aa) * SHRINK)
-                    if not (_clear(err, low, rd[0]) and _clear(err, low_sharp, rd[1])):
-                        bdx, sdx = _bounds_dx(axhat, d, fresh, acc, t, batch, add)
-                        rd = _judge_one(acc, a, bdx, _sharp(sdx, bdx), rd)
-            if ry[2] + ry[3] + ry[4] > 0 and (not with_dx or rd[2] + rd[3] + rd[4] > 0):
-                break
-        for i in range(5):
+                    bdx, sdx = _bounds_dx(axhat, d, fresh, acc, t, batch, add)
+                    adx = _adjusted(acc, np.float64(adr[q]), tdx)
+                    rd, over, over_sharp = _judge(acc, adx, bdx, _sharp(sdx, bdx), base + q, rd)
+                    code |= (OVER_DX if over else 0) | (OVER_SHARP_DX if over_sharp else 0)
+                br[q] = code
+        for i in range(7):
             r[0, i] = ry[i]
             r[1, i] = rd[i]
-
-
-# --- whole arrays (the comparator's own functions on large arrays) ----------------------------------------
-
-
-@_jit
-def compare_arrays(
-    e: np.ndarray,
-    actual: np.ndarray,
-    bound: np.ndarray,
-    sharp: np.ndarray,
-    judged: np.ndarray,
-    threshold: float,
-    close: float,
-    bad: np.ndarray,
-    bad_sharp: np.ndarray,
-) -> Any:  # pragma: no cover - compiled
-    """comparator._compare_one over flat arrays: (elements whose NaN/inf pattern differs, worst ratio, its first
-    index, worst sharp ratio, its first index, count of ratios > 1, count of sharp ratios > 1, count of ratios
-    within ``close`` of 1), with the masks of ratios > 1 and sharp ratios > 1 written to ``bad`` and
-    ``bad_sharp``."""
-    pattern, near = 0, 0
-    worst, worst_at, worst_sharp, worst_sharp_at = 0.0, 0, 0.0, 0
-    n_bad, n_sharp = 0, 0
-    for i in range(e.shape[0]):
-        bad[i] = False
-        bad_sharp[i] = False
-        if not judged[i]:
-            continue
-        v = e[i]
-        a = _adjusted(v, np.float64(actual[i]), threshold)
-        if not (v - v == 0.0 and a - a == 0.0):
-            if not ((v != v and a != a) or v == a):
-                pattern += 1
-            continue
-        err = abs(a - v)
-        if err == 0.0:
-            continue
-        ratio = _ratio(err, bound[i])
-        sharp_ratio = _ratio(err, sharp[i])
-        if ratio > worst:
-            worst, worst_at = ratio, i
-        if sharp_ratio > worst_sharp:
-            worst_sharp, worst_sharp_at = sharp_ratio, i
-        if ratio > 1:
-            bad[i] = True
-            n_bad += 1
-        if sharp_ratio > 1:
-            bad_sharp[i] = True
-            n_sharp += 1
-        if abs(ratio - 1.0) <= close or abs(sharp_ratio - 1.0) <= close:
-            near += 1
-    return pattern, worst, worst_at, worst_sharp, worst_sharp_at, n_bad, n_sharp, near
-
-
-@_jit
-def disagreeing(
-    e: np.ndarray, actual: np.ndarray, bound: np.ndarray, threshold: float, close: float, out: np.ndarray
-) -> int:  # pragma: no cover - compiled
-    """comparator.disagreeing over flat arrays, into ``out``; returns how many errors lie within ``close``
-    (relatively) of their bound."""
-    near = 0
-    for i in range(e.shape[0]):
-        v = e[i]
-        a = _adjusted(v, np.float64(actual[i]), threshold)
-        if v - v == 0.0 and a - a == 0.0:
-            err = abs(a - v)
-            out[i] = err > bound[i]
-            if abs(err - bound[i]) <= close * bound[i]:
-                near += 1
-        else:
-            out[i] = not ((v != v and a != a) or v == a)
-    return near
