@@ -47,20 +47,21 @@ from bnprops.judging.apparatus import Judging, overflow_threshold
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, param_dtype
 from bnprops.model.error_model import (
     SAFETY,
-    _accumulated_quantities,
     _exactness,
     _rounding_scale,
     _statistics,
     accumulation_dtype,
     compute_dtype,
+    finished_bounds,
     indeterminate_channels,
     probabilistic_lambda,
+    statistics_bounds,
     subnormal_step,
     sum_factor,
     unit_roundoff,
 )
 from bnprops.model.lazy_outputs import LazyOutputs
-from bnprops.model.oracle import eps_as_applied, momentum_as_applied, output_dtypes
+from bnprops.model.oracle import eps_as_applied, output_dtypes, per_channel_outputs
 from bnprops.model.oracle import statistics as oracle_statistics
 
 ENV = "BNPROPS_FUSED"
@@ -465,34 +466,14 @@ def _fresh_per_channel(case: Case) -> Outputs:
 
     def compute() -> Outputs:
 
-        m = case.reduction_length
         g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
         mean, var = oracle_statistics(case)
         raw = _raw(case)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
-            dbeta = _finite_sum(raw["dy_hi"], raw["dy_lo"])
-            sum_dy_xhat = _xhat_sums(case)["oracle_dot"]
-            dgamma = np.zeros(case.channels) if case.fix_gamma else sum_dy_xhat
-            mom, rest = momentum_as_applied(case)
-            if case.uses_batch_stats and m > 0:
-                moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean
-                moving_var = mom * case.moving_var.astype(np.float64) + rest * var
-            else:
-                moving_mean = case.moving_mean.astype(np.float64)
-                moving_var = case.moving_var.astype(np.float64)
-        out: Outputs = {
-            "dgamma": dgamma,
-            "dbeta": dbeta,
-            "moving_mean": moving_mean,
-            "moving_var": moving_var,
-            "gamma": np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64),
-            "forward_moving_mean": case.moving_mean.astype(np.float64),
-            "forward_moving_var": case.moving_var.astype(np.float64),
-        }
-        if case.output_mean_var:
-            out["mean"] = np.asarray(mean, dtype=np.float64)
-            out["invstd"] = invstd
+        sum_dy_xhat = _xhat_sums(case)["oracle_dot"]
+        dbeta = _finite_sum(raw["dy_hi"], raw["dy_lo"])
+        out = per_channel_outputs(case, mean, var, invstd, dbeta, sum_dy_xhat)
         for value in out.values():
             value.flags.writeable = False
         # internal: the per-channel values the per-element formulas need
@@ -570,14 +551,13 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
         u_data = r * unit_roundoff(case.dtype)
         u_param = r * unit_roundoff(param_dtype(case.dtype))
         tiny_data = r * subnormal_step(case.dtype)
-        tiny_param = r * subnormal_step(param_dtype(case.dtype))
         tiny_term = r * subnormal_step(compute_dtype(case.dtype))
         acc_dtype = accumulation_dtype(case.dtype)
         ua = r * unit_roundoff(acc_dtype)
         m = case.reduction_length
         g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
         ag = np.abs(g)
-        mean, s2, rel = st.mean, st.s2, st.rel_inv
+        s2, rel = st.s2, st.rel_inv
         raw, xhat = _raw(case), _xhat_sums(case)
         co = np.zeros((case.channels, k.MODEL))
         c = {name: i - k.FIRST for name, i in k.C_.items() if i >= k.FIRST}
@@ -619,48 +599,8 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
                 co[:, c["u2"]] = 2 * u
                 co[:, c["tiny3"]] = 3 * tiny_term
             co[:, c["tx"]] = tiny_term * (ag * np.maximum(1.0, inv))
-
-            mom, rest = momentum_as_applied(case)
-            old_mean = np.abs(case.moving_mean.astype(np.float64))
-            old_var = np.abs(case.moving_var.astype(np.float64))
-            if case.uses_batch_stats and m > 0:
-                var = st.var
-                reach = np.abs(s2) + st.e_var
-                e_recovered = (
-                    st.e_var + st.e_eps + (2 * st.rel_round + 3 * u) * reach + 2 * r * subnormal_step(acc_dtype)
-                )
-                out["moving_mean"] = abs(rest) * st.e_mean + 3 * ua * (abs(mom) * old_mean + abs(rest) * np.abs(mean))
-                out["moving_var"] = abs(rest) * e_recovered + 3 * ua * (abs(mom) * old_var + abs(rest) * np.abs(var))
-                out["moving_mean"] += u_param * np.abs(fresh["moving_mean"])
-                out["moving_var"] += u_param * np.abs(fresh["moving_var"])
-            else:
-                out["moving_mean"] = np.zeros(case.channels)
-                out["moving_var"] = np.zeros(case.channels)
-            out["gamma"] = np.zeros(case.channels)
-            if case.output_mean_var:
-                out["mean"] = st.e_mean + u_param * np.abs(fresh["mean"])
-                out["invstd"] = np.abs(fresh["invstd"]) * (rel + u_param)
-            out["forward_moving_mean"] = np.zeros(case.channels)
-            out["forward_moving_var"] = np.zeros(case.channels)
-
-        exact = (
-            {"gamma"}
-            | ({"dgamma"} if case.fix_gamma else set())
-            | ({"moving_mean", "moving_var"} if not case.uses_batch_stats or m == 0 else set())
-            | {"forward_moving_mean", "forward_moving_var"}
-        )
-        safety = SAFETY if model == "deterministic" else 1.0
-        result: Outputs = {}
-        accumulating = _accumulated_quantities(case)
-        for q, b in out.items():
-            if q not in accumulated:
-                continue
-            if q not in exact:
-                b = b + tiny_param
-            if q in accumulating and q not in exact:
-                with np.errstate(invalid="ignore", over="ignore"):
-                    b = b + u_param * np.abs(accumulated[q])
-            result[q] = safety * b
+        out.update(statistics_bounds(case, st, model, fresh))
+        result = finished_bounds(case, out, accumulated, model)
         return _ModelBounds(result, co)
 
     bounds: _ModelBounds = case.memo(f"fused/bounds/{model}", compute)
@@ -921,4 +861,4 @@ def mode_note() -> str:
         return "numba missing, reference path only"
     import numba
 
-    return f"numba {numba.__version__}, auto from {MIN_ELEMENTS:,} elements"
+    return f"numba {numba.__version__}, auto from {MIN_ELEMENTS:,} elements, {threads()} threads"

@@ -66,7 +66,16 @@ from fractions import Fraction
 
 import numpy as np
 
-from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, WRITE_ALL, Case, Outputs, param_dtype
+from bnprops.model.case import (
+    GRAD_TARGETS,
+    GRADIENT_OF,
+    PER_ELEMENT,
+    WRITE_ALL,
+    Case,
+    Outputs,
+    param_dtype,
+    quantity_shape,
+)
 from bnprops.model.exactness import (
     exact_input_sums,
     exact_quotients,
@@ -156,8 +165,9 @@ def _compute_exactness(case: Case) -> _Exact:
     acc, cd = accumulation_dtype(case.dtype), compute_dtype(case.dtype)
     ax, m = case.channel_axis, case.reduction_length
     no = np.zeros(case.channels, dtype=bool)
-    dy = case.dy.astype(np.float64)
-    dy_sum = exact_input_sums(dy, channel_axis=ax, dtype=acc) if _corner_sums_exact(case.dy, ax, acc).any() else no
+    # (dy in float64 only where its corner sums are exact: ordinary data never needs the copy)
+    corner_dy = _corner_sums_exact(case.dy, ax, acc).any()
+    dy_sum = exact_input_sums(case.dy.astype(np.float64), channel_axis=ax, dtype=acc) if corner_dy else no
     if case.x.size == 0 or (case.uses_batch_stats and not _corner_sums_exact(case.x, ax, acc).any()):
         return _Exact(no, no, no, no, no, dy_sum, no)
     x = case.x.astype(np.float64)
@@ -197,7 +207,7 @@ def _compute_exactness(case: Case) -> _Exact:
     inv_ok = var_ok & eps_ok & pow4 & sum_ok
     # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed. Each product is
     # rounded to the compute type first (float16's kernel: half_t times half_t is half_t), so it must fit there too.
-    dyr = rows(dy, ax)
+    dyr = rows(case.dy.astype(np.float64), ax)
     products, q_p = np.abs(cr * dyr), q_c + quantum(dyr)
     dot_sum = c_ok & inv_ok & fits(products.sum(axis=1), q_p, acc) & fits(products.max(axis=1), q_p, cd)
     return _Exact(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, dot_sum)
@@ -374,8 +384,6 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
     r = _rounding_scale(model)
     u_data = r * unit_roundoff(case.dtype)
     u_param = r * unit_roundoff(param_dtype(case.dtype))
-    tiny_data = r * subnormal_step(case.dtype)
-    tiny_param = r * subnormal_step(param_dtype(case.dtype))
     tiny_term = r * subnormal_step(compute_dtype(case.dtype))
     acc_dtype = accumulation_dtype(case.dtype)
     ua = r * unit_roundoff(acc_dtype)
@@ -439,14 +447,28 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
             out["dx"] = np.abs(expected["dx"]) * chan(rel + 2 * u)
         out["dx"] += u_data * np.abs(expected["dx"]) + tiny_term * chan(ag * np.maximum(1.0, inv))
 
+    out.update(statistics_bounds(case, st, model, expected))
+    return finished_bounds(case, out, accumulated, model)
+
+
+def statistics_bounds(case: Case, st: _Statistics, model: str, expected: Outputs) -> Outputs:
+    """The bounds of the moving statistics, gamma, mean and invstd, and the forward's moving statistics
+    (exact), from the statistics' errors ``st`` and the oracle's values ``expected``."""
+    r = _rounding_scale(model)
+    u = st.u
+    u_param = r * unit_roundoff(param_dtype(case.dtype))
+    acc_dtype = accumulation_dtype(case.dtype)
+    ua = r * unit_roundoff(acc_dtype)
+    out: Outputs = {}
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         mom, rest = momentum_as_applied(case)
         old_mean = np.abs(case.moving_mean.astype(np.float64))
         old_var = np.abs(case.moving_var.astype(np.float64))
-        if case.uses_batch_stats and m > 0:  # an empty batch leaves them alone: exact
-            var = st.var
+        if case.uses_batch_stats and case.reduction_length > 0:  # an empty batch leaves them alone: exact
+            mean, var = st.mean, st.var
             # 1/invstd^2 - eps: the variance's own error, the roundings of invstd, its square, the reciprocal
             # and the subtraction, each of which may land among the subnormals.
-            reach = np.abs(s2) + st.e_var
+            reach = np.abs(st.s2) + st.e_var
             e_recovered = st.e_var + st.e_eps + (2 * st.rel_round + 3 * u) * reach + 2 * r * subnormal_step(acc_dtype)
             # The update itself is AccReal arithmetic (float32 for float16 data), not the data type's.
             out["moving_mean"] = abs(rest) * st.e_mean + 3 * ua * (abs(mom) * old_mean + abs(rest) * np.abs(mean))
@@ -460,10 +482,17 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
         out["gamma"] = np.zeros(case.channels)
         if case.output_mean_var:
             out["mean"] = st.e_mean + u_param * np.abs(expected["mean"])
-            out["invstd"] = np.abs(expected["invstd"]) * (rel + u_param)
+            out["invstd"] = np.abs(expected["invstd"]) * (st.rel_inv + u_param)
         out["forward_moving_mean"] = np.zeros(case.channels)
         out["forward_moving_var"] = np.zeros(case.channels)
+    return out
 
+
+def finished_bounds(case: Case, out: Outputs, accumulated: Outputs, model: str) -> Outputs:
+    """The model's bounds ``out`` made whole: the quantities ``accumulated`` (the oracle's, as requested) has,
+    each inexact one widened by a subnormal step and, under 'add', by the rounding of prior + gradient, in
+    the deterministic model times SAFETY."""
+    r = _rounding_scale(model)
     exact = (
         {"gamma"}
         | ({"dgamma"} if case.fix_gamma else set())
@@ -475,13 +504,14 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
     for q, b in out.items():
         if q not in accumulated:
             continue
+        per_element = q in PER_ELEMENT
         if q not in exact:
-            b = b + (tiny_data if q in ("y", "dx") else tiny_param)
+            b = b + r * subnormal_step(case.dtype if per_element else param_dtype(case.dtype))
         if q in _accumulated_quantities(case) and q not in exact:
             # One more rounding: prior + gradient, in the output dtype.
             with np.errstate(invalid="ignore", over="ignore"):
-                b = b + (u_data if q == "dx" else u_param) * np.abs(accumulated[q])
-        result[q] = safety * np.broadcast_to(b, expected[q].shape)
+                b = b + r * unit_roundoff(case.dtype if q == "dx" else param_dtype(case.dtype)) * np.abs(accumulated[q])
+        result[q] = safety * np.broadcast_to(b, quantity_shape(case, q))
     return result
 
 

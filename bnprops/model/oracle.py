@@ -114,27 +114,32 @@ def _fresh_reference(case: Case) -> Outputs:
 
         dbeta = dy.sum(axis=red)
         sum_dy_xhat = (dy * xhat).sum(axis=red)
-        # fix_gamma: gamma is the constant 1, so it has no gradient at all.
-        dgamma = np.zeros(case.channels) if case.fix_gamma else sum_dy_xhat
         scale = per_channel(case, g * invstd)
         if case.uses_batch_stats:
             dx = scale * (dy - per_channel(case, dbeta / m) - xhat * per_channel(case, sum_dy_xhat / m))
         else:
             # The statistics are inputs, so no gradient flows through them.
             dx = scale * dy
+    return {"y": y, "dx": dx, **per_channel_outputs(case, mean, var, invstd, dbeta, sum_dy_xhat)}
 
-        mom, rest = momentum_as_applied(case)
-        # An empty batch has nothing to average: bnprops's contract is no update (bnprops/judging/invariants.py).
+
+def per_channel_outputs(
+    case: Case, mean: np.ndarray, var: np.ndarray, invstd: np.ndarray, dbeta: np.ndarray, sum_dy_xhat: np.ndarray
+) -> Outputs:
+    """The per-channel quantities from the statistics and the two gradient sums (sum dy, sum dy xhat)."""
+    m = case.reduction_length
+    # fix_gamma: gamma is the constant 1, so it has no gradient at all.
+    dgamma = np.zeros(case.channels) if case.fix_gamma else sum_dy_xhat
+    mom, rest = momentum_as_applied(case)
+    # An empty batch has nothing to average: bnprops's contract is no update (bnprops/judging/invariants.py).
+    with np.errstate(invalid="ignore", over="ignore"):
         if case.uses_batch_stats and m > 0:
             moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean
             moving_var = mom * case.moving_var.astype(np.float64) + rest * var
         else:
             moving_mean = case.moving_mean.astype(np.float64)
             moving_var = case.moving_var.astype(np.float64)
-
     out: Outputs = {
-        "y": y,
-        "dx": dx,
         "dgamma": dgamma,
         "dbeta": dbeta,
         "moving_mean": moving_mean,

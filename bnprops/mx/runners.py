@@ -15,15 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# Quiet the per-bind "Subgraph backend MKLDNN is activated" log line before mxnet loads.
-os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
-# The native kernel logs a "storage type fallback" paragraph per call when oneDNN is disabled.
-os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
-# The synchronous engine runs the same kernels without the threaded engine's scheduling, which
-# costs more than a small BatchNorm and makes per-call times jump between two levels (bench.py).
-# A user's own MXNET_ENGINE_TYPE wins.
-os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
-
+# (MXNet's environment defaults are set in bnprops/mx/__init__.py, before any module here loads mxnet.)
 import mxnet as mx
 import numpy as np
 
