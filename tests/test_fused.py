@@ -7,6 +7,7 @@ MXNet's results (mismatches, known deviations, findings) is the same; so are pla
 
 from __future__ import annotations
 
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -293,6 +294,32 @@ def test_the_fused_path_leaves_mxnets_own_results_alone() -> None:
     after = run_symbolic(case)
     for q, value in before.items():
         assert np.array_equal(np.asarray(after[q]), value, equal_nan=True), q
+
+
+def test_a_case_judged_on_the_fused_path_pickles_without_its_memo() -> None:
+    """A fuzz worker sends its findings' cases and outcomes to the campaign through a queue: pickled. The
+    fused path's memo holds closures (lazy y and dx): a case pickles without its memo, as it judges again."""
+    rng = np.random.default_rng(2)
+    shape = (40, 3, 30, 30)
+    ones = np.ones(3, dtype="float32")
+    case = Case(
+        x=rng.standard_normal(shape).astype("float32"),
+        dy=rng.standard_normal(shape).astype("float32"),
+        gamma=ones,
+        beta=0 * ones,
+        moving_mean=0 * ones,
+        moving_var=ones,
+        fix_gamma=False,
+    )
+    outputs = _planted(case, run_symbolic(case), "y")
+    with fused.forced("always"):
+        outcome = judge(case, outputs, entry="sym", kernel="onednn", checked=list(outputs))
+        assert fused.active(case) and not outcome.ok
+        again = pickle.loads(pickle.dumps(outcome))
+    assert "_memo" not in again.case.__dict__ and again.case == case
+    assert _signature(judge(again.case, outputs, entry="sym", kernel="onednn", checked=list(outputs))) == _signature(
+        outcome
+    )
 
 
 def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

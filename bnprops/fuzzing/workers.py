@@ -174,6 +174,10 @@ def _worker_process(
     messages.put(("done", worker, result))
 
 
+#: How long a worker that exited with status 0 may stay silent before its result counts as lost.
+_SILENT_EXIT_GRACE_S = 10.0
+
+
 def run_workers(
     config: Config,
     *,
@@ -203,6 +207,7 @@ def run_workers(
     for proc in procs.values():
         proc.start()
     latest: dict[int, tuple[int, int, int, int]] = {}
+    silent_since: dict[int, float] = {}
     results: dict[int, WorkerResult] = {}
     interrupted = False
     while len(results) < len(procs):
@@ -213,12 +218,20 @@ def run_workers(
             stop.set()
             continue
         except queue_module.Empty:
+            now = time.monotonic()
             for w, proc in procs.items():
-                if w not in results and not proc.is_alive() and proc.exitcode not in (0, None):
-                    # Died without a word (a crash inside MXNet): keep the others' results.
-                    results[w] = WorkerResult(
-                        worker=w, stop_reason="crashed", error=f"worker process exited with status {proc.exitcode}"
+                if w in results or proc.is_alive():
+                    continue
+                # Died without a word (a crash inside MXNet), or exited without its result reaching the queue
+                # (after a grace period for a message still in flight): keep the others' results.
+                silent_since.setdefault(w, now)
+                if proc.exitcode not in (0, None) or now - silent_since[w] > _SILENT_EXIT_GRACE_S:
+                    error = (
+                        f"worker process exited with status {proc.exitcode}"
+                        if proc.exitcode
+                        else "worker process exited without sending its result (could it be pickled? see its stderr)"
                     )
+                    results[w] = WorkerResult(worker=w, stop_reason="crashed", error=error)
             continue
         if kind == "progress":
             latest[worker] = payload

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from bnprops.judging.apparatus import Judging, overflow_threshold
-from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, param_dtype
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, memoized, param_dtype, seed
 from bnprops.model.error_model import (
     SAFETY,
     _exactness,
@@ -151,17 +151,17 @@ def prepare(case: Case) -> bool:
     """Seed ``case``'s memo with the fused path's statistics, sums and (lazy) oracle, where it takes the path;
     then every reader of the model (oracle, error model, known deviations, invariants) shares them.  A case
     the model has already computed any of these for stays on the reference path.  Returns active(case)."""
-    if not active(case) or case.memoized("fused/prepared"):
+    if not active(case) or memoized(case, "fused/prepared"):
         return active(case)
-    if any(case.memoized(key) is not None for key in SEEDED):
-        case.seed("fused/active", False)
+    if any(memoized(case, key) is not None for key in SEEDED):
+        seed(case, "fused/active", False)
         return False
-    case.seed("statistics", statistics(case))
-    case.seed("mean_abs", mean_abs(case))
-    case.seed("partial_sum_factors", partial_sum_factors(case))
-    case.seed("fresh_reference", fresh_reference(case))
-    case.seed("reference", reference(case))
-    case.seed("fused/prepared", True)
+    seed(case, "statistics", statistics(case))
+    seed(case, "mean_abs", mean_abs(case))
+    seed(case, "partial_sum_factors", partial_sum_factors(case))
+    seed(case, "fresh_reference", fresh_reference(case))
+    seed(case, "reference", reference(case))
+    seed(case, "fused/prepared", True)
     return True
 
 
@@ -749,7 +749,7 @@ def compare(case: Case, actual: Outputs) -> dict[str, Compared]:
     if "y" not in wanted:
         return {}
     arrays = {q: np.asarray(actual[q]) for q in wanted}
-    before: dict[str, Compared] = case.memoized("fused/compared") or {}
+    before: dict[str, Compared] = memoized(case, "fused/compared") or {}
     if set(before) == set(wanted) and all(before[q].actual is arrays[q] for q in wanted):
         return before
     k = _kernels()
@@ -780,7 +780,7 @@ def compare(case: Case, actual: Outputs) -> dict[str, Compared]:
         found[q] = Compared(
             arrays[q], worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp, bits, over_bit, sharp_bit
         )
-    case.seed("fused/compared", found)
+    seed(case, "fused/compared", found)
     return found
 
 

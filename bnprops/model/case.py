@@ -122,13 +122,9 @@ class Case:
         result: T = cache[key]
         return result
 
-    def memoized(self, key: str) -> Any:
-        """What memo holds under ``key``, or None (nothing computed yet)."""
-        return self.__dict__.get("_memo", {}).get(key)
-
-    def seed(self, key: str, value: Any) -> None:
-        """Give memo ``key`` a value computed another way (the same value: a faster path's, see judging/fused.py)."""
-        self.__dict__.setdefault("_memo", {})[key] = value
+    def __getstate__(self) -> dict[str, Any]:
+        # Memoised values are derived (and may hold closures, bnprops/model/lazy_outputs.py): not pickled.
+        return {k: v for k, v in self.__dict__.items() if k != "_memo"}
 
     # Derived facts the oracle, runners and comparator share.
     @functools.cached_property
@@ -351,3 +347,13 @@ def _describe(case: Case) -> str:
 def quantity_shape(case: Case, quantity: str) -> tuple[int, ...]:
     """The shape of a quantity's values: x's for y and dx, one per channel for the rest."""
     return case.shape if quantity in PER_ELEMENT else (case.channels,)
+
+
+def memoized(case: Case, key: str) -> Any:
+    """What case.memo holds under ``key``, or None (nothing computed yet)."""
+    return case.__dict__.get("_memo", {}).get(key)
+
+
+def seed(case: Case, key: str, value: Any) -> None:
+    """Give case.memo ``key`` a value computed another way (the same value: a faster path's, judging/fused.py)."""
+    case.__dict__.setdefault("_memo", {})[key] = value

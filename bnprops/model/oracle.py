@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, param_dtype
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, memoized, param_dtype
 from bnprops.model.lazy_outputs import forked
 from bnprops.model.params import parsed
 
@@ -69,7 +69,7 @@ def reference(case: Case) -> Outputs:
     A gradient requested with 'null' is absent; one requested with 'add' is its prior plus the
     gradient (see fresh_reference for the gradient alone).
     """
-    seeded = case.memoized("reference")  # the same values from a faster path (bnprops/judging/fused.py)
+    seeded = memoized(case, "reference")  # the same values from a faster path (bnprops/judging/fused.py)
     return forked(seeded) if seeded is not None else requested(case, fresh_reference(case))
 
 
