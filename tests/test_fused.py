@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from bnprops.judging import fused
 from bnprops.judging.comparator import _compare_one, judged_elements, judging
 from bnprops.judging.judgement import Outcome, judge
+from bnprops.model import fused_sums
 from bnprops.model.case import Case, Outputs
 from bnprops.model.oracle import output_dtypes, per_channel, reference, statistics
 from bnprops.mx.runners import kernel_for, run_symbolic
@@ -186,9 +187,9 @@ def test_the_linear_forms_bracket_the_bounds(case: Case) -> None:
         apparatus = judging(case)
         if not fused.active(case):
             return
-        coeffs, _ = fused._coefficients(case)
-        fresh, acc = fused._arrays(case, 1)[:2]
-    k = fused._kernels()
+        coeffs, _ = fused.coefficients(case)
+        fresh, acc = fused.arrays(case, 1)[:2]
+    k = fused.kernels()
     col: dict[object, np.ndarray] = {name: per_channel(case, coeffs[:, i]) for name, i in k.C_.items()}
     col.update({i: per_channel(case, coeffs[:, i]) for i in range(k.WIDTH)})
     with np.errstate(invalid="ignore", over="ignore"):
@@ -227,7 +228,7 @@ def test_the_scan_decides_alone_only_what_holds_for_every_bound_in_the_bracket(
     """_sort: unless it asks for the exact bound, its answer (beyond the bound or not; not beyond the worst
     ratio so far) holds for every bound in [low, low * _ABOVE]. ``near`` puts the error at the bracket's
     edges."""
-    k = fused._kernels()
+    k = fused.kernels()
     if near is not None:
         err = low * (1 + near) if frac < 0.5 else low * k._ABOVE * (1 + near)
     over, exact = k._sort(err, low, worst)
@@ -323,7 +324,7 @@ def test_a_case_judged_on_the_fused_path_pickles_without_its_memo() -> None:
 
 
 def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fused, "_threads", None)
+    monkeypatch.setattr(fused_sums, "_threads", None)
     monkeypatch.setenv(fused.THREADS_ENV, "3")
     assert fused.threads() == 3
     fused.share_cores(2)  # (the user's choice wins)

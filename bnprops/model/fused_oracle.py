@@ -1,0 +1,314 @@
+"""The fused path's oracle and bounds: y and dx, and both models' bounds on them, by the reference's formulas
+in its order of operations (so, given the same per-channel values, the reference's bits), computed when first
+read (bnprops/model/lazy_outputs.py); the per-channel quantities and bounds from the fused sums
+(bnprops/model/fused_sums.py) through the reference's own functions; and the per-channel coefficients of the
+per-element formulas, with the bounds' linear forms that let the comparison kernel skip most exact bounds.
+
+For float16 and float32 data every bound is at least ``2^-24`` of the magnitudes the per-channel sums'
+differences move values by ``~2^-44`` (worst case ``2^-32``) of, so the fused and reference values and bounds
+differ by far less than fused_sums.CLOSE of a bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, param_dtype
+from bnprops.model.error_model import (
+    SAFETY,
+    _exactness,
+    _rounding_scale,
+    _statistics,
+    accumulation_dtype,
+    compute_dtype,
+    finished_bounds,
+    indeterminate_channels,
+    statistics_bounds,
+    subnormal_step,
+    unit_roundoff,
+)
+from bnprops.model.fused_sums import (
+    CLOSE,
+    as_input,
+    as_three,
+    finite_sum,
+    kernels,
+    mark_close,
+    raw_sums_of,
+    statistics_mean,
+    sweep,
+    xhat_sums_of,
+)
+from bnprops.model.lazy_outputs import LazyOutputs
+from bnprops.model.oracle import eps_as_applied, per_channel_outputs
+from bnprops.model.oracle import statistics as oracle_statistics
+
+# --- the oracle --------------------------------------------------------------------------------------------
+
+
+def arrays(case: Case, which: int) -> list[np.ndarray]:
+    """Every element's y and its deterministic and sharp bounds (``which`` 0), or dx fresh, dx as requested and
+    its two bounds (1), as the reference computes them."""
+
+    def compute() -> list[np.ndarray]:
+        k = kernels()
+        coeffs, batch = coefficients(case)
+        add = case.request("data") == "add" and case.prior_dx is not None
+        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+        prior3 = as_three(case, case.prior_dx) if add and case.prior_dx is not None else x3
+        out = np.empty((3 if which == 0 else 4, *x3.shape))
+
+        def arguments(b: slice) -> tuple[Any, ...]:
+            return as_input(x3[b]), as_input(dy3[b]), as_input(prior3[b]), coeffs, batch, add, which, b.start, out
+
+        sweep(case, k.materialise, arguments)
+        arrays = [np.reshape(a, case.shape) for a in out]
+        for a in arrays:
+            a.flags.writeable = False
+        return arrays
+
+    result: list[np.ndarray] = case.memo(f"fused/arrays/{which}", compute)
+    return result
+
+
+#: Where each lazily computed array comes from: (_arrays' which, index).
+_Y, _Y_BOUND, _Y_SHARP = (0, 0), (0, 1), (0, 2)
+_DX_FRESH, _DX, _DX_BOUND, _DX_SHARP = (1, 0), (1, 1), (1, 2), (1, 3)
+
+
+def _element(case: Case, where: tuple[int, int]) -> Callable[[], np.ndarray]:
+    return lambda: arrays(case, where[0])[where[1]]
+
+
+def _fresh_per_channel(case: Case) -> Outputs:
+    """The oracle's per-channel quantities (oracle._fresh_reference's, from the fused sums)."""
+
+    def compute() -> Outputs:
+
+        g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+        mean, var = oracle_statistics(case)
+        raw = raw_sums_of(case)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
+        sum_dy_xhat = xhat_sums_of(case)["oracle_dot"]
+        dbeta = finite_sum(raw["dy_hi"], raw["dy_lo"])
+        out = per_channel_outputs(case, mean, var, invstd, dbeta, sum_dy_xhat)
+        for value in out.values():
+            value.flags.writeable = False
+        # internal: the per-channel values the per-element formulas need
+        out["_invstd"], out["_g"], out["_sum_dy_xhat"] = invstd, g, sum_dy_xhat
+        return out
+
+    result: Outputs = case.memo("fused/fresh", compute)
+    return result
+
+
+_ORDER = ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var", "gamma")
+
+
+def _public(values: Outputs) -> Outputs:
+    return {k: v for k, v in values.items() if not k.startswith("_")}
+
+
+def fresh_reference(case: Case) -> LazyOutputs:
+    """oracle.fresh_reference on the fused path (y and dx computed when first looked at)."""
+    per_channel = _public(_fresh_per_channel(case))
+    eager = {q: per_channel[q] for q in _ORDER if q in per_channel}
+    eager.update({q: v for q, v in per_channel.items() if q not in eager})
+    return _ordered(eager, {"y": _element(case, _Y), "dx": _element(case, _DX_FRESH)})
+
+
+def _ordered(eager: Outputs, lazy: dict[str, Callable[[], np.ndarray]]) -> LazyOutputs:
+    """LazyOutputs with the reference's key order (y, dx first)."""
+    result = LazyOutputs({}, {})
+    for key in ("y", "dx"):
+        if key in lazy:
+            dict.__setitem__(result, key, None)
+            result._lazy[key] = lazy[key]
+    for key, value in eager.items():
+        dict.__setitem__(result, key, value)
+    return result
+
+
+def reference(case: Case) -> LazyOutputs:
+    """oracle.reference on the fused path: 'null' gradients absent, 'add' ones on top of their prior."""
+    fresh = _public(_fresh_per_channel(case))
+    eager: Outputs = {q: fresh[q] for q in _ORDER if q in fresh}
+    eager.update({q: v for q, v in fresh.items() if q not in eager})
+    lazy: dict[str, Callable[[], np.ndarray]] = {"y": _element(case, _Y), "dx": _element(case, _DX)}
+    for target in GRAD_TARGETS:
+        quantity = GRADIENT_OF[target]
+        prior = case.prior(target)
+        if case.request(target) == "null":
+            eager.pop(quantity, None)
+            lazy.pop(quantity, None)
+        elif prior is not None and quantity != "dx":
+            eager[quantity] = prior.astype(np.float64) + eager[quantity]
+    return _ordered(eager, lazy)
+
+
+# --- the bounds --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelBounds:
+    per_channel: Outputs  # the bounds of the per-channel quantities, as error_model.bounds returns them
+    coefficients: np.ndarray  # (C, MODEL): the per-element formulas' per-channel factors
+
+
+def _model_bounds(case: Case, model: str) -> _ModelBounds:
+    """error_model._bounds' per-channel parts for ``model`` (training_backward False, expected = the oracle's)."""
+
+    def compute() -> _ModelBounds:
+
+        k = kernels()
+        accumulated = reference(case)
+        fresh = _public(_fresh_per_channel(case))
+        st = _statistics(case, model)
+        u, sums = st.u, st.sum_factors
+        r = _rounding_scale(model)
+        u_data = r * unit_roundoff(case.dtype)
+        u_param = r * unit_roundoff(param_dtype(case.dtype))
+        tiny_data = r * subnormal_step(case.dtype)
+        tiny_term = r * subnormal_step(compute_dtype(case.dtype))
+        acc_dtype = accumulation_dtype(case.dtype)
+        ua = r * unit_roundoff(acc_dtype)
+        m = case.reduction_length
+        g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+        ag = np.abs(g)
+        s2, rel = st.s2, st.rel_inv
+        raw, xhat = raw_sums_of(case), xhat_sums_of(case)
+        co = np.zeros((case.channels, k.MODEL))
+        c = {name: i - k.FIRST for name, i in k.C_.items() if i >= k.FIRST}
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
+            shift = st.e_mean * inv * (1 + rel)
+            co[:, c["a1"]] = shift + tiny_term * (1 + inv)
+            co[:, c["b1"]] = rel + 2 * u
+            co[:, c["u"]] = u
+            co[:, c["ty"]] = tiny_term * (1 + ag)
+            co[:, c["ud"]] = u_data
+            co[:, c["td"]] = tiny_data
+            co[:, c["safety"]] = SAFETY if model == "deterministic" else 1.0
+            out: Outputs = {}
+            sum_ady = raw["dy_abs"]
+            dbeta = fresh["dbeta"]
+            e_dbeta = sums["dy"] * sum_ady
+            out["dbeta"] = e_dbeta + u_param * np.abs(dbeta)
+            dgamma = xhat["bound_dot"]
+            sum_adx = xhat["abs_dot"]
+            per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
+            e_products = per_product * sum_adx
+            e_dgamma = (
+                shift * np.abs(dbeta)
+                + rel * np.abs(dgamma)
+                + e_products
+                + sums["dot"] * sum_adx
+                + m * tiny_term * np.maximum(1.0, inv)
+            )
+            out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
+            if case.uses_batch_stats:
+                t2 = np.abs(dbeta) / m
+                co[:, c["k1"]] = np.abs(dgamma) / m
+                co[:, c["k2"]] = e_dgamma / m
+                co[:, c["t2"]] = t2
+                co[:, c["e0"]] = e_dbeta / m + ua * t2
+                co[:, c["agi"]] = ag * inv
+                co[:, c["ua2"]] = 2 * ua
+                co[:, c["u2"]] = 2 * u
+                co[:, c["tiny3"]] = 3 * tiny_term
+            co[:, c["tx"]] = tiny_term * (ag * np.maximum(1.0, inv))
+        out.update(statistics_bounds(case, st, model, fresh))
+        result = finished_bounds(case, out, accumulated, model)
+        return _ModelBounds(result, co)
+
+    bounds: _ModelBounds = case.memo(f"fused/bounds/{model}", compute)
+    return bounds
+
+
+def coefficients(case: Case) -> tuple[np.ndarray, bool]:
+    """Per channel, every factor of the per-element formulas (fused_kernels.COEFFICIENTS), and whether dx
+    takes the batch-statistics formula."""
+
+    def compute() -> np.ndarray:
+
+        k = kernels()
+        fresh = _fresh_per_channel(case)
+        mean = statistics_mean(case)
+        m = case.reduction_length
+        det, prob = _model_bounds(case, "deterministic"), _model_bounds(case, "probabilistic")
+        co = np.zeros((case.channels, k.WIDTH))
+        invstd, g = fresh["_invstd"], fresh["_g"]
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            co[:, k.C_["mean"]] = mean
+            co[:, k.C_["invstd"]] = invstd
+            co[:, k.C_["g"]] = g
+            co[:, k.C_["beta"]] = case.beta.astype(np.float64)
+            co[:, k.C_["scale"]] = g * invstd
+            co[:, k.C_["dbeta_m"]] = fresh["dbeta"] / m
+            co[:, k.C_["dot_m"]] = fresh["_sum_dy_xhat"] / m
+            s2 = model_statistics(case).s2
+            co[:, k.C_["inv"]] = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
+            co[:, k.C_["ag"]] = np.abs(g)
+        co[:, k.C_["judged"]] = ~np.asarray(indeterminate_channels(case), dtype=bool)
+        co[:, k.FIRST : k.FIRST + k.MODEL] = det.coefficients
+        co[:, k.FIRST + k.MODEL : k.LINEAR] = prob.coefficients
+        for model, start in ((det, k.LINEAR), (prob, k.LINEAR + 8)):
+            add = case.request("data") == "add" and case.prior_dx is not None
+            co[:, start : start + 8] = _linear(model.coefficients, co[:, k.C_["ag"]], case.uses_batch_stats, add)
+        return np.ascontiguousarray(co)
+
+    coeffs: np.ndarray = case.memo("fused/coefficients", compute)
+    return coeffs, case.uses_batch_stats
+
+
+def _linear(model: np.ndarray, ag: np.ndarray, batch: bool, add: bool) -> np.ndarray:
+    """One model's bounds on y and dx as linear forms in |xhat|, |y|, |dy|, |dx| and |dx as requested| (the same
+    sums, expanded): y ~ a + b |xhat| + c |y|; dx ~ A + B |xhat| + D |dy| + F |dx| + G |dx as requested|.  All
+    terms are non-negative, so the forms, evaluated in float64 and shrunk by SHRINK (2^-40, far above their
+    and the bounds' few roundings), never exceed the bounds; NaN (never used) where a factor is not finite."""
+    a1, b1, u, ty, ud, td, sf, k1, k2, t2, e0, agi, tx, ua2, u2, tiny3 = model.T
+    with np.errstate(invalid="ignore", over="ignore"):
+        forms = [sf * (ag * a1 + ty + td), sf * ag * (b1 + u), sf * (u + ud)]
+        if batch:
+            forms += [
+                sf * (agi * (e0 + a1 * (k1 + k2) + tiny3 + u2 * t2) + tx + td),
+                sf * agi * (b1 * (k1 + k2) + k2 + (ua2 + u2) * k1),
+                sf * agi * u2,
+            ]
+        else:
+            forms += [sf * (tx + td), 0 * sf, 0 * sf]
+        forms += [sf * (b1 + ud), sf * ud if add else 0 * sf]
+        linear = np.stack(forms, axis=1)
+        usable = np.all(np.isfinite(linear) & (linear >= 0), axis=1, keepdims=True)
+        return np.where(usable, linear, np.nan)
+
+
+def model_statistics(case: Case) -> Any:
+
+    return _statistics(case, "deterministic")
+
+
+def check_indeterminate(case: Case) -> None:
+    """error_model._indeterminate's test, near its edge: the reference decides."""
+    st = model_statistics(case)
+    with np.errstate(invalid="ignore", over="ignore"):
+        lhs = 2 * (st.e_var + st.e_eps)
+        if (np.abs(lhs - st.s2) <= CLOSE * np.abs(st.s2)).any():
+            mark_close(case)
+
+
+def bounds(case: Case) -> tuple[LazyOutputs, LazyOutputs]:
+    """error_model.bounds(case, reference(case)) and sharp_bounds(case, reference(case), that) on the fused path."""
+    det = _model_bounds(case, "deterministic").per_channel
+    prob = _model_bounds(case, "probabilistic").per_channel
+    with np.errstate(invalid="ignore"):
+        sharp = {q: np.where(np.isfinite(b), np.minimum(b, det[q]), det[q]) for q, b in prob.items()}
+    expected = reference(case)
+    lazy_det = {q: _element(case, i) for q, i in (("y", _Y_BOUND), ("dx", _DX_BOUND)) if q in expected}
+    lazy_sharp = {q: _element(case, i) for q, i in (("y", _Y_SHARP), ("dx", _DX_SHARP)) if q in expected}
+    return _ordered(det, lazy_det), _ordered(sharp, lazy_sharp)

@@ -1,0 +1,353 @@
+"""The fused path's per-channel sums, and how its kernels run (bnprops/model/fused_kernels.py): in blocks of the
+data, on ranges of channels shared among threads, chosen by BNPROPS_FUSED and BNPROPS_FUSED_THREADS.
+
+* **Per-channel sums** in three passes (x and dy; the centred terms; dy xhat), in blocks of the data
+  (``CHUNK`` elements of float16, widened; contiguous float32 in place): memory beyond the case's own arrays
+  is O(C) and a block.  The sums the oracle's values are made of (sum x, sum (x - mean)^2, sum dy, sum dy xhat)
+  are compensated (Knuth's TwoSum): within an ulp or so of the exact sum of the reference's own terms, so at
+  least as accurate as the reference's (the mean's extended-precision sum, float64's pairwise sums).  They
+  agree with the reference's within the reference's own summation error, ``gamma_M u64 sum|terms|`` (u64 =
+  2^-53).  The sums of magnitudes that only scale bounds (sum |x|, sum |dy|, the partial sums' squares) are
+  sequential float64 sums, within ``M u64`` of the reference's, relatively.  The sequential sums the error
+  model and the known deviations replay (np.cumsum's partial sums, MXNet's float32 ``sum += t``) are bit for
+  bit.  Each channel is one thread's, in order: the same bits whatever the number of threads.
+* **Close calls.**  Wherever a fused decision falls within ``CLOSE`` (2^-8) of its threshold (an error/bound
+  ratio near 1, an indeterminate channel's or a drifting sum's test near its edge) the case is marked
+  (``close_call``), and bnprops.judging.judgement judges it again on the reference path.
+
+``BNPROPS_FUSED`` chooses the path: ``auto`` (the default: fused for float16/float32 cases of at least
+``MIN_ELEMENTS`` elements when numba imports), ``always`` (every float16/float32 case), ``never``; ``forced``
+does the same for a block of code.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from bnprops.model.case import Case
+from bnprops.model.error_model import accumulation_dtype, probabilistic_lambda, sum_factor, unit_roundoff
+from bnprops.model.oracle import eps_as_applied
+from bnprops.model.oracle import statistics as oracle_statistics
+
+ENV = "BNPROPS_FUSED"
+MODES = ("auto", "always", "never")
+THREADS_ENV = "BNPROPS_FUSED_THREADS"
+#: From this many elements on (x.size), "auto" takes the fused path (measured: see bnprops bench).
+MIN_ELEMENTS = 20_000
+#: Elements per block of the passes (a block holds whole rows of P; float16 blocks are widened to float32).
+CHUNK = 1 << 16
+#: How near its threshold a fused decision may fall before the reference path decides the case instead.
+CLOSE = 2.0**-8
+
+_forced: str | None = None
+_chunk: int | None = None
+_threads: int | None = None
+
+
+@contextlib.contextmanager
+def forced(mode: str, *, chunk: int | None = None, threads: int | None = None) -> Iterator[None]:
+    """Take ``mode``'s path (blocks of ``chunk`` elements, ``threads`` threads) for the cases first judged
+    inside the block."""
+    global _forced, _chunk, _threads
+    if mode not in MODES:
+        raise ValueError(f"unknown fused mode {mode!r}; choose from {MODES}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be 1 or more, not {threads}")
+    before = _forced, _chunk, _threads
+    _forced, _chunk, _threads = mode, chunk, threads or _threads
+    try:
+        yield
+    finally:
+        _forced, _chunk, _threads = before
+
+
+def mode() -> str:
+    chosen = _forced or os.environ.get(ENV, "auto") or "auto"
+    if chosen not in MODES:
+        raise ValueError(f"{ENV}={chosen!r}: choose from {MODES}")
+    return chosen
+
+
+@functools.cache
+def available() -> bool:
+    """Does numba import (and the kernels with it)?"""
+    try:
+        import bnprops.model.fused_kernels  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def close_call(case: Case) -> bool:
+    """Did a fused decision on ``case`` fall within CLOSE of its threshold (so the reference must decide)?"""
+    return bool(getattr(case, "__dict__", {}).get("_memo", {}).get("fused/close", False))
+
+
+def mark_close(case: Case) -> None:
+    case.__dict__.setdefault("_memo", {})["fused/close"] = True
+
+
+def near(case: Case, *ratios: float) -> None:
+    """Mark ``case`` if an error/bound ratio that decides a finding is within CLOSE of 1 (where the two paths'
+    rounding could decide it differently)."""
+    if any(abs(r - 1) <= CLOSE for r in ratios):
+        mark_close(case)
+
+
+# --- blocks ------------------------------------------------------------------------------------------------
+
+
+def as_three(case: Case, values: np.ndarray) -> np.ndarray:
+    """``values`` (x's shape) as (P, C, Q): a view where the layout allows."""
+    axis = case.channel_axis
+    p = int(np.prod(case.shape[:axis], dtype=np.int64))
+    q = int(np.prod(case.shape[axis + 1 :], dtype=np.int64))
+    return np.reshape(values, (p, case.channels, q))
+
+
+def blocks(case: Case) -> list[slice]:
+    """Slices of P: float16 data (widened) and arrays not contiguous (copied) block by block, CHUNK elements
+    each; contiguous float32 data in one block, read in place."""
+    p, c, q = as_three(case, case.x).shape
+    arrays = (case.x, case.dy) if case.prior_dx is None else (case.x, case.dy, case.prior_dx)
+    if _chunk is None and case.dtype != "float16" and all(a.flags.c_contiguous for a in arrays):
+        return [slice(0, p)]
+    step = max(1, (_chunk or CHUNK) // max(1, c * q))
+    return [slice(start, min(start + step, p)) for start in range(0, p, step)]
+
+
+def threads() -> int:
+    """How many threads share a case's channels (BNPROPS_FUSED_THREADS; default: one per core)."""
+    chosen = _threads or os.environ.get(THREADS_ENV, "") or str(os.cpu_count() or 1)
+    try:
+        n = int(chosen)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV}={chosen!r}: give a whole number of threads, 1 or more")
+    return n
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads from now on (a fuzz worker sharing the cores with others takes its share)."""
+    global _threads
+    if n < 1:
+        raise ValueError(f"threads must be 1 or more, not {n}")
+    _threads = n
+
+
+def share_cores(processes: int) -> None:
+    """This process is one of ``processes`` sharing the machine (fuzz workers, pytest-xdist's): its share of
+    the cores, unless BNPROPS_FUSED_THREADS says otherwise."""
+    if not os.environ.get(THREADS_ENV):
+        set_threads(max(1, (os.cpu_count() or 1) // max(1, processes)))
+
+
+@functools.cache
+def _pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="bnprops-fused")
+
+
+def sweep(case: Case, kernel: Callable[..., None], arguments: Callable[[slice], tuple[Any, ...]]) -> None:
+    """``kernel(*arguments(b), c0, c1)`` for each block b in order, its channels shared among threads()
+    threads (the kernels release the GIL; each channel is one thread's, in order, so the sums are the same
+    whatever the number of threads)."""
+    n = min(threads(), case.channels)
+    edges = [case.channels * i // n for i in range(n + 1)]
+    groups = [(edges[i], edges[i + 1]) for i in range(n)]
+    for b in blocks(case):
+        args = arguments(b)
+        if n == 1:
+            kernel(*args, 0, case.channels)
+        else:
+            list(_pool(n).map(lambda group, args=args: kernel(*args, *group), groups))
+
+
+def as_input(block: np.ndarray) -> np.ndarray:
+    """A block as the kernels take every input: float32 (numba has no float16; widening is exact), C-contiguous,
+    read-only (so that each kernel is compiled once, for one type of array)."""
+    view = np.ascontiguousarray(block, dtype=np.float32).view()
+    view.flags.writeable = False
+    return view
+
+
+# --- per-channel sums --------------------------------------------------------------------------------------
+
+
+def kernels() -> Any:
+    import bnprops.model.fused_kernels as kernels
+
+    return kernels
+
+
+def finite_sum(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """A compensated sum's value: hi + lo, or hi where it is not finite (NaN/inf terms: IEEE's result)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.asarray(np.where(np.isfinite(hi), hi + lo, hi))
+
+
+def _quotient(hi: np.ndarray, lo: np.ndarray, m: int) -> np.ndarray:
+    """(hi + lo) / m, rounded once (to within a hair of correct rounding): the remainder of hi / m by
+    Dekker's exact product, added back."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        q1 = hi / m
+        split = 134217729.0  # 2^27 + 1
+        big = q1 * split
+        a_hi = big - (big - q1)
+        a_lo = q1 - a_hi
+        b = float(m)  # m < 2^26: exactly its own high half
+        p = q1 * b
+        e = ((a_hi * b - p) + a_lo * b) + 0.0
+        r = ((hi - p) - e) + lo
+        q = q1 + r / b
+        return np.asarray(np.where(np.isfinite(hi) & np.isfinite(q), q, q1))
+
+
+def raw_sums_of(case: Case) -> dict[str, np.ndarray]:
+    def compute() -> dict[str, np.ndarray]:
+        k = kernels()
+        state = np.zeros((case.channels, len(k.RAW)))
+        state[:, k.R["x_min"]], state[:, k.R["x_max"]] = np.inf, -np.inf
+        state[:, k.R["x_finite"]] = state[:, k.R["dy_finite"]] = 1.0
+        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+        sweep(case, k.raw_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), state))
+        return {name: state[:, i].copy() for name, i in k.R.items()}
+
+    return case.memo("fused/raw", compute)
+
+
+def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """oracle.statistics on the fused path."""
+    if not case.uses_batch_stats:
+        return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
+    raw = raw_sums_of(case)
+    m = case.reduction_length
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mean = _quotient(raw["x_hi"], raw["x_lo"], m)
+        nan = raw["x_nan"] > 0
+        lo = np.where(nan, np.nan, raw["x_min"])
+        hi = np.where(nan, np.nan, raw["x_max"])
+        mean = np.where((lo == hi) & np.isfinite(lo), lo, mean)
+        centred = centred_sums_of(case, mean)
+        var = finite_sum(centred["c2_hi"], centred["c2_lo"]) / m
+        var = np.where(np.isfinite(mean), var, np.nan)
+    return np.asarray(mean, dtype=np.float64), np.asarray(var, dtype=np.float64)
+
+
+def centred_sums_of(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
+    """The sums of the centred terms, about ``mean`` (the statistics' mean; 0 where it is not finite)."""
+
+    def compute() -> dict[str, np.ndarray]:
+        k = kernels()
+        state = np.zeros((case.channels, len(k.CENTRED)))
+        finite_mean = np.ascontiguousarray(np.where(np.isfinite(mean), mean, 0.0), dtype=np.float64)
+        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+        sweep(case, k.centred_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), finite_mean, state))
+        return {name: state[:, i].copy() for name, i in k.K.items()}
+
+    return case.memo("fused/centred", compute)
+
+
+def statistics_mean(case: Case) -> np.ndarray:
+
+    return oracle_statistics(case)[0]
+
+
+def mean_abs(case: Case) -> np.ndarray:
+    """mean |x| over the finite x, per channel (error_model._compute_statistics)."""
+    return np.asarray(raw_sums_of(case)["x_abs"] / case.reduction_length)
+
+
+def partial_sum_factors(case: Case) -> dict[str, np.ndarray]:
+    """error_model._partial_sum_factors on the fused path."""
+
+    raw, centred = raw_sums_of(case), centred_sums_of(case, statistics_mean(case))
+    acc = accumulation_dtype(case.dtype)
+    lam = probabilistic_lambda(case.channels)
+    worst = sum_factor(max(case.reduction_length - 1, 0), acc, model="deterministic")
+    pairs = {
+        "x": (raw["x_spread"], raw["x_abs"]),
+        "c2": (centred["c2_spread"], centred["c2_abs"]),
+        "dy": (raw["dy_spread"], raw["dy_abs_finite"]),
+        "dot": (centred["dot_spread"], centred["dot_abs"]),
+    }
+    factors = {}
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for name, (squares, total) in pairs.items():
+            spread = np.sqrt(squares)
+            factor = np.where(total > 0, lam * unit_roundoff(acc) * spread / np.where(total > 0, total, 1.0), 0.0)
+            factors[name] = np.asarray(np.minimum(factor, worst), dtype=np.float64)
+    return factors
+
+
+def drifts(case: Case) -> dict[str, np.ndarray]:
+    """deviation_models._drifting for the four sums (x, c2, dy, dot), before the finite-channel mask."""
+
+    def compute() -> dict[str, np.ndarray]:
+        raw, mean = raw_sums_of(case), statistics_mean(case)
+        centred = centred_sums_of(case, mean)
+        factors = partial_sum_factors(case)
+        finite_mean = np.isfinite(mean)
+        streams = {
+            "x": (raw["x_f32"], finite_sum(raw["x_hi"], raw["x_lo"]), raw["x_abs"], raw["x_finite"] > 0),
+            "c2": (centred["c2_f32"], finite_sum(centred["c2_hi"], centred["c2_lo"]), centred["c2_abs"], finite_mean),
+            "dy": (raw["dy_f32"], finite_sum(raw["dy_hi"], raw["dy_lo"]), raw["dy_abs_finite"], raw["dy_finite"] > 0),
+            "dot": (
+                centred["dot_f32"],
+                finite_sum(centred["dot_hi"], centred["dot_lo"]),
+                centred["dot_abs"],
+                finite_mean & (raw["dy_finite"] > 0),
+            ),
+        }
+        found = {}
+        with np.errstate(over="ignore", invalid="ignore"):
+            for name, (sequential, total, magnitude, defined) in streams.items():
+                drift = np.abs(sequential - total)
+                allowed = factors[name] * magnitude
+                found[name] = np.asarray(defined & (drift > allowed))
+                # Where the test is within the two paths' rounding of its edge, the reference decides.
+                # (allowed is 0 only where every term is, or there is one: the sums are exact on both paths.)
+                edge = (np.abs(drift - allowed) <= CLOSE * allowed + 2.0**-40 * magnitude) & (allowed > 0)
+                if (defined & (raw["x_finite"] > 0) & edge).any():
+                    mark_close(case)
+        return found
+
+    return case.memo("fused/drifts", compute)
+
+
+def xhat_sums_of(case: Case) -> dict[str, np.ndarray]:
+    """sum dy xhat (the oracle's, with invstd) and the bounds' (with 0 where var + eps <= 0), sum |dy xhat|."""
+
+    def compute() -> dict[str, np.ndarray]:
+        k = kernels()
+        mean, var = oracle_statistics(case)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            s2 = var + eps_as_applied(case)
+            invstd = 1.0 / np.sqrt(s2)
+            inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
+        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+        mean_c = np.ascontiguousarray(mean, dtype=np.float64)
+
+        def run(scale: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+            state = np.zeros((case.channels, 3))
+            scale = np.ascontiguousarray(scale)
+            sweep(case, k.xhat_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), mean_c, scale, wanted, state))
+            return state
+
+        bound_state = run(inv, np.ones(case.channels, dtype=np.bool_))
+        bound_dot = finite_sum(bound_state[:, 0], bound_state[:, 1])
+        differs = ~(invstd == inv)
+        oracle_dot = bound_dot.copy()
+        if differs.any():
+            own = run(invstd, differs)
+            oracle_dot[differs] = finite_sum(own[:, 0], own[:, 1])[differs]
+        return {"oracle_dot": oracle_dot, "bound_dot": bound_dot, "abs_dot": bound_state[:, 2].copy()}
+
+    return case.memo("fused/xhat", compute)
