@@ -240,18 +240,23 @@ def test_the_scan_decides_alone_only_what_holds_for_every_bound_in_the_bracket(
     assert ratio <= worst or err == 0, (err, low, bound, worst)
 
 
-def test_any_number_of_threads_gives_the_same_bits() -> None:
-    rng = np.random.default_rng(5)
-    shape = (3, 7, 11, 13)
-    case = Case(
-        x=(rng.standard_normal(shape) * 2 + 3).astype("float32"),
+def _random_case(shape: tuple[int, ...], *, seed: int, scale: float, offset: float) -> Case:
+    """float32 data of a given spread and offset, random gamma and beta, fix_gamma off."""
+    rng = np.random.default_rng(seed)
+    channels = shape[1]
+    return Case(
+        x=(rng.standard_normal(shape) * scale + offset).astype("float32"),
         dy=rng.standard_normal(shape).astype("float32"),
-        gamma=rng.standard_normal(7).astype("float32"),
-        beta=rng.standard_normal(7).astype("float32"),
-        moving_mean=np.zeros(7, dtype="float32"),
-        moving_var=np.ones(7, dtype="float32"),
+        gamma=rng.standard_normal(channels).astype("float32"),
+        beta=rng.standard_normal(channels).astype("float32"),
+        moving_mean=np.zeros(channels, dtype="float32"),
+        moving_var=np.ones(channels, dtype="float32"),
         fix_gamma=False,
     )
+
+
+def test_any_number_of_threads_gives_the_same_bits() -> None:
+    case = _random_case((3, 7, 11, 13), seed=5, scale=2, offset=3)
     outputs = run_symbolic(case)
     seen = []
     for n in (1, 2, 3, 7):
@@ -276,18 +281,7 @@ def test_any_number_of_threads_gives_the_same_bits() -> None:
 def test_the_fused_path_leaves_mxnets_own_results_alone() -> None:
     """numba's parallel threading layer (OpenMP) changed MXNet's sums in the same process; the fused path's
     own threads must not: MXNet's outputs for one call are the same bits before and after judging another."""
-    rng = np.random.default_rng(11)
-    shape = (64, 4, 30, 30)
-    ones = np.ones(4, dtype="float32")
-    case = Case(
-        x=(rng.standard_normal(shape) + 1).astype("float32"),
-        dy=rng.standard_normal(shape).astype("float32"),
-        gamma=ones,
-        beta=0 * ones,
-        moving_mean=0 * ones,
-        moving_var=ones,
-        fix_gamma=False,
-    )
+    case = _random_case((64, 4, 30, 30), seed=11, scale=1, offset=1)
     before = {q: np.array(v) for q, v in run_symbolic(case).items()}
     other = case.with_(x=(case.x * 3).astype("float32"))
     with fused.forced("always", threads=2):
@@ -300,18 +294,7 @@ def test_the_fused_path_leaves_mxnets_own_results_alone() -> None:
 def test_a_case_judged_on_the_fused_path_pickles_without_its_memo() -> None:
     """A fuzz worker sends its findings' cases and outcomes to the campaign through a queue: pickled. The
     fused path's memo holds closures (lazy y and dx): a case pickles without its memo, as it judges again."""
-    rng = np.random.default_rng(2)
-    shape = (40, 3, 30, 30)
-    ones = np.ones(3, dtype="float32")
-    case = Case(
-        x=rng.standard_normal(shape).astype("float32"),
-        dy=rng.standard_normal(shape).astype("float32"),
-        gamma=ones,
-        beta=0 * ones,
-        moving_mean=0 * ones,
-        moving_var=ones,
-        fix_gamma=False,
-    )
+    case = _random_case((40, 3, 30, 30), seed=2, scale=1, offset=0)
     outputs = _planted(case, run_symbolic(case), "y")
     with fused.forced("always"):
         outcome = judge(case, outputs, entry="sym", kernel="onednn", checked=list(outputs))
@@ -378,17 +361,7 @@ def test_a_planted_error_is_caught_alike(quantity: str, dtype: str) -> None:
 
 
 def test_blocks_of_any_size_give_the_same_bits() -> None:
-    rng = np.random.default_rng(3)
-    shape = (6, 5, 7, 3)
-    case = Case(
-        x=(rng.standard_normal(shape) * 3 + 1).astype("float32"),
-        dy=rng.standard_normal(shape).astype("float32"),
-        gamma=rng.standard_normal(5).astype("float32"),
-        beta=rng.standard_normal(5).astype("float32"),
-        moving_mean=np.zeros(5, dtype="float32"),
-        moving_var=np.ones(5, dtype="float32"),
-        fix_gamma=False,
-    )
+    case = _random_case((6, 5, 7, 3), seed=3, scale=3, offset=1)
     results = []
     for chunk in (1, 21, 100, None):
         with fused.forced("always", chunk=chunk):

@@ -380,10 +380,9 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
         # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
         expected = fresh_reference(case)
     st = _statistics(case, model)
-    u, sums = st.u, st.sum_factors
+    u = st.u
     r = _rounding_scale(model)
     u_data = r * unit_roundoff(case.dtype)
-    u_param = r * unit_roundoff(param_dtype(case.dtype))
     tiny_term = r * subnormal_step(compute_dtype(case.dtype))
     acc_dtype = accumulation_dtype(case.dtype)
     ua = r * unit_roundoff(acc_dtype)
@@ -412,27 +411,12 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
         out["y"] = chan(ag) * e_xhat + u * (gx + np.abs(expected["y"])) + tiny_term * (1 + chan(ag))
         out["y"] += u_data * np.abs(expected["y"])
 
-        sum_ady = np.abs(dy).sum(axis=red)
         dbeta = expected["dbeta"]
-        e_dbeta = sums["dy"] * sum_ady
-        out["dbeta"] = e_dbeta + u_param * np.abs(dbeta)
-
         dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
-        sum_adx = (np.abs(dy) * axhat).sum(axis=red)
-        # The terms' own roundings stay worst-case in both models: they are not mean-zero. The float16
-        # kernel rounds each x - mean to float16, and for all x in one binade that rounding is the same
-        # fraction of the mean (float16[426580, 1], dy = 1: dgamma -54.2 where the exact value is 0,
-        # beyond lambda u sqrt(sum t^2), within u sum|t|).
-        per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
-        e_products = per_product * sum_adx
-        e_dgamma = (
-            shift * np.abs(dbeta)
-            + rel * np.abs(dgamma)
-            + e_products
-            + sums["dot"] * sum_adx
-            + m * tiny_term * np.maximum(1.0, inv)
-        )
-        out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
+        sums_of = {"dbeta": dbeta, "sum_ady": np.abs(dy).sum(axis=red), "dgamma": dgamma}
+        sums_of["sum_adx"] = (np.abs(dy) * axhat).sum(axis=red)
+        e_dbeta, e_dgamma, gradients = gradient_sum_bounds(case, st, model, shift=shift, inv=inv, **sums_of)
+        out.update(gradients)
 
         if case.uses_batch_stats or training_backward:
             t2 = np.abs(dbeta) / m
@@ -449,6 +433,45 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
 
     out.update(statistics_bounds(case, st, model, expected))
     return finished_bounds(case, out, accumulated, model)
+
+
+def gradient_sum_bounds(
+    case: Case,
+    st: _Statistics,
+    model: str,
+    *,
+    dbeta: np.ndarray,
+    sum_ady: np.ndarray,
+    dgamma: np.ndarray,
+    sum_adx: np.ndarray,
+    shift: np.ndarray,
+    inv: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, Outputs]:
+    """The errors of the kernel's two gradient sums (e_dbeta, e_dgamma: dx's bound builds on them) and the bounds
+    of dbeta and dgamma, from sum dy, sum |dy|, sum dy xhat, sum |dy xhat| and how far the mean's error moves
+    xhat (``shift``; ``inv`` the bound's invstd)."""
+    r = _rounding_scale(model)
+    u, sums, rel = st.u, st.sum_factors, st.rel_inv
+    u_param = r * unit_roundoff(param_dtype(case.dtype))
+    tiny_term = r * subnormal_step(compute_dtype(case.dtype))
+    with np.errstate(invalid="ignore", over="ignore"):
+        e_dbeta = sums["dy"] * sum_ady
+        # The terms' own roundings stay worst-case in both models: they are not mean-zero. The float16
+        # kernel rounds each x - mean to float16, and for all x in one binade that rounding is the same
+        # fraction of the mean (float16[426580, 1], dy = 1: dgamma -54.2 where the exact value is 0,
+        # beyond lambda u sqrt(sum t^2), within u sum|t|).
+        per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
+        e_products = per_product * sum_adx
+        e_dgamma = (
+            shift * np.abs(dbeta)
+            + rel * np.abs(dgamma)
+            + e_products
+            + sums["dot"] * sum_adx
+            + case.reduction_length * tiny_term * np.maximum(1.0, inv)
+        )
+        out: Outputs = {"dbeta": e_dbeta + u_param * np.abs(dbeta)}
+        out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
+    return e_dbeta, e_dgamma, out
 
 
 def statistics_bounds(case: Case, st: _Statistics, model: str, expected: Outputs) -> Outputs:

@@ -44,6 +44,32 @@ def _inline(function: Callable[..., Any]) -> Any:
 
 # --- per-channel sums --------------------------------------------------------------------------------------
 
+
+@_inline
+def _two_sum(hi: float, lo: float, v: float) -> Any:  # pragma: no cover - compiled
+    """Knuth's TwoSum: (hi + v rounded, lo plus the rounding's exact error), a compensated sum's step."""
+    t = hi + v
+    z = t - hi
+    return t, lo + ((hi - (t - z)) + (v - z))
+
+
+@_inline
+def _finite_part(v: float, all_finite: float) -> Any:  # pragma: no cover - compiled
+    """(v, or 0 where it is NaN or inf; whether every value so far was finite, as 1.0 or 0.0)."""
+    if v - v == 0.0:
+        return v, all_finite
+    return 0.0, 0.0
+
+
+@_inline
+def _partial_step(partial: float, spread: float, v: float, first: bool) -> Any:  # pragma: no cover - compiled
+    """np.cumsum's next partial sum, and the sum of the squared partial sums from the second on."""
+    if first:
+        return v, spread
+    partial = partial + v
+    return partial, spread + partial * partial
+
+
 #: Columns of raw_sums' state (per channel).
 RAW = (
     "x_hi",  # sum x, compensated (Knuth's TwoSum): x_hi + x_lo
@@ -85,10 +111,7 @@ def raw_sums(x: np.ndarray, dy: np.ndarray, state: np.ndarray, c0: int, c1: int)
             for q in range(inner):
                 v = np.float64(x[p, c, q])
                 d = np.float64(dy[p, c, q])
-                t = x_hi + v
-                z = t - x_hi
-                x_lo += (x_hi - (t - z)) + (v - z)
-                x_hi = t
+                x_hi, x_lo = _two_sum(x_hi, x_lo, v)
                 if v != v:
                     x_nan = 1.0
                 else:
@@ -96,31 +119,16 @@ def raw_sums(x: np.ndarray, dy: np.ndarray, state: np.ndarray, c0: int, c1: int)
                         x_min = v
                     if v > x_max:
                         x_max = v
-                finite = v - v == 0.0
-                vf = v if finite else 0.0
-                if not finite:
-                    x_fin = 0.0
+                vf, x_fin = _finite_part(v, x_fin)
                 x_abs += abs(vf)
                 x_32 = np.float32(x_32 + np.float32(v))
-                t = d_hi + d
-                z = t - d_hi
-                d_lo += (d_hi - (t - z)) + (d - z)
-                d_hi = t
+                d_hi, d_lo = _two_sum(d_hi, d_lo, d)
                 d_abs += abs(d)
-                dfinite = d - d == 0.0
-                df = d if dfinite else 0.0
-                if not dfinite:
-                    d_fin = 0.0
+                df, d_fin = _finite_part(d, d_fin)
                 d_absf += abs(df)
                 d_32 = np.float32(d_32 + np.float32(d))
-                if count == 0.0:
-                    x_p = vf
-                    d_p = df
-                else:
-                    x_p = x_p + vf
-                    x_sp += x_p * x_p
-                    d_p = d_p + df
-                    d_sp += d_p * d_p
+                x_p, x_sp = _partial_step(x_p, x_sp, vf, count == 0.0)
+                d_p, d_sp = _partial_step(d_p, d_sp, df, count == 0.0)
                 count += 1.0
         s[0], s[1], s[2], s[3] = x_hi, x_lo, x_min, x_max
         s[4], s[5], s[6], s[7], s[8], s[9] = x_nan, x_fin, x_abs, x_p, x_sp, np.float64(x_32)
@@ -166,28 +174,16 @@ def centred_sums(
                 centred = np.float64(x[p, c, q]) - m
                 sq = centred * centred
                 dot = centred * np.float64(dy[p, c, q])
-                t = a_hi + sq
-                z = t - a_hi
-                a_lo += (a_hi - (t - z)) + (sq - z)
-                a_hi = t
-                t = b_hi + dot
-                z = t - b_hi
-                b_lo += (b_hi - (t - z)) + (dot - z)
-                b_hi = t
+                a_hi, a_lo = _two_sum(a_hi, a_lo, sq)
+                b_hi, b_lo = _two_sum(b_hi, b_lo, dot)
                 a_32 = np.float32(a_32 + np.float32(sq))
                 b_32 = np.float32(b_32 + np.float32(dot))
                 sqf = sq if sq - sq == 0.0 else 0.0
                 dotf = dot if dot - dot == 0.0 else 0.0
                 a_abs += abs(sqf)
                 b_abs += abs(dotf)
-                if count == 0.0:
-                    a_p = sqf
-                    b_p = dotf
-                else:
-                    a_p = a_p + sqf
-                    a_sp += a_p * a_p
-                    b_p = b_p + dotf
-                    b_sp += b_p * b_p
+                a_p, a_sp = _partial_step(a_p, a_sp, sqf, count == 0.0)
+                b_p, b_sp = _partial_step(b_p, b_sp, dotf, count == 0.0)
                 count += 1.0
         s[0], s[1], s[2], s[3], s[4], s[5] = a_hi, a_lo, a_abs, a_p, a_sp, np.float64(a_32)
         s[6], s[7], s[8], s[9], s[10], s[11] = b_hi, b_lo, b_abs, b_p, b_sp, np.float64(b_32)
@@ -218,10 +214,7 @@ def xhat_sums(
                 xhat = (np.float64(x[p, c, q]) - m) * k
                 d = np.float64(dy[p, c, q])
                 term = d * xhat
-                t = hi + term
-                z = t - hi
-                lo += (hi - (t - z)) + (term - z)
-                hi = t
+                hi, lo = _two_sum(hi, lo, term)
                 total += abs(d) * abs(xhat)
         s[0], s[1], s[2] = hi, lo, total
 
@@ -546,19 +539,21 @@ def _judge(e: float, a: float, bound: float, sharp: float, at: float, r: Any) ->
             pattern += 1.0
         return (worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp), over, over_sharp
     err = abs(a - e)
-    ratio = _ratio(err, bound)
+    worst, worst_at, bad, over = _fold(_ratio(err, bound), worst, worst_at, bad, at)
+    worst_sharp, worst_sharp_at, bad_sharp, over_sharp = _fold(
+        _ratio(err, sharp), worst_sharp, worst_sharp_at, bad_sharp, at
+    )
+    return (worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp), over, over_sharp
+
+
+@_inline
+def _fold(ratio: float, worst: float, worst_at: float, count: float, at: float) -> Any:  # pragma: no cover
+    """One error/bound ratio folded into (the worst, its first position, how many are beyond 1); also whether
+    this one is."""
     if ratio > worst:
         worst, worst_at = ratio, at
-    if ratio > 1:
-        bad += 1.0
-        over = True
-    ratio = _ratio(err, sharp)
-    if ratio > worst_sharp:
-        worst_sharp, worst_sharp_at = ratio, at
-    if ratio > 1:
-        bad_sharp += 1.0
-        over_sharp = True
-    return (worst, worst_at, worst_sharp, worst_sharp_at, pattern, bad, bad_sharp), over, over_sharp
+    over = ratio > 1
+    return worst, worst_at, count + (1.0 if over else 0.0), over
 
 
 @_jit

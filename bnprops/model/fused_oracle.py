@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, param_dtype
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
 from bnprops.model.error_model import (
     SAFETY,
-    _exactness,
     _rounding_scale,
     _statistics,
     accumulation_dtype,
     compute_dtype,
     finished_bounds,
+    gradient_sum_bounds,
     indeterminate_channels,
     statistics_bounds,
     subnormal_step,
@@ -169,10 +169,9 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
         accumulated = reference(case)
         fresh = _public(_fresh_per_channel(case))
         st = _statistics(case, model)
-        u, sums = st.u, st.sum_factors
+        u = st.u
         r = _rounding_scale(model)
         u_data = r * unit_roundoff(case.dtype)
-        u_param = r * unit_roundoff(param_dtype(case.dtype))
         tiny_data = r * subnormal_step(case.dtype)
         tiny_term = r * subnormal_step(compute_dtype(case.dtype))
         acc_dtype = accumulation_dtype(case.dtype)
@@ -197,20 +196,10 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
             out: Outputs = {}
             sum_ady = raw["dy_abs"]
             dbeta = fresh["dbeta"]
-            e_dbeta = sums["dy"] * sum_ady
-            out["dbeta"] = e_dbeta + u_param * np.abs(dbeta)
             dgamma = xhat["bound_dot"]
-            sum_adx = xhat["abs_dot"]
-            per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
-            e_products = per_product * sum_adx
-            e_dgamma = (
-                shift * np.abs(dbeta)
-                + rel * np.abs(dgamma)
-                + e_products
-                + sums["dot"] * sum_adx
-                + m * tiny_term * np.maximum(1.0, inv)
-            )
-            out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else e_dgamma + u_param * np.abs(dgamma)
+            sums_of = {"dbeta": dbeta, "sum_ady": sum_ady, "dgamma": dgamma, "sum_adx": xhat["abs_dot"]}
+            e_dbeta, e_dgamma, gradients = gradient_sum_bounds(case, st, model, shift=shift, inv=inv, **sums_of)
+            out.update(gradients)
             if case.uses_batch_stats:
                 t2 = np.abs(dbeta) / m
                 co[:, c["k1"]] = np.abs(dgamma) / m
