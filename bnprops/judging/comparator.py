@@ -153,9 +153,9 @@ def disagreeing(expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out
     a = _overflow_adjusted(expected, np.asarray(actual), out_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.where(np.isfinite(expected) & np.isfinite(a), np.abs(a - expected), 0.0)
-    if fused.watched():  # an element within rounding of its bound, on a fused case: the reference decides
-        near = np.abs(_ratio(err, np.broadcast_to(bound, err.shape)) - 1) <= fused.CLOSE
-        fused.note_near(near.astype(np.float64))  # (as a ratio: 1 where near)
+    # An element within rounding of its bound, on a fused case: the reference decides.
+    if fused.watched() and (np.abs(_ratio(err, np.broadcast_to(bound, err.shape)) - 1) <= fused.CLOSE).any():
+        fused.note_close()
     return np.asarray(_nonfinite_differs(expected, a) | (err > bound))
 
 
@@ -235,14 +235,13 @@ def _compare_fused(
 ) -> tuple[Mismatch | None, float, float]:
     """_compare_one's result from the fused path's judgement of y or dx (NaN/inf patterns alike): the oracle's
     value and bounds computed at the worst element alone."""
+    fused.note_near(np.asarray(found.worst), np.asarray(found.worst_sharp))
     if found.bad:
         kind, flat, where, count = "value", found.worst_at, found.over, found.bad
     elif found.bad_sharp:
         kind, flat, where, count = "accuracy", found.worst_sharp_at, found.over_sharp, found.bad_sharp
     else:
-        fused.note_near(np.asarray(found.worst), np.asarray(found.worst_sharp))
         return None, found.worst, found.worst_sharp
-    fused.note_near(np.asarray(found.worst), np.asarray(found.worst_sharp))
     idx = tuple(int(i) for i in np.unravel_index(flat, case.shape))
     expected, bound, sharp = fused.element(case, quantity, idx)
     a = float(_overflow_adjusted(np.asarray([expected]), np.asarray([found.actual[idx]]), out_dtype)[0])
@@ -252,9 +251,13 @@ def _compare_fused(
     return mismatch, found.worst, found.worst_sharp
 
 
+def _partly_judged(case: Case, quantity: str, undetermined: np.ndarray) -> bool:
+    return quantity in indeterminate_quantities(case) and bool(undetermined.any())
+
+
 def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermined: np.ndarray) -> np.ndarray:
     """Where the quantity is judged: everywhere but the indeterminate channels of the quantities they spoil."""
-    if quantity in indeterminate_quantities(case) and undetermined.any():
+    if _partly_judged(case, quantity, undetermined):
         per_element = shape == case.shape
         defined = ~per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
         return np.broadcast_to(defined, shape)
@@ -263,7 +266,7 @@ def judged_elements(case: Case, quantity: str, shape: tuple[int, ...], undetermi
 
 def judged_only(case: Case, quantity: str, mask: np.ndarray, undetermined: np.ndarray) -> np.ndarray:
     """``mask`` within the elements judged_elements judges (``mask`` itself where that is everywhere)."""
-    if quantity in indeterminate_quantities(case) and undetermined.any():
+    if _partly_judged(case, quantity, undetermined):
         return np.asarray(mask & judged_elements(case, quantity, mask.shape, undetermined))
     return mask
 
@@ -359,12 +362,18 @@ def compare(
     return Verdict(case, tuple(mismatches), ratios, sharp_ratios)
 
 
+def _fused(case: Case, actual: Outputs, quantity: str) -> fused.Compared | None:
+    """The fused path's judgement of y or dx, where it judged it (NaN/inf patterns alike); else None."""
+    found = fused.compare(case, actual).get(quantity) if fused.active(case) else None
+    return found if found is not None and found.pattern == 0 else None
+
+
 def mismatch_within(case: Case, actual: Outputs, quantity: str, within: np.ndarray) -> Mismatch | None:
     """The worst disagreement of ``quantity`` among the elements ``within`` (with those compare judges), or None."""
-    apparatus = judging(case)
-    found = fused.compare(case, actual).get(quantity) if fused.active(case) else None
-    if found is not None and found.pattern == 0 and (found.off is None or not (found.off & within).any()):
+    found = _fused(case, actual, quantity)
+    if found is not None and (found.off is None or not (found.off & within).any()):
         return None  # (the fused path's bits say so without the oracle's arrays)
+    apparatus = judging(case)
     expected = apparatus.expected[quantity]
     judged = judged_elements(case, quantity, expected.shape, apparatus.undetermined) & within
     tol, sharp, dtype = apparatus.bound[quantity], apparatus.sharp[quantity], apparatus.dtypes[quantity]
@@ -374,10 +383,10 @@ def mismatch_within(case: Case, actual: Outputs, quantity: str, within: np.ndarr
 def disagrees_with_oracle(case: Case, actual: Outputs, quantity: str) -> np.ndarray | None:
     """disagreeing(the oracle, actual, its deterministic bound), element by element, within the elements compare
     judges (from the fused path's bits where it judged the quantity); None where nothing disagrees."""
-    apparatus = judging(case)
-    found = fused.compare(case, actual).get(quantity) if fused.active(case) else None
-    if found is not None and found.pattern == 0:
+    found = _fused(case, actual, quantity)
+    if found is not None:
         return found.over if found.bad else None
+    apparatus = judging(case)
     expected = apparatus.expected[quantity]
     judged = judged_elements(case, quantity, expected.shape, apparatus.undetermined)
     tol, dtype = apparatus.bound[quantity], apparatus.dtypes[quantity]

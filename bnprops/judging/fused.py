@@ -31,6 +31,7 @@ from bnprops.model.fused_oracle import (
     check_indeterminate,
     coefficients,
     fresh_reference,
+    prior_rows,
     reference,
 )
 from bnprops.model.fused_sums import (
@@ -78,6 +79,7 @@ __all__ = [
     "kernels",
     "mode",
     "mode_note",
+    "note_close",
     "note_near",
     "prepare",
     "reference_twin",
@@ -196,13 +198,12 @@ def compare(case: Case, actual: Outputs) -> dict[str, Compared]:
     k = kernels()
     coeffs, batch = coefficients(case)
     with_dx = "dx" in wanted
-    add = case.request("data") == "add" and case.prior_dx is not None
+    add, prior3 = prior_rows(case)
     dtypes = output_dtypes(case)
     thresholds = np.array([overflow_threshold(dtypes["y"]), overflow_threshold(dtypes["dx"])])
     x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
     ay3 = as_three(case, arrays["y"])
     adx3 = as_three(case, arrays["dx"]) if with_dx else x3
-    prior3 = as_three(case, case.prior_dx) if add and case.prior_dx is not None else x3
     result = np.zeros((case.channels, 2, len(k.VERDICT)))
     bits = np.zeros(x3.shape, dtype=np.uint8)  # (an indeterminate channel's are never written)
 
@@ -242,10 +243,9 @@ def element(case: Case, quantity: str, index: tuple[int, ...]) -> tuple[float, f
     formulas the materialised arrays use (one row of Q elements computed)."""
     k = kernels()
     coeffs, batch = coefficients(case)
-    add = case.request("data") == "add" and case.prior_dx is not None
+    add, prior3 = prior_rows(case)
     flat = int(np.ravel_multi_index(index, case.shape))
     x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
-    prior3 = as_three(case, case.prior_dx) if add and case.prior_dx is not None else x3
     _, channels, inner = x3.shape
     p, c, q = flat // (channels * inner), (flat // inner) % channels, flat % inner
     rows = (slice(p, p + 1), slice(c, c + 1))
@@ -279,7 +279,8 @@ def watched() -> bool:
     return _watched.get() is not None
 
 
-def _note() -> None:
+def note_close() -> None:
+    """Note a decision within CLOSE of its threshold, made while a fused case is watched."""
     found = _watched.get()
     if found is not None:
         found.append(True)
@@ -293,7 +294,7 @@ def note_near(ratio: np.ndarray, sharp_ratio: np.ndarray | None = None) -> None:
     worst = float(ratio.max()) if ratio.size else 0.0
     sharp = float(sharp_ratio.max()) if sharp_ratio is not None and sharp_ratio.size else 0.0
     if abs(worst - 1) <= CLOSE or (worst <= 1 and abs(sharp - 1) <= CLOSE):
-        _note()
+        note_close()
 
 
 def mode_note() -> str:

@@ -186,8 +186,7 @@ def _judge(
         visible: np.ndarray | None = None
         if p.is_oracle:  # (the oracle's own comparison says where MXNet is beyond its bound)
             off = disagrees_with_oracle(case, outputs, p.quantity)
-            ok = p.where if off is None else p.where & ~off
-            visible = np.zeros_like(p.where) if p.certain else None
+            ok = p.where if off is None else p.where & ~off  # (never visible: its values are the oracle's)
         else:
             values, tolerance = p.model(apparatus)
             ok = p.where & ~disagreeing(values, np.asarray(actual), tolerance, dtype)

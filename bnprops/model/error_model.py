@@ -294,13 +294,19 @@ def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.
     them too; tests/test_error_model_soundness.py checks it with emulations of each.  For sums that cancel
     (random head gradients) it is ~sqrt(M) sharper than sum_factor's ``lambda sqrt(M) u``, which takes every
     partial sum as large as sum|t|.  Never above the deterministic factor."""
-    lam = probabilistic_lambda(channels)
-    worst = sum_factor(max(rows.shape[1] - 1, 0), dtype, model="deterministic")
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         terms = np.where(np.isfinite(rows), rows, 0.0)
         partial = np.cumsum(terms, axis=1)[:, 1:]  # the sums each addition rounds (from the 2nd term on)
-        spread = np.sqrt((partial * partial).sum(axis=1))
-        total = np.abs(terms).sum(axis=1)
+        squares, total = (partial * partial).sum(axis=1), np.abs(terms).sum(axis=1)
+    return partial_sum_factor(squares, total, dtype, channels=channels, terms=rows.shape[1])
+
+
+def partial_sum_factor(squares: np.ndarray, total: np.ndarray, dtype: str, *, channels: int, terms: int) -> np.ndarray:
+    """sequential_sum_factor from its two sums: of the squared partial sums from the second on, and of |terms|."""
+    lam = probabilistic_lambda(channels)
+    worst = sum_factor(max(terms - 1, 0), dtype, model="deterministic")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        spread = np.sqrt(squares)
         factor = np.where(total > 0, lam * unit_roundoff(dtype) * spread / np.where(total > 0, total, 1.0), 0.0)
     return np.asarray(np.minimum(factor, worst), dtype=np.float64)
 
@@ -413,9 +419,17 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
 
         dbeta = expected["dbeta"]
         dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
-        sums_of = {"dbeta": dbeta, "sum_ady": np.abs(dy).sum(axis=red), "dgamma": dgamma}
-        sums_of["sum_adx"] = (np.abs(dy) * axhat).sum(axis=red)
-        e_dbeta, e_dgamma, gradients = gradient_sum_bounds(case, st, model, shift=shift, inv=inv, **sums_of)
+        e_dbeta, e_dgamma, gradients = gradient_sum_bounds(
+            case,
+            st,
+            model,
+            dbeta=dbeta,
+            sum_ady=np.abs(dy).sum(axis=red),
+            dgamma=dgamma,
+            sum_adx=(np.abs(dy) * axhat).sum(axis=red),
+            shift=shift,
+            inv=inv,
+        )
         out.update(gradients)
 
         if case.uses_batch_stats or training_backward:

@@ -50,6 +50,12 @@ from bnprops.model.oracle import statistics as oracle_statistics
 # --- the oracle --------------------------------------------------------------------------------------------
 
 
+def prior_rows(case: Case) -> tuple[bool, np.ndarray]:
+    """Does dx accumulate onto a prior ('add'), and the prior as (P, C, Q) (x's rows where not: never read)."""
+    add = case.request("data") == "add" and case.prior_dx is not None
+    return add, as_three(case, case.prior_dx if add and case.prior_dx is not None else case.x)
+
+
 def arrays(case: Case, which: int) -> list[np.ndarray]:
     """Every element's y and its deterministic and sharp bounds (``which`` 0), or dx fresh, dx as requested and
     its two bounds (1), as the reference computes them."""
@@ -57,9 +63,8 @@ def arrays(case: Case, which: int) -> list[np.ndarray]:
     def compute() -> list[np.ndarray]:
         k = kernels()
         coeffs, batch = coefficients(case)
-        add = case.request("data") == "add" and case.prior_dx is not None
+        add, prior3 = prior_rows(case)
         x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
-        prior3 = as_three(case, case.prior_dx) if add and case.prior_dx is not None else x3
         out = np.empty((3 if which == 0 else 4, *x3.shape))
 
         def arguments(b: slice) -> tuple[Any, ...]:
@@ -197,8 +202,17 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
             sum_ady = raw["dy_abs"]
             dbeta = fresh["dbeta"]
             dgamma = xhat["bound_dot"]
-            sums_of = {"dbeta": dbeta, "sum_ady": sum_ady, "dgamma": dgamma, "sum_adx": xhat["abs_dot"]}
-            e_dbeta, e_dgamma, gradients = gradient_sum_bounds(case, st, model, shift=shift, inv=inv, **sums_of)
+            e_dbeta, e_dgamma, gradients = gradient_sum_bounds(
+                case,
+                st,
+                model,
+                dbeta=dbeta,
+                sum_ady=sum_ady,
+                dgamma=dgamma,
+                sum_adx=xhat["abs_dot"],
+                shift=shift,
+                inv=inv,
+            )
             out.update(gradients)
             if case.uses_batch_stats:
                 t2 = np.abs(dbeta) / m
@@ -246,8 +260,8 @@ def coefficients(case: Case) -> tuple[np.ndarray, bool]:
         co[:, k.C_["judged"]] = ~np.asarray(indeterminate_channels(case), dtype=bool)
         co[:, k.FIRST : k.FIRST + k.MODEL] = det.coefficients
         co[:, k.FIRST + k.MODEL : k.LINEAR] = prob.coefficients
+        add = prior_rows(case)[0]
         for model, start in ((det, k.LINEAR), (prob, k.LINEAR + 8)):
-            add = case.request("data") == "add" and case.prior_dx is not None
             co[:, start : start + 8] = _linear(model.coefficients, co[:, k.C_["ag"]], case.uses_batch_stats, add)
         return np.ascontiguousarray(co)
 

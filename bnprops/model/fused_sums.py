@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.model.case import Case
-from bnprops.model.error_model import accumulation_dtype, probabilistic_lambda, sum_factor, unit_roundoff
+from bnprops.model.case import Case, memoized, seed
+from bnprops.model.error_model import accumulation_dtype, partial_sum_factor
 from bnprops.model.oracle import eps_as_applied
 from bnprops.model.oracle import statistics as oracle_statistics
 
@@ -87,18 +87,11 @@ def available() -> bool:
 
 def close_call(case: Case) -> bool:
     """Did a fused decision on ``case`` fall within CLOSE of its threshold (so the reference must decide)?"""
-    return bool(getattr(case, "__dict__", {}).get("_memo", {}).get("fused/close", False))
+    return bool(memoized(case, "fused/close"))
 
 
 def mark_close(case: Case) -> None:
-    case.__dict__.setdefault("_memo", {})["fused/close"] = True
-
-
-def near(case: Case, *ratios: float) -> None:
-    """Mark ``case`` if an error/bound ratio that decides a finding is within CLOSE of 1 (where the two paths'
-    rounding could decide it differently)."""
-    if any(abs(r - 1) <= CLOSE for r in ratios):
-        mark_close(case)
+    seed(case, "fused/close", True)
 
 
 # --- blocks ------------------------------------------------------------------------------------------------
@@ -270,21 +263,17 @@ def partial_sum_factors(case: Case) -> dict[str, np.ndarray]:
 
     raw, centred = raw_sums_of(case), centred_sums_of(case, statistics_mean(case))
     acc = accumulation_dtype(case.dtype)
-    lam = probabilistic_lambda(case.channels)
-    worst = sum_factor(max(case.reduction_length - 1, 0), acc, model="deterministic")
     pairs = {
         "x": (raw["x_spread"], raw["x_abs"]),
         "c2": (centred["c2_spread"], centred["c2_abs"]),
         "dy": (raw["dy_spread"], raw["dy_abs_finite"]),
         "dot": (centred["dot_spread"], centred["dot_abs"]),
     }
-    factors = {}
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for name, (squares, total) in pairs.items():
-            spread = np.sqrt(squares)
-            factor = np.where(total > 0, lam * unit_roundoff(acc) * spread / np.where(total > 0, total, 1.0), 0.0)
-            factors[name] = np.asarray(np.minimum(factor, worst), dtype=np.float64)
-    return factors
+    m = case.reduction_length
+    return {
+        name: partial_sum_factor(squares, total, acc, channels=case.channels, terms=m)
+        for name, (squares, total) in pairs.items()
+    }
 
 
 def drifts(case: Case) -> dict[str, np.ndarray]:

@@ -58,7 +58,3 @@ class LazyOutputs(dict[str, Any]):
             dict.__setitem__(twin, key, dict.__getitem__(self, key))
         twin._lazy = dict(self._lazy)  # (the fused path memoises each array on its case: computed once for all)
         return twin
-
-    def pending(self) -> frozenset[str]:
-        """The quantities not computed yet."""
-        return frozenset(self._lazy)
