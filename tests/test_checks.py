@@ -12,7 +12,7 @@ from bnprops.judging import judgement
 from bnprops.judging.checks import assert_matches_oracle, check
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
-from bnprops.model.error_model import bounds
+from bnprops.model.evaluation import evaluate
 from bnprops.model.oracle import reference
 from tests.helpers import one_channel_case
 
@@ -107,7 +107,7 @@ def nudged_dbeta(factor: float):  # type: ignore[no-untyped-def]
 
     def run(case):  # type: ignore[no-untyped-def]
         out = reference(case)
-        sharp = bounds(case, out, model="probabilistic")["dbeta"]
+        sharp = evaluate(case).bounds_of(out, model="probabilistic")["dbeta"]
         out["dbeta"] = out["dbeta"] + factor * sharp
         return out
 
@@ -116,8 +116,8 @@ def nudged_dbeta(factor: float):  # type: ignore[no-untyped-def]
 
 def test_an_error_between_the_two_bounds_is_an_accuracy_finding_of_its_own_kind() -> None:
     case = one_channel_case([0.1 * i for i in range(1, 4001)], dy=[1.0 + 1e-3 * i for i in range(4000)])
-    deterministic = bounds(case, reference(case))["dbeta"]
-    sharp = bounds(case, reference(case), model="probabilistic")["dbeta"]
+    deterministic = evaluate(case).bound["dbeta"]
+    sharp = evaluate(case).bounds_of(reference(case), model="probabilistic")["dbeta"]
     assert np.all(3 * sharp < deterministic)  # room between the two at M = 4000
     outcome = check(case, runner=nudged_dbeta(2.0), entry="test-double", quantities=("dbeta",))
     [mismatch] = outcome.unexpected
@@ -145,7 +145,9 @@ def test_a_deviation_modelled_as_the_deterministic_bound_does_not_excuse_a_misma
     monkeypatch.setattr(judgement, "KNOWN_DEVIATIONS", (drift,))
     explained = check(case, runner=nudged_dbeta(2.0), entry="test-double", quantities=("dbeta",))
     assert explained.ok and explained.explained
-    deterministic = bounds(case, reference(case))["dbeta"]
-    far = nudged_dbeta(float(np.max(3 * deterministic / bounds(case, reference(case), model="probabilistic")["dbeta"])))
+    deterministic = evaluate(case).bound["dbeta"]
+    far = nudged_dbeta(
+        float(np.max(3 * deterministic / evaluate(case).bounds_of(reference(case), model="probabilistic")["dbeta"]))
+    )
     outcome = check(case, runner=far, entry="test-double", quantities=("dbeta",))
     assert [m.kind for m in outcome.unexpected] == ["unrecorded"]

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from bnprops.judging.checks import COUNTS, DEVIATION_HITS, assert_agree, assert_matches_oracle, disagreements
 from bnprops.model.case import QUANTITIES, Case, Outputs
-from bnprops.model.error_model import bounds, unit_roundoff
+from bnprops.model.error_model import unit_roundoff
+from bnprops.model.evaluation import evaluate
 from bnprops.model.oracle import fresh_reference, output_dtypes, reference
 from bnprops.mx.runners import Runner
 from bnprops.search.strategies import cases
@@ -92,7 +93,7 @@ def nudged_within_bound(case: Case) -> Outputs:
     out = faithful(case)
     if "dx" in out:
         expected = reference(case)
-        b = bounds(case, expected, model="probabilistic")["dx"]
+        b = evaluate(case).bounds_of(expected, model="probabilistic")["dx"]
         # Less the rounding of the nudged value into the output dtype, which the bound includes once.
         b = np.maximum(b - 2 * unit_roundoff(case.dtype) * np.abs(expected["dx"]), 0)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -163,7 +164,7 @@ def test_backends_may_differ_within_twice_the_bound_but_not_beyond() -> None:
         fix_gamma=False,
     )
     good = faithful(case)
-    b = bounds(case, reference(case))["dx"]
+    b = evaluate(case).bound["dx"]
     near, far = dict(good), dict(good)
     near["dx"] = (good["dx"] + 0.9 * b).astype("float32")
     far["dx"] = (good["dx"] + 3 * b).astype("float32")

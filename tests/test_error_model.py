@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from bnprops.judging.checks import check
 from bnprops.model.case import WRITE_ALL, Case
-from bnprops.model.error_model import bounds, indeterminate_channels, unit_roundoff
+from bnprops.model.error_model import unit_roundoff
+from bnprops.model.evaluation import evaluate
 from bnprops.model.oracle import per_channel, reference, statistics
 from bnprops.search.strategies import cases
 from tests.helpers import one_channel_case
@@ -74,7 +75,7 @@ def test_unit_roundoffs_are_half_an_ulp_of_one() -> None:
 @sample
 @given(case=cases())
 def test_quantities_a_correct_kernel_gets_exactly_have_zero_bounds(case: Case) -> None:
-    tol = bounds(case, reference(case))
+    tol = evaluate(case).bound
     assert np.all(tol["gamma"] == 0)
     if case.fix_gamma and case.request("gamma") == "write":
         assert np.all(tol["dgamma"] == 0)
@@ -90,13 +91,13 @@ def test_quantities_a_correct_kernel_gets_exactly_have_zero_bounds(case: Case) -
 )
 def test_data_with_spread_is_never_indeterminate(case: Case) -> None:
     # (float16 data with an offset of 300 spreads may be: a float16 ulp there is a tenth of the spread.)
-    assert not indeterminate_channels(case).any()
+    assert not evaluate(case).undetermined.any()
 
 
 def test_a_constant_channel_with_eps_zero_is_indeterminate() -> None:
-    assert indeterminate_channels(one_channel_case([2.0, 2.0, 2.0], eps=0.0)).all()
+    assert evaluate(one_channel_case([2.0, 2.0, 2.0], eps=0.0)).undetermined.all()
     # One value per channel is exact: its variance is 0 in any arithmetic.
-    assert not indeterminate_channels(one_channel_case([2.0], eps=1e-30)).any()
+    assert not evaluate(one_channel_case([2.0], eps=1e-30)).undetermined.any()
 
 
 def test_float16_bounds_are_wider_than_float32_bounds_for_the_same_values() -> None:
@@ -104,7 +105,7 @@ def test_float16_bounds_are_wider_than_float32_bounds_for_the_same_values() -> N
     narrow = one_channel_case([0.5, -1.0, 2.0, 3.5], dtype="float32")
     # (not dbeta: four float16 head gradients add up exactly in float32, and the model knows it)
     for q in ("y", "dx", "dgamma"):
-        assert np.all(bounds(wide, reference(wide))[q] > bounds(narrow, reference(narrow))[q])
+        assert np.all(evaluate(wide).bound[q] > evaluate(narrow).bound[q])
 
 
 def largest_terms(case: Case) -> dict[str, np.ndarray]:
@@ -132,7 +133,7 @@ def largest_terms(case: Case) -> dict[str, np.ndarray]:
 @given(case=cases(dtypes=["float32"], value_regimes=["exact"], sizes="all", grad_req=st.just(WRITE_ALL)))
 def test_on_exact_data_float32_bounds_stay_within_16_ulps_of_the_largest_term(case: Case) -> None:
     ulp = 2 * unit_roundoff("float32")
-    tol = bounds(case, reference(case))
+    tol = evaluate(case).bound
     for q, term in largest_terms(case).items():
         if q == "dgamma" and case.fix_gamma:
             continue

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from bnprops.judging.checks import judge as check_outcome
 from bnprops.judging.comparator import Mismatch, Verdict, compare
 from bnprops.model.case import QUANTITIES, Case, Outputs
-from bnprops.model.error_model import indeterminate_channels
+from bnprops.model.evaluation import evaluate
 from bnprops.model.oracle import eps_as_applied, momentum_as_applied, output_dtypes, per_channel, reference, statistics
 from bnprops.mx.backends import runner_for
 from bnprops.search.strategies import VALUE_REGIMES, cases, sibling
@@ -507,7 +507,7 @@ def _where_the_emulation_departs_from_mxnet(case: Case, actual: Outputs) -> bool
         normaliser = statistics(case)[1] + eps
         if np.any(normaliser < 1.01 * float(np.finfo(np.float16).tiny)) or np.any(normaliser > 65000):
             return True
-    if indeterminate_channels(case).any():
+    if evaluate(case).undetermined.any():
         return True
     with np.errstate(all="ignore"):
         return bool(check_outcome(case, actual, entry="sym", kernel="native", checked=()).allowed)

@@ -1,4 +1,4 @@
-"""The fused judging path (bnprops/judging/fused.py) against the numpy reference it replaces on large cases.
+"""The fused engine against the numpy reference it replaces on large cases, through the evaluation interface.
 
 Over the strategies the properties use: the oracle's values and both bounds agree with the reference's
 far within CLOSE of the bound (bit for bit where a correct kernel's error is 0), and the judgement of
@@ -16,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnprops.judging import fused
-from bnprops.judging.comparator import _compare_one, judged_elements, judging
+from bnprops.judging.comparator import _compare_one, judged_elements
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model import fused_sums
 from bnprops.model.case import Case, Outputs
-from bnprops.model.oracle import output_dtypes, per_channel, reference, statistics
+from bnprops.model.evaluation import Evaluation, FusedEvaluation, evaluate
+from bnprops.model.oracle import output_dtypes, per_channel
 from bnprops.mx.runners import kernel_for, run_symbolic
 from bnprops.search.strategies import VALUE_REGIMES, cases
 from tests.helpers import budget
@@ -33,12 +34,12 @@ AGREEMENT = 2.0**-20
 FUSED_DTYPES = ("float16", "float32")
 
 
-def _judged(case: Case, outputs: Outputs, mode: str, chunk: int | None = None) -> tuple[Case, Outcome]:
+def _judged(case: Case, outputs: Outputs, mode: str, chunk: int | None = None) -> tuple[Evaluation, Outcome]:
     with fused.forced(mode, chunk=chunk):
-        twin = case.with_()
-        outcome = judge(twin, outputs, entry="sym", kernel=kernel_for(twin, "onednn"), checked=list(outputs))
-        judging(twin)  # (the apparatus, for the comparisons below)
-    return twin, outcome
+        ev = evaluate(case)
+        kernel = kernel_for(case, "onednn")
+        outcome = judge(case, outputs, entry="sym", kernel=kernel, checked=list(outputs), evaluation=ev)
+    return ev, outcome
 
 
 def _signature(outcome: Outcome) -> tuple[object, ...]:
@@ -70,14 +71,13 @@ def _assert_close(name: str, fused_values: np.ndarray, ref: np.ndarray, scale: n
     assert not off.any(), f"{name}: {np.abs(f - r)[finite][off][:3]} beyond {allowed[finite][off][:3]}"
 
 
-def assert_same_judgement(case: Case, outputs: Outputs, *, chunk: int | None = None) -> tuple[Case, Case]:
-    """The two paths agree on ``case``: oracle, bounds, sharp bounds, and the whole judgement."""
-    ref, ref_outcome = _judged(case, outputs, "never")
-    fast, fast_outcome = _judged(case, outputs, "always", chunk)
-    assert not fused.active(ref)
-    assert fused.active(fast) == (case.dtype in FUSED_DTYPES and case.x.size > 0)
+def assert_same_judgement(case: Case, outputs: Outputs, *, chunk: int | None = None) -> tuple[Evaluation, Evaluation]:
+    """The two engines agree on ``case``: oracle, bounds, sharp bounds, and the whole judgement."""
+    a, ref_outcome = _judged(case, outputs, "never")
+    b, fast_outcome = _judged(case, outputs, "always", chunk)
+    assert a.engine == "reference"
+    assert b.engine == ("fused" if case.dtype in FUSED_DTYPES and case.x.size > 0 else "reference")
     assert _signature(fast_outcome) == _signature(ref_outcome)
-    a, b = judging(ref), judging(fast)
     assert set(a.expected) == set(b.expected) and set(a.bound) == set(b.bound)
     assert np.array_equal(a.undetermined, b.undetermined)
     for q in a.expected:
@@ -91,7 +91,7 @@ def assert_same_judgement(case: Case, outputs: Outputs, *, chunk: int | None = N
         for table, fast_table in ((found.ratios, other.ratios), (found.sharp_ratios, other.sharp_ratios)):
             for q, ratio in table.items():
                 assert fast_table[q] == ratio or abs(fast_table[q] - ratio) <= 3 * AGREEMENT * (1 + ratio), q
-    return ref, fast
+    return a, b
 
 
 _SETTINGS = settings(max_examples=budget(0.25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -107,12 +107,12 @@ def test_the_fused_path_judges_as_the_reference_does(case: Case) -> None:
 @given(case=cases(dtypes=FUSED_DTYPES, value_regimes=["exact"]))
 def test_in_the_exact_regime_the_fused_path_is_the_reference_bit_for_bit(case: Case) -> None:
     ref, fast = assert_same_judgement(case, run_symbolic(case))
-    for q, value in reference(ref).items():
-        assert np.array_equal(reference(fast)[q], value, equal_nan=True), q
-    for a, b in zip(statistics(ref), statistics(fast), strict=True):
+    for q, value in ref.expected.items():
+        assert np.array_equal(fast.expected[q], value, equal_nan=True), q
+    for a, b in zip(ref.statistics, fast.statistics, strict=True):
         assert np.array_equal(a, b, equal_nan=True)
-    for q, bound in judging(ref).bound.items():
-        assert np.array_equal(judging(fast).bound[q], bound, equal_nan=True), q
+    for q, bound in ref.bound.items():
+        assert np.array_equal(fast.bound[q], bound, equal_nan=True), q
 
 
 @_SETTINGS
@@ -131,7 +131,7 @@ def test_large_cases_are_judged_alike(case: Case, chunk: int | None) -> None:
 @given(case=cases(dtypes=["float64"]))
 def test_float64_data_stay_on_the_reference_path(case: Case) -> None:
     with fused.forced("always"):
-        assert not fused.active(case.with_())
+        assert evaluate(case).engine == "reference"
 
 
 @_SETTINGS
@@ -141,9 +141,8 @@ def test_the_compiled_comparison_sorts_every_element_as_numpy_does(case: Case, s
     positions and the elements beyond each bound are numpy's on the same oracle values and bounds, exactly
     (its scan sorts most elements by the bounds' linear forms, and only the ones near a bound exactly)."""
     with fused.forced("always"):
-        case = case.with_()
-        apparatus = judging(case)
-        if not fused.active(case):
+        apparatus = evaluate(case)
+        if not isinstance(apparatus, FusedEvaluation):
             return
         rng = np.random.default_rng(seed)
         actual: Outputs = {}
@@ -152,7 +151,7 @@ def test_the_compiled_comparison_sorts_every_element_as_numpy_does(case: Case, s
                 with np.errstate(invalid="ignore", over="ignore"):
                     moved = apparatus.expected[q] + spread * rng.uniform(-1, 1, case.shape) * apparatus.bound[q]
                     actual[q] = moved.astype(case.dtype)
-        found = fused.compare(case, actual)
+        found = fused.compare(apparatus, actual)
     for q, compared in found.items():
         expected, bound, sharp = apparatus.expected[q], apparatus.bound[q], apparatus.sharp[q]
         judged = judged_elements(case, q, case.shape, apparatus.undetermined)
@@ -183,12 +182,11 @@ def test_the_linear_forms_bracket_the_bounds(case: Case) -> None:
     """What the kernel's scan rests on: per element, the linear forms lie in [bound / _ABOVE, bound] for both
     bounds of y and dx (or are NaN, and the element is judged exactly)."""
     with fused.forced("always"):
-        case = case.with_()
-        apparatus = judging(case)
-        if not fused.active(case):
+        apparatus = evaluate(case)
+        if not isinstance(apparatus, FusedEvaluation):
             return
-        coeffs, _ = fused.coefficients(case)
-        fresh, acc = fused.arrays(case, 1)[:2]
+        coeffs = apparatus.coefficients
+        fresh, acc = apparatus.arrays(1)[:2]
     k = fused.kernels()
     col: dict[object, np.ndarray] = {name: per_channel(case, coeffs[:, i]) for name, i in k.C_.items()}
     col.update({i: per_channel(case, coeffs[:, i]) for i in range(k.WIDTH)})
@@ -261,12 +259,12 @@ def test_any_number_of_threads_gives_the_same_bits() -> None:
     seen = []
     for n in (1, 2, 3, 7):
         with fused.forced("always", threads=n):
-            twin = case.with_()
-            apparatus = judging(twin)
-            found = fused.compare(twin, outputs)
+            apparatus = evaluate(case)
+            assert isinstance(apparatus, FusedEvaluation)
+            found = fused.compare(apparatus, outputs)
             seen.append(
                 (
-                    [np.array(v) for v in statistics(twin)],
+                    [np.array(v) for v in apparatus.statistics],
                     {q: np.array(v) for q, v in {**apparatus.expected, **apparatus.bound}.items()},
                     {q: (c.worst, c.worst_at, c.worst_sharp, c.bad, c.bad_sharp) for q, c in found.items()},
                 )
@@ -291,16 +289,17 @@ def test_the_fused_path_leaves_mxnets_own_results_alone() -> None:
         assert np.array_equal(np.asarray(after[q]), value, equal_nan=True), q
 
 
-def test_a_case_judged_on_the_fused_path_pickles_without_its_memo() -> None:
+def test_a_case_judged_on_the_fused_path_pickles_and_judges_again_the_same() -> None:
     """A fuzz worker sends its findings' cases and outcomes to the campaign through a queue: pickled. The
-    fused path's memo holds closures (lazy y and dx): a case pickles without its memo, as it judges again."""
+    fused engine's evaluation holds closures (lazy y and dx); the outcome carries none of it."""
     case = _random_case((40, 3, 30, 30), seed=2, scale=1, offset=0)
     outputs = _planted(case, run_symbolic(case), "y")
     with fused.forced("always"):
-        outcome = judge(case, outputs, entry="sym", kernel="onednn", checked=list(outputs))
-        assert fused.active(case) and not outcome.ok
+        ev = evaluate(case)
+        outcome = judge(case, outputs, entry="sym", kernel="onednn", checked=list(outputs), evaluation=ev)
+        assert ev.engine == "fused" and not outcome.ok
         again = pickle.loads(pickle.dumps(outcome))
-    assert "_memo" not in again.case.__dict__ and again.case == case
+    assert again.case == case
     assert _signature(judge(again.case, outputs, entry="sym", kernel="onednn", checked=list(outputs))) == _signature(
         outcome
     )
@@ -365,11 +364,11 @@ def test_blocks_of_any_size_give_the_same_bits() -> None:
     results = []
     for chunk in (1, 21, 100, None):
         with fused.forced("always", chunk=chunk):
-            twin = case.with_()
-            apparatus = judging(twin)
+            apparatus = evaluate(case)
+            assert isinstance(apparatus, FusedEvaluation)
             results.append(
                 (
-                    statistics(twin),
+                    apparatus.statistics,
                     {q: np.array(v) for q, v in apparatus.expected.items()},
                     {q: np.array(v) for q, v in apparatus.bound.items()},
                     {q: np.array(v) for q, v in apparatus.sharp.items()},
@@ -394,11 +393,12 @@ def test_memory_stays_bounded_at_a_million_per_channel_and_256_channels() -> Non
     assert case.reduction_length == 10**6
     with fused.forced("always", chunk=256 * 1000):
         small = np.broadcast_to(row[:10], (3, 256, 10))
-        fused.prepare(case.with_(x=small, dy=small))  # compiled for these arrays before measuring
-        twin = case.with_()
+        warm = evaluate(case.with_(x=small, dy=small))  # compiled for these arrays before measuring
+        assert warm.partial_sum_factors and warm.xhat
+        ev = evaluate(case)
         tracemalloc.start()
-        fused.prepare(twin)  # every per-channel sum, and the model's memo seeded with them
-        mean, var = statistics(twin)
+        assert ev.partial_sum_factors and ev.xhat  # every per-channel sum
+        mean, var = ev.statistics
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     # one block of float16 widened to float32 (256 x 1000 x 4 bytes, twice) and per-channel state, with room for
@@ -421,10 +421,10 @@ def test_the_environment_chooses_the_path(monkeypatch: pytest.MonkeyPatch) -> No
     )
     for value, expected in (("never", False), ("always", True), ("auto", False), ("", False)):
         monkeypatch.setenv(fused.ENV, value)
-        assert fused.active(small.with_()) is expected, value
+        assert (evaluate(small).engine == "fused") is expected, value
     monkeypatch.setenv(fused.ENV, "sometimes")
     with pytest.raises(ValueError, match=fused.ENV):
-        fused.active(small.with_())
+        evaluate(small)
 
 
 def test_every_value_regime_is_covered() -> None:

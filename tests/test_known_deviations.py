@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from bnprops.judging.checks import check
-from bnprops.judging.comparator import disagreeing, judging
+from bnprops.judging.comparator import disagreeing
 from bnprops.judging.deviation_models import Prediction
 from bnprops.judging.judgement import predictions
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, SEQUENCE_DEVIATIONS, KnownDeviation, SequenceDeviation
 from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.model.evaluation import evaluate
 from bnprops.mx import mxversion
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import IN_PROCESS_BACKEND, entry_unavailable_reason, kernel_for, unavailable_reason
@@ -80,7 +81,7 @@ def test_every_reproducer_still_matches_its_model_in_mxnet(kd: KnownDeviation) -
 
 def far_from_both(p: Prediction, index: tuple[int, ...], case: Case, out_dtype: str) -> float:
     """A finite value of the output dtype that matches neither the oracle nor the model at ``index``."""
-    apparatus = judging(case)
+    apparatus = evaluate(case)
     oracle, bound = apparatus.expected[p.quantity][index], apparatus.bound[p.quantity][index]
     values, tolerances = p.model(apparatus)
     model, tolerance = values[index], tolerances[index]
@@ -106,7 +107,7 @@ def test_a_fault_planted_inside_each_deviations_region_is_caught(kd: KnownDeviat
     # Prefer an element where the model and the oracle differ: the heart of the region.
     chosen = predicted(kd, case)[0]
     index = tuple(int(i) for i in np.argwhere(chosen.where)[0])
-    fault = far_from_both(chosen, index, case, judging(case).dtypes[chosen.quantity])
+    fault = far_from_both(chosen, index, case, evaluate(case).dtypes[chosen.quantity])
 
     def planted(c: Case) -> Outputs:
         out = {q: np.array(v, copy=True) for q, v in real.items()}

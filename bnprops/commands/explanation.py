@@ -31,7 +31,7 @@ from bnprops.commands.semantic_variants import (
 )
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
-from bnprops.model.error_model import bounds
+from bnprops.model.evaluation import evaluate as evaluation_of
 from bnprops.model.oracle import reference
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import IN_PROCESS_BACKEND, kernel_for
@@ -159,7 +159,8 @@ def _show(values: np.ndarray) -> str:
 def _allowance(call: Call, oracle: Outputs) -> Outputs:
     """Float32 rounding: the error model's bound for MXNet's own kernel on this call."""
     try:
-        return {q: np.nan_to_num(b, nan=0.0, posinf=0.0) for q, b in bounds(call.case, oracle).items()}
+        bound = evaluation_of(call.case, "reference").bounds_of(oracle)
+        return {q: np.nan_to_num(b, nan=0.0, posinf=0.0) for q, b in bound.items()}
     except (ValueError, FloatingPointError, KeyError):
         return {}
 

@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bnprops.fuzzing.catalogue import ACCURACY, ERROR, KNOWN, STALE, UNRECORDED, VERDICTS, Entry, Signature
-from bnprops.judging.comparator import judging
 from bnprops.judging.judgement import predictions
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
 from bnprops.model import oracle
 from bnprops.model.case import Case
-from bnprops.model.error_model import bounds, indeterminate_channels, indeterminate_quantities, sharp_bounds
+from bnprops.model.error_model import indeterminate_quantities
+from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import kernel_for
 from bnprops.mx.snippets import snippet
 
@@ -120,9 +120,10 @@ def _focus(sig: Signature) -> list[str]:
 def _model(sig: Signature, case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The deviation's model for the focus quantities: quantity -> (region, values, tolerance)."""
     found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for kd, p in predictions(case, entry=sig.entry, kernel=kernel_for(case, sig.backend)):
+    ev = evaluate(case)
+    for kd, p in predictions(case, entry=sig.entry, kernel=kernel_for(case, sig.backend), evaluation=ev):
         if kd.id == sig.deviation and p.quantity in _focus(sig) and p.quantity not in found:
-            values, tolerance = p.model(judging(case))
+            values, tolerance = p.model(ev)
             found[p.quantity] = (np.ascontiguousarray(p.where), np.ascontiguousarray(values), tolerance)
     return found
 
@@ -149,12 +150,11 @@ def _as_recorded_lines(model: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray
 def script(entry: Entry) -> str:
     """The standalone reproducer for a catalogue entry."""
     sig, case = entry.signature, entry.case
-    expected = oracle.reference(case)
-    tol = bounds(case, expected)
-    if sig.kind == ACCURACY:
-        tol = sharp_bounds(case, expected, tol)
-    dtypes = oracle.output_dtypes(case)
-    undetermined = indeterminate_channels(case)
+    ev = evaluate(case, "reference")  # (the script holds every array: the reference writes them all)
+    expected = ev.expected
+    tol = ev.sharp if sig.kind == ACCURACY else ev.bound
+    dtypes = ev.dtypes
+    undetermined = ev.undetermined
     judged = {}
     for q, e in expected.items():
         mask = np.ones(e.shape, dtype=bool)

@@ -1,23 +1,8 @@
-"""What every comparison of a case needs (the oracle's values, both bounds, the output dtypes, the indeterminate
-channels), and where a dtype overflows: shared by the comparator, the fused path and the known deviations."""
+"""Where a dtype overflows: shared by the comparator, the fused engine's comparison and the known deviations."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-
-from bnprops.model.case import Outputs
-
-
-class Judging(NamedTuple):
-    """What every comparison of a case needs: the oracle, its bounds, the output dtypes, the indeterminate channels."""
-
-    expected: Outputs
-    bound: Outputs
-    sharp: Outputs
-    dtypes: dict[str, str]
-    undetermined: np.ndarray
 
 
 def overflow_threshold(dtype: str) -> float:

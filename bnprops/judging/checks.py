@@ -18,6 +18,7 @@ import numpy as np
 from bnprops.judging.comparator import Verdict, compare_pair, reproducer
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.model.evaluation import Evaluation, evaluate
 from bnprops.mx.batching import split, stack
 from bnprops.mx.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, Runner, adapt, kernel_for
 
@@ -210,14 +211,17 @@ def disagreements(
     *,
     covered: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     exact: Callable[[str, str], bool] | None = None,
+    evaluation: Evaluation | None = None,
 ) -> list[Disagreement]:
     """Every pair of ``results`` (label -> Outputs, for the same case) that disagrees.
 
     A pair for which ``exact(first, second)`` is true must agree bit for bit; others within twice
     the bound. Elements a known deviation covers for either member of the pair (``covered``:
     label -> quantity -> elements) are not compared: one deviates as known, the other need not.
+    ``evaluation``: the case's, if made.
     """
     covered = covered or {}
+    evaluation = evaluation or evaluate(case)
     found = []
     for first, second in itertools.combinations(results, 2):
         excluded: dict[str, np.ndarray] = {}
@@ -225,7 +229,9 @@ def disagreements(
             for q, where in covered.get(label, {}).items():
                 excluded[q] = excluded[q] | where if q in excluded else where
         same = exact is not None and exact(first, second)
-        verdict = compare_pair(case, results[first], results[second], exact=same, excluded=excluded)
+        verdict = compare_pair(
+            case, results[first], results[second], exact=same, excluded=excluded, evaluation=evaluation
+        )
         if verdict.mismatches:
             found.append(Disagreement(first, second, verdict))
     return found
@@ -242,11 +248,12 @@ def assert_agree(
     """
     outcomes: dict[str, Outcome] = {}
     results: dict[str, Outputs] = {}
+    ev = evaluate(case)  # (one evaluation for every runner's judgement and every pair)
     for label, (runner, entry, backend) in runners.items():
         outputs = runner(case)
         results[label] = outputs
         kernel = kernel_for(case, backend)
-        outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend)
+        outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend, evaluation=ev)
         record(outcome, kernel=kernel)
         outcomes[label] = outcome
     where = {label: (entry, backend) for label, (_, entry, backend) in runners.items()}
@@ -255,6 +262,7 @@ def assert_agree(
         results,
         covered={k: o.covered for k, o in outcomes.items()},
         exact=lambda a, b: same_computation(case, where[a], where[b]),
+        evaluation=ev,
     )
     problems = [d.message() for d in found]
     problems += [o.message() for o in outcomes.values() if not o.ok]

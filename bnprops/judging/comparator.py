@@ -1,4 +1,8 @@
-"""Compare a runner's Outputs with the oracle's under the error model, and say what differs."""
+"""Compare a runner's Outputs with the oracle's under the error model, and say what differs.
+
+A ``Comparison`` compares MXNet's outputs with one evaluation of the case once; the verdict, where each
+quantity lies beyond its bound, and the worst disagreement within any set of elements are all read from it.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,11 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from bnprops.judging import fused
-from bnprops.judging.apparatus import Judging, overflow_threshold
+from bnprops.judging.apparatus import overflow_threshold
 from bnprops.model.case import QUANTITIES, Case, Outputs
-from bnprops.model.error_model import (
-    PROBABILISTIC_FAILURE,
-    bounds,
-    indeterminate_channels,
-    indeterminate_quantities,
-    sharp_bounds,
-)
-from bnprops.model.oracle import output_dtypes, per_channel, reference
+from bnprops.model.error_model import PROBABILISTIC_FAILURE, indeterminate_quantities, sharpest
+from bnprops.model.evaluation import Evaluation, FusedEvaluation, evaluate
+from bnprops.model.oracle import per_channel
 from bnprops.mx.snippets import snippet
 
 
@@ -148,15 +147,27 @@ def _nonfinite_differs(expected: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.asarray(~finite & ~same_nonfinite)
 
 
-def disagreeing(expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str) -> np.ndarray:
-    """Element by element: is ``actual`` outside ``bound`` of ``expected``, or in another NaN/inf pattern?"""
+def disagreeing(
+    expected: np.ndarray, actual: np.ndarray, bound: np.ndarray, out_dtype: str, *, watch: Evaluation | None = None
+) -> np.ndarray:
+    """Element by element: is ``actual`` outside ``bound`` of ``expected``, or in another NaN/inf pattern?
+    ``watch``: the evaluation whose values decide it (on the fused engine, an element within rounding of its
+    bound marks it close: the reference decides)."""
     a = _overflow_adjusted(expected, np.asarray(actual), out_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.where(np.isfinite(expected) & np.isfinite(a), np.abs(a - expected), 0.0)
-    # An element within rounding of its bound, on a fused case: the reference decides.
-    if fused.watched() and (np.abs(_ratio(err, np.broadcast_to(bound, err.shape)) - 1) <= fused.CLOSE).any():
-        fused.note_close()
+    if _watched(watch) and (np.abs(_ratio(err, np.broadcast_to(bound, err.shape)) - 1) <= fused.CLOSE).any():
+        _mark_close(watch)
     return np.asarray(_nonfinite_differs(expected, a) | (err > bound))
+
+
+def _watched(ev: Evaluation | None) -> bool:
+    return ev is not None and ev.engine == "fused"
+
+
+def _mark_close(ev: Evaluation | None) -> None:
+    if ev is not None:
+        ev.close = True
 
 
 def _compare_one(
@@ -167,11 +178,13 @@ def _compare_one(
     out_dtype: str,
     judged: np.ndarray,
     sharp: np.ndarray | None = None,
+    *,
+    watch: Evaluation | None = None,
 ) -> tuple[Mismatch | None, float, float]:
     """The worst disagreement in one quantity (or None), its largest error/bound and error/sharp-bound ratios.
 
     ``sharp`` is the probabilistic bound (None: judge against ``bound`` alone): an error beyond it
-    but within ``bound`` is an accuracy finding.
+    but within ``bound`` is an accuracy finding.  ``watch``: as for disagreeing.
     """
     nan = float("nan")
     if actual.shape != expected.shape:
@@ -203,7 +216,8 @@ def _compare_one(
         return None, 0.0, 0.0
     ratio = _ratio(err, bound)
     sharp_ratio = ratio if sharp is None else _ratio(err, sharp)
-    fused.note_near(ratio, sharp_ratio)  # (on a fused case: see judgement.judge)
+    if _watched(watch) and fused.is_near(ratio, sharp_ratio):
+        _mark_close(watch)
     worst, worst_sharp = float(ratio.max()), float(sharp_ratio.max())
     bad = ratio > 1
     kind = "value"
@@ -231,11 +245,13 @@ def _compare_one(
 
 
 def _compare_fused(
-    case: Case, quantity: str, found: fused.Compared, out_dtype: str
+    ev: FusedEvaluation, quantity: str, found: fused.Compared, out_dtype: str
 ) -> tuple[Mismatch | None, float, float]:
     """_compare_one's result from the fused path's judgement of y or dx (NaN/inf patterns alike): the oracle's
     value and bounds computed at the worst element alone."""
-    fused.note_near(np.asarray(found.worst), np.asarray(found.worst_sharp))
+    case = ev.case
+    if fused.is_near(np.asarray(found.worst), np.asarray(found.worst_sharp)):
+        _mark_close(ev)
     if found.bad:
         kind, flat, where, count = "value", found.worst_at, found.over, found.bad
     elif found.bad_sharp:
@@ -243,7 +259,7 @@ def _compare_fused(
     else:
         return None, found.worst, found.worst_sharp
     idx = tuple(int(i) for i in np.unravel_index(flat, case.shape))
-    expected, bound, sharp = fused.element(case, quantity, idx)
+    expected, bound, sharp = fused.element(ev, quantity, idx)
     a = float(_overflow_adjusted(np.asarray([expected]), np.asarray([found.actual[idx]]), out_dtype)[0])
     mismatch = Mismatch(
         quantity, kind, count, case.x.size, idx, expected, a, abs(a - expected), bound, sharp_bound=sharp, where=where
@@ -271,20 +287,6 @@ def judged_only(case: Case, quantity: str, mask: np.ndarray, undetermined: np.nd
     return mask
 
 
-def judging(case: Case) -> Judging:
-    """The oracle's judging apparatus for ``case``, computed once (the comparator and known deviations share it)."""
-
-    def compute() -> Judging:
-        if fused.prepare(case):
-            return fused.judging(case)  # the same apparatus, its per-element arrays computed on demand
-        expected = reference(case)
-        bound = bounds(case, expected)
-        sharp = sharp_bounds(case, expected, bound)
-        return Judging(expected, bound, sharp, output_dtypes(case), indeterminate_channels(case))
-
-    return case.memo("judging", compute)
-
-
 def compare_pair(
     case: Case,
     first: Outputs,
@@ -293,6 +295,7 @@ def compare_pair(
     exact: bool = False,
     quantities: Iterable[str] = QUANTITIES,
     excluded: Mapping[str, np.ndarray] | None = None,
+    evaluation: Evaluation | None = None,
 ) -> Verdict:
     """Do two implementations agree? Each may be off the oracle by its bound, so they may differ by twice it.
 
@@ -300,9 +303,10 @@ def compare_pair(
     patterns must match. ``exact``: the two ran the same computation, so every element must be
     the same, indeterminate channels included. Otherwise ``excluded`` (quantity -> elements) are
     not compared: where a known deviation covers one of the two, the other need not follow it.
-    A mismatch's "expected" is ``second``'s value, "actual" ``first``'s.
+    A mismatch's "expected" is ``second``'s value, "actual" ``first``'s.  ``evaluation``: the case's, if made.
     """
-    _, tol, _, dtypes, undetermined = judging(case)
+    ev = evaluation or evaluate(case)
+    tol, dtypes, undetermined = ev.bound, ev.dtypes, ev.undetermined
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     for q in quantities:
@@ -329,65 +333,92 @@ def compare(
     *,
     expected: Outputs | None = None,
     quantities: Iterable[str] = QUANTITIES,
+    evaluation: Evaluation | None = None,
 ) -> Verdict:
-    """Check ``actual`` against the oracle (or ``expected``) for the chosen quantities (those it produces)."""
-    apparatus = judging(case)
-    # The fused path judges y and dx in one pass (any NaN/inf pattern that differs is left to the code below)
-    fast = fused.compare(case, actual) if fused.active(case) and expected is None else {}
+    """Check ``actual`` against the oracle (or ``expected``) for the chosen quantities (those it produces).
+    ``evaluation``: the case's, if made."""
+    ev = evaluation or evaluate(case)
     if expected is None:
-        expected, tol, sharp = apparatus.expected, apparatus.bound, apparatus.sharp
-    else:
-        tol = bounds(case, expected)
-        sharp = sharp_bounds(case, expected, tol)
+        return Comparison(ev, actual, quantities).verdict
+    tol = ev.bounds_of(expected)
+    sharp = sharpest(ev.bounds_of(expected, model="probabilistic"), tol)
+    return _verdict(ev, actual, expected, tol, sharp, quantities, {})
+
+
+def _verdict(
+    ev: Evaluation,
+    actual: Outputs,
+    expected: Outputs,
+    tol: Outputs,
+    sharp: Outputs,
+    quantities: Iterable[str],
+    fast: dict[str, fused.Compared],
+) -> Verdict:
+    case = ev.case
     mismatches: list[Mismatch] = []
     ratios: dict[str, float] = {}
     sharp_ratios: dict[str, float] = {}
     for q in quantities:
         if q not in expected:
             continue
-        if q in fast and fast[q].pattern == 0:
-            mismatch, ratios[q], sharp_ratios[q] = _compare_fused(case, q, fast[q], apparatus.dtypes[q])
+        if q in fast and fast[q].pattern == 0 and isinstance(ev, FusedEvaluation):
+            mismatch, ratios[q], sharp_ratios[q] = _compare_fused(ev, q, fast[q], ev.dtypes[q])
             if mismatch is not None:
                 mismatches.append(mismatch)
             continue
         if q not in actual:
             mismatches.append(Mismatch(q, "missing", 0, 0, (), float("nan"), float("nan"), float("inf"), 0.0))
             continue
-        judged = judged_elements(case, q, expected[q].shape, apparatus.undetermined)
+        judged = judged_elements(case, q, expected[q].shape, ev.undetermined)
         mismatch, ratios[q], sharp_ratios[q] = _compare_one(
-            q, expected[q], np.asarray(actual[q]), tol[q], apparatus.dtypes[q], judged, sharp[q]
+            q, expected[q], np.asarray(actual[q]), tol[q], ev.dtypes[q], judged, sharp[q], watch=ev
         )
         if mismatch is not None:
             mismatches.append(mismatch)
     return Verdict(case, tuple(mismatches), ratios, sharp_ratios)
 
 
-def _fused(case: Case, actual: Outputs, quantity: str) -> fused.Compared | None:
-    """The fused path's judgement of y or dx, where it judged it (NaN/inf patterns alike); else None."""
-    found = fused.compare(case, actual).get(quantity) if fused.active(case) else None
-    return found if found is not None and found.pattern == 0 else None
+class Comparison:
+    """MXNet's outputs against one evaluation of the case, compared once (y and dx in one pass on the fused
+    engine): the verdict, and for the judgement and the known deviations' models, where a quantity lies beyond
+    its bound and the worst disagreement among any elements."""
 
+    def __init__(self, ev: Evaluation, actual: Outputs, quantities: Iterable[str] = QUANTITIES) -> None:
+        self.evaluation, self.actual = ev, actual
+        self._fast = fused.compare(ev, actual) if isinstance(ev, FusedEvaluation) else {}
+        self.verdict = _verdict(ev, actual, ev.expected, ev.bound, ev.sharp, quantities, self._fast)
 
-def mismatch_within(case: Case, actual: Outputs, quantity: str, within: np.ndarray) -> Mismatch | None:
-    """The worst disagreement of ``quantity`` among the elements ``within`` (with those compare judges), or None."""
-    found = _fused(case, actual, quantity)
-    if found is not None and (found.off is None or not (found.off & within).any()):
-        return None  # (the fused path's bits say so without the oracle's arrays)
-    apparatus = judging(case)
-    expected = apparatus.expected[quantity]
-    judged = judged_elements(case, quantity, expected.shape, apparatus.undetermined) & within
-    tol, sharp, dtype = apparatus.bound[quantity], apparatus.sharp[quantity], apparatus.dtypes[quantity]
-    return _compare_one(quantity, expected, np.asarray(actual[quantity]), tol, dtype, judged, sharp)[0]
+    def _fused(self, quantity: str) -> fused.Compared | None:
+        """The fused pass's judgement of y or dx, where it judged it (NaN/inf patterns alike); else None."""
+        found = self._fast.get(quantity)
+        return found if found is not None and found.pattern == 0 else None
 
+    def beyond(self, quantity: str) -> np.ndarray | None:
+        """Where ``quantity`` lies beyond the oracle's deterministic bound or in another NaN/inf pattern, within
+        the elements judged (from the fused pass's marks where it judged the quantity); None: nowhere."""
+        found = self._fused(quantity)
+        if found is not None:
+            return found.over if found.bad else None
+        ev = self.evaluation
+        expected = ev.expected[quantity]
+        judged = judged_elements(ev.case, quantity, expected.shape, ev.undetermined)
+        actual = np.asarray(self.actual[quantity])
+        return np.asarray(disagreeing(expected, actual, ev.bound[quantity], ev.dtypes[quantity], watch=ev) & judged)
 
-def disagrees_with_oracle(case: Case, actual: Outputs, quantity: str) -> np.ndarray | None:
-    """disagreeing(the oracle, actual, its deterministic bound), element by element, within the elements compare
-    judges (from the fused path's bits where it judged the quantity); None where nothing disagrees."""
-    found = _fused(case, actual, quantity)
-    if found is not None:
-        return found.over if found.bad else None
-    apparatus = judging(case)
-    expected = apparatus.expected[quantity]
-    judged = judged_elements(case, quantity, expected.shape, apparatus.undetermined)
-    tol, dtype = apparatus.bound[quantity], apparatus.dtypes[quantity]
-    return np.asarray(disagreeing(expected, np.asarray(actual[quantity]), tol, dtype) & judged)
+    def worst_within(self, quantity: str, within: np.ndarray) -> Mismatch | None:
+        """The worst disagreement of ``quantity`` among the elements ``within`` (and judged), or None."""
+        found = self._fused(quantity)
+        if found is not None and (found.off is None or not (found.off & within).any()):
+            return None  # (the fused pass's marks say so without the oracle's arrays)
+        ev = self.evaluation
+        expected = ev.expected[quantity]
+        judged = judged_elements(ev.case, quantity, expected.shape, ev.undetermined) & within
+        tol, sharp, dtype = ev.bound[quantity], ev.sharp[quantity], ev.dtypes[quantity]
+        actual = np.asarray(self.actual[quantity])
+        return _compare_one(quantity, expected, actual, tol, dtype, judged, sharp, watch=ev)[0]
+
+    def disagreeing(self, quantity: str, values: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
+        """Where ``quantity`` lies beyond ``tolerance`` of a model's ``values`` (or in another NaN/inf pattern)."""
+        ev = self.evaluation
+        actual = np.asarray(self.actual[quantity])
+        return disagreeing(values, actual, tolerance, ev.dtypes[quantity], watch=ev)

@@ -18,42 +18,62 @@ sums), the model is the oracle within the deterministic bound, in the channels i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 
 import numpy as np
 
-from bnprops.judging import fused
-from bnprops.judging.apparatus import Judging
 from bnprops.model.case import Case, Outputs, param_dtype, quantity_shape
-from bnprops.model.error_model import SAFETY, accumulation_dtype, bounds, sequential_sum_factor, unit_roundoff
+from bnprops.model.error_model import SAFETY, accumulation_dtype, sequential_sum_factor, unit_roundoff
+from bnprops.model.evaluation import Evaluation, FusedEvaluation, evaluate
 from bnprops.model.exactness import rows as channel_rows
-from bnprops.model.oracle import (
-    eps_as_applied,
-    fresh_reference,
-    momentum_as_applied,
-    per_channel,
-    reference,
-    requested,
-    statistics,
-    writing,
-)
+from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel, requested, writing
 
 
-@dataclasses.dataclass(frozen=True)
 class Context:
-    """A case as the judgement sees it: the kernel that ran it and the oracle's apparatus."""
+    """A case as the known deviations' models see it: the kernel that ran it, its evaluation, and the kernel
+    emulations several models share (each computed once, when a model first reads it)."""
 
-    case: Case
-    kernel: str
-    judging: Judging
+    def __init__(self, case: Case, kernel: str, evaluation: Evaluation) -> None:
+        self.case, self.kernel, self.evaluation = case, kernel, evaluation
 
     @property
     def expected(self) -> Outputs:
-        return self.judging.expected
+        return self.evaluation.expected
 
     @property
     def bound(self) -> Outputs:
-        return self.judging.bound
+        return self.evaluation.bound
+
+    @property
+    def undetermined(self) -> np.ndarray:
+        return self.evaluation.undetermined
+
+    @functools.cached_property
+    def finite_channels(self) -> np.ndarray:
+        """Channels whose data are all finite (NaN and inf propagate by IEEE rules; nothing to explain there)."""
+        case = self.case
+        return np.asarray(np.isfinite(case.x).all(axis=case.reduce_axes))
+
+    @functools.cached_property
+    def centred_half(self) -> np.ndarray:
+        """half(x - mean): the kernel's ``*in_data - mean`` (half_t minus AccReal rounds to half_t)."""
+        case = self.case
+        mean = self.evaluation.statistics[0].astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
+
+    @functools.cached_property
+    def float16_dotp(self) -> np.ndarray:
+        """float16_dotp's value for this case (the float16 kernel and the projection both read it)."""
+        return float16_dotp(self)
+
+    @functools.cached_property
+    def float16_kernel(self) -> Outputs:
+        """The native float16 kernel as the float16 deviations together describe it: the kernel form with invstd
+        from var + eps rounded to float16, and dotp the sum of the products rounded to float16 (a channel may
+        show both: dotp = inf times invstd = 0 is NaN)."""
+        return kernel_form(self, _invstd(float16_normaliser(self)[1]), dotp=self.float16_dotp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +100,10 @@ class Prediction:
         own comparison finds no value beyond that bound)?"""
         return self.values is None and self.tolerance is None
 
-    def model(self, apparatus: Judging) -> tuple[np.ndarray, np.ndarray]:
-        """The predicted values and tolerance as arrays."""
-        values = apparatus.expected[self.quantity] if self.values is None else self.values
-        tolerance = apparatus.bound[self.quantity] if self.tolerance is None else self.tolerance
+    def model(self, ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+        """The predicted values and tolerance as arrays (``ev``: the case's evaluation)."""
+        values = ev.expected[self.quantity] if self.values is None else self.values
+        tolerance = ev.bound[self.quantity] if self.tolerance is None else self.tolerance
         return values, tolerance
 
 
@@ -128,16 +148,11 @@ def gradients(case: Case) -> set[str]:
     return {"y", "dx"} | (set() if case.fix_gamma else {"dgamma"}) | ({"invstd"} if case.output_mean_var else set())
 
 
-def finite_channels(case: Case) -> np.ndarray:
-    """Channels whose data are all finite (NaN and inf propagate by IEEE rules; nothing to explain there)."""
-    return case.memo("finite_channels", lambda: np.asarray(np.isfinite(case.x).all(axis=case.reduce_axes)))
+def zero_variance(ctx: Context) -> np.ndarray:
+    return np.asarray(ctx.evaluation.statistics[1] == 0)
 
 
-def zero_variance(case: Case) -> np.ndarray:
-    return np.asarray(statistics(case)[1] == 0)
-
-
-def kernel_form(case: Case, invstd: np.ndarray, *, dotp: np.ndarray | None = None) -> Outputs:
+def kernel_form(ctx: Context, invstd: np.ndarray, *, dotp: np.ndarray | None = None) -> Outputs:
     """The outputs in float64, in the order of MXNet's CPU kernel (batch_norm.cc), from a given invstd.
 
     ``y = ((x - mean) invstd) g + beta``; ``dgamma = dotp invstd`` with ``dotp = sum (x - mean) dy``
@@ -146,11 +161,12 @@ def kernel_form(case: Case, invstd: np.ndarray, *, dotp: np.ndarray | None = Non
     ``invstd = 1/sqrt(var + eps)`` this is the oracle up to rounding; with 0 or inf its NaNs and infs
     fall where the kernel's do.
     """
+    case = ctx.case
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
     red, m = case.reduce_axes, case.reduction_length
-    mean = statistics(case)[0]
+    mean = ctx.evaluation.statistics[0]
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-    out = dict(fresh_reference(case))
+    out = dict(ctx.evaluation.fresh)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         centred = x - per_channel(case, mean)
         dotp = (centred * dy).sum(axis=red) if dotp is None else dotp
@@ -176,10 +192,10 @@ def _invstd(normaliser: np.ndarray) -> np.ndarray:
         return np.asarray(1.0 / np.sqrt(normaliser))
 
 
-def _model_bounds(case: Case, values: Outputs) -> Outputs:
+def _model_bounds(ctx: Context, values: Outputs) -> Outputs:
     """The error model's bounds around a model's outputs (the rest of the computation is the oracle's)."""
     with np.errstate(invalid="ignore", over="ignore"):
-        return {q: np.nan_to_num(b, nan=0.0) for q, b in bounds(case, values).items()}
+        return {q: np.nan_to_num(b, nan=0.0) for q, b in ctx.evaluation.bounds_of(values).items()}
 
 
 # --- native-zero-variance-eps0 ------------------------------------------------------------------
@@ -189,53 +205,42 @@ def native_zero_variance_eps0(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if ctx.kernel != "native" or not case.uses_batch_stats or case.eps != 0:
         return []
-    zero = zero_variance(case) & finite_channels(case)
+    zero = zero_variance(ctx) & ctx.finite_channels
     # The guard sets invstd = 0 where the kernel's own sum of squares is exactly 0: certain for one value
     # per channel; for more equal values their rounded mean may differ from them (then the oracle's value).
-    values = kernel_form(case, np.zeros(case.channels))
+    values = kernel_form(ctx, np.zeros(case.channels))
     return _predict(ctx, ["moving_var"], zero, values, certain=case.reduction_length == 1, breaks_invariants=True)
 
 
 # --- float16: var + eps rounded to float16 ------------------------------------------------------
 
 
-def float16_normaliser(case: Case) -> tuple[np.ndarray, np.ndarray]:
+def float16_normaliser(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     """var + eps, exactly and as the kernel forms it: half(float(var) + float(half(eps))) (DType(eps) is half)."""
-    eps = eps_as_applied(case)
-    var = statistics(case)[1]
+    eps = eps_as_applied(ctx.case)
+    var = ctx.evaluation.statistics[1]
     with np.errstate(over="ignore", invalid="ignore"):
         half_eps = np.float32(np.float16(np.float32(eps)))
         rounded = (var.astype(np.float32) + half_eps).astype(np.float16).astype(np.float64)
     return var + eps, rounded
 
 
-def float16_kernel(case: Case) -> Outputs:
-    """The native float16 kernel as the float16 deviations together describe it: the kernel form with invstd
-    from var + eps rounded to float16, and dotp the sum of the products rounded to float16 (float16_dotp; a
-    channel may show both: dotp = inf times invstd = 0 is NaN)."""
-
-    def compute() -> Outputs:
-        return kernel_form(case, _invstd(float16_normaliser(case)[1]), dotp=float16_dotp(case))
-
-    return case.memo("deviation_models/float16_kernel", compute)
-
-
 def _float16_normaliser_model(ctx: Context, hit: np.ndarray, *, certain: bool) -> list[Prediction]:
     case = ctx.case
     if not hit.any():
         return []
-    values = float16_kernel(case)
+    values = ctx.float16_kernel
     quantities = gradients(case) | ({"moving_var"} if case.uses_batch_stats else set())
-    return _predict(ctx, quantities, hit, values, _model_bounds(case, values), certain=certain, breaks_invariants=True)
+    return _predict(ctx, quantities, hit, values, _model_bounds(ctx, values), certain=certain, breaks_invariants=True)
 
 
 def float16_normaliser_out_of_range(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if case.dtype != "float16" or ctx.kernel != "native":
         return []
-    _, rounded = float16_normaliser(case)
-    guarded = zero_variance(case) & (case.eps == 0)  # native-zero-variance-eps0's territory
-    hit = (np.isinf(rounded) | (rounded == 0)) & ~ctx.judging.undetermined & ~guarded & finite_channels(case)
+    _, rounded = float16_normaliser(ctx)
+    guarded = zero_variance(ctx) & (case.eps == 0)  # native-zero-variance-eps0's territory
+    hit = (np.isinf(rounded) | (rounded == 0)) & ~ctx.undetermined & ~guarded & ctx.finite_channels
     return _float16_normaliser_model(ctx, hit, certain=True)
 
 
@@ -243,27 +248,15 @@ def float16_normaliser_subnormal(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if case.dtype != "float16" or ctx.kernel != "native":
         return []
-    exact, rounded = float16_normaliser(case)
+    exact, rounded = float16_normaliser(ctx)
     f16 = np.finfo(np.float16)
     with np.errstate(invalid="ignore"):
         coarse = (rounded > 0) & (rounded < float(f16.tiny)) & (np.abs(rounded - exact) > exact * float(f16.eps) / 2)
     # Whether the error crosses the bound depends on where in the ulp var + eps falls: may, not must.
-    return _float16_normaliser_model(ctx, coarse & ~ctx.judging.undetermined & finite_channels(case), certain=False)
+    return _float16_normaliser_model(ctx, coarse & ~ctx.undetermined & ctx.finite_channels, certain=False)
 
 
 # --- float16: products and normalised values formed in float16 -----------------------------------
-
-
-def _centred_half(case: Case) -> np.ndarray:
-    """half(x - mean): the kernel's ``*in_data - mean`` (half_t minus AccReal rounds to half_t)."""
-
-    def compute() -> np.ndarray:
-        mean = statistics(case)[0].astype(np.float32)
-        with np.errstate(over="ignore", invalid="ignore"):
-            return (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
-
-    # Every float16 model starts from it: once per case.
-    return case.memo("deviation_models/centred_half", compute)
 
 
 def float16_gradient_product_overflow(ctx: Context) -> list[Prediction]:
@@ -271,11 +264,11 @@ def float16_gradient_product_overflow(ctx: Context) -> list[Prediction]:
     if case.dtype != "float16" or ctx.kernel != "native":
         return []
     with np.errstate(over="ignore", invalid="ignore"):
-        overflow = ~np.isfinite(_centred_half(case) * case.dy).all(axis=case.reduce_axes)
-    hit = overflow & ~ctx.judging.undetermined & finite_channels(case)
+        overflow = ~np.isfinite(ctx.centred_half * case.dy).all(axis=case.reduce_axes)
+    hit = overflow & ~ctx.undetermined & ctx.finite_channels
     if not hit.any():
         return []
-    values = float16_kernel(case)
+    values = ctx.float16_kernel
     quantities = (set() if case.fix_gamma else {"dgamma"}) | ({"dx"} if case.uses_batch_stats else set())
     return _predict(ctx, quantities, hit, values, certain=True, breaks_invariants=True)
 
@@ -286,23 +279,21 @@ def float16_normalised_value_overflow(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if case.dtype != "float16" or ctx.kernel != "native":
         return []
-    invstd = _invstd(float16_normaliser(case)[1]).astype(np.float32)
+    invstd = _invstd(float16_normaliser(ctx)[1]).astype(np.float32)
     g = np.ones(case.channels, np.float32) if case.fix_gamma else case.gamma.astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        xhat = (_centred_half(case).astype(np.float32) * per_channel(case, invstd).astype(np.float32)).astype(
-            np.float16
-        )
+        xhat = (ctx.centred_half.astype(np.float32) * per_channel(case, invstd).astype(np.float32)).astype(np.float16)
         scaled = (xhat.astype(np.float32) * per_channel(case, g).astype(np.float32)).astype(np.float16)
         y = (scaled.astype(np.float32) + per_channel(case, case.beta).astype(np.float32)).astype(np.float16)
         overflow = (np.isinf(xhat) | np.isinf(scaled)) & np.isfinite(case.x)
-    keep = ~per_channel(case, ctx.judging.undetermined).astype(bool)
+    keep = ~per_channel(case, ctx.undetermined).astype(bool)
     where = overflow & keep
     if not where.any():
         return []
     return [Prediction("y", where, y.astype(np.float64), np.zeros(case.shape), certain=True, breaks_invariants=True)]
 
 
-def float16_projection(case: Case) -> tuple[np.ndarray, np.ndarray]:
+def float16_projection(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     """The training formula for dx as the native float16 kernel forms it (batch_norm.cc, half_t arithmetic):
     ``t = half(half(x - mean) k)`` with ``k = dotp invstd^2 / M`` in float32, then
     ``dx = half(half(half(dy - mean(dy)) - t) invstd g)``. Where ``t``, ``dy - mean(dy)`` or their difference
@@ -311,13 +302,14 @@ def float16_projection(case: Case) -> tuple[np.ndarray, np.ndarray]:
     dotp is the kernel's own (float16_dotp), the sum of the products each rounded to float16: whether ``t``
     overflows turns on its last bits (found by the stacked property: float16 t = -65651 from the exact dotp 393.087
     overflowed where the kernel's 391.875 gave -65449 and a finite dx, -54912)."""
-    invstd = _invstd(float16_normaliser(case)[1]).astype(np.float32)
+    case = ctx.case
+    invstd = _invstd(float16_normaliser(ctx)[1]).astype(np.float32)
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     m = case.reduction_length
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        dotp = float16_dotp(case)
+        dotp = ctx.float16_dotp
         k = (dotp * invstd.astype(np.float64) ** 2 / m).astype(np.float32)
-        t = (_centred_half(case).astype(np.float32) * per_channel(case, k).astype(np.float32)).astype(np.float16)
+        t = (ctx.centred_half.astype(np.float32) * per_channel(case, k).astype(np.float32)).astype(np.float16)
         grad_mean = (case.dy.astype(np.float64).sum(axis=case.reduce_axes) / m).astype(np.float32)
         a = (case.dy.astype(np.float32) - per_channel(case, grad_mean).astype(np.float32)).astype(np.float16)
         b = (a.astype(np.float32) - t.astype(np.float32)).astype(np.float16)
@@ -327,7 +319,7 @@ def float16_projection(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(overflow), dx.astype(np.float64)
 
 
-def float16_dotp(case: Case) -> np.ndarray:
+def float16_dotp(ctx: Context) -> np.ndarray:
     """``dotp = sum (x - mean) dy`` as the float16 kernel forms it: each product ``half(x - mean) * dy`` rounded to
     float16 (half_t times half_t rounds to half_t), summed in AccReal (float32; far below a float16 ulp of the
     products, so summed here in float64). +-inf where a product overflowed, NaN where both signs did.
@@ -336,21 +328,18 @@ def float16_dotp(case: Case) -> np.ndarray:
     constant-ish channel: exact -5.6e-17, kernel +1.2e-7), and with invstd = inf dgamma is inf of the kernel's sign
     (found by the entry-point property, nd, float16, eps = 0)."""
 
-    def compute() -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):
-            products = _centred_half(case) * case.dy
-            return np.asarray(products.astype(np.float64).sum(axis=case.reduce_axes))
-
-    # The float16 kernel and the projection both need it: once per case.
-    return case.memo("deviation_models/float16_dotp", compute)
+    case = ctx.case
+    with np.errstate(over="ignore", invalid="ignore"):
+        products = ctx.centred_half * case.dy
+        return np.asarray(products.astype(np.float64).sum(axis=case.reduce_axes))
 
 
 def float16_dx_projection_overflow(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if case.dtype != "float16" or ctx.kernel != "native" or not case.uses_batch_stats or not case.x.size:
         return []
-    overflow, dx = float16_projection(case)
-    where = overflow & ~per_channel(case, ctx.judging.undetermined).astype(bool)
+    overflow, dx = float16_projection(ctx)
+    where = overflow & ~per_channel(case, ctx.undetermined).astype(bool)
     if "dx" not in ctx.expected or not where.any():
         return []
     prior = case.prior("data")
@@ -368,8 +357,8 @@ def onednn_subnormal_eps_flushed(ctx: Context) -> list[Prediction]:
         return []
     # The backward's invstd is 1/sqrt(var + 0). Channels with several equal values are indeterminate
     # (their float32 variance need not be 0); what is left are exact zero variances, M = 1.
-    hit = zero_variance(case) & ~ctx.judging.undetermined & finite_channels(case)
-    values = kernel_form(case, _invstd(statistics(case)[1]))
+    hit = zero_variance(ctx) & ~ctx.undetermined & ctx.finite_channels
+    values = kernel_form(ctx, _invstd(ctx.evaluation.statistics[1]))
     quantities = {"dx"} | (set() if case.fix_gamma else {"dgamma"})
     return _predict(ctx, quantities, hit, values, certain=True, breaks_invariants=True)
 
@@ -379,7 +368,7 @@ def onednn_fix_gamma_add_wipes_dgamma(ctx: Context) -> list[Prediction]:
     if ctx.kernel != "onednn" or not case.fix_gamma or case.request("gamma") != "add":
         return []
     # The whole gradient buffer is overwritten with 0; visible where the prior was not 0.
-    channels = ~ctx.judging.undetermined
+    channels = ~ctx.undetermined
     zero = {"dgamma": np.zeros(case.channels)}
     return _predict(ctx, ["dgamma"], channels, zero, zero, certain=True)
 
@@ -406,7 +395,7 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
     if ctx.kernel not in ("native", "onednn") or m < 2 or not case.x.size:
         return []
     acc = accumulation_dtype(case.dtype)
-    finite = finite_channels(case)
+    finite = ctx.finite_channels
 
     def rows(values: np.ndarray) -> np.ndarray:
         return channel_rows(values.astype(np.float64), case.channel_axis)
@@ -415,9 +404,9 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
         return np.asarray(_drifting(terms, acc, case.channels) & finite)
 
     def terms() -> dict[str, np.ndarray]:
-        if fused.active(case):  # the same tests from the fused passes' sums (bnprops/judging/fused.py)
-            return {name: np.asarray(d & finite) for name, d in fused.drifts(case).items()}
-        mean = statistics(case)[0]
+        if isinstance(ctx.evaluation, FusedEvaluation):  # the same tests from the fused engine's sums
+            return {name: np.asarray(d & finite) for name, d in ctx.evaluation.drifts.items()}
+        mean = ctx.evaluation.statistics[0]
         with np.errstate(over="ignore", invalid="ignore"):
             centred = rows(case.x.astype(np.float64) - per_channel(case, mean))
             dot = rows((case.x.astype(np.float64) - per_channel(case, mean)) * case.dy.astype(np.float64))
@@ -463,23 +452,23 @@ def recovered_variance_negative(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if ctx.kernel not in ("native", "onednn") or not case.uses_batch_stats or not case.x.size:
         return []
-    var = statistics(case)[1]
+    var = ctx.evaluation.statistics[1]
     mom, rest = momentum_as_applied(case)
     tiny = float(np.finfo(accumulation_dtype(case.dtype)).smallest_subnormal)
     with np.errstate(invalid="ignore", over="ignore"):
         reach = recovery_reach(case, var)
         possible = (var < reach) & (mom * case.moving_var.astype(np.float64) <= rest * reach + tiny)
-    channels = possible & finite_channels(case)
+    channels = possible & ctx.finite_channels
     return _predict(ctx, ["moving_var"], channels, ctx.expected, certain=False, breaks_invariants=True)
 
 
 # --- the executor's backward after an inference forward -------------------------------------------
 
 
-def sym_inference_dx(case: Case) -> np.ndarray:
+def sym_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """What the executor's backward gives for dx after forward(is_train=False): the training formula on the
-    moving statistics, ``g invstd (dy - mean(dy) - xhat mean(dy xhat))`` (plus the prior under 'add')."""
-    mean, var = statistics(case)
+    moving statistics ``stats``, ``g invstd (dy - mean(dy) - xhat mean(dy xhat))`` (plus the prior under 'add')."""
+    mean, var = stats
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     dy = case.dy.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -518,10 +507,12 @@ def sym_inference_backward_trains(ctx: Context) -> list[Prediction]:
         return found
     # Bounded as the training formula on the moving statistics, for the call's gradients alone.
     fresh = writing(case)
-    model = {**reference(fresh), "dx": sym_inference_dx(fresh)}
+    written = ctx.evaluation if fresh is case else evaluate(fresh, "reference")
+    stats = ctx.evaluation.statistics
+    model = {**written.expected, "dx": sym_inference_dx(fresh, stats)}
     with np.errstate(invalid="ignore", over="ignore"):
-        tolerance = bounds(fresh, model, training_backward=True)["dx"]
-        dx = sym_inference_dx(case)
+        tolerance = written.bounds_of(model, training_backward=True)["dx"]
+        dx = sym_inference_dx(case, stats)
         if case.prior("data") is not None:
             # prior + dx rounds once in MXNet and once in the model (as much as MXNet's in float64): SAFETY
             # times one rounding, as the main bound carries it.
@@ -529,7 +520,7 @@ def sym_inference_backward_trains(ctx: Context) -> list[Prediction]:
     values = {"dx": dx}
     if case.dtype == "float16" and ctx.kernel == "native":
         # The float16 kernel forms that formula in half_t: where its projection overflows, so does dx.
-        overflow, dx16 = float16_projection(case)
+        overflow, dx16 = float16_projection(ctx)
         prior = case.prior("data")
         values["dx"] = np.where(overflow, dx16 if prior is None else prior.astype(np.float64) + dx16, values["dx"])
         tolerance = np.where(overflow, 0.0, tolerance)

@@ -60,6 +60,7 @@ have a non-finite element, and the error bound only where one remains.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -67,8 +68,9 @@ import numpy as np
 from bnprops.judging.apparatus import overflow_threshold
 from bnprops.judging.comparator import Mismatch
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, QUANTITIES, Case, Outputs
-from bnprops.model.error_model import SAFETY, accumulation_dtype, bounds, propagated_statistics, unit_roundoff
-from bnprops.model.oracle import eps_as_applied, output_dtypes, per_channel, reference, statistics
+from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
+from bnprops.model.evaluation import Evaluation, evaluate
+from bnprops.model.oracle import eps_as_applied, per_channel
 
 #: The results computed through invstd (dgamma only without fix_gamma).
 _THROUGH_INVSTD = frozenset({"y", "dx", "dgamma", "invstd"})
@@ -77,8 +79,9 @@ _COPIES = frozenset({"gamma", "forward_moving_mean", "forward_moving_var"})
 _TARGET_OF = {q: t for t, q in GRADIENT_OF.items()}
 
 
-def violations(case: Case, actual: Outputs) -> list[Mismatch]:
-    """Every invariant the results break: one mismatch per invariant and quantity."""
+def violations(case: Case, actual: Outputs, *, evaluation: Evaluation | None = None) -> list[Mismatch]:
+    """Every invariant the results break: one mismatch per invariant and quantity (``evaluation``: the case's,
+    if made; read only where a result is not finite)."""
     found: list[Mismatch] = []
     if "moving_var" in actual and 0 <= case.momentum <= 1:
         after = np.asarray(actual["moving_var"], dtype=np.float64)
@@ -91,7 +94,7 @@ def violations(case: Case, actual: Outputs) -> list[Mismatch]:
                 prior = before.astype(np.float64)
                 changed = ~((after == prior) | (np.isnan(after) & np.isnan(prior)))
                 found += _mismatch(q, changed, after, prior, "an empty batch changed the moving statistics")
-    found += _finite_in_finite_out(case, actual)
+    found += _finite_in_finite_out(case, actual, evaluation)
     for target in GRAD_TARGETS:
         key = NULL_BUFFER_OF[target]
         if case.request(target) == "null" and key in actual:
@@ -102,8 +105,10 @@ def violations(case: Case, actual: Outputs) -> list[Mismatch]:
     return found
 
 
-def _finite_in_finite_out(case: Case, actual: Outputs) -> list[Mismatch]:
+def _finite_in_finite_out(case: Case, actual: Outputs, evaluation: Evaluation | None) -> list[Mismatch]:
     found: list[Mismatch] = []
+    ev = evaluation
+    facts: _Facts | None = None
     for q in QUANTITIES:
         if q not in actual:
             continue
@@ -111,10 +116,12 @@ def _finite_in_finite_out(case: Case, actual: Outputs) -> list[Mismatch]:
         nonfinite = _nonfinite(after)
         if not nonfinite.any():  # the common case: one pass, nothing else computed
             continue
-        expected = reference(case).get(q)
+        if facts is None:
+            facts = _Facts(ev or evaluate(case))
+        expected = facts.evaluation.expected.get(q)
         if expected is None or expected.shape != after.shape:
             continue  # the comparator reports a quantity that should not be there or is misshapen
-        bad = nonfinite & _finite_claimed(case, q, expected, nonfinite)
+        bad = nonfinite & _finite_claimed(facts, q, expected, nonfinite)
         what = "non-finite from finite input, where the exact value ('must be') is finite and representable"
         found += _mismatch(q, bad, after.astype(np.float64), expected, what)
     return found
@@ -126,24 +133,48 @@ def _nonfinite(values: np.ndarray) -> np.ndarray:
     return np.asarray(~np.isfinite(values))
 
 
-def _finite_claimed(case: Case, q: str, expected: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
+class _Facts:
+    """The per-channel facts the finiteness invariant reads, each computed once, where a result is not finite."""
+
+    def __init__(self, ev: Evaluation) -> None:
+        self.evaluation, self.case = ev, ev.case
+
+    @functools.cached_property
+    def x_finite(self) -> np.ndarray:
+        return _per_channel_all(self.case, ~_nonfinite(self.case.x))
+
+    @functools.cached_property
+    def dy_finite(self) -> np.ndarray:
+        return _per_channel_all(self.case, ~_nonfinite(self.case.dy))
+
+    @functools.cached_property
+    def normaliser_in_range(self) -> np.ndarray:
+        return _normaliser_in_range(self.evaluation)
+
+    @functools.cached_property
+    def accumulations(self) -> list[tuple[frozenset[str], np.ndarray]]:
+        return _accumulations(self.evaluation)
+
+
+def _finite_claimed(facts: _Facts, q: str, expected: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
     """Where ``q`` must be finite (see the module docstring), cheapest conditions first."""
-    threshold = overflow_threshold(output_dtypes(case)[q])
+    case = facts.case
+    threshold = overflow_threshold(facts.evaluation.dtypes[q])
     with np.errstate(invalid="ignore"):
         claim: np.ndarray = np.abs(expected) < threshold  # (c) without the bound: rounds to a finite number
     if not _copies_or_constant(case, q):
         gradient = q in _TARGET_OF
-        claim &= _spread(case, _inputs_finite(case, gradient=gradient), claim.shape)
+        claim &= _spread(case, _inputs_finite(facts, gradient=gradient), claim.shape)
         prior = case.prior(_TARGET_OF[q]) if gradient else None
         if prior is not None:
             claim &= np.isfinite(prior)
         if q in _THROUGH_INVSTD:
-            claim &= _spread(case, _normaliser_in_range(case), claim.shape)
+            claim &= _spread(case, facts.normaliser_in_range, claim.shape)
         if (claim & nonfinite).any():  # only then the sums, a few passes over the data
-            claim &= _spread(case, ~_accumulation_overflows(case, q), claim.shape)
+            claim &= _spread(case, ~_accumulation_overflows(case, q, facts.accumulations), claim.shape)
     if (claim & nonfinite).any():  # only then the bound, which costs as much as the comparison
         with np.errstate(invalid="ignore", over="ignore"):
-            claim &= np.abs(expected) + bounds(case, reference(case))[q] < threshold
+            claim &= np.abs(expected) + facts.evaluation.bound[q] < threshold
     return claim
 
 
@@ -165,25 +196,23 @@ def _per_channel_all(case: Case, mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask.all(axis=case.reduce_axes))  # an empty channel: True
 
 
-def _inputs_finite(case: Case, *, gradient: bool) -> np.ndarray:
+def _inputs_finite(facts: _Facts, *, gradient: bool) -> np.ndarray:
     """(a), per channel: x (and dy for the gradients), the parameters the call reads, eps and momentum."""
-
-    def compute(name: str) -> np.ndarray:
-        return case.memo(f"invariants.finite.{name}", lambda: _per_channel_all(case, ~_nonfinite(getattr(case, name))))
-
-    ok = compute("x") & compute("dy") if gradient else compute("x")
+    case = facts.case
+    ok = facts.x_finite & facts.dy_finite if gradient else facts.x_finite
     for name in ("beta", "moving_mean", "moving_var") + (() if case.fix_gamma else ("gamma",)):
         ok = ok & np.isfinite(getattr(case, name))
     return np.asarray(ok & math.isfinite(case.eps) & math.isfinite(case.momentum))
 
 
-def _normaliser_in_range(case: Case) -> np.ndarray:
+def _normaliser_in_range(ev: Evaluation) -> np.ndarray:
     """(b), per channel: var + eps, as the kernel forms it from any variance and DType(eps) within their
     bounds, rounds to a positive finite number in the type it is formed in (float16 for float16 data,
     else AccReal)."""
+    case = ev.case
     if case.uses_batch_stats and case.reduction_length == 0:
         return np.ones(case.channels, dtype=bool)  # nothing is normalised (invstd's 0/0 falls under (c))
-    st = propagated_statistics(case)
+    st = ev.propagated("deterministic")
     # The error model's bound on var and DType(eps), times its SAFETY (as the indeterminate channels'),
     # and the AccReal addition's own rounding.
     reach, ua = SAFETY * (st.e_var + st.e_eps), unit_roundoff(accumulation_dtype(case.dtype))
@@ -194,9 +223,8 @@ def _normaliser_in_range(case: Case) -> np.ndarray:
         return np.asarray((low > 0) & np.isfinite(high))
 
 
-def _accumulation_overflows(case: Case, q: str) -> np.ndarray:
+def _accumulation_overflows(case: Case, q: str, sums: list[tuple[frozenset[str], np.ndarray]]) -> np.ndarray:
     """Per channel: may a sum (or xhat) that ``q`` is computed from overflow AccReal? (see the docstring)"""
-    sums = case.memo("invariants.accumulation", lambda: _accumulations(case))
     acc = accumulation_dtype(case.dtype)
     nu = case.reduction_length * unit_roundoff(acc)
     limit = float(np.finfo(acc).max) * (1 - nu) if nu < 1 else 0.0  # max / (1 + gamma_M)
@@ -207,13 +235,14 @@ def _accumulation_overflows(case: Case, q: str) -> np.ndarray:
     return over
 
 
-def _accumulations(case: Case) -> list[tuple[frozenset[str], np.ndarray]]:
+def _accumulations(ev: Evaluation) -> list[tuple[frozenset[str], np.ndarray]]:
     """The AccReal sums' sums of |terms| (and the largest |xhat|) per channel, with the results each feeds."""
+    case = ev.case
     if not case.x.size:
         return []  # no terms (and invstd is 0/0): nothing to overflow
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
     red = case.reduce_axes
-    mean, var = statistics(case)
+    mean, var = ev.statistics
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         centred = np.abs(x - per_channel(case, mean))
         invstd = 1 / np.sqrt(var + eps_as_applied(case))

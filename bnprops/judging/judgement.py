@@ -15,22 +15,12 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from bnprops.judging import fused
-from bnprops.judging.comparator import (
-    Mismatch,
-    Verdict,
-    compare,
-    disagreeing,
-    disagrees_with_oracle,
-    judged_only,
-    judging,
-    mismatch_within,
-    reproducer,
-)
+from bnprops.judging.comparator import Comparison, Mismatch, Verdict, disagreeing, judged_only, reproducer
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.judging.invariants import violations
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.model.case import Case, Outputs
+from bnprops.model.evaluation import Evaluation, evaluate
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 
 
@@ -82,11 +72,10 @@ class Outcome:
         return "\n".join(lines)
 
 
-def judged_outputs(case: Case, outputs: Outputs) -> Verdict:
-    """The comparison with the oracle, and the invariants (bnprops/judging/invariants.py) that hold whatever
-    the bounds say."""
-    verdict = compare(case, outputs)
-    broken = violations(case, outputs)
+def judged_outputs(comparison: Comparison) -> Verdict:
+    """The comparison's verdict with the invariants (judging.invariants) that hold whatever the bounds say."""
+    verdict = comparison.verdict
+    broken = violations(verdict.case, comparison.actual, evaluation=comparison.evaluation)
     return dataclasses.replace(verdict, mismatches=verdict.mismatches + tuple(broken)) if broken else verdict
 
 
@@ -115,18 +104,21 @@ class _Tally:
             self._or(self.visible.setdefault(kd.id, {}), q, visible)
 
 
-def predictions(case: Case, *, entry: str, kernel: str, scoped: bool = True) -> list[tuple[KnownDeviation, Prediction]]:
+def predictions(
+    case: Case, *, entry: str, kernel: str, scoped: bool = True, evaluation: Evaluation | None = None
+) -> list[tuple[KnownDeviation, Prediction]]:
     """Every known deviation's predictions for the case, within the elements the oracle judges.
 
     ``scoped``: only the deviations that hold in the running MXNet release (KnownDeviation.releases); one
     recorded for other releases is absent here, so it is neither applied nor reported stale.
+    ``evaluation``: the case's, if made.
     """
-    apparatus = judging(case)
-    ctx = Context(case, kernel, apparatus)
+    ev = evaluation or evaluate(case)
+    ctx = Context(case, kernel, ev)
     found = []
     for kd in KNOWN_DEVIATIONS:
         for p in kd.predictions(ctx, entry=entry, scoped=scoped):
-            where = judged_only(case, p.quantity, p.where, apparatus.undetermined)
+            where = judged_only(case, p.quantity, p.where, ev.undetermined)
             if where.any():
                 found.append((kd, dataclasses.replace(p, where=where)))
     return found
@@ -141,27 +133,27 @@ def judge(
     checked: Iterable[str],
     backend: str = IN_PROCESS_BACKEND,
     scoped: bool = True,
+    evaluation: Evaluation | None = None,
 ) -> Outcome:
     """Judge MXNet's outputs for ``case``: findings among ``checked``, staleness over every quantity.
 
     ``scoped=False`` applies every known deviation whatever release runs (to probe whether it is present).
+    ``evaluation``: the case's, if made.
 
     A certain known deviation must show in some quantity it names, even one the calling property
     does not check (dgamma may agree by accident where y cannot).
     """
-    if not fused.prepare(case):
-        return _judge(case, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
-    with fused.watching() as near:
-        outcome = _judge(case, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
-    if near or fused.close_call(case):
-        # A fused decision fell within its rounding of a threshold: the reference path judges the case.
-        twin = fused.reference_twin(case)
-        outcome = _judge(twin, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
+    ev = evaluation or evaluate(case)
+    outcome = _judge(ev, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
+    if ev.close:
+        # A fused decision fell within its rounding of a threshold: the reference engine judges the case.
+        again = evaluate(case, "reference")
+        outcome = _judge(again, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
     return outcome
 
 
 def _judge(
-    case: Case,
+    ev: Evaluation,
     outputs: Outputs,
     *,
     entry: str,
@@ -170,36 +162,36 @@ def _judge(
     backend: str,
     scoped: bool,
 ) -> Outcome:
+    case = ev.case
     checked = frozenset(checked)
-    verdict = judged_outputs(case, outputs)
-    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped)
+    comparison = Comparison(ev, outputs)
+    verdict = judged_outputs(comparison)
+    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped, evaluation=ev)
     if not found:
         unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked)
         return Outcome(verdict, entry, (), unexpected, (), checked, backend)
-    apparatus = judging(case)
     tally = _Tally()
     for kd, p in found:
         actual = outputs.get(p.quantity)
         if actual is None or np.shape(actual) != p.where.shape:
             continue
-        dtype = apparatus.dtypes[p.quantity]
         visible: np.ndarray | None = None
         if p.is_oracle:  # (the oracle's own comparison says where MXNet is beyond its bound)
-            off = disagrees_with_oracle(case, outputs, p.quantity)
+            off = comparison.beyond(p.quantity)
             ok = p.where if off is None else p.where & ~off  # (never visible: its values are the oracle's)
         else:
-            values, tolerance = p.model(apparatus)
-            ok = p.where & ~disagreeing(values, np.asarray(actual), tolerance, dtype)
+            values, tolerance = p.model(ev)
+            ok = p.where & ~comparison.disagreeing(p.quantity, values, tolerance)
             if p.certain:
-                oracle = apparatus.expected[p.quantity]
-                visible = p.where & disagreeing(oracle, values, apparatus.bound[p.quantity], dtype)
+                oracle, dtype = ev.expected[p.quantity], ev.dtypes[p.quantity]
+                visible = p.where & disagreeing(oracle, values, ev.bound[p.quantity], dtype, watch=ev)
         tally.add(kd, p, ok, visible)
 
     failing: dict[str, np.ndarray] = {}
     for m in verdict.mismatches:
         if m.where is not None:
             _Tally._or(failing, m.quantity, m.where)
-    findings = _findings(case, outputs, verdict, found, tally, checked)
+    findings = _findings(comparison, verdict, found, tally, checked)
     explained = []
     stale = []
     seen: set[str] = set()
@@ -221,14 +213,14 @@ def _judge(
 
 
 def _findings(
-    case: Case,
-    outputs: Outputs,
+    comparison: Comparison,
     verdict: Verdict,
     found: list[tuple[KnownDeviation, Prediction]],
     tally: _Tally,
     checked: frozenset[str],
 ) -> list[Mismatch]:
     """The mismatches no model explains: outside the regions as the oracle saw them, inside as "unrecorded"."""
+    outputs, ev = comparison.actual, comparison.evaluation
     result: list[Mismatch] = []
     judged_again: set[str] = set()
     for m in verdict.mismatches:
@@ -247,19 +239,19 @@ def _findings(
         elif q not in judged_again:
             judged_again.add(q)
             region, matched = tally.region[q], tally.matched[q]
-            outside = mismatch_within(case, outputs, q, ~region)
+            outside = comparison.worst_within(q, ~region)
             result += [] if outside is None else [outside]
-            inside = mismatch_within(case, outputs, q, region & ~matched)
-            result += [] if inside is None else [_unrecorded(case, inside, found)]
+            inside = comparison.worst_within(q, region & ~matched)
+            result += [] if inside is None else [_unrecorded(ev, inside, found)]
     return result
 
 
-def _unrecorded(case: Case, m: Mismatch, found: list[tuple[KnownDeviation, Prediction]]) -> Mismatch:
+def _unrecorded(ev: Evaluation, m: Mismatch, found: list[tuple[KnownDeviation, Prediction]]) -> Mismatch:
     """A mismatch inside a deviation's region that matched no model: "deviates, but not as recorded"."""
     if m.kind not in ("value", "nonfinite"):
         return m  # an accuracy finding inside a region whose model it missed is an accuracy finding
     for kd, p in found:
         if p.quantity == m.quantity and p.where[m.index]:
-            model = float(p.model(judging(case))[0][m.index])
+            model = float(p.model(ev)[0][m.index])
             return dataclasses.replace(m, kind="unrecorded", deviation=kd.id, model=model)
     return m

@@ -278,8 +278,8 @@ class ScalingRelation(Relation):
         scaled = math.ldexp(case.eps, e)
         if not math.isfinite(scaled) or math.ldexp(scaled, -e) != case.eps:
             return False
-        # The original's reads once per case: parsing is most of what drawing a k costs (the fuzz job draws often).
-        d0, t0 = case.memo("relations.eps", lambda: eps_as_kernel_reads(case.eps, case.dtype))
+        # (eps_as_kernel_reads keeps the values in use: parsing is most of what drawing a k costs)
+        d0, t0 = eps_as_kernel_reads(case.eps, case.dtype)
         d1, t1 = eps_as_kernel_reads(scaled, case.dtype)
         if d1 != math.ldexp(d0, e) or t1 != math.ldexp(t0, e):
             return False
@@ -289,15 +289,11 @@ class ScalingRelation(Relation):
 
     def candidates(self, case: Case) -> list[int]:
         """Every admissible k != 0, simplest (smallest |k|, positive first) first."""
-
-        def compute() -> list[int]:
-            window = admissible_range(case, self.name, self.inputs(case))
-            if window is None:
-                return []
-            ks = [k for k in range(window[0], window[1] + 1) if k != 0 and self._eps_scales(case, k)]
-            return sorted(ks, key=lambda k: (abs(k), -k))
-
-        return case.memo(f"relations.candidates.{self.name}", compute)
+        window = admissible_range(case, self.name, self.inputs(case))
+        if window is None:
+            return []
+        ks = [k for k in range(window[0], window[1] + 1) if k != 0 and self._eps_scales(case, k)]
+        return sorted(ks, key=lambda k: (abs(k), -k))
 
     def parameters(self, case: Case, choice: int = 0) -> Scale | None:
         ks = self.candidates(case)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.judging.comparator import compare, judging
+from bnprops.judging.comparator import compare
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import (
     FROZEN_LAYER_KEEPS_MOVING_STATS,
@@ -47,6 +47,7 @@ from bnprops.judging.known_deviations import (
     RETAINED_GRAPH_UPDATES_AGAIN,
 )
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, PRIOR_FIELDS, QUANTITIES, Case, Outputs, param_dtype
+from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import IN_PROCESS_BACKEND, kernel_for
 from bnprops.mx.training import SESSIONS, STATE_KEYS, open_session, session_source
 
@@ -443,7 +444,7 @@ def _fail_judged(tracker: Tracker, case: Case, outcome: Outcome, outputs: Output
     worst = outcome.unexpected[0] if outcome.unexpected else None
     check = None
     if worst is not None and worst.quantity in outputs:
-        apparatus = judging(outcome.case)
+        apparatus = evaluate(outcome.case)
         check = {
             "quantity": worst.quantity,
             "expected": np.asarray(apparatus.expected[worst.quantity]),

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -106,25 +105,17 @@ class Case:
 
     def __post_init__(self) -> None:
         _validate(self)
-        # Derived values are memoised per case (see memo), so a case's arrays must not change under it.
+        # A case is a value: its fingerprint and every evaluation of it assume its arrays never change.
         for name in self._array_fields():
             getattr(self, name).flags.writeable = False
 
+    @functools.cached_property
+    def _fingerprint(self) -> bytes:
+        return _digest(self)
+
     def fingerprint(self) -> bytes:
         """A digest of everything that defines the call (what to_json holds), at a fraction of its cost."""
-        return self.memo("fingerprint", lambda: _digest(self))
-
-    def memo(self, key: str, compute: Callable[[], T]) -> T:
-        """``compute()``, once per case: the oracle, error model and known deviations share derived values."""
-        cache: dict[str, Any] = self.__dict__.setdefault("_memo", {})
-        if key not in cache:
-            cache[key] = compute()
-        result: T = cache[key]
-        return result
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Memoised values are derived (and may hold closures, bnprops/model/lazy_outputs.py): not pickled.
-        return {k: v for k, v in self.__dict__.items() if k != "_memo"}
+        return self._fingerprint
 
     # Derived facts the oracle, runners and comparator share.
     @functools.cached_property
@@ -347,13 +338,3 @@ def _describe(case: Case) -> str:
 def quantity_shape(case: Case, quantity: str) -> tuple[int, ...]:
     """The shape of a quantity's values: x's for y and dx, one per channel for the rest."""
     return case.shape if quantity in PER_ELEMENT else (case.channels,)
-
-
-def memoized(case: Case, key: str) -> Any:
-    """What case.memo holds under ``key``, or None (nothing computed yet)."""
-    return case.__dict__.get("_memo", {}).get(key)
-
-
-def seed(case: Case, key: str, value: Any) -> None:
-    """Give case.memo ``key`` a value computed another way (the same value: a faster path's, judging/fused.py)."""
-    case.__dict__.setdefault("_memo", {})[key] = value

@@ -85,7 +85,7 @@ from bnprops.model.exactness import (
     representable,
     rows,
 )
-from bnprops.model.oracle import eps_as_applied, fresh_reference, momentum_as_applied, per_channel, statistics
+from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel
 
 SAFETY = 2.0
 #: The probability that a correct kernel's result lands beyond the probabilistic bound, per quantity.
@@ -138,7 +138,7 @@ def sum_factor(additions: int, dtype: str, *, model: str, channels: int = 1) -> 
 
 
 @dataclasses.dataclass(frozen=True)
-class _Exact:
+class Exactness:
     """Per channel: which of the kernel's sums and roundings are exact for this data."""
 
     x_sum: np.ndarray
@@ -150,10 +150,6 @@ class _Exact:
     dot_sum: np.ndarray  # sum (x - mean) dy and sum dy xhat, terms included
 
 
-def _exactness(case: Case) -> _Exact:
-    return case.memo("exactness", lambda: _compute_exactness(case))
-
-
 def _corner_sums_exact(values: np.ndarray, axis: int, dtype: str) -> np.ndarray:
     """exact_input_sums on a few elements of every channel (a view, not a copy): where those already fail,
     the whole channel does, and ordinary data is rejected without a pass over a large array."""
@@ -161,7 +157,9 @@ def _corner_sums_exact(values: np.ndarray, axis: int, dtype: str) -> np.ndarray:
     return exact_input_sums(values[corner].astype(np.float64), channel_axis=axis, dtype=dtype)
 
 
-def _compute_exactness(case: Case) -> _Exact:
+def exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
+    """Per channel, which of the kernel's sums and roundings are exact for this data (``stats``: the statistics
+    the call normalises with)."""
     acc, cd = accumulation_dtype(case.dtype), compute_dtype(case.dtype)
     ax, m = case.channel_axis, case.reduction_length
     no = np.zeros(case.channels, dtype=bool)
@@ -169,11 +167,11 @@ def _compute_exactness(case: Case) -> _Exact:
     corner_dy = _corner_sums_exact(case.dy, ax, acc).any()
     dy_sum = exact_input_sums(case.dy.astype(np.float64), channel_axis=ax, dtype=acc) if corner_dy else no
     if case.x.size == 0 or (case.uses_batch_stats and not _corner_sums_exact(case.x, ax, acc).any()):
-        return _Exact(no, no, no, no, no, dy_sum, no)
+        return Exactness(no, no, no, no, no, dy_sum, no)
     x = case.x.astype(np.float64)
     if not np.all(np.isfinite(x)):
-        return _Exact(no, no, no, no, no, dy_sum, no)
-    mean, var = statistics(case)
+        return Exactness(no, no, no, no, no, dy_sum, no)
+    mean, var = stats
     xr = rows(x, ax)
     if case.uses_batch_stats:
         x_sum = exact_input_sums(x, channel_axis=ax, dtype=acc)
@@ -182,13 +180,13 @@ def _compute_exactness(case: Case) -> _Exact:
     else:
         x_sum, mean_ok = ~no, ~no  # the moving mean is an input: exact
     if not mean_ok.any():
-        return _Exact(x_sum, mean_ok, no, no, no, dy_sum, no)
+        return Exactness(x_sum, mean_ok, no, no, no, dy_sum, no)
     # x - mean is exact where both are multiples of a common quantum and the difference fits.
     mean_bit = lowest_bit_exponent(np.where(np.isfinite(mean), mean, 0.0))
     head = xr[:, :64]
     c_ok = mean_ok & fits(np.abs(head - mean[:, None]).max(axis=1), np.minimum(quantum(head), mean_bit), cd)
     if not c_ok.any():
-        return _Exact(x_sum, mean_ok, no, no, no, dy_sum, no)
+        return Exactness(x_sum, mean_ok, no, no, no, dy_sum, no)
     q_c = np.minimum(quantum(xr), mean_bit)
     cr = xr - mean[:, None]
     c_ok &= fits(np.abs(cr).max(axis=1), q_c, cd)
@@ -210,11 +208,11 @@ def _compute_exactness(case: Case) -> _Exact:
     dyr = rows(case.dy.astype(np.float64), ax)
     products, q_p = np.abs(cr * dyr), q_c + quantum(dyr)
     dot_sum = c_ok & inv_ok & fits(products.sum(axis=1), q_p, acc) & fits(products.max(axis=1), q_p, cd)
-    return _Exact(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, dot_sum)
+    return Exactness(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, dot_sum)
 
 
 @dataclasses.dataclass(frozen=True)
-class _Statistics:
+class Propagated:
     """The per-channel statistics and their error bounds under one model."""
 
     u: float
@@ -229,31 +227,32 @@ class _Statistics:
     sum_factors: dict[str, np.ndarray]  # what each of the kernel's sums may lose per sum|terms|: x, c2, dy, dot
 
 
-def propagated_statistics(case: Case, model: str = "deterministic") -> _Statistics:
-    """Per channel: the statistics the call normalises with, var + eps, and their propagated errors."""
-    return _statistics(case, model)
-
-
-def _statistics(case: Case, model: str) -> _Statistics:
-    return case.memo(f"error_model/{model}", lambda: _compute_statistics(case, model))
-
-
 def _rounding_scale(model: str) -> float:
     """The probabilistic bound keeps SAFETY on the elementwise roundings (the oracle's own float64
     rounding is of their size) and drops it on the sums, whose factor is the point of the model."""
     return 1.0 if model == "deterministic" else SAFETY
 
 
-def _compute_statistics(case: Case, model: str) -> _Statistics:
+def propagated_statistics(
+    case: Case,
+    model: str,
+    *,
+    stats: tuple[np.ndarray, np.ndarray],
+    exact: Exactness,
+    mean_abs: np.ndarray,
+    factors: dict[str, np.ndarray] | None = None,
+) -> Propagated:
+    """Per channel: the statistics the call normalises with (``stats``), var + eps, and their propagated errors;
+    ``mean_abs`` and (probabilistic model) the sums' ``factors`` are mean_abs's and partial_sum_factors'."""
     r = _rounding_scale(model)
     u = r * unit_roundoff(compute_dtype(case.dtype))
     acc = accumulation_dtype(case.dtype)
     ua = r * unit_roundoff(acc)
-    exact = _exactness(case)
     m = case.reduction_length
-    mean, var = statistics(case)
+    mean, var = stats
     if model == "probabilistic":
-        factors = _partial_sum_factors(case, mean)
+        if factors is None:
+            raise ValueError("the probabilistic model needs the sums' partial-sum factors")
     else:
         worst = np.full(case.channels, sum_factor(max(m - 1, 0), acc, model=model))
         factors = dict.fromkeys(("x", "c2", "dy", "dot"), worst)
@@ -267,7 +266,6 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
     zeros = np.zeros(case.channels)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         if case.uses_batch_stats and m > 1:
-            mean_abs = _mean_abs(case)
             finite_mean = np.where(np.isfinite(mean), mean, 0.0)
             finite_var = np.where(np.isfinite(var), var, 0.0)
             e_mean = sums["x"] * mean_abs + np.where(exact.mean, 0.0, ua * np.abs(finite_mean))
@@ -283,7 +281,7 @@ def _compute_statistics(case: Case, model: str) -> _Statistics:
         # 1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order).
         rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
         rel_round = np.where(exact.invstd, 0.0, 2 * u)
-    return _Statistics(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums)
+    return Propagated(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums)
 
 
 def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.ndarray:
@@ -311,23 +309,15 @@ def partial_sum_factor(squares: np.ndarray, total: np.ndarray, dtype: str, *, ch
     return np.asarray(np.minimum(factor, worst), dtype=np.float64)
 
 
-def _mean_abs(case: Case) -> np.ndarray:
+def mean_abs(case: Case) -> np.ndarray:
     """Per channel, the mean of |x| over its finite values (a NaN/inf channel is judged by its pattern alone)."""
-
-    def compute() -> np.ndarray:
-        x = case.x.astype(np.float64)
-        return np.asarray(np.abs(np.where(np.isfinite(x), x, 0.0)).mean(axis=case.reduce_axes))
-
-    return case.memo("mean_abs", compute)
+    x = case.x.astype(np.float64)
+    return np.asarray(np.abs(np.where(np.isfinite(x), x, 0.0)).mean(axis=case.reduce_axes))
 
 
-def _partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
+def partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
     """sequential_sum_factor for each of the kernel's sums: x, (x - mean)^2, dy and (x - mean) dy (``mean``: the
-    statistics' mean, so memoised per case)."""
-    return case.memo("partial_sum_factors", lambda: _compute_partial_sum_factors(case, mean))
-
-
-def _compute_partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
+    statistics' mean)."""
     acc = accumulation_dtype(case.dtype)
     x = rows(case.x.astype(np.float64), case.channel_axis)
     dy = rows(case.dy.astype(np.float64), case.channel_axis)
@@ -337,20 +327,15 @@ def _compute_partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.n
     return {name: sequential_sum_factor(t, acc, channels=case.channels) for name, t in terms.items()}
 
 
-def indeterminate_channels(case: Case) -> np.ndarray:
+def indeterminate_channels(st: Propagated) -> np.ndarray:
     """Channels whose invstd the data does not determine at working precision.
 
     Where var + eps is 0, or below twice the (deterministic) bound on its own rounding error (a
     constant channel with eps at or near 0), invstd may be anything from 1/sqrt(e_var) to
     infinity, and y, dx, dgamma and invstd with it: 0/0 in the limit, no first-order bound holds.
     The comparator judges none of those there (see indeterminate_quantities); the moving
-    statistics stay judged.
+    statistics stay judged.  ``st``: the deterministic model's propagated statistics.
     """
-    return case.memo("indeterminate", lambda: _indeterminate(case))
-
-
-def _indeterminate(case: Case) -> np.ndarray:
-    st = _statistics(case, "deterministic")
     with np.errstate(invalid="ignore"):
         return np.asarray((st.s2 <= 0) | (2 * (st.e_var + st.e_eps) >= st.s2))
 
@@ -360,32 +345,28 @@ def indeterminate_quantities(case: Case) -> tuple[str, ...]:
     return ("y", "dx", "dgamma") + (() if not case.uses_batch_stats else ("invstd",))
 
 
-def bounds(case: Case, expected: Outputs, *, model: str = "deterministic", training_backward: bool = False) -> Outputs:
+def bounds(
+    case: Case,
+    expected: Outputs,
+    *,
+    st: Propagated,
+    exact: Exactness,
+    fresh: Outputs,
+    model: str = "deterministic",
+    training_backward: bool = False,
+) -> Outputs:
     """Per-element absolute error bounds for each quantity in ``expected`` (the oracle's Outputs).
 
+    ``st``: ``model``'s propagated statistics; ``fresh``: the oracle's outputs as if every gradient were written
+    (under 'add', the gradients' bounds scale with them, not with what they accumulate onto).
     ``training_backward``: bound dx as the training formula computes it from the statistics the call
     normalises with, even where they are inputs (what the executor does after an inference forward).
     """
     if model not in MODELS:
         raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
-    return _bounds(case, expected, model, training_backward)
-
-
-def sharp_bounds(case: Case, expected: Outputs, deterministic: Outputs) -> Outputs:
-    """The probabilistic bounds, never above the deterministic ones; where the probabilistic model's own
-    first-order propagation breaks down (nan or inf), the deterministic bound."""
-    return {
-        q: np.where(np.isfinite(b), np.minimum(b, deterministic[q]), deterministic[q])
-        for q, b in bounds(case, expected, model="probabilistic").items()
-    }
-
-
-def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool = False) -> Outputs:
     accumulated = expected
     if case.grad_req != WRITE_ALL:
-        # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
-        expected = fresh_reference(case)
-    st = _statistics(case, model)
+        expected = fresh
     u = st.u
     r = _rounding_scale(model)
     u_data = r * unit_roundoff(case.dtype)
@@ -423,6 +404,7 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
             case,
             st,
             model,
+            exact_dot=exact.dot_sum,
             dbeta=dbeta,
             sum_ady=np.abs(dy).sum(axis=red),
             dgamma=dgamma,
@@ -449,11 +431,20 @@ def _bounds(case: Case, expected: Outputs, model: str, training_backward: bool =
     return finished_bounds(case, out, accumulated, model)
 
 
+def sharpest(probabilistic: Outputs, deterministic: Outputs) -> Outputs:
+    """The probabilistic bounds, never above the deterministic ones; where the probabilistic model's own
+    first-order propagation breaks down (nan or inf), the deterministic bound."""
+    return {
+        q: np.where(np.isfinite(b), np.minimum(b, deterministic[q]), deterministic[q]) for q, b in probabilistic.items()
+    }
+
+
 def gradient_sum_bounds(
     case: Case,
-    st: _Statistics,
+    st: Propagated,
     model: str,
     *,
+    exact_dot: np.ndarray,
     dbeta: np.ndarray,
     sum_ady: np.ndarray,
     dgamma: np.ndarray,
@@ -463,7 +454,7 @@ def gradient_sum_bounds(
 ) -> tuple[np.ndarray, np.ndarray, Outputs]:
     """The errors of the kernel's two gradient sums (e_dbeta, e_dgamma: dx's bound builds on them) and the bounds
     of dbeta and dgamma, from sum dy, sum |dy|, sum dy xhat, sum |dy xhat| and how far the mean's error moves
-    xhat (``shift``; ``inv`` the bound's invstd)."""
+    xhat (``shift``; ``inv`` the bound's invstd); ``exact_dot``: the channels whose dot sum is exact."""
     r = _rounding_scale(model)
     u, sums, rel = st.u, st.sum_factors, st.rel_inv
     u_param = r * unit_roundoff(param_dtype(case.dtype))
@@ -474,7 +465,7 @@ def gradient_sum_bounds(
         # kernel rounds each x - mean to float16, and for all x in one binade that rounding is the same
         # fraction of the mean (float16[426580, 1], dy = 1: dgamma -54.2 where the exact value is 0,
         # beyond lambda u sqrt(sum t^2), within u sum|t|).
-        per_product = np.where(_exactness(case).dot_sum, 0.0, 3 * u)
+        per_product = np.where(exact_dot, 0.0, 3 * u)
         e_products = per_product * sum_adx
         e_dgamma = (
             shift * np.abs(dbeta)
@@ -488,7 +479,7 @@ def gradient_sum_bounds(
     return e_dbeta, e_dgamma, out
 
 
-def statistics_bounds(case: Case, st: _Statistics, model: str, expected: Outputs) -> Outputs:
+def statistics_bounds(case: Case, st: Propagated, model: str, expected: Outputs) -> Outputs:
     """The bounds of the moving statistics, gamma, mean and invstd, and the forward's moving statistics
     (exact), from the statistics' errors ``st`` and the oracle's values ``expected``."""
     r = _rounding_scale(model)

@@ -13,39 +13,66 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
 from bnprops.model.error_model import (
     SAFETY,
+    Exactness,
+    Propagated,
     _rounding_scale,
-    _statistics,
     accumulation_dtype,
     compute_dtype,
     finished_bounds,
     gradient_sum_bounds,
-    indeterminate_channels,
     statistics_bounds,
     subnormal_step,
     unit_roundoff,
 )
-from bnprops.model.fused_sums import (
-    CLOSE,
-    as_input,
-    as_three,
-    finite_sum,
-    kernels,
-    mark_close,
-    raw_sums_of,
-    statistics_mean,
-    sweep,
-    xhat_sums_of,
-)
+from bnprops.model.fused_sums import CLOSE, as_input, as_three, finite_sum, kernels, sweep
 from bnprops.model.lazy_outputs import LazyOutputs
 from bnprops.model.oracle import eps_as_applied, per_channel_outputs
-from bnprops.model.oracle import statistics as oracle_statistics
+
+
+class Sums(Protocol):
+    """What the fused oracle reads of a case's evaluation (model.evaluation.FusedEvaluation): the passes' sums,
+    the statistics and the error model's values, each computed once there and passed here."""
+
+    @property
+    def case(self) -> Case: ...
+
+    @property
+    def raw(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def xhat(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @property
+    def exactness(self) -> Exactness: ...
+
+    @property
+    def per_channel(self) -> Outputs: ...
+
+    @property
+    def expected(self) -> Outputs: ...
+
+    @property
+    def undetermined(self) -> np.ndarray: ...
+
+    @property
+    def coefficients(self) -> np.ndarray: ...
+
+    def propagated(self, model: str) -> Propagated: ...
+
+    def model_bounds(self, model: str) -> ModelBounds: ...
+
+    def arrays(self, which: int) -> list[np.ndarray]: ...
+
 
 # --- the oracle --------------------------------------------------------------------------------------------
 
@@ -56,13 +83,14 @@ def prior_rows(case: Case) -> tuple[bool, np.ndarray]:
     return add, as_three(case, case.prior_dx if add and case.prior_dx is not None else case.x)
 
 
-def arrays(case: Case, which: int) -> list[np.ndarray]:
+def arrays(ev: Sums, which: int) -> list[np.ndarray]:
     """Every element's y and its deterministic and sharp bounds (``which`` 0), or dx fresh, dx as requested and
     its two bounds (1), as the reference computes them."""
+    case = ev.case
 
     def compute() -> list[np.ndarray]:
         k = kernels()
-        coeffs, batch = coefficients(case)
+        coeffs, batch = ev.coefficients, case.uses_batch_stats
         add, prior3 = prior_rows(case)
         x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
         out = np.empty((3 if which == 0 else 4, *x3.shape))
@@ -76,8 +104,7 @@ def arrays(case: Case, which: int) -> list[np.ndarray]:
             a.flags.writeable = False
         return arrays
 
-    result: list[np.ndarray] = case.memo(f"fused/arrays/{which}", compute)
-    return result
+    return compute()
 
 
 #: Where each lazily computed array comes from: (_arrays' which, index).
@@ -85,21 +112,22 @@ _Y, _Y_BOUND, _Y_SHARP = (0, 0), (0, 1), (0, 2)
 _DX_FRESH, _DX, _DX_BOUND, _DX_SHARP = (1, 0), (1, 1), (1, 2), (1, 3)
 
 
-def _element(case: Case, where: tuple[int, int]) -> Callable[[], np.ndarray]:
-    return lambda: arrays(case, where[0])[where[1]]
+def _element(ev: Sums, where: tuple[int, int]) -> Callable[[], np.ndarray]:
+    return lambda: ev.arrays(where[0])[where[1]]
 
 
-def _fresh_per_channel(case: Case) -> Outputs:
-    """The oracle's per-channel quantities (oracle._fresh_reference's, from the fused sums)."""
+def fresh_per_channel(ev: Sums) -> Outputs:
+    """The oracle's per-channel quantities (oracle.fresh_reference's, from the fused sums)."""
+    case = ev.case
 
     def compute() -> Outputs:
 
         g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-        mean, var = oracle_statistics(case)
-        raw = raw_sums_of(case)
+        mean, var = ev.statistics
+        raw = ev.raw
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
-        sum_dy_xhat = xhat_sums_of(case)["oracle_dot"]
+        sum_dy_xhat = ev.xhat["oracle_dot"]
         dbeta = finite_sum(raw["dy_hi"], raw["dy_lo"])
         out = per_channel_outputs(case, mean, var, invstd, dbeta, sum_dy_xhat)
         for value in out.values():
@@ -108,8 +136,7 @@ def _fresh_per_channel(case: Case) -> Outputs:
         out["_invstd"], out["_g"], out["_sum_dy_xhat"] = invstd, g, sum_dy_xhat
         return out
 
-    result: Outputs = case.memo("fused/fresh", compute)
-    return result
+    return compute()
 
 
 _ORDER = ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var", "gamma")
@@ -119,12 +146,12 @@ def _public(values: Outputs) -> Outputs:
     return {k: v for k, v in values.items() if not k.startswith("_")}
 
 
-def fresh_reference(case: Case) -> LazyOutputs:
+def fresh_reference(ev: Sums) -> LazyOutputs:
     """oracle.fresh_reference on the fused path (y and dx computed when first looked at)."""
-    per_channel = _public(_fresh_per_channel(case))
+    per_channel = _public(ev.per_channel)
     eager = {q: per_channel[q] for q in _ORDER if q in per_channel}
     eager.update({q: v for q, v in per_channel.items() if q not in eager})
-    return _ordered(eager, {"y": _element(case, _Y), "dx": _element(case, _DX_FRESH)})
+    return _ordered(eager, {"y": _element(ev, _Y), "dx": _element(ev, _DX_FRESH)})
 
 
 def _ordered(eager: Outputs, lazy: dict[str, Callable[[], np.ndarray]]) -> LazyOutputs:
@@ -139,12 +166,13 @@ def _ordered(eager: Outputs, lazy: dict[str, Callable[[], np.ndarray]]) -> LazyO
     return result
 
 
-def reference(case: Case) -> LazyOutputs:
+def reference(ev: Sums) -> LazyOutputs:
     """oracle.reference on the fused path: 'null' gradients absent, 'add' ones on top of their prior."""
-    fresh = _public(_fresh_per_channel(case))
+    case = ev.case
+    fresh = _public(ev.per_channel)
     eager: Outputs = {q: fresh[q] for q in _ORDER if q in fresh}
     eager.update({q: v for q, v in fresh.items() if q not in eager})
-    lazy: dict[str, Callable[[], np.ndarray]] = {"y": _element(case, _Y), "dx": _element(case, _DX)}
+    lazy: dict[str, Callable[[], np.ndarray]] = {"y": _element(ev, _Y), "dx": _element(ev, _DX)}
     for target in GRAD_TARGETS:
         quantity = GRADIENT_OF[target]
         prior = case.prior(target)
@@ -160,20 +188,21 @@ def reference(case: Case) -> LazyOutputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ModelBounds:
+class ModelBounds:
     per_channel: Outputs  # the bounds of the per-channel quantities, as error_model.bounds returns them
     coefficients: np.ndarray  # (C, MODEL): the per-element formulas' per-channel factors
 
 
-def _model_bounds(case: Case, model: str) -> _ModelBounds:
-    """error_model._bounds' per-channel parts for ``model`` (training_backward False, expected = the oracle's)."""
+def model_bounds(ev: Sums, model: str) -> ModelBounds:
+    """error_model.bounds' per-channel parts for ``model`` (training_backward False, expected = the oracle's)."""
+    case = ev.case
 
-    def compute() -> _ModelBounds:
+    def compute() -> ModelBounds:
 
         k = kernels()
-        accumulated = reference(case)
-        fresh = _public(_fresh_per_channel(case))
-        st = _statistics(case, model)
+        accumulated = ev.expected
+        fresh = _public(ev.per_channel)
+        st = ev.propagated(model)
         u = st.u
         r = _rounding_scale(model)
         u_data = r * unit_roundoff(case.dtype)
@@ -185,7 +214,7 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
         g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
         ag = np.abs(g)
         s2, rel = st.s2, st.rel_inv
-        raw, xhat = raw_sums_of(case), xhat_sums_of(case)
+        raw, xhat = ev.raw, ev.xhat
         co = np.zeros((case.channels, k.MODEL))
         c = {name: i - k.FIRST for name, i in k.C_.items() if i >= k.FIRST}
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -206,6 +235,7 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
                 case,
                 st,
                 model,
+                exact_dot=ev.exactness.dot_sum,
                 dbeta=dbeta,
                 sum_ady=sum_ady,
                 dgamma=dgamma,
@@ -227,23 +257,22 @@ def _model_bounds(case: Case, model: str) -> _ModelBounds:
             co[:, c["tx"]] = tiny_term * (ag * np.maximum(1.0, inv))
         out.update(statistics_bounds(case, st, model, fresh))
         result = finished_bounds(case, out, accumulated, model)
-        return _ModelBounds(result, co)
+        return ModelBounds(result, co)
 
-    bounds: _ModelBounds = case.memo(f"fused/bounds/{model}", compute)
-    return bounds
+    return compute()
 
 
-def coefficients(case: Case) -> tuple[np.ndarray, bool]:
-    """Per channel, every factor of the per-element formulas (fused_kernels.COEFFICIENTS), and whether dx
-    takes the batch-statistics formula."""
+def coefficients(ev: Sums) -> np.ndarray:
+    """Per channel, every factor of the per-element formulas (fused_kernels.COEFFICIENTS)."""
+    case = ev.case
 
     def compute() -> np.ndarray:
 
         k = kernels()
-        fresh = _fresh_per_channel(case)
-        mean = statistics_mean(case)
+        fresh = ev.per_channel
+        mean = ev.statistics[0]
         m = case.reduction_length
-        det, prob = _model_bounds(case, "deterministic"), _model_bounds(case, "probabilistic")
+        det, prob = ev.model_bounds("deterministic"), ev.model_bounds("probabilistic")
         co = np.zeros((case.channels, k.WIDTH))
         invstd, g = fresh["_invstd"], fresh["_g"]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -254,10 +283,10 @@ def coefficients(case: Case) -> tuple[np.ndarray, bool]:
             co[:, k.C_["scale"]] = g * invstd
             co[:, k.C_["dbeta_m"]] = fresh["dbeta"] / m
             co[:, k.C_["dot_m"]] = fresh["_sum_dy_xhat"] / m
-            s2 = model_statistics(case).s2
+            s2 = ev.propagated("deterministic").s2
             co[:, k.C_["inv"]] = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
             co[:, k.C_["ag"]] = np.abs(g)
-        co[:, k.C_["judged"]] = ~np.asarray(indeterminate_channels(case), dtype=bool)
+        co[:, k.C_["judged"]] = ~np.asarray(ev.undetermined, dtype=bool)
         co[:, k.FIRST : k.FIRST + k.MODEL] = det.coefficients
         co[:, k.FIRST + k.MODEL : k.LINEAR] = prob.coefficients
         add = prior_rows(case)[0]
@@ -265,8 +294,7 @@ def coefficients(case: Case) -> tuple[np.ndarray, bool]:
             co[:, start : start + 8] = _linear(model.coefficients, co[:, k.C_["ag"]], case.uses_batch_stats, add)
         return np.ascontiguousarray(co)
 
-    coeffs: np.ndarray = case.memo("fused/coefficients", compute)
-    return coeffs, case.uses_batch_stats
+    return compute()
 
 
 def _linear(model: np.ndarray, ag: np.ndarray, batch: bool, add: bool) -> np.ndarray:
@@ -291,27 +319,21 @@ def _linear(model: np.ndarray, ag: np.ndarray, batch: bool, add: bool) -> np.nda
         return np.where(usable, linear, np.nan)
 
 
-def model_statistics(case: Case) -> Any:
-
-    return _statistics(case, "deterministic")
-
-
-def check_indeterminate(case: Case) -> None:
-    """error_model._indeterminate's test, near its edge: the reference decides."""
-    st = model_statistics(case)
+def indeterminate_is_close(st: Propagated) -> bool:
+    """Is error_model.indeterminate_channels' test near its edge in some channel (then the reference decides)?"""
     with np.errstate(invalid="ignore", over="ignore"):
         lhs = 2 * (st.e_var + st.e_eps)
-        if (np.abs(lhs - st.s2) <= CLOSE * np.abs(st.s2)).any():
-            mark_close(case)
+        return bool((np.abs(lhs - st.s2) <= CLOSE * np.abs(st.s2)).any())
 
 
-def bounds(case: Case) -> tuple[LazyOutputs, LazyOutputs]:
-    """error_model.bounds(case, reference(case)) and sharp_bounds(case, reference(case), that) on the fused path."""
-    det = _model_bounds(case, "deterministic").per_channel
-    prob = _model_bounds(case, "probabilistic").per_channel
+def bounds(ev: Sums) -> tuple[LazyOutputs, LazyOutputs]:
+    """The deterministic and sharp bounds of the oracle's outputs (error_model.bounds and sharpest) on the fused
+    path."""
+    det = ev.model_bounds("deterministic").per_channel
+    prob = ev.model_bounds("probabilistic").per_channel
     with np.errstate(invalid="ignore"):
         sharp = {q: np.where(np.isfinite(b), np.minimum(b, det[q]), det[q]) for q, b in prob.items()}
-    expected = reference(case)
-    lazy_det = {q: _element(case, i) for q, i in (("y", _Y_BOUND), ("dx", _DX_BOUND)) if q in expected}
-    lazy_sharp = {q: _element(case, i) for q, i in (("y", _Y_SHARP), ("dx", _DX_SHARP)) if q in expected}
+    expected = ev.expected
+    lazy_det = {q: _element(ev, i) for q, i in (("y", _Y_BOUND), ("dx", _DX_BOUND)) if q in expected}
+    lazy_sharp = {q: _element(ev, i) for q, i in (("y", _Y_SHARP), ("dx", _DX_SHARP)) if q in expected}
     return _ordered(det, lazy_det), _ordered(sharp, lazy_sharp)

@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.model.case import Case, memoized, seed
+from bnprops.model.case import Case
 from bnprops.model.error_model import accumulation_dtype, partial_sum_factor
 from bnprops.model.oracle import eps_as_applied
-from bnprops.model.oracle import statistics as oracle_statistics
 
 ENV = "BNPROPS_FUSED"
 MODES = ("auto", "always", "never")
@@ -85,13 +84,17 @@ def available() -> bool:
     return True
 
 
-def close_call(case: Case) -> bool:
-    """Did a fused decision on ``case`` fall within CLOSE of its threshold (so the reference must decide)?"""
-    return bool(memoized(case, "fused/close"))
+def supports(case: Case) -> bool:
+    """Can the kernels take ``case`` (float16 or float32 data, some elements) where numba imports?"""
+    return case.dtype in ("float16", "float32") and case.x.size > 0 and available()
 
 
-def mark_close(case: Case) -> None:
-    seed(case, "fused/close", True)
+def eligible(case: Case) -> bool:
+    """Does ``case`` take the fused path, as BNPROPS_FUSED (or ``forced``) chooses now?"""
+    chosen = mode()
+    if chosen == "never" or not supports(case):
+        return False
+    return chosen == "always" or case.x.size >= MIN_ELEMENTS
 
 
 # --- blocks ------------------------------------------------------------------------------------------------
@@ -203,65 +206,60 @@ def _quotient(hi: np.ndarray, lo: np.ndarray, m: int) -> np.ndarray:
         return np.asarray(np.where(np.isfinite(hi) & np.isfinite(q), q, q1))
 
 
-def raw_sums_of(case: Case) -> dict[str, np.ndarray]:
-    def compute() -> dict[str, np.ndarray]:
-        k = kernels()
-        state = np.zeros((case.channels, len(k.RAW)))
-        state[:, k.R["x_min"]], state[:, k.R["x_max"]] = np.inf, -np.inf
-        state[:, k.R["x_finite"]] = state[:, k.R["dy_finite"]] = 1.0
-        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
-        sweep(case, k.raw_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), state))
-        return {name: state[:, i].copy() for name, i in k.R.items()}
-
-    return case.memo("fused/raw", compute)
+def raw_sums(case: Case) -> dict[str, np.ndarray]:
+    """The first pass: per channel, the sums of x and dy and their magnitudes, extremes and finiteness."""
+    k = kernels()
+    state = np.zeros((case.channels, len(k.RAW)))
+    state[:, k.R["x_min"]], state[:, k.R["x_max"]] = np.inf, -np.inf
+    state[:, k.R["x_finite"]] = state[:, k.R["dy_finite"]] = 1.0
+    x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+    sweep(case, k.raw_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), state))
+    return {name: state[:, i].copy() for name, i in k.R.items()}
 
 
-def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """oracle.statistics on the fused path."""
+def statistics_mean(case: Case, raw: dict[str, np.ndarray]) -> np.ndarray:
+    """oracle.statistics' mean from the first pass's sums (the moving mean where the call does not normalise
+    with batch statistics)."""
     if not case.uses_batch_stats:
-        return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
-    raw = raw_sums_of(case)
-    m = case.reduction_length
+        return case.moving_mean.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        mean = _quotient(raw["x_hi"], raw["x_lo"], m)
+        mean = _quotient(raw["x_hi"], raw["x_lo"], case.reduction_length)
         nan = raw["x_nan"] > 0
         lo = np.where(nan, np.nan, raw["x_min"])
         hi = np.where(nan, np.nan, raw["x_max"])
-        mean = np.where((lo == hi) & np.isfinite(lo), lo, mean)
-        centred = centred_sums_of(case, mean)
-        var = finite_sum(centred["c2_hi"], centred["c2_lo"]) / m
+        return np.asarray(np.where((lo == hi) & np.isfinite(lo), lo, mean), dtype=np.float64)
+
+
+def statistics(case: Case, mean: np.ndarray, centred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """oracle.statistics from statistics_mean's ``mean`` and the second pass's sums about it."""
+    if not case.uses_batch_stats:
+        return mean, case.moving_var.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        var = finite_sum(centred["c2_hi"], centred["c2_lo"]) / case.reduction_length
         var = np.where(np.isfinite(mean), var, np.nan)
-    return np.asarray(mean, dtype=np.float64), np.asarray(var, dtype=np.float64)
+    return mean, np.asarray(var, dtype=np.float64)
 
 
-def centred_sums_of(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
-    """The sums of the centred terms, about ``mean`` (the statistics' mean; 0 where it is not finite)."""
-
-    def compute() -> dict[str, np.ndarray]:
-        k = kernels()
-        state = np.zeros((case.channels, len(k.CENTRED)))
-        finite_mean = np.ascontiguousarray(np.where(np.isfinite(mean), mean, 0.0), dtype=np.float64)
-        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
-        sweep(case, k.centred_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), finite_mean, state))
-        return {name: state[:, i].copy() for name, i in k.K.items()}
-
-    return case.memo("fused/centred", compute)
+def centred_sums(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
+    """The second pass: the sums of the centred terms, about ``mean`` (the statistics' mean; 0 where it is not
+    finite)."""
+    k = kernels()
+    state = np.zeros((case.channels, len(k.CENTRED)))
+    finite_mean = np.ascontiguousarray(np.where(np.isfinite(mean), mean, 0.0), dtype=np.float64)
+    x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+    sweep(case, k.centred_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), finite_mean, state))
+    return {name: state[:, i].copy() for name, i in k.K.items()}
 
 
-def statistics_mean(case: Case) -> np.ndarray:
-
-    return oracle_statistics(case)[0]
-
-
-def mean_abs(case: Case) -> np.ndarray:
-    """mean |x| over the finite x, per channel (error_model._compute_statistics)."""
-    return np.asarray(raw_sums_of(case)["x_abs"] / case.reduction_length)
+def mean_abs(case: Case, raw: dict[str, np.ndarray]) -> np.ndarray:
+    """error_model.mean_abs from the first pass's sums."""
+    return np.asarray(raw["x_abs"] / case.reduction_length)
 
 
-def partial_sum_factors(case: Case) -> dict[str, np.ndarray]:
-    """error_model._partial_sum_factors on the fused path."""
-
-    raw, centred = raw_sums_of(case), centred_sums_of(case, statistics_mean(case))
+def partial_sum_factors(
+    case: Case, raw: dict[str, np.ndarray], centred: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """error_model.partial_sum_factors from the passes' sums."""
     acc = accumulation_dtype(case.dtype)
     pairs = {
         "x": (raw["x_spread"], raw["x_abs"]),
@@ -276,67 +274,65 @@ def partial_sum_factors(case: Case) -> dict[str, np.ndarray]:
     }
 
 
-def drifts(case: Case) -> dict[str, np.ndarray]:
-    """deviation_models._drifting for the four sums (x, c2, dy, dot), before the finite-channel mask."""
+def drifts(
+    case: Case,
+    mean: np.ndarray,
+    raw: dict[str, np.ndarray],
+    centred: dict[str, np.ndarray],
+    factors: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Which of the four sums (x, c2, dy, dot) drift beyond the probabilistic bound, per channel, before the
+    finite-channel mask (the reference's drifting sums, from the passes' sums); and whether a test fell within
+    CLOSE of its edge (then the reference decides)."""
+    close = False
+    finite_mean = np.isfinite(mean)
+    streams = {
+        "x": (raw["x_f32"], finite_sum(raw["x_hi"], raw["x_lo"]), raw["x_abs"], raw["x_finite"] > 0),
+        "c2": (centred["c2_f32"], finite_sum(centred["c2_hi"], centred["c2_lo"]), centred["c2_abs"], finite_mean),
+        "dy": (raw["dy_f32"], finite_sum(raw["dy_hi"], raw["dy_lo"]), raw["dy_abs_finite"], raw["dy_finite"] > 0),
+        "dot": (
+            centred["dot_f32"],
+            finite_sum(centred["dot_hi"], centred["dot_lo"]),
+            centred["dot_abs"],
+            finite_mean & (raw["dy_finite"] > 0),
+        ),
+    }
+    found = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, (sequential, total, magnitude, defined) in streams.items():
+            drift = np.abs(sequential - total)
+            allowed = factors[name] * magnitude
+            found[name] = np.asarray(defined & (drift > allowed))
+            # Where the test is within the two paths' rounding of its edge, the reference decides.
+            # (allowed is 0 only where every term is, or there is one: the sums are exact on both paths.)
+            edge = (np.abs(drift - allowed) <= CLOSE * allowed + 2.0**-40 * magnitude) & (allowed > 0)
+            close = close or bool((defined & (raw["x_finite"] > 0) & edge).any())
+    return found, close
 
-    def compute() -> dict[str, np.ndarray]:
-        raw, mean = raw_sums_of(case), statistics_mean(case)
-        centred = centred_sums_of(case, mean)
-        factors = partial_sum_factors(case)
-        finite_mean = np.isfinite(mean)
-        streams = {
-            "x": (raw["x_f32"], finite_sum(raw["x_hi"], raw["x_lo"]), raw["x_abs"], raw["x_finite"] > 0),
-            "c2": (centred["c2_f32"], finite_sum(centred["c2_hi"], centred["c2_lo"]), centred["c2_abs"], finite_mean),
-            "dy": (raw["dy_f32"], finite_sum(raw["dy_hi"], raw["dy_lo"]), raw["dy_abs_finite"], raw["dy_finite"] > 0),
-            "dot": (
-                centred["dot_f32"],
-                finite_sum(centred["dot_hi"], centred["dot_lo"]),
-                centred["dot_abs"],
-                finite_mean & (raw["dy_finite"] > 0),
-            ),
-        }
-        found = {}
-        with np.errstate(over="ignore", invalid="ignore"):
-            for name, (sequential, total, magnitude, defined) in streams.items():
-                drift = np.abs(sequential - total)
-                allowed = factors[name] * magnitude
-                found[name] = np.asarray(defined & (drift > allowed))
-                # Where the test is within the two paths' rounding of its edge, the reference decides.
-                # (allowed is 0 only where every term is, or there is one: the sums are exact on both paths.)
-                edge = (np.abs(drift - allowed) <= CLOSE * allowed + 2.0**-40 * magnitude) & (allowed > 0)
-                if (defined & (raw["x_finite"] > 0) & edge).any():
-                    mark_close(case)
-        return found
 
-    return case.memo("fused/drifts", compute)
+def xhat_sums(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """The third pass: sum dy xhat (the oracle's, with invstd) and the bounds' (with 0 where var + eps <= 0), sum
+    |dy xhat|, from the statistics ``stats``."""
+    k = kernels()
+    mean, var = stats
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s2 = var + eps_as_applied(case)
+        invstd = 1.0 / np.sqrt(s2)
+        inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
+    x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+    mean_c = np.ascontiguousarray(mean, dtype=np.float64)
 
+    def run(scale: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        state = np.zeros((case.channels, 3))
+        scale = np.ascontiguousarray(scale)
+        sweep(case, k.xhat_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), mean_c, scale, wanted, state))
+        return state
 
-def xhat_sums_of(case: Case) -> dict[str, np.ndarray]:
-    """sum dy xhat (the oracle's, with invstd) and the bounds' (with 0 where var + eps <= 0), sum |dy xhat|."""
-
-    def compute() -> dict[str, np.ndarray]:
-        k = kernels()
-        mean, var = oracle_statistics(case)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            s2 = var + eps_as_applied(case)
-            invstd = 1.0 / np.sqrt(s2)
-            inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
-        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
-        mean_c = np.ascontiguousarray(mean, dtype=np.float64)
-
-        def run(scale: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-            state = np.zeros((case.channels, 3))
-            scale = np.ascontiguousarray(scale)
-            sweep(case, k.xhat_sums, lambda b: (as_input(x3[b]), as_input(dy3[b]), mean_c, scale, wanted, state))
-            return state
-
-        bound_state = run(inv, np.ones(case.channels, dtype=np.bool_))
-        bound_dot = finite_sum(bound_state[:, 0], bound_state[:, 1])
-        differs = ~(invstd == inv)
-        oracle_dot = bound_dot.copy()
-        if differs.any():
-            own = run(invstd, differs)
-            oracle_dot[differs] = finite_sum(own[:, 0], own[:, 1])[differs]
-        return {"oracle_dot": oracle_dot, "bound_dot": bound_dot, "abs_dot": bound_state[:, 2].copy()}
-
-    return case.memo("fused/xhat", compute)
+    bound_state = run(inv, np.ones(case.channels, dtype=np.bool_))
+    bound_dot = finite_sum(bound_state[:, 0], bound_state[:, 1])
+    differs = ~(invstd == inv)
+    oracle_dot = bound_dot.copy()
+    if differs.any():
+        own = run(invstd, differs)
+        oracle_dot[differs] = finite_sum(own[:, 0], own[:, 1])[differs]
+    return {"oracle_dot": oracle_dot, "bound_dot": bound_dot, "abs_dot": bound_state[:, 2].copy()}

@@ -56,5 +56,5 @@ class LazyOutputs(dict[str, Any]):
         twin = LazyOutputs({}, {})
         for key in list(super().keys()):
             dict.__setitem__(twin, key, dict.__getitem__(self, key))
-        twin._lazy = dict(self._lazy)  # (the fused path memoises each array on its case: computed once for all)
+        twin._lazy = dict(self._lazy)  # (an evaluation computes each array once, for every fork)
         return twin

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, memoized, param_dtype
-from bnprops.model.lazy_outputs import forked
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, param_dtype
 from bnprops.model.params import parsed
 
 
@@ -23,10 +22,6 @@ def per_channel(case: Case, values: np.ndarray) -> np.ndarray:
 
 def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """The per-channel mean and variance the call normalises with (batch, biased; or the moving ones)."""
-    return case.memo("statistics", lambda: _statistics(case))
-
-
-def _statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     if not case.uses_batch_stats:
         return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
     x = case.x.astype(np.float64)
@@ -54,13 +49,13 @@ def momentum_as_applied(case: Case) -> tuple[float, float]:
     4.740775480516213e-11), and forms ``1 - momentum`` from that value in the accumulation type.
     Probed on float64 data: this model matches MXNet's moving statistics to the last bits.
     """
-    mom = case.memo("momentum", lambda: parsed(case.momentum, "float32"))
+    mom = parsed(case.momentum, "float32")
     return mom, 1.0 - mom
 
 
 def eps_as_applied(case: Case) -> float:
     """eps as MXNet reads it: a C++ double parsed by dmlc's ParseFloat from ``str(eps)`` (bnprops/model/params.py)."""
-    return case.memo("eps", lambda: parsed(case.eps, "float64"))
+    return parsed(case.eps, "float64")
 
 
 def reference(case: Case) -> Outputs:
@@ -69,8 +64,7 @@ def reference(case: Case) -> Outputs:
     A gradient requested with 'null' is absent; one requested with 'add' is its prior plus the
     gradient (see fresh_reference for the gradient alone).
     """
-    seeded = memoized(case, "reference")  # the same values from a faster path (bnprops/judging/fused.py)
-    return forked(seeded) if seeded is not None else requested(case, fresh_reference(case))
+    return requested(case, fresh_reference(case))
 
 
 def requested(case: Case, fresh: Outputs) -> Outputs:
@@ -87,18 +81,9 @@ def requested(case: Case, fresh: Outputs) -> Outputs:
     return out
 
 
-def fresh_reference(case: Case) -> Outputs:
-    """Every quantity as if each gradient were requested with 'write' (a new dict of read-only arrays)."""
-    return forked(case.memo("fresh_reference", lambda: _frozen(_fresh_reference(case))))
-
-
-def _frozen(outputs: Outputs) -> Outputs:
-    for value in outputs.values():
-        value.flags.writeable = False
-    return outputs
-
-
-def _fresh_reference(case: Case) -> Outputs:
+def fresh_reference(case: Case, stats: tuple[np.ndarray, np.ndarray] | None = None) -> Outputs:
+    """Every quantity as if each gradient were requested with 'write', from the statistics ``stats`` (by default
+    the oracle's own: an engine may give its own, computed another way)."""
     x = case.x.astype(np.float64)
     dy = case.dy.astype(np.float64)
     red = case.reduce_axes
@@ -106,7 +91,7 @@ def _fresh_reference(case: Case) -> Outputs:
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     beta = case.beta.astype(np.float64)
 
-    mean, var = statistics(case)
+    mean, var = statistics(case) if stats is None else stats
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
         xhat = (x - per_channel(case, mean)) * per_channel(case, invstd)

@@ -11,13 +11,17 @@ out one float32 ulp above itself; the moving statistics follow that value, so th
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _MAX_DIGITS = 19  # kStrtofMaxDigits: later digits after the point are ignored
 
 
+@functools.lru_cache(maxsize=4096)
 def parsed(value: float, dtype: str) -> float:
-    """``value`` as dmlc::ParseFloat<dtype> reads ``str(value)`` (dtype 'float32' or 'float64')."""
+    """``value`` as dmlc::ParseFloat<dtype> reads ``str(value)`` (dtype 'float32' or 'float64'); a pure function of
+    its arguments, kept for the values in use (the oracle reads eps and momentum of every case)."""
     ft = np.float32 if dtype == "float32" else np.float64
     text = repr(float(value)).lower()
     if text in ("inf", "-inf", "nan"):

@@ -151,12 +151,8 @@ def families(case: Case) -> list[Family]:
     error, and, where a value may come from cancellation, from its quantum (a nonzero sum of multiples
     of 2^q is at least 2^q). NaN and inf elements are left out: IEEE rules scale what they make exactly.
     """
-
-    def compute() -> list[Family]:
-        with np.errstate(all="ignore"):
-            return _families(case)
-
-    return case.memo("relations.families", compute)
+    with np.errstate(all="ignore"):
+        return _families(case)
 
 
 def _families(case: Case) -> list[Family]:
