@@ -1,7 +1,7 @@
 """Fuzz campaigns: the property checks run for a budget of cases or seconds, with failures catalogued.
 
 This module holds what a campaign is (Config, chunks, shards, targets, the database index); a worker's run is in
-bnprops/fuzzing/workers.py, what it does with each example in exploring.py and families.py.
+fuzzing.workers, what it does with each example in exploring.py and families.py.
 
 A campaign draws ``(target, case)`` pairs, where the target is an (entry point, backend) pair and
 the case comes from the very strategy the properties use (bnprops.search.strategies.cases), runs each
@@ -25,19 +25,19 @@ each.  An exact partition (each shard judging only the cases whose hash it owns)
 generated cases per judged one, and generation costs about as much as judging.
 
 Exact relations: every example also draws a relation and a parameter choice
-(bnprops/fuzzing/relation_findings.py); one example in ``Config.relation_every`` runs that relation on its first
+(fuzzing.relation_findings); one example in ``Config.relation_every`` runs that relation on its first
 case through the same runner, and a broken relation is a finding of kind "relation" like any other
 (hunted, shrunk, stored and replayed with its draw, which is part of the example).
 
-BatchNorm inside networks: every example also draws a producer chain (bnprops/fuzzing/network_findings.py); one
+BatchNorm inside networks: every example also draws a producer chain (fuzzing.network_findings); one
 example in ``Config.network_every`` whose target a chain's API can express (nd, gluon, gluon-hybrid, sym on
-a CPU backend) builds it in that API and judges it in context (bnprops/judging/in_network.py, in a worker process a
+a CPU backend) builds it in that API and judges it in context (judging.in_network, in a worker process a
 crash cannot take down). A finding is of kind "network" (or "known", for a recorded network deviation),
 with the chain's steps in its signature; it is hunted, shrunk, stored and replayed with its chain.
 
 Training sequences: every example also draws a sequence of rules on one BatchNorm
-(bnprops/fuzzing/sequence_findings.py); one example in ``Config.sequence_every`` runs it on the target's entry point
-and backend, and the state after every rule is checked against the reference model (bnprops/judging/state_model.py).
+(fuzzing.sequence_findings); one example in ``Config.sequence_every`` runs it on the target's entry point
+and backend, and the state after every rule is checked against the reference model (judging.state_model).
 A finding is of kind "sequence" (or "known", for a recorded sequence deviation); hunted, shrunk to the
 shortest sequence, stored and replayed with it.
 

@@ -1,6 +1,6 @@
 """BatchNorm inside networks in the fuzz job: which chain an example runs, its findings, files and replay.
 
-Every fuzz example (a target and a group of cases) also draws a producer chain (bnprops/mx/producers.py,
+Every fuzz example (a target and a group of cases) also draws a producer chain (mx.producers,
 ``chains``); for one example in ``every`` (``due``) whose target an API can express (``applies``: the
 entry points nd, gluon, gluon-hybrid and sym on a CPU backend; npx has no chain API) the chain is
 built in the target's API and judged by bnprops.judging.in_network.check_chain on the target's backend, in a

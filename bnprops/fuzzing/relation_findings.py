@@ -3,7 +3,7 @@
 Every fuzz example (a target and a group of cases, judged against the oracle) also draws a relation
 and a parameter choice (``relation_draws``); for one example in ``every`` (``due``) the relation runs
 on the group's first case through the same runner, original call then transformed call
-(bnprops/judging/relations.py). The draw is part of the example, so the example database stores it and replay
+(judging.relations). The draw is part of the example, so the example database stores it and replay
 and shrinking reproduce it: a hunt for a relation finding runs the drawn relation whatever ``due``
 says, and a hunt for any other finding runs none.
 

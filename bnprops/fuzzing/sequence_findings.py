@@ -1,9 +1,9 @@
 """Training sequences in the fuzz job: which sequence an example runs, its findings, files and replay.
 
-Every fuzz example also draws a training sequence (bnprops/search/sequences.py); for one example in ``every``
+Every fuzz example also draws a training sequence (search.sequences); for one example in ``every``
 (``due``) whose target has a session (``applies``: every entry point on a CPU backend) the sequence runs
 on the target's entry point and backend (in this process on its own backend, in a worker process on
-the other: MXNet reads its kernel choice at start-up) and bnprops/judging/state_model.py checks the state after
+the other: MXNet reads its kernel choice at start-up) and judging.state_model checks the state after
 every rule.  The sequence is part of the example, so the example database stores it, and replay and
 shrinking reproduce it; Hypothesis shortens the list of rules first, so a finding settles on the
 shortest sequence that shows it.

@@ -1,9 +1,9 @@
 """What MXNet 1.9.1 returns where it is known to deviate: one model per known deviation, element by element.
 
-bnprops/judging/known_deviations.py lists the deviations (conditions, evidence, reproducers); each entry's
+judging.known_deviations lists the deviations (conditions, evidence, reproducers); each entry's
 ``predict`` is a function here that, for a case, returns ``Prediction``s: per quantity, the elements
 the deviation covers, the values MXNet returns there (NaN and inf exactly) and how far from those
-values MXNet may land (the error model's bounds around them).  bnprops/judging/judgement.py holds MXNet to
+values MXNet may land (the error model's bounds around them).  judging.judgement holds MXNet to
 the oracle outside every region and, inside one, to the oracle or the model: an element that
 matches neither "deviates, but not as recorded".
 
@@ -70,7 +70,7 @@ class Prediction:
     tolerance: np.ndarray | None
     #: Must MXNet show it, wherever ``values`` and the oracle differ beyond the oracle's bound?
     certain: bool = False
-    #: May the values there break an invariant (bnprops/judging/invariants.py): NaN from finite data,
+    #: May the values there break an invariant (judging.invariants): NaN from finite data,
     #: a negative variance?
     breaks_invariants: bool = False
 
@@ -415,7 +415,7 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
         return np.asarray(_drifting(terms, acc, case.channels) & finite)
 
     def terms() -> dict[str, np.ndarray]:
-        if fused.active(case):  # the same tests from the fused passes' sums (bnprops/judging/fused.py)
+        if fused.active(case):  # the same tests from the fused passes' sums (judging.fused)
             return {name: np.asarray(d & finite) for name, d in fused.drifts(case).items()}
         mean = statistics(case)[0]
         with np.errstate(over="ignore", invalid="ignore"):

@@ -1,7 +1,7 @@
 """The fused judging path: a large float16/float32 case judged in a few passes over its data, with the numpy
 modules (oracle, error_model, comparator) as the reference it is tested against (tests/test_fused.py).
 
-Its sums (bnprops/model/fused_sums.py) and its oracle and bounds (bnprops/model/fused_oracle.py) seed the
+Its sums (model.fused_sums) and its oracle and bounds (model.fused_oracle) seed the
 case's memo, so that every reader of the model shares them; the comparison of y and dx is one pass
 (fused_kernels.compare) that marks each element beyond either bound, so that MXNet's results are judged, and
 known deviations whose model is the oracle within its bound are too, without the oracle's arrays being written.

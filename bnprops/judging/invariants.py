@@ -24,7 +24,7 @@
     float32 data, except that MXNet's float16 kernel rounds ``var + eps`` to float16 (its own
     deviation, excused here because the call's results are then undefined); and with the kernel's
     own variance and DType(eps), which may lie anywhere within their error bounds
-    (bnprops/model/error_model.py, times its SAFETY): a channel counts only where every value within them,
+    (model.error_model, times its SAFETY): a channel counts only where every value within them,
     added in AccReal, rounds to a positive finite number (so no indeterminate channel counts).  The
     moving variance is not among these results: a correct kernel averages the variance itself, which
     is finite whatever invstd is;
@@ -41,7 +41,7 @@
   it, its dgamma and dbeta are empty sums (0), its moving statistics stay, and its mean and invstd
   (0/0) fall under (c).
 * **A gradient requested with 'null' leaves its buffer alone.**  The runners give such a target a
-  buffer wherever the entry point can (bnprops/mx/runners.py: gluon only for data, as a 'null' Parameter
+  buffer wherever the entry point can (mx.runners: gluon only for data, as a 'null' Parameter
   has no gradient buffer at all), filled with ``case.null_sentinel`` (finite values, none 0), and
   return it afterwards as ``null_dx``, ``null_dgamma`` or ``null_dbeta``; it must
   hold the sentinel bit for bit.  'null' is the promise not to write: a kernel that writes zeros, or the
@@ -53,7 +53,7 @@
   (0.0 == -0.0), and an invariant holds whatever a known deviation says about the quantity.
 
 A violation is a mismatch of kind "invariant", judged and catalogued like any other, and a known
-deviation may explain it (bnprops/judging/known_deviations.py).  Cost: one pass over each result (and over
+deviation may explain it (judging.known_deviations).  Cost: one pass over each result (and over
 each null buffer) where everything is finite; the exclusions are computed only for quantities that
 have a non-finite element, and the error bound only where one remains.
 """

@@ -83,7 +83,7 @@ class Outcome:
 
 
 def judged_outputs(case: Case, outputs: Outputs) -> Verdict:
-    """The comparison with the oracle, and the invariants (bnprops/judging/invariants.py) that hold whatever
+    """The comparison with the oracle, and the invariants (judging.invariants) that hold whatever
     the bounds say."""
     verdict = compare(case, outputs)
     broken = violations(case, outputs)

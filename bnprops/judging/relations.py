@@ -14,7 +14,7 @@ range and nothing overflows (rounding to nearest, or toward zero, commutes with 
 * ``permute-channels``: permuting the channels permutes every per-channel result;
 * ``repeat``: the same call twice gives the same bits.
 
-Where a scaling relation is not exact, bnprops/model/scaling_range.py works out from the case which of the
+Where a scaling relation is not exact, model.scaling_range works out from the case which of the
 kernel's intermediate values might leave the normal range, for the original call and for the scaled
 one, and ``parameters`` admits only the powers k for which none does; results whose own last rounding
 falls in the subnormal or overflow range are not judged, element by element (``check``). Nothing else

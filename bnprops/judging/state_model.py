@@ -1,7 +1,7 @@
 """The reference model of a BatchNorm's state over a sequence of calls, and the check after every rule.
 
 The state is what a BatchNorm carries from one call to the next: gamma, beta, the moving statistics
-and each gradient buffer (bnprops/mx/training.py reads it back as ``STATE_KEYS``).  After each rule the
+and each gradient buffer (mx.training reads it back as ``STATE_KEYS``).  After each rule the
 model says what it must hold:
 
 * a rule that computes (a training step, a forward alone, a second backward) is judged as one call

@@ -19,7 +19,7 @@ Two bounds per element, from one first-order propagation that differs only in wh
   in this bound too (the oracle's own float64 roundings are of their size); only the sums drop it.
 
 A sum whose terms are exact and share a quantum that fits the accumulation type is formed exactly
-in any order (bnprops/model/exactness.py): it contributes no summation error in either model.
+in any order (model.exactness): it contributes no summation error in either model.
 
 The terms, per channel (``u``: unit roundoff of the precision the kernels round intermediates to,
 float16's own for float16 data; ``u_acc``: MXNet's AccReal, float32 for float16 data; ``Gamma``:
@@ -30,7 +30,7 @@ the sum factor above for that sum; ``S = sqrt(var + eps)``):
 * centred values ``c = x - mean``: the mean's error ``e_mean`` shifts every one of them alike, and
   ``sum c = 0`` exactly, so in ``var = sum(c^2) / M`` it enters only as ``e_mean^2``:
   ``e_var = e_mean^2 + (2 u + u_acc + Gamma)(var + e_mean^2) + u_acc var``.
-* ``var + eps``: eps as MXNet reads it (bnprops/model/params.py) and converts it to the data type
+* ``var + eps``: eps as MXNet reads it (model.params) and converts it to the data type
   (``DType(eps)``, an exactly known error ``e_eps``); then ``rel(invstd) = 1/sqrt(1 - eta) - 1``
   with ``eta = (e_var + e_eps + u s2) / s2``, plus ``2 u`` for the square root and reciprocal (0
   where ``var + eps`` is an exact power of 4).

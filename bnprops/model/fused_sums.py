@@ -1,4 +1,4 @@
-"""The fused path's per-channel sums, and how its kernels run (bnprops/model/fused_kernels.py): in blocks of the
+"""The fused path's per-channel sums, and how its kernels run (model.fused_kernels): in blocks of the
 data, on ranges of channels shared among threads, chosen by BNPROPS_FUSED and BNPROPS_FUSED_THREADS.
 
 * **Per-channel sums** in three passes (x and dy; the centred terms; dy xhat), in blocks of the data

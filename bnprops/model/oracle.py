@@ -50,7 +50,7 @@ def momentum_as_applied(case: Case) -> tuple[float, float]:
     """The two update coefficients, ``momentum`` and ``1 - momentum``, as MXNet applies them.
 
     BatchNormParam declares momentum as a C++ float, read from its string by dmlc's ParseFloat
-    (bnprops/model/params.py: not always the correctly rounded float32, e.g. one ulp above
+    (model.params: not always the correctly rounded float32, e.g. one ulp above
     4.740775480516213e-11), and forms ``1 - momentum`` from that value in the accumulation type.
     Probed on float64 data: this model matches MXNet's moving statistics to the last bits.
     """
@@ -59,7 +59,7 @@ def momentum_as_applied(case: Case) -> tuple[float, float]:
 
 
 def eps_as_applied(case: Case) -> float:
-    """eps as MXNet reads it: a C++ double parsed by dmlc's ParseFloat from ``str(eps)`` (bnprops/model/params.py)."""
+    """eps as MXNet reads it: a C++ double parsed by dmlc's ParseFloat from ``str(eps)`` (model.params)."""
     return case.memo("eps", lambda: parsed(case.eps, "float64"))
 
 
@@ -69,7 +69,7 @@ def reference(case: Case) -> Outputs:
     A gradient requested with 'null' is absent; one requested with 'add' is its prior plus the
     gradient (see fresh_reference for the gradient alone).
     """
-    seeded = memoized(case, "reference")  # the same values from a faster path (bnprops/judging/fused.py)
+    seeded = memoized(case, "reference")  # the same values from a faster path (judging.fused)
     return forked(seeded) if seeded is not None else requested(case, fresh_reference(case))
 
 
@@ -131,7 +131,7 @@ def per_channel_outputs(
     # fix_gamma: gamma is the constant 1, so it has no gradient at all.
     dgamma = np.zeros(case.channels) if case.fix_gamma else sum_dy_xhat
     mom, rest = momentum_as_applied(case)
-    # An empty batch has nothing to average: bnprops's contract is no update (bnprops/judging/invariants.py).
+    # An empty batch has nothing to average: bnprops's contract is no update (judging.invariants).
     with np.errstate(invalid="ignore", over="ignore"):
         if case.uses_batch_stats and m > 0:
             moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean

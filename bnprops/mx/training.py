@@ -14,8 +14,8 @@ scalar w = 1 (exact: y * 1 = y) and differentiate that, as such a network would.
 statistics and each gradient buffer.
 
 The session classes use ``mx`` and ``np`` only, so that a failing sequence's replay script
-(bnprops/judging/state_model.py, ``replay_script``) embeds their source as it is and runs alone.
-bnprops/judging/state_model.py says what the state must hold after each rule.
+(judging.state_model, ``replay_script``) embeds their source as it is and runs alone.
+judging.state_model says what the state must hold after each rule.
 """
 
 from __future__ import annotations
