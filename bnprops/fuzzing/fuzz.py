@@ -51,7 +51,7 @@ from bnprops.search.sequences import Sequence
 DEFAULT_CHUNK_SIZE = 100
 #: A shrink under way when the time is up may go on this long (seconds) before its best case is kept.
 SHRINK_GRACE_S = 30.0
-#: Cases per example at most: same-signature cases share one stacked MXNet call (see bench.py).
+#: Cases per example at most: same-signature cases share one stacked MXNet call (see commands.bench).
 GROUP_SIZE = 32
 #: Cases per worker kept for the error plot (a uniform sample of all cases run).
 PLOT_SAMPLE = 50_000

@@ -35,7 +35,7 @@ from bnprops.mx.runners import Runner
 
 #: One example in this many runs its chain while exploring (bnprops fuzz --networks). A chain costs about
 #: 15-30 ms (built, trained and captured in the worker process, then the plain call and the oracle), a
-#: few small examples' worth; README "BatchNorm inside networks" has the measured cost.
+#: few small examples' worth; the documentation's networks page has the measured cost.
 NETWORK_EVERY = 8
 #: The backends a chain runs on (in_network.NetworkWorker): the CPU kernels.
 CHAIN_BACKENDS = ("onednn", "native")

@@ -33,7 +33,7 @@ RELATION_EVERY = 2
 #: A large case's check costs half its judgement (two more calls at that size, and the analysis runs
 #: over every element): large cases run one a quarter as often, so that they do not dominate the cost.
 LARGE_FACTOR = 4
-#: Parameter choices, as tests/test_relations.py draws them: an index into the relation's admissible ones.
+#: Parameter choices, as the relation properties draw them: an index into the relation's admissible ones.
 CHOICES = st.integers(0, 2**16)
 #: What a relation check came to; counted per relation in the report.
 RESULTS = ("held", "broken", "no instance", "error")

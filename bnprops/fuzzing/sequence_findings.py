@@ -32,7 +32,7 @@ from bnprops.mx.runners import IN_PROCESS_BACKEND
 from bnprops.search.sequences import ENTRIES, Sequence, SequenceRun, resolve, run_sequence, sequences
 
 #: One example in this many runs its sequence while exploring (bnprops fuzz --sequences). A sequence of up to
-#: MAX_RULES rules costs about 20 ms in this process (README "Training sequences" has the measured cost).
+#: MAX_RULES rules costs about 20 ms in this process (measured: the documentation's sequences page).
 SEQUENCE_EVERY = 8
 MAX_RULES = 8
 #: Every sequence signature has this value regime.

@@ -1,5 +1,5 @@
 """The fused judging path: a large float16/float32 case judged in a few passes over its data, with the numpy
-modules (oracle, error_model, comparator) as the reference it is tested against (tests/test_fused.py).
+modules (oracle, error_model, comparator) as the reference it is tested against (test_fused).
 
 Its sums (model.fused_sums) and its oracle and bounds (model.fused_oracle) seed the
 case's memo, so that every reader of the model shares them; the comparison of y and dx is one pass

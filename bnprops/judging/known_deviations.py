@@ -10,7 +10,7 @@ oracle is at fault (evidence), and a minimal case that shows it (``reproducer``)
 * where a deviation is *certain* and its model differs from the oracle, MXNet must match the
   model somewhere, or the run reports the entry as stale (MXNet was fixed, or the model is wrong);
 * outside every region, the oracle alone judges;
-* tests/test_known_deviations.py runs every reproducer, which must match its model, and plants a
+* the tests (test_known_deviations) run every reproducer, which must match its model, and plants a
   fault inside each region, which must be caught.
 """
 
@@ -87,7 +87,7 @@ def _minimal(values: list[float], dtype: str, **params: object) -> Case:
 
 
 def empty_batch(dtype: str, *, channels: int = 2, **params: object) -> Case:
-    """A case whose batch is empty (shape (0, channels)): the reproducer here, and tests/test_bad_input.py."""
+    """A case whose batch is empty (shape (0, channels)): the reproducer here, and test_bad_input's."""
     pdt = param_dtype(dtype)
     x = np.zeros((0, channels), dtype=dtype)
     return Case(

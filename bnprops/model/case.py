@@ -355,5 +355,5 @@ def memoized(case: Case, key: str) -> Any:
 
 
 def seed(case: Case, key: str, value: Any) -> None:
-    """Give case.memo ``key`` a value computed another way (the same value: a faster path's, judging/fused.py)."""
+    """Give case.memo ``key`` a value computed another way (the same value: a faster path's, judging.fused)."""
     case.__dict__.setdefault("_memo", {})[key] = value

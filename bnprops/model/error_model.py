@@ -247,7 +247,7 @@ def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.
     the partial sums S_k of the sequential order in memory, which MXNet's CPU kernels use (their mean is
     np.cumsum's, bit for bit), as a factor on sum|terms|.  Pairwise and blocked orders have smaller partial
     sums (for terms of one sign ~M^2 against M^3/3; for random signs M log M against M^2/2), so it covers
-    them too; tests/test_error_model_soundness.py checks it with emulations of each.  For sums that cancel
+    them too; test_error_model_soundness checks it with emulations of each.  For sums that cancel
     (random head gradients) it is ~sqrt(M) sharper than sum_factor's ``lambda sqrt(M) u``, which takes every
     partial sum as large as sum|t|.  Never above the deterministic factor."""
     with np.errstate(over="ignore", invalid="ignore"):

@@ -1,8 +1,8 @@
 """The closed-form float64 BatchNorm that every MXNet result is checked against.
 
-It follows ../shared/spec/mxnet-batchnorm-semantics.md, each point of which was confirmed against
-MXNet 1.9.1's source and by runs (see tests/test_oracle.py for the evidence the oracle must keep
-passing: finite differences, identities and the forum thread's numbers).
+It follows the specification of MXNet's BatchNorm semantics that came with the forum thread, each point
+of which was confirmed against MXNet 1.9.1's source and by runs (test_oracle holds the evidence the
+oracle must keep passing: finite differences, identities and the forum thread's numbers).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class Releases:
     """The MXNet releases a deviation holds in: ``since`` (inclusive) up to ``fixed`` (exclusive); None: open.
 
     ``probed`` is what ``bnprops versions`` measured: (release, reproduced) per release its reproducer ran
-    in. The range must agree with every probe (tests/test_versions.py checks it), so a scope is never
+    in. The range must agree with every probe (test_versions checks it), so a scope is never
     assumed from the changelog alone.
     """
 

@@ -4,7 +4,7 @@
 the parameters, the gradient requests and buffers, then the call through the entry point's own API
 (symbolic executor, autograd on nd or np arrays, a gluon layer), leaving MXNet's results in
 ``actual``.  It needs mxnet and numpy only; every reproducer (fuzzing.reproducer,
-relation_reproducer.py, explanation.py) and every failure message builds on it.
+fuzzing.relation_reproducer, commands.explanation) and every failure message builds on it.
 """
 
 from __future__ import annotations
