@@ -66,16 +66,24 @@ def package_modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
+def docstring_of(node: ast.AST) -> tuple[int, int, str] | None:
+    """(first line, last line, text) of a module's, class's or function's docstring, or None."""
+    if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) or not node.body:
+        return None
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.lineno, first.end_lineno or first.lineno, first.value.value
+    return None
+
+
 def docstrings_and_comments(path: Path) -> list[tuple[int, str]]:
     """(line, text) of every docstring (module, class, function) and every comment in a source file."""
     source = path.read_text()
     found = []
     for node in ast.walk(ast.parse(source, filename=str(path))):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            first = node.body[0] if node.body else None
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                if isinstance(first.value.value, str):
-                    found.append((first.lineno, first.value.value))
+        docstring = docstring_of(node)
+        if docstring is not None:
+            found.append((docstring[0], docstring[2]))
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
             found.append((token.start[0], token.string))
@@ -116,12 +124,9 @@ def test_every_local_link_and_anchor_in_the_documentation_resolves(page: Path) -
 
 @pytest.mark.parametrize("module", package_modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_module_docstring_is_longer_than_15_lines(module: Path) -> None:
-    tree = ast.parse(module.read_text(), filename=str(module))
-    first = tree.body[0] if tree.body else None
-    assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant), "the module has no docstring"
-    assert isinstance(first.value.value, str), "the module has no docstring"
-    assert first.end_lineno is not None
-    lines = first.end_lineno - first.lineno + 1
+    docstring = docstring_of(ast.parse(module.read_text(), filename=str(module)))
+    assert docstring is not None, "the module has no docstring"
+    lines = docstring[1] - docstring[0] + 1
     assert lines <= MAX_MODULE_DOCSTRING_LINES, (
         f"the module docstring is {lines} lines: say why in a few, and move the explanation to a docs/ page"
     )
@@ -139,7 +144,9 @@ def test_no_docstring_or_comment_in_the_package_names_a_source_file_by_path() ->
 
 def test_the_path_check_catches_a_path_in_a_comment_and_in_a_docstring(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
-    source.write_text('"""See bnprops/judging/invariants.py."""\n\nx = "tests/test_x.py"  # tests/test_fuzz.py checks it\n')
+    source.write_text(
+        '"""See bnprops/judging/invariants.py."""\n\nx = "tests/test_x.py"  # tests/test_fuzz.py checks it\n'
+    )
     texts = [text for _, text in docstrings_and_comments(source)]
     assert [SOURCE_PATH.findall(text) for text in texts] == [["bnprops/judging/invariants.py"], ["tests/test_fuzz.py"]]
 
