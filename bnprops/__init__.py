@@ -2,7 +2,7 @@
 
 Data flows one way: strategies -> Case -> runners and oracle -> comparator -> Verdict -> report.
 
-``bnprops.explain(...)`` answers "why do my BatchNorm numbers differ from MXNet's?" (bnprops/commands/explanation.py;
+``bnprops.explain(...)`` answers "why do my BatchNorm numbers differ from MXNet's?" (commands.explanation;
 imported on first use, so that ``import bnprops`` stays light).
 """
 

@@ -33,7 +33,7 @@ def test_the_package_passes_static_checks(command: tuple[str, ...]) -> None:
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
 
 
-# The subpackages, bottom up: a module imports from its own layer and the ones before it (README: How the pieces fit).
+# The subpackages, bottom up: a module imports from its own layer and the ones before it (docs: architecture).
 LAYERS = ("base", "model", "mx", "judging", "search", "fuzzing", "commands")
 PACKAGE = ROOT / "bnprops"
 

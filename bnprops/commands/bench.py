@@ -151,7 +151,7 @@ DECADE_SHAPES: dict[int, tuple[int, ...]] = {
 }
 
 
-#: The judging paths timed side by side: numpy's reference, and the fused numba path (bnprops/judging/fused.py)
+#: The judging paths timed side by side: numpy's reference, and the fused numba path (judging.fused)
 #: on every core (its default, as MXNet's OpenMP) and on one (a fuzz worker's share when two run).
 PATHS = ("reference", "fused", "fused-1t")
 _MODES = {"reference": ("never", None), "fused": ("always", None), "fused-1t": ("always", 1)}

@@ -3,7 +3,7 @@
 An ``Assumption`` is the set of semantics a user's numbers were computed under: which gamma, which eps,
 which variance, which statistics, how the moving statistics update, what the head gradient is.  The
 call's own semantics (what the oracle models) is ``base(call)``; each ``Variant`` changes one of them
-the way users get it wrong (the forum thread in ../shared/seed/ needs two: fix_gamma's default and
+the way users get it wrong (the forum thread bnprops grew from needs two: fix_gamma's default and
 eps's).  ``evaluate`` computes every quantity under an assumption in float64, so that bnprops.commands.explanation
 can search for the combination that reproduces a user's numbers.
 """

@@ -1,25 +1,16 @@
 """How sharp the error bounds are on real MXNet, and how well they catch a 0.5% error (``bnprops tightness``).
 
-Two measurements, per decade of the reduction length M (elements per channel: decade d holds
-``10^d <= M < 10^(d+1)``; decade 6 stops at MAX_ELEMENTS, ``10^6 <= M <= 2 10^6``):
+A sharp bound puts real errors at a good fraction of it (the goals: a median of at least
+GOALS[regime]); a loose one lets real bugs through.  Two measurements, per decade of M:
 
-* **tightness** (measure): seeded cases of conv-like (N, C, H, W) or dense (N, C) shape with 1-4
-  channels, drawn by the strategies' own value generators (ordinary data with random heads, and
-  the exact regime), run through MXNet and judged by the comparator.  Per quantity, the largest
-  error / bound over the case, against both bounds of the error model (deterministic: the verdict's
-  ``ratios``; probabilistic: its ``sharp_ratios``), over the cases where MXNet's result is not the
-  oracle's to the last bit.  A bound that is sharp puts real errors at a good fraction of it (the
-  goals: a median of at least GOALS[regime]); one that is loose lets real bugs through.  Also the
-  wall time per case: MXNet's runner against the oracle, the bounds and the comparison.
-* **detection**: the share of *well-conditioned* cases (for the quantity, the sum of |terms| is at
-  most CONDITION_LIMIT times |sum|, at the element with the largest |value|) in which a planted
-  0.5% error is flagged, as a mismatch of any kind ("accuracy" included).  The subject is the
-  oracle itself rounded to the output dtypes, with the quantity scaled by 1.005: what a kernel
-  that is right but for that one error would return.  No MXNet needed.  Heads are drawn as
-  ``dy = a xhat + b + noise`` so that dbeta = sum dy and dgamma = sum dy xhat do not cancel.
+* **tightness** (measure): seeded conv-like and dense cases run through MXNet and judged by the
+  comparator; per quantity the largest error / bound against both bounds (the verdict's ``ratios``
+  and ``sharp_ratios``), and the time per case of MXNet against the judging;
+* **detection**: the share of well-conditioned cases (CONDITION_LIMIT) in which the oracle, with one
+  quantity scaled by 1.005, is flagged.  No MXNet needed.
 
-Cases are built from numpy generators seeded by (seed, regime, dtype, decade, index): a cell's
-cases are the same whichever other cells run.
+Cases come from numpy generators seeded by (seed, regime, dtype, decade, index), so a cell's cases are
+the same whichever other cells run.  The measured numbers are in the documentation's tightness page.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``bnprops versions``: which deviations are in which MXNet release, as a matrix of deviation x release.
 
-Per release (bnprops/mx/releases.py makes its environment), two processes run there with this source tree:
-the recorded deviations' reproducers (bnprops/judging/release_probe.py: present / absent / not applicable) and a
+Per release (mx.releases makes its environment), two processes run there with this source tree:
+the recorded deviations' reproducers (judging.release_probe: present / absent / not applicable) and a
 fuzz campaign of the given budget (``python -m bnprops fuzz``, the same catalogue as ever, so every
 distinct deviation is found, not only the first).  The matrix has a row per recorded deviation and per
 new finding (grouped by kind and quantity across releases; each release's own reproducers are in its

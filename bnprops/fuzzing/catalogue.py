@@ -21,13 +21,13 @@ from bnprops.model.case import Case
 from bnprops.model.oracle import statistics
 
 #: Kinds of finding. "known" matches the model of a deviation in
-#: bnprops/judging/known_deviations.py; the others are new.
-#: "accuracy": beyond the probabilistic error bound, within the deterministic one (bnprops/model/error_model.py).
+#: judging.known_deviations; the others are new.
+#: "accuracy": beyond the probabilistic error bound, within the deterministic one (model.error_model).
 #: "unrecorded": inside a known deviation's region, but neither the oracle's values nor the deviation's model.
-#: "relation": an exact metamorphic relation broken (bnprops/judging/relations.py); the quantity says which and where.
-#: "network": BatchNorm inside a producer chain (bnprops/fuzzing/network_findings.py); the quantity says how it failed
+#: "relation": an exact metamorphic relation broken (judging.relations); the quantity says which and where.
+#: "network": BatchNorm inside a producer chain (fuzzing.network_findings); the quantity says how it failed
 #: ("differs:dx", "oracle:dgamma", "raises:MXNetError", "crashes") and the flags name the chain's steps.
-#: "sequence": a training sequence left the reference model of the state (bnprops/fuzzing/sequence_findings.py); the
+#: "sequence": a training sequence left the reference model of the state (fuzzing.sequence_findings); the
 #: quantity names the rule where it did and what broke ("backward_again:moving_mean").
 MISMATCH, ACCURACY, STALE, ERROR, KNOWN = "mismatch", "accuracy", "stale", "error", "known"
 UNRECORDED = "unrecorded"

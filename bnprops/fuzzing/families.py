@@ -3,7 +3,7 @@
 Every example is a group of cases (judged against the oracle, ``Cases``) plus one draw per side family:
 an exact relation on its first case, a producer chain (BatchNorm inside a network), a training
 sequence. A side family runs on one example in N (``due``), and its findings are hunted, shrunk and
-settled like the cases' own; the worker (bnprops/fuzzing/exploring.py) treats them all alike.
+settled like the cases' own; the worker (fuzzing.exploring) treats them all alike.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Cases:
 
 
 class Relations:
-    """An exact relation on the example's first case (bnprops/fuzzing/relation_findings.py)."""
+    """An exact relation on the example's first case (fuzzing.relation_findings)."""
 
     kind = RELATION
 
@@ -126,7 +126,7 @@ class Relations:
 
 
 class Networks:
-    """The example's producer chain, BatchNorm judged inside it (bnprops/fuzzing/network_findings.py)."""
+    """The example's producer chain, BatchNorm judged inside it (fuzzing.network_findings)."""
 
     kind = NETWORK
 
@@ -164,7 +164,7 @@ class Networks:
 
 
 class Sequences:
-    """The example's training sequence on one BatchNorm (bnprops/fuzzing/sequence_findings.py)."""
+    """The example's training sequence on one BatchNorm (fuzzing.sequence_findings)."""
 
     kind = SEQUENCE
 

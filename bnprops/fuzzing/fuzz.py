@@ -1,49 +1,16 @@
 """Fuzz campaigns: the property checks run for a budget of cases or seconds, with failures catalogued.
 
-This module holds what a campaign is (Config, chunks, shards, targets, the database index); a worker's run is in
-bnprops/fuzzing/workers.py, what it does with each example in exploring.py and families.py.
+This module holds what a campaign is (Config, chunks, shards, targets, the database index); a worker's
+run is in ``workers``, what it does with each example in ``exploring`` and ``families``.
 
-A campaign draws ``(target, case)`` pairs, where the target is an (entry point, backend) pair and
-the case comes from the very strategy the properties use (bnprops.search.strategies.cases), runs each
-through checks.check (runner, oracle, comparator and known deviations: the same judgement as
-``pytest -m property``), and classifies every failure by signature (bnprops.fuzzing.catalogue).
-
-The search runs as a sequence of *chunks*, each one ``hypothesis.find`` call of at most
-``chunk_size`` cases with its own seed.  Inside a chunk, the first case with a signature the run
-has not seen makes ``find`` succeed, and Hypothesis shrinks it under the condition "still shows
-this signature"; the minimal case goes into the catalogue and the next chunk starts.  Cases with
-signatures already catalogued are only counted.
-
-Sharding: chunk ``g`` of the infinite chunk sequence has seed ``sha256(seed, g)``; shard ``I`` of
-``N`` runs the chunks ``g = I, I + N, I + 2N, ...`` (0-based ``I``), and its ``K`` workers deal
-those out in turn.  So shards and workers never run the same chunk, and together N shards run
-exactly the chunks one unsharded run would have run.  Distinct chunks draw distinct cases, with one
-exception: Hypothesis starts every run with its simplest cases (shape (1,), seed 0, ...), so a few
-of those recur in every chunk (about 1 in 100 cases).  A worker judges each case once and skips its
-repeats (WorkerResult.repeats); across shards and workers such a simplest case may be judged once
-each.  An exact partition (each shard judging only the cases whose hash it owns) would cost N
-generated cases per judged one, and generation costs about as much as judging.
-
-Exact relations: every example also draws a relation and a parameter choice
-(bnprops/fuzzing/relation_findings.py); one example in ``Config.relation_every`` runs that relation on its first
-case through the same runner, and a broken relation is a finding of kind "relation" like any other
-(hunted, shrunk, stored and replayed with its draw, which is part of the example).
-
-BatchNorm inside networks: every example also draws a producer chain (bnprops/fuzzing/network_findings.py); one
-example in ``Config.network_every`` whose target a chain's API can express (nd, gluon, gluon-hybrid, sym on
-a CPU backend) builds it in that API and judges it in context (bnprops/judging/in_network.py, in a worker process a
-crash cannot take down). A finding is of kind "network" (or "known", for a recorded network deviation),
-with the chain's steps in its signature; it is hunted, shrunk, stored and replayed with its chain.
-
-Training sequences: every example also draws a sequence of rules on one BatchNorm
-(bnprops/fuzzing/sequence_findings.py); one example in ``Config.sequence_every`` runs it on the target's entry point
-and backend, and the state after every rule is checked against the reference model (bnprops/judging/state_model.py).
-A finding is of kind "sequence" (or "known", for a recorded sequence deviation); hunted, shrunk to the
-shortest sequence, stored and replayed with it.
-
-The Hypothesis example database lives in ``OUT/db``: each new signature's minimal example is kept
-under a key of its own (Signature.key), and ``OUT/db-index.json`` lists those signatures, so the
-next run replays them first and says whether each still fails.
+A campaign judges cases from the properties' own strategy with ``checks.check``, the judgement of
+``pytest -m property``, so the fuzz job and the tests agree.  It runs seeded *chunks* (one
+``hypothesis.find`` each) that stop at the first signature not seen yet and shrink it; shard I of N
+runs chunks I, I + N, ..., so shards and workers never repeat a chunk and together run what one
+unsharded run would.  Every example also draws an exact relation, a producer chain and a training
+sequence, run on one example in ``relation_every``, ``network_every`` and ``sequence_every``.  Each
+new signature's minimal example is kept in ``OUT/db`` and replayed first by the next run.  The
+details are in the documentation's page on the fuzz job.
 """
 
 from __future__ import annotations
@@ -84,7 +51,7 @@ from bnprops.search.sequences import Sequence
 DEFAULT_CHUNK_SIZE = 100
 #: A shrink under way when the time is up may go on this long (seconds) before its best case is kept.
 SHRINK_GRACE_S = 30.0
-#: Cases per example at most: same-signature cases share one stacked MXNet call (see bench.py).
+#: Cases per example at most: same-signature cases share one stacked MXNet call (see commands.bench).
 GROUP_SIZE = 32
 #: Cases per worker kept for the error plot (a uniform sample of all cases run).
 PLOT_SAMPLE = 50_000

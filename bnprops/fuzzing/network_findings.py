@@ -1,23 +1,15 @@
 """BatchNorm inside networks in the fuzz job: which chain an example runs, its findings, files and replay.
 
-Every fuzz example (a target and a group of cases) also draws a producer chain (bnprops/mx/producers.py,
-``chains``); for one example in ``every`` (``due``) whose target an API can express (``applies``: the
-entry points nd, gluon, gluon-hybrid and sym on a CPU backend; npx has no chain API) the chain is
-built in the target's API and judged by bnprops.judging.in_network.check_chain on the target's backend, in a
-throwaway worker process (``isolate=True``: a crash is a finding, and a fresh process runs the next
-chain), with the fuzz job's own runner for the plain call. The chain is part of the example, so the
-example database stores it, and replay and shrinking reproduce it: a hunt for a network finding runs
-the drawn chain whatever ``due`` says, and a hunt for any other finding runs none.
+Every fuzz example also draws a producer chain (``producers.chains``); for one example in ``every``
+(``due``) whose target an API can express (``applies``: nd, gluon, gluon-hybrid and sym on a CPU
+backend) it is built in that API and judged by ``in_network.check_chain`` in a throwaway worker
+process, so that a crash is a finding rather than the end of the campaign.  The chain is part of the
+example, so the database stores it and replay and shrinking reproduce it.
 
-Findings have the kind "network" (catalogue.NETWORK); the quantity is the in_network finding kind and
-what it concerns ("differs:dx", "oracle:dgamma", "raises:MXNetError", "plain-raises:ValueError",
-"crashes"), and the chain's op sequence (producers.chain_step_names) is a flag, so that distinct chains
-are distinct entries. A finding that a recorded network deviation explains
-(known_deviations.NETWORK_DEVIATIONS) is kind "known", with the deviation's id: it matches the recorded
-deviation. A catalogue entry keeps the chain as it ran (Entry.network, JSON); its case is the plain call
-BatchNorm made inside the network (``call_of``). ``finding_json`` writes the chain into
-``findings/ID.json``, ``script`` is its standalone reproducer (the chain's snippet: mxnet and numpy
-only), and ``replay`` is what ``bnprops repro`` does with such a file.
+Findings have the kind "network": the quantity says what failed ("differs:dx", "raises:MXNetError",
+"crashes", ...) and the chain's op sequence is a flag, so distinct chains are distinct entries; one
+that a recorded network deviation explains is "known".  ``finding_json`` and ``script`` write its
+files, and ``replay`` is what ``bnprops repro`` does with them.
 """
 
 from __future__ import annotations
@@ -43,7 +35,7 @@ from bnprops.mx.runners import Runner
 
 #: One example in this many runs its chain while exploring (bnprops fuzz --networks). A chain costs about
 #: 15-30 ms (built, trained and captured in the worker process, then the plain call and the oracle), a
-#: few small examples' worth; README "BatchNorm inside networks" has the measured cost.
+#: few small examples' worth; the documentation's networks page has the measured cost.
 NETWORK_EVERY = 8
 #: The backends a chain runs on (in_network.NetworkWorker): the CPU kernels.
 CHAIN_BACKENDS = ("onednn", "native")

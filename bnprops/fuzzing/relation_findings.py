@@ -3,7 +3,7 @@
 Every fuzz example (a target and a group of cases, judged against the oracle) also draws a relation
 and a parameter choice (``relation_draws``); for one example in ``every`` (``due``) the relation runs
 on the group's first case through the same runner, original call then transformed call
-(bnprops/judging/relations.py). The draw is part of the example, so the example database stores it and replay
+(judging.relations). The draw is part of the example, so the example database stores it and replay
 and shrinking reproduce it: a hunt for a relation finding runs the drawn relation whatever ``due``
 says, and a hunt for any other finding runs none.
 
@@ -33,7 +33,7 @@ RELATION_EVERY = 2
 #: A large case's check costs half its judgement (two more calls at that size, and the analysis runs
 #: over every element): large cases run one a quarter as often, so that they do not dominate the cost.
 LARGE_FACTOR = 4
-#: Parameter choices, as tests/test_relations.py draws them: an index into the relation's admissible ones.
+#: Parameter choices, as the relation properties draw them: an index into the relation's admissible ones.
 CHOICES = st.integers(0, 2**16)
 #: What a relation check came to; counted per relation in the report.
 RESULTS = ("held", "broken", "no instance", "error")

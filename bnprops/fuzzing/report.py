@@ -125,7 +125,7 @@ class Report:
 
 #: A known deviation whose smallest example has more elements than this gets no files of its own: its
 #: arrays would make reproducers of hundreds of MB, and the deviation's minimal reproducer
-#: (bnprops/judging/known_deviations.py) shows it already.  New findings always get theirs (shrunk, they are small).
+#: (judging.known_deviations) shows it already.  New findings always get theirs (shrunk, they are small).
 LARGE_EXAMPLE = 100_000
 
 
@@ -231,7 +231,7 @@ def _add_worst(into: dict[tuple[str, str], dict[str, Any]], rows: Iterable[dict[
 # Writing.
 def _finding_files(e: Entry) -> tuple[str, str]:
     """findings/ID.json and ID.py; a broken relation's reproducer runs both calls
-    (bnprops/fuzzing/relation_reproducer.py)."""
+    (fuzzing.relation_reproducer)."""
     if e.signature.kind == RELATION:
         return relation_findings.finding_json(e, finding_json(e)), relation_reproducer.script(e)
     if e.network is not None:  # a network finding or a recorded network deviation: the chain's own script
@@ -364,7 +364,7 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         parameters={
             "merged": len(reports),
             "sources": list(sources),
-            # Which MXNet and oneDNN ran (bnprops/fuzzing/campaign.py): one value, or every distinct one.
+            # Which MXNet and oneDNN ran (fuzzing.campaign): one value, or every distinct one.
             **{
                 key: ", ".join(sorted({str(r.parameters[key]) for r in reports if key in r.parameters}))
                 for key in ("mxnet_version", "onednn_version")
@@ -415,7 +415,7 @@ def _first_layer(report: Report, found: Sequence[Cause], change: Changes | None,
 
 
 def _software_line(parameters: dict[str, Any]) -> list[str]:
-    """Which MXNet and oneDNN ran (bnprops/fuzzing/campaign.py records them): the same code deviates in one release
+    """Which MXNet and oneDNN ran (fuzzing.campaign records them): the same code deviates in one release
     and not in another."""
     if "mxnet_version" not in parameters:
         return []

@@ -1,20 +1,14 @@
 """Training sequences in the fuzz job: which sequence an example runs, its findings, files and replay.
 
-Every fuzz example also draws a training sequence (bnprops/search/sequences.py); for one example in ``every``
-(``due``) whose target has a session (``applies``: every entry point on a CPU backend) the sequence runs
-on the target's entry point and backend (in this process on its own backend, in a worker process on
-the other: MXNet reads its kernel choice at start-up) and bnprops/judging/state_model.py checks the state after
-every rule.  The sequence is part of the example, so the example database stores it, and replay and
-shrinking reproduce it; Hypothesis shortens the list of rules first, so a finding settles on the
-shortest sequence that shows it.
+Every fuzz example also draws a training sequence (``search.sequences``); for one example in ``every``
+(``due``) whose target has a session (``applies``) it runs on the target's entry point and backend (the
+other backend's in a worker process: MXNet reads its kernel choice at start-up), and
+``judging.state_model`` checks the state after every rule.  The sequence is part of the example, so
+Hypothesis shrinks the list of rules first and a finding settles on the shortest sequence.
 
-A finding's signature is kind "sequence" with the quantity ``RULE:WHAT`` (the rule where the state
-left the model, and what broke: ``backward_again:moving_mean``, ``train_step:dgamma``,
-``update:raises:MXNetError``); the same fault reached through different longer sequences is one
-finding, and its entry keeps the shortest sequence seen (Entry.sequence), which the report names.
-A rule where a recorded sequence deviation's model held (known_deviations.SEQUENCE_DEVIATIONS) is a
-"known" signature with the deviation's id.  ``script`` is the standalone replay (mxnet and numpy
-only) that state_model.replay_script writes.
+A finding's quantity is ``RULE:WHAT`` (``backward_again:moving_mean``): the same fault reached through
+longer sequences is one finding, its entry keeping the shortest (Entry.sequence).  A rule where a
+recorded sequence deviation's model held is "known".  ``script`` is the standalone replay.
 """
 
 from __future__ import annotations
@@ -38,7 +32,7 @@ from bnprops.mx.runners import IN_PROCESS_BACKEND
 from bnprops.search.sequences import ENTRIES, Sequence, SequenceRun, resolve, run_sequence, sequences
 
 #: One example in this many runs its sequence while exploring (bnprops fuzz --sequences). A sequence of up to
-#: MAX_RULES rules costs about 20 ms in this process (README "Training sequences" has the measured cost).
+#: MAX_RULES rules costs about 20 ms in this process (measured: the documentation's sequences page).
 SEQUENCE_EVERY = 8
 MAX_RULES = 8
 #: Every sequence signature has this value regime.

@@ -2,9 +2,9 @@
 
 Layer one (also ``summary.md``, which the nightly workflow puts in the GitHub step summary) fits on
 one screen: the verdict, cases and rate, what changed since the baseline, and one row per cause
-(bnprops/fuzzing/causes.py) with where it showed, its smallest example and its reproducer.  Layer two gives
+(fuzzing.causes) with where it showed, its smallest example and its reproducer.  Layer two gives
 each new cause its smallest example's detail.  Everything per signature is the appendix
-(bnprops/fuzzing/report.py).
+(fuzzing.report).
 """
 
 from __future__ import annotations

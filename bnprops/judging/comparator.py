@@ -26,7 +26,7 @@ class Mismatch:
     """The worst disagreement in one quantity."""
 
     quantity: str
-    #: "value", "accuracy", "nonfinite", "invariant" (bnprops/judging/invariants.py), "unrecorded" (in a known
+    #: "value", "accuracy", "nonfinite", "invariant" (judging.invariants), "unrecorded" (in a known
     #: deviation's region, neither the oracle's value nor its model's), "shape" or "missing".
     kind: str
     count: int  # elements that disagree

@@ -1,18 +1,15 @@
 """What MXNet 1.9.1 returns where it is known to deviate: one model per known deviation, element by element.
 
-bnprops/judging/known_deviations.py lists the deviations (conditions, evidence, reproducers); each entry's
-``predict`` is a function here that, for a case, returns ``Prediction``s: per quantity, the elements
-the deviation covers, the values MXNet returns there (NaN and inf exactly) and how far from those
-values MXNet may land (the error model's bounds around them).  bnprops/judging/judgement.py holds MXNet to
-the oracle outside every region and, inside one, to the oracle or the model: an element that
-matches neither "deviates, but not as recorded".
+Knowing that MXNet deviates is not enough: a second bug inside the deviation's region would hide.  So
+each ``known_deviations`` entry's ``predict`` is a function here returning ``Prediction``s: per
+quantity, the elements covered, MXNet's values there (NaN and inf exactly) and how far from them it
+may land.  The judgement holds MXNet to the oracle or the model there; an element that matches
+neither "deviates, but not as recorded".
 
-Most models are the operator computed as MXNet's CPU kernel computes it (``kernel_form``, the order
-of batch_norm.cc in float64) from the one intermediate the deviation changes: invstd from a
-float16-rounded var + eps, from an eps flushed to 0, or the guard's 0; the sum (x - mean) dy with
-float16 products that overflowed.  IEEE arithmetic in the kernel's order puts NaN and inf where the
-kernel does.  Where the deviation is a loss of accuracy rather than another formula (the sequential
-sums), the model is the oracle within the deterministic bound, in the channels it reaches.
+Most models are the operator computed as MXNet's CPU kernel computes it (``kernel_form``, in float64)
+from the one intermediate the deviation changes; IEEE arithmetic in the kernel's order puts NaN and
+inf where the kernel does.  A loss of accuracy (the sequential sums) is modelled as the oracle within
+the deterministic bound, in the channels it reaches.
 """
 
 from __future__ import annotations
@@ -90,7 +87,7 @@ class Prediction:
     tolerance: np.ndarray | None
     #: Must MXNet show it, wherever ``values`` and the oracle differ beyond the oracle's bound?
     certain: bool = False
-    #: May the values there break an invariant (bnprops/judging/invariants.py): NaN from finite data,
+    #: May the values there break an invariant (judging.invariants): NaN from finite data,
     #: a negative variance?
     breaks_invariants: bool = False
 

@@ -1,6 +1,6 @@
 """BatchNorm judged in context: the in-network results against the same call on a plain copy of its input.
 
-A chain (bnprops.mx.producers.Chain) runs in MXNet (bnprops/mx/network_kernel.py) and yields BatchNorm's
+A chain (bnprops.mx.producers.Chain) runs in MXNet (mx.network_kernel) and yields BatchNorm's
 results inside the network together with the input x and head gradient dy it received. Those make a
 Case; the existing runner for the chain's API (bnprops.mx.backends.runner_for) makes the plain call,
 which the oracle judges as always (bnprops.judging.checks.check), and the in-network results must equal the
@@ -49,7 +49,7 @@ START_TIMEOUT_S = 180.0
 
 
 def known_deviation(finding: Finding) -> NetworkDeviation | None:
-    """The recorded deviation (bnprops/judging/known_deviations.py) that explains a finding, if one does."""
+    """The recorded deviation (judging.known_deviations) that explains a finding, if one does."""
     return next(
         (
             kd

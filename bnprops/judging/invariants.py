@@ -1,61 +1,16 @@
 """What must hold of BatchNorm's results whatever the error bounds say, checked on every case beside the oracle.
 
-* **A moving variance is never negative**: it is an average, ``m old + (1 - m) var``, of a prior that
-  is not negative (where the case's is not) and a variance, with 0 <= m <= 1.  Within the bound of
-  zero is not good enough: a negative variance makes the next inference's ``var + eps`` wrong, or NaN.
-* **An empty batch leaves the moving statistics exactly as they were.**  There is nothing to average,
-  so the contract bnprops holds MXNet to is "no update" (rejecting the call with an error would do
-  too, and leaves nothing to check); the oracle's own mean of nothing is NaN, so without this
-  invariant a NaN update would pass.
-* **Finite in, finite out.**  An element of a result is finite wherever (a) what it is computed from is
-  finite: its channel's x, dy (for the gradients), gamma (unless fix_gamma), beta and moving statistics,
-  eps, momentum and the element's own prior under 'add'; (b) for the results computed through invstd,
-  y, dx, invstd and (unless fix_gamma) dgamma, ``var + eps`` as the kernel forms it is neither 0 nor
-  past its type's largest number (the batch variance, or moving_var where the moving statistics
-  normalise); and (c) its exact value is finite and representable in its output dtype.  Each
-  exclusion is something a correct kernel may legitimately turn into NaN or inf:
+The bounds judge values; some failures are exact and no bound sees them, so they are checked exactly:
 
-  - non-finite input propagates, by IEEE rules, through the channel it is in (and no further: the
-    channels are independent; the results that copy an input, gamma, the moving statistics before the
-    backward and, where nothing updates them, after it, or that are the constant 0, dgamma under
-    fix_gamma, depend on nothing but their exact value);
-  - invstd = 1/sqrt(var + eps) is inf where ``var + eps`` rounds to 0, and 0 where it rounds to inf, and
-    y, dx and dgamma follow (0 * inf).  "As the kernel forms it": in AccReal, float32 for float16 and
-    float32 data, except that MXNet's float16 kernel rounds ``var + eps`` to float16 (its own
-    deviation, excused here because the call's results are then undefined); and with the kernel's
-    own variance and DType(eps), which may lie anywhere within their error bounds
-    (bnprops/model/error_model.py, times its SAFETY): a channel counts only where every value within them,
-    added in AccReal, rounds to a positive finite number (so no indeterminate channel counts).  The
-    moving variance is not among these results: a correct kernel averages the variance itself, which
-    is finite whatever invstd is;
-  - the sums a kernel accumulates in AccReal, sum x, sum (x - mean)^2, sum dy and sum (x - mean) dy
-    (or sum dy xhat), and the normalised values xhat, may overflow AccReal although the result fits
-    (float32 data of 1e20; never on the strategies' data): a channel is left out of the results they
-    feed where a sum of |terms| times (1 + gamma_M), a bound on every partial sum in any order,
-    reaches AccReal's largest number;
-  - an exact value beyond the output dtype's largest number rounds to inf (float16 y of 1e5), and one
-    within its error bound of the overflow threshold may (the comparator reads such an inf as the
-    threshold too).  Where the error model has no finite bound, the element is left out.
+* **a moving variance is never negative** (it averages a variance with a non-negative prior);
+* **an empty batch leaves the moving statistics exactly as they were** (nothing to average; the
+  oracle's own mean of nothing is NaN, so without this a NaN update would pass);
+* **finite in, finite out**, except where a correct kernel may legitimately produce NaN or inf;
+* **a gradient requested with 'null' leaves its buffer alone**, bit for bit (``case.null_sentinel``);
+* **fix_gamma=False leaves the gamma array alone**, bit for bit.
 
-  An empty batch under batch statistics has no variance and normalises nothing: (b) does not apply to
-  it, its dgamma and dbeta are empty sums (0), its moving statistics stay, and its mean and invstd
-  (0/0) fall under (c).
-* **A gradient requested with 'null' leaves its buffer alone.**  The runners give such a target a
-  buffer wherever the entry point can (bnprops/mx/runners.py: gluon only for data, as a 'null' Parameter
-  has no gradient buffer at all), filled with ``case.null_sentinel`` (finite values, none 0), and
-  return it afterwards as ``null_dx``, ``null_dgamma`` or ``null_dbeta``; it must
-  hold the sentinel bit for bit.  'null' is the promise not to write: a kernel that writes zeros, or the
-  gradient, into a buffer its caller shares with something else corrupts it.  A violation is reported
-  under the gradient's own name (dx, dgamma, dbeta), which the properties check and the oracle, having
-  no value for a 'null' gradient, does not.
-* **fix_gamma=False leaves the gamma array alone**, bit for bit (-0.0 and NaN payloads too): gamma is
-  an input then, as beta is.  The oracle's value for it has a bound of 0 as well, but compares values
-  (0.0 == -0.0), and an invariant holds whatever a known deviation says about the quantity.
-
-A violation is a mismatch of kind "invariant", judged and catalogued like any other, and a known
-deviation may explain it (bnprops/judging/known_deviations.py).  Cost: one pass over each result (and over
-each null buffer) where everything is finite; the exclusions are computed only for quantities that
-have a non-finite element, and the error bound only where one remains.
+A violation is a mismatch of kind "invariant", and a known deviation may explain it.  Why each holds,
+and each exclusion from finite-in-finite-out derived, is in the documentation's page on judging.
 """
 
 from __future__ import annotations

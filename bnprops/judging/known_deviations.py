@@ -1,16 +1,16 @@
 """Where MXNet 1.9.1's BatchNorm is known to disagree with the oracle: one entry per deviation.
 
 Each entry says what MXNet returns under it (``model``, in words; ``predict``, element by element:
-bnprops/judging/deviation_models.py), under exactly which conditions, why we believe MXNet rather than the
+judging.deviation_models), under exactly which conditions, why we believe MXNet rather than the
 oracle is at fault (evidence), and a minimal case that shows it (``reproducer``).  The judgement
-(bnprops/judging/judgement.py) consults this list:
+(judging.judgement) consults this list:
 
 * inside a deviation's region, MXNet must return the oracle's values or the model's; an element
   that matches neither "deviates, but not as recorded" and is a finding;
 * where a deviation is *certain* and its model differs from the oracle, MXNet must match the
   model somewhere, or the run reports the entry as stale (MXNet was fixed, or the model is wrong);
 * outside every region, the oracle alone judges;
-* tests/test_known_deviations.py runs every reproducer, which must match its model, and plants a
+* the tests (test_known_deviations) run every reproducer, which must match its model, and plants a
   fault inside each region, which must be caught.
 """
 
@@ -87,7 +87,7 @@ def _minimal(values: list[float], dtype: str, **params: object) -> Case:
 
 
 def empty_batch(dtype: str, *, channels: int = 2, **params: object) -> Case:
-    """A case whose batch is empty (shape (0, channels)): the reproducer here, and tests/test_bad_input.py."""
+    """A case whose batch is empty (shape (0, channels)): the reproducer here, and test_bad_input's."""
     pdt = param_dtype(dtype)
     x = np.zeros((0, channels), dtype=dtype)
     return Case(
@@ -474,7 +474,7 @@ INPUT_DEVIATIONS: tuple[InputDeviation, ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class NetworkDeviation:
-    """A way MXNet fails with BatchNorm inside a network (bnprops/judging/in_network.py): the chains it applies to,
+    """A way MXNet fails with BatchNorm inside a network (judging.in_network): the chains it applies to,
     and what it does there (its model: a finding of ``kind`` whose message holds ``signature``)."""
 
     id: str
@@ -632,14 +632,14 @@ NETWORK_DEVIATIONS: tuple[NetworkDeviation, ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class SequenceDeviation:
-    """MXNet departing from a contract over a sequence of calls (bnprops/judging/state_model.py checks it)."""
+    """MXNet departing from a contract over a sequence of calls (judging.state_model checks it)."""
 
     id: str
     summary: str
     conditions: str
     model: str
     evidence: str
-    #: The shortest sequence of rules that shows it (bnprops/judging/state_model.py prints it as a replay script).
+    #: The shortest sequence of rules that shows it (judging.state_model prints it as a replay script).
     sequence: tuple[str, ...]
     #: What departs from the contract (a fuzz signature's quantity names it).
     affects: str = "moving statistics"

@@ -2,7 +2,7 @@
 graphs whose shapes and types are inferred. Each check returns a list of problems (empty: it works).
 
 Each one compares MXNet with MXNet: the model's BatchNorm against a plain call (bnprops.mx.runners) on the
-input it received, with the same rule as bnprops/judging/in_network.py (bit for bit where the same kernel runs,
+input it received, with the same rule as judging.in_network (bit for bit where the same kernel runs,
 within twice the error bound where oneDNN does), or a model against its exported-and-imported self.
 """
 

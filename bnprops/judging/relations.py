@@ -1,24 +1,14 @@
 """Exact metamorphic relations: two BatchNorm calls whose results must agree bit for bit, no oracle needed.
 
-Each relation comes from the operator's arithmetic, not from its closed form: a float kernel that
-multiplies, divides, adds and takes square roots in some fixed order gives results that scale
-*exactly* when its inputs scale by powers of two, as long as no rounding happens in the subnormal
-range and nothing overflows (rounding to nearest, or toward zero, commutes with multiplication by
-2^k there). The relations:
+They check MXNet against itself where no error bound could: a float kernel with a fixed order of
+operations scales *exactly* when its inputs scale by powers of two, as long as nothing rounds in the
+subnormal range or overflows.  The relations: ``scale-data`` (x * 2^k with eps * 4^k), ``scale-head``
+(dy * 2^k), ``scale-affine`` (gamma and beta * 2^k), ``permute-channels`` and ``repeat``.
 
-* ``scale-data``: x * 2^k with eps * 4^k (and moving_mean * 2^k, moving_var * 4^k) leaves y, dgamma
-  and dbeta bit-identical and scales dx by 2^-k;
-* ``scale-head``: dy * 2^k scales dx, dgamma and dbeta by 2^k, and leaves the forward alone;
-* ``scale-affine``: gamma and beta * 2^k scale y and dx by 2^k (fix_gamma=False); with fix_gamma=True
-  gamma * 2^k changes nothing at all;
-* ``permute-channels``: permuting the channels permutes every per-channel result;
-* ``repeat``: the same call twice gives the same bits.
-
-Where a scaling relation is not exact, bnprops/model/scaling_range.py works out from the case which of the
-kernel's intermediate values might leave the normal range, for the original call and for the scaled
-one, and ``parameters`` admits only the powers k for which none does; results whose own last rounding
-falls in the subnormal or overflow range are not judged, element by element (``check``). Nothing else
-is excused.
+Where a scaling would not be exact, ``scaling_range`` works out which k keep every intermediate of
+the original and the scaled call in the normal range, and ``parameters`` admits only those; results
+whose own last rounding is subnormal or overflows are left out, element by element (``check``).
+Nothing else is excused.  What each relation keeps and scales is in the documentation's semantics page.
 """
 
 from __future__ import annotations

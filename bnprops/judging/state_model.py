@@ -1,34 +1,16 @@
 """The reference model of a BatchNorm's state over a sequence of calls, and the check after every rule.
 
-The state is what a BatchNorm carries from one call to the next: gamma, beta, the moving statistics
-and each gradient buffer (bnprops/mx/training.py reads it back as ``STATE_KEYS``).  After each rule the
-model says what it must hold:
+A single call's oracle cannot see what a BatchNorm carries from one call to the next: gamma, beta, the
+moving statistics and each gradient buffer (read back as ``training.STATE_KEYS``).  After each rule
+the model says what they must hold: a rule that computes is judged as one call (``judgement.judge``)
+on the state *as MXNet left it*, so bounds never compound; a rule whose effect is exact must produce
+exactly that; everything else must keep every bit.
 
-* a rule that computes (a training step, a forward alone, a second backward) is judged as one call
-  by the single-call machinery (``bnprops.judging.judgement.judge``: the oracle, the error model, the
-  invariants, the known deviations), on a ``Case`` built from the state *as MXNet left it* before the
-  rule.  So each step's bound is that of one call, and bounds never compound over a sequence; a
-  state that went wrong earlier was caught when it did;
-* everything a rule must not touch must keep every bit (a 'null' buffer, the moving statistics after
-  a forward alone or after a second backward, every array after a change of grad_req,
-  use_global_stats or hybridization);
-* a rule whose effect is exact (zeroing the gradients, the optimiser-like update, which is computed in
-  numpy in the parameter dtype) must produce exactly that.
-
-The contracts where MXNet's documentation leaves the answer open (README, "Training sequences"):
-
-* the moving statistics are updated once per training step, in its backward (the single-call
-  oracle's contract: a forward alone leaves them; PyTorch updates them in the forward instead);
-* a second backward through the same recorded graph computes the same gradients (written again, or
-  added again under 'add') and does *not* update the moving statistics again: one forward is one
-  batch (PyTorch: the update belongs to the forward, so a second backward cannot repeat it);
-* a gradient buffer survives a change of grad_req on sym and nd/npx (the same array is re-marked);
-  gluon's ``Parameter.grad_req`` setter allocates a new zero buffer (or none, for 'null'): that is
-  its documented design (the setter re-initialises the gradient), so the model follows it;
-* a new batch shape comes with a new data array, so the data gradient buffer starts at zero.
-
-Where MXNet departs from these, ``SEQUENCE_DEVIATIONS`` records it with a model; a departure that
-matches the model is counted as known, one that does not is a failure.
+Where MXNet's documentation leaves the answer open, the contracts chosen (one update of the moving
+statistics per training step, in its backward; none from a second backward; gluon's grad_req setter
+gives a new zero buffer; ...) and why, beside PyTorch's, are in the documentation's page on training
+sequences.  ``SEQUENCE_DEVIATIONS`` records MXNet's departures with a model: a departure that matches
+it is known, anything else a failure.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ GRADIENT_OF = {"data": "dx", "gamma": "dgamma", "beta": "dbeta"}
 #: The gradient buffers' contents before the call, for targets requested with 'add'.
 PRIOR_FIELDS = {"data": "prior_dx", "gamma": "prior_dgamma", "beta": "prior_dbeta"}
 #: Where a runner returns what a target's gradient buffer holds after a call that requested it with 'null'
-#: (filled with ``sentinel`` before; bnprops/judging/invariants.py checks it kept every bit). Not quantities: the
+#: (filled with ``sentinel`` before; judging.invariants checks it kept every bit). Not quantities: the
 #: oracle has none of them, so the comparator, which iterates the oracle's quantities, passes them by.
 NULL_BUFFER_OF = {"data": "null_dx", "gamma": "null_dgamma", "beta": "null_dbeta"}
 WRITE_ALL = ("write", "write", "write")
@@ -67,7 +67,7 @@ def param_dtype(dtype: str) -> str:
 def sentinel(shape: tuple[int, ...], axis: int, dtype: str) -> np.ndarray:
     """What a gradient buffer requested with 'null' holds before the call: odd multiples of 1/16 in
     (-16, 16), exact in every dtype, varying along every axis but the channel axis (constant along it,
-    so that a stacked call's buffers split into each case's own, bnprops/mx/batching.py)."""
+    so that a stacked call's buffers split into each case's own, mx.batching)."""
     other = [d for i, d in enumerate(shape) if i != axis]
     period = ((np.arange(251) * 37 % 251 - 125.5) / 8).astype(dtype)  # element k holds period[k % 251]
     values = np.resize(period, int(np.prod(other))).reshape(other)

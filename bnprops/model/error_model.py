@@ -1,61 +1,17 @@
-"""How far a correct float implementation of BatchNorm may land from the float64 oracle.
+"""How far a correct float implementation of BatchNorm may land from the float64 oracle, element by element.
 
-Two bounds per element, from one first-order propagation that differs only in what a sum of
-``n + 1`` rounded additions may lose, per unit of the sum of its terms' absolute values:
+A bound that is too loose lets real bugs through, one that is too tight flags correct kernels; so two
+bounds come from one first-order propagation of the roundings a correct kernel may make (from the
+dtype, the reduction length and the magnitudes of the terms), and differ only in what a sum may lose:
 
-* **deterministic** (the line beyond which MXNet is wrong): ``gamma_n = n u_acc / (1 - n u_acc)``,
-  the classical worst case of recursive summation, which covers every order and tree.  The whole
-  bound is multiplied by ``SAFETY`` (2), fixed before any comparison was run, for second-order terms.
-* **probabilistic** (the line beyond which MXNet loses more than a float sum should):
-  ``exp(lambda sqrt(n) u_acc + n u_acc^2 / (1 - u_acc)) - 1`` (Higham & Mary 2019, Thm 2.4, with
-  Ipsen & Zhou's martingale constant, arXiv 1906.10465, which needs mean-independent rather than
-  independent roundings; Hallman & Ipsen, arXiv 2107.01604, extend it to any summation tree, with
-  every partial sum bounded by the sum of |terms|).  ``lambda = sqrt(2 ln(2 / delta))`` with
-  ``delta = PROBABILISTIC_FAILURE / (4 C)``: at most 1e-12 per quantity over a case's 4 C sums.
-  Its model assumes rounding errors with mean zero given the past.  Sequential sums of data with a
-  common offset break that assumption (each binade rounds the same way: the drift that PyTorch PR
-  #13431 and TensorFlow XLA PR #25115 fixed); MXNet beyond this bound but within the deterministic
-  one is an *accuracy finding*, its own kind of finding.  The elementwise roundings keep SAFETY
-  in this bound too (the oracle's own float64 roundings are of their size); only the sums drop it.
+* **deterministic**: every summation order's worst case, times ``SAFETY``; beyond it MXNet is wrong;
+* **probabilistic**: what a sum with mean-zero rounding errors loses, failing with probability at most
+  ``PROBABILISTIC_FAILURE`` per quantity; beyond it, within the deterministic one, an accuracy finding.
 
-A sum whose terms are exact and share a quantum that fits the accumulation type is formed exactly
-in any order (bnprops/model/exactness.py): it contributes no summation error in either model.
-
-The terms, per channel (``u``: unit roundoff of the precision the kernels round intermediates to,
-float16's own for float16 data; ``u_acc``: MXNet's AccReal, float32 for float16 data; ``Gamma``:
-the sum factor above for that sum; ``S = sqrt(var + eps)``):
-
-* mean ``= sum(x) / M``: ``e_mean = Gamma sum|x| / M + u_acc |mean|`` (the division; 0 where the
-  sum is exact and its quotient representable); zero for the moving statistics.
-* centred values ``c = x - mean``: the mean's error ``e_mean`` shifts every one of them alike, and
-  ``sum c = 0`` exactly, so in ``var = sum(c^2) / M`` it enters only as ``e_mean^2``:
-  ``e_var = e_mean^2 + (2 u + u_acc + Gamma)(var + e_mean^2) + u_acc var``.
-* ``var + eps``: eps as MXNet reads it (bnprops/model/params.py) and converts it to the data type
-  (``DType(eps)``, an exactly known error ``e_eps``); then ``rel(invstd) = 1/sqrt(1 - eta) - 1``
-  with ``eta = (e_var + e_eps + u s2) / s2``, plus ``2 u`` for the square root and reciprocal (0
-  where ``var + eps`` is an exact power of 4).
-* ``xhat``: a shift common to the channel, ``a = e_mean / S (1 + rel)``, a common scale ``rel``,
-  and ``2 u |xhat|`` of its own.
-* ``y = g xhat + beta``: ``|g| e_xhat + u (|g xhat| + |y|)``.
-* ``dbeta = sum dy``: ``Gamma sum|dy|``.
-* ``dgamma = sum dy xhat``: the common shift multiplies ``|sum dy|``, the common scale ``|dgamma|``
-  (not ``sum |dy| e_xhat``: errors shared by a whole channel do not add up in absolute value),
-  ``(3 u + Gamma) sum|dy xhat|`` for the products and the sum.
-* ``dx = g invstd (dy - dbeta/M - xhat dgamma/M)``: the errors of the three terms (the product's
-  second-order term included), ``2 u`` of their magnitudes for the subtractions, ``rel + 2 u`` of
-  |dx| for the scaling.
-* moving statistics ``m old + (1 - m) batch``: ``(1 - m)`` times the batch statistic's error, ``3 u``
-  of both terms; the batch variance is recovered from invstd as ``1/invstd^2 - eps``, so it carries
-  ``2 rel s2 + 3 u s2``.
-* every result rounded to its output dtype, ``u_out |value|``, plus the absolute rounding of
-  subnormal results: half the smallest subnormal of the output dtype, and of the compute dtype
-  once per term (float16's is 3e-8) for the sums of products.
-
-Where var + eps is 0 or below ``2 (e_var + e_eps)`` (deterministic), no first-order bound exists:
-see indeterminate_channels.  Quantities that a correct implementation produces exactly have a bound
-of 0.  A gradient accumulated onto a prior (grad_req 'add') carries the bound of the gradient alone
-plus one rounding of the sum.  tests/test_error_model.py and tests/test_error_model_soundness.py
-search for violations by float emulations of correct kernels and measure the bounds' sharpness.
+Errors a whole channel shares are propagated as such, never as sums of absolute values that grow with
+M; exact sums (``exactness``) contribute none; where ``var + eps`` is within its error of 0 no bound
+exists (``indeterminate_channels``). The derivation term by term, with its references, is in the
+documentation's error-model page.
 """
 
 from __future__ import annotations
@@ -289,7 +245,7 @@ def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.
     the partial sums S_k of the sequential order in memory, which MXNet's CPU kernels use (their mean is
     np.cumsum's, bit for bit), as a factor on sum|terms|.  Pairwise and blocked orders have smaller partial
     sums (for terms of one sign ~M^2 against M^3/3; for random signs M log M against M^2/2), so it covers
-    them too; tests/test_error_model_soundness.py checks it with emulations of each.  For sums that cancel
+    them too; test_error_model_soundness checks it with emulations of each.  For sums that cancel
     (random head gradients) it is ~sqrt(M) sharper than sum_factor's ``lambda sqrt(M) u``, which takes every
     partial sum as large as sum|t|.  Never above the deterministic factor."""
     with np.errstate(over="ignore", invalid="ignore"):

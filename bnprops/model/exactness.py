@@ -6,7 +6,7 @@ significand bits) is exact in that type: every partial sum, in any order and any
 multiple of ``q`` no larger than the total, so it is representable.  The same argument makes a
 difference ``x - mean`` exact, and a product of two such values exact when their significant bits
 add up to fewer than ``p``.  oneDNN's benchdnn fills BatchNorm's data that way to hold kernels to a
-few ulps at any size; bnprops's "exact" value regime does the same (bnprops/search/strategies.py), and
+few ulps at any size; bnprops's "exact" value regime does the same (search.strategies), and
 the error model asks this module so that an exact sum contributes no summation error at all.
 
 Everything here is derived from the inputs' bits (never from float64 results that may themselves

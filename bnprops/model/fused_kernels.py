@@ -1,4 +1,4 @@
-"""The numba kernels of the fused judging path (bnprops/fused.py): per-channel sums, per-element oracle, bounds
+"""The numba kernels of the fused judging path (judging.fused): per-channel sums, per-element oracle, bounds
 and comparison, each one pass over the data with no temporaries.
 
 Arrays come as (P, C, Q) views of a case's arrays (P: the axes before the channel axis, Q: those after), so
@@ -30,7 +30,7 @@ def _jit(function: Callable[..., Any], parallel: bool = False) -> Any:
 
 def _per_channel(function: Callable[..., Any]) -> Any:
     """A kernel whose channels are independent: it works on channels c0 to c1 - 1 (its last two arguments), so
-    that threads can share a case's channels (fused.py runs the kernels, which release the GIL, in a thread
+    that threads can share a case's channels (fused_sums runs the kernels, which release the GIL, in a thread
     pool).  Never numba's ``parallel``: its OpenMP threading layer, once started, changes MXNet's own results
     in the same process (1.9.1's sums, float32 y at M = 2 10^5 off by 1.9e-4 from the same call before it
     started), and MXNet is what bnprops checks."""

@@ -1,23 +1,15 @@
-"""The fused path's per-channel sums, and how its kernels run (bnprops/model/fused_kernels.py): in blocks of the
-data, on ranges of channels shared among threads, chosen by BNPROPS_FUSED and BNPROPS_FUSED_THREADS.
+"""The fused path's per-channel sums, and how its kernels (``fused_kernels``) run: in blocks of the data, on
+ranges of channels shared among threads, chosen by BNPROPS_FUSED and BNPROPS_FUSED_THREADS.
 
-* **Per-channel sums** in three passes (x and dy; the centred terms; dy xhat), in blocks of the data
-  (``CHUNK`` elements of float16, widened; contiguous float32 in place): memory beyond the case's own arrays
-  is O(C) and a block.  The sums the oracle's values are made of (sum x, sum (x - mean)^2, sum dy, sum dy xhat)
-  are compensated (Knuth's TwoSum): within an ulp or so of the exact sum of the reference's own terms, so at
-  least as accurate as the reference's (the mean's extended-precision sum, float64's pairwise sums).  They
-  agree with the reference's within the reference's own summation error, ``gamma_M u64 sum|terms|`` (u64 =
-  2^-53).  The sums of magnitudes that only scale bounds (sum |x|, sum |dy|, the partial sums' squares) are
-  sequential float64 sums, within ``M u64`` of the reference's, relatively.  The sequential sums the error
-  model and the known deviations replay (np.cumsum's partial sums, MXNet's float32 ``sum += t``) are bit for
-  bit.  Each channel is one thread's, in order: the same bits whatever the number of threads.
-* **Close calls.**  Wherever a fused decision falls within ``CLOSE`` (2^-8) of its threshold (an error/bound
-  ratio near 1, an indeterminate channel's or a drifting sum's test near its edge) the case is marked
-  (``close_call``), and bnprops.judging.judgement judges it again on the reference path.
+Judging a large case on numpy's reference path costs many times MXNet's own time; these passes make
+the sums without the reference's intermediate arrays.  The oracle's sums are compensated (TwoSum), at
+least as accurate as the reference's; the sequential sums the error model and the known deviations
+replay are bit for bit; each channel is one thread's, so the bits do not depend on the thread count.
+A decision within ``CLOSE`` of its threshold is reported to the evaluation, which the reference then decides.
 
 ``BNPROPS_FUSED`` chooses the path: ``auto`` (the default: fused for float16/float32 cases of at least
-``MIN_ELEMENTS`` elements when numba imports), ``always`` (every float16/float32 case), ``never``; ``forced``
-does the same for a block of code.
+``MIN_ELEMENTS`` elements when numba imports), ``always`` (every float16/float32 case), ``never``;
+``forced`` does the same for a block of code.  The sums' accuracy in detail: the documentation's speed page.
 """
 
 from __future__ import annotations

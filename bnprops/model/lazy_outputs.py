@@ -1,6 +1,5 @@
-"""Outputs whose per-element arrays are computed when first read: the fused judging path
-(bnprops/judging/fused.py) hands the oracle's y and dx (and their bounds) this way, so that a case whose
-results agree never writes them."""
+"""Outputs whose per-element arrays are computed when first read: the fused engine hands the oracle's y and dx
+(and their bounds) this way, so that a case whose results agree never writes them."""
 
 from __future__ import annotations
 

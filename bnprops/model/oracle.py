@@ -1,8 +1,8 @@
 """The closed-form float64 BatchNorm that every MXNet result is checked against.
 
-It follows ../shared/spec/mxnet-batchnorm-semantics.md, each point of which was confirmed against
-MXNet 1.9.1's source and by runs (see tests/test_oracle.py for the evidence the oracle must keep
-passing: finite differences, identities and the forum thread's numbers).
+It follows the specification of MXNet's BatchNorm semantics that came with the forum thread, each point
+of which was confirmed against MXNet 1.9.1's source and by runs (test_oracle holds the evidence the
+oracle must keep passing: finite differences, identities and the forum thread's numbers).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def momentum_as_applied(case: Case) -> tuple[float, float]:
     """The two update coefficients, ``momentum`` and ``1 - momentum``, as MXNet applies them.
 
     BatchNormParam declares momentum as a C++ float, read from its string by dmlc's ParseFloat
-    (bnprops/model/params.py: not always the correctly rounded float32, e.g. one ulp above
+    (model.params: not always the correctly rounded float32, e.g. one ulp above
     4.740775480516213e-11), and forms ``1 - momentum`` from that value in the accumulation type.
     Probed on float64 data: this model matches MXNet's moving statistics to the last bits.
     """
@@ -54,7 +54,7 @@ def momentum_as_applied(case: Case) -> tuple[float, float]:
 
 
 def eps_as_applied(case: Case) -> float:
-    """eps as MXNet reads it: a C++ double parsed by dmlc's ParseFloat from ``str(eps)`` (bnprops/model/params.py)."""
+    """eps as MXNet reads it: a C++ double parsed by dmlc's ParseFloat from ``str(eps)`` (model.params)."""
     return parsed(case.eps, "float64")
 
 
@@ -116,7 +116,7 @@ def per_channel_outputs(
     # fix_gamma: gamma is the constant 1, so it has no gradient at all.
     dgamma = np.zeros(case.channels) if case.fix_gamma else sum_dy_xhat
     mom, rest = momentum_as_applied(case)
-    # An empty batch has nothing to average: bnprops's contract is no update (bnprops/judging/invariants.py).
+    # An empty batch has nothing to average: bnprops's contract is no update (judging.invariants).
     with np.errstate(invalid="ignore", over="ignore"):
         if case.uses_batch_stats and m > 0:
             moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean

@@ -7,7 +7,7 @@ multiplication by 2^k there). This module works out, from a case, which of MXNet
 intermediate values (float16 ones included: the native float16 kernel rounds ``x - mean``,
 ``(x - mean) * dy``, ``var + eps`` and more to float16, mshadow's ``half_t`` operators) might leave the
 normal range, for the original call and for the scaled one (``families``), and so the powers k a
-scaling relation may draw (``admissible_range``). bnprops/judging/relations.py holds the relations themselves.
+scaling relation may draw (``admissible_range``). judging.relations holds the relations themselves.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where each backend runs: the runner for an (entry point, backend) pair.
 
-The in-process backend's runners are bnprops/mx/runners.py's own functions; the other CPU backend's run
-in a worker process (bnprops/mx/worker.py), and the GPU backends on a GPU, where there is one.  This
+The in-process backend's runners are mx.runners's own functions; the other CPU backend's run
+in a worker process (mx.worker), and the GPU backends on a GPU, where there is one.  This
 module depends on both; neither depends on it, so the worker imports the runners and not the other
 way round.
 """

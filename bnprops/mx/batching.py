@@ -3,7 +3,7 @@
 BatchNorm's statistics are per channel, so K cases that share everything but their values can be
 stacked along the channel axis into one call with K times the channels.  That call is itself a
 valid case, so the oracle and the comparator judge it as they judge any other; splitting maps what
-they find back to the case each channel came from.  tests/test_batching.py shows the stacked call
+they find back to the case each channel came from.  test_batching shows the stacked call
 gives MXNet's unstacked results bit for bit.
 """
 

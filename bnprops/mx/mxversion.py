@@ -1,6 +1,6 @@
 """Which MXNet release runs here, which oneDNN it was built with, and in which releases a deviation holds.
 
-Known deviations carry a :class:`Releases` scope (bnprops/judging/known_deviations.py): the range of releases
+Known deviations carry a :class:`Releases` scope (judging.known_deviations): the range of releases
 in which it holds, and the releases in which ``bnprops versions`` ran its reproducer, with the result.
 The judgement applies a deviation only where its scope holds; elsewhere it is *absent*, not stale.
 
@@ -100,7 +100,7 @@ class Releases:
     """The MXNet releases a deviation holds in: ``since`` (inclusive) up to ``fixed`` (exclusive); None: open.
 
     ``probed`` is what ``bnprops versions`` measured: (release, reproduced) per release its reproducer ran
-    in. The range must agree with every probe (tests/test_versions.py checks it), so a scope is never
+    in. The range must agree with every probe (test_versions checks it), so a scope is never
     assumed from the changelog alone.
     """
 

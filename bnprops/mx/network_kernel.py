@@ -3,20 +3,10 @@
 Standalone on purpose: it imports only numpy and (inside the functions) mxnet, so that a reproducer
 (bnprops.mx.producers.Chain.snippet) embeds this very source and runs exactly what the tests ran.
 
-A *spec* is a plain dict (Chain.to_dict()): ``api``, ``dtype``, ``input_shape``, ``steps`` (each a
-dict with an ``op``), ``bn`` (axis, eps, momentum, fix_gamma) and ``seed``. Every array (the chain's
-input, each step's weights, BatchNorm's parameters and moving statistics, the head gradient) comes
-from numpy generators seeded by ``seed``; MXNet's initialisers draw nothing.
-
-How BatchNorm's own input x and head gradient dy are captured, per API:
-
-* ``nd`` and ``gluon``: the producer's output is marked as a variable (attach_grad inside
-  autograd.record), so that BatchNorm's dx lands in its gradient buffer; the array itself, with
-  whatever layout the producer gave it, is what BatchNorm reads.
-* ``gluon-hybrid``: the whole network is one CachedOp (static_alloc, static_shape); an op hook
-  (register_op_hook, monitor_all) sees BatchNorm's inputs and its backward node's inputs and outputs.
-* ``sym``: one executor (simple_bind); its monitor callback (monitor_all) sees the same.
-
+A *spec* is a plain dict (Chain.to_dict()): ``api``, ``dtype``, ``input_shape``, ``steps``, ``bn`` and
+``seed``; every array comes from numpy generators seeded by ``seed``, so MXNet's initialisers draw
+nothing.  BatchNorm's own x and dy are captured per API: the producer's output marked as a variable
+(``nd``, ``gluon``), the CachedOp's op hook (``gluon-hybrid``), the executor's monitor (``sym``).
 BatchNorm is the network's last layer, so the head gradient fed to backward is BatchNorm's dy.
 """
 

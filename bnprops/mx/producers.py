@@ -3,7 +3,7 @@
 A ``Chain`` is a value: the API the network is built in, the input's shape and dtype, a short tuple of
 producer steps (convolution, dense, pooling, activation, concatenation, slicing, reshape, transpose),
 BatchNorm's parameters and the seed every array comes from. It is JSON-serialisable and rebuilds
-the same network bit for bit; bnprops/mx/network_kernel.py runs it, bnprops/judging/in_network.py judges it.
+the same network bit for bit; mx.network_kernel runs it, judging.in_network judges it.
 """
 
 from __future__ import annotations

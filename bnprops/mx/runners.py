@@ -2,7 +2,7 @@
 
 Entry points (ENTRY_POINTS) are the Python APIs a user reaches the operator through; backends
 (BACKENDS, GPU_BACKENDS) are the kernels behind them. The CPU backend this process was started
-with runs in-process; the other one runs in a long-lived worker process (bnprops/mx/worker.py).
+with runs in-process; the other one runs in a long-lived worker process (mx.worker).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# (MXNet's environment defaults are set in bnprops/mx/__init__.py, before any module here loads mxnet.)
+# (MXNet's environment defaults are set in mx.__init__, before any module here loads mxnet.)
 import mxnet as mx
 import numpy as np
 
@@ -386,7 +386,7 @@ RUNNERS: dict[str, Runner] = {name: ENTRY_FUNCTIONS[name] for name in ENTRY_POIN
 
 
 def network_unavailable_reason(entry: str) -> str | None:
-    """Why BatchNorm-inside-a-network checks (bnprops/judging/in_network.py) cannot run through ``entry`` in this
+    """Why BatchNorm-inside-a-network checks (judging.in_network) cannot run through ``entry`` in this
     release, or None: gluon-hybrid chains watch BatchNorm through HybridBlock.register_op_hook (1.6+)."""
     if entry == "gluon-hybrid" and not hasattr(mx.gluon.HybridBlock, "register_op_hook"):
         return f"MXNet {mx.__version__} has no HybridBlock.register_op_hook (added in 1.6)"
@@ -396,7 +396,7 @@ def network_unavailable_reason(entry: str) -> str | None:
 
 
 def sequence_unavailable_reason(entry: str) -> str | None:
-    """Why training sequences (bnprops/mx/training.py) cannot run through ``entry`` in this release, or None:
+    """Why training sequences (mx.training) cannot run through ``entry`` in this release, or None:
     its sessions set the shape semantics with mx.util.np_shape/is_np_shape (1.5+) on every entry point."""
     util = getattr(mx, "util", None)
     if not (hasattr(util, "np_shape") and hasattr(util, "is_np_shape")):

@@ -3,8 +3,8 @@
 ``snippet(case, entry=..., backend=...)`` writes the case's arrays exactly (float64 reprs cast back),
 the parameters, the gradient requests and buffers, then the call through the entry point's own API
 (symbolic executor, autograd on nd or np arrays, a gluon layer), leaving MXNet's results in
-``actual``.  It needs mxnet and numpy only; every reproducer (bnprops/fuzzing/reproducer.py,
-relation_reproducer.py, explanation.py) and every failure message builds on it.
+``actual``.  It needs mxnet and numpy only; every reproducer (fuzzing.reproducer,
+fuzzing.relation_reproducer, commands.explanation) and every failure message builds on it.
 """
 
 from __future__ import annotations

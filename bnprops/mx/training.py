@@ -2,20 +2,14 @@
 """Sessions: one BatchNorm driven through a sequence of training steps, per entry-point family.
 
 Each session holds the MXNet objects of one BatchNorm (an executor, autograd arrays, or a gluon layer)
-and performs one rule per method call: a training step, a forward alone, a second backward on the same
-recorded graph, a forward in inference mode followed by a backward, a change of grad_req or
-use_global_stats, an optimiser-like update, zeroing the gradients, (re-)hybridizing.
+and performs one rule per method call: a training step, a forward alone, a second backward, an
+inference forward and backward, a change of grad_req or use_global_stats, an optimiser-like update,
+zeroing the gradients, (re-)hybridizing; ``state()`` reads back what BatchNorm carries across calls.
 
-A frozen layer (no gradient requested for data, gamma or beta) has no backward of its own: it trains
-only inside a network whose later layers learn, so its sessions multiply the output by a learnable
-scalar w = 1 (exact: y * 1 = y) and differentiate that, as such a network would.
-
-``state()`` reads back everything the BatchNorm carries across calls: gamma, beta, the moving
-statistics and each gradient buffer.
-
-The session classes use ``mx`` and ``np`` only, so that a failing sequence's replay script
-(bnprops/judging/state_model.py, ``replay_script``) embeds their source as it is and runs alone.
-bnprops/judging/state_model.py says what the state must hold after each rule.
+A frozen layer has no backward of its own, so its sessions multiply the output by a learnable scalar
+w = 1 (exact) and differentiate that, as a network whose later layers learn would.  The classes use
+``mx`` and ``np`` only, so that a failing sequence's replay script (``state_model.replay_script``)
+embeds their source as it is and runs alone; ``judging.state_model`` says what the state must hold.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training sequences as values: a session's configuration and its rules, drawn whole, run and stored.
 
-The pytest state machines (tests/test_training.py) draw their rules one at a time; the fuzz job needs
+The pytest state machines (test_training) draw their rules one at a time; the fuzz job needs
 the whole sequence as one value that its example database can store, shrink (Hypothesis shortens the
 list of rules first, so a finding comes with the shortest sequence that shows it) and replay.  A
 ``Sequence`` is that value; ``run_sequence`` drives it through a ``state_model.Tracker``, which checks
