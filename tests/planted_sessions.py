@@ -51,3 +51,31 @@ def moving_stats_updated_twice(entry: str, **kwargs: Any) -> Any:
 def write_buffer_not_reset(entry: str, **kwargs: Any) -> Any:
     """sym: from the second training step on, 'write' gradient buffers accumulate."""
     return WriteAccumulatesFromSecondStep(**kwargs)
+
+
+class RefusesSecondStep(AutogradSession):
+    """Planted: the second training step raises, as MXNet refusing a rule would."""
+
+    calls = 0
+
+    def train_step(self, x: Any, dy: Any) -> Any:
+        self.calls += 1
+        if self.calls >= 2:
+            raise RuntimeError("planted: the second step is refused")
+        return super().train_step(x, dy)
+
+
+class KeepsStatisticsOnSecondBackward(AutogradSession):
+    """An MXNet without retained-graph-backward-updates-again: a second backward leaves the moving statistics."""
+
+    def backward_again(self, dy: Any) -> Any:
+        before = [m.asnumpy() for m in self.moving]
+        result = super().backward_again(dy)
+        for moving, value in zip(self.moving, before, strict=True):
+            moving[:] = value
+        return result
+
+
+def second_step_refused(entry: str, **kwargs: Any) -> Any:
+    """nd or npx: the second training step raises."""
+    return RefusesSecondStep(**kwargs, **SESSIONS[entry][1])

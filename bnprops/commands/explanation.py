@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.base import atomic
+from bnprops.base import atomic, reproduction
 from bnprops.commands.explain_input import Expectation, build_call, parse_expectation
 from bnprops.commands.semantic_variants import (
     LOSS_NAMES,
@@ -478,28 +478,32 @@ def _write_reproducer(
         tol[e.quantity] = (e.half_unit + extra + 4 * _U32 * np.abs(e.values)).tolist()
     oracle_values = {e.quantity: np.asarray(oracle[e.quantity]).tolist() for e in unexplained if e.quantity in oracle}
     lines = [
-        "#!/usr/bin/env python3",
-        '"""bnprops explain reproducer: MXNet BatchNorm numbers that no known semantic difference explains.',
-        "",
-        f"Call: {call.entry} {call.case.describe()}",
-        "Needs only mxnet (1.9.1) and numpy. Exits 1 while MXNet's numbers differ from the expected ones.",
-        '"""',
-        "import sys",
-        "",
         snippet,
         "",
         f"expected = {expected!r}  # the numbers the user expected",
         f"tolerance = {tol!r}  # half a unit of their last digit, plus float32 rounding",
         f"oracle = {oracle_values!r}  # bnprops' float64 oracle",
-        "differs = False",
-        "for q, want in expected.items():",
-        "    got = np.asarray(actual.get(q, np.nan), dtype=np.float64).reshape(np.shape(want))",
-        "    off = bool((np.abs(got - np.asarray(want)) > np.asarray(tolerance[q])).any())",
-        "    differs = differs or off",
-        "    verdict = 'DIFFERS' if off else 'agrees'",
-        "    print(f'{q}: MXNet {got.tolist()} expected {want} oracle {oracle.get(q)}', verdict)",
-        "sys.exit(1 if differs else 0)",
+        "",
+        "",
+        "def main():",
+        "    differ = []",
+        "    for q, want in expected.items():",
+        "        got = np.asarray(actual.get(q, np.nan), dtype=np.float64).reshape(np.shape(want))",
+        "        off = bool((np.abs(got - np.asarray(want)) > np.asarray(tolerance[q])).any())",
+        "        differ += [q] if off else []",
+        "        verdict_q = 'DIFFERS' if off else 'agrees'",
+        "        print(f'{q}: MXNet {got.tolist()} expected {want} oracle {oracle.get(q)}', verdict_q)",
+        "    return verdict(bool(differ), f\"MXNet's {', '.join(differ) or 'numbers'} \" + "
+        "('differ from the expected ones' if differ else 'agree with the expected ones'))",
     ]
+    script = reproduction.script(
+        kind="explain",
+        ident=path.stem,
+        title="MXNet BatchNorm numbers that no known semantic difference explains",
+        about=[f"Call: {call.entry} {call.case.describe()}"],
+        persists="MXNet's numbers differ from the expected ones",
+        body="\n".join(lines),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, "\n".join(lines) + "\n", executable=True)
+    atomic.write_text(path, script, executable=True)
     return path

@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 from hypothesis import strategies as st
 
-from bnprops.fuzzing.catalogue import KNOWN, NETWORK, VERDICTS, Entry, Signature
-from bnprops.fuzzing.reproducer import load_example, with_example
+from bnprops.base import reproduction
+from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, NETWORK, VERDICTS, Entry, Signature
+from bnprops.fuzzing.reproducer import call_body, load_example, with_example
 from bnprops.fuzzing.summary import per_target_table
 from bnprops.judging import in_network
 from bnprops.judging.comparator import compare_pair
 from bnprops.judging.in_network import ENTRY_OF, Finding, Result, case_of, check_chain, known_deviation
-from bnprops.model.case import Case
+from bnprops.judging.known_deviations import NETWORK_DEVIATIONS
+from bnprops.model.case import QUANTITIES, Case
 from bnprops.mx.network_kernel import draw
 from bnprops.mx.producers import Chain, chain_step_names, chains
 from bnprops.mx.runners import Runner
@@ -187,25 +189,34 @@ def load_chain(path: Path) -> Chain | None:
 
 
 def script(entry: Entry) -> str:
-    """The standalone reproducer: the chain's snippet (mxnet and numpy only) on the finding's backend."""
+    """The standalone reproducer (mxnet and numpy only, the shared contract): the chain's own script on the
+    finding's backend; a recorded deviation's persists while the network raises as recorded. A finding that the
+    plain call disagrees with the oracle ("oracle:dx") is the plain call's: its script makes that call."""
     sig, chain = entry.signature, chain_of(entry)
-    verdict = f" ({VERDICTS[sig.kind]} {sig.deviation})" if sig.kind in VERDICTS else ""
-    header = "\n".join(
-        [
-            "#!/usr/bin/env python3",
-            f'"""bnprops network reproducer {sig.ident}',
-            "",
-            sig.describe() + verdict,
-            f"Chain ({entry.reduction}): {chain.describe()}",
-            "",
-            "Needs only mxnet (1.9.1) and numpy. Builds the network, trains it one step, and runs the same",
-            "BatchNorm alone (mx.nd.BatchNorm) on a plain copy of the input it received. Exits 1 while the",
-            "in-network results differ from the plain call's (bit for bit; on oneDNN float32 a blocked layout may",
-            "round differently within the error bound: read the numbers) or the network raises, 0 once they agree.",
-            '"""',
-        ]
+    about = [sig.describe() + (f" ({VERDICTS[sig.kind]} {sig.deviation})" if sig.kind in VERDICTS else "")]
+    what, _, quantity = sig.quantity.partition(":")
+    if sig.kind == NETWORK and what == "oracle" and quantity in QUANTITIES:
+        plain = Signature(MISMATCH, quantity, ENTRY_OF[chain.api], sig.backend, sig.dtype, (), REGIME)
+        body, meaning = call_body(dataclasses.replace(entry, signature=plain))
+        return reproduction.script(
+            kind=sig.kind,
+            ident=sig.ident,
+            title="the call BatchNorm made inside a network, made alone",
+            about=[*about, f"Chain: {chain.describe()}", f"Call ({entry.reduction}): {entry.case.describe()}"],
+            persists=meaning,
+            body=body,
+        )
+    raises = next((kd.signature for kd in NETWORK_DEVIATIONS if kd.id == sig.deviation), "")
+    about += [
+        f"Example: {entry.reduction}",
+        "Builds the network, trains it one step, and runs the same BatchNorm alone (mx.nd.BatchNorm) on a plain",
+        "copy of the input it received (bit for bit; on oneDNN float32 a blocked layout may round differently",
+        "within the error bound: read the numbers).",
+    ]
+    recorded = sig.deviation if sig.kind == KNOWN and raises else ""
+    return chain.snippet(
+        backend=sig.backend, ident=sig.ident, kind=sig.kind, about=about, recorded=recorded, raises=raises
     )
-    return header + "\n" + chain.snippet(backend=sig.backend) + "\n"
 
 
 def replay(chain: Chain, sig: Signature, *, entry: str, backend: str) -> bool:

@@ -4,10 +4,11 @@ The script makes the original call and the transformed one through the finding's
 backend (bnprops.mx.snippets.snippet, each in a function of its own) and compares their results as
 relations.compare_scaled does: per quantity, the second call's array must be the first call's (its
 channels reordered, for permute-channels) times 2^shift, bit for bit, NaN for NaN; with a shift,
-elements whose last rounding is subnormal or overflows are not judged. It exits 1 while the finding's
-quantity breaks the relation (or, for a finding that is an exception, while the second call raises),
-0 once the relation holds there. ``main(first_call, second_call)`` takes other calls, so that a test can
-run the very same comparison on a planted subject's results.
+elements whose last rounding is subnormal or overflows are not judged. By the shared contract
+(bnprops.base.reproduction) it exits 1 while the finding's quantity breaks the relation (or, for a
+finding that is an exception, while the second call raises), 0 once the relation holds there.
+``main(first_call, second_call)`` takes other calls, so that a test can run the very same comparison
+on a planted subject's results.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import textwrap
 
 import numpy as np
 
+from bnprops.base import reproduction
 from bnprops.fuzzing.catalogue import Entry
 from bnprops.fuzzing.relation_findings import draw_of
 from bnprops.judging.relations import RELATIONS
@@ -76,15 +78,15 @@ def bits(value):
 
 
 def main(first_call=first_call, second_call=second_call):
-    """Both calls, compared quantity by quantity; 1 while the finding shows, else 0."""
+    """Both calls, compared quantity by quantity; the contract's verdict on the finding's quantity."""
     first = first_call()
     try:
         second = second_call()
     except Exception as exc:
-        print(f'the second call raised {type(exc).__name__}: {exc}')
-        persists = FOCUS is None
-        print('relation still broken' if persists else 'the second call raised, but not what this finding is')
-        return 1 if persists else 0
+        raised = f'the second call raised {type(exc).__name__}: {exc}'
+        if FOCUS is None:
+            return verdict(True, raised + ': relation still broken')
+        return verdict(False, raised + ', but not what this finding is')
     broken = set()
     for q in QUANTITIES:
         if q not in first and q not in second:
@@ -108,13 +110,11 @@ def main(first_call=first_call, second_call=second_call):
         e, a = expected[i], np.asarray(second[q])[i]
         print(f'{q}: BREAKS in {int(wrong.sum())} of {wrong.size} elements; first at index {i}:')
         print(f'    the relation makes it {e!r} ({bits(e)}), the second call gave {a!r} ({bits(a)})')
-    persists = FOCUS in broken
-    print('relation still broken' if persists else 'relation holds here now: the finding is gone')
-    return 1 if persists else 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+    if FOCUS is None:
+        return verdict(False, 'the second call no longer raises: the finding is gone')
+    if FOCUS in broken:
+        return verdict(True, f'{FOCUS} breaks the relation: relation still broken')
+    return verdict(False, f'{FOCUS} keeps the relation here now: the finding is gone')
 '''
 
 
@@ -145,24 +145,6 @@ def script(entry: Entry) -> str:
     order = None if expected.order is None else list(expected.order)
     axes = {q: expected.axis(q) for q in QUANTITIES}
     lines = [
-        "#!/usr/bin/env python3",
-        f'"""bnprops relation reproducer {sig.ident}',
-        "",
-        sig.describe(),
-        f"Relation {relation.name}: {relation.statement}",
-        f"Parameters: {params} (parameter choice {draw.choice}); example {entry.reduction}",
-        f"First call:  {case.describe()}",
-        f"Second call: {second.describe()}",
-        "",
-        "Needs only mxnet (1.9.1) and numpy. Makes both calls and exits 1 while",
-        f"{meaning}; exits 0 once it is.",
-        '"""',
-        "from __future__ import annotations",
-        "",
-        "import sys",
-        "",
-        "import numpy as np",
-        "",
         "# The calls below spell non-finite values as nan and inf.",
         "nan, inf = float('nan'), float('inf')",
         "",
@@ -182,7 +164,23 @@ def script(entry: Entry) -> str:
         f"FOCUS = {focus!r}  # the quantity whose break is the finding (None: the second call raising is)",
         _COMPARISON,
     ]
-    return "\n".join(lines)
+    about = [
+        sig.describe(),
+        f"Relation {relation.name}: {relation.statement}",
+        f"Parameters: {params} (parameter choice {draw.choice}); example {entry.reduction}",
+        f"First call:  {case.describe()}",
+        f"Second call: {second.describe()}",
+        "",
+        "Makes both calls and compares them bit for bit, no oracle involved.",
+    ]
+    return reproduction.script(
+        kind=sig.kind,
+        ident=sig.ident,
+        title="two BatchNorm calls an exact relation ties",
+        about=about,
+        persists=meaning,
+        body="\n".join(lines),
+    )
 
 
 def _array(a: np.ndarray) -> str:

@@ -2,7 +2,8 @@
 
 The script, in the spirit of the forum thread that started bnprops, makes the exact MXNet call
 through the finding's entry point and backend (bnprops.mx.snippets.snippet), prints MXNet's numbers beside the
-float64 oracle's and exits 1 while the deviation persists, 0 once MXNet agrees.  The oracle's
+float64 oracle's, and keeps the reproducer contract (bnprops.base.reproduction): exit status 1 while the
+deviation persists (a known deviation's: while MXNet deviates as recorded), 0 once it is gone.  The oracle's
 values and the per-element error bounds (bnprops.model.error_model's, for this very case) are embedded
 as numbers: they depend on the case alone, so the script judges exactly as the comparator does.
 """
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bnprops.base import reproduction
 from bnprops.fuzzing.catalogue import ACCURACY, ERROR, KNOWN, STALE, UNRECORDED, VERDICTS, Entry, Signature
 from bnprops.judging.judgement import predictions
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
@@ -30,6 +32,8 @@ from bnprops.mx.snippets import snippet
 T = TypeVar("T")
 
 FINDING_FORMAT = "bnprops.finding/1"
+#: What a single call's script prints.
+SHOWS = "Makes the call and prints MXNet's numbers beside a float64 oracle's, worst elements first."
 
 
 def finding_json(entry: Entry) -> str:
@@ -150,6 +154,22 @@ def _as_recorded_lines(model: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray
 def script(entry: Entry) -> str:
     """The standalone reproducer for a catalogue entry."""
     sig, case = entry.signature, entry.case
+    body, meaning = call_body(entry)
+    about = [f"{sig.describe()}", f"Example ({entry.reduction}): {case.describe()}", "", SHOWS]
+    return reproduction.script(
+        kind=sig.kind,
+        ident=sig.ident,
+        title="a single BatchNorm call",
+        about=about,
+        persists=meaning,
+        body=body,
+        recorded=sig.deviation if sig.kind == KNOWN else "",
+    )
+
+
+def call_body(entry: Entry) -> tuple[str, str]:
+    """The body of a single call's reproducer (it defines ``main``) and what its persisting means."""
+    sig, case = entry.signature, entry.case
     ev = evaluate(case, "reference")  # (the script holds every array: the reference writes them all)
     expected = ev.expected
     tol = ev.sharp if sig.kind == ACCURACY else ev.bound
@@ -166,58 +186,45 @@ def script(entry: Entry) -> str:
     call = snippet(case, entry=sig.entry, backend=sig.backend)
     focus = _focus(sig)
     model = _model(sig, case) if sig.kind in VERDICTS else {}
+    deviating = "any(deviates(q) for q in FOCUS)"
     if sig.kind == STALE:
-        verdict = "PERSISTS = not any(deviates(q) for q in FOCUS)  # stale: the known deviation did not show"
-        meaning = "the known deviation it names does not show (the entry in known_deviations.py is stale)"
+        persists = f"not {deviating}"
+        meaning = f"known deviation {sig.deviation} does not show (its entry in the known deviations is stale)"
     elif sig.kind == ERROR:
-        verdict = "PERSISTS = error is not None"
+        persists = "error is not None"
         meaning = "MXNet raises"
     elif sig.kind == ACCURACY:
-        verdict = "PERSISTS = any(deviates(q) for q in FOCUS)"
+        persists = deviating
         meaning = (
             f"MXNet's {sig.quantity} is beyond the probabilistic error bound around the float64 oracle (within the "
             "deterministic one: it loses more digits than a float sum with random rounding would)"
         )
     elif sig.kind == UNRECORDED:
-        verdict = "PERSISTS = any(deviates(q) for q in FOCUS) and not all(as_recorded(q) for q in FOCUS)"
+        persists = f"{deviating} and not all(as_recorded(q) for q in FOCUS)"
         meaning = (
             f"MXNet's {sig.quantity} deviates from the oracle, but not as known deviation {sig.deviation} "
             "records (neither the oracle's values nor its model's)"
         )
     elif sig.kind == KNOWN:
-        verdict = "PERSISTS = any(deviates(q) for q in FOCUS)"
-        meaning = (
-            f"MXNet's {sig.quantity} deviates from the oracle (it says whether as known deviation {sig.deviation} "
-            "records)"
-        )
+        persists = f"{deviating} and all(as_recorded(q) for q in FOCUS)" if model else deviating
+        meaning = f"MXNet's {sig.quantity} deviates from the oracle as the deviation's model says"
     else:
-        verdict = "PERSISTS = any(deviates(q) for q in FOCUS)"
+        persists = deviating
         meaning = f"MXNet's {sig.quantity} is outside the error bound around the float64 oracle"
-    if model:
-        recorded = (
-            "RECORDED = all(as_recorded(q) for q in FOCUS)\n"
-            "print('matches the recorded deviation' if PERSISTS and RECORDED else "
-            "'deviates, but not as recorded' if any(deviates(q) for q in FOCUS) else "
-            f"'agrees with the oracle', '({sig.deviation})')"
-        )
+    if sig.kind == ERROR:
+        difference = "f'MXNet raised {type(error).__name__}' if error is not None else 'MXNet did not raise'"
     else:
-        recorded = ""
+        difference = (
+            "', '.join(f\"{q} {'DEVIATES from' if deviates(q) else 'agrees with'} the oracle\" for q in FOCUS) "
+            "or 'nothing to judge'"
+        )
+    if model:
+        difference = f"({difference})" + (
+            " + '; ' + ('matches the recorded deviation' if all(as_recorded(q) for q in FOCUS) and "
+            f"{deviating} else 'deviates, but not as recorded' if {deviating} else "
+            f"'agrees with the oracle') + ' ({sig.deviation})'"
+        )
     lines = [
-        "#!/usr/bin/env python3",
-        f'"""bnprops reproducer {sig.ident}',
-        "",
-        f"{sig.describe()}",
-        f"Example ({entry.reduction}): {case.describe()}",
-        "",
-        "Needs only mxnet (1.9.1) and numpy. Prints MXNet's numbers beside a float64 oracle's and exits 1",
-        f"while {meaning}; exits 0 once it agrees.",
-        '"""',
-        "from __future__ import annotations",
-        "",
-        "import sys",
-        "",
-        "import numpy as np",
-        "",
         "# The call under test (it leaves MXNet's results in `actual`).",
         "error, actual = None, {}",
         "try:",
@@ -294,15 +301,13 @@ def script(entry: Entry) -> str:
             if model
             else []
         ),
-        "if error is not None:",
-        "    print(f'MXNet raised {type(error).__name__}: {error}')",
-        "else:",
-        "    for q in FOCUS + [q for q in expected if q not in FOCUS]:",
-        "        if q in actual:",
-        "            show(q, rows=12 if q in FOCUS else 3)",
-        verdict,
-        *([recorded] if recorded else []),
-        "print('deviation persists' if PERSISTS else 'deviation gone: MXNet agrees with the oracle here')",
-        "sys.exit(1 if PERSISTS else 0)",
+        "def main():",
+        "    if error is not None:",
+        "        print(f'MXNet raised {type(error).__name__}: {error}')",
+        "    else:",
+        "        for q in FOCUS + [q for q in expected if q not in FOCUS]:",
+        "            if q in actual:",
+        "                show(q, rows=12 if q in FOCUS else 3)",
+        f"    return verdict({persists}, {difference})",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines), meaning

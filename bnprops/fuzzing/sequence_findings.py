@@ -8,7 +8,8 @@ Hypothesis shrinks the list of rules first and a finding settles on the shortest
 
 A finding's quantity is ``RULE:WHAT`` (``backward_again:moving_mean``): the same fault reached through
 longer sequences is one finding, its entry keeping the shortest (Entry.sequence).  A rule where a
-recorded sequence deviation's model held is "known".  ``script`` is the standalone replay.
+recorded sequence deviation's model held is "known".  ``script`` is the standalone replay, under the shared
+reproducer contract (a known deviation's persists while the state shows it as recorded).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from bnprops.base import reproduction
 from bnprops.fuzzing.catalogue import KNOWN, SEQUENCE, VERDICTS, Entry, Signature
 from bnprops.fuzzing.reproducer import load_example, with_example
 from bnprops.fuzzing.summary import per_target_table
 from bnprops.judging import in_network
 from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS
+from bnprops.judging.state_model import REPLAYS
 from bnprops.model.case import Case
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 from bnprops.search.sequences import ENTRIES, Sequence, SequenceRun, resolve, run_sequence, sequences
@@ -66,7 +69,10 @@ def run_in_worker(spec: dict[str, Any]) -> SequenceRun:
     """The worker process's side: the sequence on that process's backend."""
     sequence = Sequence.from_dict(spec["sequence"])
     session = resolve(spec.get("session"))
-    return run_sequence(sequence, backend=IN_PROCESS_BACKEND, session_factory=session, script=spec["script"])
+    script, deviation = spec["script"], spec.get("deviation", "")
+    return run_sequence(
+        sequence, backend=IN_PROCESS_BACKEND, session_factory=session, script=script, deviation=deviation
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,17 +117,25 @@ def signatures(run: SequenceRun, *, entry: str, backend: str) -> tuple[Signature
 
 
 def check_sequence(
-    sequence: Sequence, *, entry: str, backend: str, session: str | None = None, script: bool = False
+    sequence: Sequence,
+    *,
+    entry: str,
+    backend: str,
+    session: str | None = None,
+    script: bool = False,
+    deviation: str = "",
 ) -> SequenceCheck:
     """Run the drawn sequence on ``entry`` and ``backend``; ``session`` (module:function) plants a session.
 
-    ``script``: a replay script even when the sequence follows the model (a failure always has one).
+    ``script``: a replay script even when the sequence follows the model (a failure always has one), which checks
+    recorded deviation ``deviation`` as recorded.
     """
     built = sequence.for_entry(entry)
     if backend == IN_PROCESS_BACKEND:
-        run = run_sequence(built, backend=backend, session_factory=resolve(session), script=script)
+        factory = resolve(session)
+        run = run_sequence(built, backend=backend, session_factory=factory, script=script, deviation=deviation)
     else:
-        spec = {"sequence": built.to_dict(), "session": session, "script": script}
+        spec = {"sequence": built.to_dict(), "session": session, "script": script, "deviation": deviation}
         try:
             run = in_network.worker_for(backend).call(spec, _IN_WORKER)
         except in_network.ChainCrashed as exc:
@@ -168,28 +182,41 @@ def load_sequence(path: Path) -> Sequence | None:
 
 
 def script(entry: Entry) -> str:
-    """The standalone replay (mxnet and numpy only): state_model's script for the sequence on its target.
+    """The standalone replay (mxnet and numpy only, the shared contract): state_model's script for the sequence.
 
-    A new finding's is the one written when it failed (Entry.replay: it checks the failing rule's value
-    against the model and exits 1 while it deviates); a known deviation's replays and prints the state.
+    A new finding's is the one written when it failed (Entry.replay: it checks the failing rule's value against
+    the model, or that the rule raises, and persists while it departs as found); a recorded deviation's runs the
+    sequence again on MXNet and checks, at the rule where it showed, that the state is as the deviation records.
     """
     sig = entry.signature
     sequence = sequence_of(entry).for_entry(sig.entry)
-    body = entry.replay or check_sequence(sequence, entry=sig.entry, backend=sig.backend, script=True).run.script
-    verdict = f" ({VERDICTS[sig.kind]} {sig.deviation})" if sig.kind in VERDICTS else ""
-    header = [
-        "#!/usr/bin/env python3",
-        f'"""bnprops sequence reproducer {sig.ident}',
-        "",
-        sig.describe() + verdict,
-        f"Sequence ({entry.reduction}): {sequence.describe()}",
-        "",
-        "Needs only mxnet (1.9.1) and numpy. Replays the rules on one BatchNorm and prints the state after each;",
-        "a new finding's exits 1 while the failing rule's value lies outside the reference model's bound, 0 once it",
-        "agrees.",
-        '"""',
-    ]
-    return "\n".join(header) + "\n" + body
+    recorded = sig.deviation if sig.kind == KNOWN else ""
+    body = entry.replay if entry.replay and "def main(" in entry.replay else ""  # an older format: run it again
+    if not body:
+        checked = check_sequence(sequence, entry=sig.entry, backend=sig.backend, script=True, deviation=recorded)
+        body = checked.run.script
+    if recorded:
+        persists = f"the state after the rule shows deviation {recorded}'s model, not the contract"
+    else:
+        persists = f"after rule {sig.quantity.replace(':', ', ', 1)} leaves the reference model of the state"
+    about = [sig.describe(), f"Sequence ({entry.reduction}): {sequence.describe()}", "", REPLAYS]
+    return reproduction.script(
+        kind=sig.kind,
+        ident=sig.ident,
+        title="a training sequence on one BatchNorm",
+        about=about,
+        persists=persists,
+        body=body or NO_REPLAY,
+        recorded=recorded,
+    )
+
+
+#: The body of a sequence finding's script when no replay could be written (the run crashed its process).
+NO_REPLAY = """
+def main():
+    return verdict(True, "no replay: the sequence did not run to a failure bnprops could write down (it crashed "
+                   "the process running it); bnprops repro on the finding's JSON runs it again")
+"""
 
 
 def replay(sequence: Sequence, sig: Signature, *, entry: str, backend: str) -> bool:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from typing import Any
 
 import numpy as np
 
+from bnprops.base import reproduction
 from bnprops.judging.comparator import compare
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import (
@@ -103,6 +105,12 @@ class Step:
 
 
 State = dict[str, np.ndarray | None]
+#: A value a replay compares with: (expected values, bound); None expected: no array at all.
+Reference = tuple[np.ndarray | None, np.ndarray | float]
+#: What a replay checks after a step (Tracker.check; a raising step's: {"step", "raises"}).
+Check = dict[str, Any]
+#: What a sequence's script does, in its header.
+REPLAYS = "Replays the rules on one BatchNorm and prints the state after each; then judges the finding's checks."
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -277,6 +285,8 @@ class Tracker:
         self.session = factory(config.entry, **config.session_kwargs())
         self.steps: list[Step] = []
         self.known: list[tuple[int, str]] = []
+        #: (deviation id, check) for each known departure: what its reproducer checks (replay_script).
+        self.recorded: list[tuple[str, Check]] = []
         #: (rule number, single-call known deviation): the steps whose departure from the oracle one explained.
         self.explained: list[tuple[int, str]] = []
         self.layer = Layer(config, self.session.state())
@@ -290,6 +300,7 @@ class Tracker:
 
     def _judge(self, case: Case, outputs: Outputs, checked: tuple[str, ...], known: tuple[str, ...] = ()) -> None:
         self.known.extend((len(self.steps), ident) for ident in known)
+        _record_kept(self, case, known)
         outcome = judge(
             case,
             outputs,
@@ -307,11 +318,8 @@ class Tracker:
         for key in keys:
             if not _same(after[key], want[key]):
                 w, a = want[key], after[key]
-                check = None
-                if w is not None and a is not None and w.shape == a.shape:
-                    check = {"quantity": key, "expected": w, "bound": np.zeros(w.shape)}
                 detail = f"  {key} must be {why}, bit for bit\n    expected: {w!r}\n    actual:   {a!r}"
-                _fail(self, key, detail, check)
+                _fail(self, key, detail, [check_of(self, key, (w, 0.0))])
 
     def _end(self, after: State, *, graph: dict[str, np.ndarray] | None = None) -> None:
         self.layer.graph, self.layer.state = graph, after
@@ -408,33 +416,48 @@ class Tracker:
         self._end(after)
 
 
-def _fail(tracker: Tracker, what: str, detail: str, check: dict[str, Any] | None = None) -> None:
-    """End the sequence: what broke after the last rule, with a replay script (and its check of ``what``)."""
+def check_of(tracker: Tracker, quantity: str, contract: Reference, *, recorded: Reference | None = None) -> Check:
+    """What a replay checks of ``quantity`` after the latest rule: the contract's value (and bound), and a recorded
+    deviation's (replay_script)."""
+    return {"step": len(tracker.steps), "quantity": quantity, "contract": contract, "recorded": recorded}
+
+
+def _record_kept(tracker: Tracker, case: Case, known: tuple[str, ...]) -> None:
+    """A frozen layer's recorded deviations: the state kept as recorded, where the contract moves it (or writes 1)."""
+    apparatus = evaluate(case) if known else None
+    for ident in known:
+        for q in ("gamma",) if ident == FROZEN_SYM_KEEPS_GAMMA.id else ("moving_mean", "moving_var"):
+            kept = tracker.layer.state[q]
+            assert kept is not None and apparatus is not None
+            contract = (np.ones_like(kept), 0.0) if q == "gamma" else (apparatus.expected[q], apparatus.bound[q])
+            tracker.recorded.append((ident, check_of(tracker, q, contract, recorded=(kept, 0.0))))
+
+
+def _fail(tracker: Tracker, what: str, detail: str, checks: list[Check]) -> None:
+    """End the sequence: what broke after the last rule, with a replay script (and its checks of ``what``)."""
     names = " > ".join(s.method for s in tracker.steps)
-    script = replay_script(tracker, check=check)
+    body = replay_script(tracker, checks=checks)
+    script = standalone(tracker, body, ident=signature(tracker.steps, what), what=what)
     raise SequenceFailure(
         f"MXNet ({tracker.layer.entry}, {tracker.backend}) after rule {len(tracker.steps)} of the sequence "
         f"[{names}]: {what}\n{detail}\nsignature: {signature(tracker.steps, what)}\n"
         "Replay with (mxnet and numpy only):\n" + "\n".join("    " + line for line in script.splitlines()),
         rules=tuple(s.method for s in tracker.steps),
         quantity=what,
-        script=script,
+        script=body,
     )
 
 
 def _fail_judged(tracker: Tracker, case: Case, outcome: Outcome, outputs: Outputs) -> None:
     worst = outcome.unexpected[0] if outcome.unexpected else None
-    check = None
-    if worst is not None and worst.quantity in outputs:
-        apparatus = evaluate(outcome.case)
-        check = {
-            "quantity": worst.quantity,
-            "expected": np.asarray(apparatus.expected[worst.quantity]),
-            "bound": np.asarray(apparatus.bound[worst.quantity]),
-        }
+    checks = []
+    apparatus = evaluate(outcome.case)
+    if worst is not None and worst.quantity in apparatus.expected:
+        q = worst.quantity
+        checks.append(check_of(tracker, q, (np.asarray(apparatus.expected[q]), np.asarray(apparatus.bound[q]))))
     detail = "\n".join("  " + m.describe() for m in outcome.unexpected)
     detail += "".join(f"\n  stale known deviation {kd.id}" for kd in outcome.stale)
-    _fail(tracker, worst.quantity if worst else "stale", f"judged as one call: {case.describe()}\n{detail}", check)
+    _fail(tracker, worst.quantity if worst else "stale", f"judged as one call: {case.describe()}\n{detail}", checks)
 
 
 def _check_second_update(tracker: Tracker, case: Case, after: State) -> None:
@@ -444,11 +467,22 @@ def _check_second_update(tracker: Tracker, case: Case, after: State) -> None:
         return
     # Not the contract: it must be the recorded deviation's model, one more update from this state.
     moved = {k: v for k in ("moving_mean", "moving_var") if (v := after[k]) is not None}
-    verdict = compare(case, moved, quantities=("moving_mean", "moving_var"))
+    apparatus = evaluate(case)
+    verdict = compare(case, moved, quantities=("moving_mean", "moving_var"), evaluation=apparatus)
+    checks = [
+        check_of(tracker, q, (before[q], 0.0), recorded=(apparatus.expected[q], apparatus.bound[q])) for q in moved
+    ]
     if not verdict.ok:
         detail = "\n".join("  " + m.describe() for m in verdict.mismatches)
-        _fail(tracker, "moving statistics", f"neither left alone nor {RETAINED_GRAPH_UPDATES_AGAIN.id}:\n{detail}")
+        what = f"neither left alone nor {RETAINED_GRAPH_UPDATES_AGAIN.id}:\n{detail}"
+        _fail(tracker, "moving statistics", what, checks)
     tracker.known.append((len(tracker.steps), RETAINED_GRAPH_UPDATES_AGAIN.id))
+    tracker.recorded.extend((RETAINED_GRAPH_UPDATES_AGAIN.id, c) for c in checks)
+
+
+def raising(tracker: Tracker, exc: Exception) -> Check:
+    """A replay's check that the latest rule raises as ``exc`` did."""
+    return {"step": len(tracker.steps), "raises": type(exc).__name__}
 
 
 def signature(steps: list[Step], quantity: str) -> str:
@@ -466,52 +500,123 @@ def _literal(value: Any) -> str:
         return "{" + ", ".join(f"{k!r}: {_literal(v)}" for k, v in value.items()) + "}"
     if isinstance(value, tuple):
         return "(" + "".join(f"{_literal(v)}, " for v in value) + ")"
+    if isinstance(value, list):
+        return "[" + "".join(f"\n    {_literal(v)}," for v in value) + "\n]"
     return repr(value)
 
 
-_WHERE = {
-    "y": "result['y']",
-    "forward_moving_mean": "result['forward_moving_mean']",
-    "forward_moving_var": "result['forward_moving_var']",
-    **{q: f"state[{b!r}]" for q, b in BUFFER_OF.items()},
-}
+_REPLAY = """
+def value_of(quantity, result, state):
+    \"\"\"Where a quantity lives after a step: a call's own outputs in its result, the rest in the state.\"\"\"
+    if quantity in ('y', 'forward_moving_mean', 'forward_moving_var'):
+        return result.get(quantity) if isinstance(result, dict) else None
+    return state.get(BUFFER_OF.get(quantity, quantity))
 
 
-def replay_script(tracker: Tracker, *, check: dict[str, Any] | None = None) -> str:
-    """A standalone script (mxnet and numpy only) that replays the tracker's steps and prints the state after each.
+def within(value, reference):
+    \"\"\"Is value the reference's (expected values, bound; None: no array at all)?\"\"\"
+    if reference is None:
+        return False
+    expected, bound = reference
+    if expected is None or value is None:
+        return expected is None and value is None
+    a, e = np.asarray(value, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return False
+    with np.errstate(invalid='ignore'):
+        return bool(((a == e) | (np.abs(a - e) <= bound) | (np.isnan(a) & np.isnan(e))).all())
 
-    ``check``: the quantity of the last step that failed, its expected values and bound; the script
-    exits with status 1 while MXNet's value lies outside that bound.
+
+def main(session_class=SESSION):
+    \"\"\"Replay the rules, print the state after each, and judge CHECKS: the contract's verdict.\"\"\"
+    seen, raised = {}, None
+    try:
+        s = session_class(**KWARGS)
+        print('initial', s.state())
+        for i, (method, args) in enumerate(STEPS, 1):
+            result = getattr(s, method)(**args)
+            seen[i] = (result, s.state())
+            print(f'after step {i}: {method}', *seen[i])
+    except Exception as exc:
+        raised = (len(seen) + 1, exc)
+        print(f'step {raised[0]} raised {type(exc).__name__}: {exc}')
+    notes, departs, recorded, off_contract = [], [], [], []
+    for c in CHECKS:
+        where = f"{c.get('quantity', 'the rule')} after step {c['step']}"
+        if 'raises' in c:
+            hit = raised is not None and raised[0] == c['step'] and type(raised[1]).__name__ == c['raises']
+            notes.append(f"step {c['step']} {'raises' if hit else 'does not raise'} {c['raises']}")
+            departs.append(hit)
+            continue
+        if c['step'] not in seen:
+            notes.append(f'{where}: not reached (the replay raised before it)')
+            departs.append(True)
+            recorded.append(False)
+            off_contract.append(False)
+            continue
+        value = value_of(c['quantity'], *seen[c['step']])
+        keeps, as_recorded = within(value, c['contract']), within(value, c['recorded'])
+        print(where, 'is', value, '; the contract:', None if c['contract'] is None else c['contract'][0],
+              *(() if c['recorded'] is None else ('; as recorded:', c['recorded'][0])))
+        said = 'as recorded' if as_recorded and not keeps else 'as the contract says' if keeps else 'NEITHER'
+        notes.append(f'{where}: {said}')
+        departs.append(not keeps and not as_recorded)
+        recorded.append(as_recorded)
+        off_contract.append(not keeps)
+    if raised is not None and not any('raises' in c for c in CHECKS):
+        notes.append(f'step {raised[0]} raised {type(raised[1]).__name__}, where the finding does not')
+        departs.append(not AS_RECORDED)
+    if AS_RECORDED:
+        persists = bool(recorded) and all(recorded) and any(off_contract)
+    else:
+        persists = any(departs)
+    return verdict(persists, '; '.join(notes) or 'nothing to check: the sequence followed the model')
+"""
+
+
+def replay_script(tracker: Tracker, *, checks: Seq[Check] = (), as_recorded: bool = False) -> str:
+    """The body of a standalone replay (mxnet and numpy only; ``standalone`` makes it a script): the tracker's steps,
+    the state printed after each, and ``checks`` judged (Tracker.check's). It persists while a check's quantity
+    is neither the contract's value nor a recorded deviation's, or the step raises as found (``raises``); a
+    recorded deviation's (``as_recorded``) while every check's quantity is as recorded and not all as the contract.
     """
     cls, extra = SESSIONS[tracker.config.entry]
-    lines = ["from __future__ import annotations"]
+    lines = []
     if tracker.backend == "native":
         lines += ["import os", "os.environ['MXNET_MKLDNN_ENABLED'] = '0'  # the native kernel (read at import)"]
     lines += [
-        "import sys",
         "from typing import Any",
-        "import mxnet as mx, numpy as np",
+        "import mxnet as mx",
         "nan, inf = float('nan'), float('inf')",
         "",
         session_source(cls),
-        f"s = {cls.__name__}(**{_literal({**tracker.config.session_kwargs(), **extra})})",
-        "state = s.state()",
-        "print('initial', state)",
+        f"SESSION = {cls.__name__}",
+        f"KWARGS = {_literal({**tracker.config.session_kwargs(), **extra})}",
+        f"STEPS = {_literal([(step.method, step.args) for step in tracker.steps])}",
+        f"BUFFER_OF = {BUFFER_OF!r}",
+        "# What the finding is: per check, the step, the quantity, the contract's value and bound, and a recorded",
+        "# deviation's (or the exception the step raises).",
+        f"CHECKS = {_literal(list(checks))}",
+        f"AS_RECORDED = {as_recorded!r}",
+        _REPLAY,
     ]
-    for i, step in enumerate(tracker.steps, 1):
-        args = ", ".join(f"{k}={_literal(v)}" for k, v in step.args.items())
-        lines.append(f"result = s.{step.method}({args})")
-        lines.append("state = s.state()")
-        lines.append(f"print('after step {i}: {step.method}', result, state)")
-    if check is not None:
-        quantity = check["quantity"]
-        where = _WHERE.get(quantity, f"state[{quantity!r}]")
-        lines += [
-            f"actual = np.asarray({where}, dtype=np.float64)",
-            f"expected = {_literal(np.asarray(check['expected'], dtype=np.float64))}",
-            f"bound = {_literal(np.asarray(check['bound'], dtype=np.float64))}",
-            "bad = ~((np.abs(actual - expected) <= bound) | (np.isnan(actual) & np.isnan(expected)))",
-            f"print({quantity!r}, 'expected', expected, 'bound', bound, 'actual', actual)",
-            "sys.exit(1 if bad.any() else 0)",
-        ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def standalone(tracker: Tracker, body: str, *, ident: str, what: str, recorded: str = "") -> str:
+    """A replay body (replay_script) as a standalone script under the shared reproducer contract."""
+    rules = " > ".join(s.method for s in tracker.steps)
+    persists = (
+        f"the state after the rule shows deviation {recorded}'s model, not the contract"
+        if recorded
+        else f"{what} leaves the reference model of the state, as found"
+    )
+    return reproduction.script(
+        kind="known" if recorded else "sequence",
+        ident=ident,
+        title="a training sequence on one BatchNorm",
+        about=[f"Rules: {rules} on {tracker.layer.entry}, {tracker.backend}", "", REPLAYS],
+        persists=persists,
+        body=body,
+        recorded=recorded,
+    )

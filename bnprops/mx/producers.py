@@ -9,6 +9,7 @@ the same network bit for bit; mx.network_kernel runs it, judging.in_network judg
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -17,6 +18,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from bnprops.base import reproduction
 from bnprops.base.selection import validate_choices
 from bnprops.model.case import DTYPES
 from bnprops.mx import network_kernel
@@ -157,52 +159,76 @@ class Chain:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
 
-    def snippet(self, *, backend: str = "onednn") -> str:
-        """A standalone script (mxnet and numpy only) that builds this network, runs it, runs the same BatchNorm
-        alone (mx.nd.BatchNorm) on a plain copy of its captured input, and prints how the two differ.
+    def snippet(
+        self,
+        *,
+        backend: str = "onednn",
+        ident: str = "",
+        kind: str = "network",
+        about: Sequence[str] = (),
+        recorded: str = "",
+        raises: str = "",
+    ) -> str:
+        """A standalone reproducer (mxnet and numpy only, bnprops.base.reproduction's contract) that builds this
+        network, runs it, runs the same BatchNorm alone (mx.nd.BatchNorm) on a plain copy of its captured input,
+        and prints how the two differ.
 
-        It exits 1 if they differ at all (on oneDNN a different layout may legitimately round differently:
-        read the numbers) or the network raises, 0 if they agree bit for bit. ``main(in_network)`` takes another
-        in-network run, so that a test can run the same comparison on a planted one.
+        It persists while they differ at all (on oneDNN a different layout may legitimately round differently:
+        read the numbers) or the network raises; for ``recorded`` (a recorded network deviation's id) while the
+        network raises with its message, ``raises``. ``main(in_network)`` takes another in-network
+        run, so that a test can run the same comparison on a planted one.
         """
-        if backend not in ("onednn", "native"):
-            raise ValueError(f"a chain runs on a CPU backend ('onednn' or 'native'), not {backend!r}")
-        source = inspect.getsource(network_kernel).replace("from __future__ import annotations\n", "")
-        head = ["import os"]
-        if backend == "native":
-            head.append("os.environ['MXNET_MKLDNN_ENABLED'] = '0'  # the native kernel (read at import)")
-        head.append("os.environ.setdefault('MXNET_ENGINE_TYPE', 'NaiveEngine')  # as bnprops runs MXNet")
-        tail = f"""
-import json, sys
-spec = json.loads({self.to_json()!r})
+        body = chain_body(self, backend=backend, recorded=raises if recorded else "")
+        persists = f"the network raises {raises!r}" if recorded else "in-network results differ or it raises"
+        return reproduction.script(
+            kind=kind,
+            ident=ident or f"chain-{hashlib.sha256(self.to_json().encode()).hexdigest()[:10]}",
+            title="BatchNorm inside a network, against the same call alone",
+            about=[f"Chain: {self.describe()}", *about],
+            persists=persists,
+            body=body,
+            recorded=recorded,
+        )
+
+
+def chain_body(chain: Chain, *, backend: str, recorded: str = "") -> str:
+    """The reproducer's body (Chain.snippet): the network kernel's source, the chain's spec and ``main``."""
+    if backend not in ("onednn", "native"):
+        raise ValueError(f"a chain runs on a CPU backend ('onednn' or 'native'), not {backend!r}")
+    source = inspect.getsource(network_kernel).replace("from __future__ import annotations\n", "")
+    head = ["import os"]
+    if backend == "native":
+        head.append("os.environ['MXNET_MKLDNN_ENABLED'] = '0'  # the native kernel (read at import)")
+    head.append("os.environ.setdefault('MXNET_ENGINE_TYPE', 'NaiveEngine')  # as bnprops runs MXNet")
+    tail = f"""
+import json
+spec = json.loads({chain.to_json()!r})
+RECORDED = {recorded!r}  # a recorded deviation's message: it persists while the network raises with it
 
 
 def main(in_network=run_in_network):
-    \"\"\"1 while BatchNorm's in-network results differ from the plain call's (or the network raises), else 0.\"\"\"
-    print({self.describe()!r})
+    \"\"\"The contract's verdict: BatchNorm in the network against the plain call (or the network raising).\"\"\"
+    print({chain.describe()!r})
     try:
         net = in_network(spec)  # BatchNorm inside the network, with its input x and head gradient dy captured
     except Exception as exc:
-        print(f"the network raised {{type(exc).__name__}}: {{exc}}")
-        return 1
+        raised = f"the network raised {{type(exc).__name__}}: {{exc}}"
+        return verdict(RECORDED in str(exc), raised)
     plain = run_plain(spec, net['x'], net['dy'])  # the same BatchNorm alone on a plain copy of x
-    differs = False
+    differ = []
     for q, value in plain.items():
         if q not in net:
             continue
         diff = np.abs(net[q].astype(np.float64) - value.astype(np.float64))
         same = np.array_equal(net[q], value, equal_nan=True)
-        differs |= not same
+        differ += [] if same else [q]
         worst = np.unravel_index(int(np.nanargmax(diff)), diff.shape) if diff.size else ()
         print(f"{{q:12}} {{'bit for bit' if same else 'differs'}}; max |in-network - plain| = {{np.nanmax(diff):.3g}}"
               + ('' if same else f" at {{worst}}: {{net[q][worst]!r}} vs {{value[worst]!r}}"))
-    return 1 if differs else 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+    found = f"in-network differs from plain in {{', '.join(differ)}}" if differ else "in-network equals plain"
+    return verdict(bool(differ) and not RECORDED, found + ('; the network did not raise' if RECORDED else ''))
 """
-        return "\n".join(head) + "\n" + source + tail
+    return "\n".join(head) + "\n" + source + tail
 
 
 def chain_step_names(chain: Chain) -> str:

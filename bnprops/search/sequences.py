@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from bnprops.judging.state_model import Config, SequenceFailure, Tracker, replay_script
+from bnprops.judging.state_model import Config, SequenceFailure, Tracker, raising, replay_script
 from bnprops.model.case import GRAD_TARGETS, param_dtype
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 
@@ -238,11 +238,13 @@ def run_sequence(
     backend: str = IN_PROCESS_BACKEND,
     session_factory: SessionFactory | None = None,
     script: bool = False,
+    deviation: str = "",
 ) -> SequenceRun:
     """Drive ``sequence`` through a Tracker on this process's backend; the first departure from the model ends it.
 
     MXNet raising in a rule is a finding too (quantity 'raises:<exception type>').  A failure comes with its
-    replay script; ``script``: a run that follows the model too (it replays and prints, and exits 0).
+    replay script's body (state_model.replay_script); ``script``: a run that follows the model too, whose replay
+    checks recorded deviation ``deviation`` as recorded (none: it has nothing to check, and exits 0).
     """
     tracker: Tracker | None = None
     try:
@@ -252,11 +254,14 @@ def run_sequence(
     except SequenceFailure as failure:
         assert tracker is not None
         return SequenceRun(sequence, failure.rules, _known(tracker), failure.quantity, str(failure), failure.script)
-    except Exception as exc:  # MXNet refused a rule: a finding, kept with its message
+    except Exception as exc:  # MXNet refused a rule: a finding, kept with its message and a replay that raises so
         ran = () if tracker is None else tuple(s.method for s in tracker.steps)
         known = () if tracker is None else _known(tracker)
-        return SequenceRun(sequence, ran, known, f"raises:{type(exc).__name__}", f"{type(exc).__name__}: {exc}")
-    replay = replay_script(tracker) if script else ""
+        what = f"raises:{type(exc).__name__}"
+        replay = "" if tracker is None else replay_script(tracker, checks=[raising(tracker, exc)])
+        return SequenceRun(sequence, ran, known, what, f"{type(exc).__name__}: {exc}", replay)
+    checks = [c for ident, c in tracker.recorded if ident == deviation]
+    replay = replay_script(tracker, checks=checks, as_recorded=bool(deviation)) if script else ""
     return SequenceRun(sequence, tuple(s.method for s in tracker.steps), _known(tracker), script=replay)
 
 
