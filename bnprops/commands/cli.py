@@ -31,7 +31,7 @@ first; with neither, --time %(time)g.  A shrink under way when the time is up ma
 
 output (all written atomically into --out):
   report.json, report.md   run parameters, counts, the catalogue (new and known deviations), worst errors
-  errors.png, plot-data.npz   error/bound against offset/spread per dtype and quantity
+  errors.png, plot-data.npz   error/bound against offset/spread per quantity, new findings apart from known ones
   findings/ID.json         one failing case per signature (bnprops repro findings/ID.json)
   findings/ID.py           its standalone reproducer (mxnet and numpy only; exits 1 while it fails)
   db/, db-index.json       the Hypothesis example database: next run replays these first

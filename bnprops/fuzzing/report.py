@@ -30,7 +30,7 @@ from bnprops.fuzzing.fuzz import Config
 from bnprops.fuzzing.plots import plot, plot_history
 from bnprops.fuzzing.reproducer import finding_json, script
 from bnprops.fuzzing.summary import first_layer, second_layer
-from bnprops.fuzzing.tallies import Points, WorkerResult
+from bnprops.fuzzing.tallies import NEW, PASSED, Points, WorkerResult
 from bnprops.model.case import QUANTITIES
 
 REPORT_FORMAT = "bnprops.report/1"
@@ -307,6 +307,7 @@ def _save_points(handle: IO[bytes], points: Points) -> None:
         dtype=points.dtype,
         cond=points.cond,
         ratio=points.ratio,
+        kind=points.kind,
         seen=np.array(points.seen),
         quantities=QUANTITIES,
     )
@@ -327,7 +328,9 @@ def load(out: Path) -> Report:
     npz = out / "plot-data.npz"
     if npz.exists():
         with np.load(npz) as f:
-            points = Points(f["dtype"], f["cond"], f["ratio"], int(f["seen"]))
+            # (a sample saved before the classes were kept: whatever exceeds its bound counts as new, as drawn then)
+            kind = f["kind"] if "kind" in f else np.where(f["ratio"] > 1, NEW, PASSED).astype(np.int8)
+            points = Points(f["dtype"], f["cond"], f["ratio"], kind, int(f["seen"]))
     return Report.from_dict(data, points)
 
 
@@ -523,8 +526,12 @@ def _appendix(report: Report) -> str:
         f"![error/bound against offset/spread](errors.png) ({len(report.points.cond)} of "
         f"{report.points.seen} cases sampled)",
         "",
+        "One panel per quantity with data, every dtype together: red dots are new findings, open blue circles "
+        "departures a recorded deviation explains (known deviations, above the bound as a new one would be), grey "
+        "bins the cases that passed (darker: more); the dashed line is the bound. Cases that passed inside a stacked "
+        "call are judged as a group and have no error/bound of their own: counted, not drawn. "
         "x: offset/spread = max over channels of |mean| / sqrt(var + eps), how much cancellation the "
-        "statistics suffer; y: the largest error/bound ratio in the quantity (the red line is the bound).",
+        "statistics suffer; y: the largest error/bound ratio in the quantity.",
     ]
     if report.shards:
         lines += ["", "## Shards", ""]

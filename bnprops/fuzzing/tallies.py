@@ -14,27 +14,50 @@ from bnprops.fuzzing.catalogue import Entry, conditioning
 from bnprops.judging.checks import Outcome
 from bnprops.model.case import DTYPES, QUANTITIES, Case
 
+#: What a sampled point is, per quantity, so the plot can draw a new finding apart from what is already known.
+PASSED, KNOWN, NEW = 0, 1, 2
+
 
 @dataclasses.dataclass
 class Points:
-    """A uniform sample of judged cases for the error plot: dtype, conditioning, error/bound per quantity."""
+    """A uniform sample of judged cases for the error plot: dtype, conditioning, error/bound and class per quantity."""
 
     dtype: np.ndarray  # int8 index into DTYPES
     cond: np.ndarray  # float64, catalogue.conditioning
     ratio: np.ndarray  # float64 (n, len(QUANTITIES)), NaN where the quantity was not produced
+    kind: np.ndarray  # int8 (n, len(QUANTITIES)): PASSED, KNOWN or NEW
     seen: int  # cases the sample was drawn from
 
     @classmethod
     def empty(cls) -> Points:
-        return cls(np.zeros(0, np.int8), np.zeros(0), np.zeros((0, len(QUANTITIES))), 0)
+        return cls(
+            np.zeros(0, np.int8),
+            np.zeros(0),
+            np.zeros((0, len(QUANTITIES))),
+            np.zeros((0, len(QUANTITIES)), np.int8),
+            0,
+        )
 
     def concat(self, other: Points) -> Points:
         return Points(
             np.concatenate([self.dtype, other.dtype]),
             np.concatenate([self.cond, other.cond]),
             np.concatenate([self.ratio, other.ratio]),
+            np.concatenate([self.kind, other.kind]),
             self.seen + other.seen,
         )
+
+
+def point_kinds(outcome: Outcome) -> list[int]:
+    """Per quantity, what the plot shows it as: NEW where the outcome has a finding (a departure no recorded
+    deviation explains, or one that should have shown and did not), KNOWN where a recorded deviation explains
+    the departure, else PASSED. A known deviation's departure exceeds the bound just as a new one does: only
+    the outcome tells them apart."""
+    new = {m.quantity for m in outcome.unexpected}
+    for kd in outcome.stale:
+        new |= kd.quantities & outcome.verdict.ratios.keys()
+    known = {q for _, quantities in outcome.explained for q in quantities}
+    return [NEW if q in new else KNOWN if q in known else PASSED for q in QUANTITIES]
 
 
 class Sampler:
@@ -43,10 +66,10 @@ class Sampler:
     def __init__(self, cap: int, seed: int) -> None:
         self.cap = cap
         self.rng = random.Random(seed)
-        self.rows: list[tuple[int, float, list[float]]] = []
+        self.rows: list[tuple[int, float, list[float], list[int]]] = []
         self.seen = 0
 
-    def add(self, row: tuple[int, float, list[float]]) -> None:
+    def add(self, row: tuple[int, float, list[float], list[int]]) -> None:
         self.seen += 1
         if len(self.rows) < self.cap:
             self.rows.append(row)
@@ -62,6 +85,7 @@ class Sampler:
             np.array([r[0] for r in self.rows], np.int8),
             np.array([r[1] for r in self.rows], np.float64),
             np.array([r[2] for r in self.rows], np.float64),
+            np.array([r[3] for r in self.rows], np.int8),
             self.seen,
         )
 
@@ -121,7 +145,7 @@ def tally_case(
     if outcome is None:
         return verdict
     ratios = [outcome.verdict.ratios.get(q, math.nan) for q in QUANTITIES]
-    sampler.add((DTYPES.index(case.dtype), conditioning(case), ratios))
+    sampler.add((DTYPES.index(case.dtype), conditioning(case), ratios, point_kinds(outcome)))
     for q, r in outcome.verdict.ratios.items():
         key = (case.dtype, q)
         if not math.isnan(r) and (key not in result.worst or r > result.worst[key]["ratio"]):
