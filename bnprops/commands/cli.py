@@ -566,7 +566,7 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         state = "persists" if persists else ("is now a known deviation" if now_known else "is gone")
         print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
-        print(f"\n{'new deviation: not explained by known_deviations.py' if persists else 'no new deviation'}")
+        print(f"\n{'new deviation: not explained by a recorded deviation' if persists else 'no new deviation'}")
     return EXIT_FOUND if persists else EXIT_OK
 
 

@@ -21,7 +21,7 @@ from bnprops.model.case import Case
 from bnprops.model.oracle import statistics
 
 #: Kinds of finding. "known" matches the model of a deviation in
-#: bnprops/judging/known_deviations.py; the others are new.
+#: bnprops/judging/deviations/; the others are new.
 #: "accuracy": beyond the probabilistic error bound, within the deterministic one (bnprops/model/error_model.py).
 #: "unrecorded": inside a known deviation's region, but neither the oracle's values nor the deviation's model.
 #: "relation": an exact metamorphic relation broken (bnprops/judging/relations.py); the quantity says which and where.

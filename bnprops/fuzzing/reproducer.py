@@ -168,7 +168,7 @@ def script(entry: Entry) -> str:
     model = _model(sig, case) if sig.kind in VERDICTS else {}
     if sig.kind == STALE:
         verdict = "PERSISTS = not any(deviates(q) for q in FOCUS)  # stale: the known deviation did not show"
-        meaning = "the known deviation it names does not show (the entry in known_deviations.py is stale)"
+        meaning = "the known deviation it names does not show (its declaration in bnprops/judging/deviations/ is stale)"
     elif sig.kind == ERROR:
         verdict = "PERSISTS = error is not None"
         meaning = "MXNet raises"
@@ -283,8 +283,7 @@ def script(entry: Entry) -> str:
         "",
         *(
             [
-                f"# The model of known deviation {sig.deviation} (bnprops/judging/deviation_models.py): "
-                "what MXNet returns",
+                f"# The model of known deviation {sig.deviation} (docs/deviations.md): what MXNet returns",
                 "# in its REGION (NaN and inf exactly), and how far from it MXNet may land.",
                 f"MODEL = {{{', '.join(f'{q!r}: {_literal(v)}' for q, (_, v, _) in model.items())}}}",
                 f"MODEL_TOL = {{{', '.join(f'{q!r}: {_literal(t)}' for q, (_, _, t) in model.items())}}}",

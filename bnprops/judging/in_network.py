@@ -49,7 +49,7 @@ START_TIMEOUT_S = 180.0
 
 
 def known_deviation(finding: Finding) -> NetworkDeviation | None:
-    """The recorded deviation (bnprops/judging/known_deviations.py) that explains a finding, if one does."""
+    """The recorded network deviation (bnprops.judging.deviations) that explains a finding, if one does."""
     return next(
         (
             kd

@@ -25,9 +25,8 @@ EMPTY_BATCH_NAN = KnownDeviation(
     summary="An empty batch (numpy shape semantics) gives dgamma = NaN instead of the empty sum 0, and turns "
     "the moving statistics into NaN instead of leaving them alone",
     quantities=frozenset({"dgamma", "moving_mean", "moving_var"}),
-    conditions="x with no elements (a zero-length axis other than the channel axis), which only the numpy "
-    "interface's shape semantics accept (npx; sym/nd/gluon reject it: in legacy shapes 0 means unknown); "
-    "batch statistics; dgamma where gamma is learnable and takes a gradient; either kernel, every dtype.",
+    conditions="x with no elements, which only npx's numpy shape semantics accept (in legacy shapes 0 means "
+    "unknown); batch statistics; either kernel, every dtype",
     model=("dgamma (learnable gamma), moving_mean and moving_var all NaN"),
     predict=empty_batch_nan,
     evidence="npx.batch_norm on x of shape (0, 3) under np_shape: y and dx are empty, dbeta = [0 0 0] (the "

@@ -27,10 +27,9 @@ FLOAT16_DX_PROJECTION_OVERFLOW = KnownDeviation(
     summary="float16 data: the training formula for dx forms (x - mean) * dotp invstd^2 / M and dy - mean(dy) "
     "in float16, which overflow although dx is small",
     quantities=frozenset({"dx"}),
-    conditions="float16 data (native kernel); the training formula for dx (batch statistics, or the "
-    "executor's backward after an inference forward: sym-inference-backward-trains); some element where "
-    "half(half(x - mean) * k) with k = dotp invstd^2 / M, half(dy - mean(dy)) or their difference is inf, "
-    "i.e. |xhat * mean(dy xhat)| or |dy - mean(dy)| reaches 65520; dx there is +-inf or NaN",
+    conditions="float16 data, native kernel, the training formula for dx (batch statistics, or "
+    "sym-inference-backward-trains); |xhat mean(dy xhat)| or |dy - mean(dy)| reaches 65520 in some "
+    "element",
     model="dx emulated in float16 as batch_norm.cc forms it (deviation_models.float16_projection): "
     "t = half(half(x - mean) k), dx = half(half(half(dy - mean(dy)) - t) invstd g), exactly, where one of "
     "those overflows; every other element is the oracle's",

@@ -33,9 +33,8 @@ FLOAT16_GRADIENT_PRODUCT_OVERFLOW = KnownDeviation(
     id="float16-gradient-product-overflow",
     summary="float16 data: the products (x - mean) * dy of the gradient sums are formed in float16 and overflow",
     quantities=frozenset({"dgamma", "dx"}),
-    conditions="float16 data (native kernel); some element with |float16(x - mean) * dy| >= 65520, i.e. the "
-    "product rounds to inf in float16, although dgamma is a float32 output and the sum may be finite; "
-    "dgamma becomes NaN or inf, and with batch statistics dx becomes NaN",
+    conditions="float16 data, native kernel; some |half(x - mean) * dy| >= 65520 (inf in float16) although dgamma is "
+    "a float32 output and the exact sum may be finite",
     model=(
         "the kernel form with dotp = the sum of the float16 products, +-inf (NaN where both signs overflow): "
         "dgamma = dotp invstd and dx = (dy - dbeta/M - (x - mean) dotp invstd^2/M) invstd g, NaN or +-inf"

@@ -33,11 +33,9 @@ FLOAT16_NORMALISED_VALUE_OVERFLOW = KnownDeviation(
     id="float16-normalised-value-overflow",
     summary="float16 data: xhat = (x - mean) * invstd is rounded to float16 and overflows, though y fits",
     quantities=frozenset({"y"}),
-    conditions="float16 data (native kernel); some element with |(x - mean) * invstd| >= 65520, or its "
-    "product with gamma, so that the float16 intermediate is inf: y = g * xhat + beta comes out +-inf even "
-    "where |y| < 65504 (a small gamma, or a beta that brings it back); reached with a small moving_var "
-    "(use_global_stats) or eps = 0. The backward never forms xhat (batch_norm.cc: dotp * invstd), so the "
-    "gradients are right",
+    conditions="float16 data, native kernel; |(x - mean) invstd| or its product with gamma reaches 65520 in some "
+    "element (a small moving_var under use_global_stats, or eps = 0); the backward never forms xhat, so "
+    "the gradients are right",
     model=(
         "y = half(half(half(half(x - mean) invstd) g) + beta) emulated in float16, +-inf (NaN where g = 0) "
         "where half(x - mean) invstd or its product with g overflows; every other element is the oracle's"

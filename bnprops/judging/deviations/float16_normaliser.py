@@ -55,9 +55,8 @@ FLOAT16_NORMALISER_OUT_OF_RANGE = KnownDeviation(
     id="float16-normaliser-out-of-range",
     summary="float16 data: var + eps is rounded to float16, so it overflows above 65504 and vanishes below 2^-25",
     quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
-    conditions="float16 data (native kernel); not both var == 0 and eps == 0; var + eps (batch or moving "
-    "statistics) >= 65520 (rounds to inf: invstd=0, y=beta, dx=dgamma=0, moving_var=inf) or < 2^-25 ~ 2.98e-8 "
-    "(rounds to 0: invstd=inf, NaNs)",
+    conditions="float16 data, native kernel; not both var == 0 and eps == 0; var + eps (batch or moving statistics) "
+    ">= 65520 (rounds to inf) or < 2^-25 (rounds to 0)",
     model=(
         "the kernel form with invstd = 1/sqrt(half(var + half(eps))): var + eps rounded to inf gives "
         "invstd=0, y=beta, dx=dgamma=0 and moving_var=inf; rounded to 0 gives invstd=inf, NaN/inf in y, dx "
@@ -76,8 +75,8 @@ FLOAT16_NORMALISER_SUBNORMAL = KnownDeviation(
     id="float16-normaliser-subnormal",
     summary="float16 data: var + eps below 2^-14 is rounded to a float16 subnormal, up to 50% off",
     quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
-    conditions="float16 data (native kernel); 2^-25 <= var + eps < 2^-14 and float16 rounding moves it by more "
-    "than half an ulp of a normal number (may fail: depends on where in the ulp it falls)",
+    conditions="float16 data, native kernel; 2^-25 <= var + eps < 2^-14 and its float16 rounding moves it by more "
+    "than half a normal ulp (may fail: depends on where in the ulp it falls)",
     model=(
         "the kernel form with invstd = 1/sqrt(half(var + half(eps))), the float16 subnormal var + eps: y, dx, "
         "dgamma, invstd and moving_var follow that invstd, within the error model's bounds around them"

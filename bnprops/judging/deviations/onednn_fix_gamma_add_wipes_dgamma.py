@@ -22,9 +22,8 @@ ONEDNN_FIX_GAMMA_ADD_WIPES_DGAMMA = KnownDeviation(
     id="onednn-fix-gamma-add-wipes-dgamma",
     summary="oneDNN, fix_gamma and grad_req='add' for gamma: the accumulated gamma gradient is overwritten with 0",
     quantities=frozenset({"dgamma"}),
-    conditions="float32 through oneDNN; fix_gamma=True; gamma's grad_req is 'add'; some channel's gradient "
-    "buffer holds a non-zero value before the call (training or inference alike). gluon cannot reach it: "
-    "with scale=False gamma takes no gradient.",
+    conditions="float32 through oneDNN; fix_gamma=True; gamma's grad_req 'add' with a non-zero prior (training or "
+    "inference); gluon cannot reach it (with scale=False gamma takes no gradient)",
     model=("dgamma = 0 exactly in every channel, whatever the prior held"),
     predict=onednn_fix_gamma_add_wipes_dgamma,
     evidence="sym, x (4, 3) float32, gamma buffer pre-filled with 7: oneDNN returns dgamma=[0, 0, 0], the native "

@@ -32,11 +32,9 @@ RECOVERED_VARIANCE_NEGATIVE = KnownDeviation(
     summary="A zero-variance channel's moving variance can come out negative: the backward recovers the "
     "batch variance as 1/invstd^2 - eps, which rounds to a few ulps of eps either side of 0",
     quantities=frozenset({"moving_var"}),
-    conditions="batch statistics; a channel whose variance is within the rounding of 1/invstd^2 - eps of 0 "
-    "(one value per channel, a constant channel); momentum * old moving_var no larger than that rounding "
-    "(momentum 0, or a prior of 0), or below eps's rounding to the data type (float16: DType(eps) in the "
-    "forward, the double eps subtracted in the backward); every dtype, entry point and CPU kernel; only "
-    "the invariant (the value stays within the error bound)",
+    conditions="batch statistics; a channel whose variance is within the rounding of 1/invstd^2 - eps of 0 (a "
+    "constant channel), and momentum * old moving_var no larger than that rounding; every dtype, entry "
+    "point and CPU kernel; the value stays within its bound, only the invariant breaks",
     model=(
         "the oracle's moving_var within its deterministic bound, which may be below 0 in the channels it "
         "names: the invariant 'never negative' is what it breaks there, and only there"

@@ -74,11 +74,9 @@ SEQUENTIAL_SUM_DRIFT = KnownDeviation(
     summary="The CPU kernels sum each channel element after element in AccReal: on offset or constant "
     "channels at large M the roundings lean one way and the mean drifts beyond what random rounding allows",
     quantities=frozenset({"y", "dx", "dgamma", "dbeta", "mean", "invstd", "moving_mean", "moving_var"}),
-    conditions="both CPU kernels (on float32 the oneDNN backend's mean is bit for bit the sequential float "
-    "sum too); a channel whose sequential AccReal sum of x or (x - mean)^2 (batch statistics), of dy or of "
-    "(x - mean) dy is off the exact sum by more than lambda u sqrt(sum_k S_k^2) (the probabilistic bound), "
-    "and the quantities downstream of that sum; only accuracy findings (beyond the probabilistic bound, "
-    "within the deterministic one)",
+    conditions="both CPU kernels; a channel whose sequential AccReal sum of x or (x - mean)^2 (batch statistics), of "
+    "dy or of (x - mean) dy drifts beyond the probabilistic bound, and the quantities downstream of that "
+    "sum",
     model=(
         "no value model: which way and how far a sequential sum drifts depends on every rounding, and "
         "predicting it means emulating the kernel's order, which the oneDNN backend does not promise. The "

@@ -78,12 +78,8 @@ SYM_INFERENCE_BACKWARD_TRAINS = KnownDeviation(
     id="sym-inference-backward-trains",
     summary="Executor backward after forward(is_train=False) runs the training formula for dx",
     quantities=frozenset({"dx", "moving_mean", "moving_var"}),
-    conditions="mx.sym executor; forward(is_train=False) then backward(); use_global_stats=False; any kernel "
-    "and dtype. dx comes out as g invstd (dy - mean(dy) - xhat mean(dy xhat)) with the moving statistics "
-    "(see sym_inference_dx) instead of g invstd dy: certain where data takes a gradient and that formula "
-    "differs from the oracle beyond the bound (or in its NaN pattern). The backward also blends the moving "
-    "statistics with themselves, m s + (1 - m) s, which may move them by a few ulps (may fail). y, dgamma "
-    "and dbeta are right.",
+    conditions="mx.sym executor; forward(is_train=False) then backward(); use_global_stats=False; any kernel and "
+    "dtype; y, dgamma and dbeta are right",
     model=(
         "dx = sym_inference_dx, the training formula on the moving statistics (plus the prior), within the "
         "training formula's error bound; moving_mean and moving_var = their old values within a few ulps "
