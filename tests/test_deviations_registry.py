@@ -19,7 +19,7 @@ def test_every_module_declares_its_deviations_and_the_registry_holds_each_exactl
     declared = [d for module in deviations.modules() for d in module.DEVIATIONS]
     assert declared and sorted(map(id, declared)) == sorted(map(id, deviations.ALL))
     ids = [d.id for d in deviations.ALL]
-    assert len(ids) == len(set(ids)) and ids == sorted(ids)
+    assert len(ids) == len(set(ids)) and ids == sorted(ids) and len(set(deviations.ALL)) == len(ids)
     for module in deviations.modules():
         # Named after its deviation, or after the family whose ids share the start of its name.
         stem = module.__name__.rsplit(".", 1)[1].replace("_", "-")
@@ -90,3 +90,11 @@ def test_the_command_writes_and_checks_the_page(tmp_path: Path, capsys: pytest.C
     assert cli.main(["deviations"]) == cli.EXIT_OK
     listed = capsys.readouterr().out
     assert all(d.id in listed for d in deviations.ALL)
+
+
+def test_the_help_says_how_to_regenerate_the_page(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["deviations", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--markdown" in out and "--check" in out
+    assert " ".join(deviation_table.REGENERATE.split()) in " ".join(out.split())

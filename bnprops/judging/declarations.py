@@ -178,7 +178,7 @@ class SequenceDeviation:
     releases: mxversion.Releases = mxversion.EVERY_RELEASE
     #: The entry point and session configuration its shortest sequence runs on in tests; None: not replayable
     #: by the sequence checks (see ``engine``).
-    shortest_on: tuple[str, Mapping[str, object]] | None = None
+    shortest_on: tuple[str, Mapping[str, object]] | None = dataclasses.field(default=None, hash=False)
     #: The MXNet engine it needs (MXNET_ENGINE_TYPE); None: any, bnprops's NaiveEngine too.
     engine: str | None = None
 
