@@ -65,6 +65,11 @@ def markdown() -> str:
         "Kinds: *single call* (a model of the outputs, element by element), *input* (input a case cannot "
         "describe), *network* (BatchNorm inside a chain of layers), *sequence* (state over several calls).",
         "",
+        "To record a deviation, add one module to the registry (bnprops/judging/deviations/) declaring `DEVIATIONS`: "
+        "its declaration with the model's code beside it, a reproducer, the releases it was probed in and the "
+        "attributes tests read (the backend it needs, where its sequence replays); then regenerate this page. "
+        "tests/test_known_deviations.py runs every reproducer against its model and plants a fault in its region.",
+        "",
         "| id | kind | summary | quantities | entry points | releases | upstream |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *(_row(d) for d in ALL),
