@@ -11,12 +11,12 @@ from bnprops.fuzzing.catalogue import ACCURACY, UNRECORDED, classify
 from bnprops.judging import judgement
 from bnprops.judging.checks import assert_matches_oracle, check
 from bnprops.judging.deviation_models import Context, Prediction
-from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+from bnprops.judging.deviations.native_zero_variance_eps0 import NATIVE_ZERO_VARIANCE_EPS0
 from bnprops.model.evaluation import evaluate
 from bnprops.model.oracle import reference
 from tests.helpers import one_channel_case
 
-ZERO_VARIANCE_EPS0 = next(kd for kd in KNOWN_DEVIATIONS if kd.id == "native-zero-variance-eps0")
+ZERO_VARIANCE_EPS0 = NATIVE_ZERO_VARIANCE_EPS0
 
 
 def oracle_runner(case):  # type: ignore[no-untyped-def]
@@ -136,7 +136,7 @@ def test_a_deviation_modelled_as_the_deterministic_bound_does_not_excuse_a_misma
         return [Prediction("dbeta", where, ctx.expected["dbeta"], ctx.bound["dbeta"])]
 
     drift = dataclasses.replace(
-        KNOWN_DEVIATIONS[0],
+        ZERO_VARIANCE_EPS0,
         id="test-drift",
         quantities=frozenset({"dbeta"}),
         predict=within_the_deterministic_bound,

@@ -17,7 +17,8 @@ from bnprops.fuzzing import campaign, fuzz
 from bnprops.fuzzing.catalogue import KNOWN, Entry, classify
 from bnprops.fuzzing.reproducer import finding_json, script
 from bnprops.judging.checks import check
-from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+from bnprops.judging.declarations import KnownDeviation
+from bnprops.judging.deviations.native_zero_variance_eps0 import NATIVE_ZERO_VARIANCE_EPS0
 from bnprops.mx.runners import run_symbolic
 from tests.helpers import FOCUSED, first_finding
 
@@ -33,12 +34,11 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out, err
 
 
-def known_entry(deviation: str) -> Entry:
+def known_entry(kd: KnownDeviation) -> Entry:
     """A catalogue entry for a known deviation's own reproducer case, judged through the symbolic runner."""
-    kd = next(kd for kd in KNOWN_DEVIATIONS if kd.id == deviation)
     case = kd.reproducer()
     sigs = classify(check(case, runner=run_symbolic, entry="sym"), backend="onednn")
-    sig = next(s for s in sigs if s.kind == KNOWN and s.deviation == deviation)
+    sig = next(s for s in sigs if s.kind == KNOWN and s.deviation == kd.id)
     return Entry(sig, 1, case, "smallest seen")
 
 
@@ -128,10 +128,10 @@ def test_repro_explains_a_known_deviation_and_exits_1_while_it_persists(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     finding = tmp_path / "finding.json"
-    finding.write_text(finding_json(known_entry("native-zero-variance-eps0")))
+    finding.write_text(finding_json(known_entry(NATIVE_ZERO_VARIANCE_EPS0)))
     code, out, _ = run_cli(["repro", str(finding)], capsys)
     assert code == cli.EXIT_FOUND
-    assert "moving_var matches the recorded deviation native-zero-variance-eps0" in out
+    assert f"moving_var matches the recorded deviation {NATIVE_ZERO_VARIANCE_EPS0.id}" in out
     assert "moving_var" in out and "FAILS" in out and "persists" in out
 
 
@@ -146,9 +146,11 @@ def test_repro_of_a_fault_that_is_not_in_mxnet_exits_0(tmp_path: Path, capsys: p
     assert "is gone" in out
 
 
-@pytest.mark.parametrize(("deviation", "quantity"), [("native-zero-variance-eps0", "moving_var")])
+@pytest.mark.parametrize(
+    ("deviation", "quantity"), [(NATIVE_ZERO_VARIANCE_EPS0, "moving_var")], ids=[NATIVE_ZERO_VARIANCE_EPS0.id]
+)
 def test_the_reproducer_script_runs_alone_and_exits_1_while_the_deviation_persists(
-    tmp_path: Path, deviation: str, quantity: str
+    tmp_path: Path, deviation: KnownDeviation, quantity: str
 ) -> None:
     path = tmp_path / "repro.py"
     path.write_text(script(known_entry(deviation)))
@@ -163,19 +165,15 @@ def test_the_reproducer_script_runs_alone_and_exits_1_while_the_deviation_persis
 
 def test_the_reproducer_of_a_broken_null_buffer_checks_the_buffer(tmp_path: Path) -> None:
     x = [[1.0, 2.0], [4.0, -1.0], [0.5, 3.0]]
-    case = (
-        KNOWN_DEVIATIONS[0]
-        .reproducer()
-        .with_(
-            x=np.array(x, dtype="float32"),
-            dy=np.array(x, dtype="float32")[::-1].copy(),
-            eps=1e-3,
-            gamma=np.ones(2, "float32"),
-            beta=np.zeros(2, "float32"),
-            moving_mean=np.zeros(2, "float32"),
-            moving_var=np.ones(2, "float32"),
-            grad_req=("null", "write", "write"),
-        )
+    case = NATIVE_ZERO_VARIANCE_EPS0.reproducer().with_(
+        x=np.array(x, dtype="float32"),
+        dy=np.array(x, dtype="float32")[::-1].copy(),
+        eps=1e-3,
+        gamma=np.ones(2, "float32"),
+        beta=np.zeros(2, "float32"),
+        moving_mean=np.zeros(2, "float32"),
+        moving_var=np.ones(2, "float32"),
+        grad_req=("null", "write", "write"),
     )
     outcome = check(case, runner=planted.writes_null_buffers("sym", "onednn"), entry="sym", backend="onednn")
     [sig] = [s for s in classify(outcome, backend="onednn") if s.quantity == "dx"]
@@ -189,7 +187,7 @@ def test_the_reproducer_of_a_broken_null_buffer_checks_the_buffer(tmp_path: Path
 
 
 def test_the_reproducer_script_exits_0_when_mxnet_agrees(tmp_path: Path) -> None:
-    entry = known_entry("native-zero-variance-eps0")
+    entry = known_entry(NATIVE_ZERO_VARIANCE_EPS0)
     # The same call with eps > 0 is well defined, and MXNet gets it right.
     agreeing = Entry(entry.signature, 1, entry.case.with_(eps=1e-3), "smallest seen")
     path = tmp_path / "repro.py"

@@ -67,7 +67,8 @@ def package_modules() -> list[Path]:
 def test_every_module_lives_in_a_layer() -> None:
     loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
     assert not loose, f"modules outside the subpackages {LAYERS}: {loose}; move each into the layer of its concern"
-    unknown = sorted({p.parent.name for p in package_modules()} - set(LAYERS))
+    # A layer may hold subpackages of its own (judging's deviations registry): what counts is the top one.
+    unknown = sorted({p.relative_to(PACKAGE).parts[0] for p in package_modules()} - set(LAYERS))
     assert not unknown, f"subpackages not in LAYERS {LAYERS}: {unknown}; add them in their place, bottom up"
 
 

@@ -15,6 +15,7 @@ from bnprops.commands.cli import main
 from bnprops.commands.explanation import KNOWN, SEMANTICS, UNEXPLAINED, Explanation, explain
 from bnprops.commands.semantic_variants import VARIANTS, Call, base, evaluate
 from bnprops.commands.semantic_variants import Variant as SemanticVariant
+from bnprops.judging.deviations.sym_inference_backward_trains import SYM_INFERENCE_BACKWARD_TRAINS
 from bnprops.model.case import Case
 
 # The forum thread (../shared/seed/): one feature, two samples, LinearRegressionOutput as the head.
@@ -200,8 +201,8 @@ def test_a_known_deviation_is_named_as_such() -> None:
     dx = json.dumps([[float(f"{v:.9g}")] for v in np.asarray(oracle_dx.quantity("dx").oracle).ravel()])
     result = explain(**call, expected={"dx": dx})  # type: ignore[arg-type]
     q = result.quantity("dx")
-    assert q.verdict == "differs" and q.cause == KNOWN and q.deviation == "sym-inference-backward-trains"
-    assert "known deviation sym-inference-backward-trains" in result.format()
+    assert q.verdict == "differs" and q.cause == KNOWN and q.deviation == SYM_INFERENCE_BACKWARD_TRAINS.id
+    assert f"known deviation {SYM_INFERENCE_BACKWARD_TRAINS.id}" in result.format()
 
 
 @pytest.mark.parametrize(

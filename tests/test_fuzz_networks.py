@@ -23,7 +23,9 @@ from bnprops.fuzzing.network_findings import REGIME, applies, chain_of, check_ne
 from bnprops.fuzzing.relation_findings import RelationDraw
 from bnprops.fuzzing.report import Report
 from bnprops.judging import in_network
-from bnprops.judging.known_deviations import NETWORK_DEVIATIONS
+from bnprops.judging.deviations.onednn_blocked_input_native_batchnorm_backward_raises import (
+    ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES,
+)
 from bnprops.model.case import Case
 from bnprops.mx.backends import runner_for
 from bnprops.mx.producers import Chain, chain_step_names, step
@@ -195,9 +197,9 @@ def test_a_chain_that_kills_its_process_is_a_crashes_finding_and_the_fuzz_worker
 
 
 def test_the_recorded_onednn_raise_is_catalogued_as_known_not_new(tmp_path: Path) -> None:
-    if IN_PROCESS_BACKEND != "onednn":
-        pytest.skip("a oneDNN deviation")
-    kd = NETWORK_DEVIATIONS[0]  # the oneDNN one (the other holds before 1.7 only)
+    kd = ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES
+    if kd.needs_backend != IN_PROCESS_BACKEND:
+        pytest.skip(f"{kd.id} needs {kd.needs_backend}")
     w = worker(tmp_path)
     assert not w.explore(example(kd.reproducer()))  # nothing new to hunt
     assert w.findings.hunting is None and not w.findings.pending

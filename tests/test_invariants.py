@@ -10,6 +10,7 @@ import pytest
 
 from bnprops.judging.checks import check, check_group
 from bnprops.judging.comparator import compare
+from bnprops.judging.deviations.recovered_variance_negative import RECOVERED_VARIANCE_NEGATIVE
 from bnprops.judging.invariants import violations
 from bnprops.judging.known_deviations import empty_batch
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, Outputs, param_dtype, sentinel
@@ -55,7 +56,7 @@ def test_mxnets_negative_moving_variance_is_the_recorded_deviation_and_nothing_e
     from bnprops.mx.runners import run_symbolic
 
     outcome = check(one_channel_case([0.6508470327725044], eps=1e-3, momentum=0.0), runner=run_symbolic, entry="sym")
-    assert outcome.ok and [kd.id for kd, _ in outcome.explained] == ["recovered-variance-negative"]
+    assert outcome.ok and [kd for kd, _ in outcome.explained] == [RECOVERED_VARIANCE_NEGATIVE]
 
 
 # Finite in, finite out. (Planted runners are judged under the label "planted": out of the run's summary.)

@@ -37,8 +37,8 @@ def predicted(kd: KnownDeviation, case: Case) -> list[Prediction]:
 def runnable(kd: KnownDeviation) -> str:
     """The entry point to run the reproducer on, or skip with the reason this release cannot."""
     entry = entry_of(kd)
-    needs_onednn = unavailable_reason("onednn") if kd.id.startswith("onednn") else None
-    reason = entry_unavailable_reason(entry) or needs_onednn
+    needs = unavailable_reason(kd.needs_backend) if kd.needs_backend else None
+    reason = entry_unavailable_reason(entry) or needs
     if reason:
         pytest.skip(f"{kd.id}: {reason}")
     return entry

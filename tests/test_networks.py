@@ -14,6 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnprops.judging import lifecycle
+from bnprops.judging.deviations.onednn_blocked_input_native_batchnorm_backward_raises import (
+    ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES,
+)
 from bnprops.judging.in_network import (
     ENTRY_OF,
     Result,
@@ -53,7 +56,7 @@ def _api_available_in_this_release(request: pytest.FixtureRequest) -> None:
         return
     reason = network_unavailable_reason(ENTRY_OF[api])
     for kd in NETWORK_DEVIATIONS:
-        if reason is None and kd.holds_in(mxversion.running()) and kd.applies(conv2d_chain(api), IN_PROCESS_BACKEND):
+        if reason is None and kd.holds_in(mxversion.running()) and kd.applies_to(conv2d_chain(api), IN_PROCESS_BACKEND):
             reason = f"MXNet {mxversion.running()}: {api} chains raise as recorded by {kd.id}"
     if reason is not None:
         pytest.skip(reason)
@@ -253,20 +256,21 @@ def test_a_wrong_plain_call_is_judged_by_the_oracle() -> None:
 
 @pytest.mark.parametrize("api", APIS)
 def test_conv1d_with_blocked_channels_then_batchnorm_raises_in_backward_as_recorded(api: str) -> None:
-    if IN_PROCESS_BACKEND != "onednn":
-        pytest.skip("a oneDNN deviation")
+    kd = ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES
+    if kd.needs_backend != IN_PROCESS_BACKEND:
+        pytest.skip(f"{kd.id} needs {kd.needs_backend}")
     chain = Chain(api=api, input_shape=(2, 1, 3), steps=(step("conv", dims=1, channels=8, kernel=1, pad=0),), seed=0)
     result = check_chain(chain)
     assert [f.kind for f in result.findings] == ["raises"]
-    assert [kd.id for kd in result.known] == [NETWORK_DEVIATIONS[0].id], result.findings[0].message
+    assert list(result.known) == [kd], result.findings[0].message
     assert result.ok
     assert check_chain(chain, backend="native").findings == ()  # the native kernel has no blocked layouts
 
 
 def test_the_recorded_network_deviation_reproduces_from_its_own_chain() -> None:
-    if IN_PROCESS_BACKEND != "onednn":
-        pytest.skip("a oneDNN deviation")
-    kd = NETWORK_DEVIATIONS[0]  # the oneDNN one (the other holds before 1.7 only)
+    kd = ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES
+    if kd.needs_backend != IN_PROCESS_BACKEND:
+        pytest.skip(f"{kd.id} needs {kd.needs_backend}")
     result = check_chain(kd.reproducer())
     assert [k.id for k in result.known] == [kd.id] and result.ok
 

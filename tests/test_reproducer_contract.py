@@ -25,10 +25,12 @@ from bnprops.fuzzing import network_findings, relation_reproducer, reproducer, s
 from bnprops.fuzzing.catalogue import KNOWN, NETWORK, RELATION, SEQUENCE, Entry, Signature, case_flags, classify
 from bnprops.judging import in_network
 from bnprops.judging.checks import check
+from bnprops.judging.deviations.onednn_blocked_input_native_batchnorm_backward_raises import (
+    ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES,
+)
 from bnprops.judging.known_deviations import (
     FROZEN_LAYER_KEEPS_MOVING_STATS,
     KNOWN_DEVIATIONS,
-    NETWORK_DEVIATIONS,
     RETAINED_GRAPH_UPDATES_AGAIN,
 )
 from bnprops.judging.relations import RELATIONS
@@ -100,7 +102,7 @@ def network_finding(quantity: str = "differs:dx") -> tuple[Entry, str]:
 
 
 def network_known() -> tuple[Entry, str]:
-    kd = NETWORK_DEVIATIONS[0]  # oneDNN: a blocked convolution output feeding the native BatchNorm's backward
+    kd = ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES
     chain = kd.reproducer()
     sig = Signature(KNOWN, "raises:MXNetError", "nd", "onednn", chain.dtype, (), network_findings.REGIME, kd.id)
     entry = Entry(sig, 1, network_findings.call_of(chain), "shrunk", network=chain.to_json())

@@ -29,7 +29,8 @@ from hypothesis.stateful import (
 )
 
 from bnprops.fuzzing.sequence_findings import check_sequence
-from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS
+from bnprops.judging.deviations.threaded_engine_stale_moving_statistics import THREADED_ENGINE_STALE_MOVING_STATS
+from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS, SequenceDeviation
 from bnprops.judging.state_model import Config, SequenceFailure, Tracker, signature
 from bnprops.mx.runners import IN_PROCESS_BACKEND, entry_unavailable_reason
 from bnprops.mx.training import open_session
@@ -314,7 +315,8 @@ print('stale', stale, 'fresh after waitall', fresh_after_wait)
 
 def test_the_threaded_engine_can_show_moving_statistics_before_their_update() -> None:
     """THREADED_ENGINE_STALE_MOVING_STATS still reproduces, as its model says: old values, then the update."""
-    env = {**os.environ, "MXNET_ENGINE_TYPE": "ThreadedEnginePerDevice"}
+    assert THREADED_ENGINE_STALE_MOVING_STATS.engine is not None
+    env = {**os.environ, "MXNET_ENGINE_TYPE": THREADED_ENGINE_STALE_MOVING_STATS.engine}
     done = subprocess.run(
         [sys.executable, "-c", _THREADED_PROBE], env=env, capture_output=True, text=True, timeout=300, check=False
     )
@@ -323,19 +325,18 @@ def test_the_threaded_engine_can_show_moving_statistics_before_their_update() ->
     assert line == "stale 3 fresh after waitall 3", f"{line}: no stale read in 3000 steps; was it fixed upstream?"
 
 
-#: Each recorded sequence deviation's shortest sequence, and the configuration it needs (threaded-engine's is above).
-_SHORTEST = {
-    "retained-graph-backward-updates-again": ("nd", {}),
-    "frozen-layer-keeps-moving-statistics": ("gluon", {"grad_req": ("null", "null", "null")}),
-    "frozen-sym-executor-keeps-gamma": ("sym", {"grad_req": ("null", "null", "null"), "fix_gamma": True}),
-}
+#: The recorded sequence deviations the sequence checks replay (their declarations say on what); the others need
+#: an engine those checks do not run, and are probed apart (above).
+REPLAYED = [d for d in SEQUENCE_DEVIATIONS if d.shortest_on is not None]
 
 
 @pytest.mark.parametrize("backend", ["onednn", "native"])
-@pytest.mark.parametrize("deviation", sorted(_SHORTEST))
-def test_each_recorded_sequence_deviation_reproduces_on_its_shortest_sequence(deviation: str, backend: str) -> None:
-    kd = next(d for d in SEQUENCE_DEVIATIONS if d.id == deviation)
-    entry, config = _SHORTEST[deviation]
+@pytest.mark.parametrize("kd", REPLAYED, ids=[d.id for d in REPLAYED])
+def test_each_recorded_sequence_deviation_reproduces_on_its_shortest_sequence(
+    kd: SequenceDeviation, backend: str
+) -> None:
+    assert kd.shortest_on is not None
+    entry, config = kd.shortest_on
     sequence = one_sequence(*kd.sequence, entry=entry, dtype="float32", **config)
     checked = check_sequence(sequence, entry=entry, backend=backend)
     assert not checked.run.failed, checked.run.message
@@ -343,4 +344,5 @@ def test_each_recorded_sequence_deviation_reproduces_on_its_shortest_sequence(de
 
 
 def test_every_recorded_sequence_deviation_has_a_reproducing_test() -> None:
-    assert {d.id for d in SEQUENCE_DEVIATIONS} == {*_SHORTEST, "threaded-engine-stale-moving-statistics"}
+    probed_apart = [d for d in SEQUENCE_DEVIATIONS if d.shortest_on is None]
+    assert [d.engine for d in probed_apart] == [THREADED_ENGINE_STALE_MOVING_STATS.engine]

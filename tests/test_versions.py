@@ -20,6 +20,9 @@ import pytest
 
 from bnprops.commands import cli, versions
 from bnprops.fuzzing import fuzz
+from bnprops.judging.deviations.add_request_ignored import ADD_REQUEST_IGNORED
+from bnprops.judging.deviations.empty_batch_nan import EMPTY_BATCH_NAN
+from bnprops.judging.deviations.native_zero_variance_eps0 import NATIVE_ZERO_VARIANCE_EPS0
 from bnprops.judging.judgement import judge, predictions
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS
 from bnprops.model.case import QUANTITIES
@@ -35,7 +38,7 @@ from bnprops.mx.runners import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-ADD = next(kd for kd in KNOWN_DEVIATIONS if kd.id == "add-request-ignored")
+ADD = ADD_REQUEST_IGNORED
 
 
 # --- release scopes ---------------------------------------------------------------------------------
@@ -89,7 +92,7 @@ def test_before_1_8_onednn_runs_only_four_dimensional_input_with_axis_1(release:
     assert kernel_for(four.with_(axis=-3), "onednn") == "native"  # the axis must be written as 1
     release("1.8.0")
     assert (kernel_for(flat, "onednn"), kernel_for(four, "onednn")) == ("onednn", "onednn")
-    eps0 = next(kd for kd in KNOWN_DEVIATIONS if kd.id == "native-zero-variance-eps0").reproducer()
+    eps0 = NATIVE_ZERO_VARIANCE_EPS0.reproducer()
     assert eps0.dtype == "float64" and kernel_for(eps0, "onednn") == "native"  # float64 never takes oneDNN
 
 
@@ -296,14 +299,14 @@ def fake_results() -> list[versions.ReleaseResult]:
         versions.ReleaseResult(
             "1.5.1.post0",
             ok,
-            _probe("1.5.1", {ADD.id: "present", "empty-batch-nan": "not applicable"}, npx=False),
+            _probe("1.5.1", {ADD.id: "present", EMPTY_BATCH_NAN.id: "not applicable"}, npx=False),
             _fuzz([FINDING], {ADD.id: 40}),
             wall_s=130,
         ),
         versions.ReleaseResult(
             "1.9.1",
             ok,
-            _probe("1.9.1", {ADD.id: "absent", "empty-batch-nan": "present"}),
+            _probe("1.9.1", {ADD.id: "absent", EMPTY_BATCH_NAN.id: "present"}),
             _fuzz([], {}),
             wall_s=120,
         ),
@@ -314,7 +317,7 @@ def test_the_matrix_says_present_absent_not_applicable_and_not_run() -> None:
     m = versions.matrix(fake_results())
     assert m["releases"] == ["1.4.1", "1.5.1.post0", "1.9.1"]
     assert m["recorded"][ADD.id] == {"1.4.1": "not run", "1.5.1.post0": "present (fuzz: 40)", "1.9.1": "absent"}
-    assert m["recorded"]["empty-batch-nan"]["1.5.1.post0"] == "not applicable"
+    assert m["recorded"][EMPTY_BATCH_NAN.id]["1.5.1.post0"] == "not applicable"
     assert m["new"]["network: raises:MXNetError"] == {
         "1.4.1": "not run",
         "1.5.1.post0": "found x3 (sym/float32)",

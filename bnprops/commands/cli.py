@@ -244,6 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     versions.add_argument("--out", type=Path, default=Path("versions-out"), help="output folder (default versions-out)")
     versions.set_defaults(subparser=versions)
 
+    devs = sub.add_parser(
+        "deviations",
+        help="list the recorded deviations, or write the deviations page from their declarations",
+        description="Every recorded deviation of MXNet's BatchNorm, from the registry (one module per deviation in "
+        "bnprops.judging.deviations): one line each (id, kind, releases, summary), or with --markdown the page "
+        "docs/deviations.md (a table, then each deviation's conditions, model, evidence and upstream links). The "
+        "page is generated; after changing a declaration, regenerate it with  bnprops deviations --markdown --out "
+        "docs/deviations.md  (a test fails while the committed page is stale).",
+    )
+    devs.add_argument("--markdown", action="store_true", help="print the page (markdown) instead of the list")
+    devs.add_argument(
+        "--out", type=Path, default=None, metavar="PATH", help="write the page to PATH (implies --markdown)"
+    )
+    devs.add_argument(
+        "--check", type=Path, default=None, metavar="PATH", help="exit 1 if the page at PATH is not the rendering"
+    )
+    devs.set_defaults(subparser=devs)
+
     bench = sub.add_parser(
         "bench",
         help="measure throughput: the ceiling, Hypothesis's own cost, the property run and the fuzz job",
@@ -548,7 +566,7 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         state = "persists" if persists else ("is now a known deviation" if now_known else "is gone")
         print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
-        print(f"\n{'new deviation: not explained by known_deviations.py' if persists else 'no new deviation'}")
+        print(f"\n{'new deviation: not explained by a recorded deviation' if persists else 'no new deviation'}")
     return EXIT_FOUND if persists else EXIT_OK
 
 
@@ -785,6 +803,29 @@ def _versions(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return versions.exit_status(results)
 
 
+def _deviations(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops.base import atomic
+    from bnprops.judging import deviation_table
+    from bnprops.judging.deviations import ALL
+
+    page = deviation_table.markdown()
+    if args.check is not None:
+        if args.check.is_file() and args.check.read_text() == page:
+            print(f"{args.check} is up to date")
+            return EXIT_OK
+        print(f"{args.check} is stale: regenerate it with  {deviation_table.REGENERATE}", file=sys.stderr)
+        return EXIT_FOUND
+    if args.out is not None:
+        atomic.write_text(args.out, page)
+        print(f"wrote {args.out} ({len(ALL)} deviations)")
+    elif args.markdown:
+        sys.stdout.write(page)
+    else:
+        for d in ALL:
+            print(f"{d.id:<56}{d.KIND:<13}{d.releases.describe():<18}{d.summary}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -799,6 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tightness": _tightness,
         "explain": _explain,
         "versions": _versions,
+        "deviations": _deviations,
     }
     result: int = handlers[args.command](args, args.subparser)
     return result

@@ -21,7 +21,7 @@ from bnprops.model.case import Case
 from bnprops.model.oracle import statistics
 
 #: Kinds of finding. "known" matches the model of a deviation in
-#: judging.known_deviations; the others are new.
+#: judging.deviations; the others are new.
 #: "accuracy": beyond the probabilistic error bound, within the deterministic one (model.error_model).
 #: "unrecorded": inside a known deviation's region, but neither the oracle's values nor the deviation's model.
 #: "relation": an exact metamorphic relation broken (judging.relations); the quantity says which and where.

@@ -124,8 +124,8 @@ class Report:
 
 
 #: A known deviation whose smallest example has more elements than this gets no files of its own: its
-#: arrays would make reproducers of hundreds of MB, and the deviation's minimal reproducer
-#: (judging.known_deviations) shows it already.  New findings always get theirs (shrunk, they are small).
+#: arrays would make reproducers of hundreds of MB, and the deviation's minimal reproducer (its module of
+#: judging.deviations) shows it already.  New findings always get theirs (shrunk, they are small).
 LARGE_EXAMPLE = 100_000
 
 
@@ -399,7 +399,7 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
 def _link(c: Cause) -> str:
     stand_in = files_of([c]).get(c.smallest.signature.ident)
     if stand_in is None:
-        return "in bnprops/judging/known_deviations.py (example too large for files)"
+        return "in its module of bnprops/judging/deviations/ (example too large for files)"
     return f"[{FINDINGS}/{stand_in}.py]({FINDINGS}/{stand_in}.py)"
 
 
@@ -480,7 +480,7 @@ def _appendix(report: Report) -> str:
         (
             "New deviations",
             report.new,
-            "Not explained by bnprops/judging/known_deviations.py: these need a person. "
+            "Not explained by a recorded deviation (docs/deviations.md): these need a person. "
             "An `unrecorded` finding lies in a "
             "known deviation's region but matches neither the oracle nor the deviation's model: it deviates, "
             "but not as recorded. A `network` finding is BatchNorm inside a producer chain (its example is the chain); "
@@ -491,7 +491,7 @@ def _appendix(report: Report) -> str:
             "Known deviations",
             report.known,
             "Each matches the recorded deviation: MXNet returned what the deviation's model in "
-            "bnprops/judging/known_deviations.py predicts (listed for completeness).",
+            "docs/deviations.md predicts (listed for completeness).",
         ),
     ):
         lines += ["", f"## {title} ({len(entries)})", "", blurb, ""]
@@ -594,7 +594,7 @@ def _files_line(e: Entry, stand_in: str | None) -> str:
     if stand_in is None:
         return (
             f"- no files: the example has {e.case.x.size:,} elements; the deviation's own reproducer is in "
-            "bnprops/judging/known_deviations.py"
+            "its module of bnprops/judging/deviations/"
         )
     which = "" if stand_in == e.signature.ident else f" (its cause's smallest example, `{stand_in}`)"
     case, repro = f"{FINDINGS}/{stand_in}.json", f"{FINDINGS}/{stand_in}.py"

@@ -189,7 +189,7 @@ def call_body(entry: Entry) -> tuple[str, str]:
     deviating = "any(deviates(q) for q in FOCUS)"
     if sig.kind == STALE:
         persists = f"not {deviating}"
-        meaning = f"known deviation {sig.deviation} does not show (its entry in the known deviations is stale)"
+        meaning = f"known deviation {sig.deviation} does not show (its declaration in judging.deviations is stale)"
     elif sig.kind == ERROR:
         persists = "error is not None"
         meaning = "MXNet raises"
@@ -290,8 +290,7 @@ def call_body(entry: Entry) -> tuple[str, str]:
         "",
         *(
             [
-                f"# The model of known deviation {sig.deviation} (bnprops/judging/deviation_models.py): "
-                "what MXNet returns",
+                f"# The model of known deviation {sig.deviation} (docs/deviations.md): what MXNet returns",
                 "# in its REGION (NaN and inf exactly), and how far from it MXNet may land.",
                 f"MODEL = {{{', '.join(f'{q!r}: {_literal(v)}' for q, (_, v, _) in model.items())}}}",
                 f"MODEL_TOL = {{{', '.join(f'{q!r}: {_literal(t)}' for q, (_, _, t) in model.items())}}}",

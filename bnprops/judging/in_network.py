@@ -49,7 +49,7 @@ START_TIMEOUT_S = 180.0
 
 
 def known_deviation(finding: Finding) -> NetworkDeviation | None:
-    """The recorded deviation (judging.known_deviations) that explains a finding, if one does."""
+    """The recorded network deviation (judging.deviations) that explains a finding, if one does."""
     return next(
         (
             kd

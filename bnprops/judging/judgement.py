@@ -66,7 +66,7 @@ class Outcome:
             lines.append(
                 f"Known deviation {kd.id} applies to {self.case.describe()} but did not reproduce: where its model "
                 f"({kd.model}) differs from the oracle, MXNet returned the oracle's values. If MXNet was fixed, "
-                f"narrow or remove it in bnprops/judging/known_deviations.py.\nReproduce with:\n"
+                f"narrow or remove it in its module of bnprops/judging/deviations/.\nReproduce with:\n"
                 + "\n".join("    " + line for line in reproducer(self.case, self.entry, self.backend).splitlines())
             )
         return "\n".join(lines)

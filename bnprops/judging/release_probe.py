@@ -114,7 +114,7 @@ def probe_network(kd: NetworkDeviation) -> dict[str, Any]:
     missing = network_unavailable_reason(entry)
     if missing is not None:
         return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": missing}}}
-    if not kd.applies(chain, IN_PROCESS_BACKEND):
+    if not kd.applies_to(chain, IN_PROCESS_BACKEND):
         detail = f"its conditions do not hold on the {IN_PROCESS_BACKEND} backend of this build"
         return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": detail}}}
     result = check_chain(chain, backend=IN_PROCESS_BACKEND)

@@ -430,7 +430,7 @@ def _element(v: float, d: float, prior: float, t: Any, batch: bool, add: bool) -
 
 @_inline
 def _lower(det: float, prob: float) -> float:  # pragma: no cover - compiled
-    """A lower bound on sharp_bounds' min(prob, det) from lower bounds on each (NaN where either is NaN: a form
+    """A lower bound on error_model.sharpest's min(prob, det) from lower bounds on each (NaN where either is NaN: a form
     that cannot be used says nothing)."""
     if det <= prob:
         return det
@@ -441,7 +441,7 @@ def _lower(det: float, prob: float) -> float:  # pragma: no cover - compiled
 
 @_inline
 def _sharp(prob: float, det: float) -> float:  # pragma: no cover - compiled
-    """sharp_bounds: where(isfinite(prob), minimum(prob, det), det)."""
+    """error_model.sharpest: where(isfinite(prob), minimum(prob, det), det)."""
     if prob - prob == 0.0:
         if det != det:
             return det

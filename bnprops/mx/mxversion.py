@@ -1,7 +1,7 @@
 """Which MXNet release runs here, which oneDNN it was built with, and in which releases a deviation holds.
 
-Known deviations carry a :class:`Releases` scope (judging.known_deviations): the range of releases
-in which it holds, and the releases in which ``bnprops versions`` ran its reproducer, with the result.
+Known deviations carry a :class:`Releases` scope (in their declarations, judging.deviations): the range
+of releases in which it holds, and the releases in which ``bnprops versions`` ran its reproducer, with the result.
 The judgement applies a deviation only where its scope holds; elsewhere it is *absent*, not stale.
 
 Nothing here imports mxnet at module level: ``bnprops versions`` uses it to read other releases' results.

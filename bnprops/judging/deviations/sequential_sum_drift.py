@@ -1,0 +1,103 @@
+"""The CPU kernels' sequential sums drift on offset or constant channels at large M."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.deviation_models import Context, Prediction, gradients, predict_over
+from bnprops.model.error_model import accumulation_dtype, sequential_sum_factor
+from bnprops.model.evaluation import FusedEvaluation
+from bnprops.model.exactness import rows as channel_rows
+from bnprops.model.oracle import per_channel
+
+
+def _drifting(rows: np.ndarray, acc: str, channels: int) -> np.ndarray:
+    """Per row: does the sequential sum in ``acc`` drift from the exact sum beyond the probabilistic bound?"""
+    with np.errstate(over="ignore", invalid="ignore"):
+        # Against the sum in extended precision: a float64 sum of float64 data errs as much as the drift.
+        sequential = np.cumsum(rows.astype(acc), axis=1, dtype=acc)[:, -1].astype(np.longdouble)
+        drift = np.abs(sequential - rows.astype(np.longdouble).sum(axis=1)).astype(np.float64)
+        allowed = sequential_sum_factor(rows, acc, channels=channels) * np.abs(rows).sum(axis=1)
+        return np.asarray(drift > allowed)
+
+
+def sequential_sum_drift(ctx: Context) -> list[Prediction]:
+    """Each sum that drifts (batch_norm.cc: ``mean += x``, ``var += (x - mean)^2``, ``sumGradOut += dy``,
+    ``dotp += (x - mean) * dy``, in AccReal, element after element), in the channels where it does, reaches
+    the quantities downstream of it; there MXNet is held to the deterministic bound only."""
+    case = ctx.case
+    m = case.reduction_length
+    if ctx.kernel not in ("native", "onednn") or m < 2 or not case.x.size:
+        return []
+    acc = accumulation_dtype(case.dtype)
+    finite = ctx.finite_channels
+
+    def rows(values: np.ndarray) -> np.ndarray:
+        return channel_rows(values.astype(np.float64), case.channel_axis)
+
+    def drifts(terms: np.ndarray) -> np.ndarray:
+        return np.asarray(_drifting(terms, acc, case.channels) & finite)
+
+    def terms() -> dict[str, np.ndarray]:
+        if isinstance(ctx.evaluation, FusedEvaluation):  # the same tests from the fused engine's sums
+            return {name: np.asarray(d & finite) for name, d in ctx.evaluation.drifts.items()}
+        mean = ctx.statistics[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            centred = rows(case.x.astype(np.float64) - per_channel(case, mean))
+            dot = rows((case.x.astype(np.float64) - per_channel(case, mean)) * case.dy.astype(np.float64))
+        found = {"dy": drifts(rows(case.dy)), "dot": drifts(dot)}
+        if case.uses_batch_stats:
+            found.update(x=drifts(rows(case.x)), c2=drifts(centred * centred))
+        return found
+
+    drifting = terms()
+    reach: dict[str, np.ndarray] = {}
+
+    def spoil(quantities: Iterable[str], channels: np.ndarray) -> None:
+        for q in quantities:
+            reach[q] = reach.get(q, np.zeros(case.channels, dtype=bool)) | channels
+
+    if case.uses_batch_stats:
+        spoil(gradients(case) | {"mean", "invstd", "moving_mean", "moving_var"}, drifting["x"])
+        # var += (x - mean)^2: at large M the small squares are lost whole (stagnation), always downward.
+        spoil(gradients(case) | {"invstd", "moving_var"}, drifting["c2"])
+    spoil({"dbeta", "dx"}, drifting["dy"])
+    spoil({"dx"} | (set() if case.fix_gamma else {"dgamma"}), drifting["dot"])
+    return [p for q, channels in reach.items() for p in predict_over(ctx, [q], channels, ctx.expected, certain=False)]
+
+
+SEQUENTIAL_SUM_DRIFT = KnownDeviation(
+    id="sequential-sum-drift",
+    summary="The CPU kernels sum each channel element after element in AccReal: on offset or constant "
+    "channels at large M the roundings lean one way and the mean drifts beyond what random rounding allows",
+    quantities=frozenset({"y", "dx", "dgamma", "dbeta", "mean", "invstd", "moving_mean", "moving_var"}),
+    conditions="both CPU kernels; a channel whose sequential AccReal sum of x or (x - mean)^2 (batch statistics), of "
+    "dy or of (x - mean) dy drifts beyond the probabilistic bound, and the quantities downstream of that "
+    "sum",
+    model=(
+        "no value model: which way and how far a sequential sum drifts depends on every rounding, and "
+        "predicting it means emulating the kernel's order, which the oneDNN backend does not promise. The "
+        "model is the oracle within the deterministic bound, in the channels whose sums drift and the "
+        "quantities downstream of those sums (accuracy findings there, never value mismatches)"
+    ),
+    predict=sequential_sum_drift,
+    evidence="Found by test_reductions_the_size_of_real_layers_match_the_oracle: float16[100000, 1], a "
+    "constant channel (regime constant): y -0.152099609375 where the oracle has -0.15432801842689514, "
+    "|error| 2.2e-3 beyond the probabilistic bound 5.5e-4, within the deterministic 2.1e-2; dgamma -1041.7 "
+    "against 0. The sequential float32 sum of 10^5 copies of one float16 value rounds the same way within "
+    "each binade (np.cumsum, which is sequential, reproduces it). The same class of bug was fixed in "
+    "PyTorch (PR #13431) and TensorFlow XLA (PR #25115) by pairwise/Welford accumulation. float32[10000, 2] "
+    "and [100, 8, 10, 10] constant 1.1597745547961047: moving_mean (momentum 0) is 1.1598319 on both "
+    "backends, exactly np.cumsum(x, dtype=float32)[-1] / M. bnprops tightness: ordinary float32 data at "
+    "M ~ 10^6 (e.g. float32[24890, 1, 8, 8]): moving_var, y and dx 1.1-2x beyond the probabilistic bound; "
+    "the variance MXNet recovers from invstd is the sequential float32 sum of (x - mean)^2, 1.04e-3 too "
+    "low (a pairwise float32 sum is right): the small squares are lost whole once the partial sum is large.",
+    reproducer=lambda: minimal([0.3] * 100_000, "float16", eps=1e-3),
+    upstream="none found for MXNet; PyTorch PR #13431, TensorFlow XLA PR #25115 fixed the same class",
+    releases=PROBED_IN_EVERY_RELEASE,
+)
+
+DEVIATIONS = (SEQUENTIAL_SUM_DRIFT,)
