@@ -44,11 +44,18 @@ def imported_modules(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bnprops":
             found.update(
-                f"{node.module}.{alias.name}" if node.module.count(".") == 1 else node.module for alias in node.names
+                f"{node.module}.{alias.name}" if is_module(f"{node.module}.{alias.name}") else node.module
+                for alias in node.names
             )
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "bnprops")
     return found
+
+
+def is_module(dotted: str) -> bool:
+    """Is ``bnprops.x.y`` a module or package (not a name inside one)?"""
+    path = ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def module_name(path: Path) -> str:
