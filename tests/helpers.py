@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from bnprops.fuzzing.report import Report
+from bnprops.fuzzing.report.model import Report
 from bnprops.judging.state_model import Config
 from bnprops.model.case import Case, param_dtype
 from bnprops.mx.runners import unavailable_reason

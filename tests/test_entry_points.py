@@ -34,7 +34,7 @@ def test_entry_point_matches_the_oracle(bn_entry: str, bn_backend: str) -> None:
     # Each example a group of same-signature cases from one stacked call (one round trip to the native
     # backend's worker per group, not per case).
     @settings(max_examples=examples(bn_backend if bn_backend in BACKENDS else "gpu"))
-    @given(group=case_groups(max_size=32))  # as the fuzz job's groups (fuzz.GROUP_SIZE)
+    @given(group=case_groups(max_size=32))  # as the fuzz job's groups (plan.GROUP_SIZE)
     def entry_point_matches_the_oracle(group: list[Case]) -> None:
         assert_group_matches_oracle(group, runner=runner, entry=bn_entry, quantities=QUANTITIES, backend=bn_backend)
 

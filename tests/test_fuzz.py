@@ -10,9 +10,9 @@ from pathlib import Path
 import planted_runners as planted
 import pytest
 
-from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing import campaign, plan
 from bnprops.fuzzing.catalogue import ERROR, MISMATCH
-from bnprops.fuzzing.report import LARGE_EXAMPLE, Report
+from bnprops.fuzzing.report.model import LARGE_EXAMPLE, Report
 from bnprops.model.case import Case, Outputs
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import Runner
@@ -23,7 +23,7 @@ def planted_campaign(out: Path, **overrides: object) -> Report:
     """A small float64 campaign against the planted dbeta fault."""
     params: dict[str, object] = dict(out=out, dtypes=("float64",), max_examples=60, chunk_size=30, seed=1, **FOCUSED)
     params.update(overrides)
-    config = fuzz.Config(**params)  # type: ignore[arg-type]
+    config = plan.Config(**params)  # type: ignore[arg-type]
     return campaign.run(config, runner_factory=planted.dbeta_off_by_one_percent)
 
 
@@ -37,7 +37,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Report]
 def test_shards_and_workers_run_disjoint_chunks_that_together_make_the_unsharded_run(shards: int, workers: int) -> None:
     per_runner = {
         (s, w): list(
-            itertools.islice(fuzz.chunk_indices(shard_index=s, shard_count=shards, worker=w, workers=workers), 50)
+            itertools.islice(plan.chunk_indices(shard_index=s, shard_count=shards, worker=w, workers=workers), 50)
         )
         for s in range(shards)
         for w in range(workers)
@@ -48,9 +48,9 @@ def test_shards_and_workers_run_disjoint_chunks_that_together_make_the_unsharded
 
 
 def test_every_chunk_has_its_own_seed() -> None:
-    seeds = {fuzz.chunk_seed(7, i) for i in range(10_000)}
+    seeds = {plan.chunk_seed(7, i) for i in range(10_000)}
     assert len(seeds) == 10_000
-    assert fuzz.chunk_seed(7, 0) != fuzz.chunk_seed(8, 0)
+    assert plan.chunk_seed(7, 0) != plan.chunk_seed(8, 0)
 
 
 @pytest.mark.parametrize(
@@ -69,8 +69,8 @@ def test_a_bad_configuration_is_a_usage_error_that_says_what_was_expected(
     tmp_path: Path, overrides: dict[str, object], message: str
 ) -> None:
     params: dict[str, object] = {"out": tmp_path, "max_examples": 1, **overrides}
-    with pytest.raises(fuzz.UsageError, match=message):
-        fuzz.Config(**params)  # type: ignore[arg-type]
+    with pytest.raises(plan.UsageError, match=message):
+        plan.Config(**params)  # type: ignore[arg-type]
 
 
 def test_a_planted_fault_is_catalogued_once_per_signature_with_a_shrunk_case(planted_run: tuple[Path, Report]) -> None:
@@ -118,23 +118,23 @@ def test_the_next_run_replays_the_stored_failures_first(planted_run: tuple[Path,
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file():
             target.write_bytes(path.read_bytes())
-    (again / fuzz.INDEX_FILE).write_bytes((out / fuzz.INDEX_FILE).read_bytes())
+    (again / plan.INDEX_FILE).write_bytes((out / plan.INDEX_FILE).read_bytes())
     second = planted_campaign(again, max_examples=5, seed=99)
     assert {r["id"] for r in second.replays} == {e.signature.ident for e in first.new}
     assert {r["status"] for r in second.replays} == {"reproduced"}
     assert {e.signature for e in first.new} <= {e.signature for e in second.new}
 
     # Once the fault is gone, the replays say so and the database index forgets them.
-    fixed = campaign.run(fuzz.Config(out=again, dtypes=("float64",), max_examples=5, seed=99, **FOCUSED))
+    fixed = campaign.run(plan.Config(out=again, dtypes=("float64",), max_examples=5, seed=99, **FOCUSED))
     assert fixed.replays and all(r["status"].startswith("did not reproduce") for r in fixed.replays)
     assert not fixed.new
-    assert json.loads((again / fuzz.INDEX_FILE).read_text())["signatures"] == []
+    assert json.loads((again / plan.INDEX_FILE).read_text())["signatures"] == []
 
 
 def test_shards_judge_different_cases(tmp_path: Path) -> None:
     judged: dict[int, set[str]] = {0: set(), 1: set()}
 
-    def recording(shard: int) -> fuzz.RunnerFactory:
+    def recording(shard: int) -> plan.RunnerFactory:
         def factory(entry: str, backend: str) -> Runner:
             real = runner_for(entry, backend)
 
@@ -148,7 +148,7 @@ def test_shards_judge_different_cases(tmp_path: Path) -> None:
 
     reports = []
     for shard in (0, 1):
-        config = fuzz.Config(
+        config = plan.Config(
             out=tmp_path / f"s{shard}", max_examples=40, chunk_size=20, shard_index=shard, shard_count=2, **FOCUSED
         )
         reports.append(campaign.run(config, runner_factory=recording(shard)))
@@ -159,7 +159,7 @@ def test_shards_judge_different_cases(tmp_path: Path) -> None:
 
 
 def test_a_runner_that_raises_is_catalogued_as_an_error(tmp_path: Path) -> None:
-    config = fuzz.Config(out=tmp_path, dtypes=("float64",), max_examples=10, **FOCUSED)
+    config = plan.Config(out=tmp_path, dtypes=("float64",), max_examples=10, **FOCUSED)
     report = campaign.run(config, runner_factory=planted.raises_for_float64)
     assert [(e.signature.kind, e.signature.quantity) for e in report.new][:1] == [(ERROR, "RuntimeError")]
     assert report.totals()["error"] == 10
@@ -167,23 +167,23 @@ def test_a_runner_that_raises_is_catalogued_as_an_error(tmp_path: Path) -> None:
 
 
 def test_an_interrupt_stops_the_campaign_and_the_report_is_still_written(tmp_path: Path) -> None:
-    config = fuzz.Config(out=tmp_path, max_examples=1000, **FOCUSED)
+    config = plan.Config(out=tmp_path, max_examples=1000, **FOCUSED)
     report = campaign.run(config, runner_factory=planted.interrupted_after(15))
     assert report.stop_reason == "interrupted"
     # 15 MXNet calls, each a stacked group of up to GROUP_SIZE cases.
-    assert 15 <= report.cases <= 15 * fuzz.GROUP_SIZE
+    assert 15 <= report.cases <= 15 * plan.GROUP_SIZE
     assert json.loads((tmp_path / "report.json").read_text())["stop_reason"] == "interrupted"
 
 
 def test_the_time_limit_stops_the_campaign(tmp_path: Path) -> None:
-    report = campaign.run(fuzz.Config(out=tmp_path, time_limit=1.5))
+    report = campaign.run(plan.Config(out=tmp_path, time_limit=1.5))
     assert report.stop_reason == "time"
     assert report.cases > 0
-    assert report.elapsed_s < 1.5 + fuzz.SHRINK_GRACE_S
+    assert report.elapsed_s < 1.5 + plan.SHRINK_GRACE_S
 
 
 def test_worker_processes_share_the_budget(tmp_path: Path) -> None:
-    report = campaign.run(fuzz.Config(out=tmp_path, max_examples=12, workers=2, chunk_size=3, **FOCUSED))
+    report = campaign.run(plan.Config(out=tmp_path, max_examples=12, workers=2, chunk_size=3, **FOCUSED))
     assert report.cases == 12
     assert not report.notes, report.notes
 
@@ -194,12 +194,12 @@ def test_a_backend_that_cannot_run_here_is_skipped_unless_it_was_asked_for(tmp_p
             raise NotImplementedError("needs a worker process")
         return runner_for(entry, backend)
 
-    targets, skipped = fuzz.resolve_targets(
-        fuzz.Config(out=tmp_path, max_examples=1, entries=("sym",), backends=("onednn", "native")), only_onednn
+    targets, skipped = plan.resolve_targets(
+        plan.Config(out=tmp_path, max_examples=1, entries=("sym",), backends=("onednn", "native")), only_onednn
     )
     assert targets == [("sym", "onednn")] and skipped[0]["backend"] == "native"
-    with pytest.raises(fuzz.UsageError, match="cannot run here"):
-        fuzz.resolve_targets(
-            fuzz.Config(out=tmp_path, max_examples=1, entries=("sym",), backends=("native",), backends_explicit=True),
+    with pytest.raises(plan.UsageError, match="cannot run here"):
+        plan.resolve_targets(
+            plan.Config(out=tmp_path, max_examples=1, entries=("sym",), backends=("native",), backends_explicit=True),
             only_onednn,
         )

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from bnprops.commands import cli
-from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing import campaign, plan
 from bnprops.fuzzing.catalogue import KNOWN, NETWORK, Signature
-from bnprops.fuzzing.exploring import Explorer
+from bnprops.fuzzing.explorer import Explorer
 from bnprops.fuzzing.network_findings import REGIME, applies, chain_of, check_network, due
 from bnprops.fuzzing.relation_findings import RelationDraw
-from bnprops.fuzzing.report import Report
+from bnprops.fuzzing.report.model import Report
 from bnprops.judging import in_network
 from bnprops.judging.deviations.onednn_blocked_input_native_batchnorm_backward_raises import (
     ONEDNN_BLOCKED_INPUT_NATIVE_BN_BACKWARD_RAISES,
@@ -56,7 +56,7 @@ def small_campaign(out: Path, *, max_examples: int, runner: str | None = None, *
     options = {**SMALL, "chunk_size": 20, **changes}
     if runner is not None:
         options["network_runner"] = PLANTED + runner
-    return campaign.run(fuzz.Config(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
+    return campaign.run(plan.Config(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_the_next_run_replays_stored_network_findings_even_with_networks_off(
     out, first = planted_run
     again = tmp_path / "again"
     shutil.copytree(out / "db", again / "db")
-    shutil.copy(out / fuzz.INDEX_FILE, again / fuzz.INDEX_FILE)
+    shutil.copy(out / plan.INDEX_FILE, again / plan.INDEX_FILE)
     second = small_campaign(again, max_examples=5, runner="dx_one_element_off", network_every=0)
     assert {r["id"] for r in second.replays} == {e.signature.ident for e in first.new}
     assert {r["status"] for r in second.replays} == {"reproduced"}
@@ -161,13 +161,13 @@ def test_a_planted_raise_is_caught_as_raises(tmp_path: Path) -> None:
         assert entry.reduction == "shrunk"
 
 
-def example(chain: Chain, case: Case | None = None) -> fuzz.Example:
+def example(chain: Chain, case: Case | None = None) -> plan.Example:
     case = case if case is not None else one_channel_case([1.0, 2.0, 4.0])
     return (("nd", IN_PROCESS_BACKEND), [case], RelationDraw("repeat", 0), chain, one_sequence("train_step"))
 
 
 def worker(tmp_path: Path, **changes: object) -> Explorer:
-    config = fuzz.Config(out=tmp_path, max_examples=100, **{**SMALL, "dtypes": ("float32",), **changes})  # type: ignore[arg-type]
+    config = plan.Config(out=tmp_path, max_examples=100, **{**SMALL, "dtypes": ("float32",), **changes})  # type: ignore[arg-type]
     return Explorer(
         config,
         worker=0,
@@ -245,5 +245,5 @@ def test_the_chain_runs_in_the_targets_api_and_its_signature_names_it() -> None:
 
 
 def test_networks_below_0_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(fuzz.UsageError, match="network_every must be 0"):
-        fuzz.Config(out=tmp_path, max_examples=1, network_every=-1)
+    with pytest.raises(plan.UsageError, match="network_every must be 0"):
+        plan.Config(out=tmp_path, max_examples=1, network_every=-1)

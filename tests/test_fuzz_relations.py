@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnprops.commands import cli
-from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing import campaign, plan
 from bnprops.fuzzing.catalogue import RELATION, Entry, Signature, case_flags, value_regime
 from bnprops.fuzzing.relation_findings import RelationDraw, check_relation
 from bnprops.fuzzing.relation_reproducer import script
-from bnprops.fuzzing.report import Report
+from bnprops.fuzzing.report.model import Report
 from bnprops.judging.relations import RELATIONS, ScalingRelation, compare_scaled
 from bnprops.model.case import DTYPES, Case
 from bnprops.mx import backends
@@ -46,8 +46,8 @@ def planted_runners(entry: str, backend: str) -> Runner:
     return functools.partial(plant, runner_for(entry, backend), fault=FAULT)
 
 
-def small_campaign(out: Path, *, max_examples: int, entry: str = "sym", **factory: fuzz.RunnerFactory) -> Report:
-    config = fuzz.Config(out=out, entries=(entry,), max_examples=max_examples, **SMALL)  # type: ignore[arg-type]
+def small_campaign(out: Path, *, max_examples: int, entry: str = "sym", **factory: plan.RunnerFactory) -> Report:
+    config = plan.Config(out=out, entries=(entry,), max_examples=max_examples, **SMALL)  # type: ignore[arg-type]
     return campaign.run(config, **factory)
 
 
@@ -166,8 +166,8 @@ def test_the_next_run_replays_stored_relation_findings_even_with_relations_off(
     out, first = planted_run
     again = tmp_path / "again"
     shutil.copytree(out / "db", again / "db")
-    shutil.copy(out / fuzz.INDEX_FILE, again / fuzz.INDEX_FILE)
-    config = fuzz.Config(out=again, entries=("sym",), max_examples=5, **{**SMALL, "relation_every": 0})  # type: ignore[arg-type]
+    shutil.copy(out / plan.INDEX_FILE, again / plan.INDEX_FILE)
+    config = plan.Config(out=again, entries=("sym",), max_examples=5, **{**SMALL, "relation_every": 0})  # type: ignore[arg-type]
     second = campaign.run(config, runner_factory=planted_runners)
     assert {r["id"] for r in second.replays} == {e.signature.ident for e in first.new}
     assert {r["status"] for r in second.replays} == {"reproduced"}
@@ -188,8 +188,8 @@ def test_a_correct_batchnorm_breaks_no_relation_in_the_fuzz_job(tmp_path: Path) 
 
 
 def test_relation_every_below_0_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(fuzz.UsageError, match="relation_every must be 0"):
-        fuzz.Config(out=tmp_path, max_examples=1, relation_every=-1)
+    with pytest.raises(plan.UsageError, match="relation_every must be 0"):
+        plan.Config(out=tmp_path, max_examples=1, relation_every=-1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 
 from bnprops.commands import cli
-from bnprops.fuzzing import campaign, fuzz
+from bnprops.fuzzing import campaign, plan
 from bnprops.fuzzing.catalogue import KNOWN, SEQUENCE
-from bnprops.fuzzing.exploring import Explorer
+from bnprops.fuzzing.explorer import Explorer
 from bnprops.fuzzing.relation_findings import RelationDraw
-from bnprops.fuzzing.report import Report
+from bnprops.fuzzing.report.model import Report
 from bnprops.fuzzing.sequence_findings import REGIME, applies, check_sequence, due, sequence_of
 from bnprops.judging import in_network, state_model
 from bnprops.judging.known_deviations import FROZEN_LAYER_KEEPS_MOVING_STATS, RETAINED_GRAPH_UPDATES_AGAIN
@@ -52,7 +52,7 @@ def _stop_workers() -> object:
 
 def small_campaign(out: Path, *, max_examples: int, session: str = "", **changes: object) -> Report:
     options = {**SMALL, "chunk_size": 20, "sequence_session": PLANTED + session if session else "", **changes}
-    return campaign.run(fuzz.Config(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
+    return campaign.run(plan.Config(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +122,14 @@ def test_the_next_run_replays_stored_sequence_findings(planted_run: tuple[Path, 
     again = tmp_path / "again"
     again.mkdir()
     (again / "db").symlink_to(out / "db", target_is_directory=True)
-    (again / fuzz.INDEX_FILE).write_text((out / fuzz.INDEX_FILE).read_text())
+    (again / plan.INDEX_FILE).write_text((out / plan.INDEX_FILE).read_text())
     second = small_campaign(again, max_examples=3, session="moving_stats_updated_twice", sequence_every=0)
     assert {r["id"] for r in second.replays} == {e.signature.ident for e in first.new}
     assert {r["status"] for r in second.replays} == {"reproduced"}
 
 
 def worker(tmp_path: Path, **changes: object) -> Explorer:
-    config = fuzz.Config(out=tmp_path, max_examples=100, **{**SMALL, **changes})  # type: ignore[arg-type]
+    config = plan.Config(out=tmp_path, max_examples=100, **{**SMALL, **changes})  # type: ignore[arg-type]
     return Explorer(
         config,
         worker=0,
@@ -141,7 +141,7 @@ def worker(tmp_path: Path, **changes: object) -> Explorer:
     )
 
 
-def example(sequence: Sequence) -> fuzz.Example:
+def example(sequence: Sequence) -> plan.Example:
     chain = Chain(api="nd", input_shape=(2, 3, 5), steps=(step("conv", dims=1, channels=5, kernel=1, pad=0),))
     return (("nd", IN_PROCESS_BACKEND), [one_channel_case([1.0, 2.0, 4.0])], RelationDraw("repeat", 0), chain, sequence)
 
@@ -212,8 +212,8 @@ def test_the_sequence_strategy_validates_its_arguments(kwargs: dict[str, object]
 
 
 def test_sequences_below_0_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(fuzz.UsageError, match="sequence_every must be 0"):
-        fuzz.Config(out=tmp_path, max_examples=1, sequence_every=-1)
+    with pytest.raises(plan.UsageError, match="sequence_every must be 0"):
+        plan.Config(out=tmp_path, max_examples=1, sequence_every=-1)
     with pytest.raises(SystemExit) as stopped:
         cli.main(["fuzz", "--max-examples", "1", "--sequences", "-1", "--out", str(tmp_path)])
     assert stopped.value.code == 2 and "--sequences" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import struct
 import numpy as np
 import pytest
 
-from bnprops.fuzzing.plots import cases, headline, panels, plot
+from bnprops.fuzzing.report.plots import cases, headline, panels, plot
 from bnprops.fuzzing.tallies import KNOWN, NEW, PASSED, Points, Sampler, WorkerResult, tally_case
 from bnprops.judging.checks import check
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bnprops.commands import cli, versions
-from bnprops.fuzzing import fuzz
+from bnprops.fuzzing import plan
 from bnprops.judging.deviations.add_request_ignored import ADD_REQUEST_IGNORED
 from bnprops.judging.deviations.empty_batch_nan import EMPTY_BATCH_NAN
 from bnprops.judging.deviations.native_zero_variance_eps0 import NATIVE_ZERO_VARIANCE_EPS0
@@ -182,8 +182,8 @@ def test_networks_and_sequences_are_skipped_where_the_release_lacks_their_hooks(
 
 
 def test_the_fuzz_job_skips_an_entry_point_the_release_lacks_with_the_reason(no_npx: None, tmp_path: Path) -> None:
-    config = fuzz.Config(out=tmp_path, entries=("sym", "npx"), backends=("onednn",), max_examples=1)
-    targets, skipped = fuzz.resolve_targets(config, runner_for)
+    config = plan.Config(out=tmp_path, entries=("sym", "npx"), backends=("onednn",), max_examples=1)
+    targets, skipped = plan.resolve_targets(config, runner_for)
     assert targets == [("sym", "onednn")]
     assert [(s["entry"], "mx.npx" in s["reason"]) for s in skipped] == [("npx", True)]
 

@@ -110,10 +110,10 @@ def stacked_run(examples: int) -> Stage:
 
 def fuzz_run(*, seconds: float, workers: int) -> Stage:
     """A time-limited fuzz campaign on ``workers`` processes, in a scratch folder (report writing excluded)."""
-    from bnprops.fuzzing import campaign, fuzz
+    from bnprops.fuzzing import campaign, plan
 
     with tempfile.TemporaryDirectory(prefix="bnprops-bench-") as out:
-        result = campaign.run(fuzz.Config(out=Path(out), time_limit=seconds, workers=workers))
+        result = campaign.run(plan.Config(out=Path(out), time_limit=seconds, workers=workers))
     return Stage(f"fuzz x{workers}", result.cases, result.elapsed_s)
 
 

@@ -470,7 +470,7 @@ def _usage(parser: argparse.ArgumentParser, message: str) -> NoReturn:
 
 
 def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bnprops.fuzzing import campaign, fuzz
+    from bnprops.fuzzing import campaign, plan
     from bnprops.mx.runners import BACKENDS, RUNNERS
 
     try:
@@ -483,7 +483,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _usage(parser, f"--out {args.out} exists and is not a folder")
     time_limit = args.time if (args.time is not None or args.max_examples is not None) else DEFAULT_TIME
     try:
-        config = fuzz.Config(
+        config = plan.Config(
             out=args.out,
             baseline=args.baseline,
             entries=entries,
@@ -495,14 +495,14 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             shard_index=args.shard[0],
             shard_count=args.shard[1],
             workers=args.workers,
-            chunk_size=args.chunk_size or fuzz.DEFAULT_CHUNK_SIZE,
+            chunk_size=args.chunk_size or plan.DEFAULT_CHUNK_SIZE,
             backends_explicit=args.backend is not None,
             **({} if args.relations is None else {"relation_every": args.relations}),
             **({} if args.networks is None else {"network_every": args.networks}),
             **({} if args.sequences is None else {"sequence_every": args.sequences}),
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
-    except fuzz.UsageError as exc:
+    except plan.UsageError as exc:
         _usage(parser, str(exc))
     print(result.summary())
     for note in result.notes:
@@ -513,7 +513,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from bnprops.fuzzing.catalogue import classify, classify_error
-    from bnprops.fuzzing.fuzz import kernel_of
+    from bnprops.fuzzing.plan import kernel_of
     from bnprops.fuzzing.reproducer import load_finding
     from bnprops.judging.checks import check
     from bnprops.mx.backends import runner_for
@@ -632,17 +632,17 @@ def _repro_example(
 
 
 def _merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bnprops.fuzzing import report
+    from bnprops.fuzzing.report import model
 
     reports = []
     for folder in args.inputs:
         try:
-            reports.append(report.load(folder))
+            reports.append(model.load(folder))
         except ValueError as exc:
             _usage(parser, str(exc))
-    merged = report.merge(reports, sources=[str(p) for p in args.inputs])
+    merged = model.merge(reports, sources=[str(p) for p in args.inputs])
     try:
-        report.write(merged, args.out, baseline=args.baseline)
+        model.write(merged, args.out, baseline=args.baseline)
     except ValueError as exc:
         _usage(parser, str(exc))
     print(merged.summary())

@@ -5,44 +5,45 @@ from __future__ import annotations
 import datetime
 import time
 
-from bnprops.fuzzing import fuzz, report, workers
+from bnprops.fuzzing import plan, worker
+from bnprops.fuzzing.report import model
 from bnprops.mx import mxversion
 from bnprops.mx.backends import runner_for
 
 
 def run(
-    config: fuzz.Config,
+    config: plan.Config,
     *,
-    runner_factory: fuzz.RunnerFactory = runner_for,
-    progress: fuzz.ProgressFn | None = None,
-) -> report.Report:
+    runner_factory: plan.RunnerFactory = runner_for,
+    progress: plan.ProgressFn | None = None,
+) -> model.Report:
     """Run ``config`` and write its report into ``config.out``; Ctrl-C ends the run early but still writes it.
 
     ``runner_factory`` maps (entry, backend) to a runner; tests pass one that plants a fault.
     """
-    targets, skipped = fuzz.resolve_targets(config, runner_factory)
-    previous = fuzz.load_index(config.out)  # a broken index is a usage error before anything runs
+    targets, skipped = plan.resolve_targets(config, runner_factory)
+    previous = plan.load_index(config.out)  # a broken index is a usage error before anything runs
     config.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.time()
     deadline = t0 + config.time_limit if config.time_limit is not None else None
     try:
-        results, interrupted = workers.run_workers(
+        results, interrupted = worker.run_workers(
             config, targets=targets, runner_factory=runner_factory, deadline=deadline, progress=progress
         )
     finally:
         close = getattr(progress, "close", None)
         if close is not None:
             close()
-    result = report.from_workers(
+    result = model.from_workers(
         config, results, started=started, elapsed_s=time.time() - t0, skipped=skipped, interrupted=interrupted
     )
     # Which MXNet and oneDNN ran: the same code can deviate in one release and not in another.
     result.parameters.update({f"{name}_version": v for name, v in mxversion.environment().items()})
-    report.write(result, config.out, baseline=config.baseline)
+    model.write(result, config.out, baseline=config.baseline)
     # The database keeps what was shrunk or replayed this run; signatures not selected this time stay listed.
     selected = {(e, b) for e, b in targets}
     kept = [s for s in previous if (s.entry, s.backend) not in selected or s.dtype not in config.dtypes]
     stored = [e.signature for e in result.new if e.reduction in ("shrunk", "partly shrunk", "replayed")]
-    fuzz.write_index(config.out, kept + stored)
+    plan.write_index(config.out, kept + stored)
     return result

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from bnprops.fuzzing import network_findings, relation_findings, sequence_findings
 from bnprops.fuzzing.catalogue import NETWORK, RELATION, SEQUENCE, STALE, Entry, Signature, classify, classify_error
-from bnprops.fuzzing.fuzz import Config, Example, Target, kernel_of
+from bnprops.fuzzing.plan import Config, Example, Target, kernel_of
 from bnprops.fuzzing.relation_findings import RelationDraw
 from bnprops.fuzzing.tallies import WorkerResult, count
 from bnprops.judging.checks import Outcome, check, check_group

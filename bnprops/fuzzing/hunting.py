@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 
 from bnprops.fuzzing.catalogue import KNOWN, Catalogue, Entry, Signature
-from bnprops.fuzzing.fuzz import Example
+from bnprops.fuzzing.plan import Example
 from bnprops.model.case import Case
 
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from bnprops.base import reproduction
 from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, NETWORK, VERDICTS, Entry, Signature
+from bnprops.fuzzing.report.summary import per_target_table
 from bnprops.fuzzing.reproducer import call_body, load_example, with_example
-from bnprops.fuzzing.summary import per_target_table
 from bnprops.judging import in_network
 from bnprops.judging.comparator import compare_pair
 from bnprops.judging.in_network import ENTRY_OF, Finding, Result, case_of, check_chain, known_deviation

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from bnprops.base import reproduction
 from bnprops.fuzzing.catalogue import KNOWN, SEQUENCE, VERDICTS, Entry, Signature
+from bnprops.fuzzing.report.summary import per_target_table
 from bnprops.fuzzing.reproducer import load_example, with_example
-from bnprops.fuzzing.summary import per_target_table
 from bnprops.judging import in_network
 from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS
 from bnprops.judging.state_model import REPLAYS

@@ -19,9 +19,8 @@ from typing import Any
 from hypothesis import Phase
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
-from bnprops.fuzzing.exploring import Explorer, examples
-from bnprops.fuzzing.find import Router, Stop, find
-from bnprops.fuzzing.fuzz import (
+from bnprops.fuzzing.explorer import Explorer, examples
+from bnprops.fuzzing.plan import (
     MAX_IDLE_CHUNKS,
     Config,
     ProgressFn,
@@ -31,6 +30,7 @@ from bnprops.fuzzing.fuzz import (
     chunk_seed,
     load_index,
 )
+from bnprops.fuzzing.search import Router, Stop, find
 from bnprops.fuzzing.tallies import WorkerResult
 from bnprops.judging import fused, in_network
 from bnprops.mx.backends import runner_for

@@ -26,10 +26,10 @@ from bnprops.base import atomic
 from bnprops.fuzzing import network_findings, relation_findings, relation_reproducer, sequence_findings
 from bnprops.fuzzing.catalogue import KNOWN, RELATION, VERDICTS, Catalogue, Entry
 from bnprops.fuzzing.causes import Cause, Changes, Run, causes, changes, load_history, read_baseline, record, run_of
-from bnprops.fuzzing.fuzz import Config
-from bnprops.fuzzing.plots import plot, plot_history
+from bnprops.fuzzing.plan import Config
+from bnprops.fuzzing.report.plots import plot, plot_history
+from bnprops.fuzzing.report.summary import first_layer, second_layer
 from bnprops.fuzzing.reproducer import finding_json, script
-from bnprops.fuzzing.summary import first_layer, second_layer
 from bnprops.fuzzing.tallies import NEW, PASSED, Points, WorkerResult
 from bnprops.model.case import QUANTITIES
 

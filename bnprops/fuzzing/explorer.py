@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from bnprops.fuzzing.catalogue import Entry, Signature
 from bnprops.fuzzing.families import Cases, run_timed, side_families
-from bnprops.fuzzing.find import Stop
-from bnprops.fuzzing.fuzz import (
+from bnprops.fuzzing.hunting import Findings
+from bnprops.fuzzing.network_findings import network_draws
+from bnprops.fuzzing.plan import (
     GROUP_SIZE,
     PLOT_SAMPLE,
     SHRINK_GRACE_S,
@@ -23,9 +24,8 @@ from bnprops.fuzzing.fuzz import (
     chunk_seed,
     kernel_of,
 )
-from bnprops.fuzzing.hunting import Findings
-from bnprops.fuzzing.network_findings import network_draws
 from bnprops.fuzzing.relation_findings import relation_draws
+from bnprops.fuzzing.search import Stop
 from bnprops.fuzzing.sequence_findings import sequence_draws
 from bnprops.fuzzing.tallies import Sampler, WorkerResult, tally_case
 from bnprops.judging.checks import Outcome

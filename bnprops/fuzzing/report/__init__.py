@@ -1,0 +1,1 @@
+"""A fuzz campaign's report: one module per job (model, files, markdown, plots)."""
