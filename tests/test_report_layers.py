@@ -17,7 +17,7 @@ import pytest
 from bnprops.commands import cli
 from bnprops.fuzzing import campaign, causes, plan
 from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, Catalogue, Entry, Signature
-from bnprops.fuzzing.report import model as report_module
+from bnprops.fuzzing.report import markdown as report_markdown
 from bnprops.fuzzing.report.model import Report
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 from tests.helpers import one_channel_case
@@ -74,8 +74,8 @@ def test_the_first_screen_says_the_verdict_the_rate_and_each_cause(planted_run: 
     assert markdown.startswith(summary.rstrip("\n"))
     body, appendix = markdown.split("<details>", 1)
     assert "## New deviations by cause (1)" in body and "### `" not in body  # signatures only in the appendix
-    assert all(f"### `{e.signature.ident}`" in appendix for e in report.new[: report_module.NEW_DETAILED])
-    assert all(f"`{e.signature.ident}`" in appendix for e in report.new[: report_module.APPENDIX_SIGNATURES])
+    assert all(f"### `{e.signature.ident}`" in appendix for e in report.new[: report_markdown.NEW_DETAILED])
+    assert all(f"`{e.signature.ident}`" in appendix for e in report.new[: report_markdown.APPENDIX_SIGNATURES])
 
 
 def test_the_report_stays_short_however_many_signatures_a_run_finds(planted_run: tuple[Path, Report]) -> None:
@@ -86,9 +86,9 @@ def test_the_report_stays_short_however_many_signatures_a_run_finds(planted_run:
         for i in range(300)
         for e in (report.new[0], report.known[0] if report.known else report.new[0])
     )
-    markdown = report_module.markdown(dataclasses.replace(report, catalogue=many))
+    markdown = report_markdown.markdown(dataclasses.replace(report, catalogue=many))
     assert len(markdown.splitlines()) < 400
-    assert f"{300 - report_module.APPENDIX_SIGNATURES} more signature(s)" in markdown
+    assert f"{300 - report_markdown.APPENDIX_SIGNATURES} more signature(s)" in markdown
 
 
 def test_a_second_run_says_what_changed_and_the_history_grows(planted_run: tuple[Path, Report], tmp_path: Path) -> None:

@@ -632,17 +632,17 @@ def _repro_example(
 
 
 def _merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bnprops.fuzzing.report import model
+    from bnprops.fuzzing.report import folder, merge
 
     reports = []
-    for folder in args.inputs:
+    for path in args.inputs:
         try:
-            reports.append(model.load(folder))
+            reports.append(folder.load(path))
         except ValueError as exc:
             _usage(parser, str(exc))
-    merged = model.merge(reports, sources=[str(p) for p in args.inputs])
+    merged = merge.merge(reports, sources=[str(p) for p in args.inputs])
     try:
-        model.write(merged, args.out, baseline=args.baseline)
+        folder.write(merged, args.out, baseline=args.baseline)
     except ValueError as exc:
         _usage(parser, str(exc))
     print(merged.summary())

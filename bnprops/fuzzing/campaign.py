@@ -6,7 +6,8 @@ import datetime
 import time
 
 from bnprops.fuzzing import plan, worker
-from bnprops.fuzzing.report import model
+from bnprops.fuzzing.report import folder, merge
+from bnprops.fuzzing.report.model import Report
 from bnprops.mx import mxversion
 from bnprops.mx.backends import runner_for
 
@@ -16,7 +17,7 @@ def run(
     *,
     runner_factory: plan.RunnerFactory = runner_for,
     progress: plan.ProgressFn | None = None,
-) -> model.Report:
+) -> Report:
     """Run ``config`` and write its report into ``config.out``; Ctrl-C ends the run early but still writes it.
 
     ``runner_factory`` maps (entry, backend) to a runner; tests pass one that plants a fault.
@@ -35,12 +36,12 @@ def run(
         close = getattr(progress, "close", None)
         if close is not None:
             close()
-    result = model.from_workers(
+    result = merge.from_workers(
         config, results, started=started, elapsed_s=time.time() - t0, skipped=skipped, interrupted=interrupted
     )
     # Which MXNet and oneDNN ran: the same code can deviate in one release and not in another.
     result.parameters.update({f"{name}_version": v for name, v in mxversion.environment().items()})
-    model.write(result, config.out, baseline=config.baseline)
+    folder.write(result, config.out, baseline=config.baseline)
     # The database keeps what was shrunk or replayed this run; signatures not selected this time stay listed.
     selected = {(e, b) for e, b in targets}
     kept = [s for s in previous if (s.entry, s.backend) not in selected or s.dtype not in config.dtypes]

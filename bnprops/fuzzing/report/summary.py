@@ -4,7 +4,7 @@ Layer one (also ``summary.md``, which the nightly workflow puts in the GitHub st
 one screen: the verdict, cases and rate, what changed since the baseline, and one row per cause
 (fuzzing.causes) with where it showed, its smallest example and its reproducer.  Layer two gives
 each new cause its smallest example's detail.  Everything per signature is the appendix
-(fuzzing.report).
+(the report package's markdown module).
 """
 
 from __future__ import annotations
