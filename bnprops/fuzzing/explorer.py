@@ -1,16 +1,17 @@
-"""What a fuzz worker does with each example Hypothesis draws: judge it, count it, hunt what is new, shrink it."""
+"""What a fuzz worker does with each example Hypothesis draws: judge it, count it, hunt what is new, shrink it; and
+what it has found so far (the catalogue, signatures waiting to be shrunk, the one being hunted)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from hypothesis import strategies as st
 
-from bnprops.fuzzing.catalogue import Entry, Signature
+from bnprops.fuzzing.catalogue import KNOWN, Catalogue, Entry, Signature
 from bnprops.fuzzing.families import Cases, run_timed, side_families
-from bnprops.fuzzing.hunting import Findings
 from bnprops.fuzzing.network_findings import network_draws
 from bnprops.fuzzing.plan import (
     GROUP_SIZE,
@@ -48,6 +49,58 @@ def examples(config: Config, targets: list[Target]) -> st.SearchStrategy[Example
     )
 
 
+class WorkerFindings:
+    """A worker's findings: the catalogue, new signatures waiting to be shrunk, and the one being hunted."""
+
+    def __init__(self) -> None:
+        self.catalogue = Catalogue()
+        #: New signatures seen but not yet shrunk: their count and smallest example so far.
+        self.pending: dict[Signature, Entry] = {}
+        #: The signature the current search shrinks (or replays), and its smallest example so far: the case
+        #: that shows it with the whole example it came from (a side family's draw is part of it).
+        self.hunting: Signature | None = None
+        self.best: tuple[Case, Example] | None = None
+
+    def __len__(self) -> int:
+        return len(self.catalogue) + len(self.pending)
+
+    def note(self, seen: Entry) -> None:
+        """One more example of a signature: a known or catalogued one counts; a new one waits to be shrunk."""
+        sig = seen.signature
+        if sig.kind == KNOWN or sig in self.catalogue:
+            self.catalogue.add(seen)
+        else:
+            self.pending.setdefault(sig, dataclasses.replace(seen, count=0)).absorb(seen)
+
+    def consider(self, sigs: Iterable[Signature], case: Case, value: Example) -> None:
+        """Hunt the first new signature not catalogued yet, unless a hunt is on."""
+        if self.hunting is None:
+            fresh = [s for s in sigs if s.is_new and s not in self.catalogue]
+            if fresh:
+                self.hunting, self.best = fresh[0], (case, value)
+
+    def start(self, sig: Signature) -> None:
+        """Replay ``sig``'s stored example: it is hunted, with no example yet."""
+        self.hunting, self.best = sig, None
+
+    def settle(self, reduction: str, entry_for: Callable[[Signature, Case, Example, int, str], Entry]) -> None:
+        """The hunt is over: its signature's entry takes the pending count and the smallest example found."""
+        sig, best, self.hunting, self.best = self.hunting, self.best, None, None
+        if sig is None or best is None:
+            return
+        pending = self.pending.pop(sig, None)
+        self.catalogue.add(entry_for(sig, *best, pending.count if pending else 0, reduction))
+
+    def close(self, detail: Callable[[Entry], str]) -> list[Entry]:
+        """Every entry, the pending ones catalogued as seen (with their detail): the worker's findings."""
+        self.hunting = self.best = None
+        for entry in self.pending.values():
+            entry.detail = detail(entry)
+            self.catalogue.add(entry)
+        self.pending.clear()
+        return list(self.catalogue.entries.values())
+
+
 class Explorer:
     """One worker's judge: the conditions its searches run (explore, shrink_step), its findings and counts."""
 
@@ -68,7 +121,7 @@ class Explorer:
         self.families = side_families(config, runners)
         self.budget = config.worker_budget(worker)
         self.result = WorkerResult(worker=worker)
-        self.findings = Findings()
+        self.findings = WorkerFindings()
         self.sampler = Sampler(PLOT_SAMPLE, chunk_seed(config.seed, -1 - worker))
         self.failed = self.known = 0
         self.last_progress = 0.0
