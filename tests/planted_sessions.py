@@ -1,6 +1,6 @@
 """Test-only sessions with faults that show only in a sequence, and factories naming them as module:function.
 
-The fuzz job takes a session factory by name (plan.Config.sequence_session), so that a worker process
+The fuzz job takes a session factory by name (plan.CampaignConfig.sequence_session), so that a worker process
 for the other backend can make the same planted session.
 """
 

@@ -137,7 +137,7 @@ def test_repro_explains_a_known_deviation_and_exits_1_while_it_persists(
 
 def test_repro_of_a_fault_that_is_not_in_mxnet_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = campaign.run(
-        plan.Config(out=tmp_path, dtypes=("float64",), max_examples=20, seed=1, **FOCUSED),
+        plan.CampaignConfig(out=tmp_path, dtypes=("float64",), max_examples=20, seed=1, **FOCUSED),
         runner_factory=planted.dbeta_off_by_one_percent,
     )
     finding = tmp_path / "findings" / f"{first_finding(report)}.json"
@@ -202,7 +202,7 @@ def test_the_reproducer_script_exits_0_when_mxnet_agrees(tmp_path: Path) -> None
 def test_merge_adds_up_the_shards_and_merges_the_catalogues(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shards = []
     for i in (0, 1):
-        config = plan.Config(
+        config = plan.CampaignConfig(
             out=tmp_path / f"shard{i}",
             dtypes=("float64",),
             max_examples=30,

@@ -120,3 +120,16 @@ def test_no_class_is_longer_than_150_lines() -> None:
         if isinstance(node, ast.ClassDef) and node.end_lineno and node.end_lineno - node.lineno + 1 > 150
     ]
     assert not long, "classes that do several jobs (split them):\n" + "\n".join(long)
+
+
+def test_no_two_classes_in_the_package_share_a_name() -> None:
+    # One name, one meaning: a reader (or a grep) finds the class a name stands for without reading the imports.
+    where: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(module_name(path))
+    shared = {name: modules for name, modules in where.items() if len(modules) > 1}
+    assert not shared, "class names used more than once (name each for what it is):\n" + "\n".join(
+        f"{name}: {', '.join(modules)}" for name, modules in sorted(shared.items())
+    )

@@ -23,7 +23,7 @@ def planted_campaign(out: Path, **overrides: object) -> Report:
     """A small float64 campaign against the planted dbeta fault."""
     params: dict[str, object] = dict(out=out, dtypes=("float64",), max_examples=60, chunk_size=30, seed=1, **FOCUSED)
     params.update(overrides)
-    config = plan.Config(**params)  # type: ignore[arg-type]
+    config = plan.CampaignConfig(**params)  # type: ignore[arg-type]
     return campaign.run(config, runner_factory=planted.dbeta_off_by_one_percent)
 
 
@@ -70,7 +70,7 @@ def test_a_bad_configuration_is_a_usage_error_that_says_what_was_expected(
 ) -> None:
     params: dict[str, object] = {"out": tmp_path, "max_examples": 1, **overrides}
     with pytest.raises(plan.UsageError, match=message):
-        plan.Config(**params)  # type: ignore[arg-type]
+        plan.CampaignConfig(**params)  # type: ignore[arg-type]
 
 
 def test_a_planted_fault_is_catalogued_once_per_signature_with_a_shrunk_case(planted_run: tuple[Path, Report]) -> None:
@@ -125,7 +125,7 @@ def test_the_next_run_replays_the_stored_failures_first(planted_run: tuple[Path,
     assert {e.signature for e in first.new} <= {e.signature for e in second.new}
 
     # Once the fault is gone, the replays say so and the database index forgets them.
-    fixed = campaign.run(plan.Config(out=again, dtypes=("float64",), max_examples=5, seed=99, **FOCUSED))
+    fixed = campaign.run(plan.CampaignConfig(out=again, dtypes=("float64",), max_examples=5, seed=99, **FOCUSED))
     assert fixed.replays and all(r["status"].startswith("did not reproduce") for r in fixed.replays)
     assert not fixed.new
     assert json.loads((again / plan.INDEX_FILE).read_text())["signatures"] == []
@@ -148,7 +148,7 @@ def test_shards_judge_different_cases(tmp_path: Path) -> None:
 
     reports = []
     for shard in (0, 1):
-        config = plan.Config(
+        config = plan.CampaignConfig(
             out=tmp_path / f"s{shard}", max_examples=40, chunk_size=20, shard_index=shard, shard_count=2, **FOCUSED
         )
         reports.append(campaign.run(config, runner_factory=recording(shard)))
@@ -159,7 +159,7 @@ def test_shards_judge_different_cases(tmp_path: Path) -> None:
 
 
 def test_a_runner_that_raises_is_catalogued_as_an_error(tmp_path: Path) -> None:
-    config = plan.Config(out=tmp_path, dtypes=("float64",), max_examples=10, **FOCUSED)
+    config = plan.CampaignConfig(out=tmp_path, dtypes=("float64",), max_examples=10, **FOCUSED)
     report = campaign.run(config, runner_factory=planted.raises_for_float64)
     assert [(e.signature.kind, e.signature.quantity) for e in report.new][:1] == [(ERROR, "RuntimeError")]
     assert report.totals()["error"] == 10
@@ -167,7 +167,7 @@ def test_a_runner_that_raises_is_catalogued_as_an_error(tmp_path: Path) -> None:
 
 
 def test_an_interrupt_stops_the_campaign_and_the_report_is_still_written(tmp_path: Path) -> None:
-    config = plan.Config(out=tmp_path, max_examples=1000, **FOCUSED)
+    config = plan.CampaignConfig(out=tmp_path, max_examples=1000, **FOCUSED)
     report = campaign.run(config, runner_factory=planted.interrupted_after(15))
     assert report.stop_reason == "interrupted"
     # 15 MXNet calls, each a stacked group of up to GROUP_SIZE cases.
@@ -176,14 +176,14 @@ def test_an_interrupt_stops_the_campaign_and_the_report_is_still_written(tmp_pat
 
 
 def test_the_time_limit_stops_the_campaign(tmp_path: Path) -> None:
-    report = campaign.run(plan.Config(out=tmp_path, time_limit=1.5))
+    report = campaign.run(plan.CampaignConfig(out=tmp_path, time_limit=1.5))
     assert report.stop_reason == "time"
     assert report.cases > 0
     assert report.elapsed_s < 1.5 + plan.SHRINK_GRACE_S
 
 
 def test_worker_processes_share_the_budget(tmp_path: Path) -> None:
-    report = campaign.run(plan.Config(out=tmp_path, max_examples=12, workers=2, chunk_size=3, **FOCUSED))
+    report = campaign.run(plan.CampaignConfig(out=tmp_path, max_examples=12, workers=2, chunk_size=3, **FOCUSED))
     assert report.cases == 12
     assert not report.notes, report.notes
 
@@ -195,11 +195,13 @@ def test_a_backend_that_cannot_run_here_is_skipped_unless_it_was_asked_for(tmp_p
         return runner_for(entry, backend)
 
     targets, skipped = plan.resolve_targets(
-        plan.Config(out=tmp_path, max_examples=1, entries=("sym",), backends=("onednn", "native")), only_onednn
+        plan.CampaignConfig(out=tmp_path, max_examples=1, entries=("sym",), backends=("onednn", "native")), only_onednn
     )
     assert targets == [("sym", "onednn")] and skipped[0]["backend"] == "native"
     with pytest.raises(plan.UsageError, match="cannot run here"):
         plan.resolve_targets(
-            plan.Config(out=tmp_path, max_examples=1, entries=("sym",), backends=("native",), backends_explicit=True),
+            plan.CampaignConfig(
+                out=tmp_path, max_examples=1, entries=("sym",), backends=("native",), backends_explicit=True
+            ),
             only_onednn,
         )

@@ -56,7 +56,7 @@ def small_campaign(out: Path, *, max_examples: int, runner: str | None = None, *
     options = {**SMALL, "chunk_size": 20, **changes}
     if runner is not None:
         options["network_runner"] = PLANTED + runner
-    return campaign.run(plan.Config(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
+    return campaign.run(plan.CampaignConfig(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def example(chain: Chain, case: Case | None = None) -> plan.Example:
 
 
 def worker(tmp_path: Path, **changes: object) -> Explorer:
-    config = plan.Config(out=tmp_path, max_examples=100, **{**SMALL, "dtypes": ("float32",), **changes})  # type: ignore[arg-type]
+    config = plan.CampaignConfig(out=tmp_path, max_examples=100, **{**SMALL, "dtypes": ("float32",), **changes})  # type: ignore[arg-type]
     return Explorer(
         config,
         worker=0,
@@ -246,4 +246,4 @@ def test_the_chain_runs_in_the_targets_api_and_its_signature_names_it() -> None:
 
 def test_networks_below_0_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(plan.UsageError, match="network_every must be 0"):
-        plan.Config(out=tmp_path, max_examples=1, network_every=-1)
+        plan.CampaignConfig(out=tmp_path, max_examples=1, network_every=-1)

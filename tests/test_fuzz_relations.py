@@ -47,7 +47,7 @@ def planted_runners(entry: str, backend: str) -> Runner:
 
 
 def small_campaign(out: Path, *, max_examples: int, entry: str = "sym", **factory: plan.RunnerFactory) -> Report:
-    config = plan.Config(out=out, entries=(entry,), max_examples=max_examples, **SMALL)  # type: ignore[arg-type]
+    config = plan.CampaignConfig(out=out, entries=(entry,), max_examples=max_examples, **SMALL)  # type: ignore[arg-type]
     return campaign.run(config, **factory)
 
 
@@ -167,7 +167,7 @@ def test_the_next_run_replays_stored_relation_findings_even_with_relations_off(
     again = tmp_path / "again"
     shutil.copytree(out / "db", again / "db")
     shutil.copy(out / plan.INDEX_FILE, again / plan.INDEX_FILE)
-    config = plan.Config(out=again, entries=("sym",), max_examples=5, **{**SMALL, "relation_every": 0})  # type: ignore[arg-type]
+    config = plan.CampaignConfig(out=again, entries=("sym",), max_examples=5, **{**SMALL, "relation_every": 0})  # type: ignore[arg-type]
     second = campaign.run(config, runner_factory=planted_runners)
     assert {r["id"] for r in second.replays} == {e.signature.ident for e in first.new}
     assert {r["status"] for r in second.replays} == {"reproduced"}
@@ -189,7 +189,7 @@ def test_a_correct_batchnorm_breaks_no_relation_in_the_fuzz_job(tmp_path: Path) 
 
 def test_relation_every_below_0_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(plan.UsageError, match="relation_every must be 0"):
-        plan.Config(out=tmp_path, max_examples=1, relation_every=-1)
+        plan.CampaignConfig(out=tmp_path, max_examples=1, relation_every=-1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def _stop_workers() -> object:
 
 def small_campaign(out: Path, *, max_examples: int, session: str = "", **changes: object) -> Report:
     options = {**SMALL, "chunk_size": 20, "sequence_session": PLANTED + session if session else "", **changes}
-    return campaign.run(plan.Config(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
+    return campaign.run(plan.CampaignConfig(out=out, max_examples=max_examples, **options))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_the_next_run_replays_stored_sequence_findings(planted_run: tuple[Path, 
 
 
 def worker(tmp_path: Path, **changes: object) -> Explorer:
-    config = plan.Config(out=tmp_path, max_examples=100, **{**SMALL, **changes})  # type: ignore[arg-type]
+    config = plan.CampaignConfig(out=tmp_path, max_examples=100, **{**SMALL, **changes})  # type: ignore[arg-type]
     return Explorer(
         config,
         worker=0,
@@ -213,7 +213,7 @@ def test_the_sequence_strategy_validates_its_arguments(kwargs: dict[str, object]
 
 def test_sequences_below_0_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(plan.UsageError, match="sequence_every must be 0"):
-        plan.Config(out=tmp_path, max_examples=1, sequence_every=-1)
+        plan.CampaignConfig(out=tmp_path, max_examples=1, sequence_every=-1)
     with pytest.raises(SystemExit) as stopped:
         cli.main(["fuzz", "--max-examples", "1", "--sequences", "-1", "--out", str(tmp_path)])
     assert stopped.value.code == 2 and "--sequences" in capsys.readouterr().err

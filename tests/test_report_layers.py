@@ -38,7 +38,7 @@ def planted_campaign(out: Path, **overrides: object) -> Report:
         network_every=0,
     )
     params.update(sequence_every=0, **overrides)
-    return campaign.run(plan.Config(**params), runner_factory=planted.dbeta_off_by_one_percent)  # type: ignore[arg-type]
+    return campaign.run(plan.CampaignConfig(**params), runner_factory=planted.dbeta_off_by_one_percent)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_a_second_run_says_what_changed_and_the_history_grows(planted_run: tuple
     for name in ("report.json", causes.HISTORY_FILE):
         (again / name).write_bytes((out / name).read_bytes())
     fixed = campaign.run(
-        plan.Config(
+        plan.CampaignConfig(
             out=again,
             entries=("nd",),
             backends=(IN_PROCESS_BACKEND,),
@@ -121,7 +121,7 @@ def test_a_baseline_that_is_not_a_report_is_a_usage_error(tmp_path: Path, capsys
     bad = tmp_path / "report.json"
     bad.write_text("{not json")
     with pytest.raises(plan.UsageError, match="not a readable bnprops report"):
-        plan.Config(out=tmp_path / "out", max_examples=1, baseline=bad)
+        plan.CampaignConfig(out=tmp_path / "out", max_examples=1, baseline=bad)
     with pytest.raises(SystemExit) as stopped:
         cli.main(["fuzz", "--max-examples", "1", "--baseline", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert stopped.value.code == 2 and "no report.json there" in capsys.readouterr().err

@@ -182,7 +182,7 @@ def test_networks_and_sequences_are_skipped_where_the_release_lacks_their_hooks(
 
 
 def test_the_fuzz_job_skips_an_entry_point_the_release_lacks_with_the_reason(no_npx: None, tmp_path: Path) -> None:
-    config = plan.Config(out=tmp_path, entries=("sym", "npx"), backends=("onednn",), max_examples=1)
+    config = plan.CampaignConfig(out=tmp_path, entries=("sym", "npx"), backends=("onednn",), max_examples=1)
     targets, skipped = plan.resolve_targets(config, runner_for)
     assert targets == [("sym", "onednn")]
     assert [(s["entry"], "mx.npx" in s["reason"]) for s in skipped] == [("npx", True)]

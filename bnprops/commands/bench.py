@@ -113,7 +113,7 @@ def fuzz_run(*, seconds: float, workers: int) -> Stage:
     from bnprops.fuzzing import campaign, plan
 
     with tempfile.TemporaryDirectory(prefix="bnprops-bench-") as out:
-        result = campaign.run(plan.Config(out=Path(out), time_limit=seconds, workers=workers))
+        result = campaign.run(plan.CampaignConfig(out=Path(out), time_limit=seconds, workers=workers))
     return Stage(f"fuzz x{workers}", result.cases, result.elapsed_s)
 
 

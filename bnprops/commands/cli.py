@@ -483,7 +483,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _usage(parser, f"--out {args.out} exists and is not a folder")
     time_limit = args.time if (args.time is not None or args.max_examples is not None) else DEFAULT_TIME
     try:
-        config = plan.Config(
+        config = plan.CampaignConfig(
             out=args.out,
             baseline=args.baseline,
             entries=entries,

@@ -24,7 +24,7 @@ EXPECTABLE = QUANTITIES
 
 
 @dataclasses.dataclass(frozen=True)
-class Expectation:
+class UserExpectation:
     """A user's number(s) for one quantity and how precisely they gave them (half an ulp of the last digit)."""
 
     quantity: str
@@ -68,7 +68,7 @@ def _nested_floats(dec: Any, where: str) -> np.ndarray:
         raise ValueError(f"{where}: a ragged list; every row must have the same length") from None
 
 
-def parse_expectation(quantity: str, value: Any) -> Expectation:
+def parse_expectation(quantity: str, value: Any) -> UserExpectation:
     """The user's number(s) for ``quantity``: a number, a numeric string or a JSON list (as text or lists)."""
     if quantity not in EXPECTABLE:
         raise ValueError(f"unknown quantity {quantity!r} in the expectations; choose from {', '.join(EXPECTABLE)}")
@@ -77,7 +77,7 @@ def parse_expectation(quantity: str, value: Any) -> Expectation:
     values = _nested_floats(dec, where)
     exps = [d.as_tuple().exponent for d in np.array(dec, dtype=object).ravel()]
     half = np.array([0.5 * 10.0**e if isinstance(e, int) else 0.0 for e in exps]).reshape(values.shape)
-    return Expectation(quantity, values, half, value if isinstance(value, str) else repr(value))
+    return UserExpectation(quantity, values, half, value if isinstance(value, str) else repr(value))
 
 
 def _array(name: str, value: Any, dtype: str) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bnprops.base import atomic, reproduction
-from bnprops.commands.explain_input import Expectation, build_call, parse_expectation
+from bnprops.commands.explain_input import UserExpectation, build_call, parse_expectation
 from bnprops.commands.semantic_variants import (
     LOSS_NAMES,
     VARIANTS,
@@ -46,7 +46,7 @@ SEMANTICS, KNOWN, UNEXPLAINED, ABSENT = "semantics", "known deviation", "unexpla
 
 
 @dataclasses.dataclass(frozen=True)
-class Cause:
+class AppliedVariant:
     """One variant of a combination, as it applies to this call."""
 
     variant: str
@@ -63,7 +63,7 @@ class QuantityReport:
     verdict: str  # AGREES or DIFFERS
     #: Why it differs: SEMANTICS, KNOWN, UNEXPLAINED, ABSENT (MXNet has no such output); None when it agrees.
     cause: str | None = None
-    causes: tuple[Cause, ...] = ()
+    causes: tuple[AppliedVariant, ...] = ()
     deviation: str | None = None
     note: str = ""
     #: Unexplained, and MXNet itself is off the oracle beyond its error bound (not a known deviation).
@@ -165,7 +165,7 @@ def _allowance(call: Call, oracle: Outputs) -> Outputs:
         return {}
 
 
-def _matches(value: np.ndarray | None, e: Expectation, allowance: Outputs) -> bool:
+def _matches(value: np.ndarray | None, e: UserExpectation, allowance: Outputs) -> bool:
     if value is None:
         return False
     v = np.asarray(value, dtype=np.float64)
@@ -204,7 +204,7 @@ def _apply(call: Call, combo: Sequence[Variant]) -> Assumption | None:
 
 
 def _search(
-    call: Call, expectations: Sequence[Expectation], allowance: Outputs
+    call: Call, expectations: Sequence[UserExpectation], allowance: Outputs
 ) -> tuple[list[tuple[tuple[Variant, ...], Assumption]], Outputs]:
     """The combinations of fewest differences that reproduce every expectation, and the allowance that took.
 
@@ -220,7 +220,7 @@ def _search(
 
 
 def _search_within(
-    call: Call, expectations: Sequence[Expectation], allowance: Outputs
+    call: Call, expectations: Sequence[UserExpectation], allowance: Outputs
 ) -> list[tuple[tuple[Variant, ...], Assumption]]:
     found: list[tuple[tuple[Variant, ...], Assumption]] = []
     for combo, a in _candidates(call):
@@ -232,7 +232,7 @@ def _search_within(
     return found
 
 
-def _relevant(call: Call, combo: tuple[Variant, ...], e: Expectation, allowance: Outputs) -> tuple[Variant, ...]:
+def _relevant(call: Call, combo: tuple[Variant, ...], e: UserExpectation, allowance: Outputs) -> tuple[Variant, ...]:
     """The variants of ``combo`` without which ``e`` is no longer reproduced (all of them if none alone)."""
     needed = []
     for v in combo:
@@ -242,8 +242,8 @@ def _relevant(call: Call, combo: tuple[Variant, ...], e: Expectation, allowance:
     return tuple(needed) or combo
 
 
-def _causes(call: Call, variants: Sequence[Variant], a: Assumption) -> tuple[Cause, ...]:
-    return tuple(Cause(v.name, *v.text(call, a)) for v in variants)
+def _causes(call: Call, variants: Sequence[Variant], a: Assumption) -> tuple[AppliedVariant, ...]:
+    return tuple(AppliedVariant(v.name, *v.text(call, a)) for v in variants)
 
 
 def _run_mxnet(call: Call, backend: str) -> tuple[Call, Outputs, Outcome]:
@@ -339,7 +339,7 @@ def explain(
 
 def _judge(
     call: Call,
-    expectations: Sequence[Expectation],
+    expectations: Sequence[UserExpectation],
     outputs: Outputs,
     oracle: Outputs,
     outcome: Outcome,
@@ -351,7 +351,7 @@ def _judge(
     joint, tier = _search(call, expectations, allowance) if differing else ([], allowance)
     combo, assumption = joint[0] if joint else ((), base(call))
     reports: list[QuantityReport] = []
-    unexplained: list[Expectation] = []
+    unexplained: list[UserExpectation] = []
     for e in expectations:
         q = e.quantity
         mx_value, or_value = outputs.get(q), oracle.get(q)
@@ -456,7 +456,7 @@ def _summary(
 def _write_reproducer(
     call: Call,
     backend: str,
-    unexplained: Sequence[Expectation],
+    unexplained: Sequence[UserExpectation],
     oracle: Outputs,
     allowance: Outputs,
     where: str | Path | None,

@@ -13,7 +13,7 @@ from bnprops.mx.backends import runner_for
 
 
 def run(
-    config: plan.Config,
+    config: plan.CampaignConfig,
     *,
     runner_factory: plan.RunnerFactory = runner_for,
     progress: plan.ProgressFn | None = None,

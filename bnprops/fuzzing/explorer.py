@@ -17,7 +17,7 @@ from bnprops.fuzzing.plan import (
     GROUP_SIZE,
     PLOT_SAMPLE,
     SHRINK_GRACE_S,
-    Config,
+    CampaignConfig,
     Example,
     ProgressFn,
     RunnerFactory,
@@ -34,7 +34,7 @@ from bnprops.model.case import Case
 from bnprops.search.strategies import case_groups
 
 
-def examples(config: Config, targets: list[Target]) -> st.SearchStrategy[Example]:
+def examples(config: CampaignConfig, targets: list[Target]) -> st.SearchStrategy[Example]:
     """What a search draws: a target, a group of same-signature cases, and a draw for each side family.
 
     The group is judged from one stacked MXNet call (bnprops.mx.batching): most of a case's cost is per
@@ -106,7 +106,7 @@ class Explorer:
 
     def __init__(
         self,
-        config: Config,
+        config: CampaignConfig,
         *,
         worker: int,
         targets: list[Target],

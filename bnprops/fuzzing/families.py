@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from bnprops.fuzzing import network_findings, relation_findings, sequence_findings
 from bnprops.fuzzing.catalogue import NETWORK, RELATION, SEQUENCE, STALE, Entry, Signature, classify, classify_error
-from bnprops.fuzzing.plan import Config, Example, Target, kernel_of
+from bnprops.fuzzing.plan import CampaignConfig, Example, Target, kernel_of
 from bnprops.fuzzing.relation_findings import RelationDraw
 from bnprops.fuzzing.tallies import WorkerResult, count
 from bnprops.judging.checks import Outcome, check, check_group
@@ -28,7 +28,7 @@ class Checked(Protocol):
     def signatures(self) -> tuple[Signature, ...]: ...
 
 
-class Family(Protocol):
+class SideFamily(Protocol):
     """A side check: what it draws from an example, when it runs, and how its findings become entries."""
 
     kind: str
@@ -98,7 +98,7 @@ class Relations:
 
     kind = RELATION
 
-    def __init__(self, config: Config, runners: dict[Target, Runner]) -> None:
+    def __init__(self, config: CampaignConfig, runners: dict[Target, Runner]) -> None:
         self.every, self.runners = config.relation_every, runners
 
     def draw(self, value: Example) -> RelationDraw:
@@ -130,7 +130,7 @@ class Networks:
 
     kind = NETWORK
 
-    def __init__(self, config: Config, runners: dict[Target, Runner]) -> None:
+    def __init__(self, config: CampaignConfig, runners: dict[Target, Runner]) -> None:
         self.every, self.runner, self.runners = config.network_every, config.network_runner, runners
 
     def draw(self, value: Example) -> Any:
@@ -168,7 +168,7 @@ class Sequences:
 
     kind = SEQUENCE
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: CampaignConfig) -> None:
         self.every, self.session = config.sequence_every, config.sequence_session or None
 
     def draw(self, value: Example) -> Any:
@@ -200,13 +200,13 @@ class Sequences:
         return Entry(sig, count, call, reduction, checked.detail(sig), sequence=sequence, replay=replay)
 
 
-def side_families(config: Config, runners: dict[Target, Runner]) -> dict[str, Family]:
+def side_families(config: CampaignConfig, runners: dict[Target, Runner]) -> dict[str, SideFamily]:
     """The side families by the kind of finding each makes, in the order an example runs them."""
-    families: list[Family] = [Relations(config, runners), Networks(config, runners), Sequences(config)]
+    families: list[SideFamily] = [Relations(config, runners), Networks(config, runners), Sequences(config)]
     return {family.kind: family for family in families}
 
 
-def run_timed(family: Family, target: Target, case: Case, drawn: Any) -> tuple[Checked, int]:
+def run_timed(family: SideFamily, target: Target, case: Case, drawn: Any) -> tuple[Checked, int]:
     started = time.perf_counter()
     checked = family.check(target, case, drawn)
     return checked, round(1000 * (time.perf_counter() - started))

@@ -28,7 +28,7 @@ from bnprops.fuzzing.report.summary import per_target_table
 from bnprops.fuzzing.reproducer import call_body, load_example, with_example
 from bnprops.judging import in_network
 from bnprops.judging.comparator import compare_pair
-from bnprops.judging.in_network import ENTRY_OF, Finding, Result, case_of, check_chain, known_deviation
+from bnprops.judging.in_network import ENTRY_OF, ChainFinding, Result, case_of, check_chain, known_deviation
 from bnprops.judging.known_deviations import NETWORK_DEVIATIONS
 from bnprops.model.case import QUANTITIES, Case
 from bnprops.mx.network_kernel import draw
@@ -88,7 +88,7 @@ def call_of(chain: Chain, result: Result | None = None) -> Case:
     return case_of(chain, {"x": np.zeros(chain.bn_input_shape, chain.dtype), "dy": arrays["dy"]})
 
 
-def _whats(finding: Finding, result: Result) -> list[str]:
+def _whats(finding: ChainFinding, result: Result) -> list[str]:
     """The quantities of a finding ("differs:dx"), one signature each."""
     if finding.kind == "differs" and result.case is not None and result.in_network is not None:
         assert result.plain is not None
@@ -134,11 +134,11 @@ class NetworkCheck:
             return f"{head}\n{f.message}"
         return "this example no longer shows the signature when run again (flaky?)"
 
-    def _signatures_of(self, finding: Finding) -> tuple[Signature, ...]:
+    def _signatures_of(self, finding: ChainFinding) -> tuple[Signature, ...]:
         return _signatures(finding, self.result)
 
 
-def _signatures(finding: Finding, result: Result) -> tuple[Signature, ...]:
+def _signatures(finding: ChainFinding, result: Result) -> tuple[Signature, ...]:
     chain = result.chain
     kd = known_deviation(finding)
     entry = ENTRY_OF[chain.api]

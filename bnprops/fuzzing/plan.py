@@ -1,7 +1,7 @@
 """Fuzz campaigns: the property checks run for a budget of cases or seconds, with failures catalogued.
 
-This module holds what a campaign is (Config, chunks, shards, targets, the database index); a worker's
-run is in ``workers``, what it does with each example in ``exploring`` and ``families``.
+This module holds what a campaign is (CampaignConfig, chunks, shards, targets, the database index); a worker's
+run is in ``worker``, what it does with each example in ``explorer`` and ``families``.
 
 A campaign judges cases from the properties' own strategy with ``checks.check``, the judgement of
 ``pytest -m property``, so the fuzz job and the tests agree.  It runs seeded *chunks* (one
@@ -74,7 +74,7 @@ class UsageError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class CampaignConfig:
     """What a campaign runs: selection, budget, seed, shard and workers. Validated on construction."""
 
     out: Path
@@ -187,7 +187,7 @@ def kernel_of(case: Case, backend: str) -> str:
     return kernel_for(case, backend)
 
 
-def resolve_targets(config: Config, runner_factory: RunnerFactory) -> tuple[list[Target], list[dict[str, str]]]:
+def resolve_targets(config: CampaignConfig, runner_factory: RunnerFactory) -> tuple[list[Target], list[dict[str, str]]]:
     """The (entry, backend) pairs that can run here, and the ones skipped with the reason."""
     targets: list[Target] = []
     skipped: list[dict[str, str]] = []

@@ -22,7 +22,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from bnprops.fuzzing.explorer import Explorer, examples
 from bnprops.fuzzing.plan import (
     MAX_IDLE_CHUNKS,
-    Config,
+    CampaignConfig,
     ProgressFn,
     RunnerFactory,
     Target,
@@ -99,7 +99,7 @@ def explore_chunks(explorer: Explorer, strategy: Any, db: ExampleDatabase, *, wo
 
 
 def run_worker(
-    config: Config,
+    config: CampaignConfig,
     *,
     worker: int,
     targets: list[Target],
@@ -144,7 +144,7 @@ def run_worker(
 
 
 def _worker_process(
-    config: Config,
+    config: CampaignConfig,
     worker: int,
     targets: list[Target],
     runner_factory: RunnerFactory,
@@ -179,7 +179,7 @@ _SILENT_EXIT_GRACE_S = 10.0
 
 
 def run_workers(
-    config: Config,
+    config: CampaignConfig,
     *,
     targets: list[Target],
     runner_factory: RunnerFactory = runner_for,

@@ -48,7 +48,7 @@ CALL_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 180.0
 
 
-def known_deviation(finding: Finding) -> NetworkDeviation | None:
+def known_deviation(finding: ChainFinding) -> NetworkDeviation | None:
     """The recorded network deviation (judging.deviations) that explains a finding, if one does."""
     return next(
         (
@@ -69,7 +69,7 @@ class ChainCrashed(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Finding:
+class ChainFinding:
     kind: str
     chain: Chain
     backend: str
@@ -85,7 +85,7 @@ class Result:
 
     chain: Chain
     backend: str
-    findings: tuple[Finding, ...]
+    findings: tuple[ChainFinding, ...]
     case: Case | None = None
     in_network: Outputs | None = None
     plain: Outputs | None = None
@@ -95,7 +95,7 @@ class Result:
     outcome: Outcome | None = None
 
     @property
-    def unexplained(self) -> tuple[Finding, ...]:
+    def unexplained(self) -> tuple[ChainFinding, ...]:
         """The findings no known network deviation explains."""
         return tuple(f for f in self.findings if known_deviation(f) is None)
 
@@ -276,9 +276,9 @@ def check_chain(
     try:
         captured = run_chain(chain, backend=backend, isolate=isolate, runner=runner)
     except ChainRaised as exc:
-        return Result(chain, backend, (Finding("raises", chain, backend, str(exc)),))
+        return Result(chain, backend, (ChainFinding("raises", chain, backend, str(exc)),))
     except ChainCrashed as exc:
-        return Result(chain, backend, (Finding("crashes", chain, backend, str(exc)),))
+        return Result(chain, backend, (ChainFinding("crashes", chain, backend, str(exc)),))
     case = case_of(chain, captured)
     entry = ENTRY_OF[chain.api]
     plain_call = runner_for(entry, backend) if plain_runner is None else plain_runner
@@ -291,7 +291,7 @@ def check_chain(
     try:
         outcome = check(case, runner=keep, entry=entry, backend=backend)
     except Exception as exc:  # the plain call itself raising is a finding about BatchNorm alone
-        finding = Finding("raises", chain, backend, f"the plain call raised {type(exc).__name__}: {exc}")
+        finding = ChainFinding("raises", chain, backend, f"the plain call raised {type(exc).__name__}: {exc}")
         return Result(chain, backend, (finding,), case, captured)
     case, plain = outcome.case, kept["plain"]
     exact = same_kernel(case, backend)
@@ -301,9 +301,9 @@ def check_chain(
     )
     findings = []
     if not pair.ok:
-        findings.append(Finding("differs", chain, backend, _pair_message(pair, exact)))
+        findings.append(ChainFinding("differs", chain, backend, _pair_message(pair, exact)))
     if not outcome.ok:
-        findings.append(Finding("oracle", chain, backend, outcome.message()))
+        findings.append(ChainFinding("oracle", chain, backend, outcome.message()))
     return Result(chain, backend, tuple(findings), case, captured, plain, exact, bitwise, outcome)
 
 

@@ -7,13 +7,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bnprops.fuzzing.catalogue import Catalogue
-from bnprops.fuzzing.plan import Config
+from bnprops.fuzzing.plan import CampaignConfig
 from bnprops.fuzzing.report.model import Report
 from bnprops.fuzzing.tallies import Points, WorkerResult
 
 
 def from_workers(
-    config: Config,
+    config: CampaignConfig,
     results: Sequence[WorkerResult],
     *,
     started: datetime.datetime,
