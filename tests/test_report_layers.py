@@ -15,7 +15,7 @@ import planted_runners as planted
 import pytest
 
 from bnprops.commands import cli
-from bnprops.fuzzing import campaign, causes, plan
+from bnprops.fuzzing import campaign, causes, history, plan
 from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, Catalogue, Entry, Signature
 from bnprops.fuzzing.report import markdown as report_markdown
 from bnprops.fuzzing.report.model import Report
@@ -95,7 +95,7 @@ def test_a_second_run_says_what_changed_and_the_history_grows(planted_run: tuple
     out, _ = planted_run
     again = tmp_path / "again"
     again.mkdir()
-    for name in ("report.json", causes.HISTORY_FILE):
+    for name in ("report.json", history.HISTORY_FILE):
         (again / name).write_bytes((out / name).read_bytes())
     fixed = campaign.run(
         plan.CampaignConfig(
@@ -113,7 +113,7 @@ def test_a_second_run_says_what_changed_and_the_history_grows(planted_run: tuple
     assert not [c for c in fixed.causes() if c.new]
     summary = (again / "summary.md").read_text()
     assert "new causes appeared: none; gone: `mismatch:dbeta`" in summary and "Last 2 runs" in summary
-    assert [len(r.new) for r in causes.load_history(again)] == [1, 0]
+    assert [len(r.new) for r in history.load_history(again)] == [1, 0]
     assert (again / "history.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -128,14 +128,14 @@ def test_a_baseline_that_is_not_a_report_is_a_usage_error(tmp_path: Path, capsys
 
 
 def test_a_damaged_history_starts_afresh_and_keeps_its_length(tmp_path: Path) -> None:
-    (tmp_path / causes.HISTORY_FILE).write_text("[1, 2")
-    assert causes.load_history(tmp_path) == []
-    run = causes.Run("t", 1, 1.0, (), {})
-    runs: list[causes.Run] = []
-    for i in range(causes.HISTORY_LENGTH + 5):
-        runs = causes.record(tmp_path, causes.Run(f"t{i}", i, 1.0, (), {}), runs)
-    assert len(causes.load_history(tmp_path)) == causes.HISTORY_LENGTH
-    assert causes.record(tmp_path, run, [run, run]) == [run]  # the same start is one run
+    (tmp_path / history.HISTORY_FILE).write_text("[1, 2")
+    assert history.load_history(tmp_path) == []
+    run = history.Run("t", 1, 1.0, (), {})
+    runs: list[history.Run] = []
+    for i in range(history.HISTORY_LENGTH + 5):
+        runs = history.record(tmp_path, history.Run(f"t{i}", i, 1.0, (), {}), runs)
+    assert len(history.load_history(tmp_path)) == history.HISTORY_LENGTH
+    assert history.record(tmp_path, run, [run, run]) == [run]  # the same start is one run
 
 
 def entry(kind: str, quantity: str, *, entry_point: str = "nd", dtype: str = "float64", deviation: str = "") -> Entry:

@@ -21,7 +21,8 @@ from pathlib import Path
 from bnprops.base import atomic
 from bnprops.fuzzing import network_findings, relation_findings, relation_reproducer, sequence_findings
 from bnprops.fuzzing.catalogue import RELATION, Entry
-from bnprops.fuzzing.causes import changes, load_history, read_baseline, record, run_of
+from bnprops.fuzzing.causes import changes, read_baseline
+from bnprops.fuzzing.history import load_history, record, run_of
 from bnprops.fuzzing.report.codec import load_points, report_from_dict, save_points, to_json
 from bnprops.fuzzing.report.markdown import first_layer_of, markdown
 from bnprops.fuzzing.report.model import FINDINGS, Report, files_of

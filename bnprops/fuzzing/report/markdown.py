@@ -9,7 +9,8 @@ from typing import Any
 
 from bnprops.fuzzing import network_findings, relation_findings, sequence_findings
 from bnprops.fuzzing.catalogue import VERDICTS, Entry
-from bnprops.fuzzing.causes import Cause, Changes, Run
+from bnprops.fuzzing.causes import Cause, Changes
+from bnprops.fuzzing.history import Run
 from bnprops.fuzzing.report.model import FINDINGS, RESULTS, Report, files_of
 from bnprops.fuzzing.report.summary import first_layer, second_layer
 

@@ -22,7 +22,7 @@ from bnprops.fuzzing.tallies import KNOWN, NEW, PASSED
 from bnprops.model.case import QUANTITIES
 
 if TYPE_CHECKING:
-    from bnprops.fuzzing.causes import Run
+    from bnprops.fuzzing.history import Run
     from bnprops.fuzzing.tallies import Points
 
 _X_RANGE = (-3.0, 12.0)  # log10 offset/spread

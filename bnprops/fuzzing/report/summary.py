@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from bnprops.fuzzing.causes import Cause, Changes, Run
+from bnprops.fuzzing.causes import Cause, Changes
+from bnprops.fuzzing.history import Run
 
 #: How many values of a field a table cell lists before it says "N of them".
 _LISTED = 4
