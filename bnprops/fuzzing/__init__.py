@@ -1,4 +1,4 @@
-"""The fuzz job and its reports: the campaign loop, the catalogue of signatures and causes, reproducers, the
-per-family findings (relations, networks, sequences), the report, summary, plots and history.
-Imports only the layers below.
+"""The fuzz job and its reports, one module per job: the campaign and its plan, workers, searches and the
+explorer, the side families and their findings, the catalogue, causes and history, reproducers, and the report
+package. Imports only the layers below.
 """
