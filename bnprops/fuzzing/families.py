@@ -3,7 +3,7 @@
 Every example is a group of cases (judged against the oracle, ``Cases``) plus one draw per side family:
 an exact relation on its first case, a producer chain (BatchNorm inside a network), a training
 sequence. A side family runs on one example in N (``due``), and its findings are hunted, shrunk and
-settled like the cases' own; the worker (fuzzing.exploring) treats them all alike.
+settled like the cases' own; the worker (fuzzing.explorer) treats them all alike.
 """
 
 from __future__ import annotations

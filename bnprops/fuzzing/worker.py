@@ -1,8 +1,8 @@
 """A fuzz worker's run, and the workers of a campaign: one process each (spawned), or this process for one.
 
 A worker first replays the signatures stored in the output folder's database (worker 0), then runs
-its chunks in turn (fuzzing.fuzz: chunk_indices), each one seeded search of at most
-``chunk_size`` examples whose condition is the explorer's (fuzzing.exploring).
+its chunks in turn (fuzzing.plan: chunk_indices), each one seeded search of at most
+``chunk_size`` examples whose condition is the explorer's (fuzzing.explorer).
 """
 
 from __future__ import annotations
