@@ -175,7 +175,7 @@ SHARED = (normalised, oracle_y, oracle_dx, xhat_error, finished, bound_y, bound_
 class LinearForm:
     """c[0] + c[1] v1 + ... + c[n] vn in magnitudes v (each >= 0): a bound formula evaluated on these gives its
     expansion, the same non-negative terms summed in another order.  Only sums and constant factors occur in
-    the bounds (abs of a magnitude is itself)."""
+    the bounds (abs of a magnitude is itself); a coefficient that is still None is 0."""
 
     __array_ufunc__ = None  # numpy arrays defer to the reflected operators below
 
@@ -184,17 +184,17 @@ class LinearForm:
 
     @classmethod
     def magnitudes(cls, n: int) -> list[LinearForm]:
-        return [cls(tuple(1.0 if j == i else 0.0 for j in range(n + 1))) for i in range(1, n + 1)]
+        return [cls(tuple(1.0 if j == i else None for j in range(n + 1))) for i in range(1, n + 1)]
 
     def __add__(self, other: Any) -> LinearForm:
         if isinstance(other, LinearForm):
-            return LinearForm(tuple(a + b for a, b in zip(self.c, other.c, strict=True)))
-        return LinearForm((self.c[0] + other, *self.c[1:]))
+            return LinearForm(tuple(_sum(a, b) for a, b in zip(self.c, other.c, strict=True)))
+        return LinearForm((_sum(self.c[0], other), *self.c[1:]))
 
     __radd__ = __add__
 
     def __mul__(self, factor: Any) -> LinearForm:
-        return LinearForm(tuple(a * factor for a in self.c))
+        return LinearForm(tuple(None if a is None else a * factor for a in self.c))
 
     __rmul__ = __mul__
 
@@ -202,16 +202,22 @@ class LinearForm:
         return self
 
 
+def _sum(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else a + b
+
+
 def linear_forms(ag: np.ndarray, m: Terms, batch: bool, add: bool) -> tuple[YForm, DxForm]:
     """One model's bounds on y and dx per channel as linear forms in the per-element magnitudes: bound_y and
     bound_dx expanded.  NaN (never used) on a channel where a factor is not finite."""
-    channels = np.shape(ag)
     with np.errstate(invalid="ignore", over="ignore"):
         axhat, ay = LinearForm.magnitudes(2)
-        y = bound_y(axhat, ay, ag, m)
+        y = bound_y(axhat, ay, ag, m).c
         axhat, ad, af, aa = LinearForm.magnitudes(4)
-        dx = bound_dx(axhat, ad, af, aa, batch, add, m)
-        both = np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), channels) for c in (*y.c, *dx.c)])
+        dx = bound_dx(axhat, ad, af, aa, batch, add, m).c
+        both = np.zeros((len(y) + len(dx), len(ag)))
+        for i, c in enumerate((*y, *dx)):
+            if c is not None:
+                both[i] = c
         usable = np.all(np.isfinite(both) & (both >= 0), axis=0)
         both = np.where(usable, both, np.nan)
-    return YForm(*both[: len(y.c)]), DxForm(*both[len(y.c) :])
+    return YForm(*both[: len(y)]), DxForm(*both[len(y) :])

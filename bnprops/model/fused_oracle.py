@@ -28,7 +28,7 @@ from bnprops.model.error_model import (
     statistics_bounds,
     xhat_shift,
 )
-from bnprops.model.formulas import WIDTH, Oracle, Row, Terms, columns, linear_forms
+from bnprops.model.formulas import START, WIDTH, Oracle, Row, Terms, linear_forms
 from bnprops.model.fused_sums import (
     CLOSE,
     as_input,
@@ -225,7 +225,8 @@ def coefficients(case: Case) -> tuple[np.ndarray, bool]:
         row = Row(oracle, det.terms, prob.terms, det_y, det_dx, prob_y, prob_dx)
         co = np.empty((case.channels, WIDTH))
         for name, block in zip(row._fields, row, strict=True):
-            co[:, columns(name)] = np.stack([np.broadcast_to(v, case.channels) for v in block], axis=1)
+            for i, value in enumerate(block):
+                co[:, START[name] + i] = value
         return co
 
     coeffs: np.ndarray = case.memo("fused/coefficients", compute)
