@@ -66,7 +66,7 @@ def _compiled(names: tuple[str, ...]) -> tuple[Any, ...]:
     go to each other's compiled copies (the functions themselves stay plain Python for numpy)."""
     namespace: dict[str, Any] = dict(vars(formulas))
     for f in formulas.SHARED:
-        namespace[f.__name__] = _inline(types.FunctionType(f.__code__, namespace, f.__name__))
+        namespace[f.__name__] = _inline(types.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__))
     return tuple(namespace[name] for name in names)
 
 
