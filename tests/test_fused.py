@@ -21,6 +21,7 @@ from bnprops.judging.judgement import Outcome, judge
 from bnprops.model import fused_sums
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation, FusedEvaluation, evaluate
+from bnprops.model.formulas import BLOCKS, Row, columns, dx_form, y_form
 from bnprops.model.oracle import output_dtypes, per_channel
 from bnprops.mx.runners import kernel_for, run_symbolic
 from bnprops.search.strategies import VALUE_REGIMES, cases
@@ -188,23 +189,20 @@ def test_the_linear_forms_bracket_the_bounds(case: Case) -> None:
         coeffs = apparatus.coefficients
         fresh, acc = apparatus.arrays(1)[:2]
     k = fused.kernels()
-    col: dict[object, np.ndarray] = {name: per_channel(case, coeffs[:, i]) for name, i in k.C_.items()}
-    col.update({i: per_channel(case, coeffs[:, i]) for i in range(k.WIDTH)})
+    row = Row(*(block(*(per_channel(case, v) for v in coeffs[:, columns(name)].T)) for name, block in BLOCKS))
     with np.errstate(invalid="ignore", over="ignore"):
-        axhat = np.abs((case.x.astype(np.float64) - col["mean"]) * col["inv"])
-        y = apparatus.expected["y"]
-        magnitudes = {
-            "y": [np.ones(case.shape), axhat, np.abs(y)],
-            "dx": [np.ones(case.shape), axhat, np.abs(case.dy.astype(np.float64)), np.abs(fresh), np.abs(acc)],
+        axhat = np.abs((case.x.astype(np.float64) - row.oracle.mean) * row.oracle.inv)
+        ay = np.abs(apparatus.expected["y"])
+        ad, af, aa = np.abs(case.dy.astype(np.float64)), np.abs(fresh), np.abs(acc)
+        forms = {
+            "y": (y_form(row.det_y, axhat, ay), y_form(row.prob_y, axhat, ay)),
+            "dx": (dx_form(row.det_dx, axhat, ad, af, aa), dx_form(row.prob_dx, axhat, ad, af, aa)),
         }
-        starts = {"y": (k.LINEAR, k.LINEAR + 8), "dx": (k.LINEAR + 3, k.LINEAR + 11)}
-        judged = col["judged"] != 0
-        for q, (det_at, prob_at) in starts.items():
+        judged = row.oracle.judged != 0
+        for q, (det_form, prob_form) in forms.items():
             if q not in apparatus.expected:
                 continue
-            terms = magnitudes[q]
-            det = sum(col[det_at + i] * m for i, m in enumerate(terms)) * k.SHRINK
-            prob = sum(col[prob_at + i] * m for i, m in enumerate(terms)) * k.SHRINK
+            det, prob = det_form * k.SHRINK, prob_form * k.SHRINK
             low_sharp = np.where(np.isnan(det) | np.isnan(prob), np.nan, np.minimum(det, prob))
             for low, bound in ((det, apparatus.bound[q]), (low_sharp, apparatus.sharp[q])):
                 usable = judged & np.isfinite(low) & np.isfinite(bound)

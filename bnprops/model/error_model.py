@@ -41,6 +41,7 @@ from bnprops.model.exactness import (
     representable,
     rows,
 )
+from bnprops.model.formulas import Terms, bound_dx, bound_y, normalised
 from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel
 
 SAFETY = 2.0
@@ -322,38 +323,20 @@ def bounds(
         raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
     accumulated = expected
     if case.grad_req != WRITE_ALL:
+        # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
         expected = fresh
-    u = st.u
-    r = _rounding_scale(model)
-    u_data = r * unit_roundoff(case.dtype)
-    tiny_term = r * subnormal_step(compute_dtype(case.dtype))
-    acc_dtype = accumulation_dtype(case.dtype)
-    ua = r * unit_roundoff(acc_dtype)
     red = case.reduce_axes
-    m = case.reduction_length
 
     def chan(values: np.ndarray) -> np.ndarray:
         return per_channel(case, values)
 
     x = case.x.astype(np.float64)
     dy = case.dy.astype(np.float64)
-    g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-    ag = np.abs(g)
-    mean, s2, rel = st.mean, st.s2, st.rel_inv
-
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
-        shift = st.e_mean * inv * (1 + rel)  # the mean's error, as it moves every xhat of the channel
-        xhat = (x - chan(mean)) * chan(inv)
+        inv = bound_inv(st)
+        shift = xhat_shift(st, inv)
+        xhat = normalised(x, chan(st.mean), chan(inv))
         axhat = np.abs(xhat)
-        # (x - mean) and xhat may each be rounded among float16's subnormals: an absolute 2^-25 each.
-        e_xhat = chan(shift + tiny_term * (1 + inv)) + axhat * chan(rel + 2 * u)
-
-        out: Outputs = {}
-        gx = chan(ag) * axhat
-        out["y"] = chan(ag) * e_xhat + u * (gx + np.abs(expected["y"])) + tiny_term * (1 + chan(ag))
-        out["y"] += u_data * np.abs(expected["y"])
-
         dbeta = expected["dbeta"]
         dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
         e_dbeta, e_dgamma, gradients = gradient_sum_bounds(
@@ -368,23 +351,84 @@ def bounds(
             shift=shift,
             inv=inv,
         )
-        out.update(gradients)
+        terms = channel_terms(
+            case, st, model, inv=inv, shift=shift, dbeta=dbeta, dgamma=dgamma, e_dbeta=e_dbeta, e_dgamma=e_dgamma
+        )
+        m = Terms(*(chan(v) if np.ndim(v) else v for v in terms))
+        ag = chan(np.abs(_gamma(case)))
+        out: Outputs = {"y": bound_y(axhat, expected["y"], ag, m)}
+        if "dx" in accumulated:
+            add, batch = "dx" in _accumulated_quantities(case), case.uses_batch_stats or training_backward
+            out["dx"] = bound_dx(axhat, dy, expected["dx"], accumulated["dx"], batch, add, m)
+    # (y and dx are finished by their formulas; the per-channel quantities here)
+    out.update(finished_bounds(case, {**gradients, **statistics_bounds(case, st, model, expected)}, accumulated, model))
+    return out
 
-        if case.uses_batch_stats or training_backward:
-            t2 = np.abs(dbeta) / m
-            t3 = axhat * chan(np.abs(dgamma) / m)
-            # xhat * dgamma / M: both factors are uncertain, and where both are exactly 0 (dy constant
-            # in a channel) only the product of their errors is left.
-            e_t3 = e_xhat * chan(np.abs(dgamma) / m) + axhat * chan(e_dgamma / m) + e_xhat * chan(e_dgamma / m)
-            e_inner = chan(e_dbeta / m + ua * t2) + e_t3 + 2 * ua * t3 + 2 * u * (np.abs(dy) + chan(t2) + t3)
-            e_inner += 3 * tiny_term  # the float16 kernel rounds each of its three terms, maybe to a subnormal
-            out["dx"] = chan(ag * inv) * e_inner + np.abs(expected["dx"]) * chan(rel + 2 * u)
-        else:
-            out["dx"] = np.abs(expected["dx"]) * chan(rel + 2 * u)
-        out["dx"] += u_data * np.abs(expected["dx"]) + tiny_term * chan(ag * np.maximum(1.0, inv))
 
-    out.update(statistics_bounds(case, st, model, expected))
-    return finished_bounds(case, out, accumulated, model)
+def _gamma(case: Case) -> np.ndarray:
+    return np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+
+
+def bound_inv(st: Propagated) -> np.ndarray:
+    """The invstd the bounds scale with: 1/sqrt(var + eps), 0 where that is 0 or below."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return np.asarray(np.where(st.s2 > 0, 1 / np.sqrt(st.s2), 0.0))
+
+
+def xhat_shift(st: Propagated, inv: np.ndarray) -> np.ndarray:
+    """The mean's error as it moves every xhat of a channel."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.asarray(st.e_mean * inv * (1 + st.rel_inv))
+
+
+def _safety(model: str) -> float:
+    return SAFETY if model == "deterministic" else 1.0
+
+
+def channel_terms(
+    case: Case,
+    st: Propagated,
+    model: str,
+    *,
+    inv: np.ndarray,
+    shift: np.ndarray,
+    dbeta: np.ndarray,
+    dgamma: np.ndarray,
+    e_dbeta: np.ndarray,
+    e_dgamma: np.ndarray,
+) -> Terms:
+    """Per channel, ``model``'s terms of the per-element bounds (formulas.Terms: arrays, or one float for every
+    channel), from the statistics' errors, the bound's invstd, the mean's shift of xhat, the two gradient sums
+    and their errors.  Both engines take them from here."""
+    r = _rounding_scale(model)
+    u = st.u
+    tiny_term = r * subnormal_step(compute_dtype(case.dtype))
+    ua = r * unit_roundoff(accumulation_dtype(case.dtype))
+    m = case.reduction_length
+    ag = np.abs(_gamma(case))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        t2 = np.abs(dbeta) / m
+        return Terms(
+            # (x - mean) and xhat may each be rounded among float16's subnormals: an absolute 2^-25 each.
+            a1=shift + tiny_term * (1 + inv),
+            b1=st.rel_inv + 2 * u,
+            u=u,
+            ty=tiny_term * (1 + ag),
+            ud=r * unit_roundoff(case.dtype),
+            td=r * subnormal_step(case.dtype),
+            sf=_safety(model),
+            # xhat * dgamma / M: both factors are uncertain, and where both are exactly 0 (dy constant in a
+            # channel) only the product of their errors is left.
+            k1=np.abs(dgamma) / m,
+            k2=e_dgamma / m,
+            t2=t2,
+            e0=e_dbeta / m + ua * t2,
+            agi=ag * inv,
+            tx=tiny_term * (ag * np.maximum(1.0, inv)),
+            ua2=2 * ua,
+            u2=2 * u,
+            tiny3=3 * tiny_term,
+        )
 
 
 def sharpest(probabilistic: Outputs, deterministic: Outputs) -> Outputs:
@@ -473,28 +517,29 @@ def statistics_bounds(case: Case, st: Propagated, model: str, expected: Outputs)
 
 
 def finished_bounds(case: Case, out: Outputs, accumulated: Outputs, model: str) -> Outputs:
-    """The model's bounds ``out`` made whole: the quantities ``accumulated`` (the oracle's, as requested) has,
-    each inexact one widened by a subnormal step and, under 'add', by the rounding of prior + gradient, in
-    the deterministic model times SAFETY."""
+    """The model's bounds ``out`` of per-channel quantities made whole: the quantities ``accumulated`` (the
+    oracle's, as requested) has, each inexact one widened by a subnormal step and, under 'add', by the rounding
+    of prior + gradient, in the deterministic model times SAFETY (y's and dx's: formulas.finished)."""
     r = _rounding_scale(model)
+    pdt = param_dtype(case.dtype)
     exact = (
         {"gamma"}
         | ({"dgamma"} if case.fix_gamma else set())
         | ({"moving_mean", "moving_var"} if not case.uses_batch_stats or case.reduction_length == 0 else set())
         | {"forward_moving_mean", "forward_moving_var"}
     )
-    safety = SAFETY if model == "deterministic" else 1.0
+    safety = _safety(model)
     result: Outputs = {}
     for q, b in out.items():
+        assert q not in PER_ELEMENT, q
         if q not in accumulated:
             continue
-        per_element = q in PER_ELEMENT
         if q not in exact:
-            b = b + r * subnormal_step(case.dtype if per_element else param_dtype(case.dtype))
+            b = b + r * subnormal_step(pdt)
         if q in _accumulated_quantities(case) and q not in exact:
             # One more rounding: prior + gradient, in the output dtype.
             with np.errstate(invalid="ignore", over="ignore"):
-                b = b + r * unit_roundoff(case.dtype if q == "dx" else param_dtype(case.dtype)) * np.abs(accumulated[q])
+                b = b + r * unit_roundoff(pdt) * np.abs(accumulated[q])
         result[q] = safety * np.broadcast_to(b, quantity_shape(case, q))
     return result
 

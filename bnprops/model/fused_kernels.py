@@ -7,25 +7,44 @@ a channel's elements are met in the order of ``exactness.rows`` (p outer, q inne
 the data in blocks of P and the per-channel ``state`` carries the sums from one block to the next.
 
 Every kernel is compiled with IEEE semantics (``fastmath=False``: no reassociation, no contraction into
-fused multiply-adds), so each per-element expression, written in the reference's order of operations,
-rounds exactly as numpy does.  Compiled code is cached on disk (``cache=True``) where the package's
-folder (or numba's user cache) is writable, and compiled in memory otherwise.
+fused multiply-adds), and the per-element oracle and bounds are the reference's own functions (formulas,
+compiled and inlined here), so each rounds exactly as numpy does.  A channel's coefficients are read as a
+formulas.Row, by name.  Compiled code is cached on disk where the package's folder (or numba's user cache)
+is writable (keyed by the formulas' source too), and compiled in memory otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numba import njit
+from numba.core.caching import FunctionCache
+
+from bnprops.model import formulas
+from bnprops.model.formulas import BLOCKS, START, Row
+
+#: The shared formulas' source: numba's disk cache checks a kernel's own file only, not the modules it inlines.
+_FORMULAS = hashlib.sha256(inspect.getsource(formulas).encode()).hexdigest()
+
+
+class _Cache(FunctionCache):  # type: ignore[misc]
+    """numba's disk cache, its entries keyed by the shared formulas' source too."""
+
+    def _index_key(self, sig: Any, codegen: Any) -> Any:
+        return (*super()._index_key(sig, codegen), _FORMULAS)
 
 
 def _jit(function: Callable[..., Any], parallel: bool = False) -> Any:
-    try:
-        return njit(cache=True, fastmath=False, nogil=True, parallel=parallel)(function)
-    except RuntimeError:  # no writable cache location: compile per process instead
-        return njit(cache=False, fastmath=False, nogil=True, parallel=parallel)(function)
+    dispatcher = njit(cache=False, fastmath=False, nogil=True, parallel=parallel)(function)
+    with contextlib.suppress(RuntimeError):  # no writable cache location: compile per process instead
+        dispatcher._cache = _Cache(function)
+    return dispatcher
 
 
 def _per_channel(function: Callable[..., Any]) -> Any:
@@ -40,6 +59,20 @@ def _per_channel(function: Callable[..., Any]) -> Any:
 def _inline(function: Callable[..., Any]) -> Any:
     """A helper inlined into its callers' code (numba's IR inlining: the per-element code is one loop body)."""
     return njit(inline="always", fastmath=False)(function)
+
+
+def _compiled(names: tuple[str, ...]) -> tuple[Any, ...]:
+    """formulas.SHARED compiled to be inlined into the kernels: copies of the functions whose calls to one another
+    go to each other's compiled copies (the functions themselves stay plain Python for numpy)."""
+    namespace: dict[str, Any] = dict(vars(formulas))
+    for f in formulas.SHARED:
+        namespace[f.__name__] = _inline(types.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__))
+    return tuple(namespace[name] for name in names)
+
+
+normalised, oracle_y, oracle_dx, bound_y, bound_dx, y_form, dx_form = _compiled(
+    ("normalised", "oracle_y", "oracle_dx", "bound_y", "bound_dx", "y_form", "dx_form")
+)
 
 
 # --- per-channel sums --------------------------------------------------------------------------------------
@@ -211,7 +244,7 @@ def xhat_sums(
         hi, lo, total = s[0], s[1], s[2]
         for p in range(blocks):
             for q in range(inner):
-                xhat = (np.float64(x[p, c, q]) - m) * k
+                xhat = normalised(np.float64(x[p, c, q]), m, k)
                 d = np.float64(dy[p, c, q])
                 term = d * xhat
                 hi, lo = _two_sum(hi, lo, term)
@@ -221,206 +254,53 @@ def xhat_sums(
 
 # --- per element -------------------------------------------------------------------------------------------
 
-#: Columns of the per-channel coefficients of the per-element formulas (see fused.coefficients).
-COEFFICIENTS = (
-    "mean",
-    "invstd",  # the oracle's 1/sqrt(var + eps)
-    "g",
-    "beta",
-    "scale",  # g invstd
-    "dbeta_m",  # dbeta / M
-    "dot_m",  # sum dy xhat / M
-    "inv",  # the bound's invstd (0 where var + eps <= 0)
-    "ag",
-    "judged",
-    # per model (deterministic, then probabilistic): MODEL columns each from "a1" on
-    "a1",  # shift + tiny_term (1 + inv)
-    "b1",  # rel + 2 u
-    "u",
-    "ty",  # tiny_term (1 + ag)
-    "ud",  # u_data
-    "td",  # tiny_data
-    "safety",
-    "k1",  # |dgamma| / M
-    "k2",  # e_dgamma / M
-    "t2",  # |dbeta| / M
-    "e0",  # e_dbeta / M + ua t2
-    "agi",  # ag inv
-    "tx",  # tiny_term ag max(1, inv)
-    "ua2",  # 2 ua
-    "u2",  # 2 u
-    "tiny3",  # 3 tiny_term
-)
-C_ = {name: i for i, name in enumerate(COEFFICIENTS)}
-MODEL = 16  # columns per model, from "a1"
-FIRST = C_["a1"]
-
-
-#: After the two models' columns, each model's bounds as linear forms in the per-element magnitudes (deterministic
-#: from LINEAR, probabilistic from LINEAR + 8): y ~ a + b |xhat| + c |y|, dx ~ A + B |xhat| + D |dy| + F |dx| + G |dx
-#: as requested|, shrunk by SHRINK below the bounds' own rounding: lower bounds that let compare skip the bounds'
-#: exact evaluation where an error is clearly below them (fused.coefficients; NaN: never skip).
-LINEAR = FIRST + 2 * MODEL
-WIDTH = LINEAR + 16
+#: The linear forms (formulas.linear_forms) are shrunk by this much below the bounds' own rounding: lower bounds
+#: that let compare skip the bounds' exact evaluation where an error is clearly below them (NaN: never skip).
 SHRINK = 1.0 - 2.0**-40
 
 
-@_inline
-def _row(kc: np.ndarray) -> Any:  # pragma: no cover - compiled
-    """A channel's coefficients as a tuple of scalars (held in registers, not reloaded per element)."""
-    return (
-        kc[0],
-        kc[1],
-        kc[2],
-        kc[3],
-        kc[4],
-        kc[5],
-        kc[6],
-        kc[7],
-        kc[8],
-        kc[9],
-        kc[10],
-        kc[11],
-        kc[12],
-        kc[13],
-        kc[14],
-        kc[15],
-        kc[16],
-        kc[17],
-        kc[18],
-        kc[19],
-        kc[20],
-        kc[21],
-        kc[22],
-        kc[23],
-        kc[24],
-        kc[25],
-        kc[26],
-        kc[27],
-        kc[28],
-        kc[29],
-        kc[30],
-        kc[31],
-        kc[32],
-        kc[33],
-        kc[34],
-        kc[35],
-        kc[36],
-        kc[37],
-        kc[38],
-        kc[39],
-        kc[40],
-        kc[41],
-        kc[42],
-        kc[43],
-        kc[44],
-        kc[45],
-        kc[46],
-        kc[47],
-        kc[48],
-        kc[49],
-        kc[50],
-        kc[51],
-        kc[52],
-        kc[53],
-        kc[54],
-        kc[55],
-        kc[56],
-        kc[57],
+def _row_reader() -> Any:
+    """A channel's coefficients as a formulas.Row of scalars (held in registers, not reloaded per element), the
+    code generated from formulas.BLOCKS: each block's fields from its START on."""
+    blocks = ", ".join(
+        f"{block.__name__}({', '.join(f'kc[{START[name] + i}]' for i in range(len(block._fields)))})"
+        for name, block in BLOCKS
     )
+    namespace: dict[str, Any] = {block.__name__: block for _, block in BLOCKS} | {"Row": Row}
+    exec(f"def row(kc):\n    return Row({blocks})\n", namespace)
+    return _inline(namespace["row"])
+
+
+_row = _row_reader()
 
 
 @_inline
-def _bound_y(
-    axhat: float, y: float, ag: float, a1: float, b1: float, u: float, ty: float, ud: float, td: float, sf: float
-) -> float:  # pragma: no cover - compiled
-    """error_model._bounds' y, in its order of operations."""
-    e_xhat = a1 + axhat * b1
-    gx = ag * axhat
-    b = ag * e_xhat + u * (gx + abs(y)) + ty
-    b = b + ud * abs(y)
-    b = b + td
-    return sf * b
-
-
-@_inline
-def _bound_dx(
-    axhat: float,
-    d: float,
-    fresh: float,
-    acc: float,
-    batch: bool,
-    add: bool,
-    a1: float,
-    b1: float,
-    ud: float,
-    td: float,
-    sf: float,
-    k1: float,
-    k2: float,
-    t2: float,
-    e0: float,
-    agi: float,
-    tx: float,
-    ua2: float,
-    u2: float,
-    tiny3: float,
-) -> float:  # pragma: no cover - compiled
-    """error_model._bounds' dx, in its order of operations."""
-    if batch:
-        e_xhat = a1 + axhat * b1
-        t3 = axhat * k1
-        e_t3 = e_xhat * k1 + axhat * k2 + e_xhat * k2
-        e_inner = e0 + e_t3 + ua2 * t3 + u2 * (abs(d) + t2 + t3)
-        e_inner = e_inner + tiny3
-        b = agi * e_inner + abs(fresh) * b1
-    else:
-        b = abs(fresh) * b1
-    b = b + (ud * abs(fresh) + tx)
-    b = b + td
-    if add:
-        b = b + ud * abs(acc)
-    return sf * b
-
-
-@_inline
-def _oracle(v: float, d: float, prior: float, t: Any, batch: bool, add: bool) -> Any:  # pragma: no cover - compiled
+def _oracle(v: float, d: float, prior: float, t: Row, batch: bool, add: bool) -> Any:  # pragma: no cover - compiled
     """The oracle's y, dx (fresh and as requested) at one element, and |xhat| as the bounds take it."""
-    centred = v - t[0]
-    xhat = centred * t[1]
-    y = t[2] * xhat + t[3]
-    fresh = t[4] * ((d - t[5]) - xhat * t[6]) if batch else t[4] * d
+    o = t.oracle
+    xhat = normalised(v, o.mean, o.invstd)
+    y = oracle_y(xhat, o.g, o.beta)
+    fresh = oracle_dx(xhat, d, o.scale, o.dbeta_m, o.dot_m, batch)
     acc = prior + fresh if add else fresh
-    return y, fresh, acc, abs(centred * t[7])
+    return y, fresh, acc, abs(normalised(v, o.mean, o.inv))
 
 
 @_inline
-def _bounds_y(axhat: float, y: float, t: Any) -> Any:  # pragma: no cover - compiled
+def _bounds_y(axhat: float, y: float, t: Row) -> Any:  # pragma: no cover - compiled
     """Both models' bounds on y."""
-    ag = t[8]
-    by = _bound_y(axhat, y, ag, t[10], t[11], t[12], t[13], t[14], t[15], t[16])
-    sy = _bound_y(axhat, y, ag, t[26], t[27], t[28], t[29], t[30], t[31], t[32])
-    return by, sy
+    return bound_y(axhat, y, t.oracle.ag, t.det), bound_y(axhat, y, t.oracle.ag, t.prob)
 
 
 @_inline
 def _bounds_dx(
-    axhat: float, d: float, fresh: float, acc: float, t: Any, batch: bool, add: bool
+    axhat: float, d: float, fresh: float, acc: float, t: Row, batch: bool, add: bool
 ) -> Any:  # pragma: no cover
     """Both models' bounds on dx."""
-    bdx = _bound_dx(
-        axhat, d, fresh, acc, batch, add, t[10], t[11], t[14], t[15], t[16], t[17], t[18], t[19], t[20], t[21], t[22],
-        t[23], t[24], t[25],
-    )  # fmt: skip
-    sdx = _bound_dx(
-        axhat, d, fresh, acc, batch, add, t[26], t[27], t[30], t[31], t[32], t[33], t[34], t[35], t[36], t[37], t[38],
-        t[39], t[40], t[41],
-    )  # fmt: skip
-    return bdx, sdx
+    return bound_dx(axhat, d, fresh, acc, batch, add, t.det), bound_dx(axhat, d, fresh, acc, batch, add, t.prob)
 
 
 @_inline
-def _element(v: float, d: float, prior: float, t: Any, batch: bool, add: bool) -> Any:  # pragma: no cover - compiled
+def _element(v: float, d: float, prior: float, t: Row, batch: bool, add: bool) -> Any:  # pragma: no cover - compiled
     """The oracle's y, dx (fresh and as requested) at one element, and both models' bounds on them."""
     y, fresh, acc, axhat = _oracle(v, d, prior, t, batch, add)
     by, sy = _bounds_y(axhat, y, t)
@@ -580,16 +460,16 @@ def _scan(
         pv = np.float64(pr[q]) if add else 0.0
         y, fresh, acc, axhat = _oracle(np.float64(xr[q]), d, pv, t, batch, add)
         err = abs(np.float64(ar[q]) - y)
-        low = (t[42] + t[43] * axhat + t[44] * abs(y)) * SHRINK
-        low_sharp = _lower(low, (t[50] + t[51] * axhat + t[52] * abs(y)) * SHRINK)
+        low = y_form(t.det_y, axhat, abs(y)) * SHRINK
+        low_sharp = _lower(low, y_form(t.prob_y, axhat, abs(y)) * SHRINK)
         o1, e1 = _sort(err, low, wy)
         o2, e2 = _sort(err, low_sharp, wys)
         o3 = o4 = e3 = e4 = False
         if with_dx:
             err = abs(np.float64(adr[q]) - acc)
             ad, af, aa = abs(d), abs(fresh), abs(acc)
-            low = (t[45] + t[46] * axhat + t[47] * ad + t[48] * af + t[49] * aa) * SHRINK
-            low_sharp = _lower(low, (t[53] + t[54] * axhat + t[55] * ad + t[56] * af + t[57] * aa) * SHRINK)
+            low = dx_form(t.det_dx, axhat, ad, af, aa) * SHRINK
+            low_sharp = _lower(low, dx_form(t.prob_dx, axhat, ad, af, aa) * SHRINK)
             o3, e3 = _sort(err, low, wd)
             o4, e4 = _sort(err, low_sharp, wds)
         e = e1 | e2 | e3 | e4
@@ -639,7 +519,7 @@ def compare(
     ty, tdx = thresholds[0], thresholds[1]
     for c in range(c0, c1):
         t = _row(k[c])
-        if t[9] == 0.0:
+        if t.oracle.judged == 0.0:
             continue  # an indeterminate channel: not judged
         r = result[c]
         ry = (r[0, 0], r[0, 1], r[0, 2], r[0, 3], r[0, 4], r[0, 5], r[0, 6])

@@ -19,18 +19,16 @@ import numpy as np
 
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
 from bnprops.model.error_model import (
-    SAFETY,
     Exactness,
     Propagated,
-    _rounding_scale,
-    accumulation_dtype,
-    compute_dtype,
+    bound_inv,
+    channel_terms,
     finished_bounds,
     gradient_sum_bounds,
     statistics_bounds,
-    subnormal_step,
-    unit_roundoff,
+    xhat_shift,
 )
+from bnprops.model.formulas import START, WIDTH, Oracle, Row, Terms, linear_forms
 from bnprops.model.fused_sums import CLOSE, as_input, as_three, finite_sum, kernels, sweep
 from bnprops.model.lazy_outputs import LazyOutputs
 from bnprops.model.oracle import eps_as_applied, per_channel_outputs
@@ -87,24 +85,20 @@ def arrays(ev: Sums, which: int) -> list[np.ndarray]:
     """Every element's y and its deterministic and sharp bounds (``which`` 0), or dx fresh, dx as requested and
     its two bounds (1), as the reference computes them."""
     case = ev.case
+    k = kernels()
+    coeffs, batch = ev.coefficients, case.uses_batch_stats
+    add, prior3 = prior_rows(case)
+    x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
+    out = np.empty((3 if which == 0 else 4, *x3.shape))
 
-    def compute() -> list[np.ndarray]:
-        k = kernels()
-        coeffs, batch = ev.coefficients, case.uses_batch_stats
-        add, prior3 = prior_rows(case)
-        x3, dy3 = as_three(case, case.x), as_three(case, case.dy)
-        out = np.empty((3 if which == 0 else 4, *x3.shape))
+    def arguments(b: slice) -> tuple[Any, ...]:
+        return as_input(x3[b]), as_input(dy3[b]), as_input(prior3[b]), coeffs, batch, add, which, b.start, out
 
-        def arguments(b: slice) -> tuple[Any, ...]:
-            return as_input(x3[b]), as_input(dy3[b]), as_input(prior3[b]), coeffs, batch, add, which, b.start, out
-
-        sweep(case, k.materialise, arguments)
-        arrays = [np.reshape(a, case.shape) for a in out]
-        for a in arrays:
-            a.flags.writeable = False
-        return arrays
-
-    return compute()
+    sweep(case, k.materialise, arguments)
+    result = [np.reshape(a, case.shape) for a in out]
+    for a in result:
+        a.flags.writeable = False
+    return result
 
 
 #: Where each lazily computed array comes from: (_arrays' which, index).
@@ -119,24 +113,18 @@ def _element(ev: Sums, where: tuple[int, int]) -> Callable[[], np.ndarray]:
 def fresh_per_channel(ev: Sums) -> Outputs:
     """The oracle's per-channel quantities (oracle.fresh_reference's, from the fused sums)."""
     case = ev.case
-
-    def compute() -> Outputs:
-
-        g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-        mean, var = ev.statistics
-        raw = ev.raw
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
-        sum_dy_xhat = ev.xhat["oracle_dot"]
-        dbeta = finite_sum(raw["dy_hi"], raw["dy_lo"])
-        out = per_channel_outputs(case, mean, var, invstd, dbeta, sum_dy_xhat)
-        for value in out.values():
-            value.flags.writeable = False
-        # internal: the per-channel values the per-element formulas need
-        out["_invstd"], out["_g"], out["_sum_dy_xhat"] = invstd, g, sum_dy_xhat
-        return out
-
-    return compute()
+    g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+    mean, var = ev.statistics
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
+    sum_dy_xhat = ev.xhat["oracle_dot"]
+    dbeta = finite_sum(ev.raw["dy_hi"], ev.raw["dy_lo"])
+    out = per_channel_outputs(case, mean, var, invstd, dbeta, sum_dy_xhat)
+    for value in out.values():
+        value.flags.writeable = False
+    # internal: the per-channel values the per-element formulas need
+    out["_invstd"], out["_g"], out["_sum_dy_xhat"] = invstd, g, sum_dy_xhat
+    return out
 
 
 _ORDER = ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var", "gamma")
@@ -190,133 +178,66 @@ def reference(ev: Sums) -> LazyOutputs:
 @dataclasses.dataclass(frozen=True)
 class ModelBounds:
     per_channel: Outputs  # the bounds of the per-channel quantities, as error_model.bounds returns them
-    coefficients: np.ndarray  # (C, MODEL): the per-element formulas' per-channel factors
+    terms: Terms  # the per-element bounds' terms, per channel (error_model.channel_terms)
 
 
 def model_bounds(ev: Sums, model: str) -> ModelBounds:
     """error_model.bounds' per-channel parts for ``model`` (training_backward False, expected = the oracle's)."""
     case = ev.case
-
-    def compute() -> ModelBounds:
-
-        k = kernels()
-        accumulated = ev.expected
-        fresh = _public(ev.per_channel)
-        st = ev.propagated(model)
-        u = st.u
-        r = _rounding_scale(model)
-        u_data = r * unit_roundoff(case.dtype)
-        tiny_data = r * subnormal_step(case.dtype)
-        tiny_term = r * subnormal_step(compute_dtype(case.dtype))
-        acc_dtype = accumulation_dtype(case.dtype)
-        ua = r * unit_roundoff(acc_dtype)
-        m = case.reduction_length
-        g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-        ag = np.abs(g)
-        s2, rel = st.s2, st.rel_inv
-        raw, xhat = ev.raw, ev.xhat
-        co = np.zeros((case.channels, k.MODEL))
-        c = {name: i - k.FIRST for name, i in k.C_.items() if i >= k.FIRST}
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
-            shift = st.e_mean * inv * (1 + rel)
-            co[:, c["a1"]] = shift + tiny_term * (1 + inv)
-            co[:, c["b1"]] = rel + 2 * u
-            co[:, c["u"]] = u
-            co[:, c["ty"]] = tiny_term * (1 + ag)
-            co[:, c["ud"]] = u_data
-            co[:, c["td"]] = tiny_data
-            co[:, c["safety"]] = SAFETY if model == "deterministic" else 1.0
-            out: Outputs = {}
-            sum_ady = raw["dy_abs"]
-            dbeta = fresh["dbeta"]
-            dgamma = xhat["bound_dot"]
-            e_dbeta, e_dgamma, gradients = gradient_sum_bounds(
-                case,
-                st,
-                model,
-                exact_dot=ev.exactness.dot_sum,
-                dbeta=dbeta,
-                sum_ady=sum_ady,
-                dgamma=dgamma,
-                sum_adx=xhat["abs_dot"],
-                shift=shift,
-                inv=inv,
-            )
-            out.update(gradients)
-            if case.uses_batch_stats:
-                t2 = np.abs(dbeta) / m
-                co[:, c["k1"]] = np.abs(dgamma) / m
-                co[:, c["k2"]] = e_dgamma / m
-                co[:, c["t2"]] = t2
-                co[:, c["e0"]] = e_dbeta / m + ua * t2
-                co[:, c["agi"]] = ag * inv
-                co[:, c["ua2"]] = 2 * ua
-                co[:, c["u2"]] = 2 * u
-                co[:, c["tiny3"]] = 3 * tiny_term
-            co[:, c["tx"]] = tiny_term * (ag * np.maximum(1.0, inv))
-        out.update(statistics_bounds(case, st, model, fresh))
-        result = finished_bounds(case, out, accumulated, model)
-        return ModelBounds(result, co)
-
-    return compute()
+    fresh = _public(ev.per_channel)
+    st = ev.propagated(model)
+    inv = bound_inv(st)
+    shift = xhat_shift(st, inv)
+    dbeta, dgamma = fresh["dbeta"], ev.xhat["bound_dot"]
+    e_dbeta, e_dgamma, out = gradient_sum_bounds(
+        case,
+        st,
+        model,
+        exact_dot=ev.exactness.dot_sum,
+        dbeta=dbeta,
+        sum_ady=ev.raw["dy_abs"],
+        dgamma=dgamma,
+        sum_adx=ev.xhat["abs_dot"],
+        shift=shift,
+        inv=inv,
+    )
+    terms = channel_terms(
+        case, st, model, inv=inv, shift=shift, dbeta=dbeta, dgamma=dgamma, e_dbeta=e_dbeta, e_dgamma=e_dgamma
+    )
+    out.update(statistics_bounds(case, st, model, fresh))
+    return ModelBounds(finished_bounds(case, out, ev.expected, model), terms)
 
 
 def coefficients(ev: Sums) -> np.ndarray:
-    """Per channel, every factor of the per-element formulas (fused_kernels.COEFFICIENTS)."""
+    """Per channel, a formulas.Row: every factor of the per-element formulas and both models' linear forms, laid
+    out by formulas.START."""
     case = ev.case
-
-    def compute() -> np.ndarray:
-
-        k = kernels()
-        fresh = ev.per_channel
-        mean = ev.statistics[0]
-        m = case.reduction_length
-        det, prob = ev.model_bounds("deterministic"), ev.model_bounds("probabilistic")
-        co = np.zeros((case.channels, k.WIDTH))
-        invstd, g = fresh["_invstd"], fresh["_g"]
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            co[:, k.C_["mean"]] = mean
-            co[:, k.C_["invstd"]] = invstd
-            co[:, k.C_["g"]] = g
-            co[:, k.C_["beta"]] = case.beta.astype(np.float64)
-            co[:, k.C_["scale"]] = g * invstd
-            co[:, k.C_["dbeta_m"]] = fresh["dbeta"] / m
-            co[:, k.C_["dot_m"]] = fresh["_sum_dy_xhat"] / m
-            s2 = ev.propagated("deterministic").s2
-            co[:, k.C_["inv"]] = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)
-            co[:, k.C_["ag"]] = np.abs(g)
-        co[:, k.C_["judged"]] = ~np.asarray(ev.undetermined, dtype=bool)
-        co[:, k.FIRST : k.FIRST + k.MODEL] = det.coefficients
-        co[:, k.FIRST + k.MODEL : k.LINEAR] = prob.coefficients
-        add = prior_rows(case)[0]
-        for model, start in ((det, k.LINEAR), (prob, k.LINEAR + 8)):
-            co[:, start : start + 8] = _linear(model.coefficients, co[:, k.C_["ag"]], case.uses_batch_stats, add)
-        return np.ascontiguousarray(co)
-
-    return compute()
-
-
-def _linear(model: np.ndarray, ag: np.ndarray, batch: bool, add: bool) -> np.ndarray:
-    """One model's bounds on y and dx as linear forms in |xhat|, |y|, |dy|, |dx| and |dx as requested| (the same
-    sums, expanded): y ~ a + b |xhat| + c |y|; dx ~ A + B |xhat| + D |dy| + F |dx| + G |dx as requested|.  All
-    terms are non-negative, so the forms, evaluated in float64 and shrunk by SHRINK (2^-40, far above their
-    and the bounds' few roundings), never exceed the bounds; NaN (never used) where a factor is not finite."""
-    a1, b1, u, ty, ud, td, sf, k1, k2, t2, e0, agi, tx, ua2, u2, tiny3 = model.T
-    with np.errstate(invalid="ignore", over="ignore"):
-        forms = [sf * (ag * a1 + ty + td), sf * ag * (b1 + u), sf * (u + ud)]
-        if batch:
-            forms += [
-                sf * (agi * (e0 + a1 * (k1 + k2) + tiny3 + u2 * t2) + tx + td),
-                sf * agi * (b1 * (k1 + k2) + k2 + (ua2 + u2) * k1),
-                sf * agi * u2,
-            ]
-        else:
-            forms += [sf * (tx + td), 0 * sf, 0 * sf]
-        forms += [sf * (b1 + ud), sf * ud if add else 0 * sf]
-        linear = np.stack(forms, axis=1)
-        usable = np.all(np.isfinite(linear) & (linear >= 0), axis=1, keepdims=True)
-        return np.where(usable, linear, np.nan)
+    fresh = ev.per_channel
+    m = case.reduction_length
+    det, prob = ev.model_bounds("deterministic"), ev.model_bounds("probabilistic")
+    invstd, g = fresh["_invstd"], fresh["_g"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        oracle = Oracle(
+            mean=ev.statistics[0],
+            invstd=invstd,
+            g=g,
+            beta=case.beta.astype(np.float64),
+            scale=g * invstd,
+            dbeta_m=fresh["dbeta"] / m,
+            dot_m=fresh["_sum_dy_xhat"] / m,
+            inv=bound_inv(ev.propagated("deterministic")),
+            ag=np.abs(g),
+            judged=~np.asarray(ev.undetermined, dtype=bool),
+        )
+    batch, add = case.uses_batch_stats, prior_rows(case)[0]
+    det_y, det_dx = linear_forms(oracle.ag, det.terms, batch, add)
+    prob_y, prob_dx = linear_forms(oracle.ag, prob.terms, batch, add)
+    row = Row(oracle, det.terms, prob.terms, det_y, det_dx, prob_y, prob_dx)
+    co = np.empty((case.channels, WIDTH))
+    for name, block in zip(row._fields, row, strict=True):
+        for i, value in enumerate(block):
+            co[:, START[name] + i] = value
+    return co
 
 
 def indeterminate_is_close(st: Propagated) -> bool:

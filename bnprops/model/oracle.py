@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, param_dtype
+from bnprops.model.formulas import normalised, oracle_dx, oracle_y
 from bnprops.model.params import parsed
 
 
@@ -94,17 +95,14 @@ def fresh_reference(case: Case, stats: tuple[np.ndarray, np.ndarray] | None = No
     mean, var = statistics(case) if stats is None else stats
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
-        xhat = (x - per_channel(case, mean)) * per_channel(case, invstd)
-        y = per_channel(case, g) * xhat + per_channel(case, beta)
+        xhat = normalised(x, per_channel(case, mean), per_channel(case, invstd))
+        y = oracle_y(xhat, per_channel(case, g), per_channel(case, beta))
 
         dbeta = dy.sum(axis=red)
         sum_dy_xhat = (dy * xhat).sum(axis=red)
-        scale = per_channel(case, g * invstd)
-        if case.uses_batch_stats:
-            dx = scale * (dy - per_channel(case, dbeta / m) - xhat * per_channel(case, sum_dy_xhat / m))
-        else:
-            # The statistics are inputs, so no gradient flows through them.
-            dx = scale * dy
+        # (where the statistics are inputs, no gradient flows through them)
+        dbeta_m, dot_m = per_channel(case, dbeta / m), per_channel(case, sum_dy_xhat / m)
+        dx = oracle_dx(xhat, dy, per_channel(case, g * invstd), dbeta_m, dot_m, case.uses_batch_stats)
     return {"y": y, "dx": dx, **per_channel_outputs(case, mean, var, invstd, dbeta, sum_dy_xhat)}
 
 
