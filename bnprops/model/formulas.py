@@ -5,7 +5,7 @@ The formulas use only +, *, abs and branches on flags, and call only each other:
 (the reference engine), numba compiles them into the fused kernels (the same operations in the same order, so
 the same bits), and evaluated on LinearForm magnitudes they expand into the linear forms the fused comparison
 scans with.  A change to a term is one edit here (or in error_model.channel_terms, which computes the terms),
-and tests/test_fused.py's agreement tests check that both engines follow it.
+and the fused engine's agreement tests (test_fused) check that both engines follow it.
 
 The fused path's per-channel coefficient array is laid out from these declarations: Row's blocks, each a
 NamedTuple's fields, in order (START, WIDTH); the kernels read it by name.

@@ -44,7 +44,7 @@ class Panel:
 
 
 @dataclasses.dataclass
-class Cases:
+class SampleCounts:
     """The sampled cases by their worst class (a case with a new finding in any quantity is new)."""
 
     sampled: int
@@ -71,13 +71,13 @@ def panels(points: Points) -> list[Panel]:
     return result
 
 
-def cases(points: Points) -> Cases:
+def cases(points: Points) -> SampleCounts:
     """How many sampled cases are drawn, and as what."""
     new = (points.kind == NEW).any(axis=1)
     known = (points.kind == KNOWN).any(axis=1) & ~new
     drawn = (~np.isnan(points.ratio)).any(axis=1) | new
     passed = drawn & ~new & ~known
-    return Cases(len(points.cond), int(new.sum()), int(known.sum()), int(passed.sum()), int((~drawn).sum()))
+    return SampleCounts(len(points.cond), int(new.sum()), int(known.sum()), int(passed.sum()), int((~drawn).sum()))
 
 
 def _pyplot() -> Any:
@@ -103,7 +103,7 @@ def _columns(n: int) -> int:
     return n if n <= 4 else 3 if n in (5, 6, 9) else 4
 
 
-def headline(c: Cases) -> tuple[str, str]:
+def headline(c: SampleCounts) -> tuple[str, str]:
     """The picture's title and its colour: whether anything is new, before anything else."""
     if c.new:
         return f"New findings in {c.new:,} sampled case(s) (red)", _NEW_COLOUR
@@ -112,7 +112,7 @@ def headline(c: Cases) -> tuple[str, str]:
     return "No new finding", "black"
 
 
-def _header(fig: Any, c: Cases, height: float, legend_at: float) -> None:
+def _header(fig: Any, c: SampleCounts, height: float, legend_at: float) -> None:
     """The verdict first, then the counts behind it, then the legend."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
