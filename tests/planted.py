@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.model.case import GRADIENT_OF, Case, Outputs
+from bnprops.model.exactness import rows
 from bnprops.model.oracle import momentum_as_applied, output_dtypes
 
 #: Each fault and what it gets wrong.
@@ -47,8 +48,12 @@ def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
     dy = case.dy.astype(ct)
     shape = [1] * x.ndim
     shape[case.channel_axis] = case.channels
-    red = case.reduce_axes
     m = ct(case.reduction_length)
+
+    def sums(values: np.ndarray) -> np.ndarray:
+        # Each channel's own row, in one order: a channel's sums are the same bits stacked beside others or alone.
+        return np.asarray(np.ascontiguousarray(rows(values, case.channel_axis)).sum(axis=1, dtype=ct), dtype=ct)
+
     g = np.ones(case.channels, ct) if case.fix_gamma else case.gamma.astype(ct)
     beta = np.zeros(case.channels, ct) if fault == "beta_dropped" else case.beta.astype(ct)
 
@@ -58,10 +63,10 @@ def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
             mean = np.full(case.channels, x.mean(), ct)
             var = np.full(case.channels, ((x - x.mean()) ** 2).mean(), ct)
         elif batch_stats:
-            mean = x.mean(axis=red)
+            mean = sums(x) / m
             centred = x - mean.reshape(shape)
             denom = ct(max(case.reduction_length - 1, 1)) if fault == "unbiased_variance" else m
-            var = (centred * centred).sum(axis=red) / denom
+            var = sums(centred * centred) / denom
         else:
             mean = case.moving_mean.astype(ct)
             var = case.moving_var.astype(ct)
@@ -69,8 +74,8 @@ def numpy_batchnorm(case: Case, *, fault: str | None = None) -> Outputs:
         xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
         y = g.reshape(shape) * xhat + beta.reshape(shape)
 
-        dbeta = dy.sum(axis=red)
-        sum_dy_xhat = (dy * xhat).sum(axis=case.reduce_axes)
+        dbeta = sums(dy)
+        sum_dy_xhat = sums(dy * xhat)
         dgamma = sum_dy_xhat if (not case.fix_gamma or fault == "dgamma_not_zeroed") else np.zeros_like(dbeta)
         scale = (g * invstd).reshape(shape)
         if batch_stats:

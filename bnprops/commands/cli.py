@@ -262,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     devs.set_defaults(subparser=devs)
 
+    mods = sub.add_parser(
+        "modules",
+        help="print the package's module map, or write it into the architecture page",
+        description="The package's layers, bottom up, and each module with the first sentence of its docstring, as "
+        "the architecture page (docs/architecture.md) shows them between its module-map markers. The map is "
+        "generated; after adding, moving or redescribing a module, rewrite it with  bnprops modules --write "
+        "docs/architecture.md  (a test fails while the committed map is stale).",
+    )
+    mods.add_argument("--write", type=Path, default=None, metavar="PAGE", help="rewrite the map between PAGE's markers")
+    mods.add_argument(
+        "--check", type=Path, default=None, metavar="PAGE", help="exit 1 if PAGE's map is not the rendering"
+    )
+    mods.set_defaults(subparser=mods)
+
     bench = sub.add_parser(
         "bench",
         help="measure throughput: the ceiling, Hypothesis's own cost, the property run and the fuzz job",
@@ -826,6 +840,32 @@ def _deviations(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return EXIT_OK
 
 
+def _modules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops.base import atomic
+    from bnprops.commands import module_map
+
+    page = args.write or args.check
+    if page is None:
+        sys.stdout.write(module_map.markdown() + "\n")
+        return EXIT_OK
+    if not page.is_file():
+        parser.error(f"{page} does not exist: give the architecture page ({module_map.PAGE})")
+    text = page.read_text()
+    try:
+        fresh = module_map.rewritten(text)
+    except ValueError as exc:
+        parser.error(f"{page}: {exc}")
+    if args.check is not None:
+        if fresh == text:
+            print(f"{page}'s module map is up to date")
+            return EXIT_OK
+        print(f"{page}'s module map is stale: rewrite it with  {module_map.REGENERATE}", file=sys.stderr)
+        return EXIT_FOUND
+    atomic.write_text(page, fresh)
+    print(f"wrote the module map into {page}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -841,6 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "versions": _versions,
         "deviations": _deviations,
+        "modules": _modules,
     }
     result: int = handlers[args.command](args, args.subparser)
     return result

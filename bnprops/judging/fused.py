@@ -1,7 +1,9 @@
-"""The fused engine's comparison: y and dx judged in one pass over the data (fused_kernels.compare), which marks
-every element beyond either bound, so that MXNet's results, and known deviations whose model is the oracle
-within its bound, are judged without the oracle's arrays being written.  The engine's values come from
-model.evaluation.FusedEvaluation; the numpy reference is what both are tested against.
+"""The fused engine's comparison: y and dx judged in one pass over the data, each element beyond a bound marked.
+
+The pass (fused_kernels.compare) marks every element beyond either bound, so that MXNet's results, and known
+deviations whose model is the oracle within its bound, are judged without the oracle's arrays being written.
+The engine's values come from model.evaluation.FusedEvaluation; the numpy reference is what both are tested
+against.
 """
 
 from __future__ import annotations

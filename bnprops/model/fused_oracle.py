@@ -1,8 +1,9 @@
-"""The fused path's oracle and bounds: y and dx, and both models' bounds on them, by the reference's formulas
-in its order of operations (so, given the same per-channel values, the reference's bits), computed when first
-read (model.lazy_outputs); the per-channel quantities and bounds from the fused sums, as the evaluation
-it is handed holds them, through the reference's own functions; and the per-channel coefficients of the
-per-element formulas, with the bounds' linear forms that let the comparison kernel skip most exact bounds.
+"""The fused engine's oracle and bounds, from the per-channel sums of the evaluation it is handed.
+
+y and dx, and both models' bounds on them, by the reference's formulas (model.formulas), computed when
+first read (model.lazy_outputs); the per-channel quantities and bounds through the reference's own
+functions; and the per-channel coefficients of the per-element formulas, with the bounds' linear forms that
+let the comparison kernel skip most exact bounds.
 
 For float16 and float32 data every bound is at least ``2^-24`` of the magnitudes the per-channel sums'
 differences move values by ``~2^-44`` (worst case ``2^-32``) of, so the fused and reference values and bounds
