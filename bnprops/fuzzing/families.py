@@ -194,6 +194,8 @@ class Sequences:
     def entry(
         self, sig: Signature, checked: sequence_findings.SequenceCheck, case: Case, count: int, reduction: str
     ) -> Entry:
+        if reduction == "shrunk":
+            checked = sequence_findings.without_needless_rules(checked, sig, session=self.session)
         call = sequence_findings.entry_case(checked.sequence)
         replay = checked.run.script if sig.kind == SEQUENCE and checked.run.script else None
         sequence = checked.sequence.to_json()

@@ -145,6 +145,24 @@ def check_sequence(
     return SequenceCheck(built, backend, run, signatures(run, entry=entry, backend=backend))
 
 
+def without_needless_rules(checked: SequenceCheck, sig: Signature, *, session: str | None = None) -> SequenceCheck:
+    """The check of ``checked``'s sequence less every rule the finding ``sig`` does not need, one at a time in order.
+
+    Hypothesis's shrinker can stop short of that (a rule drawn first, before the ones that matter, may stay), so a
+    settled finding is made 1-minimal here: without any one of its rules, the finding is gone.  A few runs of a
+    short sequence, once per finding."""
+    i = 0
+    while i < len(checked.sequence.rules):
+        rules = checked.sequence.rules
+        fewer = dataclasses.replace(checked.sequence, rules=rules[:i] + rules[i + 1 :])
+        again = check_sequence(fewer, entry=sig.entry, backend=sig.backend, session=session)
+        if sig in again.signatures:
+            checked = again
+        else:
+            i += 1
+    return checked
+
+
 def entry_case(sequence: Sequence) -> Case:
     """The catalogue's case for a sequence finding: the first batch on the initial state (for its size and summary)."""
     c = sequence.config

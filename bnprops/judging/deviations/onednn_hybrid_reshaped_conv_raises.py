@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bnprops.judging.declarations import NetworkDeviation
-from bnprops.mx.producers import Chain, step
+from bnprops.mx.producers import Chain, Step, step
 
 
 def _op_after_reshaped_conv(chain: Chain, backend: str) -> bool:
@@ -15,6 +15,16 @@ def _op_after_reshaped_conv(chain: Chain, backend: str) -> bool:
         return False
     after_conv = ops[ops.index("conv") + 1 :]
     return "reshape" in after_conv and len(after_conv[after_conv.index("reshape") + 1 :]) > 0
+
+
+def _reshaped_conv_then(last: Step) -> Chain:
+    """The shortest chain that shows either: a 3-D convolution, a reshape of its output, then ``last``."""
+    return Chain(
+        api="gluon-hybrid",
+        input_shape=(2, 1, 3, 3, 3),
+        steps=(step("conv", dims=3, channels=8, kernel=1, pad=0), step("reshape", shape=(2, 8, 27)), last),
+        seed=0,
+    )
 
 
 ONEDNN_HYBRID_POOL_AFTER_RESHAPED_CONV_RAISES = NetworkDeviation(
@@ -32,16 +42,7 @@ ONEDNN_HYBRID_POOL_AFTER_RESHAPED_CONV_RAISES = NetworkDeviation(
     "[2, 1, 3, 3, 3] -> conv3d(8, k1, pad 0) -> reshape((2, 8, 27)) -> maxpool(2) -> BatchNorm raises MXNetError "
     "'dimensions are invalid'; the same HybridSequential without the BatchNorm raises too, and without "
     "hybridize() both train. A producer's failure, recorded so that it is not reported as BatchNorm's.",
-    reproducer=lambda: Chain(
-        api="gluon-hybrid",
-        input_shape=(2, 1, 3, 3, 3),
-        steps=(
-            step("conv", dims=3, channels=8, kernel=1, pad=0),
-            step("reshape", shape=(2, 8, 27)),
-            step("pool", kind="max", kernel=2),
-        ),
-        seed=0,
-    ),
+    reproducer=lambda: _reshaped_conv_then(step("pool", kind="max", kernel=2)),
     needs_backend="onednn",
 )
 
@@ -61,16 +62,7 @@ ONEDNN_HYBRID_REORDER_AFTER_RESHAPED_CONV_RAISES = NetworkDeviation(
     "MXNetError 'could not create a primitive descriptor for a reorder primitive'; the same HybridSequential "
     "without the BatchNorm raises too, and without "
     "hybridize() both train. A producer's failure, recorded so that it is not reported as BatchNorm's.",
-    reproducer=lambda: Chain(
-        api="gluon-hybrid",
-        input_shape=(2, 1, 3, 3, 3),
-        steps=(
-            step("conv", dims=3, channels=8, kernel=1, pad=0),
-            step("reshape", shape=(2, 8, 27)),
-            step("transpose", axes=(0, 1, 2)),
-        ),
-        seed=0,
-    ),
+    reproducer=lambda: _reshaped_conv_then(step("transpose", axes=(0, 1, 2))),
     needs_backend="onednn",
 )
 
