@@ -13,11 +13,10 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from bnprops.judging import fused
-from bnprops.judging.apparatus import overflow_threshold
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.error_model import PROBABILISTIC_FAILURE, indeterminate_quantities, sharpest
 from bnprops.model.evaluation import Evaluation, FusedEvaluation, evaluate
-from bnprops.model.oracle import per_channel
+from bnprops.model.oracle import overflow_threshold, per_channel
 from bnprops.mx.snippets import snippet
 
 

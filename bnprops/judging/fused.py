@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.judging.apparatus import overflow_threshold
 from bnprops.model.evaluation import FusedEvaluation
 from bnprops.model.fused_oracle import prior_rows
 from bnprops.model.fused_sums import (
@@ -34,6 +33,7 @@ from bnprops.model.fused_sums import (
     sweep,
     threads,
 )
+from bnprops.model.oracle import overflow_threshold
 
 # (what the rest of bnprops uses of the fused path, in one place)
 __all__ = [

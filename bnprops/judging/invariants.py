@@ -20,12 +20,11 @@ import math
 
 import numpy as np
 
-from bnprops.judging.apparatus import overflow_threshold
 from bnprops.judging.comparator import Mismatch
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, QUANTITIES, Case, Outputs
 from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
 from bnprops.model.evaluation import Evaluation, evaluate
-from bnprops.model.oracle import eps_as_applied, per_channel
+from bnprops.model.oracle import eps_as_applied, overflow_threshold, per_channel
 
 #: The results computed through invstd (dgamma only without fix_gamma).
 _THROUGH_INVSTD = frozenset({"y", "dx", "dgamma", "invstd"})

@@ -424,12 +424,12 @@ def check_of(tracker: Tracker, quantity: str, contract: Reference, *, recorded: 
 
 def _record_kept(tracker: Tracker, case: Case, known: tuple[str, ...]) -> None:
     """A frozen layer's recorded deviations: the state kept as recorded, where the contract moves it (or writes 1)."""
-    apparatus = evaluate(case) if known else None
+    evaluation = evaluate(case) if known else None
     for ident in known:
         for q in ("gamma",) if ident == FROZEN_SYM_KEEPS_GAMMA.id else ("moving_mean", "moving_var"):
             kept = tracker.layer.state[q]
-            assert kept is not None and apparatus is not None
-            contract = (np.ones_like(kept), 0.0) if q == "gamma" else (apparatus.expected[q], apparatus.bound[q])
+            assert kept is not None and evaluation is not None
+            contract = (np.ones_like(kept), 0.0) if q == "gamma" else (evaluation.expected[q], evaluation.bound[q])
             tracker.recorded.append((ident, check_of(tracker, q, contract, recorded=(kept, 0.0))))
 
 
@@ -451,10 +451,10 @@ def _fail(tracker: Tracker, what: str, detail: str, checks: list[Check]) -> None
 def _fail_judged(tracker: Tracker, case: Case, outcome: Outcome, outputs: Outputs) -> None:
     worst = outcome.unexpected[0] if outcome.unexpected else None
     checks = []
-    apparatus = evaluate(outcome.case)
-    if worst is not None and worst.quantity in apparatus.expected:
+    evaluation = evaluate(outcome.case)
+    if worst is not None and worst.quantity in evaluation.expected:
         q = worst.quantity
-        checks.append(check_of(tracker, q, (np.asarray(apparatus.expected[q]), np.asarray(apparatus.bound[q]))))
+        checks.append(check_of(tracker, q, (np.asarray(evaluation.expected[q]), np.asarray(evaluation.bound[q]))))
     detail = "\n".join("  " + m.describe() for m in outcome.unexpected)
     detail += "".join(f"\n  stale known deviation {kd.id}" for kd in outcome.stale)
     _fail(tracker, worst.quantity if worst else "stale", f"judged as one call: {case.describe()}\n{detail}", checks)
@@ -467,10 +467,10 @@ def _check_second_update(tracker: Tracker, case: Case, after: State) -> None:
         return
     # Not the contract: it must be the recorded deviation's model, one more update from this state.
     moved = {k: v for k in ("moving_mean", "moving_var") if (v := after[k]) is not None}
-    apparatus = evaluate(case)
-    verdict = compare(case, moved, quantities=("moving_mean", "moving_var"), evaluation=apparatus)
+    evaluation = evaluate(case)
+    verdict = compare(case, moved, quantities=("moving_mean", "moving_var"), evaluation=evaluation)
     checks = [
-        check_of(tracker, q, (before[q], 0.0), recorded=(apparatus.expected[q], apparatus.bound[q])) for q in moved
+        check_of(tracker, q, (before[q], 0.0), recorded=(evaluation.expected[q], evaluation.bound[q])) for q in moved
     ]
     if not verdict.ok:
         detail = "\n".join("  " + m.describe() for m in verdict.mismatches)
