@@ -28,18 +28,19 @@ def first_sentence(doc: str) -> str:
 
 
 def modules(root: Path | None = None) -> dict[str, list[tuple[str, str]]]:
-    """Per layer, its modules (dotted, relative to the layer) with their docstrings' first sentences."""
+    """Per layer, its modules and subpackages (a subpackage by its own docstring: its modules are its business, so
+    adding one, a deviation say, leaves the map alone) with their docstrings' first sentences."""
     root = root or Path(bnprops.__file__).parent
     found: dict[str, list[tuple[str, str]]] = {}
     for layer in LAYERS:
         rows = []
-        for path in sorted((root / layer).rglob("*.py")):
+        for path in sorted([*(root / layer).glob("*.py"), *(root / layer).glob("*/__init__.py")]):
             relative = path.relative_to(root / layer).with_suffix("")
-            if relative.name == "__init__" and relative.parent == Path("."):
+            if relative == Path("__init__"):
                 continue
-            name = ".".join(relative.parent.parts if relative.name == "__init__" else relative.parts)
+            name = relative.parent.name if relative.name == "__init__" else relative.name
             rows.append((name, first_sentence(ast.get_docstring(ast.parse(path.read_text())) or "")))
-        found[layer] = rows
+        found[layer] = sorted(rows)
     return found
 
 
