@@ -72,7 +72,7 @@ def check(
     """
     quantities = tuple(quantities)
     backend = IN_PROCESS_BACKEND if backend is None else backend
-    kernel = kernel_for(case, backend) if kernel is None else kernel
+    kernel = kernel_for(case, backend, entry) if kernel is None else kernel
     case = adapt(entry, case)
     outcome = judge(case, runner(case), entry=entry, kernel=kernel, checked=quantities, backend=backend)
     record(outcome, kernel=kernel)
@@ -100,7 +100,7 @@ def check_group(
     group = [adapt(entry, case) for case in group]
     stacked = stack(group)
     outputs = runner(stacked)
-    kernel = kernel_for(stacked, backend)
+    kernel = kernel_for(stacked, backend, entry)
     whole = judge(stacked, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend)
     if steering and hypothesis.currently_in_test_context():
         steer(whole)

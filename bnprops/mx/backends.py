@@ -24,8 +24,9 @@ def runner_for(entry: str, backend: str) -> Runner:
     (bnprops.mx.worker) started with MXNET_MKLDNN_ENABLED set for it; GPU backends raise
     BackendUnavailable, with the reason, where no GPU is present.
     """
-    if entry not in runners.ENTRY_POINTS:
-        raise ValueError(f"unknown entry point {entry!r}; choose from {list(runners.ENTRY_POINTS)}")
+    known = runners.ENTRY_POINTS + runners.LEGACY_ENTRY_POINTS
+    if entry not in known:
+        raise ValueError(f"unknown entry point {entry!r}; choose from {list(known)}")
     if backend not in runners.ALL_BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {list(runners.ALL_BACKENDS)}")
     missing = runners.entry_unavailable_reason(entry)
@@ -38,6 +39,7 @@ def runner_for(entry: str, backend: str) -> Runner:
         if reason is not None:
             raise runners.BackendUnavailable(f"backend {backend!r}: {reason}")
         return functools.partial(runners.ENTRY_FUNCTIONS[entry], ctx=mx.gpu(0), cudnn_off=backend == "cuda")
-    if backend == runners.IN_PROCESS_BACKEND:
-        return runners.RUNNERS[entry]
+    if backend == runners.IN_PROCESS_BACKEND or entry in runners.LEGACY_ENTRY_POINTS:
+        # A legacy operator has no oneDNN kernel: both CPU backends run the same code, here.
+        return runners.ENTRY_FUNCTIONS[entry]
     return functools.partial(worker_for(backend).run, entry)

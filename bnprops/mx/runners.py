@@ -31,6 +31,9 @@ ONEDNN_ENABLED = ONEDNN_BUILT and os.environ.get("MXNET_MKLDNN_ENABLED", "1") !=
 
 #: Entry points by name: how a user reaches the operator.
 ENTRY_POINTS = ("sym", "nd", "gluon", "gluon-hybrid", "npx")
+#: Legacy operators' entry points, kept out of ENTRY_POINTS (and so out of the default properties and the fuzz
+#: job): "sym-v1" is mx.sym.BatchNorm_v1 through an executor (docs: the BatchNorm family page).
+LEGACY_ENTRY_POINTS = ("sym-v1",)
 #: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
 BACKENDS = ("onednn", "native")
 #: GPU kernels: cuDNN, and MXNet's own CUDA kernel (cudnn_off=True).
@@ -50,10 +53,10 @@ class EntryUnavailable(BackendUnavailable):
 
 def entry_unavailable_reason(entry: str) -> str | None:
     """Why ``entry`` cannot run in this MXNet release (its tests and fuzz targets skip with it), or None."""
-    if entry not in ENTRY_POINTS:
-        raise ValueError(f"unknown entry point {entry!r}; choose from {list(ENTRY_POINTS)}")
+    if entry not in ENTRY_POINTS + LEGACY_ENTRY_POINTS:
+        raise ValueError(f"unknown entry point {entry!r}; choose from {list(ENTRY_POINTS + LEGACY_ENTRY_POINTS)}")
     if entry != "npx":
-        return None  # sym, nd and gluon.nn.BatchNorm exist in every release since 1.0
+        return None  # sym, nd, gluon.nn.BatchNorm and BatchNorm_v1 exist in every release since 1.0
     util = getattr(mx, "util", None)
     missing = [
         name
@@ -76,10 +79,12 @@ def entry_unavailable_reason(entry: str) -> str | None:
 ONEDNN_ANY_SHAPE_SINCE = "1.8.0"
 
 
-def kernel_for(case: Case, backend: str | None = None) -> str:
+def kernel_for(case: Case, backend: str | None = None, entry: str | None = None) -> str:
     """Which kernel runs the case: on the onednn backend float16/float64 still take the native kernel, and
-    before 1.8 so does float32 input that is not 4-D with axis=1."""
+    before 1.8 so does float32 input that is not 4-D with axis=1. BatchNorm_v1 has no oneDNN kernel."""
     backend = IN_PROCESS_BACKEND if backend is None else backend
+    if entry in LEGACY_ENTRY_POINTS and backend in BACKENDS:
+        return "native"
     if backend == "onednn":
         if case.dtype != "float32":
             return "native"
@@ -89,12 +94,36 @@ def kernel_for(case: Case, backend: str | None = None) -> str:
     return backend
 
 
+def v1_unexpressible_reason(case: Case) -> str | None:
+    """Why BatchNorm_v1 cannot run ``case``, or None: it has no axis parameter (channels on axis 1), its
+    kernel reads the data as a 4-D float tensor (2-D input is reshaped to N x C x 1 x 1), so only float32
+    input of 2 or 4 dimensions runs; anything else fails a check in MXNet. Its eps and momentum are float
+    parameters: nonzero values outside float32's normal range are rejected when the operator is made."""
+    if case.dtype != "float32":
+        return f"BatchNorm_v1 runs float32 only, not {case.dtype}"
+    if case.x.ndim not in (2, 4):
+        return f"BatchNorm_v1 runs 2-D or 4-D input only, not {case.x.ndim}-D"
+    if case.channel_axis != 1:
+        return f"BatchNorm_v1 normalises over axis 1 only, not axis {case.axis}"
+    tiny, huge = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    for name, value in (("eps", case.eps), ("momentum", case.momentum)):
+        if value != 0 and not tiny <= abs(value) <= huge:
+            return f"BatchNorm_v1's {name} is a float parameter: dmlc rejects {value!r} as out of range"
+    return None
+
+
 def adapt(entry: str, case: Case) -> Case:
     """The case as the entry point can express it; the oracle must judge this one.
 
     gluon.nn.BatchNorm has no output_mean_var, and with fix_gamma (scale=False) its gamma is not
-    differentiable: gamma's request is 'null' there, whatever was asked for.
+    differentiable: gamma's request is 'null' there, whatever was asked for. BatchNorm_v1 (sym-v1) runs the
+    case unchanged or not at all (v1_unexpressible_reason).
     """
+    if entry in LEGACY_ENTRY_POINTS:
+        reason = v1_unexpressible_reason(case)
+        if reason is not None:
+            raise ValueError(f"{entry} cannot run {case.describe()}: {reason}")
+        return case
     if entry not in ("gluon", "gluon-hybrid"):
         return case
     changes: dict[str, Any] = {}
@@ -172,10 +201,10 @@ class _BoundCall:
     """
 
     def __init__(self, signature: tuple[Any, ...]) -> None:
-        shape, dtype, grad_req, ctx, params = signature
-        sym = mx.sym.BatchNorm(mx.sym.Variable("data"), name="bn", **dict(params))
+        shape, dtype, grad_req, ctx, params, operator = signature
+        sym = getattr(mx.sym, operator)(mx.sym.Variable("data"), name="bn", **dict(params))
         pdt = param_dtype(dtype)
-        channels = (shape[dict(params)["axis"]],)
+        channels = (shape[dict(params).get("axis", 1)],)
 
         def zeros(names: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
             return {name: mx.nd.zeros(s, dtype=dt, ctx=ctx) for name, (s, dt) in names.items()}
@@ -202,9 +231,29 @@ def _bound_call(signature: tuple[Any, ...]) -> _BoundCall:
 def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
     """mx.sym.BatchNorm + bind, forward(is_train=), backward(dy): the forum thread's path (it used
     simple_bind, which computes the same bits; bind gives a 'null' request a buffer too)."""
+    return _run_bound(case, "BatchNorm", _operator_params(case, cudnn_off), ctx=ctx)
+
+
+def run_symbolic_v1(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.sym.BatchNorm_v1 + bind, as run_symbolic: the legacy operator of old checkpoints (no axis, no cudnn_off).
+
+    Its third output under output_mean_var is the variance (the batch's, or moving_var without batch
+    statistics), where BatchNorm's is invstd: reported as invstd = 1 / sqrt(var + eps), in float64, so that
+    the oracle's invstd judges it (a correct float32 invstd rounds more than this conversion does).
+    """
+    params = {k: v for k, v in _operator_params(case, None).items() if k != "axis"}
+    outputs = _run_bound(case, "BatchNorm_v1", params, ctx=ctx)
+    if "invstd" in outputs:
+        eps = float(np.float32(case.eps))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            outputs["invstd"] = 1.0 / np.sqrt(outputs["invstd"].astype(np.float64) + eps)
+    return outputs
+
+
+def _run_bound(case: Case, operator: str, operator_params: dict[str, Any], *, ctx: Any) -> Outputs:
     ctx = mx.cpu() if ctx is None else ctx
-    params = tuple(sorted(_operator_params(case, cudnn_off).items()))
-    call = _bound_call((case.shape, case.dtype, case.grad_req, ctx, params))
+    params = tuple(sorted(operator_params.items()))
+    call = _bound_call((case.shape, case.dtype, case.grad_req, ctx, params, operator))
     exe = call.exe
     copy = _copy_into if ctx.device_type == "cpu" else _assign
     copy(exe.arg_dict["data"], case.x)
@@ -380,6 +429,7 @@ ENTRY_FUNCTIONS: dict[str, Callable[..., Outputs]] = {
     "gluon": run_gluon,
     "gluon-hybrid": run_gluon_hybrid,
     "npx": run_npx,
+    "sym-v1": run_symbolic_v1,
 }
 #: In-process CPU runners by entry point (the backend is IN_PROCESS_BACKEND).
 RUNNERS: dict[str, Runner] = {name: ENTRY_FUNCTIONS[name] for name in ENTRY_POINTS}

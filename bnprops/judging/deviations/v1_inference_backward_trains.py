@@ -1,0 +1,82 @@
+"""BatchNorm_v1's executor backward after an inference forward takes its training branch on the moving statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnprops.judging.declarations import KnownDeviation, minimal
+from bnprops.judging.deviation_models import Context, Prediction, predict_over
+from bnprops.model.case import Case
+from bnprops.model.error_model import SAFETY, unit_roundoff
+from bnprops.model.evaluation import evaluate
+from bnprops.model.oracle import eps_as_applied, per_channel, writing
+
+
+def v1_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """BatchNorm_v1's training-branch dx with the moving statistics ``stats`` in place of the batch's:
+    ``g invstd (dy - mean(dy) - (xhat - mean(xhat)) mean(dy xhat))`` (plus the prior under 'add'). Its gmean
+    keeps the term in sum(x - mean), which vanishes only when mean is the batch's own."""
+    mean, var = stats
+    g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+    dy = case.dy.astype(np.float64)
+    red = case.reduce_axes
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
+        xhat = (case.x.astype(np.float64) - per_channel(case, mean)) * per_channel(case, invstd)
+        dot = (dy * xhat).mean(axis=red, keepdims=True)
+        dx = per_channel(case, g * invstd) * (
+            dy - dy.mean(axis=red, keepdims=True) - (xhat - xhat.mean(axis=red, keepdims=True)) * dot
+        )
+    prior = case.prior("data")
+    return np.asarray(dx if prior is None else prior.astype(np.float64) + dx)
+
+
+def v1_inference_backward_trains(ctx: Context) -> list[Prediction]:
+    case = ctx.case
+    if case.is_train or case.use_global_stats:
+        return []
+    everything = np.ones(case.channels, dtype=bool)
+    # The training branch also "updates" the moving statistics with themselves, m s + (1 - m) s: 3 roundings.
+    u = unit_roundoff("float32")
+    drift = {q: 4 * u * np.abs(ctx.expected[q]) for q in ("moving_mean", "moving_var")}
+    found = predict_over(
+        ctx, ["moving_mean", "moving_var"], everything, ctx.expected, drift, certain=False, breaks_invariants=True
+    )
+    if "dx" not in ctx.expected:
+        return found
+    fresh = writing(case)
+    written = ctx.evaluation if fresh is case else evaluate(fresh, "reference")
+    model = {**written.expected, "dx": v1_inference_dx(fresh, ctx.statistics)}
+    with np.errstate(invalid="ignore", over="ignore"):
+        # The training formula's bound, and its mean(xhat) term as large again as the dot term it scales.
+        tolerance = 2 * written.bounds_of(model, training_backward=True)["dx"]
+        dx = v1_inference_dx(case, ctx.statistics)
+        if case.prior("data") is not None:
+            tolerance = tolerance + SAFETY * u * np.abs(dx)
+    return found + predict_over(ctx, ["dx"], everything, {"dx": dx}, {"dx": tolerance}, certain=True, breaks_invariants=True)
+
+
+V1_INFERENCE_BACKWARD_TRAINS = KnownDeviation(
+    id="v1-inference-backward-trains",
+    summary="BatchNorm_v1: executor backward after forward(is_train=False) runs its training formula for dx",
+    quantities=frozenset({"dx", "moving_mean", "moving_var"}),
+    conditions="mx.sym.BatchNorm_v1 executor (sym-v1); forward(is_train=False) then backward(); "
+    "use_global_stats=False; float32; y, dgamma and dbeta are right",
+    model=(
+        "dx = v1_inference_dx, the training formula on the moving statistics, with its mean(xhat) term "
+        "(plus the prior), within twice the training formula's bound; moving_mean and moving_var = their old "
+        "values within 4 ulps"
+    ),
+    predict=v1_inference_backward_trains,
+    evidence="batch_norm_v1-inl.h (1.9.1): the inference Forward writes moving_mean/moving_var into its mean "
+    "and var outputs; Backward takes the `ctx.is_train && !use_global_stats` branch (the executor's backward "
+    "always runs with is_train=True) and forms gmean with tmp = scale * sum(-2 (x - mean)), which is not 0 "
+    "for the moving mean. Run: x (3, 2, 4, 2) float32, is_train=False: dx 3.74 off g dy / sqrt(moving_var + "
+    "eps), moving statistics unchanged to the bit. The same mix-up as sym-inference-backward-trains, with "
+    "v1's own formula.",
+    reproducer=lambda: minimal([1.0, 2.0, 4.0, -3.0], "float32", is_train=False),
+    entries=frozenset({"sym-v1"}),
+    upstream="apache/incubator-mxnet#9580 (the autograd form of the same mix-up in BatchNorm)",
+)
+
+DEVIATIONS = (V1_INFERENCE_BACKWARD_TRAINS,)
