@@ -46,7 +46,8 @@ def v1_inference_reach(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.n
         s2 = per_channel(case, var + eps_as_applied(case))
         c = np.abs(case.x.astype(np.float64) - per_channel(case, mean))
         gvar = (dy * g * c * 0.5 * s2**-1.5).sum(axis=red, keepdims=True)
-        gmean = (dy * g).sum(axis=red, keepdims=True) / np.sqrt(s2) + scale * (2.0 * c).sum(axis=red, keepdims=True) * gvar
+        gmean = (dy * g).sum(axis=red, keepdims=True) / np.sqrt(s2)
+        gmean = gmean + scale * (2.0 * c).sum(axis=red, keepdims=True) * gvar
         terms = dy * g / np.sqrt(s2) + gvar * scale * 2.0 * c + gmean * scale
     return np.asarray((case.reduction_length + 8) * unit_roundoff("float32") * terms)
 
@@ -73,7 +74,9 @@ def v1_inference_backward_trains(ctx: Context) -> list[Prediction]:
         dx = v1_inference_dx(case, ctx.statistics)
         if case.prior("data") is not None:
             tolerance = tolerance + SAFETY * u * np.abs(dx)
-    return found + predict_over(ctx, ["dx"], everything, {"dx": dx}, {"dx": tolerance}, certain=True, breaks_invariants=True)
+    return found + predict_over(
+        ctx, ["dx"], everything, {"dx": dx}, {"dx": tolerance}, certain=True, breaks_invariants=True
+    )
 
 
 V1_INFERENCE_BACKWARD_TRAINS = KnownDeviation(
@@ -84,8 +87,8 @@ V1_INFERENCE_BACKWARD_TRAINS = KnownDeviation(
     "use_global_stats=False; float32; y, dgamma and dbeta are right",
     model=(
         "dx = v1_inference_dx, the training formula on the moving statistics, with its mean(xhat) term "
-        "(plus the prior), within the training formula's bound plus (M + 8) float32 roundings of its terms (v1_inference_reach); moving_mean and moving_var = their old "
-        "values within 4 ulps"
+        "(plus the prior), within the training formula's bound plus (M + 8) float32 roundings of its terms "
+        "(v1_inference_reach); moving_mean and moving_var = their old values within 4 ulps"
     ),
     predict=v1_inference_backward_trains,
     evidence="batch_norm_v1-inl.h (1.9.1): the inference Forward writes moving_mean/moving_var into its mean "
