@@ -158,8 +158,21 @@ actual['moving_mean'] = layer.running_mean.data().asnumpy()
 actual['moving_var'] = layer.running_var.data().asnumpy()
 """
 
+#: BatchNorm_v1 (sym-v1): no axis parameter, and its third output is the variance, reported as invstd.
+_SNIPPET_SYM_V1 = _SNIPPET_SYM.replace(
+    "mx.sym.BatchNorm(mx.sym.Variable('data'), name='bn', output_mean_var=output_mean_var, **params)",
+    "mx.sym.BatchNorm_v1(mx.sym.Variable('data'), name='bn', output_mean_var=output_mean_var,\n"
+    "                          **{k: v for k, v in params.items() if k != 'axis'})  # BatchNorm_v1: channels on axis 1",
+).replace(
+    "actual['mean'], actual['invstd'] = outs[1].asnumpy(), outs[2].asnumpy()",
+    "# BatchNorm_v1's third output is the variance: as invstd, 1 / sqrt(var + eps)\n"
+    "    actual['mean'] = outs[1].asnumpy()\n"
+    "    actual['invstd'] = 1 / np.sqrt(outs[2].asnumpy().astype(np.float64) + float(np.float32(params['eps'])))",
+)
+
 _SNIPPET_BODIES = {
     "sym": _SNIPPET_SYM,
+    "sym-v1": _SNIPPET_SYM_V1,
     "nd": _SNIPPET_AUTOGRAD.format(modules="mx.nd, mx.nd.BatchNorm", setup=""),
     # the numpy interface, as its users turn it on (bnprops's runner scopes it to the call)
     "npx": _SNIPPET_AUTOGRAD.format(modules="mx.np, mx.npx.batch_norm", setup="mx.npx.set_np()\n"),
