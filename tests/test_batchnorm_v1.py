@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import mxnet as mx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -15,7 +16,10 @@ from hypothesis import find as hypothesis_find
 from hypothesis import strategies as st
 
 from bnprops.judging.checks import assert_matches_oracle, check
+from bnprops.judging.deviation_models import Context
+from bnprops.judging.deviations import KNOWN_DEVIATIONS
 from bnprops.model.case import QUANTITIES, Case
+from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import run_symbolic_v1, v1_unexpressible_reason
 from bnprops.search.strategies import cases
 from tests.helpers import budget
@@ -88,3 +92,25 @@ def test_a_correct_v1_shaped_subject_passes(case: Case) -> None:
     # Training calls only: after an inference forward, sym-v1's dx deviates for certain (v1-inference-backward-trains).
     outcome = functools.partial(check, runner=numpy_batchnorm, entry="sym-v1", kernel="subject")(case)
     assert outcome.ok, outcome.message()
+
+
+def test_batchnorm_v1s_third_output_is_the_variance_and_the_runner_reports_invstd() -> None:
+    x = np.arange(8, dtype=np.float32).reshape(4, 2) ** 2
+    sym = mx.sym.BatchNorm_v1(mx.sym.Variable("data"), name="bn", output_mean_var=True, fix_gamma=False)
+    exe = sym.simple_bind(mx.cpu(), data=x.shape)
+    exe.arg_dict["data"][:] = x
+    exe.arg_dict["bn_gamma"][:] = 1
+    _, mean, var = (o.asnumpy() for o in exe.forward(is_train=True))
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(var, x.var(axis=0), rtol=1e-6)  # biased, and not invstd
+    case = _examples()[0].with_(output_mean_var=True, is_train=True, use_global_stats=False)
+    outputs = run_symbolic_v1(case)
+    assert outputs["invstd"].dtype == np.float64  # converted from the variance
+
+
+def test_batchnorms_own_deviations_do_not_apply_to_batchnorm_v1() -> None:
+    case = _examples()[0]
+    ctx = Context(case, "native", evaluate(case))
+    for kd in KNOWN_DEVIATIONS:
+        if kd.entries is None:
+            assert kd.predictions(ctx, entry="sym-v1", scoped=False) == [], kd.id
