@@ -1,0 +1,72 @@
+"""BatchNormWithReLU (mx.nd.contrib, oneDNN only) matches the BatchNorm oracle with its ReLU mask.
+
+The cases are the strategies' that the operator can express: float32, 4-D, axis=1, finite data, training
+mode (inference-mode backward is a recorded deviation). A planted 0.5% error in one gradient must be caught.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import find as hypothesis_find
+
+from bnprops.judging.checks import PROPERTIES
+from bnprops.judging.with_relu import check_with_relu
+from bnprops.model.case import Case
+from bnprops.mx.runners import run_nd_with_relu, with_relu_unavailable_reason
+from bnprops.search.strategies import cases
+from tests.planted_relu import numpy_batchnorm_relu
+
+pytestmark = pytest.mark.property
+
+#: What the operator can express, drawn from the BatchNorm strategies.
+REGIMES = ["ordinary", "offset", "tiny_spread", "constant", "large", "exact"]
+
+
+def relu_cases():  # type: ignore[no-untyped-def]
+    return cases(dtypes=["float32"], min_ndim=4, max_ndim=4, value_regimes=REGIMES, is_train=True).filter(
+        lambda case: case.axis == 1
+    )
+
+
+QUICK = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+
+
+@pytest.fixture(autouse=True)
+def _onednn() -> None:
+    from bnprops.mx.runners import ONEDNN_ENABLED
+
+    if not ONEDNN_ENABLED:
+        pytest.skip("BatchNormWithReLU has only a oneDNN kernel")
+
+
+@QUICK
+@given(case=relu_cases())
+def test_batchnorm_with_relu_matches_the_oracle(case: Case) -> None:
+    assume(with_relu_unavailable_reason(case) is None)
+    judged = check_with_relu(case, runner=run_nd_with_relu)
+    assert judged.ok, judged.message()
+
+
+@pytest.mark.parametrize(
+    ("prop", "fault"),
+    [("data_gradient", "dx_off_by_half_percent"), ("parameter_gradients", "dgamma_off_by_half_percent")],
+)
+def test_a_half_percent_gradient_error_is_caught(prop: str, fault: str) -> None:
+    runner = functools.partial(numpy_batchnorm_relu, fault=fault)
+
+    def caught(case: Case) -> bool:
+        return not check_with_relu(case, runner=runner, checked=PROPERTIES[prop], kernel="subject").ok
+
+    search = settings(max_examples=200, database=None, derandomize=True, deadline=None)
+    found = hypothesis_find(relu_cases(), caught, settings=search)
+    assert not check_with_relu(found, runner=runner, checked=PROPERTIES[prop], kernel="subject").outcome.ok
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(case=relu_cases())
+def test_a_correct_relu_subject_passes(case: Case) -> None:
+    judged = check_with_relu(case, runner=numpy_batchnorm_relu, kernel="subject")
+    assert judged.ok, judged.message()
