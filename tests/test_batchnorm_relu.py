@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import find as hypothesis_find
+from hypothesis.strategies import SearchStrategy
 
 from bnprops.judging.checks import PROPERTIES
 from bnprops.judging.with_relu import check_with_relu
@@ -25,9 +27,20 @@ pytestmark = pytest.mark.property
 REGIMES = ["ordinary", "offset", "tiny_spread", "constant", "large", "exact"]
 
 
-def relu_cases():  # type: ignore[no-untyped-def]
-    return cases(dtypes=["float32"], min_ndim=4, max_ndim=4, value_regimes=REGIMES, is_train=True).filter(
-        lambda case: case.axis == 1
+def channels_at_axis_one(case: Case) -> Case:
+    """The same call with the channel axis moved to 1 (the only axis the operator takes)."""
+    axis = case.channel_axis
+    moved = {
+        name: np.moveaxis(value, axis, 1)
+        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
+        if value is not None
+    }
+    return case.with_(**moved, axis=1)
+
+
+def relu_cases() -> SearchStrategy[Case]:
+    return cases(dtypes=["float32"], min_ndim=4, max_ndim=4, value_regimes=REGIMES, is_train=True).map(
+        channels_at_axis_one
     )
 
 

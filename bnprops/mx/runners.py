@@ -310,7 +310,8 @@ def with_relu_unavailable_reason(case: Case) -> str | None:
     if not ONEDNN_ENABLED:
         return "BatchNormWithReLU has only a oneDNN kernel (MXNET_MKLDNN_ENABLED=0: not implemented for CPU)"
     if case.dtype != "float32" or case.x.ndim != 4 or case.axis != 1:
-        return f"BatchNormWithReLU runs only float32 4-D input with axis=1, not {case.dtype}{case.shape} axis={case.axis}"
+        got = f"{case.dtype}{list(case.shape)} axis={case.axis}"
+        return f"BatchNormWithReLU runs only float32 4-D input with axis=1, not {got}"
     return None
 
 
