@@ -14,6 +14,6 @@ from tests.planted import numpy_batchnorm
 def numpy_batchnorm_relu(case: Case, *, fault: str | None = None) -> Outputs:
     """relu(BatchNorm(x)); ``fault`` is one of the BatchNorm subject's (e.g. 'dx_off_by_half_percent')."""
     y = np.maximum(numpy_batchnorm(case)["y"], 0)
-    out = numpy_batchnorm(case.with_(dy=np.where(y > 0, case.dy, np.zeros_like(case.dy))), fault=fault)
+    out = numpy_batchnorm(case.with_(dy=np.where(y <= 0, np.zeros_like(case.dy), case.dy)), fault=fault)
     out["y"] = y.astype(out["y"].dtype)
     return out

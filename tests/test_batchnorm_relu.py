@@ -17,7 +17,7 @@ from hypothesis.strategies import SearchStrategy
 from bnprops.judging.checks import PROPERTIES
 from bnprops.judging.with_relu import check_with_relu
 from bnprops.model.case import Case
-from bnprops.mx.runners import run_nd_with_relu, with_relu_unavailable_reason
+from bnprops.mx.runners import WITH_RELU_RUNNERS, with_relu_unavailable_reason
 from bnprops.search.strategies import cases
 from tests.planted_relu import numpy_batchnorm_relu
 
@@ -55,11 +55,14 @@ def _onednn() -> None:
         pytest.skip("BatchNormWithReLU has only a oneDNN kernel")
 
 
+@pytest.mark.parametrize("entry", sorted(WITH_RELU_RUNNERS))
 @QUICK
 @given(case=relu_cases())
-def test_batchnorm_with_relu_matches_the_oracle(case: Case) -> None:
+def test_batchnorm_with_relu_matches_the_oracle(entry: str, case: Case) -> None:
     assume(with_relu_unavailable_reason(case) is None)
-    judged = check_with_relu(case, runner=run_nd_with_relu)
+    if entry.startswith("gluon"):
+        assume(not (case.fix_gamma and case.grad_req[0] == "null" and case.grad_req[2] == "null"))
+    judged = check_with_relu(case, runner=WITH_RELU_RUNNERS[entry], entry=entry)
     assert judged.ok, judged.message()
 
 
@@ -71,15 +74,17 @@ def test_a_half_percent_gradient_error_is_caught(prop: str, fault: str) -> None:
     runner = functools.partial(numpy_batchnorm_relu, fault=fault)
 
     def caught(case: Case) -> bool:
-        return not check_with_relu(case, runner=runner, checked=PROPERTIES[prop], kernel="subject").ok
+        return not check_with_relu(case, runner=runner, entry="subject", checked=PROPERTIES[prop], kernel="subject").ok
 
     search = settings(max_examples=200, database=None, derandomize=True, deadline=None)
     found = hypothesis_find(relu_cases(), caught, settings=search)
-    assert not check_with_relu(found, runner=runner, checked=PROPERTIES[prop], kernel="subject").outcome.ok
+    assert not check_with_relu(
+        found, runner=runner, entry="subject", checked=PROPERTIES[prop], kernel="subject"
+    ).outcome.ok
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(case=relu_cases())
 def test_a_correct_relu_subject_passes(case: Case) -> None:
-    judged = check_with_relu(case, runner=numpy_batchnorm_relu, kernel="subject")
+    judged = check_with_relu(case, runner=numpy_batchnorm_relu, entry="subject", kernel="subject")
     assert judged.ok, judged.message()

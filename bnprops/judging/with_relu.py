@@ -16,9 +16,7 @@ import numpy as np
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.oracle import reference
-
-#: The entry point BatchNorm's known deviations are scoped by: the runner goes through mx.nd under autograd.
-SCOPE_ENTRY = "nd"
+from bnprops.mx.runners import adapt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +39,9 @@ class ReluJudgement:
 
 
 def masked_case(case: Case, y: np.ndarray) -> Case:
-    """The BatchNorm call whose gradients BatchNormWithReLU's must be: the head zeroed where MXNet's y <= 0."""
-    return case.with_(dy=np.where(y > 0, case.dy, np.zeros_like(case.dy)))
+    """The BatchNorm call whose gradients BatchNormWithReLU's must be: the head zeroed where MXNet's y <= 0
+    (oneDNN's rule: a NaN y, not <= 0, passes its gradient on)."""
+    return case.with_(dy=np.where(y <= 0, np.zeros_like(case.dy), case.dy))
 
 
 def lifted(case: Case, outputs: Outputs) -> Outputs:
@@ -57,17 +56,24 @@ def lifted(case: Case, outputs: Outputs) -> Outputs:
 
 
 def judge_with_relu(
-    case: Case, outputs: Outputs, *, kernel: str = "onednn", checked: Iterable[str] = QUANTITIES
+    case: Case, outputs: Outputs, *, entry: str, kernel: str = "onednn", checked: Iterable[str] = QUANTITIES
 ) -> ReluJudgement:
-    """Judge BatchNormWithReLU's ``outputs`` for ``case`` (the case as BatchNorm's inputs and the head)."""
+    """Judge BatchNormWithReLU's ``outputs`` for ``case`` (the case as BatchNorm's inputs and the head), run
+    through ``entry``: BatchNorm's known deviations there (the backward is BatchNorm's own code) apply."""
     y = outputs["y"]
     bn_case = masked_case(case, y)
-    outcome = judge(bn_case, lifted(bn_case, outputs), entry=SCOPE_ENTRY, kernel=kernel, checked=checked)
+    outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked)
     return ReluJudgement(outcome, int(np.count_nonzero(y < 0)))
 
 
 def check_with_relu(
-    case: Case, *, runner: Callable[[Case], Outputs], checked: Iterable[str] = QUANTITIES, kernel: str = "onednn"
+    case: Case,
+    *,
+    runner: Callable[[Case], Outputs],
+    entry: str,
+    checked: Iterable[str] = QUANTITIES,
+    kernel: str = "onednn",
 ) -> ReluJudgement:
-    """Run ``case`` through a BatchNormWithReLU runner and judge it."""
-    return judge_with_relu(case, runner(case), kernel=kernel, checked=checked)
+    """Run ``case`` through a BatchNormWithReLU runner on ``entry`` (adapted to it, as BatchNorm's are) and judge it."""
+    case = adapt(entry, case)
+    return judge_with_relu(case, runner(case), entry=entry, kernel=kernel, checked=checked)

@@ -172,8 +172,9 @@ class _BoundCall:
     """
 
     def __init__(self, signature: tuple[Any, ...]) -> None:
-        shape, dtype, grad_req, ctx, params = signature
-        sym = mx.sym.BatchNorm(mx.sym.Variable("data"), name="bn", **dict(params))
+        shape, dtype, grad_req, ctx, params, fused_relu = signature
+        op = mx.sym.contrib.BatchNormWithReLU if fused_relu else mx.sym.BatchNorm
+        sym = op(mx.sym.Variable("data"), name="bn", **dict(params))
         pdt = param_dtype(dtype)
         channels = (shape[dict(params)["axis"]],)
 
@@ -199,12 +200,13 @@ def _bound_call(signature: tuple[Any, ...]) -> _BoundCall:
     return _BoundCall(signature)
 
 
-def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+def run_symbolic(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None, fused_relu: bool = False) -> Outputs:
     """mx.sym.BatchNorm + bind, forward(is_train=), backward(dy): the forum thread's path (it used
-    simple_bind, which computes the same bits; bind gives a 'null' request a buffer too)."""
+    simple_bind, which computes the same bits; bind gives a 'null' request a buffer too).
+    ``fused_relu``: mx.sym.contrib.BatchNormWithReLU instead (see run_sym_with_relu)."""
     ctx = mx.cpu() if ctx is None else ctx
     params = tuple(sorted(_operator_params(case, cudnn_off).items()))
-    call = _bound_call((case.shape, case.dtype, case.grad_req, ctx, params))
+    call = _bound_call((case.shape, case.dtype, case.grad_req, ctx, params, fused_relu))
     exe = call.exe
     copy = _copy_into if ctx.device_type == "cpu" else _assign
     copy(exe.arg_dict["data"], case.x)
@@ -300,10 +302,6 @@ def run_npx(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Ou
     return _run_autograd(case, numpy=True, ctx=ctx, cudnn_off=cudnn_off)
 
 
-#: The fused operator BatchNorm+ReLU (oneDNN only): float32, 4-D, axis=1 exactly (axis=-3 raises).
-WITH_RELU_ENTRY = "nd-relu"
-
-
 def with_relu_unavailable_reason(case: Case) -> str | None:
     """Why mx.nd.contrib.BatchNormWithReLU cannot run ``case`` (batch_norm_relu.cc's SupportMKLDNNBNReLU
     and its LOG(FATAL) otherwise; the operator has no CPU kernel without oneDNN), or None."""
@@ -325,7 +323,31 @@ def run_nd_with_relu(case: Case, *, ctx: Any = None, cudnn_off: bool | None = No
     return _autograd_call(case, numpy=False, ctx=ctx, cudnn_off=cudnn_off, op=mx.nd.contrib.BatchNormWithReLU)
 
 
-def _run_gluon(case: Case, *, hybridize: bool, ctx: Any, cudnn_off: bool | None) -> Outputs:
+def run_sym_with_relu(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.sym.contrib.BatchNormWithReLU through the same bound executor as run_symbolic."""
+    reason = with_relu_unavailable_reason(case)
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    return run_symbolic(case, ctx=ctx, cudnn_off=cudnn_off, fused_relu=True)
+
+
+def run_gluon_with_relu(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Outputs:
+    """mx.gluon.nn.BatchNormReLU, hybridized (its hybrid_forward calls F.contrib.BatchNormWithReLU)."""
+    reason = with_relu_unavailable_reason(case)
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    return _run_gluon(case, hybridize=True, ctx=ctx, cudnn_off=cudnn_off, fused_relu=True)
+
+
+#: BatchNormWithReLU's runners by the entry point they go through (kept out of ENTRY_FUNCTIONS and RUNNERS).
+WITH_RELU_RUNNERS: dict[str, Runner] = {
+    "nd": run_nd_with_relu,
+    "sym": run_sym_with_relu,
+    "gluon-hybrid": run_gluon_with_relu,
+}
+
+
+def _run_gluon(case: Case, *, hybridize: bool, ctx: Any, cudnn_off: bool | None, fused_relu: bool = False) -> Outputs:
     from mxnet.gluon import nn
 
     if cudnn_off is not None and cudnn_off:
@@ -334,7 +356,7 @@ def _run_gluon(case: Case, *, hybridize: bool, ctx: Any, cudnn_off: bool | None)
     ctx = mx.cpu() if ctx is None else ctx
     pdt = param_dtype(case.dtype)
     # gluon's own mapping: epsilon (default 1e-5) given explicitly, fix_gamma = not scale, center = beta learns.
-    layer = nn.BatchNorm(
+    layer = (nn.BatchNormReLU if fused_relu else nn.BatchNorm)(
         axis=case.axis,
         momentum=case.momentum,
         epsilon=case.eps,
