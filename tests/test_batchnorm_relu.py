@@ -88,3 +88,27 @@ def test_a_half_percent_gradient_error_is_caught(prop: str, fault: str) -> None:
 def test_a_correct_relu_subject_passes(case: Case) -> None:
     judged = check_with_relu(case, runner=numpy_batchnorm_relu, entry="subject", kernel="subject")
     assert judged.ok, judged.message()
+
+
+def test_inference_mode_backward_still_reads_an_unwritten_mask() -> None:
+    """The deviation on the BatchNormWithReLU page: in inference mode oneDNN writes no ReLU workspace, yet the
+    backward masks with it. y stays right; dx, dgamma and dbeta do not (fails here once MXNet fixes it)."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((3, 3, 7, 5)).astype(np.float32)
+    case = Case(
+        x=x,
+        gamma=np.array([1.0, 0.5, 2.0], np.float32),
+        beta=np.array([0.1, -0.2, 0.3], np.float32),
+        moving_mean=np.zeros(3, np.float32),
+        moving_var=np.ones(3, np.float32),
+        dy=rng.standard_normal(x.shape).astype(np.float32),
+        fix_gamma=False,
+        is_train=False,
+    )
+    judged = check_with_relu(case, runner=WITH_RELU_RUNNERS["nd"], entry="nd")
+    failed = judged.outcome.verdict.failed_quantities
+    assert failed and failed <= {"dx", "dgamma", "dbeta"}, judged.message() or "MXNet now matches the oracle"
+    right = check_with_relu(
+        case.with_(is_train=True, use_global_stats=True), runner=WITH_RELU_RUNNERS["nd"], entry="nd"
+    )
+    assert right.ok, right.message()
