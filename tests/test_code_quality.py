@@ -28,7 +28,7 @@ def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
 )
 def test_the_package_passes_static_checks(command: tuple[str, ...]) -> None:
     if shutil.which(command[0]) is None and run_tool(command[0], "--version").returncode != 0:
-        pytest.fail(f"{command[0]} is not installed: install the dev extras with  pip install -e '.[dev]'")
+        pytest.fail(f"{command[0]} is not installed: install the dev extras with  pip install -e '.[mxnet,dev]'")
     result = run_tool(*command)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
 

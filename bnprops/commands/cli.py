@@ -262,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     devs.set_defaults(subparser=devs)
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="which MXNet build runs here, and which entry points, backends, families and deviations apply",
+        description="Prints the MXNet build bnprops is checking (version, distribution, oneDNN, CUDA/cuDNN, GPUs, "
+        "engine), then each entry point, backend, check family and recorded deviation: runs/applies, or skipped "
+        "with the reason. bnprops checks whatever mxnet is installed beside it.",
+    )
+    doctor.set_defaults(subparser=doctor)
+
     mods = sub.add_parser(
         "modules",
         help="print the package's module map, or write it into the architecture page",
@@ -840,6 +849,13 @@ def _deviations(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return EXIT_OK
 
 
+def _doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops.commands import doctor
+
+    print("\n".join(doctor.report()))
+    return EXIT_OK
+
+
 def _modules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from bnprops.base import atomic
     from bnprops.commands import module_map
@@ -867,6 +883,18 @@ def _modules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        if exc.name != "mxnet":
+            raise
+        from bnprops.commands.doctor import INSTALL_HINT
+
+        print(f"bnprops: no MXNet here ({exc}).\n{INSTALL_HINT}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -882,6 +910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": _versions,
         "deviations": _deviations,
         "modules": _modules,
+        "doctor": _doctor,
     }
     result: int = handlers[args.command](args, args.subparser)
     return result

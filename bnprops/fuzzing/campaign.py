@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 
+from bnprops.base import lifetime
 from bnprops.fuzzing import plan, worker
 from bnprops.fuzzing.report import folder, merge
 from bnprops.fuzzing.report.model import Report
@@ -18,7 +19,8 @@ def run(
     runner_factory: plan.RunnerFactory = runner_for,
     progress: plan.ProgressFn | None = None,
 ) -> Report:
-    """Run ``config`` and write its report into ``config.out``; Ctrl-C ends the run early but still writes it.
+    """Run ``config`` and write its report into ``config.out``; Ctrl-C or SIGTERM ends the run early but still
+    writes it (stop reason "interrupted" or "terminated").
 
     ``runner_factory`` maps (entry, backend) to a runner; tests pass one that plants a fault.
     """
@@ -29,9 +31,10 @@ def run(
     t0 = time.time()
     deadline = t0 + config.time_limit if config.time_limit is not None else None
     try:
-        results, interrupted = worker.run_workers(
-            config, targets=targets, runner_factory=runner_factory, deadline=deadline, progress=progress
-        )
+        with lifetime.terminating():  # SIGTERM stops the campaign as Ctrl-C does: the report is still written
+            results, interrupted = worker.run_workers(
+                config, targets=targets, runner_factory=runner_factory, deadline=deadline, progress=progress
+            )
     finally:
         close = getattr(progress, "close", None)
         if close is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue as queue_module
 import signal
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from hypothesis import Phase
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
+from bnprops.base import lifetime
 from bnprops.fuzzing.explorer import Explorer, examples
 from bnprops.fuzzing.plan import (
     MAX_IDLE_CHUNKS,
@@ -128,8 +130,8 @@ def run_worker(
         explore_chunks(explorer, strategy, db, worker=worker)
     except Stop:
         explorer.settle("partly shrunk")
-    except KeyboardInterrupt:
-        result.stop_reason = "interrupted"
+    except KeyboardInterrupt as exc:
+        result.stop_reason = lifetime.stop_reason(exc)
         explorer.settle("partly shrunk")
     except Exception:
         # A bug in bnprops or Hypothesis: keep what ran, and say what broke.
@@ -151,9 +153,13 @@ def _worker_process(
     deadline: float | None,
     stop: Any,
     messages: Any,
+    parent: int,
 ) -> None:
-    # The parent turns Ctrl-C into the stop event, so every worker winds down and reports.
+    lifetime.die_with_parent(parent)  # killed outright, the campaign takes its workers with it
+    # The parent turns Ctrl-C and SIGTERM (to it or its whole group) into the stop event, so every worker winds
+    # down and reports.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fused.share_cores(config.workers)
 
     def progress(cases_run: int, failed: int, known: int, signatures: int) -> None:
@@ -185,13 +191,14 @@ def run_workers(
     runner_factory: RunnerFactory = runner_for,
     deadline: float | None,
     progress: ProgressFn | None,
-) -> tuple[list[WorkerResult], bool]:
-    """Run the workers (in this process when there is one) and collect their results; also says if Ctrl-C came."""
+) -> tuple[list[WorkerResult], str | None]:
+    """Run the workers (in this process when there is one) and collect their results; also says whether Ctrl-C
+    ("interrupted") or SIGTERM ("terminated") stopped them."""
     if config.workers == 1:
         result = run_worker(
             config, worker=0, targets=targets, runner_factory=runner_factory, deadline=deadline, progress=progress
         )
-        return [result], result.stop_reason == "interrupted"
+        return [result], result.stop_reason if result.stop_reason in ("interrupted", "terminated") else None
     # spawn, not fork: a forked MXNet (OpenMP, oneDNN thread pools) can hang.
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
@@ -199,7 +206,7 @@ def run_workers(
     procs = {
         w: ctx.Process(
             target=_worker_process,
-            args=(config, w, targets, runner_factory, deadline, stop, messages),
+            args=(config, w, targets, runner_factory, deadline, stop, messages, os.getpid()),
             name=f"bnprops-fuzz-{w}",
         )
         for w in range(config.workers)
@@ -209,12 +216,12 @@ def run_workers(
     latest: dict[int, tuple[int, int, int, int]] = {}
     silent_since: dict[int, float] = {}
     results: dict[int, WorkerResult] = {}
-    interrupted = False
+    interrupted: str | None = None
     while len(results) < len(procs):
         try:
             kind, worker, payload = messages.get(timeout=0.5)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:
+            interrupted = interrupted or lifetime.stop_reason(exc)
             stop.set()
             continue
         except queue_module.Empty:

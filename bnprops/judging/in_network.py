@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from bnprops.base import lifetime
 from bnprops.judging.checks import Outcome, check
 from bnprops.judging.comparator import Verdict, compare_pair
 from bnprops.judging.known_deviations import NETWORK_DEVIATIONS, NetworkDeviation
@@ -146,7 +147,7 @@ class NetworkWorker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=environment_for(self.backend),
+            env=lifetime.child_environment(environment_for(self.backend)),
         )
         self._proc = proc
         assert proc.stdout is not None
@@ -333,6 +334,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ("onednn", "native"):
         print("usage: python -m bnprops.judging.in_network {onednn,native}", file=sys.stderr)
         return 2
+    lifetime.die_with_this_parent()
     channel = os.fdopen(os.dup(1), "wb")  # the protocol's; whatever MXNet prints goes to stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from bnprops.base import lifetime
 from bnprops.model.case import Case, Outputs
 
 _HEADER = struct.Struct("<Q")
@@ -117,7 +118,7 @@ class Worker:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
-                env=environment_for(self.backend),
+                env=lifetime.child_environment(environment_for(self.backend)),
             )
         except OSError as exc:
             raise BackendUnavailable(f"cannot start the {self.backend} worker ({sys.executable}): {exc}") from exc
@@ -208,6 +209,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ("onednn", "native"):
         print("usage: python -m bnprops.mx.worker {onednn,native}", file=sys.stderr)
         return 2
+    lifetime.die_with_this_parent()
     backend = argv[0]
     # The protocol owns the original stdout; anything MXNet or Python prints goes to stderr.
     channel = os.fdopen(os.dup(1), "wb")

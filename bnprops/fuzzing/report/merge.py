@@ -19,7 +19,7 @@ def from_workers(
     started: datetime.datetime,
     elapsed_s: float,
     skipped: list[dict[str, str]],
-    interrupted: bool,
+    interrupted: str | None,
 ) -> Report:
     """One shard's report from its workers' results."""
     catalogue = Catalogue()
@@ -41,7 +41,7 @@ def from_workers(
         if r.error:
             notes.append(f"worker {r.worker} stopped on an error (what it ran is reported):\n{r.error}")
     reasons = {r.stop_reason for r in results}
-    stop = "interrupted" if interrupted else ("time" if "time" in reasons else ", ".join(sorted(reasons)))
+    stop = interrupted if interrupted else ("time" if "time" in reasons else ", ".join(sorted(reasons)))
     return Report(
         parameters=config.to_dict(),
         started=started.isoformat(timespec="seconds"),
