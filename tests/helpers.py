@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, Phase, settings
 
 from bnprops.fuzzing.report.model import Report
 from bnprops.judging.state_model import Config
@@ -80,3 +80,15 @@ def one_sequence(*rules: str, entry: str = "nd", dtype: str = "float64", **confi
 def first_finding(report: Report) -> str:
     """The ident whose files stand for the first new cause (the report writes files per cause, not per signature)."""
     return next(c for c in report.causes() if c.new).smallest.signature.ident
+
+
+def planted_search(max_examples: int) -> settings:
+    """The settings a meta test searches for a planted fault with: derandomised, no database, generate and shrink."""
+    return settings(
+        max_examples=max_examples,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate, Phase.shrink],
+    )

@@ -11,8 +11,8 @@ import functools
 import mxnet as mx
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import find as hypothesis_find
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnprops.judging.checks import assert_matches_oracle, check
@@ -22,7 +22,7 @@ from bnprops.model.case import QUANTITIES, Case
 from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import run_symbolic_v1, v1_unexpressible_reason
 from bnprops.search.strategies import cases
-from tests.helpers import budget
+from tests.helpers import budget, planted_search
 from tests.planted import numpy_batchnorm
 
 
@@ -73,14 +73,7 @@ def test_the_v1_property_catches_half_a_percent_in_dgamma() -> None:
     def judged(case: Case):  # type: ignore[no-untyped-def]
         return check(case, runner=_off_by_half_percent_in_dgamma, entry="sym-v1", kernel="subject")
 
-    search = settings(
-        max_examples=300,
-        database=None,
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        phases=[Phase.generate, Phase.shrink],
-    )
+    search = planted_search(300)
     found = hypothesis_find(v1_cases(), lambda case: not judged(case).ok, settings=search)
     assert judged(found).unexpected, f"flagged {found.describe()} only through a known deviation"
     assert v1_unexpressible_reason(found) is None

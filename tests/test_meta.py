@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import find as hypothesis_find
+from hypothesis import given, settings
 from hypothesis.strategies import SearchStrategy
 
 from bnprops.judging.checks import PROPERTIES, check
 from bnprops.model.case import Case
 from bnprops.search.strategies import cases
+from tests.helpers import planted_search
 from tests.planted import FAULTS, numpy_batchnorm
 
 #: For each property, the faults it must catch (every fault is caught by some property).
@@ -55,14 +56,7 @@ CATCHES = {
 }
 PAIRS = [(prop, fault) for prop, faults in CATCHES.items() for fault in faults]
 
-search = settings(
-    max_examples=400,
-    database=None,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    phases=[Phase.generate, Phase.shrink],
-)
+search = planted_search(400)
 
 
 def where_it_shows(fault: str) -> SearchStrategy[Case]:

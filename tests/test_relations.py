@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import find as hypothesis_find
 from hypothesis import strategies as st
 
@@ -30,7 +30,7 @@ from bnprops.model.params import parsed
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import IN_PROCESS_BACKEND, adapt, run_symbolic
 from bnprops.search.strategies import cases, epsilons
-from tests.helpers import budget, skip_unless_available
+from tests.helpers import budget, planted_search, skip_unless_available
 from tests.planted import numpy_batchnorm
 from tests.planted_relations import FAULTS, faulty_batchnorm
 
@@ -176,14 +176,7 @@ def test_mxnet_does_break_scale_data_where_its_parser_misreads_eps_times_4_to_th
 # ---------------------------------------------------------------------------------------------------
 # Meta: each relation catches a planted fault, and a correct float BatchNorm keeps every relation
 
-META = settings(
-    max_examples=300,
-    database=None,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    phases=[Phase.generate, Phase.shrink],
-)
+META = planted_search(300)
 
 
 @st.composite

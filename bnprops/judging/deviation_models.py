@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from bnprops.model.case import Case, Outputs, quantity_shape
-from bnprops.model.error_model import accumulation_dtype, unit_roundoff
-from bnprops.model.evaluation import Evaluation
-from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel, requested
+from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
+from bnprops.model.evaluation import Evaluation, evaluate
+from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel, requested, writing
 
 
 class Context:
@@ -256,3 +256,22 @@ def recovery_reach(case: Case, var: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         dtype_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps)
         return np.asarray((8 * u + 2 * unit_roundoff(case.dtype)) * (var + eps) + 4 * tiny + dtype_eps)
+
+
+def training_formula_dx(
+    ctx: Context, dx_of: Callable[[Case, tuple[np.ndarray, np.ndarray]], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """dx as the executor's backward forms it after an inference forward, a training formula on the moving
+    statistics (``dx_of(case, statistics)``), and its bound: the error model's for that formula and the call's
+    gradients alone, plus SAFETY times one rounding of prior + dx under 'add' (MXNet rounds it once, the model
+    once more in float64)."""
+    case = ctx.case
+    fresh = writing(case)
+    written = ctx.evaluation if fresh is case else evaluate(fresh, "reference")
+    model = {**written.expected, "dx": dx_of(fresh, ctx.statistics)}
+    with np.errstate(invalid="ignore", over="ignore"):
+        tolerance = written.bounds_of(model, training_backward=True)["dx"]
+        dx = dx_of(case, ctx.statistics)
+        if case.prior("data") is not None:
+            tolerance = tolerance + SAFETY * unit_roundoff(case.dtype) * np.abs(dx)
+    return dx, tolerance

@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
-from bnprops.judging.deviation_models import Context, Prediction, float16_projection, predict_over, recovery_reach
+from bnprops.judging.deviation_models import (
+    Context,
+    Prediction,
+    float16_projection,
+    predict_over,
+    recovery_reach,
+    training_formula_dx,
+)
 from bnprops.model.case import Case, param_dtype
-from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
-from bnprops.model.evaluation import evaluate
-from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel, writing
+from bnprops.model.error_model import accumulation_dtype, unit_roundoff
+from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel
 
 
 def sym_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -53,16 +59,7 @@ def sym_inference_backward_trains(ctx: Context) -> list[Prediction]:
     if "dx" not in ctx.expected:
         return found
     # Bounded as the training formula on the moving statistics, for the call's gradients alone.
-    fresh = writing(case)
-    written = ctx.evaluation if fresh is case else evaluate(fresh, "reference")
-    model = {**written.expected, "dx": sym_inference_dx(fresh, ctx.statistics)}
-    with np.errstate(invalid="ignore", over="ignore"):
-        tolerance = written.bounds_of(model, training_backward=True)["dx"]
-        dx = sym_inference_dx(case, ctx.statistics)
-        if case.prior("data") is not None:
-            # prior + dx rounds once in MXNet and once in the model (as much as MXNet's in float64): SAFETY
-            # times one rounding, as the main bound carries it.
-            tolerance = tolerance + SAFETY * unit_roundoff(case.dtype) * np.abs(dx)
+    dx, tolerance = training_formula_dx(ctx, sym_inference_dx)
     values = {"dx": dx}
     if case.dtype == "float16" and ctx.kernel == "native":
         # The float16 kernel forms that formula in half_t: where its projection overflows, so does dx.

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.judging.declarations import KnownDeviation, minimal
-from bnprops.judging.deviation_models import Context, Prediction, predict_over
+from bnprops.judging.deviation_models import Context, Prediction, predict_over, training_formula_dx
 from bnprops.model.case import Case
-from bnprops.model.error_model import SAFETY, unit_roundoff
-from bnprops.model.evaluation import evaluate
-from bnprops.model.oracle import eps_as_applied, per_channel, writing
+from bnprops.model.error_model import unit_roundoff
+from bnprops.model.oracle import eps_as_applied, per_channel
 
 
 def v1_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -65,15 +64,9 @@ def v1_inference_backward_trains(ctx: Context) -> list[Prediction]:
     )
     if "dx" not in ctx.expected:
         return found
-    fresh = writing(case)
-    written = ctx.evaluation if fresh is case else evaluate(fresh, "reference")
-    model = {**written.expected, "dx": v1_inference_dx(fresh, ctx.statistics)}
+    dx, tolerance = training_formula_dx(ctx, v1_inference_dx)
     with np.errstate(invalid="ignore", over="ignore"):
-        # The training formula's bound, and the reach of v1's own terms, which cancel.
-        tolerance = written.bounds_of(model, training_backward=True)["dx"] + v1_inference_reach(case, ctx.statistics)
-        dx = v1_inference_dx(case, ctx.statistics)
-        if case.prior("data") is not None:
-            tolerance = tolerance + SAFETY * u * np.abs(dx)
+        tolerance = tolerance + v1_inference_reach(case, ctx.statistics)  # v1's own terms, which cancel
     return found + predict_over(
         ctx, ["dx"], everything, {"dx": dx}, {"dx": tolerance}, certain=True, breaks_invariants=True
     )
