@@ -20,6 +20,7 @@ from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
 from bnprops.mx import mxversion
 from bnprops.mx.producers import Chain
 from bnprops.mx.runners import LEGACY_ENTRY_POINTS
+from bnprops.mx.sync import ENTRIES as SYNC_ENTRIES
 
 NO_UPSTREAM = "none found"
 
@@ -45,7 +46,7 @@ class KnownDeviation:
     predict: Callable[[Context], list[Prediction]]
     evidence: str
     reproducer: Callable[[], Case]
-    #: Entry points it shows on (None: all of BatchNorm's; a legacy operator's entry must be named).
+    #: Entry points it shows on (None: all of BatchNorm's; a legacy operator's or a member's entry must be named).
     entries: frozenset[str] | None = None
     upstream: str = NO_UPSTREAM
     #: The MXNet releases it holds in (probed by ``bnprops versions``); elsewhere it is absent, not stale.
@@ -74,8 +75,8 @@ class KnownDeviation:
         """
         if self.entries is not None and entry not in self.entries:
             return []
-        if self.entries is None and entry in LEGACY_ENTRY_POINTS:
-            return []  # another operator's kernel (BatchNorm_v1): BatchNorm's deviations say nothing of it
+        if self.entries is None and (entry in LEGACY_ENTRY_POINTS or entry in SYNC_ENTRIES):
+            return []  # another operator's kernel (BatchNorm_v1, SyncBatchNorm): BatchNorm's say nothing of it
         if scoped and not self.releases.holds(mxversion.running()):
             return []
         # A gradient requested with 'null' is not produced, so it cannot show the deviation.

@@ -213,6 +213,16 @@ class SyncEvaluation(Evaluation):
             self._propagated[model] = sync_propagated(self.case, model, stats=self.statistics, factors=factors)
         return self._propagated[model]
 
+    def bounds_around(self, values: Outputs, stats: tuple[np.ndarray, np.ndarray]) -> Outputs:
+        """The deterministic bounds of ``values`` computed from other statistics ``stats`` (a deviation's model
+        normalising with its own), the error model propagated around those statistics."""
+        st = sync_propagated(self.case, "deterministic", stats=stats, factors=None)
+        return error_model.bounds(self.case, values, st=st, exact=self.exactness, fresh=values)
+
+    def partial_bounds_around(self, values: Outputs, stats: tuple[np.ndarray, np.ndarray]) -> Outputs:
+        """partial_bounds of ``values`` with the error model propagated around ``stats``."""
+        return partial_bounds(self.case, sync_propagated(self.case, "deterministic", stats=stats, factors=None), values)
+
     @functools.cached_property
     def partials(self) -> Outputs:
         """The oracle's per-device dgamma and dbeta."""

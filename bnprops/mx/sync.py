@@ -42,6 +42,8 @@ MAX_DEVICES = 4
 #: SyncBatchNorm is a legacy mshadow operator with no oneDNN implementation: MXNET_MKLDNN_ENABLED changes nothing
 #: (both kernels' outputs are the same bits, test_sync_batchnorm), so it runs on either.
 KERNELS: dict[str, str | None] = {"onednn": None, "native": None}
+#: The requests of gluon's layer with scale=False (fix_gamma): gamma takes no gradient.
+FROZEN_GAMMA = ("write", "null", "write")
 
 
 def unavailable_reason() -> str | None:
@@ -68,7 +70,7 @@ def unexpressible_reason(case: Case) -> str | None:
         return "its third output is the batch variance, not BatchNorm's invstd"
     if not case.uses_batch_stats:
         return "inference and use_global_stats: a scale-shift form the error model does not bound yet"
-    if case.grad_req != WRITE_ALL:
+    if case.grad_req not in (WRITE_ALL, FROZEN_GAMMA if case.fix_gamma else WRITE_ALL):
         return "each device's buffers are requested with 'write' ('add'/'null' per device are not modelled yet)"
     if not np.isfinite(case.x).all() or not np.isfinite(case.dy).all():
         return "finite data only (NaN/inf propagation through the merge is not modelled)"
@@ -80,7 +82,7 @@ def adapt(entry: str, case: Case) -> Case:
     gradient under fix_gamma (scale=False)."""
     case = applied(case)
     if entry == "sync-gluon" and case.fix_gamma:
-        case = case.with_(grad_req=(case.grad_req[0], "null", case.grad_req[2]))
+        case = case.with_(grad_req=FROZEN_GAMMA)
     return case
 
 
