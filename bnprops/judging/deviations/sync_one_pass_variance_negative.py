@@ -30,7 +30,7 @@ def one_pass_variance_negative(ctx: Context) -> list[Prediction]:
 
 
 def reproducer() -> Case:
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(3)
     values = (300.0 + 0.01 * rng.standard_normal(64)).astype(np.float32).tolist()
     return with_split(minimal(values, "float32", momentum=0.0), (32, 32))
 
@@ -50,8 +50,8 @@ SYNC_ONE_PASS_VARIANCE_NEGATIVE = KnownDeviation(
     evidence="sync_batch_norm-inl.h (1.9.1), Forward: var = scale * sumall_except_dim<1>(square(data)), merged, "
     "then var = var - square(mean), no clamp. Probe docs/probes/sync_batchnorm.py: x = 300 + 0.01 N(0,1), "
     "2 devices x 32: true var 1.124e-04, SyncBatchNorm's -1.5625e-02 (an ulp of E[x^2] ~ 9e4 is 7.8e-3), "
-    "64 of 64 outputs NaN; plain BatchNorm (two-pass) 1.1244e-04. The reproducer (momentum 0): moving_var "
-    "negative, every y NaN.",
+    "64 of 64 outputs NaN; plain BatchNorm (two-pass) 1.1244e-04. The reproducer (momentum 0): moving_var -0.03125, "
+    "every y NaN.",
     reproducer=reproducer,
     entries=frozenset(ENTRIES),
     upstream="none found in apache/mxnet; the same formula's negative variance: "
