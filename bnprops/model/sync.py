@@ -135,7 +135,7 @@ def _device_means(case: Case, values: np.ndarray) -> np.ndarray:
     """Per device and channel, the mean of ``values`` over the device's slice."""
     split = device_split(case)
     per_row = case.reduction_length / case.shape[0]
-    return _slice_sums(case, split, values) / (np.array(split, dtype=np.float64)[:, None] * per_row)
+    return np.asarray(_slice_sums(case, split, values) / (np.array(split, dtype=np.float64)[:, None] * per_row))
 
 
 def sync_propagated(
