@@ -10,6 +10,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
+import pickle
+import subprocess
+import sys
 
 import hypothesis
 import numpy as np
@@ -28,6 +32,8 @@ from bnprops.model.oracle import per_channel
 from bnprops.model.sync import PARTIALS, SyncEvaluation, device_split, with_split
 from bnprops.mx import sync
 from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.mx.sync import SyncWorker
+from bnprops.mx.worker import WorkerCrashed
 from bnprops.search.sync import cases_for_sync
 from tests.emulated_sync import SUMMATIONS, emulate_sync
 from tests.helpers import budget, planted_search
@@ -254,3 +260,28 @@ def test_a_split_survives_the_case_round_trip() -> None:
     again = Case.from_json(case.to_json())
     assert device_split(again) == (2, 2) and again == case
     assert list(itertools.accumulate(device_split(with_split(case, (1, 3))))) == [1, 4]
+
+
+@pytest.mark.parametrize("entry", sync.ENTRIES)
+def test_the_reproducer_makes_the_same_call_standalone(entry: str) -> None:
+    """The snippet needs only mxnet and numpy (its own engine settings) and returns what the runner does."""
+    case = sync.adapt(entry, _small())
+    script = sync.snippet(case, entry) + "import pickle, sys\nsys.stdout.buffer.write(pickle.dumps(actual))\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MXNET_")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=120, check=True)
+    standalone = pickle.loads(done.stdout[done.stdout.index(b"\x80") :])
+    ours = sync.RUNNERS[entry](case)
+    for q, value in standalone.items():
+        np.testing.assert_array_equal(value, ours[q], err_msg=q)
+
+
+def test_a_call_that_outlasts_its_timeout_kills_the_worker_and_the_next_call_starts_another() -> None:
+    worker = SyncWorker(IN_PROCESS_BACKEND, call_timeout=1e-4)
+    try:
+        with pytest.raises(WorkerCrashed, match="hung"):
+            worker.run("sync-nd", sync.adapt("sync-nd", _small()))
+        worker.call_timeout = sync.CALL_TIMEOUT_S
+        assert worker.run("sync-nd", sync.adapt("sync-nd", _small()))["y"].shape == (4, 2, 3)
+        assert worker.starts == 2
+    finally:
+        worker.close()

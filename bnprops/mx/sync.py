@@ -35,7 +35,7 @@ from bnprops.mx.worker import (
     write_message,
 )
 
-ENTRIES = ("sync-nd", "sync-gluon")
+ENTRIES = ("sync-nd", "sync-sym", "sync-gluon")
 #: A sync case is small; a call that takes longer waits at a barrier that will never open.
 CALL_TIMEOUT_S = 60.0
 MAX_DEVICES = 4
@@ -251,6 +251,27 @@ def snippet(case: Case, entry: str, *, kernel: str = IN_PROCESS_BACKEND) -> str:
             "mx.autograd.backward(ys, head_grads=dys)",
             "dgammas, dbetas = [p[0].grad.asnumpy() for p in ps], [p[1].grad.asnumpy() for p in ps]",
             "moving = (ps[0][2].asnumpy(), ps[0][3].asnumpy())",
+        ]
+    elif entry == "sync-sym":
+        lines += [
+            "names = ('x', 'gamma', 'beta', 'moving_mean', 'moving_var')",
+            "out = mx.sym.contrib.SyncBatchNorm(*(mx.sym.Variable(n) for n in names), eps=eps, momentum=momentum,",
+            "                                   fix_gamma=fix_gamma, ndev=len(split), key='repro')",
+            "exes = []",
+            "for v, c in zip(xs, ctxs):",
+            "    p = [mx.nd.array(a, ctx=c) for a in (gamma, beta, moving_mean, moving_var)]",
+            "    grads = {n: mx.nd.zeros(a.shape, ctx=c) for n, a in zip(names, [v] + p[:2])}",
+            "    exes.append(out.bind(c, args={'x': v, 'gamma': p[0], 'beta': p[1]}, args_grad=grads,",
+            "                         aux_states={'moving_mean': p[2], 'moving_var': p[3]}))",
+            "ys = [e.forward(is_train=True)[0] for e in exes]",
+            "for e, d in zip(exes, dys):",
+            "    e.backward([d])",
+            "class Grad:  # the executors' gradients, where the other entries read v.grad",
+            "    def __init__(self, e): self.grad = e.grad_dict['x']",
+            "xs = [Grad(e) for e in exes]",
+            "dgammas = [e.grad_dict['gamma'].asnumpy() for e in exes]",
+            "dbetas = [e.grad_dict['beta'].asnumpy() for e in exes]",
+            "moving = (exes[0].aux_dict['moving_mean'].asnumpy(), exes[0].aux_dict['moving_var'].asnumpy())",
         ]
     else:
         lines += [

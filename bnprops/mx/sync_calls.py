@@ -137,8 +137,51 @@ def run_gluon(case: Case) -> Outputs:
     return _gathered(ys, grads, state, forward)
 
 
+def run_sym(case: Case) -> Outputs:
+    """mx.sym.contrib.SyncBatchNorm bound once per device (one executor each, sharing the key), forward in
+    training mode on every executor, then backward on every executor."""
+    import mxnet as mx
+
+    devices = _arrays(case)
+    ndev, key = len(devices), f"bnprops-sync-{os.getpid()}-{next(_KEYS)}"
+    names = ("x", "gamma", "beta")
+    out = mx.sym.contrib.SyncBatchNorm(
+        *(mx.sym.Variable(n) for n in names),
+        mx.sym.Variable("moving_mean"),
+        mx.sym.Variable("moving_var"),
+        eps=case.eps,
+        momentum=case.momentum,
+        fix_gamma=case.fix_gamma,
+        use_global_stats=case.use_global_stats,
+        ndev=ndev,
+        key=key,
+    )
+    req = {"x": "write", "gamma": case.request("gamma"), "beta": "write"}
+    executors = []
+    for d, a in enumerate(devices):
+        ctx = mx.cpu(d)
+        grads = {n: mx.nd.zeros(a[n].shape, ctx=ctx) for n in names}
+        executors.append(
+            out.bind(
+                ctx,
+                args={n: a[n] for n in names},
+                args_grad=grads,
+                grad_req=req,
+                aux_states={"moving_mean": a["moving_mean"], "moving_var": a["moving_var"]},
+            )
+        )
+    ys = [exe.forward(is_train=case.is_train)[0] for exe in executors]
+    forward = (devices[0]["moving_mean"].asnumpy(), devices[0]["moving_var"].asnumpy())
+    for exe, a in zip(executors, devices, strict=True):
+        exe.backward([a["dy"]])
+    mx.nd.waitall()
+    wanted = {"dx": "x", "dbeta": "beta", **({"dgamma": "gamma"} if req["gamma"] != "null" else {})}
+    grads_out = [{q: exe.grad_dict[n] for q, n in wanted.items()} for exe in executors]
+    return _gathered(ys, grads_out, devices, forward)
+
+
 #: Entry name -> the call, in this process.
-CALLS = {"sync-nd": run_nd, "sync-gluon": run_gluon}
+CALLS = {"sync-nd": run_nd, "sync-sym": run_sym, "sync-gluon": run_gluon}
 
 
 def main(argv: list[str]) -> int:

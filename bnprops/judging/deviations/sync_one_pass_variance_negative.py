@@ -40,9 +40,9 @@ SYNC_ONE_PASS_VARIANCE_NEGATIVE = KnownDeviation(
     summary="SyncBatchNorm computes var = E[x^2] - E[x]^2 in float32: data with a mean large against its "
     "spread get a negative variance, NaN outputs and gradients, and a negative moving variance",
     quantities=frozenset({"moving_var"}),
-    conditions="SyncBatchNorm (sync-nd, sync-gluon), training with batch statistics; a channel whose variance "
-    "is below the one-pass error u E[x^2] (mean^2/var beyond ~1/u), and momentum * old moving_var no larger "
-    "than that error; y, dx and dgamma are NaN where var + eps comes out below 0",
+    conditions="SyncBatchNorm (sync-nd, sync-sym, sync-gluon), training with batch statistics; a channel "
+    "whose variance is below the one-pass error u E[x^2] (mean^2/var beyond ~1/u), and momentum * old "
+    "moving_var no larger than that error; y, dx and dgamma are NaN where var + eps comes out below 0",
     model="the oracle's moving_var within the one-pass error model's bound, which reaches below 0 there: "
     "the invariant 'never negative' breaks, and only there; y, dx and dgamma lie in the model's "
     "indeterminate channels (the error exceeds var + eps), where nothing is judged",

@@ -61,9 +61,9 @@ SYNC_SUM_DRIFT = KnownDeviation(
     summary="SyncBatchNorm sums x, x^2, dy and dy (x - mean) per device in float32, element after element: on "
     "offset channels at large M the roundings lean one way, beyond what random rounding allows",
     quantities=frozenset({"y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var"}),
-    conditions="SyncBatchNorm (sync-nd, sync-gluon), training; a channel whose sequential float32 sum of x, x^2, dy "
-    "or dy (x - mean) over some device's slice drifts beyond the probabilistic bound, and the quantities "
-    "downstream of that sum",
+    conditions="SyncBatchNorm (sync-nd, sync-sym, sync-gluon), training; a channel whose sequential float32 "
+    "sum of x, x^2, dy or dy (x - mean) over some device's slice drifts beyond the probabilistic bound, and "
+    "the quantities downstream of that sum",
     model="no value model (as BatchNorm's sequential-sum-drift): the oracle within the deterministic bound, in "
     "the channels whose sums drift and the quantities downstream (accuracy findings there, never value "
     "mismatches)",

@@ -38,7 +38,7 @@ SYNC_UNEQUAL_BATCHES = KnownDeviation(
     summary="SyncBatchNorm with unequal per-device batches normalises with the mean of the devices' means "
     "(and E[x^2] likewise), not the batch's statistics; dx divides by each device's own count",
     quantities=frozenset(REACHED),
-    conditions="SyncBatchNorm (sync-nd, sync-gluon), training with batch statistics, a batch split over the "
+    conditions="SyncBatchNorm (sync-nd, sync-sym, sync-gluon), training with batch statistics, a batch split over the "
     "devices into unequal parts (the last batch of an epoch, split_and_load with even_split=False)",
     model="SyncBatchNorm's formulas in float64 from mean' = avg_d E_d[x], var' = avg_d E_d[x^2] - mean'^2; "
     "dx of device d from the averages over devices of sum dy and sum dy (x - mean'), divided by m_d; each "
