@@ -233,12 +233,17 @@ def propagated_statistics(
             # The statistics are inputs (or, for one value per channel, the value itself: x - mean = 0).
             e_mean, e_var = zeros, zeros
         s2 = var + eps
-        sum_rounding = np.where(exact.invstd, 0.0, u * np.abs(s2))
-        eta = np.where(s2 > 0, (e_var + e_eps + sum_rounding) / np.where(s2 > 0, s2, 1.0), 0.0)
-        # 1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order).
-        rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
+        rel_data = invstd_data_error(s2, e_var + e_eps + np.where(exact.invstd, 0.0, u * np.abs(s2)))
         rel_round = np.where(exact.invstd, 0.0, 2 * u)
     return Propagated(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums)
+
+
+def invstd_data_error(s2: np.ndarray, e_s2: np.ndarray) -> np.ndarray:
+    """The relative error of 1/sqrt(s2) that an error ``e_s2`` of ``s2 = var + eps`` causes: with eta = e_s2 / s2,
+    1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order); inf from eta >= 1."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        eta = np.where(s2 > 0, e_s2 / np.where(s2 > 0, s2, 1.0), 0.0)
+        return np.asarray(np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf))
 
 
 def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.ndarray:

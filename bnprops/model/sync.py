@@ -162,7 +162,7 @@ def sync_propagated(
     merge = sum_factor(len(split) - 1, "float32", model="deterministic")
     if model == "deterministic":
         device = np.array([[sum_factor(max(n * per_row - 1, 0), "float32", model=model)] for n in split])
-        factor_x = factor_x2 = device + 0 * abs_means
+        factor_x = factor_x2 = np.broadcast_to(device, abs_means.shape)
     else:
         if factors is None:
             raise ValueError("the probabilistic model needs the sums' partial-sum factors")
@@ -176,10 +176,8 @@ def sync_propagated(
     plain = error_model.propagated_statistics(
         case, model, stats=stats, exact=nothing_exact(case), mean_abs=abs_means.mean(axis=0), factors=factors
     )
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        s2 = plain.s2
-        eta = np.where(s2 > 0, (e_var + plain.e_eps + u * np.abs(s2)) / np.where(s2 > 0, s2, 1.0), 0.0)
-        rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
+    with np.errstate(invalid="ignore", over="ignore"):
+        rel_data = error_model.invstd_data_error(plain.s2, e_var + plain.e_eps + u * np.abs(plain.s2))
     return dataclasses.replace(plain, e_mean=e_mean, e_var=e_var, rel_inv=rel_data + plain.rel_round)
 
 
@@ -192,9 +190,6 @@ def nothing_exact(case: Case) -> Exactness:
 class SyncEvaluation(Evaluation):
     """A case's oracle and bounds as SyncBatchNorm computes it: the plain evaluation with the one-pass merge's
     statistics errors, no exact sums, and each device's partial gradients with their own bounds."""
-
-    def __init__(self, case: Case) -> None:
-        super().__init__(case)
 
     @functools.cached_property
     def exactness(self) -> Exactness:
