@@ -23,9 +23,11 @@ from hypothesis import find as hypothesis_find
 from hypothesis import strategies as st
 
 from bnprops.judging.checks import PROPERTIES
+from bnprops.judging.deviation_models import Context
 from bnprops.judging.deviations.sync_one_pass_variance_negative import SYNC_ONE_PASS_VARIANCE_NEGATIVE
 from bnprops.judging.deviations.sync_sum_drift import SYNC_SUM_DRIFT
 from bnprops.judging.deviations.sync_unequal_batches import SYNC_UNEQUAL_BATCHES
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
 from bnprops.judging.sync import check_sync, judge
 from bnprops.model.case import Case, Outputs
 from bnprops.model.oracle import per_channel
@@ -285,3 +287,13 @@ def test_a_call_that_outlasts_its_timeout_kills_the_worker_and_the_next_call_sta
         assert worker.starts == 2
     finally:
         worker.close()
+
+
+def test_batchnorms_own_deviations_do_not_apply_to_sync_batchnorm() -> None:
+    """BatchNorm's deviations (declared for every entry point) are another kernel's: only the member's apply."""
+    case = sync.adapt("sync-nd", SYNC_SUM_DRIFT.reproducer())
+    ctx = Context(case, IN_PROCESS_BACKEND, SyncEvaluation(case))
+    for entry in sync.ENTRIES:
+        applying = {kd.id for kd in KNOWN_DEVIATIONS if kd.predictions(ctx, entry=entry, scoped=False)}
+        assert applying <= {kd.id for kd in SYNC_DEVIATIONS}, (entry, applying)
+        assert SYNC_SUM_DRIFT.id in applying
