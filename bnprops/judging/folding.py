@@ -1,0 +1,77 @@
+"""BatchNorm folded into a Convolution by oneDNN's subgraph backend, judged against the BatchNorm oracle.
+
+The case is BatchNorm's input after a 1x1 convolution with identity weights; inference y is judged against the
+float64 BatchNorm on the moving statistics under the fold's own error bound (model.folding). Training and the
+gradients are judged as plain BatchNorm's, where the fold's known deviations (scoped to its entries) say what
+MXNet returns instead. The derivation and the evidence are on the oneDNN rewrites page of the docs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable
+
+from bnprops.judging.judgement import Outcome, judge
+from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.model.evaluation import Evaluation
+from bnprops.model.folding import identity_fold_bound
+from bnprops.mx.runners import adapt
+
+
+class FoldEvaluation(Evaluation):
+    """The reference evaluation with y's bounds the fold's where MXNet normalises with the moving statistics."""
+
+    @functools.cached_property
+    def bound(self) -> Outputs:
+        return self._folded(self.bounds_of(self.expected))
+
+    @functools.cached_property
+    def sharp(self) -> Outputs:
+        # Each y is a few roundings, no long sum: the deterministic bound is the only one.
+        return self._folded(self.bounds_of(self.expected, model="probabilistic"))
+
+    def _folded(self, bounds: Outputs) -> Outputs:
+        if self.case.uses_batch_stats:
+            return bounds
+        return bounds | {"y": identity_fold_bound(self.case)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldJudgement:
+    """One folded call judged: the BatchNorm outcome under the fold's bound and its known deviations."""
+
+    outcome: Outcome
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
+
+    def message(self) -> str:
+        return self.outcome.message()
+
+
+def judge_fold(
+    case: Case, outputs: Outputs, *, entry: str, kernel: str = "onednn", checked: Iterable[str] = QUANTITIES
+) -> FoldJudgement:
+    """Judge the folded graph's ``outputs`` for ``case`` (BatchNorm's input and parameters) run through ``entry``."""
+    evaluation = FoldEvaluation(case)
+    return FoldJudgement(judge(case, outputs, entry=entry, kernel=kernel, checked=checked, evaluation=evaluation))
+
+
+def adapt_fold(entry: str, case: Case) -> Case:
+    """The case as the entry can express it: fold-gluon takes gluon's mapping (no gamma gradient under scale=False)."""
+    return adapt("gluon" if entry.endswith("gluon") else entry, case)
+
+
+def check_fold(
+    case: Case,
+    *,
+    runner: Callable[[Case], Outputs],
+    entry: str,
+    checked: Iterable[str] = QUANTITIES,
+    kernel: str = "onednn",
+) -> FoldJudgement:
+    """Run ``case`` through a fold runner on ``entry`` (adapted to it) and judge it."""
+    case = adapt_fold(entry, case)
+    return judge_fold(case, runner(case), entry=entry, kernel=kernel, checked=checked)
