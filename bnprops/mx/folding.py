@@ -68,7 +68,7 @@ def _network(case: Case, *, gluon: bool) -> Any:
     if gluon:
         from mxnet.gluon import nn
 
-        conv = (nn.Conv2D if len(kernel) == 2 else nn.Conv3D)(case.shape[1], kernel, use_bias=False)
+        conv = (nn.Conv2D if len(kernel) == 2 else nn.Conv3D)(case.shape[1], kernel, use_bias=False, in_channels=case.shape[1])
         bn = nn.BatchNorm(
             axis=case.axis,
             momentum=case.momentum,
@@ -76,6 +76,7 @@ def _network(case: Case, *, gluon: bool) -> Any:
             center=case.request("beta") != "null",
             scale=not case.fix_gamma,
             use_global_stats=case.use_global_stats,
+            in_channels=case.channels,
         )
         net = nn.HybridSequential()
         net.add(conv, bn)

@@ -1,0 +1,42 @@
+"""Hypothesis strategies for the cases the oneDNN graph rewrites of BatchNorm can run (fold, int8).
+
+Both rewrites take 4-D or 5-D float32 data with channels on axis 1 after a convolution or a pooling layer; the
+cases are the plain strategies', moved to that axis and narrowed by each member's unexpressible_reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from bnprops.model.case import Case
+from bnprops.mx import folding
+from bnprops.search.strategies import VALUE_REGIMES, cases
+
+#: Finite data only: a convolution mixes channels, and int8 has no NaN.
+FINITE_REGIMES = tuple(r for r in VALUE_REGIMES if r != "nonfinite")
+
+
+def channels_at_axis_one(case: Case) -> Case:
+    """The same call with the channel axis moved to 1 (the axis a convolution's filters lie on)."""
+    axis = case.channel_axis
+    moved = {
+        name: np.moveaxis(value, axis, 1)
+        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
+        if value is not None
+    }
+    return case.with_(**moved, axis=1)
+
+
+def _rewrite_cases(unexpressible: Callable[[Case], str | None], options: dict[str, Any]) -> st.SearchStrategy[Case]:
+    options = {"dtypes": ["float32"], "min_ndim": 4, "max_ndim": 5, "value_regimes": FINITE_REGIMES} | options
+    options.setdefault("output_mean_var", False)
+    return cases(**options).map(channels_at_axis_one).filter(lambda c: unexpressible(c) is None)
+
+
+def cases_for_folding(**options: Any) -> st.SearchStrategy[Case]:
+    """Cases the Convolution + BatchNorm fold runs (bnprops.search.strategies.cases' keyword options)."""
+    return _rewrite_cases(folding.unexpressible_reason, options)

@@ -1,0 +1,111 @@
+"""oneDNN's fold of BatchNorm into the Convolution before it matches the BatchNorm oracle within the fold's bound.
+
+The cases run as a 1x1 identity convolution then BatchNorm (bnprops.mx.folding). Inference y is judged under
+the fold's bound; gradients and training under the fold's known deviations. The bound is shown sound by a
+search over correct float32 emulations of the fold, and a planted 0.5% error in y is caught.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, target
+from hypothesis import find as hypothesis_find
+from hypothesis import strategies as st
+
+from bnprops.judging.deviations.onednn_fold_gradients_zero import ONEDNN_FOLD_GRADIENTS_ZERO, fold_reproducer
+from bnprops.judging.deviations.onednn_fold_ignores_axis import ONEDNN_FOLD_IGNORES_AXIS
+from bnprops.judging.deviations.onednn_fold_keeps_gamma import ONEDNN_FOLD_KEEPS_GAMMA
+from bnprops.judging.deviations.onednn_fold_trains_on_moving_statistics import (
+    ONEDNN_FOLD_TRAINS_ON_MOVING_STATISTICS,
+)
+from bnprops.judging.folding import FoldEvaluation, check_fold
+from bnprops.model.case import Case
+from bnprops.mx import folding
+from bnprops.search.rewrites import cases_for_folding
+from tests.emulated_fold import VARIANTS, emulated_fold
+from tests.helpers import budget
+
+QUICK = settings(max_examples=budget(0.05), deadline=None, suppress_health_check=list(HealthCheck), database=None)
+SEARCH = settings(
+    max_examples=budget(0.5), deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
+DEVIATIONS = (
+    ONEDNN_FOLD_GRADIENTS_ZERO,
+    ONEDNN_FOLD_TRAINS_ON_MOVING_STATISTICS,
+    ONEDNN_FOLD_IGNORES_AXIS,
+    ONEDNN_FOLD_KEEPS_GAMMA,
+)
+
+
+def _available() -> None:
+    reason = folding.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.property
+@pytest.mark.parametrize("entry", sorted(folding.RUNNERS))
+@QUICK
+@given(case=cases_for_folding())
+def test_the_folded_graph_matches_the_oracle_or_its_recorded_deviations(entry: str, case: Case) -> None:
+    _available()
+    judged = check_fold(case, runner=folding.RUNNERS[entry], entry=entry)
+    assert judged.ok, judged.message()
+
+
+@pytest.mark.parametrize("entry", sorted(folding.RUNNERS))
+@pytest.mark.parametrize("kd", DEVIATIONS, ids=[kd.id for kd in DEVIATIONS])
+def test_each_fold_deviation_shows_on_its_reproducer_and_is_explained(entry: str, kd: object) -> None:
+    _available()
+    case = kd.reproducer()  # type: ignore[attr-defined]
+    judged = check_fold(case, runner=folding.RUNNERS[entry], entry=entry)
+    assert judged.ok, judged.message()
+    explained = {d.id for d, _ in judged.outcome.explained}
+    assert kd.id in explained, f"{kd.id} did not show on {entry} for {case.describe()}: explained {explained}"  # type: ignore[attr-defined]
+
+
+def test_a_fault_planted_inside_a_fold_deviation_is_caught() -> None:
+    _available()
+    case = fold_reproducer(is_train=True)
+    real = folding.RUNNERS["fold-sym"](case)
+
+    def planted(c: Case) -> dict[str, np.ndarray]:
+        out = {q: np.array(v, copy=True) for q, v in real.items()}
+        out["dx"] = out["dx"].astype(np.float64)
+        out["dx"][0, 0, 0, 0] = 3.0  # neither 0 (the model) nor the oracle's value
+        return out
+
+    judged = check_fold(case, runner=planted, entry="fold-sym")
+    assert not judged.ok and any(m.kind == "unrecorded" for m in judged.outcome.unexpected), judged.message()
+
+
+def test_a_half_percent_error_in_the_folded_output_is_caught() -> None:
+    runner = functools.partial(emulated_fold, fault="y_off_by_half_percent")
+
+    def caught(case: Case) -> bool:
+        return not check_fold(case, runner=runner, entry="subject", checked=["y"], kernel="subject").ok
+
+    found = hypothesis_find(cases_for_folding(is_train=False), caught, settings=SEARCH)
+    assert not check_fold(found, runner=runner, entry="subject", checked=["y"], kernel="subject").ok
+
+
+@settings(max_examples=budget(0.1), deadline=None, derandomize=True, database=None)
+@given(case=cases_for_folding(is_train=False))
+def test_a_correct_fold_subject_passes(case: Case) -> None:
+    judged = check_fold(case, runner=emulated_fold, entry="subject", checked=["y"], kernel="subject")
+    assert judged.ok, judged.message()
+
+
+@settings(max_examples=budget(1.0), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(case=cases_for_folding(is_train=False, sizes="all"), variant=st.sampled_from(VARIANTS))
+def test_no_correct_float32_fold_crosses_the_folds_bound(case: Case, variant: str) -> None:
+    y = emulated_fold(case, variant=variant)["y"].astype(np.float64)
+    ev = FoldEvaluation(case)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.abs(y - ev.expected["y"]) / ev.bound["y"]
+    worst = float(np.nanmax(ratio)) if ratio.size else 0.0
+    target(worst)
+    assert worst <= 1, f"{variant}: error/bound {worst:.3g} for {case.describe()}"
