@@ -17,13 +17,13 @@ import numpy as np
 
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
-from bnprops.mx import folding, mxversion
+from bnprops.mx import folding, int8, mxversion
 from bnprops.mx.producers import Chain
 from bnprops.mx.runners import LEGACY_ENTRY_POINTS
 
 #: Entries that run another kernel than BatchNorm's (a legacy operator, a graph rewrite's): BatchNorm's own
 #: deviations say nothing of them; theirs name them.
-OTHER_KERNEL_ENTRIES = frozenset(LEGACY_ENTRY_POINTS) | frozenset(folding.RUNNERS)
+OTHER_KERNEL_ENTRIES = frozenset(LEGACY_ENTRY_POINTS) | frozenset(folding.RUNNERS) | frozenset(int8.RUNNERS)
 
 NO_UPSTREAM = "none found"
 

@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnprops.model.case import Case
-from bnprops.mx import folding
+from bnprops.mx import folding, int8
 from bnprops.search.strategies import VALUE_REGIMES, cases
 
 #: Finite data only: a convolution mixes channels, and int8 has no NaN.
@@ -40,3 +40,9 @@ def _rewrite_cases(unexpressible: Callable[[Case], str | None], options: dict[st
 def cases_for_folding(**options: Any) -> st.SearchStrategy[Case]:
     """Cases the Convolution + BatchNorm fold runs (bnprops.search.strategies.cases' keyword options)."""
     return _rewrite_cases(folding.unexpressible_reason, options)
+
+
+def cases_for_int8(**options: Any) -> st.SearchStrategy[Case]:
+    """Cases the int8 BatchNorm runs: 4-D, axis 1, finite, inference (bnprops.search.strategies.cases' options)."""
+    options = {"min_ndim": 4, "max_ndim": 4, "is_train": False} | options
+    return _rewrite_cases(int8.unexpressible_reason, options)
