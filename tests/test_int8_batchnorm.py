@@ -1,8 +1,8 @@
 """int8 BatchNorm (quantize_net, oneDNN only) matches the clipped inference oracle within the int8 bound.
 
 The bound (input and output quantization steps, the float scale-shift) is searched with correct numpy
-emulations of the int8 kernel; a planted 5% error in y must be caught (0.5% is below int8's resolution of 1/127); the two int8 deviations
-show on their reproducers.
+emulations of the int8 kernel; a planted 5% error in y must be caught (0.5% is below int8's resolution of
+1/127); the two int8 deviations show on their reproducers.
 """
 
 from __future__ import annotations

@@ -56,7 +56,12 @@ def judge_int8(
 
 
 def check_int8(
-    case: Case, *, runner: Callable[[Case], Outputs], entry: str, checked: Iterable[str] = ("y",), kernel: str = "onednn"
+    case: Case,
+    *,
+    runner: Callable[[Case], Outputs],
+    entry: str,
+    checked: Iterable[str] = ("y",),
+    kernel: str = "onednn",
 ) -> Int8Judgement:
     """Run ``case`` through an int8 runner and judge it."""
     return judge_int8(case, runner(case), entry=entry, kernel=kernel, checked=checked)

@@ -57,7 +57,7 @@ def unexpressible_reason(case: Case) -> str | None:
     if not np.isfinite(case.x).all():
         return "a convolution mixes channels (0 * inf is NaN): the identity weights carry finite data only"
     if fold_overflows(case):
-        return "the folded intermediates (alpha x, alpha moving_mean, beta - alpha moving_mean) overflow float32"
+        return "the fold's intermediates (alpha x, alpha moving_mean, beta - alpha moving_mean) overflow float32"
     return None
 
 
@@ -68,7 +68,9 @@ def _network(case: Case, *, gluon: bool) -> Any:
     if gluon:
         from mxnet.gluon import nn
 
-        conv = (nn.Conv2D if len(kernel) == 2 else nn.Conv3D)(case.shape[1], kernel, use_bias=False, in_channels=case.shape[1])
+        conv = (nn.Conv2D if len(kernel) == 2 else nn.Conv3D)(
+            case.shape[1], kernel, use_bias=False, in_channels=case.shape[1]
+        )
         bn = nn.BatchNorm(
             axis=case.axis,
             momentum=case.momentum,

@@ -32,9 +32,9 @@ def channels_at_axis_one(case: Case) -> Case:
 
 
 def _rewrite_cases(unexpressible: Callable[[Case], str | None], options: dict[str, Any]) -> st.SearchStrategy[Case]:
-    options = {"dtypes": ["float32"], "min_ndim": 4, "max_ndim": 5, "value_regimes": FINITE_REGIMES} | options
-    options.setdefault("output_mean_var", False)
-    return cases(**options).map(channels_at_axis_one).filter(lambda c: unexpressible(c) is None)
+    merged: dict[str, Any] = {"dtypes": ["float32"], "min_ndim": 4, "max_ndim": 5, "value_regimes": FINITE_REGIMES}
+    merged |= {"output_mean_var": False} | options
+    return cases(**merged).map(channels_at_axis_one).filter(lambda c: unexpressible(c) is None)
 
 
 def cases_for_folding(**options: Any) -> st.SearchStrategy[Case]:
@@ -44,5 +44,5 @@ def cases_for_folding(**options: Any) -> st.SearchStrategy[Case]:
 
 def cases_for_int8(**options: Any) -> st.SearchStrategy[Case]:
     """Cases the int8 BatchNorm runs: 4-D, axis 1, finite, inference (bnprops.search.strategies.cases' options)."""
-    options = {"min_ndim": 4, "max_ndim": 4, "is_train": False} | options
-    return _rewrite_cases(int8.unexpressible_reason, options)
+    merged: dict[str, Any] = {"min_ndim": 4, "max_ndim": 4, "is_train": False} | options
+    return _rewrite_cases(int8.unexpressible_reason, merged)
