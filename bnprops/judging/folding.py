@@ -13,9 +13,10 @@ import functools
 from collections.abc import Callable, Iterable
 
 from bnprops.judging.judgement import Outcome, judge
-from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.model.case import GRADIENT_OF, QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import Evaluation
 from bnprops.model.folding import identity_fold_bound
+from bnprops.mx.folding import INFERENCE_ONLY
 from bnprops.mx.runners import adapt
 
 
@@ -74,4 +75,6 @@ def check_fold(
 ) -> FoldJudgement:
     """Run ``case`` through a fold runner on ``entry`` (adapted to it) and judge it."""
     case = adapt_fold(entry, case)
+    if entry in INFERENCE_ONLY:
+        checked = [q for q in checked if q not in GRADIENT_OF.values()]
     return judge_fold(case, runner(case), entry=entry, kernel=kernel, checked=checked)

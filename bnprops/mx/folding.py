@@ -1,9 +1,9 @@
 """The oneDNN graph rewrite that folds BatchNorm into the Convolution before it, as a member of the family.
 
 A case runs as a 1x1 (1x1x1) convolution with identity weights and no bias, then its BatchNorm, so that
-BatchNorm's input is exactly the case's x; the graph is rewritten by ``sym.optimize_for('MKLDNN')`` (fold-sym)
-or ``HybridBlock.hybridize(backend='MKLDNN')`` (fold-gluon), and the runner refuses to report a graph that kept
-its BatchNorm. Inference is what the rewrite is for; training through it is run as a user would, unrefused.
+BatchNorm's input is exactly the case's x; the graph is rewritten by ``sym.optimize_for('MKLDNN')`` (fold-sym),
+``HybridBlock.hybridize(backend='MKLDNN')`` (fold-gluon) or a plain bind without gradients (fold-bind), and the
+runner refuses to report a graph that kept its BatchNorm. Inference is what the rewrite is for; training through it is run as a user would, unrefused.
 """
 
 from __future__ import annotations
@@ -106,6 +106,20 @@ def _require_folded(symbol: Any) -> None:
 
 def run_fold_sym(case: Case) -> Outputs:
     """Conv + BatchNorm, ``optimize_for('MKLDNN', args, aux)``, bound with the case's requests, forward, backward."""
+    return _run_bound(case, optimize=True)
+
+
+def run_fold_bind(case: Case) -> Outputs:
+    """Conv + BatchNorm bound with every grad_req 'null' (as Module's inference binds): a oneDNN build's default
+    subgraph backend folds it at bind. No gradient exists: the runner returns y and the parameters' state."""
+    return _run_bound(case, optimize=False)
+
+
+#: Entries whose graph takes no gradient at all: their judgement leaves the gradients out.
+INFERENCE_ONLY = frozenset({"fold-bind"})
+
+
+def _run_bound(case: Case, *, optimize: bool) -> Outputs:
     sym = _network(case, gluon=False)
     args = {
         "data": mx.nd.array(case.x),
@@ -114,22 +128,27 @@ def run_fold_sym(case: Case) -> Outputs:
         "bn_beta": mx.nd.array(case.beta),
     }
     aux = {"bn_moving_mean": mx.nd.array(case.moving_mean), "bn_moving_var": mx.nd.array(case.moving_var)}
-    folded = sym.optimize_for(BACKEND, args, aux)
-    _require_folded(folded)
     names = {"data": "data", "gamma": "bn_gamma", "beta": "bn_beta"}
-    grads = {names[t]: mx.nd.zeros_like(args[names[t]]) for t in GRAD_TARGETS if case.request(t) != "null"}
-    for t in GRAD_TARGETS:
-        prior = case.prior(t)
-        if prior is not None:
-            grads[names[t]][:] = prior
-    req = {names[t]: case.request(t) for t in GRAD_TARGETS} | {"conv_weight": "null"}
-    exe = folded.bind(mx.cpu(), args, args_grad=grads or None, grad_req=req, aux_states=aux)
+    grads: dict[str, Any] = {}
+    if optimize:
+        sym = sym.optimize_for(BACKEND, args, aux)
+        _require_folded(sym)
+        grads = {names[t]: mx.nd.zeros_like(args[names[t]]) for t in GRAD_TARGETS if case.request(t) != "null"}
+        for t in GRAD_TARGETS:
+            prior = case.prior(t)
+            if prior is not None:
+                grads[names[t]][:] = prior
+    req = {names[t]: case.request(t) if optimize else "null" for t in GRAD_TARGETS} | {"conv_weight": "null"}
+    exe = sym.bind(mx.cpu(), args, args_grad=grads or None, grad_req=req, aux_states=aux)
+    if not optimize:
+        _require_folded(exe.get_optimized_symbol())
     y = exe.forward(is_train=case.is_train)[0]
     out: Outputs = {"y": y.asnumpy()}
     out["forward_moving_mean"], out["forward_moving_var"] = (aux[k].asnumpy() for k in aux)
-    exe.backward(mx.nd.array(case.dy))
+    if grads:
+        exe.backward(mx.nd.array(case.dy))
     for t in GRAD_TARGETS:
-        if case.request(t) != "null":
+        if names[t] in grads:
             out[GRADIENT_OF[t]] = grads[names[t]].asnumpy()
     out["moving_mean"], out["moving_var"] = (aux[k].asnumpy() for k in aux)
     out["gamma"] = args["bn_gamma"].asnumpy()
@@ -182,4 +201,8 @@ def run_fold_gluon(case: Case) -> Outputs:
     return out
 
 
-RUNNERS: dict[str, Callable[[Case], Outputs]] = {"fold-sym": run_fold_sym, "fold-gluon": run_fold_gluon}
+RUNNERS: dict[str, Callable[[Case], Outputs]] = {
+    "fold-sym": run_fold_sym,
+    "fold-gluon": run_fold_gluon,
+    "fold-bind": run_fold_bind,
+}

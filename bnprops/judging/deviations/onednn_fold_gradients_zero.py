@@ -9,7 +9,9 @@ from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case
 
 #: The entries that run BatchNorm through the fold (bnprops.mx.folding).
-FOLD_ENTRIES = frozenset({"fold-sym", "fold-gluon"})
+FOLD_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-bind"})
+#: The entries that take gradients through the folded graph.
+FOLD_GRADIENT_ENTRIES = frozenset({"fold-sym", "fold-gluon"})
 
 
 def fold_reproducer(*, is_train: bool = False, axis: int = 1) -> Case:
@@ -55,7 +57,7 @@ ONEDNN_FOLD_GRADIENTS_ZERO = KnownDeviation(
     "default backend does, graph_executor.cc SubgraphPropertyCheck). Run: every gradient of the reproducer is 0 "
     "in both modes, with no error or warning.",
     reproducer=lambda: fold_reproducer(is_train=True),
-    entries=FOLD_ENTRIES,
+    entries=FOLD_GRADIENT_ENTRIES,
     upstream=NO_UPSTREAM,
 )
 

@@ -31,8 +31,8 @@ ONEDNN_FOLD_IGNORES_AXIS = KnownDeviation(
     id="onednn-fold-ignores-axis",
     summary="The oneDNN fold applies BatchNorm's gamma, beta and moving statistics along axis 1 whatever its axis",
     quantities=frozenset({"y"}),
-    conditions="Convolution -> BatchNorm(axis != 1) folded by the MKLDNN backend (fold-sym, fold-gluon; a plain "
-    "bind with every grad_req 'null' folds too), where BatchNorm's axis has as many entries as the "
+    conditions="Convolution -> BatchNorm(axis != 1) folded by the MKLDNN backend (fold-sym, fold-gluon, and "
+    "fold-bind: a plain bind with every grad_req 'null'), where BatchNorm's axis has as many entries as the "
     "convolution has filters (otherwise the folded graph fails to create its oneDNN primitive)",
     model="y = the inference BatchNorm of the same data with the parameter vectors laid along axis 1 "
     "(on_axis_one), within the fold's bound",
@@ -40,8 +40,10 @@ ONEDNN_FOLD_IGNORES_AXIS = KnownDeviation(
     evidence="mkldnn_conv_property.h (1.9.1): the selector matches any BatchNorm after a Convolution without "
     "reading its axis; UpdateConvWeightBias (mkldnn_conv.cc) scales filter c by gamma[c] / sqrt(var[c] + eps). "
     "Run: x (2, 3, 3, 3), BatchNorm(axis=3), gamma [1, 2, 3]: the folded y is 4.5 off the oracle, the unfolded "
-    "graph 4.7e-07; with 5 entries on axis 3 the forward raises 'could not create a descriptor for a dilated "
-    "convolution forward propagation primitive'.",
+    "graph (a bind with gradients) 4.7e-07; bind and simple_bind with grad_req 'null' (Module's inference) fold "
+    "and give the same 4.5; gluon hybridize() without a backend does not fold (1.3e-07). With 5 entries on "
+    "axis 3 the forward raises 'could not create a descriptor for a dilated convolution forward propagation "
+    "primitive'.",
     reproducer=lambda: fold_reproducer(axis=3),
     entries=FOLD_ENTRIES,
     upstream=NO_UPSTREAM,
