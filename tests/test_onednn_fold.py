@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import find as hypothesis_find
 from hypothesis import strategies as st
 
+from bnprops.judging.declarations import KnownDeviation
 from bnprops.judging.deviations.onednn_fold_gradients_zero import ONEDNN_FOLD_GRADIENTS_ZERO, fold_reproducer
 from bnprops.judging.deviations.onednn_fold_ignores_axis import ONEDNN_FOLD_IGNORES_AXIS
 from bnprops.judging.deviations.onednn_fold_keeps_gamma import ONEDNN_FOLD_KEEPS_GAMMA
 from bnprops.judging.deviations.onednn_fold_trains_on_moving_statistics import (
     ONEDNN_FOLD_TRAINS_ON_MOVING_STATISTICS,
 )
-from bnprops.judging.declarations import KnownDeviation
 from bnprops.judging.folding import FoldEvaluation, check_fold
 from bnprops.model.case import Case
 from bnprops.mx import folding

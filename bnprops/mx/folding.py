@@ -3,7 +3,8 @@
 A case runs as a 1x1 (1x1x1) convolution with identity weights and no bias, then its BatchNorm, so that
 BatchNorm's input is exactly the case's x; the graph is rewritten by ``sym.optimize_for('MKLDNN')`` (fold-sym),
 ``HybridBlock.hybridize(backend='MKLDNN')`` (fold-gluon) or a plain bind without gradients (fold-bind), and the
-runner refuses to report a graph that kept its BatchNorm. Inference is what the rewrite is for; training through it is run as a user would, unrefused.
+runner refuses to report a graph that kept its BatchNorm. Inference is what the rewrite is for; training through
+it is run as a user would, unrefused.
 """
 
 from __future__ import annotations
