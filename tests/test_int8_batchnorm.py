@@ -84,3 +84,14 @@ def test_no_correct_int8_kernel_crosses_the_int8_bound(case: Case, variant: str)
     worst = float(np.nanmax(ratio)) if ratio.size else 0.0
     target(worst)
     assert worst <= 1, f"{variant}: error/bound {worst:.3g} for {case.describe()}"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_int8_reproducer_makes_the_runners_call() -> None:
+    _available()
+    case = INT8_EPS_APPLIED_TWICE.reproducer()
+    scope: dict[str, object] = {}
+    exec(int8.snippet(case, "int8-gluon"), scope)
+    actual = scope["actual"]
+    assert isinstance(actual, dict)
+    np.testing.assert_array_equal(actual["y"], int8.RUNNERS["int8-gluon"](case)["y"])

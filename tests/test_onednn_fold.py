@@ -112,3 +112,16 @@ def test_no_correct_float32_fold_crosses_the_folds_bound(case: Case, variant: st
     worst = float(np.nanmax(ratio)) if ratio.size else 0.0
     target(worst)
     assert worst <= 1, f"{variant}: error/bound {worst:.3g} for {case.describe()}"
+
+
+@pytest.mark.parametrize("entry", sorted(folding.RUNNERS))
+def test_the_fold_reproducer_makes_the_runners_call(entry: str) -> None:
+    _available()
+    case = fold_reproducer(is_train=True).with_(fix_gamma=True)
+    scope: dict[str, object] = {}
+    exec(folding.snippet(case, entry), scope)
+    actual = scope["actual"]
+    assert isinstance(actual, dict)
+    ran = folding.RUNNERS[entry](case)
+    for q, value in actual.items():
+        np.testing.assert_array_equal(value, ran[q], err_msg=f"{entry}: {q}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
 from bnprops.model.folding import fold_overflows
+from bnprops.mx import rewrite_snippets
 from bnprops.mx.runners import ONEDNN_BUILT, ONEDNN_ENABLED, adapt
 
 #: The subgraph operator a folded Convolution + BatchNorm becomes.
@@ -207,3 +208,8 @@ RUNNERS: dict[str, Callable[[Case], Outputs]] = {
     "fold-gluon": run_fold_gluon,
     "fold-bind": run_fold_bind,
 }
+
+
+def snippet(case: Case, entry: str) -> str:
+    """The standalone reproducer of ``case`` through ``entry`` (mxnet and numpy only)."""
+    return rewrite_snippets.snippet(case, entry)

@@ -16,6 +16,7 @@ import mxnet as mx
 import numpy as np
 
 from bnprops.model.case import Case, Outputs
+from bnprops.mx import rewrite_snippets
 from bnprops.mx.runners import ONEDNN_BUILT, ONEDNN_ENABLED
 
 QUANTIZED_OP = "_contrib_quantized_batch_norm"
@@ -105,3 +106,8 @@ def run_int8_gluon(case: Case) -> Outputs:
 
 
 RUNNERS: dict[str, Callable[[Case], Outputs]] = {"int8-gluon": run_int8_gluon}
+
+
+def snippet(case: Case, entry: str) -> str:
+    """The standalone reproducer of ``case`` through ``entry`` (mxnet and numpy only)."""
+    return rewrite_snippets.snippet(case, entry)
