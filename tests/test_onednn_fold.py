@@ -22,10 +22,12 @@ from bnprops.judging.deviations.onednn_fold_keeps_gamma import ONEDNN_FOLD_KEEPS
 from bnprops.judging.deviations.onednn_fold_trains_on_moving_statistics import (
     ONEDNN_FOLD_TRAINS_ON_MOVING_STATISTICS,
 )
-from bnprops.judging.folding import FoldEvaluation, check_fold
+from bnprops.judging.folding import ConvFoldEvaluation, FoldEvaluation, check_fold, judge_fold_conv
 from bnprops.model.case import Case
 from bnprops.mx import folding
-from bnprops.search.rewrites import cases_for_folding
+from bnprops.search.rewrites import cases_for_folding, cases_with_convolution
+from tests.emulated_conv_fold import VARIANTS as CONV_VARIANTS
+from tests.emulated_conv_fold import emulated_conv_fold
 from tests.emulated_fold import VARIANTS, emulated_fold
 from tests.helpers import budget
 
@@ -125,3 +127,37 @@ def test_the_fold_reproducer_makes_the_runners_call(entry: str) -> None:
     ran = folding.RUNNERS[entry](case)
     for q, value in actual.items():
         np.testing.assert_array_equal(value, ran[q], err_msg=f"{entry}: {q}")
+
+
+@pytest.mark.property
+@QUICK
+@given(drawn=cases_with_convolution())
+def test_a_folded_drawn_convolution_matches_the_float64_conv_and_batchnorm(drawn: tuple[Case, np.ndarray]) -> None:
+    _available()
+    case, weight = drawn
+    judged = judge_fold_conv(case, weight, folding.run_fold_conv(case, weight))
+    assert judged.ok, judged.message()
+
+
+def test_a_half_percent_error_after_a_drawn_convolution_is_caught() -> None:
+    def caught(drawn: tuple[Case, np.ndarray]) -> bool:
+        case, weight = drawn
+        outputs = emulated_conv_fold(case, weight, fault="y_off_by_half_percent")
+        return not judge_fold_conv(case, weight, outputs, kernel="subject").ok
+
+    assert caught(hypothesis_find(cases_with_convolution(), caught, settings=SEARCH))
+
+
+@settings(max_examples=budget(0.5), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(drawn=cases_with_convolution(), variant=st.sampled_from(CONV_VARIANTS))
+def test_no_correct_float32_convolution_fold_crosses_the_folds_bound(
+    drawn: tuple[Case, np.ndarray], variant: str
+) -> None:
+    case, weight = drawn
+    y = emulated_conv_fold(case, weight, variant=variant)["y"].astype(np.float64)
+    ev = ConvFoldEvaluation(case, weight)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.abs(y - ev.expected["y"]) / ev.bound["y"]
+    worst = float(np.nanmax(ratio)) if ratio.size else 0.0
+    target(worst)
+    assert worst <= 1, f"{variant}: error/bound {worst:.3g} for {case.describe()}, weights {weight.shape}"

@@ -23,7 +23,9 @@ from bnprops.mx.runners import LEGACY_ENTRY_POINTS
 
 #: Entries that run another kernel than BatchNorm's (a legacy operator, a graph rewrite's): BatchNorm's own
 #: deviations say nothing of them; theirs name them.
-OTHER_KERNEL_ENTRIES = frozenset(LEGACY_ENTRY_POINTS) | frozenset(folding.RUNNERS) | frozenset(int8.RUNNERS)
+OTHER_KERNEL_ENTRIES = (
+    frozenset(LEGACY_ENTRY_POINTS) | frozenset(folding.RUNNERS) | {folding.CONV_ENTRY} | frozenset(int8.RUNNERS)
+)
 
 NO_UPSTREAM = "none found"
 

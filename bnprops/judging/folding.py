@@ -12,11 +12,13 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 
+import numpy as np
+
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import GRADIENT_OF, QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import Evaluation
-from bnprops.model.folding import identity_fold_bound
-from bnprops.mx.folding import INFERENCE_ONLY
+from bnprops.model.folding import conv_batchnorm, convolution, fold_bound, identity_fold_bound
+from bnprops.mx.folding import CONV_ENTRY, INFERENCE_ONLY
 from bnprops.mx.runners import adapt
 
 
@@ -36,6 +38,33 @@ class FoldEvaluation(Evaluation):
         if self.case.uses_batch_stats:
             return bounds
         return bounds | {"y": identity_fold_bound(self.case)}
+
+
+class ConvFoldEvaluation(Evaluation):
+    """Inference y of a drawn convolution then BatchNorm: the float64 Conv + BatchNorm oracle and the fold's bound
+    with the convolution's own terms (the case's x is the convolution's input)."""
+
+    def __init__(self, case: Case, weight: np.ndarray) -> None:
+        super().__init__(case)
+        self.weight = weight
+
+    @functools.cached_property
+    def _convolved(self) -> tuple[np.ndarray, np.ndarray]:
+        return convolution(self.case.x, self.weight)
+
+    @functools.cached_property
+    def expected(self) -> Outputs:
+        return {"y": conv_batchnorm(self.case, self._convolved[0])}
+
+    @functools.cached_property
+    def bound(self) -> Outputs:
+        conv, conv_abs = self._convolved
+        terms = max((int(np.count_nonzero(w)) for w in self.weight), default=0)  # nonzero products per output
+        return {"y": fold_bound(self.case, conv=conv, conv_abs=conv_abs, terms=terms)}
+
+    @functools.cached_property
+    def sharp(self) -> Outputs:
+        return self.bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +107,11 @@ def check_fold(
     if entry in INFERENCE_ONLY:
         checked = [q for q in checked if q not in GRADIENT_OF.values()]
     return judge_fold(case, runner(case), entry=entry, kernel=kernel, checked=checked)
+
+
+def judge_fold_conv(case: Case, weight: np.ndarray, outputs: Outputs, *, kernel: str = "onednn") -> FoldJudgement:
+    """Judge the folded graph's inference y for a drawn convolution ``weight`` in front of ``case``'s BatchNorm."""
+    case = case.with_(is_train=False)
+    evaluation = ConvFoldEvaluation(case, weight)
+    outcome = judge(case, outputs, entry=CONV_ENTRY, kernel=kernel, checked=("y",), evaluation=evaluation)
+    return FoldJudgement(outcome)

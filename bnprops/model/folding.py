@@ -71,3 +71,28 @@ def fold_overflows(case: Case) -> bool:
         scaled = per_channel(case, a) * np.abs(case.x.astype(np.float64))
         parts = (scaled, a * np.abs(case.moving_mean.astype(np.float64)), np.abs(fold_shift(case)))
         return not all(bool(np.all(np.isfinite(p) & (p <= big))) for p in parts)
+
+
+def convolution(x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact (float64) stride-1 convolution of 4-D ``x`` with ``weight`` (K, C, k, k), zero-padded by k // 2 so
+    the output keeps x's spatial shape, and the sum of its products' magnitudes at each output."""
+    k = weight.shape[-1]
+    p = k // 2
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    w = weight.astype(np.float64)
+    n, _, h, wd = x.shape
+    conv = np.zeros((n, weight.shape[0], h, wd))
+    conv_abs = np.zeros_like(conv)
+    for i in range(k):
+        for j in range(k):
+            window = xp[:, :, i : i + h, j : j + wd]
+            conv += np.einsum("nchw,kc->nkhw", window, w[:, :, i, j])
+            conv_abs += np.einsum("nchw,kc->nkhw", np.abs(window), np.abs(w[:, :, i, j]))
+    return conv, conv_abs
+
+
+def conv_batchnorm(case: Case, conv: np.ndarray) -> np.ndarray:
+    """Inference BatchNorm (moving statistics) of the convolution's exact output: the fold's oracle."""
+    mm = per_channel(case, case.moving_mean.astype(np.float64))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.asarray(per_channel(case, fold_scale(case)) * (conv - mm) + per_channel(case, case.beta))

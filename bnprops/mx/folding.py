@@ -63,8 +63,9 @@ def unexpressible_reason(case: Case) -> str | None:
     return None
 
 
-def _network(case: Case, *, gluon: bool) -> Any:
-    kernel = (1,) * (case.x.ndim - 2)
+def _network(case: Case, *, gluon: bool, kernel: tuple[int, ...] | None = None) -> Any:
+    kernel = (1,) * (case.x.ndim - 2) if kernel is None else tuple(kernel)
+    pad = tuple(k // 2 for k in kernel)
     params = dict(eps=case.eps, momentum=case.momentum, fix_gamma=case.fix_gamma, axis=case.axis)
     params["use_global_stats"] = case.use_global_stats
     if gluon:
@@ -85,7 +86,9 @@ def _network(case: Case, *, gluon: bool) -> Any:
         net = nn.HybridSequential()
         net.add(conv, bn)
         return net
-    conv = mx.sym.Convolution(mx.sym.var("data"), num_filter=case.shape[1], kernel=kernel, no_bias=True, name="conv")
+    conv = mx.sym.Convolution(
+        mx.sym.var("data"), num_filter=case.shape[1], kernel=kernel, pad=pad, no_bias=True, name="conv"
+    )
     return mx.sym.BatchNorm(conv, name="bn", **params)
 
 
@@ -117,15 +120,24 @@ def run_fold_bind(case: Case) -> Outputs:
     return _run_bound(case, optimize=False)
 
 
+#: A drawn convolution's entry (run_fold_conv): inference y only, judged by judging.folding.judge_fold_conv.
+CONV_ENTRY = "fold-conv"
 #: Entries whose graph takes no gradient at all: their judgement leaves the gradients out.
 INFERENCE_ONLY = frozenset({"fold-bind"})
 
 
-def _run_bound(case: Case, *, optimize: bool) -> Outputs:
-    sym = _network(case, gluon=False)
+def run_fold_conv(case: Case, weight: np.ndarray) -> Outputs:
+    """A drawn convolution (``weight``: K = C filters of k x k, zero-padded by k // 2) then BatchNorm, folded by
+    ``optimize_for('MKLDNN')``, inference: y only. BatchNorm's input is the convolution's output, not x."""
+    return _run_bound(case.with_(is_train=False), optimize=True, weight=weight, gradients=False)
+
+
+def _run_bound(case: Case, *, optimize: bool, weight: np.ndarray | None = None, gradients: bool = True) -> Outputs:
+    kernel = (1,) * (case.x.ndim - 2) if weight is None else weight.shape[2:]
+    sym = _network(case, gluon=False, kernel=kernel)
     args = {
         "data": mx.nd.array(case.x),
-        "conv_weight": mx.nd.array(identity_weight(case)),
+        "conv_weight": mx.nd.array(identity_weight(case) if weight is None else weight),
         "bn_gamma": mx.nd.array(case.gamma),
         "bn_beta": mx.nd.array(case.beta),
     }
@@ -135,12 +147,13 @@ def _run_bound(case: Case, *, optimize: bool) -> Outputs:
     if optimize:
         sym = sym.optimize_for(BACKEND, args, aux)
         _require_folded(sym)
+    if optimize and gradients:
         grads = {names[t]: mx.nd.zeros_like(args[names[t]]) for t in GRAD_TARGETS if case.request(t) != "null"}
         for t in GRAD_TARGETS:
             prior = case.prior(t)
             if prior is not None:
                 grads[names[t]][:] = prior
-    req = {names[t]: case.request(t) if optimize else "null" for t in GRAD_TARGETS} | {"conv_weight": "null"}
+    req = {names[t]: case.request(t) if grads else "null" for t in GRAD_TARGETS} | {"conv_weight": "null"}
     exe = sym.bind(mx.cpu(), args, args_grad=grads or None, grad_req=req, aux_states=aux)
     if not optimize:
         _require_folded(exe.get_optimized_symbol())

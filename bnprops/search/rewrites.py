@@ -46,3 +46,20 @@ def cases_for_int8(**options: Any) -> st.SearchStrategy[Case]:
     """Cases the int8 BatchNorm runs: 4-D, axis 1, finite, inference (bnprops.search.strategies.cases' options)."""
     merged: dict[str, Any] = {"min_ndim": 4, "max_ndim": 4, "is_train": False} | options
     return _rewrite_cases(int8.unexpressible_reason, merged)
+
+
+@st.composite
+def _with_weight(draw: st.DrawFn, case: Case) -> tuple[Case, np.ndarray]:
+    channels, k = case.channels, draw(st.sampled_from([1, 3]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = 10 ** draw(st.integers(-2, 2))
+    weight = (rng.standard_normal((channels, channels, k, k)) * scale).astype(np.float32)
+    if draw(st.booleans()):  # sparse filters: fewer nonzero products per output
+        weight *= rng.random(weight.shape) < 0.3
+    return case, weight
+
+
+def cases_with_convolution(**options: Any) -> st.SearchStrategy[tuple[Case, np.ndarray]]:
+    """Inference cases of the fold with a drawn convolution in front (K = C filters, 1x1 or 3x3, 4-D only)."""
+    merged: dict[str, Any] = {"min_ndim": 4, "max_ndim": 4, "is_train": False} | options
+    return cases_for_folding(**merged).flatmap(_with_weight)
