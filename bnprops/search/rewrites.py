@@ -62,4 +62,5 @@ def _with_weight(draw: st.DrawFn, case: Case) -> tuple[Case, np.ndarray]:
 def cases_with_convolution(**options: Any) -> st.SearchStrategy[tuple[Case, np.ndarray]]:
     """Inference cases of the fold with a drawn convolution in front (K = C filters, 1x1 or 3x3, 4-D only)."""
     merged: dict[str, Any] = {"min_ndim": 4, "max_ndim": 4, "is_train": False} | options
-    return cases_for_folding(**merged).flatmap(_with_weight)
+    # (large shapes take their own ndim: the 2-D convolution keeps the 4-D ones)
+    return cases_for_folding(**merged).filter(lambda c: c.x.ndim == 4).flatmap(_with_weight)
