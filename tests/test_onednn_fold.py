@@ -161,3 +161,22 @@ def test_no_correct_float32_convolution_fold_crosses_the_folds_bound(
     worst = float(np.nanmax(ratio)) if ratio.size else 0.0
     target(worst)
     assert worst <= 1, f"{variant}: error/bound {worst:.3g} for {case.describe()}, weights {weight.shape}"
+
+
+@pytest.mark.parametrize("fault", ["largest_y_off_by_half_percent", "a_zero_made_negative"])
+def test_a_fault_after_the_folded_relu_is_caught(fault: str) -> None:
+    _available()
+    case = fold_reproducer()
+    real = folding.RUNNERS["fold-relu-sym"](case)
+    assert check_fold(case, runner=lambda c: real, entry="fold-relu-sym").ok
+
+    def planted(c: Case) -> dict[str, np.ndarray]:
+        y = np.array(real["y"], copy=True)
+        flat = y.reshape(-1)
+        if fault == "a_zero_made_negative":
+            flat[int(np.argmin(np.abs(flat)))] = -1e-3
+        else:
+            flat[int(np.argmax(flat))] *= np.float32(1.005)
+        return real | {"y": y}
+
+    assert not check_fold(case, runner=planted, entry="fold-relu-sym").ok

@@ -18,7 +18,8 @@ from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import GRADIENT_OF, QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import Evaluation
 from bnprops.model.folding import conv_batchnorm, convolution, fold_bound, identity_fold_bound
-from bnprops.mx.folding import CONV_ENTRY, INFERENCE_ONLY
+from bnprops.model.oracle import reference
+from bnprops.mx.folding import CONV_ENTRY, INFERENCE_ONLY, WITH_RELU
 from bnprops.mx.runners import adapt
 
 
@@ -69,16 +70,27 @@ class ConvFoldEvaluation(Evaluation):
 
 @dataclasses.dataclass(frozen=True)
 class FoldJudgement:
-    """One folded call judged: the BatchNorm outcome under the fold's bound and its known deviations."""
+    """One folded call judged: the BatchNorm outcome under the fold's bound and its known deviations, and (after
+    a ReLU post-op) the elements of y below 0."""
 
     outcome: Outcome
+    negative: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.outcome.ok
+        return self.outcome.ok and self.negative == 0
 
     def message(self) -> str:
-        return self.outcome.message()
+        head = [f"the folded ReLU returned {self.negative} elements of y below 0"] if self.negative else []
+        return "\n".join([*head, self.outcome.message()])
+
+
+def relu_lifted(case: Case, outputs: Outputs) -> Outputs:
+    """y after the fold's ReLU lifted back to a pre-ReLU value: y where y != 0, else min(the inference oracle's
+    y, 0) (the fold always normalises with the moving statistics; its gradients are 0 whatever the mask)."""
+    y = outputs["y"]
+    expected = reference(case.with_(is_train=False))["y"]
+    return outputs | {"y": np.where(y != 0, y, np.minimum(expected, 0.0)).astype(y.dtype)}
 
 
 def judge_fold(
@@ -106,7 +118,11 @@ def check_fold(
     case = adapt_fold(entry, case)
     if entry in INFERENCE_ONLY:
         checked = [q for q in checked if q not in GRADIENT_OF.values()]
-    return judge_fold(case, runner(case), entry=entry, kernel=kernel, checked=checked)
+    outputs = runner(case)
+    if entry not in WITH_RELU:
+        return judge_fold(case, outputs, entry=entry, kernel=kernel, checked=checked)
+    judged = judge_fold(case, relu_lifted(case, outputs), entry=entry, kernel=kernel, checked=checked)
+    return dataclasses.replace(judged, negative=int(np.count_nonzero(outputs["y"] < 0)))
 
 
 def judge_fold_conv(case: Case, weight: np.ndarray, outputs: Outputs, *, kernel: str = "onednn") -> FoldJudgement:

@@ -63,7 +63,7 @@ def unexpressible_reason(case: Case) -> str | None:
     return None
 
 
-def _network(case: Case, *, gluon: bool, kernel: tuple[int, ...] | None = None) -> Any:
+def _network(case: Case, *, gluon: bool, kernel: tuple[int, ...] | None = None, relu: bool = False) -> Any:
     kernel = (1,) * (case.x.ndim - 2) if kernel is None else tuple(kernel)
     pad = tuple(k // 2 for k in kernel)
     params = dict(eps=case.eps, momentum=case.momentum, fix_gamma=case.fix_gamma, axis=case.axis)
@@ -89,7 +89,8 @@ def _network(case: Case, *, gluon: bool, kernel: tuple[int, ...] | None = None) 
     conv = mx.sym.Convolution(
         mx.sym.var("data"), num_filter=case.shape[1], kernel=kernel, pad=pad, no_bias=True, name="conv"
     )
-    return mx.sym.BatchNorm(conv, name="bn", **params)
+    bn = mx.sym.BatchNorm(conv, name="bn", **params)
+    return mx.sym.Activation(bn, act_type="relu", name="relu") if relu else bn
 
 
 def identity_weight(case: Case) -> np.ndarray:
@@ -114,6 +115,11 @@ def run_fold_sym(case: Case) -> Outputs:
     return _run_bound(case, optimize=True)
 
 
+def run_fold_relu_sym(case: Case) -> Outputs:
+    """Conv + BatchNorm + ReLU, ``optimize_for('MKLDNN')``: one _sg_mkldnn_conv with a ReLU post-op."""
+    return _run_bound(case, optimize=True, relu=True)
+
+
 def run_fold_bind(case: Case) -> Outputs:
     """Conv + BatchNorm bound with every grad_req 'null' (as Module's inference binds): a oneDNN build's default
     subgraph backend folds it at bind. No gradient exists: the runner returns y and the parameters' state."""
@@ -132,9 +138,11 @@ def run_fold_conv(case: Case, weight: np.ndarray) -> Outputs:
     return _run_bound(case.with_(is_train=False), optimize=True, weight=weight, gradients=False)
 
 
-def _run_bound(case: Case, *, optimize: bool, weight: np.ndarray | None = None, gradients: bool = True) -> Outputs:
+def _run_bound(
+    case: Case, *, optimize: bool, weight: np.ndarray | None = None, gradients: bool = True, relu: bool = False
+) -> Outputs:
     kernel = (1,) * (case.x.ndim - 2) if weight is None else weight.shape[2:]
-    sym = _network(case, gluon=False, kernel=kernel)
+    sym = _network(case, gluon=False, kernel=kernel, relu=relu)
     args = {
         "data": mx.nd.array(case.x),
         "conv_weight": mx.nd.array(identity_weight(case) if weight is None else weight),
@@ -220,7 +228,10 @@ RUNNERS: dict[str, Callable[[Case], Outputs]] = {
     "fold-sym": run_fold_sym,
     "fold-gluon": run_fold_gluon,
     "fold-bind": run_fold_bind,
+    "fold-relu-sym": run_fold_relu_sym,
 }
+#: Entries whose graph ends in the ReLU the fold takes as a post-op: judged with y lifted (judging.folding).
+WITH_RELU = frozenset({"fold-relu-sym"})
 
 
 def snippet(case: Case, entry: str) -> str:

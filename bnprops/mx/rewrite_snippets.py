@@ -35,6 +35,8 @@ _FOLD_SYM = """
 conv = mx.sym.Convolution(mx.sym.var('data'), num_filter=C, kernel=kernel, no_bias=True, name='conv')
 sym = mx.sym.BatchNorm(conv, name='bn', eps=eps, momentum=momentum, fix_gamma=fix_gamma, axis=axis,
                        use_global_stats=use_global_stats)
+if RELU:  # folded as the convolution's ReLU post-op
+    sym = mx.sym.Activation(sym, act_type='relu', name='relu')
 args = {'data': mx.nd.array(x), 'conv_weight': mx.nd.array(weight), 'bn_gamma': mx.nd.array(gamma),
         'bn_beta': mx.nd.array(beta)}
 aux = {'bn_moving_mean': mx.nd.array(moving_mean), 'bn_moving_var': mx.nd.array(moving_var)}
@@ -100,8 +102,9 @@ actual = {'y': qnet(mx.nd.array(x)).asnumpy()}
 """
 
 _BODIES = {
-    "fold-sym": "FOLD = True" + _FOLD_SYM,
-    "fold-bind": "FOLD = False" + _FOLD_SYM,
+    "fold-sym": "FOLD, RELU = True, False" + _FOLD_SYM,
+    "fold-bind": "FOLD, RELU = False, False" + _FOLD_SYM,
+    "fold-relu-sym": "FOLD, RELU = True, True" + _FOLD_SYM,
     "fold-gluon": _FOLD_GLUON,
     "int8-gluon": _INT8_GLUON,
 }

@@ -9,9 +9,9 @@ from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case
 
 #: The entries that run BatchNorm through the fold (bnprops.mx.folding).
-FOLD_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-bind"})
+FOLD_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-bind", "fold-relu-sym"})
 #: The entries that take gradients through the folded graph.
-FOLD_GRADIENT_ENTRIES = frozenset({"fold-sym", "fold-gluon"})
+FOLD_GRADIENT_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-relu-sym"})
 
 
 def fold_reproducer(*, is_train: bool = False, axis: int = 1) -> Case:
