@@ -38,20 +38,22 @@ def _available() -> None:
 
 @pytest.mark.property
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("entry", sorted(int8.RUNNERS))
 @QUICK
 @given(case=cases_for_int8())
-def test_the_int8_batchnorm_matches_the_clipped_oracle_or_its_recorded_deviations(case: Case) -> None:
+def test_the_int8_batchnorm_matches_the_clipped_oracle_or_its_recorded_deviations(entry: str, case: Case) -> None:
     _available()
-    judged = check_int8(case, runner=int8.RUNNERS["int8-gluon"], entry="int8-gluon")
+    judged = check_int8(case, runner=int8.RUNNERS[entry], entry=entry)
     assert judged.ok, judged.message()
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("entry", sorted(int8.RUNNERS))
 @pytest.mark.parametrize("kd", DEVIATIONS, ids=[kd.id for kd in DEVIATIONS])
-def test_each_int8_deviation_shows_on_its_reproducer_and_is_explained(kd: object) -> None:
+def test_each_int8_deviation_shows_on_its_reproducer_and_is_explained(entry: str, kd: object) -> None:
     _available()
     case = kd.reproducer()  # type: ignore[attr-defined]
-    judged = check_int8(case, runner=int8.RUNNERS["int8-gluon"], entry="int8-gluon")
+    judged = check_int8(case, runner=int8.RUNNERS[entry], entry=entry)
     assert judged.ok, judged.message()
     assert kd.id in {d.id for d, _ in judged.outcome.explained}  # type: ignore[attr-defined]
 

@@ -1,7 +1,8 @@
 """int8 quantization of BatchNorm (quantize_net, _contrib_quantized_batch_norm), as a member of the family.
 
-A case runs as a gluon BatchNorm alone, quantized by ``mx.contrib.quantization.quantize_net`` with 'naive'
-calibration on the case's own data: quantize, the int8 BatchNorm, dequantize. The quantized graph is for
+A case runs as a BatchNorm alone, quantized with 'naive' calibration on the case's own data by
+``mx.contrib.quantization.quantize_net`` (int8-gluon) or ``quantize_model_mkldnn`` (int8-sym): quantize, the
+int8 BatchNorm, dequantize. The quantized graph is for
 inference only: the runner returns y, and the runner refuses a graph that kept the float BatchNorm.
 """
 
@@ -105,7 +106,45 @@ def run_int8_gluon(case: Case) -> Outputs:
     return {"y": y}
 
 
-RUNNERS: dict[str, Callable[[Case], Outputs]] = {"int8-gluon": run_int8_gluon}
+def run_int8_sym(case: Case) -> Outputs:
+    """mx.sym.BatchNorm quantized by ``quantize_model_mkldnn`` ('naive' calibration on x through an NDArrayIter,
+    quantized_dtype 'auto'), bound without gradients, forward(is_train=False)."""
+    from mxnet.contrib.quantization import quantize_model_mkldnn
+
+    sym = mx.sym.BatchNorm(
+        mx.sym.var("data"),
+        name="bn",
+        eps=case.eps,
+        momentum=case.momentum,
+        fix_gamma=case.fix_gamma,
+        use_global_stats=case.use_global_stats,
+        axis=1,
+    )
+    args = {"bn_gamma": mx.nd.array(case.gamma), "bn_beta": mx.nd.array(case.beta)}
+    aux = {"bn_moving_mean": mx.nd.array(case.moving_mean), "bn_moving_var": mx.nd.array(case.moving_var)}
+    n = case.shape[0]
+    quiet = logging.getLogger("bnprops.int8")
+    quiet.setLevel(logging.ERROR)
+    qsym, qargs, qaux = quantize_model_mkldnn(
+        sym,
+        args,
+        aux,
+        ctx=mx.cpu(),
+        calib_mode="naive",
+        calib_data=mx.io.NDArrayIter(data=case.x, batch_size=n),
+        num_calib_examples=n,
+        quantized_dtype="auto",
+        quantize_mode="full",
+        logger=quiet,
+    )
+    ops = sorted({node["op"] for node in json.loads(qsym.tojson())["nodes"] if node["op"] != "null"})
+    if QUANTIZED_OP not in ops or "BatchNorm" in ops:
+        raise RuntimeError(f"quantize_model did not replace BatchNorm by {QUANTIZED_OP}: the graph has {ops}")
+    exe = qsym.bind(mx.cpu(), {"data": mx.nd.array(case.x), **qargs}, aux_states=qaux, grad_req="null")
+    return {"y": exe.forward(is_train=False)[0].asnumpy()}
+
+
+RUNNERS: dict[str, Callable[[Case], Outputs]] = {"int8-gluon": run_int8_gluon, "int8-sym": run_int8_sym}
 
 
 def snippet(case: Case, entry: str) -> str:

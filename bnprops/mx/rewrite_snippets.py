@@ -101,12 +101,28 @@ qnet = quantize_net(net, quantize_mode='full', calib_data=calib, calib_mode='nai
 actual = {'y': qnet(mx.nd.array(x)).asnumpy()}
 """
 
+_INT8_SYM = """
+import logging
+from mxnet.contrib.quantization import quantize_model_mkldnn
+sym = mx.sym.BatchNorm(mx.sym.var('data'), name='bn', eps=eps, momentum=momentum, fix_gamma=fix_gamma,
+                       use_global_stats=use_global_stats, axis=1)
+args = {'bn_gamma': mx.nd.array(gamma), 'bn_beta': mx.nd.array(beta)}
+aux = {'bn_moving_mean': mx.nd.array(moving_mean), 'bn_moving_var': mx.nd.array(moving_var)}
+n = x.shape[0]
+qsym, qargs, qaux = quantize_model_mkldnn(sym, args, aux, ctx=mx.cpu(), calib_mode='naive',
+                                          calib_data=mx.io.NDArrayIter(data=x, batch_size=n), num_calib_examples=n,
+                                          quantized_dtype='auto', quantize_mode='full', logger=logging.getLogger())
+exe = qsym.bind(mx.cpu(), {'data': mx.nd.array(x), **qargs}, aux_states=qaux, grad_req='null')
+actual = {'y': exe.forward(is_train=False)[0].asnumpy()}
+"""
+
 _BODIES = {
     "fold-sym": "FOLD, RELU = True, False" + _FOLD_SYM,
     "fold-bind": "FOLD, RELU = False, False" + _FOLD_SYM,
     "fold-relu-sym": "FOLD, RELU = True, True" + _FOLD_SYM,
     "fold-gluon": _FOLD_GLUON,
     "int8-gluon": _INT8_GLUON,
+    "int8-sym": _INT8_SYM,
 }
 
 

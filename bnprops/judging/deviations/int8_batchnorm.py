@@ -11,7 +11,7 @@ from bnprops.model.case import Case
 from bnprops.model.oracle import eps_as_applied, per_channel, reference
 from bnprops.model.quantization import int8_bound, output_range
 
-INT8_ENTRIES = frozenset({"int8-gluon"})
+INT8_ENTRIES = frozenset({"int8-gluon", "int8-sym"})
 
 
 def int8_kernel_output(case: Case, *, stored_gamma: bool) -> np.ndarray:
@@ -55,7 +55,7 @@ INT8_EPS_APPLIED_TWICE = KnownDeviation(
     summary="int8 BatchNorm divides the data's scale by sqrt(moving_var + eps) and again by sqrt(1 + eps)",
     quantities=frozenset({"y"}),
     conditions="quantize_net / quantize_model with a BatchNorm replaced by _contrib_quantized_batch_norm "
-    "(int8-gluon); eps > 0; visible where eps / 2 outweighs the int8 steps (eps above ~1e-2)",
+    "(int8-gluon, int8-sym); eps > 0; visible where eps / 2 outweighs the int8 steps (eps above ~1e-2)",
     model="y = clip(alpha x / sqrt(1 + eps) + beta - alpha moving_mean, +-T) (int8_kernel_output), within the "
     "int8 bound; alpha = gamma / sqrt(moving_var + eps), T the calibrated output range",
     predict=eps_twice,
@@ -72,8 +72,8 @@ INT8_IGNORES_FIX_GAMMA = KnownDeviation(
     id="int8-ignores-fix-gamma",
     summary="int8 BatchNorm multiplies by the stored gamma under fix_gamma (gluon scale=False)",
     quantities=frozenset({"y"}),
-    conditions="quantize_net with a BatchNorm replaced by _contrib_quantized_batch_norm (int8-gluon); fix_gamma "
-    "and a stored gamma other than 1",
+    conditions="quantize_net or quantize_model with a BatchNorm replaced by _contrib_quantized_batch_norm "
+    "(int8-gluon, int8-sym); fix_gamma and a stored gamma other than 1",
     model="y = clip(stored gamma's BatchNorm (with eps applied twice), +-T), T calibrated on the float model "
     "(gamma 1): int8_kernel_output(stored_gamma=True), within the int8 bound",
     predict=gamma_as_stored,
