@@ -37,6 +37,7 @@ def emulated_conv_fold(
         acc = (acc + term).astype(F32)
     if variant != "bias-first":
         acc = (acc + shift.reshape(1, -1, 1, 1)).astype(F32)
+    acc = np.ascontiguousarray(acc)
     if fault == "y_off_by_half_percent":
         flat = acc.reshape(-1)
         worst = int(np.argmax(np.abs(flat)))

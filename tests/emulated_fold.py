@@ -32,9 +32,9 @@ def emulated_fold(case: Case, *, variant: str = "double-alpha", fault: str | Non
     else:
         y = ((a * x).astype(F32) + b).astype(F32)
     out = {q: v for q, v in reference(case).items() if q != "y"}
-    out["y"] = np.array(y, dtype=F32)
+    out["y"] = np.ascontiguousarray(y, dtype=F32)  # data moved to axis 1 is a strided view
     if fault == "y_off_by_half_percent":
-        flat = out["y"].reshape(-1)
+        flat = out["y"].reshape(-1)  # (a view: out["y"] is made contiguous above)
         worst = int(np.argmax(np.abs(flat)))
         flat[worst] = F32(flat[worst] * 1.005)
     return out

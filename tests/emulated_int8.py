@@ -32,7 +32,7 @@ def emulated_int8(case: Case, *, variant: str = "even", fault: str | None = None
     b = (fold_shift(case) * INT8_RANGE / to).astype(F32)
     dst = (per_channel(case, w).astype(F32) * q.astype(F32) + per_channel(case, b).astype(F32)).astype(F32)
     dst = np.clip(_round(dst.astype(np.float64), variant), -INT8_RANGE, INT8_RANGE)
-    y = (dst * (to / INT8_RANGE)).astype(F32)
+    y = np.ascontiguousarray(dst * (to / INT8_RANGE), dtype=F32)  # data moved to axis 1 is a strided view
     if fault == "y_off_by_five_percent":  # int8's own resolution is 1/127 of the range: 0.5% is below it
         flat = y.reshape(-1)
         worst = int(np.argmax(np.abs(flat)))
