@@ -1,0 +1,48 @@
+"""Hypothesis strategies for the deployed and converted BatchNorms: the ONNX export, and AMP's graphs.
+
+Built on the plain strategies (search.strategies.cases) with what each member can express: the channel axis
+moved to 1, inference for ONNX. Half the ONNX cases carry the moving statistics a trained model would (the
+batch's own mean and variance), so that x - moving_mean cancels as it does in deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from bnprops.model.case import Case
+from bnprops.mx import onnx_export
+from bnprops.search.strategies import cases
+
+#: Every value regime but non-finite data (NaN and inf propagate by IEEE rules; the plain properties check that).
+FINITE_REGIMES = ("ordinary", "offset", "tiny_spread", "constant", "large", "exact")
+
+
+def channels_at_axis_one(case: Case) -> Case:
+    """The same call with the channel axis moved to 1 (x, dy and a prior dx moved alike)."""
+    axis = case.channel_axis
+    moved = {
+        name: np.moveaxis(value, axis, 1)
+        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
+        if value is not None
+    }
+    return case.with_(**moved, axis=1)
+
+
+def trained_statistics(case: Case) -> Case:
+    """The case with moving statistics equal to its batch's mean and (biased) variance, rounded to their dtype."""
+    x = case.x.astype(np.float64)
+    mean = x.mean(axis=case.reduce_axes)
+    var = x.var(axis=case.reduce_axes)
+    dtype = case.moving_mean.dtype
+    return case.with_(moving_mean=mean.astype(dtype), moving_var=var.astype(dtype))
+
+
+def cases_for_onnx(**options: Any) -> st.SearchStrategy[Case]:
+    """Inference cases the ONNX entry can run (float32, axis 1, at least 2-D), with the plain ``cases`` options."""
+    options.setdefault("value_regimes", FINITE_REGIMES)
+    base = cases(dtypes=["float32"], min_ndim=2, is_train=False, output_mean_var=False, **options)
+    moved = base.map(channels_at_axis_one).filter(lambda c: onnx_export.unexpressible_reason(c) is None)
+    return st.tuples(moved, st.booleans()).map(lambda pair: trained_statistics(pair[0]) if pair[1] else pair[0])
