@@ -22,6 +22,7 @@ from hypothesis import find as hypothesis_find
 from hypothesis import strategies as st
 
 from bnprops.judging.checks import PROPERTIES
+from bnprops.judging.deviations import by_id
 from bnprops.judging.mixed_precision import check_amp, judge_amp
 from bnprops.model.bfloat16 import UNIT_ROUNDOFF, is_bfloat16, to_bfloat16
 from bnprops.model.case import Case
@@ -151,3 +152,16 @@ def test_on_the_native_kernel_float16_keeps_batchnorm_and_bfloat16_cannot_run() 
     assert "bfloat16 raised: MXNetError: Unsupported type 12" in child.stdout, child.stdout
     assert "Unsupported type 12" in mixed_precision.NATIVE_BF16
     assert ONEDNN_ENABLED or mixed_precision.kernel_reason("amp-sym") == mixed_precision.NATIVE_BF16
+
+
+@pytest.mark.parametrize("entry", sorted(mixed_precision.RUNNERS))
+def test_the_amp_reproducer_computes_what_the_runner_does(entry: str) -> None:
+    _skip_unless_runnable(entry)
+    case = by_id("amp-bfloat16-eps-truncated").reproducer()  # type: ignore[operator, union-attr]
+    namespace: dict[str, object] = {}
+    exec(mixed_precision.snippet(case, entry), namespace)
+    actual = namespace["actual"]
+    expected = mixed_precision.RUNNERS[entry](case)
+    assert isinstance(actual, dict)
+    for q, value in actual.items():
+        assert np.array_equal(value, expected[q]), f"{q}: reproducer {value}, runner {expected[q]}"

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import find as hypothesis_find
@@ -20,6 +21,8 @@ from hypothesis import find as hypothesis_find
 from bnprops.judging.checks import PROPERTIES
 from bnprops.judging.gluon_options import check_gluon_options
 from bnprops.model.case import Case
+from bnprops.model.error_model import unit_roundoff
+from bnprops.model.evaluation import evaluate
 from bnprops.mx import gluon_options
 from bnprops.search.gluon_options import cases_for_gluon_options
 from tests.helpers import budget, planted_search
@@ -102,3 +105,24 @@ def test_the_options_layer_matches_the_oracle_on_the_native_kernel_too() -> None
     env = {**os.environ, "MXNET_MKLDNN_ENABLED": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.run([sys.executable, "-c", NATIVE_CHILD], env=env, capture_output=True, text=True, timeout=600)
     assert child.returncode == 0 and "native ok" in child.stdout, child.stderr[-3000:]
+
+
+@settings(max_examples=budget(0.05), deadline=None, derandomize=True, database=None)
+@given(case=cases_for_gluon_options(dtypes=["float16"], fix_gamma=False, is_train=True, value_regimes=["ordinary"]))
+def test_a_multi_precision_step_after_cast_float16_moves_the_parameters_by_the_oracles_gradients(case: Case) -> None:
+    """cast('float16') keeps BatchNorm's parameters float32, so Trainer(multi_precision=True) updates them as plain
+    SGD does: parameter - lr * gradient, the gradient within its bound of the oracle's."""
+    case = case.with_(grad_req=("write", "write", "write"))
+    lr = 0.5
+    after = gluon_options.multi_precision_step(case, learning_rate=lr)
+    ev = evaluate(case)
+    u = unit_roundoff("float32")
+    for name, quantity in (("gamma", "dgamma"), ("beta", "dbeta")):
+        before = getattr(case, name).astype(np.float64)
+        step = lr * ev.expected[quantity]
+        bound = lr * ev.bound[quantity] + 2 * u * (np.abs(before) + np.abs(step))
+        error = np.abs(after[name].astype(np.float64) - (before - step))
+        assert after[name].dtype == np.float32, f"{name} is {after[name].dtype} after cast('float16')"
+        assert (error <= bound).all(), (
+            f"{name}: error {error.max()} beyond {bound[error.argmax()]} for {case.describe()}"
+        )

@@ -15,7 +15,7 @@ from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.bfloat16 import Bfloat16OutputEvaluation
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import evaluate
-from bnprops.mx.mixed_precision import RUNS_IN
+from bnprops.mx.mixed_precision import RUNNERS, RUNS_IN, snippet
 from bnprops.mx.runners import adapt, kernel_for
 
 
@@ -34,7 +34,11 @@ class AmpJudgement:
         if self.ok:
             return ""
         head = f"BatchNorm in an AMP graph ({self.outcome.entry}), run in {self.runs_in}, judged for that dtype:"
-        return f"{head}\n{self.outcome.message()}"
+        text = f"{head}\n{self.outcome.message()}"
+        if self.outcome.entry in RUNNERS:
+            script = snippet(self.outcome.case, self.outcome.entry)
+            text += "\nThe AMP graph and the call:\n" + "\n".join("    " + line for line in script.splitlines())
+        return text
 
 
 def judge_amp(

@@ -120,3 +120,24 @@ RUNNERS: dict[str, Callable[[Case], Outputs]] = {
     "gluon-options": run_gluon_options,
     "gluon-options-hybrid": run_gluon_options_hybrid,
 }
+
+
+def multi_precision_step(case: Case, *, learning_rate: float) -> Outputs:
+    """The options' layer, cast to the case's dtype, trained one step: forward and backward in training mode,
+    then Trainer('sgd', multi_precision=True).step(1). Returns gamma and beta after the update (float32 for
+    float16 data: _BatchNorm.cast keeps them so, and multi_precision has no float16 weight of theirs to shadow)."""
+    from mxnet.gluon import Trainer, nn
+
+    case = adapt("gluon", case.with_(is_train=True))
+    layer = _layer(case)
+    net = nn.HybridSequential()
+    net.add(layer)
+    net.initialize(ctx=mx.cpu())
+    net.cast(case.dtype)
+    trainer = Trainer(net.collect_params(), "sgd", {"learning_rate": learning_rate, "multi_precision": True})
+    data = mx.nd.array(case.x, dtype=case.dtype)
+    with mx.autograd.record():
+        out = net(data)
+    out.backward(mx.nd.array(case.dy, dtype=case.dtype))
+    trainer.step(1)
+    return {"gamma": layer.gamma.data().asnumpy(), "beta": layer.beta.data().asnumpy()}

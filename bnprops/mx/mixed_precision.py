@@ -224,3 +224,51 @@ def batchnorm_dtypes(entry: str) -> dict[str, str]:
     exe.set_monitor_callback(monitor, monitor_all=True)
     exe.forward(is_train=True)
     return {k: seen[f"bn_{k}"] for k in ("data", "gamma", "output")}
+
+
+def snippet(case: Case, entry: str) -> str:
+    """A standalone script (mxnet and numpy) that converts the entry's graph with AMP and runs the case through it
+    (the symbolic form for amp-gluon too: convert_hybrid_block applies the same conversion); results in ``actual``."""
+    if entry not in RUNNERS:
+        raise ValueError(f"no AMP reproducer for entry {entry!r}")
+    target, producer = ("float16", False) if entry == FP16_ENTRY else ("bfloat16", True)
+
+    def arr(a: np.ndarray) -> str:
+        return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float64).astype('float32')"
+
+    lines = [
+        "import mxnet as mx, numpy as np",
+        "from mxnet.contrib import amp",
+        f"x, dy = {arr(case.x)}, {arr(case.dy)}",
+        f"gamma, beta = {arr(case.gamma)}, {arr(case.beta)}",
+        f"moving_mean, moving_var = {arr(case.moving_mean)}, {arr(case.moving_var)}",
+        f"C, is_train = {case.channels}, {case.is_train}",
+        "data = mx.sym.var('data')",
+        "args = {'bn_gamma': mx.nd.array(gamma), 'bn_beta': mx.nd.array(beta)}",
+    ]
+    if producer:
+        lines += [
+            "# an identity FullyConnected (in AMP's bfloat16 list) hands BatchNorm exactly x, as bfloat16",
+            "data = mx.sym.FullyConnected(data, num_hidden=C, no_bias=True, flatten=False, name='fc')",
+            "args['fc_weight'] = mx.nd.array(np.eye(C, dtype=np.float32))",
+        ]
+    lines += [
+        f"sym = mx.sym.BatchNorm(data, name='bn', eps={case.eps!r}, momentum={case.momentum!r}, "
+        f"fix_gamma={case.fix_gamma}, use_global_stats={case.use_global_stats}, axis={case.axis})",
+        "aux = {'bn_moving_mean': mx.nd.array(moving_mean), 'bn_moving_var': mx.nd.array(moving_var)}",
+        f"sym, args, aux = amp.convert_model(sym, args, aux, target_dtype={target!r})",
+        "grads = {n: mx.nd.zeros(args[n].shape if n in args else x.shape) for n in ('data', 'bn_gamma', 'bn_beta')}",
+        "req = {n: 'write' if n in grads else 'null' for n in sym.list_arguments()}",
+        "exe = sym.bind(mx.cpu(), args={**args, 'data': mx.nd.array(x)}, args_grad=grads, grad_req=req,",
+        "               aux_states=aux)",
+        "actual = {'y': exe.forward(is_train=is_train)[0].asnumpy()}",
+        "if is_train:",
+        "    exe.backward(mx.nd.array(dy))",
+        "    actual.update(dx=grads['data'].asnumpy(), dgamma=grads['bn_gamma'].asnumpy(),",
+        "                  dbeta=grads['bn_beta'].asnumpy())",
+        "actual.update(moving_mean=exe.aux_dict['bn_moving_mean'].asnumpy(), "
+        "moving_var=exe.aux_dict['bn_moving_var'].asnumpy())",
+        "for q, value in actual.items():",
+        "    print(q, value)",
+    ]
+    return "\n".join(lines)
