@@ -165,3 +165,17 @@ def test_the_amp_reproducer_computes_what_the_runner_does(entry: str) -> None:
     assert isinstance(actual, dict)
     for q, value in actual.items():
         assert np.array_equal(value, expected[q]), f"{q}: reproducer {value}, runner {expected[q]}"
+
+
+@pytest.mark.parametrize("entry", sorted(mixed_precision.BF16_ENTRIES))
+def test_the_truncated_eps_is_the_recorded_deviation_and_a_fault_inside_it_is_caught(entry: str) -> None:
+    _skip_unless_runnable(entry)
+    deviation = by_id("amp-bfloat16-eps-truncated")
+    case = deviation.reproducer()  # type: ignore[operator, union-attr]
+    real = mixed_precision.RUNNERS[entry](case)
+    judged = judge_amp(case, real, entry=entry)
+    assert judged.ok, judged.message()
+    assert {"dgamma", "moving_var"} <= dict((kd.id, q) for kd, q in judged.outcome.explained)[deviation.id]
+    planted = {**real, "dgamma": real["dgamma"] * np.float32(1.005)}
+    caught = judge_amp(case, planted, entry=entry)
+    assert [m.kind for m in caught.outcome.unexpected if m.quantity == "dgamma"] == ["unrecorded"], caught.message()
