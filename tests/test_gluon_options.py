@@ -126,3 +126,18 @@ def test_a_multi_precision_step_after_cast_float16_moves_the_parameters_by_the_o
         assert (error <= bound).all(), (
             f"{name}: error {error.max()} beyond {bound[error.argmax()]} for {case.describe()}"
         )
+
+
+@pytest.mark.parametrize("entry", gluon_options.ENTRIES)
+def test_the_options_reproducer_computes_what_the_runner_does(entry: str) -> None:
+    @settings(max_examples=5, deadline=None, derandomize=True, database=None)
+    @given(case=cases_for_gluon_options())
+    def same(case: Case) -> None:
+        namespace: dict[str, object] = {}
+        exec(gluon_options.snippet(case, entry), namespace)
+        actual, expected = namespace["actual"], gluon_options.RUNNERS[entry](case)
+        assert isinstance(actual, dict)
+        for q, value in actual.items():
+            assert np.array_equal(value, expected[q], equal_nan=True), f"{q}: reproducer {value}, runner {expected[q]}"
+
+    same()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.mx.gluon_options import RUNNERS, snippet
 from bnprops.mx.runners import adapt, kernel_for
 
 
@@ -30,7 +31,11 @@ class OptionsJudgement:
         if self.ok:
             return ""
         head = "gluon.nn.BatchNorm(in_channels=0, initialisers, cast) judged by the plain oracle:"
-        return f"{head}\n{self.outcome.message()}"
+        text = f"{head}\n{self.outcome.message()}"
+        if self.outcome.entry in RUNNERS:
+            script = snippet(self.outcome.case, self.outcome.entry)
+            text += "\nThe layer and the call:\n" + "\n".join("    " + line for line in script.splitlines() if line)
+        return text
 
 
 def judge_gluon_options(

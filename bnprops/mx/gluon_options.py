@@ -141,3 +141,55 @@ def multi_precision_step(case: Case, *, learning_rate: float) -> Outputs:
     out.backward(mx.nd.array(case.dy, dtype=case.dtype))
     trainer.step(1)
     return {"gamma": layer.gamma.data().asnumpy(), "beta": layer.beta.data().asnumpy()}
+
+
+def snippet(case: Case, entry: str) -> str:
+    """A standalone script (mxnet and numpy) that builds the options' layer for ``case`` and makes the call;
+    results in ``actual``."""
+    if entry not in RUNNERS:
+        raise ValueError(f"no gluon-options reproducer for entry {entry!r}")
+    case = adapt("gluon", case)
+    pdt = param_dtype(case.dtype)
+
+    def arr(a: np.ndarray) -> str:
+        return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float64).astype({str(a.dtype)!r})"
+
+    def init(a: np.ndarray) -> str:
+        return f"mx.init.Constant(mx.nd.array({arr(a)}, dtype={pdt!r}))"
+
+    frozen = not case.fix_gamma and case.request("gamma") == "null"
+    return "\n".join(
+        [
+            "import mxnet as mx, numpy as np",
+            "from mxnet.gluon import nn",
+            "nan, inf = float('nan'), float('inf')  # as repr writes non-finite data",
+            f"x, dy, is_train = {arr(case.x)}, {arr(case.dy)}, {case.is_train}",
+            f"layer = nn.BatchNorm(axis={case.axis}, momentum={case.momentum!r}, epsilon={case.eps!r}, "
+            f"center={case.request('beta') != 'null'}, scale={not case.fix_gamma}, "
+            f"use_global_stats={case.use_global_stats}, in_channels=0,",
+            f"    gamma_initializer={init(case.gamma)},",
+            f"    beta_initializer={init(case.beta)},",
+            f"    running_mean_initializer={init(case.moving_mean)},",
+            f"    running_variance_initializer={init(case.moving_var)})",
+            "layer.gamma.grad_req = 'null'  # frozen, not fixed" if frozen else "",
+            "net = nn.HybridSequential()",
+            "net.add(layer)",
+            "net.initialize()",
+            f"net.cast({case.dtype!r})",
+            "net.hybridize()" if entry == "gluon-options-hybrid" else "",
+            f"data = mx.nd.array(x, dtype={case.dtype!r})",
+            "data.attach_grad()",
+            "inference = None if is_train else net(data)",
+            "with mx.autograd.record(train_mode=is_train):",
+            "    out = net(data)",
+            f"out.backward(mx.nd.array(dy, dtype={case.dtype!r}), train_mode=is_train)",
+            "actual = {'y': (out if inference is None else inference).asnumpy(), 'dx': data.grad.asnumpy(),",
+            "          'gamma': layer.gamma.data().asnumpy(), 'moving_mean': layer.running_mean.data().asnumpy(),",
+            "          'moving_var': layer.running_var.data().asnumpy()}",
+            "for name, param in (('dgamma', layer.gamma), ('dbeta', layer.beta)):",
+            "    if param.grad_req != 'null':",
+            "        actual[name] = param.grad().asnumpy()",
+            "for q, value in actual.items():",
+            "    print(q, value)",
+        ]
+    )

@@ -239,6 +239,7 @@ def snippet(case: Case, entry: str) -> str:
     lines = [
         "import mxnet as mx, numpy as np",
         "from mxnet.contrib import amp",
+        "nan, inf = float('nan'), float('inf')  # as repr writes non-finite data",
         f"x, dy = {arr(case.x)}, {arr(case.dy)}",
         f"gamma, beta = {arr(case.gamma)}, {arr(case.beta)}",
         f"moving_mean, moving_var = {arr(case.moving_mean)}, {arr(case.moving_var)}",

@@ -139,6 +139,7 @@ def snippet(case: Case, entry: str = ENTRY) -> str:
     return "\n".join(
         [
             "import mxnet as mx, numpy as np, onnxruntime as ort  # and onnx < 1.19 (for onnx.mapping)",
+            "nan, inf = float('nan'), float('inf')  # as repr writes non-finite data",
             f"x = {arr(case.x)}",
             f"gamma, beta = {arr(case.gamma)}, {arr(case.beta)}",
             f"moving_mean, moving_var = {arr(case.moving_mean)}, {arr(case.moving_var)}",
