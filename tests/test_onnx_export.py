@@ -108,7 +108,7 @@ def test_a_half_percent_error_in_y_is_caught(sizes: str) -> None:
     assert not check_onnx(found, runner=runner, entry="subject", kernel="subject").ok
 
 
-@settings(max_examples=budget(0.1), deadline=None, derandomize=True, database=None)
+@settings(max_examples=budget(0.03), deadline=None, derandomize=True, database=None)
 @given(case=cases_for_onnx(sizes="large"))
 def test_a_correct_folded_subject_passes_at_real_sizes(case: Case) -> None:
     judged = check_onnx(case, runner=folded_subject, entry="subject", kernel="subject")
