@@ -32,6 +32,7 @@ from bnprops.mx.runners import (
     ALL_BACKENDS,
     ENTRY_POINTS,
     IN_PROCESS_BACKEND,
+    LEGACY_ENTRY_POINTS,
     adapt,
     entry_unavailable_reason,
     kernel_for,
@@ -124,6 +125,10 @@ def probe(kd: KnownDeviation) -> dict[str, Any]:
     for entry in entries:
         if entry in MEMBER_CHECKS:
             per_entry[entry] = dict(zip(("status", "detail"), _probe_member(kd, entry), strict=True))
+            continue
+        if entry not in ENTRY_POINTS + LEGACY_ENTRY_POINTS:
+            # A family member's entry (onnx, amp-sym, ...): its own runner and tests, not this probe's.
+            per_entry[entry] = {"status": NOT_APPLICABLE, "detail": f"{entry!r} is a family member's entry"}
             continue
         missing = entry_unavailable_reason(entry)
         if missing is not None:
