@@ -8,7 +8,7 @@ from bnprops.judging.declarations import KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import Case
 from bnprops.model.oracle import momentum_as_applied
-from bnprops.model.sync import with_split
+from bnprops.model.sync import SyncEvaluation, with_split
 from bnprops.mx.sync import ENTRIES
 
 
@@ -20,7 +20,8 @@ def one_pass_variance_negative(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if not case.uses_batch_stats or not case.x.size:
         return []
-    st = ctx.evaluation.propagated("deterministic")
+    evaluation = ctx.evaluation if isinstance(ctx.evaluation, SyncEvaluation) else SyncEvaluation(case)
+    st = evaluation.propagated("deterministic")
     mom, rest = momentum_as_applied(case)
     with np.errstate(invalid="ignore", over="ignore"):
         possible = (st.var < st.e_var) & (mom * case.moving_var.astype(np.float64) <= rest * st.e_var)

@@ -20,11 +20,9 @@ def unequal_batches(ctx: Context) -> list[Prediction]:
         return []
     stats = merged_statistics(case)
     values = kernel_outputs(case, stats)
-    evaluation = ctx.evaluation
-    # (bounds propagated around the merged statistics; a plain evaluation has no one-pass model to give them)
-    tolerance = evaluation.bounds_around(values, stats) if isinstance(evaluation, SyncEvaluation) else None
-    if tolerance is None:
-        return []
+    # (bounds propagated around the merged statistics by the one-pass model, whoever evaluated the case)
+    evaluation = ctx.evaluation if isinstance(ctx.evaluation, SyncEvaluation) else SyncEvaluation(case)
+    tolerance = evaluation.bounds_around(values, stats)
     return predict_over(ctx, REACHED, ctx.finite_channels, values, tolerance, certain=True)
 
 
