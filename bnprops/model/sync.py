@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import re
 
 import numpy as np
 
@@ -24,29 +23,23 @@ from bnprops.model.evaluation import Evaluation
 from bnprops.model.exactness import rows
 from bnprops.model.params import parsed
 
-#: How a case names its device split, in its regime label (the label round-trips through JSON and reproducers).
-_SPLIT = re.compile(r" devices=(\d+(?:\+\d+)*)$")
 #: The per-device gradient buffers a runner returns beside the Outputs' quantities: shape (ndev, C).
 PARTIALS = {"dgamma": "dgamma_partials", "dbeta": "dbeta_partials"}
 U32 = unit_roundoff("float32")
 
 
 def device_split(case: Case) -> tuple[int, ...]:
-    """The rows of x (axis 0) each device gets, in rank order: the case's label, else two equal halves (one
+    """The rows of x (axis 0) each device gets, in rank order: the case's own split, else two equal halves (one
     device for an odd batch)."""
-    found = _SPLIT.search(case.regime)
-    if found:
-        return tuple(int(n) for n in found.group(1).split("+"))
+    if case.devices:
+        return case.devices
     n = case.shape[0]
     return (n // 2, n // 2) if n >= 2 and n % 2 == 0 else (n,)
 
 
 def with_split(case: Case, split: tuple[int, ...]) -> Case:
-    """``case`` labelled with its device split (replacing any it had); the rows must add up to x's batch."""
-    if sum(split) != case.shape[0] or min(split) < 1:
-        raise ValueError(f"a device split of {case.shape[0]} rows needs positive parts adding up to it, got {split}")
-    label = _SPLIT.sub("", case.regime) + " devices=" + "+".join(str(n) for n in split)
-    return case.with_(regime=label)
+    """``case`` split over devices as ``split`` (replacing any split it had); the rows must add up to x's batch."""
+    return case.with_(devices=tuple(split))
 
 
 def equal_split(split: tuple[int, ...]) -> bool:
