@@ -21,7 +21,7 @@ from bnprops.judging.invariants import violations
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation, evaluate
-from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +121,7 @@ def predictions(
     ``member``: a family member's entry name whose call runs BatchNorm's code on ``entry``: the deviations
     declared for it apply besides ``entry``'s (those declared for every entry point apply once).
     """
-    ev = evaluation or evaluate(case)
+    ev = evaluation or evaluate(case, operator=OPERATOR_OF_ENTRY.get(entry, "batchnorm"))
     ctx = Context(case, kernel, ev)
     found = []
     for kd in KNOWN_DEVIATIONS:
@@ -155,13 +155,14 @@ def judge(
     A certain known deviation must show in some quantity it names, even one the calling property
     does not check (dgamma may agree by accident where y cannot).
     """
-    ev = evaluation or evaluate(case)
+    operator = OPERATOR_OF_ENTRY.get(entry, "batchnorm")
+    ev = evaluation or evaluate(case, operator=operator)
     outcome = _judge(
         ev, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped, member=member
     )
     if ev.close:
         # A fused decision fell within its rounding of a threshold: the reference engine judges the case.
-        again = evaluate(case, "reference")
+        again = evaluate(case, "reference", operator=operator)
         outcome = _judge(
             again, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped, member=member
         )
