@@ -369,6 +369,11 @@ def bounds(
         axhat = np.abs(xhat)
         dbeta = expected["dbeta"]
         dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
+        sum_adx = (np.abs(dy) * axhat).sum(axis=red)
+        if operator == "v1":
+            # v1's mean is rounded through the reciprocal even on exact data, so every x - mean it forms carries
+            # the mean's error: the products' and the sum's roundings are on |dy| (|xhat| + shift), not |dy xhat|.
+            sum_adx = sum_adx + shift * np.abs(dy).sum(axis=red)
         e_dbeta, e_dgamma, gradients = gradient_sum_bounds(
             case,
             st,
@@ -377,7 +382,7 @@ def bounds(
             dbeta=dbeta,
             sum_ady=np.abs(dy).sum(axis=red),
             dgamma=dgamma,
-            sum_adx=(np.abs(dy) * axhat).sum(axis=red),
+            sum_adx=sum_adx,
             shift=shift,
             inv=inv,
         )
@@ -481,7 +486,8 @@ def v1_terms(
     tmp = scale sum(-2 (x - mean)) gvar. Against BatchNorm's model: T1 and T2 share invstd's rounding (2 u)
     but T3 does not (pow's, 2 u more); each term's products and the reciprocal's error (v1_scale_error) stay
     per term; gvar's terms take 3 u more each; sum(dy g) is rounded even where sum(dy) is exact (its factor
-    G_dy: the terms' products and sums are not BatchNorm's); and tmp, 0 in exact arithmetic, is the mean's error
+    G_dy: the terms' products and sums are not BatchNorm's; the worst case where the terms are all equal, whose
+    roundings are alike, not a random walk); and tmp, 0 in exact arithmetic, is the mean's error
     and the rounding of sum(x - mean) times dgamma/M (its factor G_c). G_c and G_dy are the worst case, or the
     sequential partial sums' (error_model.sequential_sum_factor) in the probabilistic model."""
     u = st.u
@@ -496,7 +502,11 @@ def v1_terms(
         if model == "probabilistic":
             centred = rows(case.x.astype(np.float64), case.channel_axis) - st.mean[:, None]
             g_c = sequential_sum_factor(centred, "float32", channels=case.channels)
-            g_dy = sequential_sum_factor(rows(dy, case.channel_axis), "float32", channels=case.channels)
+            dy_rows = rows(case.dy.astype(np.float64), case.channel_axis)
+            g_dy = sequential_sum_factor(dy_rows, "float32", channels=case.channels)
+            # Equal terms (a constant head: dy g the same everywhere) round alike at every step, no random walk.
+            same = np.all(dy_rows == dy_rows[:, :1], axis=1) if dy_rows.shape[1] else np.ones(case.channels, bool)
+            g_dy = np.where(same, sum_factor(max(m - 1, 0), "float32", model="deterministic"), g_dy)
         else:
             g_c = g_dy = np.full(case.channels, sum_factor(max(m - 1, 0), "float32", model=model))
         t2, k1 = np.abs(dbeta) / m, np.abs(dgamma) / m
