@@ -369,11 +369,6 @@ def bounds(
         axhat = np.abs(xhat)
         dbeta = expected["dbeta"]
         dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
-        sum_adx = (np.abs(dy) * axhat).sum(axis=red)
-        if operator == "v1":
-            # v1's mean is rounded through the reciprocal even on exact data, so every x - mean it forms carries
-            # the mean's error: the products' and the sum's roundings are on |dy| (|xhat| + shift), not |dy xhat|.
-            sum_adx = sum_adx + shift * np.abs(dy).sum(axis=red)
         e_dbeta, e_dgamma, gradients = gradient_sum_bounds(
             case,
             st,
@@ -382,7 +377,7 @@ def bounds(
             dbeta=dbeta,
             sum_ady=np.abs(dy).sum(axis=red),
             dgamma=dgamma,
-            sum_adx=sum_adx,
+            sum_adx=(np.abs(dy) * axhat).sum(axis=red),
             shift=shift,
             inv=inv,
         )
@@ -553,6 +548,10 @@ def gradient_sum_bounds(
         # kernel rounds each x - mean to float16, and for all x in one binade that rounding is the same
         # fraction of the mean (float16[426580, 1], dy = 1: dgamma -54.2 where the exact value is 0,
         # beyond lambda u sqrt(sum t^2), within u sum|t|).
+        # Every x - mean the kernel forms carries the mean's error (shift, in units of xhat), so the products and
+        # the sum round terms of |dy| (|xhat| + shift): on a constant channel whose sum is inexact, xhat is 0 and
+        # only the shift is left (float32[1000, 1] of 0.1, dy a ramp: dgamma 1e31 times a bound on |dy xhat|).
+        sum_adx = sum_adx + shift * sum_ady
         per_product = np.where(exact_dot, 0.0, 3 * u)
         e_products = per_product * sum_adx
         e_dgamma = (
