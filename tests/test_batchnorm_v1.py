@@ -180,3 +180,28 @@ def test_batchnorms_own_deviations_do_not_apply_to_batchnorm_v1() -> None:
     for kd in KNOWN_DEVIATIONS:
         if kd.entries is None:
             assert kd.predictions(ctx, entry="sym-v1", scoped=False) == [], kd.id
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 25, 25), (40, 3, 50, 50)], ids=["M=10^4", "M=10^5"])
+def test_v1s_bound_still_catches_half_a_percent_in_dx_at_real_sizes(shape: tuple[int, ...]) -> None:
+    """v1's terms widen dx's bound; a correct float32 subject with dx scaled by 1.005 must still be flagged."""
+    rng = np.random.default_rng(5)
+    x = (1.0 + rng.standard_normal(shape)).astype(np.float32)
+    case = Case(
+        x=x,
+        dy=rng.standard_normal(shape).astype(np.float32),
+        gamma=np.array([0.75, 1.5, 1.25], np.float32),
+        beta=np.array([0.25, -0.5, 0.0], np.float32),
+        moving_mean=np.zeros(3, np.float32),
+        moving_var=np.ones(3, np.float32),
+        fix_gamma=False,
+    )
+
+    def off_in_dx(c: Case) -> dict[str, np.ndarray]:
+        outputs = numpy_batchnorm(c)
+        outputs["dx"] = (outputs["dx"].astype(np.float64) * 1.005).astype(np.float32)
+        return outputs
+
+    outcome = check(case, runner=off_in_dx, entry="sym-v1", kernel="subject")
+    assert [m.quantity for m in outcome.unexpected] == ["dx"], outcome.message() or "the planted dx passed"
+    assert check(case, runner=numpy_batchnorm, entry="sym-v1", kernel="subject").ok
