@@ -30,6 +30,7 @@ from bnprops.mx.runners import (
     ALL_BACKENDS,
     ENTRY_POINTS,
     IN_PROCESS_BACKEND,
+    LEGACY_ENTRY_POINTS,
     adapt,
     entry_unavailable_reason,
     kernel_for,
@@ -96,6 +97,11 @@ def probe(kd: KnownDeviation) -> dict[str, Any]:
     entries = sorted(kd.entries) if kd.entries is not None else list(ENTRY_POINTS)
     per_entry: dict[str, dict[str, str]] = {}
     for entry in entries:
+        if entry not in ENTRY_POINTS + LEGACY_ENTRY_POINTS:
+            # A family member's entry: its runners and standalone reproducer (kd.script) are the member's.
+            detail = "a family member's entry, which this probe does not run: see the deviation's standalone reproducer"
+            per_entry[entry] = {"status": NOT_APPLICABLE, "detail": detail}
+            continue
         missing = entry_unavailable_reason(entry)
         if missing is not None:
             per_entry[entry] = {"status": NOT_APPLICABLE, "detail": missing}
