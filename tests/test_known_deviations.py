@@ -45,7 +45,7 @@ def runnable(kd: KnownDeviation) -> str:
     """The entry point to run the reproducer on, or skip with the reason this release cannot."""
     entry = entry_of(kd)
     if entry not in ENTRY_POINTS + LEGACY_ENTRY_POINTS:
-        pytest.skip(f"{kd.id}: {entry} is a family member's entry: the member's tests run its reproducer")
+        pytest.skip(f"{kd.id}: a family member's deviation ({entry}); the member's own tests run its reproducer")
     needs = unavailable_reason(kd.needs_backend) if kd.needs_backend else None
     reason = entry_unavailable_reason(entry) or needs
     if reason:

@@ -355,7 +355,7 @@ FAMILY_VARIANTS: tuple[Variant, ...] = (
         "onnx-fix-gamma-kept",
         "gamma",
         "your numbers hold gamma at 1, as MXNet's fix_gamma=True does; the ONNX export drops fix_gamma, and the "
-        "exported BatchNormalization multiplies by gamma as stored ({initial})",
+        "exported BatchNormalization multiplies by gamma as stored ({initial}): known deviation onnx-fix-gamma-dropped",
         "set the stored gamma to 1 before exporting (what fix_gamma=True computes with), or take gamma = {initial}",
         _when(
             lambda c, a: c.member == "onnx" and c.case.fix_gamma and not a.fix_gamma,

@@ -17,9 +17,15 @@ import numpy as np
 
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
-from bnprops.mx import mxversion
+from bnprops.mx import folding, int8, mxversion
 from bnprops.mx.producers import Chain
 from bnprops.mx.runners import LEGACY_ENTRY_POINTS
+
+#: Entries that run another kernel than BatchNorm's (a legacy operator, a graph rewrite's): BatchNorm's own
+#: deviations say nothing of them; theirs name them.
+OTHER_KERNEL_ENTRIES = (
+    frozenset(LEGACY_ENTRY_POINTS) | frozenset(folding.RUNNERS) | {folding.CONV_ENTRY} | frozenset(int8.RUNNERS)
+)
 
 NO_UPSTREAM = "none found"
 
@@ -77,8 +83,8 @@ class KnownDeviation:
         """
         if self.entries is not None and entry not in self.entries:
             return []
-        if self.entries is None and entry in LEGACY_ENTRY_POINTS:
-            return []  # another operator's kernel (BatchNorm_v1): BatchNorm's deviations say nothing of it
+        if self.entries is None and entry in OTHER_KERNEL_ENTRIES:
+            return []  # another kernel (BatchNorm_v1, a rewrite): BatchNorm's deviations say nothing of it
         if scoped and not self.releases.holds(mxversion.running()):
             return []
         # A gradient requested with 'null' is not produced, so it cannot show the deviation.
