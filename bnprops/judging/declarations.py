@@ -65,6 +65,9 @@ class KnownDeviation:
     needs_backend: str | None = None
     #: Tests run its reproducer on every entry point and backend (it was found there), not only one.
     every_entry: bool = False
+    #: Its own standalone reproducer (bnprops.base.reproduction's contract), where its entries are a family
+    #: member's, whose calls the generated BatchNorm snippets cannot make; None: generated from ``reproducer``.
+    script: Callable[[], str] | None = dataclasses.field(default=None, hash=False)
 
     def holds_in(self, version: str) -> bool:
         return self.releases.holds(version)
