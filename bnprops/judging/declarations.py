@@ -15,11 +15,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from bnprops.base.family import MEMBER_ENTRIES
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
 from bnprops.mx import mxversion
 from bnprops.mx.producers import Chain
-from bnprops.mx.runners import LEGACY_ENTRY_POINTS
 
 NO_UPSTREAM = "none found"
 
@@ -45,7 +45,7 @@ class KnownDeviation:
     predict: Callable[[Context], list[Prediction]]
     evidence: str
     reproducer: Callable[[], Case]
-    #: Entry points it shows on (None: all of BatchNorm's; a legacy operator's entry must be named).
+    #: Entry points it shows on (None: all of BatchNorm's; a family member's entry must be named).
     entries: frozenset[str] | None = None
     upstream: str = NO_UPSTREAM
     #: The MXNet releases it holds in (probed by ``bnprops versions``); elsewhere it is absent, not stale.
@@ -74,8 +74,8 @@ class KnownDeviation:
         """
         if self.entries is not None and entry not in self.entries:
             return []
-        if self.entries is None and entry in LEGACY_ENTRY_POINTS:
-            return []  # another operator's kernel (BatchNorm_v1): BatchNorm's deviations say nothing of it
+        if self.entries is None and entry in MEMBER_ENTRIES:
+            return []  # another operator (a family member): BatchNorm's deviations reach it only through its judge
         if scoped and not self.releases.holds(mxversion.running()):
             return []
         # A gradient requested with 'null' is not produced, so it cannot show the deviation.

@@ -16,7 +16,9 @@ import numpy as np
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.oracle import reference
+from bnprops.mx import family
 from bnprops.mx.runners import adapt
+from bnprops.mx.with_relu import PLAIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +61,12 @@ def judge_with_relu(
     case: Case, outputs: Outputs, *, entry: str, kernel: str = "onednn", checked: Iterable[str] = QUANTITIES
 ) -> ReluJudgement:
     """Judge BatchNormWithReLU's ``outputs`` for ``case`` (the case as BatchNorm's inputs and the head), run
-    through ``entry``: BatchNorm's known deviations there (the backward is BatchNorm's own code) apply."""
+    through ``entry``: the deviations recorded for it, and BatchNorm's on the plain entry point whose code
+    it shares (mx.with_relu.PLAIN; the backward is BatchNorm's own code), apply."""
     y = outputs["y"]
     bn_case = masked_case(case, y)
-    outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked)
+    like = PLAIN.get(entry)
+    outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked, like=like)
     return ReluJudgement(outcome, int(np.count_nonzero(y < 0)))
 
 
@@ -75,5 +79,19 @@ def check_with_relu(
     kernel: str = "onednn",
 ) -> ReluJudgement:
     """Run ``case`` through a BatchNormWithReLU runner on ``entry`` (adapted to it, as BatchNorm's are) and judge it."""
-    case = adapt(entry, case)
+    case = family.adapt(entry, case) if family.is_member(entry) else adapt(entry, case)
     return judge_with_relu(case, runner(case), entry=entry, kernel=kernel, checked=checked)
+
+
+#: The family contract's judge: BatchNormWithReLU's judgement for a member entry.
+judge_member = judge_with_relu
+
+#: For a reproducer (base.family's reproducer_view): MXNet's y after the ReLU brought to the form judged above,
+#: once ``expected`` (the oracle for the masked head) and ``actual`` are defined.
+REPRODUCER_VIEW = """
+# BatchNormWithReLU's y is after the ReLU: where it is 0 its pre-ReLU value is judged as min(oracle's y, 0),
+# and the head was masked where MXNet's y <= 0 (the call above runs the masked head: masking it again changes
+# nothing), so the gradients are judged as BatchNorm's for that head.
+if 'y' in actual:
+    actual['y'] = np.where(actual['y'] != 0, actual['y'], np.minimum(expected['y'], 0)).astype(actual['y'].dtype)
+"""
