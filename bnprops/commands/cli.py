@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from bnprops.base.family import MEMBER_ENTRIES
 from bnprops.base.selection import parse_choices
 from bnprops.model.case import DTYPES, QUANTITIES, Case
 
@@ -186,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
         "...: bnprops/search/sequences.py) on one BatchNorm of the example's entry point and backend, "
         "on one example in N, "
         "and check its state after every rule; 0: none (default 8)",
+    )
+    fuzz.add_argument(
+        "--members",
+        default="all",
+        metavar="LIST",
+        help="the BatchNorm family's member entries whose calls examples also run, comma-separated, 'all' "
+        f"(default) or 'none': {', '.join(MEMBER_ENTRIES)} (each on the CPU kernels its KERNELS allow)",
+    )
+    fuzz.add_argument(
+        "--member-every",
+        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        default=None,
+        metavar="N",
+        help="run the example's member call on one example in N; 0: none (default 4)",
     )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
@@ -500,6 +515,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         entries = parse_choices(args.entry, allowed=tuple(RUNNERS), what="entry point")
         backends = parse_choices(args.backend or "all", allowed=BACKENDS, what="backend")
         dtypes = parse_choices(args.dtype, allowed=DTYPES, what="dtype")
+        members = () if args.members == "none" else parse_choices(args.members, allowed=MEMBER_ENTRIES, what="member")
     except ValueError as exc:
         _usage(parser, str(exc))
     if args.out.exists() and not args.out.is_dir():
@@ -523,6 +539,8 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             **({} if args.relations is None else {"relation_every": args.relations}),
             **({} if args.networks is None else {"network_every": args.networks}),
             **({} if args.sequences is None else {"sequence_every": args.sequences}),
+            **({} if args.member_every is None else {"member_every": args.member_every}),
+            members=members,
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
     except plan.UsageError as exc:

@@ -18,7 +18,6 @@ from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.oracle import reference
 from bnprops.mx import family
 from bnprops.mx.runners import adapt
-from bnprops.mx.with_relu import PLAIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +64,7 @@ def judge_with_relu(
     it shares (mx.with_relu.PLAIN; the backward is BatchNorm's own code), apply."""
     y = outputs["y"]
     bn_case = masked_case(case, y)
-    like = PLAIN.get(entry)
+    like = family.like(entry) if family.is_member(entry) else None
     outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked, like=like)
     return ReluJudgement(outcome, int(np.count_nonzero(y < 0)))
 

@@ -73,3 +73,8 @@ def skip_reason(entry: str, backend: str) -> str | None:
 def snippet(case: Case, entry: str, *, backend: str) -> str:
     """The member's standalone call (mxnet and numpy only), leaving MXNet's results in ``actual``."""
     return module_of(entry).snippet(case, entry, backend=backend)  # type: ignore[no-any-return]
+
+
+def like(entry: str) -> str | None:
+    """The plain entry point whose code the member entry shares (its module's PLAIN), whose deviations apply."""
+    return getattr(module_of(entry), "PLAIN", {}).get(entry)
