@@ -93,3 +93,27 @@ def test_a_member_runs_on_the_other_backend_through_the_worker_where_its_kernels
     judged = member.check(case, entry=entry, runner=runner_for(entry, "native"), kernel="native")
     assert judged.ok, judged.message()
     assert mx_family.kernel_reason("nd-relu", "native") is not None
+
+
+def test_a_deviation_scoped_to_a_member_is_probed_with_the_members_judge_where_the_release_has_it() -> None:
+    from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+    from bnprops.judging.release_probe import PRESENT, probe
+
+    v1 = [kd for kd in KNOWN_DEVIATIONS if kd.entries == frozenset({"sym-v1"})]
+    assert v1, "BatchNorm_v1's deviations are scoped to sym-v1"
+    row = probe(v1[0])
+    assert row["entries"]["sym-v1"]["status"] == PRESENT, row
+
+
+def test_a_release_without_the_member_notes_n_a_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnprops.commands.versions import ReleaseResult, cell
+    from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+    from bnprops.judging.release_probe import NOT_APPLICABLE, probe
+    from bnprops.mx import v1
+
+    monkeypatch.setattr(v1, "unavailable_reason", lambda: "MXNet 0.0 has no mx.sym.BatchNorm_v1")
+    kd = next(kd for kd in KNOWN_DEVIATIONS if kd.entries == frozenset({"sym-v1"}))
+    row = probe(kd)
+    assert row["status"] == NOT_APPLICABLE and "has no mx.sym.BatchNorm_v1" in row["entries"]["sym-v1"]["detail"]
+    result = ReleaseResult(release="0.0", install={"ok": True}, probe={"deviations": {kd.id: row}})
+    assert cell(result, kd.id).startswith("n/a: BatchNorm_v1: MXNet 0.0 has no")

@@ -300,6 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mods.set_defaults(subparser=mods)
 
+    fam = sub.add_parser(
+        "family",
+        help="print the BatchNorm family's registered members as a table, or write it into the family page",
+        description="One row per member entry of the registry (bnprops.base.family): operator, kernels, judge, "
+        "strategy and the deviations scoped to it, as the family page (docs/batchnorm-family.md) shows them between "
+        "its markers. After registering a member, rewrite it with  bnprops family --write docs/batchnorm-family.md "
+        "(a test fails while the committed table is stale).",
+    )
+    fam.add_argument(
+        "--write", type=Path, default=None, metavar="PAGE", help="rewrite the table between PAGE's markers"
+    )
+    fam.add_argument(
+        "--check", type=Path, default=None, metavar="PAGE", help="exit 1 if PAGE's table is not the rendering"
+    )
+    fam.set_defaults(subparser=fam)
+
     bench = sub.add_parser(
         "bench",
         help="measure throughput: the ceiling, Hypothesis's own cost, the property run and the fuzz job",
@@ -874,6 +890,32 @@ def _doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _family(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops.base import atomic
+    from bnprops.commands import family_table
+
+    page = args.write or args.check
+    if page is None:
+        sys.stdout.write(family_table.markdown() + "\n")
+        return EXIT_OK
+    if not page.is_file():
+        parser.error(f"{page} does not exist: give the family page ({family_table.PAGE})")
+    text = page.read_text()
+    try:
+        fresh = family_table.rewritten(text)
+    except ValueError as exc:
+        parser.error(f"{page}: {exc}")
+    if args.check is not None:
+        if fresh == text:
+            print(f"{page}'s family table is up to date")
+            return EXIT_OK
+        print(f"{page}'s family table is stale: rewrite it with  {family_table.REGENERATE}", file=sys.stderr)
+        return EXIT_FOUND
+    atomic.write_text(page, fresh)
+    print(f"wrote the family table into {page}")
+    return EXIT_OK
+
+
 def _modules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from bnprops.base import atomic
     from bnprops.commands import module_map
@@ -928,6 +970,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "versions": _versions,
         "deviations": _deviations,
         "modules": _modules,
+        "family": _family,
         "doctor": _doctor,
     }
     result: int = handlers[args.command](args, args.subparser)

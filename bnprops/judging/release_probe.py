@@ -9,7 +9,8 @@ has, and per known deviation (value and network ones) its status here, whatever 
 * ``absent``: MXNet returns the oracle's values on the reproducer (fixed, or not yet broken);
 * ``differs``: MXNet matches neither (deviates, but not as recorded), or the reproducer raises;
 * ``not applicable``: the release cannot express the reproducer (no such entry point, or the kernel it
-  needs, e.g. no oneDNN in the 1.3-1.6 'mxnet' wheels).
+  needs, e.g. no oneDNN in the 1.3-1.6 'mxnet' wheels); a deviation scoped to a family member's entries
+  is probed only where the release has the member (``n/a`` with the member's reason otherwise).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bnprops.base import atomic
+from bnprops.base.family import MEMBER_ENTRIES, resolve, spec_of
 from bnprops.judging.judgement import judge
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
 from bnprops.model.case import QUANTITIES, Case
-from bnprops.mx import mxversion
+from bnprops.mx import family, mxversion
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import (
     ALL_BACKENDS,
@@ -51,8 +53,42 @@ def lifted(case: Case) -> Case:
     return case.with_(**four)
 
 
+def member_backend(entry: str) -> str | None:
+    """The CPU backend a member entry is probed on: this process's if its KERNELS allow, else the other one
+    (served by its worker); None if neither can run it here."""
+    ordered = (IN_PROCESS_BACKEND, *(b for b in ("onednn", "native") if b != IN_PROCESS_BACKEND))
+    return next((b for b in ordered if family.skip_reason(entry, b) is None), None)
+
+
+def probe_member_entry(kd: KnownDeviation, entry: str) -> tuple[str, str]:
+    """(status, detail) of the deviation's reproducer on a family member's entry, judged by the member's judge."""
+    backend = member_backend(entry)
+    if backend is None:
+        reasons = "; ".join(f"{b}: {family.skip_reason(entry, b)}" for b in ("onednn", "native"))
+        return NOT_APPLICABLE, f"n/a: {reasons}"
+    try:
+        case = family.adapt(entry, kd.reproducer())
+        outputs = runner_for(entry, backend)(case)
+        judged = resolve(spec_of(entry).judge)(
+            case, outputs, entry=entry, kernel=kernel_for(case, backend, entry), checked=QUANTITIES
+        )
+    except Exception as exc:  # a release that rejects the call shows something else than recorded
+        return DIFFERS, f"raises {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
+    outcome = judged.outcome
+    if outcome.unexpected:
+        first = outcome.unexpected[0]
+        return DIFFERS, f"{first.quantity}: matches neither the oracle nor the model ({first.kind})"
+    if any(k is kd for k, _ in outcome.explained):
+        return PRESENT, f"MXNet matches the model (on {backend})"
+    if kd in outcome.stale or not outcome.verdict.failed_quantities:
+        return ABSENT, f"MXNet returns the oracle's values (on {backend})"
+    return DIFFERS, f"fails in {sorted(outcome.verdict.failed_quantities)}, explained by other deviations"
+
+
 def probe_entry(kd: KnownDeviation, entry: str) -> tuple[str, str]:
     """(status, detail) of the deviation's reproducer on one entry point, in this process's backend."""
+    if entry in MEMBER_ENTRIES:
+        return probe_member_entry(kd, entry)
     case = adapt(entry, kd.reproducer())
     kernel = kernel_for(case)
     note = ""
@@ -96,7 +132,11 @@ def probe(kd: KnownDeviation) -> dict[str, Any]:
     entries = sorted(kd.entries) if kd.entries is not None else list(ENTRY_POINTS)
     per_entry: dict[str, dict[str, str]] = {}
     for entry in entries:
-        missing = entry_unavailable_reason(entry)
+        if entry in MEMBER_ENTRIES:  # a release without the member: n/a, with the member's own reason
+            lacking = family.unavailable_reason(entry)
+            missing = None if lacking is None else f"n/a: {spec_of(entry).name}: {lacking}"
+        else:
+            missing = entry_unavailable_reason(entry)
         if missing is not None:
             per_entry[entry] = {"status": NOT_APPLICABLE, "detail": missing}
             continue
@@ -148,6 +188,7 @@ def run() -> dict[str, Any]:
         "environment": mxversion.environment(),
         "in_process_backend": IN_PROCESS_BACKEND,
         "entries": {e: entry_unavailable_reason(e) for e in ENTRY_POINTS},
+        "members": {e: family.unavailable_reason(e) for e in MEMBER_ENTRIES},
         "backends": {b: unavailable_reason(b) for b in ALL_BACKENDS},
         "deviations": {},
     }
