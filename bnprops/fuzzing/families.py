@@ -220,12 +220,12 @@ class Members:
     kind = MEMBER
 
     def __init__(self, config: CampaignConfig, runner_factory: RunnerFactory) -> None:
-        self.every, self.runner_factory = config.member_every, runner_factory
+        self.every, self.runner_factory, self.dtypes = config.member_every, runner_factory, config.dtypes
         self.any = bool(member_findings.runnable(config.members, config.backends))
         self.runners: dict[tuple[str, str], Runner] = {}
 
     def draw(self, value: Example) -> member_findings.MemberDraw:
-        return value[5]
+        return value[5] if len(value) > 5 else None
 
     def due(self, target: Target, case: Case) -> bool:
         return self.any and member_findings.due(case, every=self.every)
@@ -235,13 +235,16 @@ class Members:
         return drawn is not None and drawn[:2] == (sig.entry, sig.backend)
 
     def check(self, target: Target, case: Case, drawn: member_findings.MemberDraw) -> member_findings.MemberCheck:
-        assert drawn is not None, "a member call is due only where one was drawn"
+        if drawn is None or drawn[2].dtype not in self.dtypes:  # none drawn, or a dtype this run did not select
+            return member_findings.MemberCheck.skipped(case)
         pair = drawn[:2]
         if pair not in self.runners:
             self.runners[pair] = self.runner_factory(*pair)
         return member_findings.check_member(drawn, runner=self.runners[pair])
 
     def tally(self, result: WorkerResult, checked: member_findings.MemberCheck, *, ms: int) -> None:
+        if checked.result == member_findings.SKIPPED:
+            return
         count(result.members, f"{checked.entry}/{checked.backend}", ("checks", checked.result), ms=ms)
 
     def entry(

@@ -30,6 +30,8 @@ from bnprops.search.family import MEMBERS, member_of
 MEMBER_EVERY = 4
 #: What a member check came to, counted per member entry and backend in the report.
 RESULTS = ("passed", "known", "failed", "error")
+#: A drawn call that did not run (a dtype the campaign did not select): not counted.
+SKIPPED = "skipped"
 #: A member's draw: its entry, the backend it runs on, the case from its strategy.
 MemberDraw = tuple[str, str, Case] | None
 
@@ -84,6 +86,11 @@ class MemberCheck:
     result: str
     signatures: tuple[Signature, ...]
     message: str
+
+    @classmethod
+    def skipped(cls, case: Case) -> MemberCheck:
+        """No member call ran for the example whose first case is ``case``."""
+        return cls("", "", case, SKIPPED, (), "")
 
     def detail(self, sig: Signature) -> str:
         return self.message if sig in self.signatures else "this example no longer shows the signature (flaky?)"
