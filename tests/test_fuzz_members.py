@@ -93,3 +93,15 @@ def test_no_member_runs_when_none_is_chosen(tmp_path: Path) -> None:
     config = plan.CampaignConfig(out=tmp_path, entries=("nd",), dtypes=("float32",), max_examples=20, members=())
     report = campaign.run(config)
     assert report.member_checks == {}
+
+
+def test_bnprops_repro_runs_a_member_finding_through_the_members_judge(  # type: ignore[no-untyped-def]
+    member_run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bnprops.commands import cli
+
+    out, report = member_run
+    entry = next(e for e in report.new if e.signature.kind == MEMBER)
+    code = cli.main(["repro", str(out / "findings" / f"{entry.signature.ident}.json")])
+    printed = capsys.readouterr().out
+    assert code == cli.EXIT_OK and "member entry 'sym-relu'" in printed and "is gone" in printed, printed

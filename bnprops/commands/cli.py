@@ -587,6 +587,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _repro_sequence(args, parser, sig)
     entry = args.entry or entry or "sym"
     backend = args.backend or backend or "onednn"
+    if entry in MEMBER_ENTRIES:  # a family member's call: its own runner and judge
+        return _repro_member(parser, case, sig, entry, backend)
     try:
         runner = runner_for(entry, backend)
     except (ValueError, NotImplementedError) as exc:
@@ -624,6 +626,24 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
         print(f"\n{'new deviation: not explained by a recorded deviation' if persists else 'no new deviation'}")
+    return EXIT_FOUND if persists else EXIT_OK
+
+
+def _repro_member(parser: argparse.ArgumentParser, case: Case, sig: Signature | None, entry: str, backend: str) -> int:
+    """A family member's call: run it again, judge it with the member's judge, say whether the finding persists."""
+    from bnprops.fuzzing.member_findings import check_member
+    from bnprops.mx.backends import runner_for
+
+    try:
+        runner = runner_for(entry, backend)
+    except (ValueError, NotImplementedError) as exc:
+        _usage(parser, str(exc))
+    print(f"case: {case.describe()}\nrun through member entry {entry!r} on backend {backend!r}")
+    checked = check_member((entry, backend, case), runner=runner)
+    print(checked.message or f"{entry}: matches the oracle")
+    persists = sig in checked.signatures if sig is not None else checked.result in ("failed", "error")
+    if sig is not None:
+        print(f"\nthe finding's deviation {'persists' if persists else 'is gone'} ({sig.ident})")
     return EXIT_FOUND if persists else EXIT_OK
 
 
