@@ -18,30 +18,15 @@ from bnprops.judging.checks import PROPERTIES
 from bnprops.judging.with_relu import check_with_relu
 from bnprops.model.case import Case
 from bnprops.mx.runners import WITH_RELU_RUNNERS, with_relu_unavailable_reason
-from bnprops.search.strategies import cases
+from bnprops.search.with_relu import cases_for_with_relu
 from tests.planted_relu import numpy_batchnorm_relu
 
 pytestmark = pytest.mark.property
 
-#: What the operator can express, drawn from the BatchNorm strategies.
-REGIMES = ["ordinary", "offset", "tiny_spread", "constant", "large", "exact"]
-
-
-def channels_at_axis_one(case: Case) -> Case:
-    """The same call with the channel axis moved to 1 (the only axis the operator takes)."""
-    axis = case.channel_axis
-    moved = {
-        name: np.moveaxis(value, axis, 1)
-        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
-        if value is not None
-    }
-    return case.with_(**moved, axis=1)
-
 
 def relu_cases() -> SearchStrategy[Case]:
-    return cases(dtypes=["float32"], min_ndim=4, max_ndim=4, value_regimes=REGIMES, is_train=True).map(
-        channels_at_axis_one
-    )
+    """What the operator can express, drawn from the BatchNorm strategies (the member's own strategy)."""
+    return cases_for_with_relu()
 
 
 QUICK = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
