@@ -117,3 +117,18 @@ def test_a_release_without_the_member_notes_n_a_with_the_reason(monkeypatch: pyt
     assert row["status"] == NOT_APPLICABLE and "has no mx.sym.BatchNorm_v1" in row["entries"]["sym-v1"]["detail"]
     result = ReleaseResult(release="0.0", install={"ok": True}, probe={"deviations": {kd.id: row}})
     assert cell(result, kd.id).startswith("n/a: BatchNorm_v1: MXNet 0.0 has no")
+
+
+def test_batchnorms_deviations_reach_a_member_entry_only_through_the_plain_entry_it_shares_code_with() -> None:
+    from bnprops.judging.judgement import predictions
+    from bnprops.judging.known_deviations import KNOWN_DEVIATIONS
+
+    kd = next(kd for kd in KNOWN_DEVIATIONS if kd.id == "onednn-fix-gamma-add-wipes-dgamma")
+    case = mx_family.adapt("nd-relu", kd.reproducer())
+    kernel = kernel_for(case, "onednn", "nd-relu")
+    alone = [k for k, _ in predictions(case, entry="nd-relu", kernel=kernel, scoped=False)]
+    shared = [
+        k for k, _ in predictions(case, entry="nd-relu", kernel=kernel, scoped=False, like=mx_family.like("nd-relu"))
+    ]
+    assert kd not in alone and kd in shared
+    assert mx_family.like("nd-relu") == "nd" and mx_family.like("sym-v1") is None
