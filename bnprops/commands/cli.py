@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
         default=None,
         metavar="N",
-        help="run the example's member call on one example in N; 0: none (default 4)",
+        help="run the example's member call on one example in N; 0: none (default 8)",
     )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
