@@ -32,6 +32,7 @@ settings.load_profile(os.environ.get("BNPROPS_PROFILE") or ("ci" if os.environ.g
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from bnprops.base.family import MEMBER_ENTRIES
     from bnprops.mx.runners import ALL_BACKENDS, ENTRY_POINTS
 
     group = parser.getgroup("bnprops", "bnprops: which entry points and backends the properties run through")
@@ -41,7 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="LIST",
         help=f"comma-separated entry points: {','.join(ENTRY_POINTS)} (default: all). "
         "sym is mx.sym + bind, nd is mx.nd.BatchNorm under autograd, gluon(-hybrid) is "
-        "gluon.nn.BatchNorm (hybridized), npx is mx.npx.batch_norm.",
+        "gluon.nn.BatchNorm (hybridized), npx is mx.npx.batch_norm; the BatchNorm family's members' entries: "
+        f"{','.join(MEMBER_ENTRIES)} (tests/test_family.py).",
     )
     group.addoption(
         "--bn-backend",
@@ -54,11 +56,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from bnprops.base.selection import parse_choices
+    from bnprops.base.selection import parse_choices, parse_entries
     from bnprops.mx.runners import ALL_BACKENDS, ENTRY_POINTS
 
     try:
-        requested = parse_choices(config.getoption("--bn-entry"), allowed=ENTRY_POINTS, what="entry point")
+        requested, members = parse_entries(config.getoption("--bn-entry"), plain=ENTRY_POINTS)
         config.bn_backends = parse_choices(config.getoption("--bn-backend"), allowed=ALL_BACKENDS, what="backend")  # type: ignore[attr-defined]
     except ValueError as exc:
         raise pytest.UsageError(f"{exc}") from exc
@@ -67,6 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Parametrised tests list every requested entry point (those this release lacks as skipped, with the
     # reason); tests that loop over entry points get the ones this release has.
     config.bn_entries_requested = requested  # type: ignore[attr-defined]
+    config.bn_member_entries = members  # type: ignore[attr-defined]
     # pytest-xdist's workers share the cores: each takes its share for the fused path's threads.
     if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         from bnprops.judging import fused
@@ -106,6 +109,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for e in metafunc.config.bn_entries_requested  # type: ignore[attr-defined]
             ],
         )
+    if "bn_member_entry" in metafunc.fixturenames:
+        # The family's member entries chosen (tests/test_family.py skips, with the reason, where one cannot run).
+        metafunc.parametrize("bn_member_entry", metafunc.config.bn_member_entries)  # type: ignore[attr-defined]
     if "bn_backend" in metafunc.fixturenames:
         metafunc.parametrize("bn_backend", metafunc.config.bn_backends)  # type: ignore[attr-defined]
 

@@ -12,8 +12,8 @@ from bnprops.model.case import Case, param_dtype
 from bnprops.mx.runners import unavailable_reason
 from bnprops.search.sequences import Rule, Sequence
 
-#: Campaign options for tests of one part of the fuzz job: no chains, no sequences (their own tests run those).
-FOCUSED: dict[str, int] = {"network_every": 0, "sequence_every": 0}
+#: Campaign options for tests of one part of the fuzz job: no chains, sequences or members (their own tests run those).
+FOCUSED: dict[str, int] = {"network_every": 0, "sequence_every": 0, "member_every": 0}
 
 
 def budget(fraction: float) -> int:

@@ -26,33 +26,20 @@ from bnprops.judging.deviations.relu_inference_backward_unwritten_mask import (
     RELU_INFERENCE_BACKWARD_UNWRITTEN_MASK as UNWRITTEN,
 )
 from bnprops.judging.judgement import predictions
-from bnprops.judging.with_relu import MEMBER_ENTRY, check_with_relu, judge_with_relu, mask_unwritten
+from bnprops.judging.with_relu import check_with_relu, judge_with_relu, mask_unwritten
 from bnprops.model.case import Case
-from bnprops.mx.runners import WITH_RELU_RUNNERS, with_relu_unavailable_reason
-from bnprops.search.strategies import cases
+from bnprops.mx.runners import with_relu_unavailable_reason
+from bnprops.mx.with_relu import PLAIN
+from bnprops.mx.with_relu import RUNNERS as WITH_RELU_RUNNERS
+from bnprops.search.with_relu import cases_for_with_relu
 from tests.planted_relu import numpy_batchnorm_relu
 
 pytestmark = pytest.mark.property
 
-#: What the operator can express, drawn from the BatchNorm strategies.
-REGIMES = ["ordinary", "offset", "tiny_spread", "constant", "large", "exact"]
-
-
-def channels_at_axis_one(case: Case) -> Case:
-    """The same call with the channel axis moved to 1 (the only axis the operator takes)."""
-    axis = case.channel_axis
-    moved = {
-        name: np.moveaxis(value, axis, 1)
-        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
-        if value is not None
-    }
-    return case.with_(**moved, axis=1)
-
 
 def relu_cases() -> SearchStrategy[Case]:
-    return cases(dtypes=["float32"], min_ndim=4, max_ndim=4, value_regimes=REGIMES, is_train=True).map(
-        channels_at_axis_one
-    )
+    """What the operator can express, drawn from the BatchNorm strategies (the member's own strategy)."""
+    return cases_for_with_relu()
 
 
 QUICK = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -118,16 +105,16 @@ def test_the_unwritten_mask_deviation_explains_inference_mode_backward(entry: st
 def test_the_unwritten_mask_deviation_is_scoped_to_the_members_inference_calls() -> None:
     case = UNWRITTEN.reproducer()
 
-    def applying(c: Case, *, entry: str, member: str | None) -> set[str]:
-        found = predictions(c, entry=entry, kernel="onednn", member=member, scoped=False)
+    def applying(c: Case, *, entry: str, like: str | None) -> set[str]:
+        found = predictions(c, entry=entry, kernel="onednn", like=like, scoped=False)
         return {kd.id for kd, _ in found if kd in UNWRITTEN_MASK}
 
-    for key, member in MEMBER_ENTRY.items():
-        assert applying(case, entry=key, member=None) == set(), key  # BatchNorm's own entry: not its deviation
-        assert len(applying(case, entry=key, member=member)) == 1, member
-        assert applying(case.with_(is_train=True), entry=key, member=member) == set(), member
+    for member, plain in PLAIN.items():
+        assert applying(case, entry=plain, like=None) == set(), plain  # BatchNorm's own entry: not its deviation
+        assert len(applying(case, entry=member, like=plain)) == 1, member
+        assert applying(case.with_(is_train=True), entry=member, like=plain) == set(), member
         assert mask_unwritten(case, member) and not mask_unwritten(case.with_(is_train=True), member)
-        assert not mask_unwritten(case, key)  # a BatchNorm entry's call writes no ReLU mask to read
+        assert not mask_unwritten(case, plain)  # a BatchNorm entry's call writes no ReLU mask to read
 
 
 @pytest.mark.parametrize("entry", sorted(WITH_RELU_RUNNERS))

@@ -24,24 +24,16 @@ from bnprops.judging.deviations import KNOWN_DEVIATIONS
 from bnprops.model.case import QUANTITIES, Case
 from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import run_symbolic_v1, v1_unexpressible_reason
-from bnprops.search.strategies import VALUE_REGIMES, cases
+from bnprops.search.strategies import VALUE_REGIMES
+from bnprops.search.v1 import cases_for_v1
 from tests.emulated import V1_SUMMATIONS, emulate_v1
 from tests.helpers import budget, planted_search
 from tests.planted import numpy_batchnorm
 
 
 def v1_cases(**options: object) -> st.SearchStrategy[Case]:
-    """The strategies' cases that BatchNorm_v1 can express: float32, 2-D or 4-D, channel axis 1. With
-    ``sizes="large"`` (or "all"), the real layers' shapes it runs: conv maps (N, C, H, W) and dense (N, C)."""
-    if options.get("sizes", "small") != "small":
-        return cases(dtypes=["float32"], **options).filter(  # type: ignore[arg-type]
-            lambda case: v1_unexpressible_reason(case) is None
-        )
-    shaped = st.one_of(
-        cases(dtypes=["float32"], min_ndim=2, max_ndim=2, **options),  # type: ignore[arg-type]
-        cases(dtypes=["float32"], min_ndim=4, max_ndim=4, **options),  # type: ignore[arg-type]
-    )
-    return shaped.filter(lambda case: v1_unexpressible_reason(case) is None)
+    """The strategies' cases that BatchNorm_v1 can express (the member's own strategy)."""
+    return cases_for_v1(**options)
 
 
 @pytest.mark.property

@@ -182,3 +182,24 @@ def test_a_page_without_a_module_map_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as done:
         cli.main(["modules", "--write", str(page)])
     assert done.value.code == 2 and page.read_text() == "# no map here\n"
+
+
+def test_the_family_table_is_the_registrys_own() -> None:
+    from bnprops.commands import family_table
+
+    page = (ROOT / family_table.PAGE).read_text()
+    assert family_table.rewritten(page) == page, (
+        f"the family table is stale: rewrite it with  {family_table.REGENERATE}"
+    )
+
+
+def test_a_stale_family_table_is_refused_and_rewritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bnprops.commands import cli, family_table
+
+    page = tmp_path / "family.md"
+    fresh = (ROOT / family_table.PAGE).read_text()
+    page.write_text(fresh.replace("| `sym-v1` |", "| `sym-v2` |"))
+    assert cli.main(["family", "--check", str(page)]) == cli.EXIT_FOUND
+    assert family_table.REGENERATE in capsys.readouterr().err
+    assert cli.main(["family", "--write", str(page)]) == cli.EXIT_OK
+    assert page.read_text() == fresh

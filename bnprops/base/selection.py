@@ -27,3 +27,12 @@ def validate_choices(what: str, values: Sequence[str], *, allowed: Sequence[str]
     if unknown:
         raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
     return tuple(dict.fromkeys(values))
+
+
+def parse_entries(text: str, *, plain: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """'nd,sym-relu' -> (('nd',), ('sym-relu',)): the plain entry points and the family members' entries chosen;
+    'all' is every one of both; anything unknown is a ValueError that lists the choices."""
+    from bnprops.base.family import MEMBER_ENTRIES
+
+    chosen = parse_choices(text, allowed=(*plain, *MEMBER_ENTRIES), what="entry point")
+    return tuple(e for e in chosen if e in plain), tuple(e for e in chosen if e in MEMBER_ENTRIES)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from bnprops.base.family import MEMBER_ENTRIES
 from bnprops.base.selection import parse_choices
 from bnprops.model.case import DTYPES, QUANTITIES, Case
 
@@ -188,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
         "on one example in N, "
         "and check its state after every rule; 0: none (default 8)",
     )
+    fuzz.add_argument(
+        "--members",
+        default="all",
+        metavar="LIST",
+        help="the BatchNorm family's member entries whose calls examples also run, comma-separated, 'all' "
+        f"(default) or 'none': {', '.join(MEMBER_ENTRIES)} (each on the CPU kernels its KERNELS allow)",
+    )
+    fuzz.add_argument(
+        "--member-every",
+        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        default=None,
+        metavar="N",
+        help="run the example's member call on one example in N; 0: none (default 8)",
+    )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
 
@@ -285,6 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", type=Path, default=None, metavar="PAGE", help="exit 1 if PAGE's map is not the rendering"
     )
     mods.set_defaults(subparser=mods)
+
+    fam = sub.add_parser(
+        "family",
+        help="print the BatchNorm family's registered members as a table, or write it into the family page",
+        description="One row per member entry of the registry (bnprops.base.family): operator, kernels, judge, "
+        "strategy and the deviations scoped to it, as the family page (docs/batchnorm-family.md) shows them between "
+        "its markers. After registering a member, rewrite it with  bnprops family --write docs/batchnorm-family.md "
+        "(a test fails while the committed table is stale).",
+    )
+    fam.add_argument(
+        "--write", type=Path, default=None, metavar="PAGE", help="rewrite the table between PAGE's markers"
+    )
+    fam.add_argument(
+        "--check", type=Path, default=None, metavar="PAGE", help="exit 1 if PAGE's table is not the rendering"
+    )
+    fam.set_defaults(subparser=fam)
 
     bench = sub.add_parser(
         "bench",
@@ -514,6 +545,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         entries = parse_choices(args.entry, allowed=tuple(RUNNERS), what="entry point")
         backends = parse_choices(args.backend or "all", allowed=BACKENDS, what="backend")
         dtypes = parse_choices(args.dtype, allowed=DTYPES, what="dtype")
+        members = () if args.members == "none" else parse_choices(args.members, allowed=MEMBER_ENTRIES, what="member")
     except ValueError as exc:
         _usage(parser, str(exc))
     if args.out.exists() and not args.out.is_dir():
@@ -537,6 +569,8 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             **({} if args.relations is None else {"relation_every": args.relations}),
             **({} if args.networks is None else {"network_every": args.networks}),
             **({} if args.sequences is None else {"sequence_every": args.sequences}),
+            **({} if args.member_every is None else {"member_every": args.member_every}),
+            members=members,
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
     except plan.UsageError as exc:
@@ -567,6 +601,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _repro_sequence(args, parser, sig)
     entry = args.entry or entry or "sym"
     backend = args.backend or backend or "onednn"
+    if entry in MEMBER_ENTRIES:  # a family member's call: its own runner and judge
+        return _repro_member(parser, case, sig, entry, backend)
     try:
         runner = runner_for(entry, backend)
     except (ValueError, NotImplementedError) as exc:
@@ -604,6 +640,24 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
         print(f"\n{'new deviation: not explained by a recorded deviation' if persists else 'no new deviation'}")
+    return EXIT_FOUND if persists else EXIT_OK
+
+
+def _repro_member(parser: argparse.ArgumentParser, case: Case, sig: Signature | None, entry: str, backend: str) -> int:
+    """A family member's call: run it again, judge it with the member's judge, say whether the finding persists."""
+    from bnprops.fuzzing.member_findings import check_member
+    from bnprops.mx.backends import runner_for
+
+    try:
+        runner = runner_for(entry, backend)
+    except (ValueError, NotImplementedError) as exc:
+        _usage(parser, str(exc))
+    print(f"case: {case.describe()}\nrun through member entry {entry!r} on backend {backend!r}")
+    checked = check_member((entry, backend, case), runner=runner)
+    print(checked.message or f"{entry}: matches the oracle")
+    persists = sig in checked.signatures if sig is not None else checked.result in ("failed", "error")
+    if sig is not None:
+        print(f"\nthe finding's deviation {'persists' if persists else 'is gone'} ({sig.ident})")
     return EXIT_FOUND if persists else EXIT_OK
 
 
@@ -872,6 +926,32 @@ def _doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _family(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bnprops.base import atomic
+    from bnprops.commands import family_table
+
+    page = args.write or args.check
+    if page is None:
+        sys.stdout.write(family_table.markdown() + "\n")
+        return EXIT_OK
+    if not page.is_file():
+        parser.error(f"{page} does not exist: give the family page ({family_table.PAGE})")
+    text = page.read_text()
+    try:
+        fresh = family_table.rewritten(text)
+    except ValueError as exc:
+        parser.error(f"{page}: {exc}")
+    if args.check is not None:
+        if fresh == text:
+            print(f"{page}'s family table is up to date")
+            return EXIT_OK
+        print(f"{page}'s family table is stale: rewrite it with  {family_table.REGENERATE}", file=sys.stderr)
+        return EXIT_FOUND
+    atomic.write_text(page, fresh)
+    print(f"wrote the family table into {page}")
+    return EXIT_OK
+
+
 def _modules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from bnprops.base import atomic
     from bnprops.commands import module_map
@@ -926,6 +1006,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "versions": _versions,
         "deviations": _deviations,
         "modules": _modules,
+        "family": _family,
         "doctor": _doctor,
     }
     result: int = handlers[args.command](args, args.subparser)

@@ -38,8 +38,9 @@ def report() -> list[str]:
     """The build, then per entry point, backend, family and recorded deviation: runs, applies, or why not."""
     import mxnet as mx
 
+    from bnprops.base.family import MEMBER_ENTRIES, spec_of
     from bnprops.judging.deviations import ALL
-    from bnprops.mx import mxversion
+    from bnprops.mx import family, mxversion
     from bnprops.mx.runners import (
         ALL_BACKENDS,
         ENTRY_POINTS,
@@ -68,6 +69,12 @@ def report() -> list[str]:
             f"  {e:<14}networks {_status(network_unavailable_reason(e))}; sequences "
             f"{_status(sequence_unavailable_reason(e))}"
             for e in ENTRY_POINTS
+        ),
+        "the BatchNorm family's member entries, per CPU backend:",
+        *(
+            f"  {e:<14}{spec_of(e).name}: "
+            + "; ".join(f"{b} {_status(family.skip_reason(e, b))}" for b in ("onednn", "native"))
+            for e in MEMBER_ENTRIES
         ),
         f"recorded deviations in MXNet {version}:",
     ]

@@ -36,9 +36,13 @@ from bnprops.model.case import GRADIENT_OF, QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import evaluate as evaluation_of
 from bnprops.model.oracle import reference
 from bnprops.mx.backends import runner_for
-from bnprops.mx.runners import IN_PROCESS_BACKEND, WITH_RELU_RUNNERS, Runner, kernel_for, with_relu_unavailable_reason
+from bnprops.mx.runners import IN_PROCESS_BACKEND, Runner, kernel_for, with_relu_unavailable_reason
 from bnprops.mx.snippets import snippet as make_snippet
+from bnprops.mx.with_relu import PLAIN as RELU_PLAIN
+from bnprops.mx.with_relu import RUNNERS as RELU_RUNNERS
 
+#: BatchNormWithReLU's member entry for each plain entry point a user names.
+RELU_MEMBER_ENTRY = {plain: member for member, plain in RELU_PLAIN.items()}
 MAX_DIFFERENCES = 3
 DEFAULT_REPRODUCER_DIR = Path("bnprops-explain")
 _U32 = 2.0**-24
@@ -255,12 +259,12 @@ RUN_MEMBERS = ("batchnorm", "relu")
 
 def _runner(call: Call, backend: str) -> Runner:
     if call.member == "relu":
-        if call.entry not in WITH_RELU_RUNNERS:
-            raise ValueError(f"BatchNormWithReLU runs through {', '.join(WITH_RELU_RUNNERS)}, not {call.entry!r}")
+        if call.entry not in RELU_MEMBER_ENTRY:
+            raise ValueError(f"BatchNormWithReLU runs through {', '.join(RELU_MEMBER_ENTRY)}, not {call.entry!r}")
         reason = with_relu_unavailable_reason(call.case)
         if reason is not None:
             raise ValueError(reason)
-        return WITH_RELU_RUNNERS[call.entry]
+        return RELU_RUNNERS[RELU_MEMBER_ENTRY[call.entry]]
     return runner_for(call.entry, backend)
 
 
@@ -304,7 +308,7 @@ def _run_mxnet(call: Call, backend: str) -> tuple[Call, Outputs, Outcome]:
         out = run(c)
         kernel = kernel_for(c, backend)
         if call.member == "relu":
-            return out, judge_with_relu(c, out, entry=call.entry, kernel=kernel).outcome
+            return out, judge_with_relu(c, out, entry=RELU_MEMBER_ENTRY[call.entry], kernel=kernel).outcome
         return out, judge(c, out, entry=call.entry, kernel=kernel, checked=QUANTITIES, backend=backend)
 
     if call.target is not None and call.loss is not None:

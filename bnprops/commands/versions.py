@@ -147,6 +147,10 @@ def cell(result: ReleaseResult, deviation: str) -> str:
         return NOT_RUN
     row = (result.probe or {}).get("deviations", {}).get(deviation)
     status = row["status"] if row else NOT_RUN
+    entries = (row or {}).get("entries", {}).values()
+    lacking = [str(v["detail"]) for v in entries if str(v.get("detail", "")).startswith("n/a")]
+    if lacking and len(lacking) == len(entries):  # family members this release lacks: n/a, with the reason
+        status = lacking[0]
     hits = (result.fuzz or {}).get("known", {}).get(deviation, 0)
     return f"{status} (fuzz: {hits})" if hits else status
 
@@ -177,6 +181,7 @@ def matrix(results: Sequence[ReleaseResult]) -> dict[str, Any]:
     for r in results:
         probe = r.probe or {}
         missing = {f"entry {k}": v for k, v in probe.get("entries", {}).items() if v}
+        missing |= {f"member {k}": v for k, v in probe.get("members", {}).items() if v}
         missing |= {f"backend {k}": v for k, v in probe.get("backends", {}).items() if v and k in ("onednn", "native")}
         lacks[r.release] = missing
     return {"releases": [r.release for r in results], "recorded": recorded, "new": new_rows, "lacks": lacks}

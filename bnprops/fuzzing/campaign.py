@@ -6,7 +6,7 @@ import datetime
 import time
 
 from bnprops.base import lifetime
-from bnprops.fuzzing import plan, worker
+from bnprops.fuzzing import member_findings, plan, worker
 from bnprops.fuzzing.report import folder, merge
 from bnprops.fuzzing.report.model import Report
 from bnprops.mx import mxversion
@@ -25,6 +25,8 @@ def run(
     ``runner_factory`` maps (entry, backend) to a runner; tests pass one that plants a fault.
     """
     targets, skipped = plan.resolve_targets(config, runner_factory)
+    if config.member_every:  # the family members' targets that cannot run here, with the reason
+        skipped += member_findings.skipped(config.members, config.backends)
     previous = plan.load_index(config.out)  # a broken index is a usage error before anything runs
     config.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)

@@ -34,7 +34,10 @@ UNRECORDED = "unrecorded"
 RELATION = "relation"
 NETWORK = "network"
 SEQUENCE = "sequence"
-KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, NETWORK, SEQUENCE, STALE, ERROR, KNOWN)
+#: "member": a BatchNorm family member's call (fuzzing.member_findings); the quantity names the member and what
+#: failed ("BatchNormWithReLU/mismatch:dgamma"), the entry is the member's.
+MEMBER = "member"
+KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, NETWORK, SEQUENCE, MEMBER, STALE, ERROR, KNOWN)
 #: What a finding of a known deviation's kind says about it, in reports and reproducers.
 VERDICTS = {KNOWN: "matches the recorded deviation", UNRECORDED: "deviates, but not as recorded"}
 _SIGNATURE_FORMAT = "bnprops.signature/1"

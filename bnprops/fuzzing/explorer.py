@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bnprops.fuzzing.catalogue import KNOWN, Catalogue, Entry, Signature
 from bnprops.fuzzing.families import Cases, run_timed, side_families
+from bnprops.fuzzing.member_findings import member_draws, runnable
 from bnprops.fuzzing.network_findings import network_draws
 from bnprops.fuzzing.plan import (
     GROUP_SIZE,
@@ -35,7 +36,8 @@ from bnprops.search.strategies import case_groups
 
 
 def examples(config: CampaignConfig, targets: list[Target]) -> st.SearchStrategy[Example]:
-    """What a search draws: a target, a group of same-signature cases, and a draw for each side family.
+    """What a search draws: a target, a group of same-signature cases, and a draw for each side family (a family
+    member's call among the member targets that can run here).
 
     The group is judged from one stacked MXNet call (bnprops.mx.batching): most of a case's cost is per
     call, not per channel. One example in LARGE_SHARE is a single case the size of a real layer.
@@ -46,6 +48,7 @@ def examples(config: CampaignConfig, targets: list[Target]) -> st.SearchStrategy
         relation_draws(),
         network_draws(config.dtypes),
         sequence_draws(config.dtypes),
+        member_draws(runnable(config.members, config.backends) if config.member_every else []),
     )
 
 
@@ -118,7 +121,7 @@ class Explorer:
         self.config, self.deadline, self.stop_requested, self.progress = config, deadline, stop_requested, progress
         runners = {t: runner_factory(*t) for t in targets}
         self.cases = Cases(runners)
-        self.families = side_families(config, runners)
+        self.families = side_families(config, runners, runner_factory)
         self.budget = config.worker_budget(worker)
         self.result = WorkerResult(worker=worker)
         self.findings = WorkerFindings()

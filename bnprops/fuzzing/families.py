@@ -11,13 +11,24 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from bnprops.fuzzing import network_findings, relation_findings, sequence_findings
-from bnprops.fuzzing.catalogue import NETWORK, RELATION, SEQUENCE, STALE, Entry, Signature, classify, classify_error
-from bnprops.fuzzing.plan import CampaignConfig, Example, Target, kernel_of
+from bnprops.fuzzing import member_findings, network_findings, relation_findings, sequence_findings
+from bnprops.fuzzing.catalogue import (
+    MEMBER,
+    NETWORK,
+    RELATION,
+    SEQUENCE,
+    STALE,
+    Entry,
+    Signature,
+    classify,
+    classify_error,
+)
+from bnprops.fuzzing.plan import CampaignConfig, Example, RunnerFactory, Target, kernel_of
 from bnprops.fuzzing.relation_findings import RelationDraw
 from bnprops.fuzzing.tallies import WorkerResult, count
 from bnprops.judging.checks import Outcome, check, check_group
 from bnprops.model.case import Case
+from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import Runner, network_unavailable_reason, sequence_unavailable_reason
 
 FLAKY = "this example no longer shows the signature when run again (flaky?)"
@@ -202,9 +213,54 @@ class Sequences:
         return Entry(sig, count, call, reduction, checked.detail(sig), sequence=sequence, replay=replay)
 
 
-def side_families(config: CampaignConfig, runners: dict[Target, Runner]) -> dict[str, SideFamily]:
-    """The side families by the kind of finding each makes, in the order an example runs them."""
+class Members:
+    """The example's call of a BatchNorm family member, on the member's own entry and backend
+    (fuzzing.member_findings); the example's target only decides when it is due."""
+
+    kind = MEMBER
+
+    def __init__(self, config: CampaignConfig, runner_factory: RunnerFactory) -> None:
+        self.every, self.runner_factory, self.dtypes = config.member_every, runner_factory, config.dtypes
+        self.any = bool(member_findings.runnable(config.members, config.backends))
+        self.runners: dict[tuple[str, str], Runner] = {}
+
+    def draw(self, value: Example) -> member_findings.MemberDraw:
+        return value[5] if len(value) > 5 else None
+
+    def due(self, target: Target, case: Case) -> bool:
+        return self.any and member_findings.due(case, every=self.every)
+
+    def may_show(self, sig: Signature, value: Example) -> bool:
+        drawn = self.draw(value)
+        return drawn is not None and drawn[:2] == (sig.entry, sig.backend)
+
+    def check(self, target: Target, case: Case, drawn: member_findings.MemberDraw) -> member_findings.MemberCheck:
+        if drawn is None or drawn[2].dtype not in self.dtypes:  # none drawn, or a dtype this run did not select
+            return member_findings.MemberCheck.skipped(case)
+        pair = drawn[:2]
+        if pair not in self.runners:
+            self.runners[pair] = self.runner_factory(*pair)
+        return member_findings.check_member(drawn, runner=self.runners[pair])
+
+    def tally(self, result: WorkerResult, checked: member_findings.MemberCheck, *, ms: int) -> None:
+        if checked.result == member_findings.SKIPPED:
+            return
+        count(result.members, f"{checked.entry}/{checked.backend}", ("checks", checked.result), ms=ms)
+
+    def entry(
+        self, sig: Signature, checked: member_findings.MemberCheck, case: Case, count: int, reduction: str
+    ) -> Entry:
+        return Entry(sig, count, checked.case, reduction, checked.detail(sig))
+
+
+def side_families(
+    config: CampaignConfig, runners: dict[Target, Runner], runner_factory: RunnerFactory = runner_for
+) -> dict[str, SideFamily]:
+    """The side families by the kind of finding each makes, in the order an example runs them; family members'
+    runners come from ``runner_factory`` (tests plant faults there)."""
     families: list[SideFamily] = [Relations(config, runners), Networks(config, runners), Sequences(config)]
+    if config.members and config.member_every:
+        families.append(Members(config, runner_factory))
     return {family.kind: family for family in families}
 
 

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from bnprops.base import atomic
+from bnprops.base.family import MEMBER_ENTRIES
 from bnprops.fuzzing.catalogue import (
     Signature,
 )
 from bnprops.fuzzing.causes import read_baseline
+from bnprops.fuzzing.member_findings import MEMBER_EVERY, MemberDraw
 from bnprops.fuzzing.network_findings import NETWORK_EVERY
 from bnprops.fuzzing.relation_findings import (
     RELATION_EVERY,
@@ -61,9 +63,9 @@ INDEX_FILE = "db-index.json"
 _INDEX_FORMAT = "bnprops.db-index/1"
 
 Target = tuple[str, str]
-#: What a search draws: the target, a group of same-signature cases, a relation for the first one, a chain and a
-#: training sequence.
-Example = tuple[Target, list[Case], RelationDraw, Chain, Sequence]
+#: What a search draws: the target, a group of same-signature cases, a relation for the first one, a chain, a
+#: training sequence and a family member's call.
+Example = tuple[Target, list[Case], RelationDraw, Chain, Sequence, MemberDraw]
 RunnerFactory = Callable[[str, str], Runner]
 #: Called by a worker with (cases run, new-deviation cases, known-deviation cases, signatures) now and then.
 ProgressFn = Callable[[int, int, int, int], None]
@@ -104,6 +106,10 @@ class CampaignConfig:
     #: The sessions a sequence runs on (module:function making one from (entry, **kwargs); '' for MXNet's own):
     #: tests plant faults here.
     sequence_session: str = ""
+    #: The BatchNorm family's member entries whose calls examples draw (base.family; empty: none).
+    members: tuple[str, ...] = MEMBER_ENTRIES
+    #: One example in this many also runs its member call (0: none).
+    member_every: int = MEMBER_EVERY
 
     def __post_init__(self) -> None:
         if self.max_examples is None and self.time_limit is None:
@@ -132,6 +138,11 @@ class CampaignConfig:
                 raise UsageError(str(exc)) from exc
         if self.sequence_every < 0:
             raise UsageError(f"sequence_every must be 0 (no sequences) or more, got {self.sequence_every}")
+        if self.member_every < 0:
+            raise UsageError(f"member_every must be 0 (no member calls) or more, got {self.member_every}")
+        unknown_members = [m for m in self.members if m not in MEMBER_ENTRIES]
+        if unknown_members:
+            raise UsageError(f"unknown member entries {unknown_members}; choose from {', '.join(MEMBER_ENTRIES)}")
         for name, values, allowed in (
             ("entries", self.entries, tuple(RUNNERS)),
             ("backends", self.backends, BACKENDS),
@@ -157,6 +168,8 @@ class CampaignConfig:
             "relation_every": self.relation_every,
             "network_every": self.network_every,
             "sequence_every": self.sequence_every,
+            "members": list(self.members),
+            "member_every": self.member_every,
             "out": str(self.out),
         }
 

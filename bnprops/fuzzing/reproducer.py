@@ -121,11 +121,12 @@ def _focus(sig: Signature) -> list[str]:
     return [sig.quantity]
 
 
-def _model(sig: Signature, case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _model(sig: Signature, case: Case, like: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The deviation's model for the focus quantities: quantity -> (region, values, tolerance)."""
     found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     ev = evaluate(case)
-    for kd, p in predictions(case, entry=sig.entry, kernel=kernel_for(case, sig.backend), evaluation=ev):
+    kernel = kernel_for(case, sig.backend, sig.entry)
+    for kd, p in predictions(case, entry=sig.entry, kernel=kernel, evaluation=ev, like=like):
         if kd.id == sig.deviation and p.quantity in _focus(sig) and p.quantity not in found:
             values, tolerance = p.model(ev)
             found[p.quantity] = (np.ascontiguousarray(p.where), np.ascontiguousarray(values), tolerance)
@@ -167,8 +168,12 @@ def script(entry: Entry) -> str:
     )
 
 
-def call_body(entry: Entry) -> tuple[str, str]:
-    """The body of a single call's reproducer (it defines ``main``) and what its persisting means."""
+def call_body(entry: Entry, *, call: str | None = None, view: str = "", like: str | None = None) -> tuple[str, str]:
+    """The body of a single call's reproducer (it defines ``main``) and what its persisting means.
+
+    ``call``: the script of the call (default: the entry point's snippet); ``view``: code that brings ``actual``
+    into the form judged, once ``expected`` is defined (a family member's); ``like``: as judgement.predictions.
+    """
     sig, case = entry.signature, entry.case
     ev = evaluate(case, "reference")  # (the script holds every array: the reference writes them all)
     expected = ev.expected
@@ -183,9 +188,9 @@ def call_body(entry: Entry) -> tuple[str, str]:
             defined = ~oracle.per_channel(case, undetermined).astype(bool) if per_element else ~undetermined
             mask = np.broadcast_to(defined, e.shape).copy()
         judged[q] = mask
-    call = snippet(case, entry=sig.entry, backend=sig.backend)
+    call = snippet(case, entry=sig.entry, backend=sig.backend) if call is None else call
     focus = _focus(sig)
-    model = _model(sig, case) if sig.kind in VERDICTS else {}
+    model = _model(sig, case, like) if sig.kind in VERDICTS else {}
     deviating = "any(deviates(q) for q in FOCUS)"
     if sig.kind == STALE:
         persists = f"not {deviating}"
@@ -235,6 +240,7 @@ def call_body(entry: Entry) -> tuple[str, str]:
         "",
         "# The float64 oracle's values for this call (bnprops/model/oracle.py).",
         f"expected = {{{', '.join(f'{q!r}: {_literal(np.ascontiguousarray(v))}' for q, v in expected.items())}}}",
+        *([view.strip("\n"), ""] if view else []),
         "",
         "# bnprops' per-element error bounds for this case (bnprops/model/error_model.py), which elements are judged",
         "# (invstd is undetermined where var + eps is within rounding of 0) and the dtype MXNet returns each in.",

@@ -118,6 +118,8 @@ class WorkerResult:
     networks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: "entry/backend" -> {"checks"|sequence_findings.RESULTS: count, "ms": milliseconds} over the sequences run.
     sequences: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: "member entry/backend" -> {"checks"|member_findings.RESULTS: count, "ms": milliseconds} over member calls.
+    members: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
 
 def count(cells: dict[Any, dict[str, int]], key: object, results: Iterable[str], *, ms: int | None = None) -> None:

@@ -21,6 +21,7 @@ from hypothesis import Phase
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 from bnprops.base import lifetime
+from bnprops.fuzzing.catalogue import MEMBER
 from bnprops.fuzzing.explorer import Explorer, examples
 from bnprops.fuzzing.plan import (
     MAX_IDLE_CHUNKS,
@@ -43,7 +44,10 @@ def replay(explorer: Explorer, strategy: Any, db: ExampleDatabase) -> None:
     config, findings, result = explorer.config, explorer.findings, explorer.result
     for sig in load_index(config.out):
         row: dict[str, Any] = {"signature": sig.to_dict(), "id": sig.ident}
-        if (sig.entry, sig.backend) not in explorer.cases.runners or sig.dtype not in config.dtypes:
+        selected = (sig.entry, sig.backend) in explorer.cases.runners or (
+            sig.kind == MEMBER and sig.entry in config.members and MEMBER in explorer.families
+        )
+        if not selected or sig.dtype not in config.dtypes:
             result.replays.append({**row, "status": "not selected in this run"})
             continue
         findings.start(sig)

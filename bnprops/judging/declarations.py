@@ -15,22 +15,15 @@ from typing import ClassVar
 
 import numpy as np
 
+from bnprops.base.family import MEMBER_ENTRIES
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
-from bnprops.mx import folding, int8, mxversion
+from bnprops.mx import folding, mxversion
 from bnprops.mx.producers import Chain
-from bnprops.mx.runners import LEGACY_ENTRY_POINTS
-from bnprops.mx.sync import ENTRIES as SYNC_ENTRIES
 
-#: Entries that run another kernel than BatchNorm's (a legacy operator, a graph rewrite's, SyncBatchNorm):
-#: BatchNorm's own deviations say nothing of them; theirs name them.
-OTHER_KERNEL_ENTRIES = (
-    frozenset(LEGACY_ENTRY_POINTS)
-    | frozenset(folding.RUNNERS)
-    | {folding.CONV_ENTRY}
-    | frozenset(int8.RUNNERS)
-    | frozenset(SYNC_ENTRIES)
-)
+#: Entries that run another kernel than BatchNorm's plain entry points (a family member's, or the fold of a
+#: drawn convolution): BatchNorm's own deviations say nothing of them; theirs name them.
+OTHER_KERNEL_ENTRIES = frozenset(MEMBER_ENTRIES) | {folding.CONV_ENTRY}
 
 NO_UPSTREAM = "none found"
 
@@ -56,7 +49,7 @@ class KnownDeviation:
     predict: Callable[[Context], list[Prediction]]
     evidence: str
     reproducer: Callable[[], Case]
-    #: Entry points it shows on (None: all of BatchNorm's; a legacy operator's or a member's entry must be named).
+    #: Entry points it shows on (None: all of BatchNorm's; a family member's entry must be named).
     entries: frozenset[str] | None = None
     upstream: str = NO_UPSTREAM
     #: The MXNet releases it holds in (probed by ``bnprops versions``); elsewhere it is absent, not stale.
@@ -89,7 +82,7 @@ class KnownDeviation:
         if self.entries is not None and entry not in self.entries:
             return []
         if self.entries is None and entry in OTHER_KERNEL_ENTRIES:
-            return []  # another kernel (BatchNorm_v1, a rewrite, SyncBatchNorm): BatchNorm's say nothing of it
+            return []  # a family member: BatchNorm's reach it only through its plain entry (``like``)
         if scoped and not self.releases.holds(mxversion.running()):
             return []
         # A gradient requested with 'null' is not produced, so it cannot show the deviation.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -111,24 +112,23 @@ def predictions(
     kernel: str,
     scoped: bool = True,
     evaluation: Evaluation | None = None,
-    member: str | None = None,
+    like: str | None = None,
 ) -> list[tuple[KnownDeviation, Prediction]]:
     """Every known deviation's predictions for the case, within the elements the oracle judges.
 
     ``scoped``: only the deviations that hold in the running MXNet release (KnownDeviation.releases); one
     recorded for other releases is absent here, so it is neither applied nor reported stale.
-    ``evaluation``: the case's, if made.
-    ``member``: a family member's entry name whose call runs BatchNorm's code on ``entry``: the deviations
-    declared for it apply besides ``entry``'s (those declared for every entry point apply once).
+    ``evaluation``: the case's, if made. ``like``: a plain entry point whose code the entry runs (a family
+    member's backward that is BatchNorm's own): the deviations recorded there apply too.
     """
     ev = evaluation or evaluate(case, operator=OPERATOR_OF_ENTRY.get(entry, "batchnorm"))
     ctx = Context(case, kernel, ev)
     found = []
     for kd in KNOWN_DEVIATIONS:
-        applying = kd.predictions(ctx, entry=entry, scoped=scoped)
-        if member is not None and kd.entries is not None and member in kd.entries:
-            applying = applying + kd.predictions(ctx, entry=member, scoped=scoped)
-        for p in applying:
+        predicted = kd.predictions(ctx, entry=entry, scoped=scoped)
+        if like is not None and like != entry:  # a declaration names one or the other, never both
+            predicted = predicted + kd.predictions(ctx, entry=like, scoped=scoped)
+        for p in predicted:
             where = judged_only(case, p.quantity, p.where, ev.undetermined)
             if where.any():
                 found.append((kd, dataclasses.replace(p, where=where)))
@@ -145,27 +145,30 @@ def judge(
     backend: str = IN_PROCESS_BACKEND,
     scoped: bool = True,
     evaluation: Evaluation | None = None,
-    member: str | None = None,
+    like: str | None = None,
 ) -> Outcome:
     """Judge MXNet's outputs for ``case``: findings among ``checked``, staleness over every quantity.
 
     ``scoped=False`` applies every known deviation whatever release runs (to probe whether it is present).
-    ``evaluation``: the case's, if made. ``member``: as for ``predictions``.
+    ``evaluation``: the case's, if made. ``like``: as for ``predictions``.
 
     A certain known deviation must show in some quantity it names, even one the calling property
     does not check (dgamma may agree by accident where y cannot).
     """
     operator = OPERATOR_OF_ENTRY.get(entry, "batchnorm")
     ev = evaluation or evaluate(case, operator=operator)
-    outcome = _judge(
-        ev, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped, member=member
-    )
+    how: dict[str, Any] = {
+        "entry": entry,
+        "kernel": kernel,
+        "checked": checked,
+        "backend": backend,
+        "scoped": scoped,
+        "like": like,
+    }
+    outcome = _judge(ev, outputs, **how)
     if ev.close:
         # A fused decision fell within its rounding of a threshold: the reference engine judges the case.
-        again = evaluate(case, "reference", operator=operator)
-        outcome = _judge(
-            again, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped, member=member
-        )
+        outcome = _judge(evaluate(case, "reference", operator=operator), outputs, **how)
     return outcome
 
 
@@ -178,13 +181,13 @@ def _judge(
     checked: Iterable[str],
     backend: str,
     scoped: bool,
-    member: str | None,
+    like: str | None,
 ) -> Outcome:
     case = ev.case
     checked = frozenset(checked)
     comparison = Comparison(ev, outputs)
     verdict = judged_outputs(comparison)
-    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped, evaluation=ev, member=member)
+    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped, evaluation=ev, like=like)
     if not found:
         unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked)
         return Outcome(verdict, entry, (), unexpected, (), checked, backend)

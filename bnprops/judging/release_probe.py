@@ -9,7 +9,8 @@ has, and per known deviation (value and network ones) its status here, whatever 
 * ``absent``: MXNet returns the oracle's values on the reproducer (fixed, or not yet broken);
 * ``differs``: MXNet matches neither (deviates, but not as recorded), or the reproducer raises;
 * ``not applicable``: the release cannot express the reproducer (no such entry point, or the kernel it
-  needs, e.g. no oneDNN in the 1.3-1.6 'mxnet' wheels).
+  needs, e.g. no oneDNN in the 1.3-1.6 'mxnet' wheels); a deviation scoped to a family member's entries
+  is probed only where the release has the member (``n/a`` with the member's reason otherwise).
 """
 
 from __future__ import annotations
@@ -21,18 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from bnprops.base import atomic
-from bnprops.judging.folding import check_fold
-from bnprops.judging.int8 import check_int8
+from bnprops.base.family import MEMBER_ENTRIES, resolve, spec_of
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
 from bnprops.model.case import QUANTITIES, Case
-from bnprops.mx import folding, int8, mxversion
+from bnprops.mx import family, mxversion
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import (
     ALL_BACKENDS,
     ENTRY_POINTS,
     IN_PROCESS_BACKEND,
-    LEGACY_ENTRY_POINTS,
     adapt,
     entry_unavailable_reason,
     kernel_for,
@@ -54,8 +53,35 @@ def lifted(case: Case) -> Case:
     return case.with_(**four)
 
 
+def member_backend(entry: str) -> str | None:
+    """The CPU backend a member entry is probed on: this process's if its KERNELS allow, else the other one
+    (served by its worker); None if neither can run it here."""
+    ordered = (IN_PROCESS_BACKEND, *(b for b in ("onednn", "native") if b != IN_PROCESS_BACKEND))
+    return next((b for b in ordered if family.skip_reason(entry, b) is None), None)
+
+
+def probe_member_entry(kd: KnownDeviation, entry: str) -> tuple[str, str]:
+    """(status, detail) of the deviation's reproducer on a family member's entry, judged by the member's judge."""
+    backend = member_backend(entry)
+    if backend is None:
+        reasons = "; ".join(f"{b}: {family.skip_reason(entry, b)}" for b in ("onednn", "native"))
+        return NOT_APPLICABLE, f"n/a: {reasons}"
+    try:
+        case = family.adapt(entry, kd.reproducer())
+        outputs = runner_for(entry, backend)(case)
+        judged = resolve(spec_of(entry).judge)(
+            case, outputs, entry=entry, kernel=kernel_for(case, backend, entry), checked=QUANTITIES
+        )
+    except Exception as exc:  # a release that rejects the call shows something else than recorded
+        return DIFFERS, f"raises {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
+    status, detail = _status(kd, judged.outcome)
+    return status, f"{detail} (on {backend})"
+
+
 def probe_entry(kd: KnownDeviation, entry: str) -> tuple[str, str]:
     """(status, detail) of the deviation's reproducer on one entry point, in this process's backend."""
+    if entry in MEMBER_ENTRIES:
+        return probe_member_entry(kd, entry)
     case = adapt(entry, kd.reproducer())
     kernel = kernel_for(case)
     note = ""
@@ -98,39 +124,16 @@ def _status(kd: KnownDeviation, outcome: Outcome) -> tuple[str, str]:
     return DIFFERS, f"fails in {sorted(outcome.verdict.failed_quantities)}, explained by other deviations"
 
 
-#: The oneDNN rewrites' entries: each member's runner and judgement (bnprops.mx.folding, bnprops.mx.int8).
-MEMBER_CHECKS: dict[str, tuple[Any, Any, Any]] = {
-    **{e: (folding.RUNNERS[e], check_fold, folding.unavailable_reason) for e in folding.RUNNERS},
-    **{e: (int8.RUNNERS[e], check_int8, int8.unavailable_reason) for e in int8.RUNNERS},
-}
-
-
-def _probe_member(kd: KnownDeviation, entry: str) -> tuple[str, str]:
-    """A rewrite's deviation on its reproducer, run and judged by the member's own runner and judgement."""
-    runner, check, unavailable = MEMBER_CHECKS[entry]
-    missing = unavailable()
-    if missing is not None:
-        return NOT_APPLICABLE, missing
-    try:
-        outcome = check(kd.reproducer(), runner=runner, entry=entry).outcome
-    except Exception as exc:  # a release that rejects the call shows something else than recorded
-        return DIFFERS, f"raises {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
-    return _status(kd, outcome)
-
-
 def probe(kd: KnownDeviation) -> dict[str, Any]:
     """The deviation's status in this release, over the entry points it shows on that this release has."""
     entries = sorted(kd.entries) if kd.entries is not None else list(ENTRY_POINTS)
     per_entry: dict[str, dict[str, str]] = {}
     for entry in entries:
-        if entry in MEMBER_CHECKS:
-            per_entry[entry] = dict(zip(("status", "detail"), _probe_member(kd, entry), strict=True))
-            continue
-        if entry not in ENTRY_POINTS + LEGACY_ENTRY_POINTS:
-            # A family member's entry (onnx, amp-sym, ...): its own runner and tests, not this probe's.
-            per_entry[entry] = {"status": NOT_APPLICABLE, "detail": f"{entry!r} is a family member's entry"}
-            continue
-        missing = entry_unavailable_reason(entry)
+        if entry in MEMBER_ENTRIES:  # a release without the member: n/a, with the member's own reason
+            lacking = family.unavailable_reason(entry)
+            missing = None if lacking is None else f"n/a: {spec_of(entry).name}: {lacking}"
+        else:
+            missing = entry_unavailable_reason(entry)
         if missing is not None:
             per_entry[entry] = {"status": NOT_APPLICABLE, "detail": missing}
             continue
@@ -182,6 +185,7 @@ def run() -> dict[str, Any]:
         "environment": mxversion.environment(),
         "in_process_backend": IN_PROCESS_BACKEND,
         "entries": {e: entry_unavailable_reason(e) for e in ENTRY_POINTS},
+        "members": {e: family.unavailable_reason(e) for e in MEMBER_ENTRIES},
         "backends": {b: unavailable_reason(b) for b in ALL_BACKENDS},
         "deviations": {},
     }

@@ -17,15 +17,8 @@ from bnprops.judging.deviations.relu_inference_backward_unwritten_mask import DE
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.oracle import reference
-from bnprops.mx import mxversion
+from bnprops.mx import family, mxversion
 from bnprops.mx.runners import adapt
-
-#: The member's entry name for each key it is judged under: deviations of BatchNormWithReLU are scoped by
-#: these names. While the runners are keyed by BatchNorm's entry names this maps them; once they are keyed
-#: by the member's own names it is the identity (those names map to themselves below).
-MEMBER_ENTRY = {"nd": "nd-relu", "sym": "sym-relu", "gluon-hybrid": "gluon-relu"}
-#: The BatchNorm entry point whose code each member entry runs: BatchNorm's deviations there apply too.
-BATCHNORM_ENTRY = {"nd-relu": "nd", "sym-relu": "sym", "gluon-relu": "gluon-hybrid"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,20 +71,13 @@ def judge_with_relu(
     case: Case, outputs: Outputs, *, entry: str, kernel: str = "onednn", checked: Iterable[str] = QUANTITIES
 ) -> ReluJudgement:
     """Judge BatchNormWithReLU's ``outputs`` for ``case`` (the case as BatchNorm's inputs and the head), run
-    through ``entry``: the member's deviations there apply, and BatchNorm's of the entry whose code it runs
-    (the backward is BatchNorm's own). Where the mask is unwritten the head stays whole: the deviation's model
-    covers every mask, the right one (y > 0) among them."""
+    through ``entry``: the deviations recorded for it, and BatchNorm's on the plain entry point whose code
+    it shares (mx.with_relu.PLAIN; the backward is BatchNorm's own code), apply. Where the mask is unwritten the
+    head stays whole: the deviation's model covers every mask, the right one (y > 0) among them."""
     y = outputs["y"]
-    member = MEMBER_ENTRY.get(entry, entry)
-    bn_case = case if mask_unwritten(case, member) else masked_case(case, y)
-    outcome = judge(
-        bn_case,
-        lifted(bn_case, outputs),
-        entry=BATCHNORM_ENTRY.get(member, entry),
-        kernel=kernel,
-        checked=checked,
-        member=member if member in BATCHNORM_ENTRY else None,
-    )
+    bn_case = case if mask_unwritten(case, entry) else masked_case(case, y)
+    like = family.like(entry) if family.is_member(entry) else None
+    outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked, like=like)
     return ReluJudgement(outcome, int(np.count_nonzero(y < 0)))
 
 
@@ -104,5 +90,19 @@ def check_with_relu(
     kernel: str = "onednn",
 ) -> ReluJudgement:
     """Run ``case`` through a BatchNormWithReLU runner on ``entry`` (adapted to it, as BatchNorm's are) and judge it."""
-    case = adapt(entry, case)
+    case = family.adapt(entry, case) if family.is_member(entry) else adapt(entry, case)
     return judge_with_relu(case, runner(case), entry=entry, kernel=kernel, checked=checked)
+
+
+#: The family contract's judge: BatchNormWithReLU's judgement for a member entry.
+judge_member = judge_with_relu
+
+#: For a reproducer (base.family's reproducer_view): MXNet's y after the ReLU brought to the form judged above,
+#: once ``expected`` (the oracle for the masked head) and ``actual`` are defined.
+REPRODUCER_VIEW = """
+# BatchNormWithReLU's y is after the ReLU: where it is 0 its pre-ReLU value is judged as min(oracle's y, 0),
+# and the head was masked where MXNet's y <= 0 (the call above runs the masked head: masking it again changes
+# nothing), so the gradients are judged as BatchNorm's for that head.
+if 'y' in actual:
+    actual['y'] = np.where(actual['y'] != 0, actual['y'], np.minimum(expected['y'], 0)).astype(actual['y'].dtype)
+"""

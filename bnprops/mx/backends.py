@@ -12,7 +12,7 @@ import functools
 
 import mxnet as mx
 
-from bnprops.mx import runners
+from bnprops.mx import family, runners
 from bnprops.mx.runners import Runner
 from bnprops.mx.worker import worker_for
 
@@ -24,6 +24,8 @@ def runner_for(entry: str, backend: str) -> Runner:
     (bnprops.mx.worker) started with MXNET_MKLDNN_ENABLED set for it; GPU backends raise
     BackendUnavailable, with the reason, where no GPU is present.
     """
+    if family.is_member(entry):
+        return member_runner_for(entry, backend)
     known = runners.ENTRY_POINTS + runners.LEGACY_ENTRY_POINTS
     if entry not in known:
         raise ValueError(f"unknown entry point {entry!r}; choose from {list(known)}")
@@ -42,4 +44,18 @@ def runner_for(entry: str, backend: str) -> Runner:
     if backend == runners.IN_PROCESS_BACKEND or entry in runners.LEGACY_ENTRY_POINTS:
         # A legacy operator has no oneDNN kernel: both CPU backends run the same code, here.
         return runners.ENTRY_FUNCTIONS[entry]
+    return functools.partial(worker_for(backend).run, entry)
+
+
+def member_runner_for(entry: str, backend: str) -> Runner:
+    """A family member entry's runner on a backend: here if this process serves it, else in the backend's worker
+    (which finds the entry's runner through mx.family); where the member cannot run, BackendUnavailable says why."""
+    missing = family.unavailable_reason(entry)
+    if missing is not None:
+        raise runners.EntryUnavailable(f"entry {entry!r}: {missing}")
+    reason = family.skip_reason(entry, backend)
+    if reason is not None:
+        raise runners.BackendUnavailable(f"entry {entry!r} on backend {backend!r}: {reason}")
+    if backend == runners.IN_PROCESS_BACKEND:
+        return family.runner(entry)
     return functools.partial(worker_for(backend).run, entry)

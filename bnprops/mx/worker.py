@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    from bnprops.mx import runners
+    from bnprops.mx import family, runners
 
     if backend != runners.IN_PROCESS_BACKEND:
         write_message(channel, ("wrong backend", runners.IN_PROCESS_BACKEND))
@@ -228,7 +228,8 @@ def main(argv: list[str]) -> int:
         except EOFError:
             return 0
         try:
-            reply: tuple[str, Any] = ("ok", runners.RUNNERS[entry](case))
+            run = runners.RUNNERS[entry] if entry in runners.RUNNERS else family.runner(entry)
+            reply: tuple[str, Any] = ("ok", run(case))
         except Exception as exc:
             reply = ("error", exc)
         try:

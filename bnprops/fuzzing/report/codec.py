@@ -95,6 +95,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "relation_checks": report.relation_checks,
         "network_checks": report.network_checks,
         "sequence_checks": report.sequence_checks,
+        "member_checks": report.member_checks,
         "stop_reason": report.stop_reason,
         "totals": report.totals(),
         "counts": [
@@ -140,4 +141,5 @@ def report_from_dict(data: dict[str, Any], points: Points) -> Report:
         relation_checks=data.get("relation_checks", {}),
         network_checks=data.get("network_checks", {}),
         sequence_checks=data.get("sequence_checks", {}),
+        member_checks=data.get("member_checks", {}),
     )

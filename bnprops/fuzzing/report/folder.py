@@ -19,7 +19,13 @@ import json
 from pathlib import Path
 
 from bnprops.base import atomic
-from bnprops.fuzzing import network_findings, relation_findings, relation_reproducer, sequence_findings
+from bnprops.fuzzing import (
+    member_findings,
+    network_findings,
+    relation_findings,
+    relation_reproducer,
+    sequence_findings,
+)
 from bnprops.fuzzing.catalogue import RELATION, Entry
 from bnprops.fuzzing.causes import changes, read_baseline
 from bnprops.fuzzing.history import load_history, record, run_of
@@ -44,6 +50,8 @@ def _finding_files(e: Entry) -> tuple[str, str]:
         return network_findings.finding_json(e, finding_json(e)), network_findings.script(e)
     if e.sequence is not None:  # a training sequence: its replay script
         return sequence_findings.finding_json(e, finding_json(e)), sequence_findings.script(e)
+    if member_findings.is_member_entry(e):  # a family member's call: its own call, judged by its judge's view
+        return finding_json(e), member_findings.script(e)
     return finding_json(e), script(e)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bnprops.fuzzing import network_findings, relation_findings, sequence_findings
+from bnprops.fuzzing import member_findings, network_findings, relation_findings, sequence_findings
 from bnprops.fuzzing.catalogue import VERDICTS, Entry
 from bnprops.fuzzing.causes import Cause, Changes
 from bnprops.fuzzing.history import Run
@@ -33,6 +33,7 @@ def first_layer_of(report: Report, found: Sequence[Cause], change: Changes | Non
         change=change,
         history=history,
         link=_link,
+        members=member_findings.summary_line(report.member_checks),
     )
 
 
@@ -124,6 +125,7 @@ def _appendix(report: Report) -> str:
     lines += ["", *relation_findings.summary_lines(report.relation_checks)]
     lines += ["", *network_findings.summary_lines(report.network_checks)]
     lines += ["", *sequence_findings.summary_lines(report.sequence_checks)]
+    lines += ["", *member_findings.summary_lines(report.member_checks)]
     lines += [
         "",
         "## Worst errors",

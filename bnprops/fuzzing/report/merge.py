@@ -30,10 +30,12 @@ def from_workers(
     relation_checks: dict[str, dict[str, int]] = {}
     network_checks: dict[str, dict[str, int]] = {}
     sequence_checks: dict[str, dict[str, int]] = {}
+    member_checks: dict[str, dict[str, int]] = {}
     for r in results:
         _add_counts(relation_checks, r.relations)
         _add_counts(network_checks, r.networks)
         _add_counts(sequence_checks, r.sequences)
+        _add_counts(member_checks, r.members)
         catalogue.merge(Catalogue(r.entries))
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -60,6 +62,7 @@ def from_workers(
         relation_checks=relation_checks,
         network_checks=network_checks,
         sequence_checks=sequence_checks,
+        member_checks=member_checks,
     )
 
 
@@ -92,10 +95,12 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
     relation_checks: dict[str, dict[str, int]] = {}
     network_checks: dict[str, dict[str, int]] = {}
     sequence_checks: dict[str, dict[str, int]] = {}
+    member_checks: dict[str, dict[str, int]] = {}
     for src, r in zip(sources, reports, strict=True):
         _add_counts(relation_checks, r.relation_checks)
         _add_counts(network_checks, r.network_checks)
         _add_counts(sequence_checks, r.sequence_checks)
+        _add_counts(member_checks, r.member_checks)
         catalogue.merge(r.catalogue)
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -136,4 +141,5 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         relation_checks=relation_checks,
         network_checks=network_checks,
         sequence_checks=sequence_checks,
+        member_checks=member_checks,
     )

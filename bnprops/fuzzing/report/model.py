@@ -43,6 +43,8 @@ class Report:
     network_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: Training sequences run while exploring: "entry/backend" -> {"checks"|sequence_findings.RESULTS: count}.
     sequence_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: Family members' calls run while exploring: "member entry/backend" -> {"checks"|member_findings.RESULTS: n}.
+    member_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def cases_per_s(self) -> float:
@@ -82,6 +84,14 @@ class Report:
             f"{sum(c.get('known', 0) for c in self.sequence_checks.values())} with a known deviation, "
             f"{sum(c.get('checks', 0) - c.get('passed', 0) - c.get('known', 0) for c in self.sequence_checks.values())}"
             " with a new finding",
+            "family members: "
+            + (
+                ", ".join(
+                    f"{target} {c.get('checks', 0)} calls ({c.get('failed', 0) + c.get('error', 0)} with a new finding)"
+                    for target, c in sorted(self.member_checks.items())
+                )
+                or "none ran"
+            ),
         ]
         for title, entries in (("NEW", self.new), ("known", self.known)):
             for e in entries:

@@ -42,8 +42,10 @@ def first_layer(
     change: Changes | None,
     history: Sequence[Run],
     link: Callable[[Cause], str],
+    members: Sequence[str] = (),
 ) -> list[str]:
-    """The one-screen summary; ``link`` gives a cause's reproducer as markdown (or a reason there is none)."""
+    """The one-screen summary; ``link`` gives a cause's reproducer as markdown (or a reason there is none);
+    ``members``: the line on the BatchNorm family's members that ran, if any."""
     lines = [
         "# bnprops fuzz report",
         "",
@@ -77,6 +79,8 @@ def first_layer(
         )
     if not found:
         lines.append("| (none: every case matched the oracle) | | | | | | |")
+    if members:
+        lines += ["", *members]
     return lines
 
 

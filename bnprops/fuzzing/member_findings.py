@@ -1,0 +1,212 @@
+"""The BatchNorm family's members in the fuzz job: which member an example runs, its findings, files and counts.
+
+Every fuzz example also draws a member call: a (member entry, backend) pair among those that can run here and
+a case from that member's own strategy (search.family). For one example in ``every`` (``due``) it runs through
+the member's runner and is judged by the member's judge. Findings have the kind "member"; the quantity names
+the member and what failed ("BatchNormWithReLU/mismatch:dgamma", ".../raises:MXNetError"), the entry and
+backend are the member's, so each member's findings are signatures (and causes) of their own. A departure a
+recorded deviation explains is "known", under the member's entry. ``script`` writes the reproducer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+
+from bnprops.base import reproduction
+from bnprops.fuzzing.catalogue import KNOWN, MEMBER, Entry, Signature, case_flags, value_regime
+from bnprops.fuzzing.report.summary import per_target_table
+from bnprops.fuzzing.reproducer import SHOWS, call_body
+from bnprops.model.case import Case
+from bnprops.mx import family as mx_family
+from bnprops.mx.runners import Runner, kernel_for
+from bnprops.search.family import MEMBERS, member_of
+
+#: One example in this many runs its member call while exploring (bnprops fuzz --member-every). Measured on
+#: 1.9.1 (60 s campaigns, 2 workers): a BatchNormWithReLU call costs 15-35 ms, a BatchNorm_v1 call on the native
+#: worker 0.2-0.7 s (its executors bound in the worker); at one in four the calls took 4.5-6.5% of the workers'
+#: time, so one in eight, as for networks and sequences. Drawing the call costs every example about 7 ms.
+MEMBER_EVERY = 8
+#: What a member check came to, counted per member entry and backend in the report.
+RESULTS = ("passed", "known", "failed", "error")
+#: A drawn call that did not run (a dtype the campaign did not select): not counted.
+SKIPPED = "skipped"
+#: A member's draw: its entry, the backend it runs on, the case from its strategy.
+MemberDraw = tuple[str, str, Case] | None
+
+
+def runnable(entries: Sequence[str], backends: Sequence[str]) -> list[tuple[str, str]]:
+    """The (member entry, backend) pairs that can run here; the others are skipped, as skipped() says why."""
+    return [(e, b) for e in entries for b in backends if mx_family.skip_reason(e, b) is None]
+
+
+def skipped(entries: Sequence[str], backends: Sequence[str]) -> list[dict[str, str]]:
+    """The member targets that cannot run here, each with the reason (listed in the report)."""
+    return [
+        {"entry": e, "backend": b, "reason": reason}
+        for e in entries
+        for b in backends
+        if (reason := mx_family.skip_reason(e, b)) is not None
+    ]
+
+
+def member_draws(pairs: Sequence[tuple[str, str]]) -> st.SearchStrategy[MemberDraw]:
+    """A member call for every example (whatever ``every`` a run uses): a runnable pair and that member's case."""
+    if not pairs:
+        return st.none()
+    by_member: dict[str, list[tuple[str, str]]] = {}
+    for entry, backend in pairs:
+        by_member.setdefault(member_of(entry).name, []).append((entry, backend))
+    return st.one_of(
+        *(
+            st.tuples(st.sampled_from(chosen), next(m for m in MEMBERS if m.name == name).strategy()).map(
+                lambda drawn: (drawn[0][0], drawn[0][1], drawn[1])
+            )
+            for name, chosen in by_member.items()
+        )
+    )
+
+
+def due(case: Case, *, every: int) -> bool:
+    """Does exploring run the example's member call? One example in ``every``, by its first case's fingerprint
+    (bytes of it that neither the relations', the chains' nor the sequences' choice reads)."""
+    if every <= 0:
+        return False
+    return int.from_bytes(hashlib.sha256(b"member" + case.fingerprint()).digest()[:8], "big") % every == 0
+
+
+@dataclasses.dataclass
+class MemberCheck:
+    """One member call judged: the case as judged (for BatchNormWithReLU, its head masked), result, findings."""
+
+    entry: str
+    backend: str
+    case: Case
+    result: str
+    signatures: tuple[Signature, ...]
+    message: str
+
+    @classmethod
+    def skipped(cls, case: Case) -> MemberCheck:
+        """No member call ran for the example whose first case is ``case``."""
+        return cls("", "", case, SKIPPED, (), "")
+
+    def detail(self, sig: Signature) -> str:
+        return self.message if sig in self.signatures else "this example no longer shows the signature (flaky?)"
+
+
+def _signature(what: str, case: Case, entry: str, backend: str, deviation: str = "") -> Signature:
+    quantity = f"{member_of(entry).name}/{what}"
+    return Signature(MEMBER, quantity, entry, backend, case.dtype, case_flags(case), value_regime(case), deviation)
+
+
+#: A mismatch's kind as the plain cases' signatures name it (catalogue.classify): accuracy, unrecorded, else mismatch.
+_KINDS = {"accuracy": "accuracy", "unrecorded": "unrecorded"}
+
+
+def check_member(drawn: tuple[str, str, Case], *, runner: Runner) -> MemberCheck:
+    """Run a drawn member call and judge it with the member's judge; a runner that raises is a finding."""
+    entry, backend, case = drawn
+    member = member_of(entry)
+    try:
+        case = mx_family.adapt(entry, case)
+        judged = member.judge(case, runner(case), entry=entry, kernel=kernel_for(case, backend, entry))
+    except Exception as exc:  # a member that raises is a finding, not a crash of the campaign
+        sig = _signature(f"raises:{type(exc).__name__}", case, entry, backend)
+        return MemberCheck(entry, backend, case, "error", (sig,), f"{type(exc).__name__}: {exc}")
+    outcome = judged.outcome
+    judged_case = outcome.case
+    sigs = [
+        _signature(f"{_KINDS.get(m.kind, 'mismatch')}:{m.quantity}", judged_case, entry, backend, m.deviation)
+        for m in outcome.unexpected
+    ]
+    sigs += [
+        _signature(f"stale:{','.join(sorted(kd.quantities))}", judged_case, entry, backend, kd.id)
+        for kd in outcome.stale
+    ]
+    if not judged.ok and outcome.ok:  # the member's own judgement (e.g. a ReLU output below 0)
+        sigs.append(_signature("judge", judged_case, entry, backend))
+    known = [
+        Signature(
+            KNOWN, q, entry, backend, judged_case.dtype, case_flags(judged_case), value_regime(judged_case), kd.id
+        )
+        for kd, quantities in outcome.explained
+        for q in sorted(quantities)
+    ]
+    result = "failed" if sigs else ("known" if known else "passed")
+    return MemberCheck(entry, backend, judged_case, result, (*sigs, *known), judged.message())
+
+
+def is_member_entry(entry: Entry) -> bool:
+    return mx_family.is_member(entry.signature.entry)
+
+
+def script(entry: Entry) -> str:
+    """A member finding's standalone reproducer (mxnet and numpy only): the member's own call of the judged case,
+    then the plain reproducer's judgement of it, after the member's view of MXNet's results (base.family)."""
+    sig, case = entry.signature, entry.case
+    member = member_of(sig.entry)
+    call = mx_family.snippet(case, sig.entry, backend=sig.backend)
+    plain = dataclasses.replace(sig, kind=KNOWN if sig.kind == KNOWN else _plain_kind(sig))
+    plain = dataclasses.replace(plain, quantity=sig.quantity if sig.kind == KNOWN else _plain_quantity(sig))
+    body, meaning = call_body(
+        dataclasses.replace(entry, signature=plain),
+        call=call,
+        view=member.reproducer_view,
+        like=mx_family.like(sig.entry),
+    )
+    about = [sig.describe(), f"Example ({entry.reduction}): {case.describe()}", "", SHOWS]
+    return reproduction.script(
+        kind=sig.kind,
+        ident=sig.ident,
+        title=f"a single {member.name} call ({member.operator.split(',')[0]})",
+        about=about,
+        persists=meaning,
+        body=body,
+        recorded=sig.deviation if sig.kind == KNOWN else "",
+    )
+
+
+def _plain_kind(sig: Signature) -> str:
+    """The plain reproducer's kind for a member finding: what the member's quantity says failed."""
+    what = sig.quantity.split("/", 1)[1].split(":", 1)[0]
+    kinds = {"raises": "error", "stale": "stale", "accuracy": "accuracy", "unrecorded": "unrecorded"}
+    return kinds.get(what, "mismatch")
+
+
+def _plain_quantity(sig: Signature) -> str:
+    what = sig.quantity.split("/", 1)[1]
+    return what.split(":", 1)[1] if ":" in what else "y"  # "judge": the member's own check of its output
+
+
+def summary_line(counts: dict[str, dict[str, int]]) -> list[str]:
+    """summary.md's line on the members: per member, its calls and those with a new finding (none: no line)."""
+    per: dict[str, list[int]] = {}
+    for target, cell in counts.items():
+        name = member_of(target.split("/", 1)[0]).name
+        calls = per.setdefault(name, [0, 0, 0])
+        calls[0] += cell.get("checks", 0)
+        calls[1] += cell.get("known", 0)
+        calls[2] += cell.get("failed", 0) + cell.get("error", 0)
+    if not per:
+        return []
+    listed = "; ".join(
+        f"{name} {n:,} calls, {known} known, **{new} new**" for name, (n, known, new) in sorted(per.items())
+    )
+    return [f"Family members (calls, with a known deviation, with a new finding): {listed}."]
+
+
+def summary_lines(counts: dict[str, dict[str, int]]) -> list[str]:
+    """The report's table of member calls: per member entry and backend, how many passed, were known, found."""
+    names = ", ".join(f"{m.name} ({', '.join(m.entries)})" for m in MEMBERS)
+    return per_target_table(
+        "## The BatchNorm family's members",
+        f"Member calls run while exploring (one example in `member_every`), each judged by its member's judge "
+        f"(bnprops/search/family.py): {names}. A new finding is of kind `member` above, its quantity naming "
+        "the member.",
+        counts,
+        RESULTS,
+    )
