@@ -119,3 +119,19 @@ def emulate_sync(
     out["dgamma"] = out["dgamma_partials"].astype(np.float64).sum(axis=0)
     out["dbeta"] = out["dbeta_partials"].astype(np.float64).sum(axis=0)
     return out
+
+
+def sync_subject(case: Case, *, fault: str | None = None, summation: str = "mshadow") -> Outputs:
+    """A correct kernel's outputs (devices merged in rank order), or with one gradient 0.5% off: dx everywhere
+    (``dx_off_by_half_percent``), or device 0's dgamma (``dgamma_off_by_half_percent``)."""
+    n = len(device_split(case))
+    out = dict(emulate_sync(case, summation=summation, forward_order=tuple(range(n)), backward_order=tuple(range(n))))
+    if fault == "dx_off_by_half_percent":
+        out["dx"] = out["dx"] * np.float32(1.005)
+    elif fault == "dgamma_off_by_half_percent":
+        parts = out["dgamma_partials"].copy()
+        parts[0] = parts[0] * np.float32(1.005)
+        out["dgamma_partials"], out["dgamma"] = parts, parts.astype(np.float64).sum(axis=0)
+    elif fault is not None:
+        raise ValueError(f"unknown fault {fault!r}")
+    return out

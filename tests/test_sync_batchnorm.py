@@ -37,7 +37,7 @@ from bnprops.mx.runners import IN_PROCESS_BACKEND
 from bnprops.mx.sync import SyncWorker
 from bnprops.mx.worker import WorkerCrashed
 from bnprops.search.sync import cases_for_sync
-from tests.emulated_sync import SUMMATIONS, emulate_sync
+from tests.emulated_sync import SUMMATIONS, emulate_sync, sync_subject
 from tests.helpers import budget, planted_search
 
 pytestmark = pytest.mark.skipif(sync.unavailable_reason() is not None, reason=str(sync.unavailable_reason()))
@@ -186,15 +186,7 @@ def test_the_mshadow_emulation_is_mxnets_kernel_bit_for_bit_on_two_devices(case:
 
 def _faulty(case: Case, *, fault: str, summation: str = "mshadow") -> Outputs:
     """A correct kernel's outputs with one gradient 0.5% off: dx everywhere, or device 0's dgamma."""
-    n = len(device_split(case))
-    out = dict(emulate_sync(case, summation=summation, forward_order=tuple(range(n)), backward_order=tuple(range(n))))
-    if fault == "dx":
-        out["dx"] = out["dx"] * np.float32(1.005)
-    else:
-        parts = out["dgamma_partials"].copy()
-        parts[0] = parts[0] * np.float32(1.005)
-        out["dgamma_partials"], out["dgamma"] = parts, parts.astype(np.float64).sum(axis=0)
-    return out
+    return sync_subject(case, fault=f"{fault}_off_by_half_percent", summation=summation)
 
 
 @pytest.mark.parametrize(("prop", "fault"), [("data_gradient", "dx"), ("parameter_gradients", "dgamma")])

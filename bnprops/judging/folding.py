@@ -19,8 +19,7 @@ from bnprops.model.case import GRADIENT_OF, QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import Evaluation
 from bnprops.model.folding import conv_batchnorm, convolution, fold_bound, identity_fold_bound
 from bnprops.model.oracle import reference
-from bnprops.mx.folding import CONV_ENTRY, INFERENCE_ONLY, WITH_RELU
-from bnprops.mx.runners import adapt
+from bnprops.mx.folding import CONV_ENTRY, INFERENCE_ONLY, WITH_RELU, adapt
 
 
 class FoldEvaluation(Evaluation):
@@ -101,9 +100,17 @@ def judge_fold(
     return FoldJudgement(judge(case, outputs, entry=entry, kernel=kernel, checked=checked, evaluation=evaluation))
 
 
-def adapt_fold(entry: str, case: Case) -> Case:
-    """The case as the entry can express it: fold-gluon takes gluon's mapping (no gamma gradient under scale=False)."""
-    return adapt("gluon" if entry.endswith("gluon") else entry, case)
+def judge_entry(
+    case: Case, outputs: Outputs, *, entry: str, kernel: str = "onednn", checked: Iterable[str] = QUANTITIES
+) -> FoldJudgement:
+    """Judge what ``entry`` returned for ``case`` (as mx.folding.adapt made it): an inference-only entry's
+    gradients are not judged, and a ReLU fold's y is lifted back to BatchNorm's before it is."""
+    if entry in INFERENCE_ONLY:
+        checked = [q for q in checked if q not in GRADIENT_OF.values()]
+    if entry not in WITH_RELU:
+        return judge_fold(case, outputs, entry=entry, kernel=kernel, checked=checked)
+    judged = judge_fold(case, relu_lifted(case, outputs), entry=entry, kernel=kernel, checked=checked)
+    return dataclasses.replace(judged, negative=int(np.count_nonzero(outputs["y"] < 0)))
 
 
 def check_fold(
@@ -115,14 +122,8 @@ def check_fold(
     kernel: str = "onednn",
 ) -> FoldJudgement:
     """Run ``case`` through a fold runner on ``entry`` (adapted to it) and judge it."""
-    case = adapt_fold(entry, case)
-    if entry in INFERENCE_ONLY:
-        checked = [q for q in checked if q not in GRADIENT_OF.values()]
-    outputs = runner(case)
-    if entry not in WITH_RELU:
-        return judge_fold(case, outputs, entry=entry, kernel=kernel, checked=checked)
-    judged = judge_fold(case, relu_lifted(case, outputs), entry=entry, kernel=kernel, checked=checked)
-    return dataclasses.replace(judged, negative=int(np.count_nonzero(outputs["y"] < 0)))
+    case = adapt(entry, case)
+    return judge_entry(case, runner(case), entry=entry, kernel=kernel, checked=checked)
 
 
 def judge_fold_conv(case: Case, weight: np.ndarray, outputs: Outputs, *, kernel: str = "onednn") -> FoldJudgement:

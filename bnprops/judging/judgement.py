@@ -22,6 +22,7 @@ from bnprops.judging.invariants import violations
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation, evaluate
+from bnprops.mx import family
 from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY
 
 
@@ -119,9 +120,11 @@ def predictions(
     ``scoped``: only the deviations that hold in the running MXNet release (KnownDeviation.releases); one
     recorded for other releases is absent here, so it is neither applied nor reported stale.
     ``evaluation``: the case's, if made. ``like``: a plain entry point whose code the entry runs (a family
-    member's backward that is BatchNorm's own): the deviations recorded there apply too.
+    member's backward that is BatchNorm's own): the deviations recorded there apply too; by default a member
+    entry's own (its mx module's PLAIN).
     """
     ev = evaluation or evaluate(case, operator=OPERATOR_OF_ENTRY.get(entry, "batchnorm"))
+    like = family.like(entry) if like is None and family.is_member(entry) else like
     ctx = Context(case, kernel, ev)
     found = []
     for kd in KNOWN_DEVIATIONS:

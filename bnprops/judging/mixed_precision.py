@@ -15,8 +15,8 @@ from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.bfloat16 import Bfloat16OutputEvaluation
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import evaluate
-from bnprops.mx.mixed_precision import RUNNERS, RUNS_IN, snippet
-from bnprops.mx.runners import adapt, kernel_for
+from bnprops.mx.mixed_precision import RUNNERS, RUNS_IN, adapt_entry, snippet
+from bnprops.mx.runners import kernel_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,5 @@ def judge_amp(
 
 def check_amp(case: Case, *, runner: Callable[[Case], Outputs], entry: str, kernel: str | None = None) -> AmpJudgement:
     """Run ``case`` through an AMP runner (gluon's adapted as gluon's are) and judge it."""
-    if entry.endswith("gluon"):
-        case = adapt("gluon", case)
+    case = adapt_entry(entry, case)
     return judge_amp(case, runner(case), entry=entry, kernel=kernel)

@@ -76,8 +76,7 @@ def judge_with_relu(
     head stays whole: the deviation's model covers every mask, the right one (y > 0) among them."""
     y = outputs["y"]
     bn_case = case if mask_unwritten(case, entry) else masked_case(case, y)
-    like = family.like(entry) if family.is_member(entry) else None
-    outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked, like=like)
+    outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked)
     return ReluJudgement(outcome, int(np.count_nonzero(y < 0)))
 
 

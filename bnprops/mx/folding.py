@@ -19,7 +19,8 @@ import numpy as np
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
 from bnprops.model.folding import fold_overflows
 from bnprops.mx import rewrite_snippets
-from bnprops.mx.runners import ONEDNN_BUILT, ONEDNN_ENABLED, adapt
+from bnprops.mx.runners import ONEDNN_BUILT, ONEDNN_ENABLED
+from bnprops.mx.runners import adapt as adapt_plain
 
 #: The subgraph operator a folded Convolution + BatchNorm becomes.
 FOLDED_OP = "_sg_mkldnn_conv"
@@ -181,7 +182,7 @@ def _run_bound(
 def run_fold_gluon(case: Case) -> Outputs:
     """HybridSequential(Conv, BatchNorm).hybridize(backend='MKLDNN'): inference outside autograd.record(),
     training inside it, as a user runs it."""
-    case = adapt("gluon", case)
+    case = adapt_plain("gluon", case)
     net = _network(case, gluon=True)
     net.initialize()
     net[0].weight.set_data(mx.nd.array(identity_weight(case)))
@@ -234,6 +235,12 @@ RUNNERS: dict[str, Callable[[Case], Outputs]] = {
 WITH_RELU = frozenset({"fold-relu-sym"})
 
 
-def snippet(case: Case, entry: str) -> str:
-    """The standalone reproducer of ``case`` through ``entry`` (mxnet and numpy only)."""
+def adapt(entry: str, case: Case) -> Case:
+    """The case as the entry can express it: fold-gluon takes gluon's mapping (no gamma gradient under scale=False)."""
+    return adapt_plain("gluon" if entry.endswith("gluon") else entry, case)
+
+
+def snippet(case: Case, entry: str, *, backend: str = "onednn") -> str:
+    """The standalone reproducer of ``case`` through ``entry`` (mxnet and numpy only; oneDNN is the only
+    kernel, so ``backend`` is always onednn)."""
     return rewrite_snippets.snippet(case, entry)

@@ -17,8 +17,11 @@ import numpy as np
 
 from bnprops.model.case import Case, Outputs, param_dtype
 from bnprops.mx.runners import adapt
+from bnprops.mx.snippets import kernel_header
 
 ENTRIES = ("gluon-options", "gluon-options-hybrid")
+#: The plain entry point whose layer the options build (its deviations apply too).
+PLAIN = {"gluon-options": "gluon", "gluon-options-hybrid": "gluon-hybrid"}
 #: Both CPU kernels: the layer calls the plain operator (float32 through oneDNN unless MXNET_MKLDNN_ENABLED=0).
 KERNELS: dict[str, str | None] = {"onednn": None, "native": None}
 
@@ -143,7 +146,7 @@ def multi_precision_step(case: Case, *, learning_rate: float) -> Outputs:
     return {"gamma": layer.gamma.data().asnumpy(), "beta": layer.beta.data().asnumpy()}
 
 
-def snippet(case: Case, entry: str) -> str:
+def snippet(case: Case, entry: str, *, backend: str = "onednn") -> str:
     """A standalone script (mxnet and numpy) that builds the options' layer for ``case`` and makes the call;
     results in ``actual``."""
     if entry not in RUNNERS:
@@ -160,6 +163,7 @@ def snippet(case: Case, entry: str) -> str:
     frozen = not case.fix_gamma and case.request("gamma") == "null"
     return "\n".join(
         [
+            *kernel_header(backend),
             "import mxnet as mx, numpy as np",
             "from mxnet.gluon import nn",
             "nan, inf = float('nan'), float('inf')  # as repr writes non-finite data",

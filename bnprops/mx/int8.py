@@ -147,6 +147,7 @@ def run_int8_sym(case: Case) -> Outputs:
 RUNNERS: dict[str, Callable[[Case], Outputs]] = {"int8-gluon": run_int8_gluon, "int8-sym": run_int8_sym}
 
 
-def snippet(case: Case, entry: str) -> str:
-    """The standalone reproducer of ``case`` through ``entry`` (mxnet and numpy only)."""
+def snippet(case: Case, entry: str, *, backend: str = "onednn") -> str:
+    """The standalone reproducer of ``case`` through ``entry`` (mxnet and numpy only; oneDNN is the only
+    kernel, so ``backend`` is always onednn)."""
     return rewrite_snippets.snippet(case, entry)

@@ -19,6 +19,7 @@ import numpy as np
 from bnprops.model.bfloat16 import is_bfloat16
 from bnprops.model.case import GRAD_TARGETS, WRITE_ALL, Case, Outputs
 from bnprops.mx.runners import ONEDNN_ENABLED, BackendUnavailable, adapt
+from bnprops.mx.snippets import kernel_header
 
 BF16_ENTRIES = ("amp-sym", "amp-gluon")
 FP16_ENTRY = "amp-fp16-sym"
@@ -61,6 +62,11 @@ def unexpressible_reason(case: Case, entry: str) -> str | None:
     if not (is_bfloat16(case.x) and is_bfloat16(case.dy)):
         return "x and dy must be bfloat16 values (AMP rounds them to bfloat16 on the way in)"
     return None
+
+
+def adapt_entry(entry: str, case: Case) -> Case:
+    """The case as the entry runs it: amp-gluon takes gluon's mapping (no gamma gradient under scale=False)."""
+    return adapt("gluon", case) if entry.endswith("gluon") else case
 
 
 def _bn_params(case: Case) -> dict[str, Any]:
@@ -226,7 +232,7 @@ def batchnorm_dtypes(entry: str) -> dict[str, str]:
     return {k: seen[f"bn_{k}"] for k in ("data", "gamma", "output")}
 
 
-def snippet(case: Case, entry: str) -> str:
+def snippet(case: Case, entry: str, *, backend: str = "onednn") -> str:
     """A standalone script (mxnet and numpy) that converts the entry's graph with AMP and runs the case through it
     (the symbolic form for amp-gluon too: convert_hybrid_block applies the same conversion); results in ``actual``."""
     if entry not in RUNNERS:
@@ -237,6 +243,7 @@ def snippet(case: Case, entry: str) -> str:
         return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float64).astype('float32')"
 
     lines = [
+        *kernel_header(backend),
         "import mxnet as mx, numpy as np",
         "from mxnet.contrib import amp",
         "nan, inf = float('nan'), float('inf')  # as repr writes non-finite data",

@@ -128,7 +128,12 @@ def run_onnx(case: Case) -> Outputs:
 RUNNERS: dict[str, Callable[[Case], Outputs]] = {ENTRY: run_onnx}
 
 
-def snippet(case: Case, entry: str = ENTRY) -> str:
+def adapt(entry: str, case: Case) -> Case:
+    """The case as the exported graph runs it: inference (``as_exported``)."""
+    return as_exported(case)
+
+
+def snippet(case: Case, entry: str = ENTRY, *, backend: str = "onednn") -> str:
     """A standalone script (mxnet, numpy, onnx and onnxruntime) that exports the case and runs it; y in ``actual``."""
     if entry != ENTRY:
         raise ValueError(f"no ONNX reproducer for entry {entry!r}")

@@ -16,6 +16,13 @@ import numpy as np
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, param_dtype, sentinel
 
 
+def kernel_header(backend: str) -> list[str]:
+    """A script's first lines choosing the CPU kernel: none for oneDNN (the default), the switch for native."""
+    if backend == "native":
+        return ["import os", "os.environ['MXNET_MKLDNN_ENABLED'] = '0'  # the native kernel (read at import)"]
+    return []
+
+
 def snippet(case: Case, *, entry: str = "sym", backend: str = "onednn") -> str:
     """A standalone script (mxnet and numpy only) that makes exactly the call ``case`` and prints what MXNet returns.
 
@@ -35,9 +42,7 @@ def snippet(case: Case, *, entry: str = "sym", backend: str = "onednn") -> str:
         # float64 repr of every element is exact, and casting back restores the original bits.
         return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float64).astype({str(a.dtype)!r})"
 
-    head = []
-    if backend == "native":
-        head += ["import os", "os.environ['MXNET_MKLDNN_ENABLED'] = '0'  # the native kernel (read at import)"]
+    head = kernel_header(backend)
     head += [
         "import mxnet as mx, numpy as np",
         "nan, inf = float('nan'), float('inf')  # as repr writes non-finite data",

@@ -214,7 +214,7 @@ def runner_for(entry: str, kernel: str) -> Callable[[Case], Outputs]:
 RUNNERS: dict[str, Callable[[Case], Outputs]] = {entry: runner_for(entry, IN_PROCESS_BACKEND) for entry in ENTRIES}
 
 
-def snippet(case: Case, entry: str, *, kernel: str = IN_PROCESS_BACKEND) -> str:
+def snippet(case: Case, entry: str, *, backend: str = IN_PROCESS_BACKEND) -> str:
     """A standalone script (mxnet and numpy only) making the call ``case`` through ``entry``: the environment
     SyncBatchNorm needs, one call per device, backward; MXNet's results left in ``actual``."""
     case = adapt(entry, case)
@@ -223,7 +223,7 @@ def snippet(case: Case, entry: str, *, kernel: str = IN_PROCESS_BACKEND) -> str:
     def arr(a: np.ndarray) -> str:
         return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float32)"
 
-    env = {**ENGINE, **({"MXNET_MKLDNN_ENABLED": "0"} if kernel == "native" else {})}
+    env = {**ENGINE, **({"MXNET_MKLDNN_ENABLED": "0"} if backend == "native" else {})}
     lines = [
         "import os",
         *(f"os.environ[{k!r}] = {v!r}  # SyncBatchNorm's barrier needs the threaded engine" for k, v in env.items()),

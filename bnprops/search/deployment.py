@@ -47,7 +47,8 @@ def trained_statistics(case: Case) -> Case:
 def cases_for_onnx(**options: Any) -> st.SearchStrategy[Case]:
     """Inference cases the ONNX entry can run (float32, axis 1, at least 2-D), with the plain ``cases`` options."""
     options.setdefault("value_regimes", FINITE_REGIMES)
-    base = cases(dtypes=["float32"], min_ndim=2, is_train=False, output_mean_var=False, **options)
+    # (an is_train option is the caller's: the export runs every case as inference, mx.onnx_export.adapt)
+    base = cases(**{"dtypes": ["float32"], "min_ndim": 2, "is_train": False, "output_mean_var": False, **options})
     moved = base.map(channels_at_axis_one).filter(lambda c: onnx_export.unexpressible_reason(c) is None)
     return st.tuples(moved, st.booleans()).map(lambda pair: trained_statistics(pair[0]) if pair[1] else pair[0])
 
@@ -79,3 +80,13 @@ def cases_for_amp(entry: str, **options: Any) -> st.SearchStrategy[Case]:
     options.setdefault("eps", st.sampled_from(AMP_EPS))
     shaped = cases(dtypes=["float32"], min_ndim=2, output_mean_var=False, grad_req=st.just(WRITE_ALL), **options)
     return shaped.map(channels_last).map(bfloat16_data)
+
+
+def cases_for_amp_bfloat16(**options: Any) -> st.SearchStrategy[Case]:
+    """The AMP bfloat16 member's cases (both its entries run the same)."""
+    return cases_for_amp(mixed_precision.BF16_ENTRIES[0], **options)
+
+
+def cases_for_amp_float16(**options: Any) -> st.SearchStrategy[Case]:
+    """The AMP float16 member's cases."""
+    return cases_for_amp(mixed_precision.FP16_ENTRY, **options)
