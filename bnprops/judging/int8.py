@@ -7,11 +7,10 @@ known deviations (scoped to its entries) say what MXNet returns instead where th
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 
-from bnprops.judging.judgement import Outcome, judge
+from bnprops.judging.judgement import Judged, judge
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation
 from bnprops.model.oracle import reference
@@ -35,24 +34,12 @@ class Int8Evaluation(Evaluation):
         return self.bound
 
 
-@dataclasses.dataclass(frozen=True)
-class Int8Judgement:
-    outcome: Outcome
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome.ok
-
-    def message(self) -> str:
-        return self.outcome.message()
-
-
 def judge_int8(
     case: Case, outputs: Outputs, *, entry: str, kernel: str = "onednn", checked: Iterable[str] = ("y",)
-) -> Int8Judgement:
+) -> Judged:
     """Judge the quantized graph's ``outputs`` (y) for ``case``, run through ``entry``."""
     ev = Int8Evaluation(case)
-    return Int8Judgement(judge(case, outputs, entry=entry, kernel=kernel, checked=checked, evaluation=ev))
+    return Judged(judge(case, outputs, entry=entry, kernel=kernel, checked=checked, evaluation=ev))
 
 
 def check_int8(
@@ -62,6 +49,6 @@ def check_int8(
     entry: str,
     checked: Iterable[str] = ("y",),
     kernel: str = "onednn",
-) -> Int8Judgement:
+) -> Judged:
     """Run ``case`` through an int8 runner and judge it."""
     return judge_int8(case, runner(case), entry=entry, kernel=kernel, checked=checked)

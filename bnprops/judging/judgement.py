@@ -11,7 +11,7 @@ differs from the oracle, where MXNet returned the oracle's values instead, is *s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,29 @@ class _Tally:
         self._or(self.shown.setdefault(kd.id, {}), q, ok)
         if visible is not None:
             self._or(self.visible.setdefault(kd.id, {}), q, visible)
+
+
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    """A family member's call judged by the plain judgement: the contract's ``ok``, ``message`` and ``outcome``,
+    with a headline saying what was judged and, on failure, the standalone script that makes the call."""
+
+    outcome: Outcome
+    head: str = ""
+    #: Writes the script (only when a message needs it: most calls agree).
+    script: Callable[[], str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
+
+    def message(self) -> str:
+        if self.ok:
+            return ""
+        text = (f"{self.head}\n" if self.head else "") + self.outcome.message()
+        if self.script is not None:
+            text += "\nThe call:\n" + "\n".join("    " + line for line in self.script().splitlines() if line)
+        return text
 
 
 def predictions(

@@ -8,37 +8,14 @@ deviations apply as on any entry point.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 
-from bnprops.judging.judgement import Outcome, judge
+from bnprops.judging.judgement import Judged, judge
 from bnprops.model.bfloat16 import Bfloat16OutputEvaluation
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import evaluate
 from bnprops.mx.mixed_precision import RUNNERS, RUNS_IN, adapt_entry, snippet
 from bnprops.mx.runners import kernel_for
-
-
-@dataclasses.dataclass(frozen=True)
-class AmpJudgement:
-    """One call through an AMP-converted graph judged, and the dtype BatchNorm ran in."""
-
-    outcome: Outcome
-    runs_in: str
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome.ok
-
-    def message(self) -> str:
-        if self.ok:
-            return ""
-        head = f"BatchNorm in an AMP graph ({self.outcome.entry}), run in {self.runs_in}, judged for that dtype:"
-        text = f"{head}\n{self.outcome.message()}"
-        if self.outcome.entry in RUNNERS:
-            script = snippet(self.outcome.case, self.outcome.entry)
-            text += "\nThe AMP graph and the call:\n" + "\n".join("    " + line for line in script.splitlines())
-        return text
 
 
 def judge_amp(
@@ -49,7 +26,7 @@ def judge_amp(
     kernel: str | None = None,
     checked: Iterable[str] = QUANTITIES,
     runs_in: str | None = None,
-) -> AmpJudgement:
+) -> Judged:
     """Judge ``outputs`` of ``case`` through the AMP entry ``entry`` (a subject names the dtype it ``runs_in``)."""
     bf16 = (runs_in or RUNS_IN.get(entry)) == "bfloat16"
     kernel = kernel or ("onednn" if bf16 else kernel_for(case))
@@ -57,10 +34,15 @@ def judge_amp(
     # (What a runner does not produce, the sym entries' gradients after an inference forward, is not judged.)
     checked = frozenset(checked) & set(outputs)
     outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=checked, evaluation=ev)
-    return AmpJudgement(outcome, "bfloat16" if bf16 else "float32")
+    runs_in = "bfloat16" if bf16 else "float32"
+    return Judged(
+        outcome,
+        head=f"BatchNorm in an AMP graph ({entry}), run in {runs_in}, judged for that dtype:",
+        script=lambda: snippet(case, entry) if entry in RUNNERS else "",
+    )
 
 
-def check_amp(case: Case, *, runner: Callable[[Case], Outputs], entry: str, kernel: str | None = None) -> AmpJudgement:
+def check_amp(case: Case, *, runner: Callable[[Case], Outputs], entry: str, kernel: str | None = None) -> Judged:
     """Run ``case`` through an AMP runner (gluon's adapted as gluon's are) and judge it."""
     case = adapt_entry(entry, case)
     return judge_amp(case, runner(case), entry=entry, kernel=kernel)

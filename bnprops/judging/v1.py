@@ -1,4 +1,4 @@
-"""BatchNorm_v1 judged as BatchNorm: the same oracle and error model, its own deviations (scoped to ``sym-v1``).
+"""BatchNorm_v1 judged as BatchNorm: the same oracle, its own error model and deviations (scoped to ``sym-v1``).
 
 Its runner reports the third output as invstd already (mx.runners.run_symbolic_v1), so the plain judgement
 applies unchanged; BatchNorm's own deviations do not reach it (another operator: see judging.declarations).
@@ -6,26 +6,11 @@ applies unchanged; BatchNorm's own deviations do not reach it (another operator:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
-from bnprops.judging.judgement import Outcome
+from bnprops.judging.judgement import Judged
 from bnprops.judging.judgement import judge as judge_outputs
 from bnprops.model.case import QUANTITIES, Case, Outputs
-
-
-@dataclasses.dataclass(frozen=True)
-class Judged:
-    """A member's call judged with the plain judgement alone: the contract's ``ok``, ``message`` and ``outcome``."""
-
-    outcome: Outcome
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome.ok
-
-    def message(self) -> str:
-        return self.outcome.message()
 
 
 def judge(case: Case, outputs: Outputs, *, entry: str, kernel: str, checked: Iterable[str] = QUANTITIES) -> Judged:

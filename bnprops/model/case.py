@@ -218,6 +218,18 @@ class Case:
         return _describe(self)
 
 
+def with_channel_axis(case: Case, axis: int) -> Case:
+    """The same call with the channel axis moved to ``axis`` (x, dy and a prior dx moved alike): an operator
+    that takes channels on one axis only (axis 1, or the last) runs it."""
+    target = axis % case.x.ndim
+    moved = {
+        name: np.moveaxis(value, case.channel_axis, target)
+        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
+        if value is not None
+    }
+    return case.with_(**moved, axis=axis)
+
+
 def _validate(case: Case) -> None:
     """A Case is a valid BatchNorm call, or ValueError says what is wrong."""
     dtype = str(case.x.dtype)

@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnprops.model.bfloat16 import to_bfloat16
-from bnprops.model.case import WRITE_ALL, Case
+from bnprops.model.case import WRITE_ALL, Case, with_channel_axis
 from bnprops.mx import mixed_precision, onnx_export
 from bnprops.search.strategies import cases
 
@@ -22,17 +22,6 @@ from bnprops.search.strategies import cases
 FINITE_REGIMES = ("ordinary", "offset", "tiny_spread", "constant", "large", "exact")
 #: The bfloat16 AMP cases' eps: common ones, bfloat16 values and not (1e-3, 1e-5, 0.3 truncate; 2^-10 does not).
 AMP_EPS = (1e-3, 1e-5, 2e-5, 0.3, 2.0**-10, 0.1)
-
-
-def channels_at_axis_one(case: Case) -> Case:
-    """The same call with the channel axis moved to 1 (x, dy and a prior dx moved alike)."""
-    axis = case.channel_axis
-    moved = {
-        name: np.moveaxis(value, axis, 1)
-        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
-        if value is not None
-    }
-    return case.with_(**moved, axis=1)
 
 
 def trained_statistics(case: Case) -> Case:
@@ -49,19 +38,8 @@ def cases_for_onnx(**options: Any) -> st.SearchStrategy[Case]:
     options.setdefault("value_regimes", FINITE_REGIMES)
     # (an is_train option is the caller's: the export runs every case as inference, mx.onnx_export.adapt)
     base = cases(**{"dtypes": ["float32"], "min_ndim": 2, "is_train": False, "output_mean_var": False, **options})
-    moved = base.map(channels_at_axis_one).filter(lambda c: onnx_export.unexpressible_reason(c) is None)
+    moved = base.map(lambda c: with_channel_axis(c, 1)).filter(lambda c: onnx_export.unexpressible_reason(c) is None)
     return st.tuples(moved, st.booleans()).map(lambda pair: trained_statistics(pair[0]) if pair[1] else pair[0])
-
-
-def channels_last(case: Case) -> Case:
-    """The same call with the channel axis moved to the last one (x, dy and a prior dx moved alike)."""
-    axis, last = case.channel_axis, case.x.ndim - 1
-    moved = {
-        name: np.moveaxis(value, axis, last)
-        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
-        if value is not None
-    }
-    return case.with_(**moved, axis=-1)
 
 
 def bfloat16_data(case: Case) -> Case:
@@ -79,7 +57,7 @@ def cases_for_amp(entry: str, **options: Any) -> st.SearchStrategy[Case]:
     # the identity FullyConnected's backward, 0 * NaN; non-finite data is left out for the same reason)
     options.setdefault("eps", st.sampled_from(AMP_EPS))
     shaped = cases(dtypes=["float32"], min_ndim=2, output_mean_var=False, grad_req=st.just(WRITE_ALL), **options)
-    return shaped.map(channels_last).map(bfloat16_data)
+    return shaped.map(lambda c: with_channel_axis(c, -1)).map(bfloat16_data)
 
 
 def cases_for_amp_bfloat16(**options: Any) -> st.SearchStrategy[Case]:

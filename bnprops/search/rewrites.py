@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from bnprops.model.case import Case
+from bnprops.model.case import Case, with_channel_axis
 from bnprops.mx import folding, int8
 from bnprops.search.strategies import VALUE_REGIMES, cases
 
@@ -20,21 +20,10 @@ from bnprops.search.strategies import VALUE_REGIMES, cases
 FINITE_REGIMES = tuple(r for r in VALUE_REGIMES if r != "nonfinite")
 
 
-def channels_at_axis_one(case: Case) -> Case:
-    """The same call with the channel axis moved to 1 (the axis a convolution's filters lie on)."""
-    axis = case.channel_axis
-    moved = {
-        name: np.moveaxis(value, axis, 1)
-        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
-        if value is not None
-    }
-    return case.with_(**moved, axis=1)
-
-
 def _rewrite_cases(unexpressible: Callable[[Case], str | None], options: dict[str, Any]) -> st.SearchStrategy[Case]:
     merged: dict[str, Any] = {"dtypes": ["float32"], "min_ndim": 4, "max_ndim": 5, "value_regimes": FINITE_REGIMES}
     merged |= {"output_mean_var": False} | options
-    return cases(**merged).map(channels_at_axis_one).filter(lambda c: unexpressible(c) is None)
+    return cases(**merged).map(lambda c: with_channel_axis(c, 1)).filter(lambda c: unexpressible(c) is None)
 
 
 def cases_for_folding(**options: Any) -> st.SearchStrategy[Case]:

@@ -8,19 +8,13 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from bnprops.model.case import WRITE_ALL, Case
+from bnprops.model.case import WRITE_ALL, Case, with_channel_axis
 from bnprops.model.sync import with_split
 from bnprops.mx.sync import MAX_DEVICES
 from bnprops.search.strategies import cases
 
 #: The value regimes SyncBatchNorm runs (finite data only).
 REGIMES = ("ordinary", "offset", "tiny_spread", "constant", "large", "exact")
-
-
-def channels_at_axis_one(case: Case) -> Case:
-    """The same call with the channel axis moved to 1 (the only axis the operator takes)."""
-    axis = case.channel_axis
-    return case.with_(x=np.moveaxis(case.x, axis, 1), dy=np.moveaxis(case.dy, axis, 1), axis=1)
 
 
 def _split(draw: st.DrawFn, rows: int, devices: int, unequal: bool) -> tuple[int, ...]:
@@ -51,7 +45,7 @@ def cases_for_sync(
 
     @st.composite
     def build(draw: st.DrawFn) -> Case:
-        case = channels_at_axis_one(draw(cases(**base).filter(lambda c: c.x.size > 0)))
+        case = with_channel_axis(draw(cases(**base).filter(lambda c: c.x.size > 0)), 1)
         rows = case.shape[0]
         devices = draw(st.integers(min_devices, max(min_devices, min(max_devices, rows))))
         if rows < devices:

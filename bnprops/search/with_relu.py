@@ -8,25 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from hypothesis import strategies as st
 
-from bnprops.model.case import Case
+from bnprops.model.case import Case, with_channel_axis
 from bnprops.search.strategies import cases
 
 #: The value regimes the operator can take (finite data: its NaN mask rule is documented, not drawn).
 REGIMES = ("ordinary", "offset", "tiny_spread", "constant", "large", "exact")
-
-
-def channels_at_axis_one(case: Case) -> Case:
-    """The same call with the channel axis moved to 1 (the only axis the operator takes)."""
-    axis = case.channel_axis
-    moved = {
-        name: np.moveaxis(value, axis, 1)
-        for name, value in (("x", case.x), ("dy", case.dy), ("prior_dx", case.prior_dx))
-        if value is not None
-    }
-    return case.with_(**moved, axis=1)
 
 
 def cases_for_with_relu(**options: Any) -> st.SearchStrategy[Case]:
@@ -39,4 +27,4 @@ def cases_for_with_relu(**options: Any) -> st.SearchStrategy[Case]:
         "is_train": True,
         **options,
     }
-    return cases(**chosen).map(channels_at_axis_one)
+    return cases(**chosen).map(lambda c: with_channel_axis(c, 1))
