@@ -927,54 +927,43 @@ def _doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _family(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bnprops.base import atomic
     from bnprops.commands import family_table
 
-    page = args.write or args.check
-    if page is None:
-        sys.stdout.write(family_table.markdown() + "\n")
-        return EXIT_OK
-    if not page.is_file():
-        parser.error(f"{page} does not exist: give the family page ({family_table.PAGE})")
-    text = page.read_text()
-    try:
-        fresh = family_table.rewritten(text)
-    except ValueError as exc:
-        parser.error(f"{page}: {exc}")
-    if args.check is not None:
-        if fresh == text:
-            print(f"{page}'s family table is up to date")
-            return EXIT_OK
-        print(f"{page}'s family table is stale: rewrite it with  {family_table.REGENERATE}", file=sys.stderr)
-        return EXIT_FOUND
-    atomic.write_text(page, fresh)
-    print(f"wrote the family table into {page}")
-    return EXIT_OK
+    return _generated_section(args, parser, family_table, what="family table", page_is="the family page")
 
 
 def _modules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bnprops.base import atomic
     from bnprops.commands import module_map
+
+    return _generated_section(args, parser, module_map, what="module map", page_is="the architecture page")
+
+
+def _generated_section(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, renderer: Any, *, what: str, page_is: str
+) -> int:
+    """Print, --check or --write a docs page's section generated from the code (``renderer``: markdown(),
+    rewritten(text), PAGE, REGENERATE)."""
+    from bnprops.base import atomic
 
     page = args.write or args.check
     if page is None:
-        sys.stdout.write(module_map.markdown() + "\n")
+        sys.stdout.write(renderer.markdown() + "\n")
         return EXIT_OK
     if not page.is_file():
-        parser.error(f"{page} does not exist: give the architecture page ({module_map.PAGE})")
+        parser.error(f"{page} does not exist: give {page_is} ({renderer.PAGE})")
     text = page.read_text()
     try:
-        fresh = module_map.rewritten(text)
+        fresh = renderer.rewritten(text)
     except ValueError as exc:
         parser.error(f"{page}: {exc}")
     if args.check is not None:
         if fresh == text:
-            print(f"{page}'s module map is up to date")
+            print(f"{page}'s {what} is up to date")
             return EXIT_OK
-        print(f"{page}'s module map is stale: rewrite it with  {module_map.REGENERATE}", file=sys.stderr)
+        print(f"{page}'s {what} is stale: rewrite it with  {renderer.REGENERATE}", file=sys.stderr)
         return EXIT_FOUND
     atomic.write_text(page, fresh)
-    print(f"wrote the module map into {page}")
+    print(f"wrote the {what} into {page}")
     return EXIT_OK
 
 
