@@ -105,3 +105,16 @@ def test_a_deviation_that_needs_another_engine_is_said_not_to_apply_under_this_o
         line = next(row for row in report if row.strip().startswith(d.id + " "))
         running = doctor.os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
         assert (f"needs MXNET_ENGINE_TYPE={d.engine}" in line) == (running != d.engine), (running, line)
+
+
+def test_batchnorm_with_relu_is_skipped_with_the_reason_on_a_build_without_onednn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bnprops.mx import runners
+
+    monkeypatch.setattr(runners, "ONEDNN_BUILT", False)
+    monkeypatch.setattr(runners, "ONEDNN_ENABLED", False)
+    line = next(row for row in doctor.report() if row.strip().startswith("BatchNormWithReLU "))
+    assert line.endswith(
+        f"skipped: BatchNormWithReLU has only a oneDNN kernel; MXNet {mxversion.running()} was built without oneDNN"
+    ), line

@@ -103,6 +103,7 @@ def report() -> list[str]:
         network_unavailable_reason,
         sequence_unavailable_reason,
         unavailable_reason,
+        with_relu_build_reason,
     )
 
     features = _features()
@@ -125,6 +126,9 @@ def report() -> list[str]:
             f"{_status(sequence_unavailable_reason(e))}"
             for e in ENTRY_POINTS
         ),
+        "BatchNorm family members beside BatchNorm:",
+        f"  {'BatchNorm_v1':<20}(entry sym-v1) {_status(entry_unavailable_reason('sym-v1'))}",
+        f"  {'BatchNormWithReLU':<20}{_status(with_relu_build_reason())}",
         f"recorded deviations in MXNet {version}:",
     ]
     engine = os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
