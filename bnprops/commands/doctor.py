@@ -86,6 +86,13 @@ def _probed(releases: mxversion.Releases, version: str) -> str:
     return "" if not seen else f" (probed on the mxnet {version} CPU wheel: {'present' if seen[0] else 'absent'})"
 
 
+def _other_cpu_backend(here: str) -> str:
+    from bnprops.mx.runners import BACKENDS, unavailable_reason
+
+    others = [b for b in BACKENDS if b != here and unavailable_reason(b) is None]
+    return f"the {others[0]} one in a worker process" if others else "the only one this build has"
+
+
 def _status(reason: str | None) -> str:
     return "runs" if reason is None else f"skipped: {reason}"
 
@@ -114,7 +121,7 @@ def report() -> list[str]:
         f"CUDA: {_built(features, 'CUDA')}, cuDNN: {_built(features, 'CUDNN')}, GPUs: {_gpus(mx)}",
         f"features built in: {_feature_list(features)}",
         f"engine: {os.environ.get('MXNET_ENGINE_TYPE', 'ThreadedEnginePerDevice (MXNet default)')}; "
-        f"this process runs the {IN_PROCESS_BACKEND} CPU backend, the other in a worker process",
+        f"this process runs the {IN_PROCESS_BACKEND} CPU backend, {_other_cpu_backend(IN_PROCESS_BACKEND)}",
         "",
         "entry points:",
         *(f"  {e:<14}{_status(entry_unavailable_reason(e))}" for e in ENTRY_POINTS),
