@@ -279,3 +279,74 @@ def _padded(values: np.ndarray, width: int) -> np.ndarray:
     if extra == 0:
         return values
     return np.concatenate([values, np.zeros((values.shape[0], extra), values.dtype)], axis=1)
+
+
+#: BatchNorm_v1's sums in mshadow's order (sumall_except_dim<1>): each sample's plane (H x W) summed, then the
+#: planes in order; with the other orders, the summations emulate_v1 offers.
+V1_SUMMATIONS = (*SUMMATIONS, "planes")
+
+
+def v1_sums(case: Case, values: np.ndarray, summation: str) -> np.ndarray:
+    """The per-channel sums of ``values`` (C, M) in the chosen order (V1_SUMMATIONS)."""
+    if summation != "planes":
+        return channel_sums(values, summation)
+    plane = int(np.prod(case.shape[2:])) if case.x.ndim > 2 else 1
+    if values.shape[1] == 0:
+        return np.zeros(values.shape[0], values.dtype)
+    per_plane = np.add.accumulate(values.reshape(values.shape[0], -1, plane), axis=2)[:, :, -1]
+    return np.add.accumulate(per_plane, axis=1)[:, -1]
+
+
+def emulate_v1(case: Case, *, summation: str) -> Outputs:
+    """BatchNorm_v1's training branch as batch_norm_v1-inl.h (1.9.1) forms it, in float32, its sums in the chosen
+    order: ``scale = float(C) / float(size)``, ``mean = scale * sum(x)``, ``var = scale * sum((x - mean)^2)``,
+    ``y = gamma (x - mean) / sqrt(var + eps) + beta``; ``gvar = sum(dy gamma (x - mean) (-0.5) pow(var + eps,
+    -1.5))``, ``gmean = sum(dy gamma) (-1 / sqrt(var + eps)) + scale sum(-2 (x - mean)) gvar``, ``dx = dy gamma
+    (1 / sqrt(var + eps)) + gvar scale 2 (x - mean) + gmean scale``, ``dgamma = sum(dy (x - mean) / sqrt(var +
+    eps))``, ``dbeta = sum(dy)``; every operation in the expression's order, each rounded to float32.
+    For training calls with batch statistics and 'write' requests (what test_batchnorm_v1's soundness search
+    draws)."""
+    if not case.uses_batch_stats or case.accumulates:
+        raise ValueError("emulate_v1 forms the training branch with 'write' requests only")
+    f = np.float32
+    x, dy = rows(case, case.x.astype(f)), rows(case, case.dy.astype(f))
+    g = np.ones(case.channels, f) if case.fix_gamma else case.gamma.astype(f)
+    beta = case.beta.astype(f)
+    eps = f(case.eps)  # a float parameter
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scale = f(f(case.channels) / f(case.x.size))
+        mean = (scale * v1_sums(case, x, summation)).astype(f)
+        c = (x - mean[:, None]).astype(f)
+        var = (scale * v1_sums(case, (c * c).astype(f), summation)).astype(f)
+        s2 = (var + eps).astype(f)
+        root = np.sqrt(s2).astype(f)
+        y = ((g[:, None] * c).astype(f) / root[:, None]).astype(f) + beta[:, None]
+        dyg = (dy * g[:, None]).astype(f)
+        power = np.power(s2, f(-1.5)).astype(f)
+        gvar_terms = ((((dyg * c).astype(f)) * f(-0.5)).astype(f) * power[:, None]).astype(f)
+        gvar = v1_sums(case, gvar_terms, summation)
+        inv = (f(1.0) / root).astype(f)
+        gmean = (v1_sums(case, dyg, summation) * (f(-1.0) / root).astype(f)).astype(f)
+        tmp = (scale * v1_sums(case, (f(-2.0) * c).astype(f), summation)).astype(f)
+        gmean = (gmean + (tmp * gvar).astype(f)).astype(f)
+        t1 = (dyg * inv[:, None]).astype(f)
+        t3 = ((((gvar * scale).astype(f)) * f(2.0)).astype(f)[:, None] * c).astype(f)
+        dx = ((t1 + t3).astype(f) + (gmean * scale).astype(f)[:, None]).astype(f)
+        dgamma = v1_sums(case, ((dy * c).astype(f) / root[:, None]).astype(f), summation)
+        mom = f(case.momentum)
+        moving_mean = (case.moving_mean.astype(f) * mom + mean * (f(1) - mom)).astype(f)
+        moving_var = (case.moving_var.astype(f) * mom + var * (f(1) - mom)).astype(f)
+    out: Outputs = {
+        "y": unrows(case, y.astype(f)),
+        "dx": unrows(case, dx),
+        "dgamma": np.zeros(case.channels, f) if case.fix_gamma else dgamma.astype(f),
+        "dbeta": v1_sums(case, dy, summation).astype(f),
+        "moving_mean": moving_mean,
+        "moving_var": moving_var,
+    }
+    if case.request("data") == "null":
+        del out["dx"]
+    for target, q in (("gamma", "dgamma"), ("beta", "dbeta")):
+        if case.request(target) == "null":
+            del out[q]
+    return out

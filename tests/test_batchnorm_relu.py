@@ -1,12 +1,15 @@
 """BatchNormWithReLU (mx.nd.contrib, oneDNN only) matches the BatchNorm oracle with its ReLU mask.
 
 The cases are the strategies' that the operator can express: float32, 4-D, axis=1, finite data, training
-mode (inference-mode backward is a recorded deviation). A planted 0.5% error in one gradient must be caught.
+mode. Inference-mode backward is the recorded deviation relu-inference-backward-unwritten-mask, tested
+here. A planted 0.5% error in one gradient must be caught.
 """
 
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,8 +17,16 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import find as hypothesis_find
 from hypothesis.strategies import SearchStrategy
 
+from bnprops.base import reproduction
 from bnprops.judging.checks import PROPERTIES
-from bnprops.judging.with_relu import check_with_relu
+from bnprops.judging.deviations.relu_inference_backward_unwritten_mask import (
+    DEVIATIONS as UNWRITTEN_MASK,
+)
+from bnprops.judging.deviations.relu_inference_backward_unwritten_mask import (
+    RELU_INFERENCE_BACKWARD_UNWRITTEN_MASK as UNWRITTEN,
+)
+from bnprops.judging.judgement import predictions
+from bnprops.judging.with_relu import MEMBER_ENTRY, check_with_relu, judge_with_relu, mask_unwritten
 from bnprops.model.case import Case
 from bnprops.mx.runners import WITH_RELU_RUNNERS, with_relu_unavailable_reason
 from bnprops.search.strategies import cases
@@ -90,25 +101,70 @@ def test_a_correct_relu_subject_passes(case: Case) -> None:
     assert judged.ok, judged.message()
 
 
-def test_inference_mode_backward_still_reads_an_unwritten_mask() -> None:
-    """The deviation on the BatchNormWithReLU page: in inference mode oneDNN writes no ReLU workspace, yet the
-    backward masks with it. y stays right; dx, dgamma and dbeta do not (fails here once MXNet fixes it)."""
-    rng = np.random.default_rng(23)
-    x = rng.standard_normal((3, 3, 7, 5)).astype(np.float32)
-    case = Case(
-        x=x,
-        gamma=np.array([1.0, 0.5, 2.0], np.float32),
-        beta=np.array([0.1, -0.2, 0.3], np.float32),
-        moving_mean=np.zeros(3, np.float32),
-        moving_var=np.ones(3, np.float32),
-        dy=rng.standard_normal(x.shape).astype(np.float32),
-        fix_gamma=False,
-        is_train=False,
-    )
-    judged = check_with_relu(case, runner=WITH_RELU_RUNNERS["nd"], entry="nd")
-    failed = judged.outcome.verdict.failed_quantities
-    assert failed and failed <= {"dx", "dgamma", "dbeta"}, judged.message() or "MXNet now matches the oracle"
-    right = check_with_relu(
-        case.with_(is_train=True, use_global_stats=True), runner=WITH_RELU_RUNNERS["nd"], entry="nd"
-    )
-    assert right.ok, right.message()
+@pytest.mark.parametrize("entry", sorted(WITH_RELU_RUNNERS))
+def test_the_unwritten_mask_deviation_explains_inference_mode_backward(entry: str) -> None:
+    """The deviation's reproducer on every entry: MXNet's gradients fail the oracle (in some call: the garbage
+    may be the right mask by chance) and match the deviation's model, and nothing else fails."""
+    shown = []
+    for _ in range(4):
+        judged = check_with_relu(UNWRITTEN.reproducer(), runner=WITH_RELU_RUNNERS[entry], entry=entry)
+        assert judged.ok, judged.message()
+        failed = judged.outcome.verdict.failed_quantities
+        assert failed <= UNWRITTEN.quantities, judged.message()
+        shown += [kd.id for kd, _ in judged.outcome.explained if kd in UNWRITTEN_MASK]
+    assert shown, f"BatchNormWithReLU ({entry}) matched the oracle in inference mode 4 times: was it fixed?"
+
+
+def test_the_unwritten_mask_deviation_is_scoped_to_the_members_inference_calls() -> None:
+    case = UNWRITTEN.reproducer()
+
+    def applying(c: Case, *, entry: str, member: str | None) -> set[str]:
+        found = predictions(c, entry=entry, kernel="onednn", member=member, scoped=False)
+        return {kd.id for kd, _ in found if kd in UNWRITTEN_MASK}
+
+    for key, member in MEMBER_ENTRY.items():
+        assert applying(case, entry=key, member=None) == set(), key  # BatchNorm's own entry: not its deviation
+        assert len(applying(case, entry=key, member=member)) == 1, member
+        assert applying(case.with_(is_train=True), entry=key, member=member) == set(), member
+        assert mask_unwritten(case, member) and not mask_unwritten(case.with_(is_train=True), member)
+        assert not mask_unwritten(case, key)  # a BatchNorm entry's call writes no ReLU mask to read
+
+
+@pytest.mark.parametrize("entry", sorted(WITH_RELU_RUNNERS))
+def test_a_fault_inside_the_unwritten_mask_region_is_caught(entry: str) -> None:
+    """dx off the interval of every mask (3 times the unmasked value) is a finding, not the deviation."""
+    case = UNWRITTEN.reproducer()
+    real = WITH_RELU_RUNNERS[entry](case)
+    for quantity in ("dx", "dbeta"):
+        planted = {q: np.array(v, copy=True) for q, v in real.items()}
+        flat = planted[quantity].reshape(-1)
+        flat[0] = 3 * float(np.abs(case.dy).sum()) * 4 + 7
+        judged = judge_with_relu(case, planted, entry=entry)
+        caught = [m for m in judged.outcome.unexpected if m.quantity == quantity]
+        assert caught and caught[0].kind == "unrecorded", judged.message() or f"the planted {quantity} passed"
+
+
+def _right_call(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
+) -> tuple[np.ndarray, ...]:
+    """The inference-mode call done right, in numpy: relu(BatchNorm) and its gradients for a head of ones."""
+    c = (slice(None), None, None)
+    invstd = 1 / np.sqrt(var.astype(np.float64) + eps)
+    xhat = (x - mean[(None, *c)]) * invstd[(None, *c)]
+    y = np.maximum(gamma[(None, *c)] * xhat + beta[(None, *c)], 0)
+    mask = y > 0
+    dx = gamma[(None, *c)] * invstd[(None, *c)] * mask
+    return y, dx, (xhat * mask).sum(axis=(0, 2, 3)), mask.sum(axis=(0, 2, 3)).astype(np.float64)
+
+
+def test_the_unwritten_mask_reproducer_exits_1_while_it_persists_and_0_once_gone() -> None:
+    assert UNWRITTEN.script is not None
+    text = UNWRITTEN.script()
+    proc = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True, check=False)
+    assert proc.returncode == reproduction.PERSISTS, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith(reproduction.PERSISTS_LINE)
+    namespace: dict[str, object] = {"__name__": "reproducer"}
+    exec(compile(text, "reproducer", "exec"), namespace)
+    main = namespace["main"]
+    assert callable(main)
+    assert main(call=_right_call) == reproduction.GONE

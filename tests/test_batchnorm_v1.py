@@ -7,27 +7,36 @@ The planted-fault test shows that the property catches a 0.5% error in one gradi
 from __future__ import annotations
 
 import functools
+import math
 
+import hypothesis
 import mxnet as mx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import find as hypothesis_find
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnprops.judging.checks import assert_matches_oracle, check
+from bnprops.judging.comparator import Verdict, compare
 from bnprops.judging.deviation_models import Context
 from bnprops.judging.deviations import KNOWN_DEVIATIONS
 from bnprops.model.case import QUANTITIES, Case
 from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import run_symbolic_v1, v1_unexpressible_reason
-from bnprops.search.strategies import cases
+from bnprops.search.strategies import VALUE_REGIMES, cases
+from tests.emulated import V1_SUMMATIONS, emulate_v1
 from tests.helpers import budget, planted_search
 from tests.planted import numpy_batchnorm
 
 
 def v1_cases(**options: object) -> st.SearchStrategy[Case]:
-    """The strategies' cases that BatchNorm_v1 can express: float32, 2-D or 4-D, channel axis 1."""
+    """The strategies' cases that BatchNorm_v1 can express: float32, 2-D or 4-D, channel axis 1. With
+    ``sizes="large"`` (or "all"), the real layers' shapes it runs: conv maps (N, C, H, W) and dense (N, C)."""
+    if options.get("sizes", "small") != "small":
+        return cases(dtypes=["float32"], **options).filter(  # type: ignore[arg-type]
+            lambda case: v1_unexpressible_reason(case) is None
+        )
     shaped = st.one_of(
         cases(dtypes=["float32"], min_ndim=2, max_ndim=2, **options),  # type: ignore[arg-type]
         cases(dtypes=["float32"], min_ndim=4, max_ndim=4, **options),  # type: ignore[arg-type]
@@ -36,10 +45,74 @@ def v1_cases(**options: object) -> st.SearchStrategy[Case]:
 
 
 @pytest.mark.property
-@settings(max_examples=budget(0.5), deadline=None)
-@given(case=v1_cases())
+@settings(max_examples=budget(0.5), deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=v1_cases(sizes="all"))
 def test_batchnorm_v1_matches_the_oracle(case: Case) -> None:
+    """Small cases and, one in LARGE_SHARE, the sizes of real layers (v1's own error model: operator "v1")."""
     assert_matches_oracle(case, runner=run_symbolic_v1, entry="sym-v1", quantities=QUANTITIES)
+
+
+#: The quantities v1's training branch forms, which emulate_v1 emulates.
+EMULATED = ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var")
+#: What a correct kernel may never show (an accuracy finding is within the deterministic bound).
+UNSOUND = ("value", "nonfinite", "missing", "shape")
+
+
+def v1_training_cases(sizes: str) -> st.SearchStrategy[Case]:
+    """Training calls with batch statistics and 'write' requests, finite data: what emulate_v1 forms."""
+    regimes = [r for r in VALUE_REGIMES if r != "nonfinite"]
+    write = st.just(("write", "write", "write"))
+    return v1_cases(sizes=sizes, is_train=True, use_global_stats=False, grad_req=write, value_regimes=regimes)
+
+
+def v1_verdict(case: Case, summation: str, operator: str = "v1") -> Verdict:
+    outputs = emulate_v1(case, summation=summation)
+    return compare(case, outputs, quantities=EMULATED, evaluation=evaluate(case, "reference", operator=operator))
+
+
+@pytest.mark.parametrize("sizes", ["small", "large"])
+def test_no_correct_v1_kernel_exceeds_v1s_deterministic_bound(sizes: str) -> None:
+    """The soundness search of v1's terms: v1's arithmetic emulated (in mshadow's order, MXNet's own, and the
+    other summation orders), steered toward the largest error/bound ratio, never beyond its deterministic bound."""
+    examples = budget(0.25) if sizes == "small" else max(4, budget(0.02))
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=v1_training_cases(sizes), summation=st.sampled_from(V1_SUMMATIONS))
+    def run(case: Case, summation: str) -> None:
+        verdict = v1_verdict(case, summation)
+        worst = max(verdict.ratios.values(), default=0.0)
+        hypothesis.target(math.log10(worst) if worst > 0 else -30.0, label="worst error/bound")
+        bad = [m for m in verdict.mismatches if m.kind in UNSOUND]
+        assert not bad, f"{summation}: " + "\n".join(m.describe() for m in bad) + "\n" + case.to_json()
+
+    run()
+
+
+@settings(max_examples=budget(0.05), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(case=v1_training_cases("small"))
+def test_the_v1_emulation_in_mshadows_order_is_mxnets_kernel_bit_for_bit(case: Case) -> None:
+    outputs = run_symbolic_v1(case)
+    emulated = emulate_v1(case, summation="planes")
+    for q in EMULATED:
+        np.testing.assert_array_equal(emulated[q], outputs[q], err_msg=f"{q} of {case.describe()}")
+
+
+def test_v1s_own_terms_are_needed_at_the_size_the_batchnorm_model_missed() -> None:
+    """float32[16, 1, 8, 8], dy all ones: v1's dx (MXNet's, emulated bit for bit) is beyond BatchNorm's
+    probabilistic bound, within v1's."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((16, 1, 8, 8)) * 2 + 1).astype(np.float32)
+    case = Case(
+        x=x,
+        dy=np.ones_like(x),
+        gamma=np.array([0.8356148], np.float32),
+        beta=np.zeros(1, np.float32),
+        moving_mean=np.zeros(1, np.float32),
+        moving_var=np.ones(1, np.float32),
+        fix_gamma=False,
+    )
+    assert [m.kind for m in v1_verdict(case, "planes", operator="batchnorm").mismatches] == ["accuracy"]
+    assert not v1_verdict(case, "planes").mismatches
 
 
 def test_batchnorm_v1_runs_only_what_it_can_express() -> None:
@@ -107,3 +180,28 @@ def test_batchnorms_own_deviations_do_not_apply_to_batchnorm_v1() -> None:
     for kd in KNOWN_DEVIATIONS:
         if kd.entries is None:
             assert kd.predictions(ctx, entry="sym-v1", scoped=False) == [], kd.id
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 25, 25), (40, 3, 50, 50)], ids=["M=10^4", "M=10^5"])
+def test_v1s_bound_still_catches_half_a_percent_in_dx_at_real_sizes(shape: tuple[int, ...]) -> None:
+    """v1's terms widen dx's bound; a correct float32 subject with dx scaled by 1.005 must still be flagged."""
+    rng = np.random.default_rng(5)
+    x = (1.0 + rng.standard_normal(shape)).astype(np.float32)
+    case = Case(
+        x=x,
+        dy=rng.standard_normal(shape).astype(np.float32),
+        gamma=np.array([0.75, 1.5, 1.25], np.float32),
+        beta=np.array([0.25, -0.5, 0.0], np.float32),
+        moving_mean=np.zeros(3, np.float32),
+        moving_var=np.ones(3, np.float32),
+        fix_gamma=False,
+    )
+
+    def off_in_dx(c: Case) -> dict[str, np.ndarray]:
+        outputs = numpy_batchnorm(c)
+        outputs["dx"] = (outputs["dx"].astype(np.float64) * 1.005).astype(np.float32)
+        return outputs
+
+    outcome = check(case, runner=off_in_dx, entry="sym-v1", kernel="subject")
+    assert [m.quantity for m in outcome.unexpected] == ["dx"], outcome.message() or "the planted dx passed"
+    assert check(case, runner=numpy_batchnorm, entry="sym-v1", kernel="subject").ok

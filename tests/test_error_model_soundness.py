@@ -645,3 +645,23 @@ def test_zz_print_the_number_of_emulated_cases() -> None:
     """Prints (pytest -s) how many emulated cases this module judged, per search; runs last by name."""
     print("\nemulated cases judged: " + ", ".join(f"{k} {n}" for k, n in EMULATED.items()))
     print(f"total emulated cases: {sum(EMULATED.values())} (profile examples per property: {PROFILE_EXAMPLES})")
+
+
+@pytest.mark.parametrize(("value", "m"), [(0.1, 1000), (1.1, 3000)])
+def test_a_constant_channel_whose_sum_is_inexact_stays_within_the_deterministic_bound(value: float, m: int) -> None:
+    """xhat is 0 there, but every x - mean the kernel forms is the mean's error: dotp = -shift sum(dy), rounded.
+    The products' and the dot sum's roundings are on |dy| (|xhat| + shift) (found deriving BatchNorm_v1's terms:
+    dgamma was 1e31 times a bound taken on |dy xhat| alone, for MXNet and its bit-for-bit emulation alike)."""
+    x = np.full((m, 1), value, np.float32)
+    case = Case(
+        x=x,
+        dy=np.linspace(-1, 1, m).astype(np.float32).reshape(x.shape),
+        gamma=np.full(1, 1.5, np.float32),
+        beta=np.full(1, 0.25, np.float32),
+        moving_mean=np.zeros(1, np.float32),
+        moving_var=np.ones(1, np.float32),
+        fix_gamma=False,
+    )
+    for summation in SUMMATIONS:
+        verdict = judge(case, summation, "two-pass", test="constant channels")
+        assert not unsound(verdict), violation_report(case, [(summation, "two-pass", unsound(verdict))])

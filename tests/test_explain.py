@@ -13,7 +13,7 @@ import pytest
 
 from bnprops.commands.cli import main
 from bnprops.commands.explanation import KNOWN, SEMANTICS, UNEXPLAINED, Explanation, explain
-from bnprops.commands.semantic_variants import VARIANTS, Call, base, evaluate
+from bnprops.commands.semantic_variants import FAMILY_VARIANTS, VARIANTS, Call, base, evaluate
 from bnprops.commands.semantic_variants import Variant as SemanticVariant
 from bnprops.judging.deviations.sym_inference_backward_trains import SYM_INFERENCE_BACKWARD_TRAINS
 from bnprops.model.case import Case
@@ -121,7 +121,11 @@ def planted_numbers(call: Call, combo: list[SemanticVariant]) -> dict[str, str]:
     return {q: numbers[q] for q in [*changed_q, "dbeta"]}
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+#: BatchNorm's own variants (the family's need calls of their own member: below).
+OWN = [v for v in VARIANTS if v not in FAMILY_VARIANTS]
+
+
+@pytest.mark.parametrize("variant", OWN, ids=[v.name for v in OWN])
 def test_each_semantic_variant_planted_alone_is_named(variant: SemanticVariant) -> None:
     case = planted_case(variant)
     call = Call(case, "nd", np.array(TARGET), "l2")
@@ -143,6 +147,73 @@ def test_combinations_of_two_and_three_differences_are_found(combo: tuple[str, .
     expected = planted_numbers(call, chosen)
     result = explain(entry="nd", case=case, target=json.dumps(TARGET), expected=expected)
     assert combo in names(result), result.format()
+
+
+#: The member (and devices) each family variant is a mix-up of.
+FAMILY_CALLS: dict[str, dict[str, Any]] = {
+    "global-statistics": {"member": "batchnorm", "devices": 2},
+    "per-device-statistics": {"member": "sync", "devices": 2},
+    "relu-mask-dropped": {"member": "relu"},
+    "relu-mask-applied": {"member": "batchnorm"},
+    "batch-statistics-after-fold": {"member": "folded"},
+    "onnx-fix-gamma-kept": {"member": "onnx"},
+}
+
+
+def family_case(variant: SemanticVariant) -> Case:
+    """float32 (4, 2, 2, 2) with both signs in every channel (BatchNormWithReLU runs 4-D float32 only), the
+    parameters away from their defaults; fix_gamma where the variant is about it."""
+    x = (np.arange(32, dtype=np.float32).reshape(4, 2, 2, 2) * 0.37 % 2.3 - 1.1).astype(np.float32)
+    x[2:] = x[2:] * 1.75 + 0.5  # the second device's slice: another mean and spread
+    return Case(
+        x=x,
+        dy=np.zeros_like(x),
+        gamma=np.array([1.5, 0.75], np.float32),
+        beta=np.array([0.25, -0.5], np.float32),
+        moving_mean=np.array([0.125, -0.25], np.float32),
+        moving_var=np.array([0.5, 2.0], np.float32),
+        eps=2e-3,
+        momentum=0.8,
+        fix_gamma=variant.name == "onnx-fix-gamma-kept",
+    )
+
+
+@pytest.mark.parametrize("variant", FAMILY_VARIANTS, ids=[v.name for v in FAMILY_VARIANTS])
+def test_each_family_variant_planted_alone_is_named(variant: SemanticVariant) -> None:
+    """The family's mix-ups, each planted on a call of its member (evaluated by the oracle alone) and named."""
+    case, where = family_case(variant), FAMILY_CALLS[variant.name]
+    target = np.linspace(-1.0, 1.5, case.x.size).reshape(case.shape)
+    call = Call(case, "nd", target, "l2", **where)
+    compared = ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var")  # mean and invstd: no output_mean_var
+    expected = {q: v for q, v in planted_numbers(call, [variant]).items() if q in compared}
+    result = explain(entry="nd", case=case, target=json.dumps(target.tolist()), expected=expected, **where)
+    assert (variant.name,) in names(result), result.format()
+    assert all(q.cause in (None, SEMANTICS) for q in result.quantities), result.format()
+
+
+@pytest.mark.parametrize("where", [{"member": "batchnorm", "devices": 2}, {"member": "relu"}], ids=["devices", "relu"])
+def test_a_members_own_numbers_agree_with_what_mxnet_runs_for_it(where: dict[str, Any]) -> None:
+    """Per-device BatchNorm and BatchNormWithReLU run in MXNet: the member's oracle's numbers agree."""
+    case = family_case(VARIANTS[0])
+    target = np.linspace(-1.0, 1.5, case.x.size).reshape(case.shape)
+    call = Call(case, "nd", target, "l2", **where)
+    own = evaluate(call, base(call))
+    expected = {q: json.dumps([float(f"{v:.9g}") for v in own[q].ravel()]) for q in ("y", "dx", "dgamma", "dbeta")}
+    result = explain(entry="nd", case=case, target=json.dumps(target.tolist()), expected=expected, **where)
+    assert [q.verdict for q in result.quantities] == ["agrees"] * 4, result.format()
+
+
+def test_a_member_without_a_runner_says_its_oracle_stands_in() -> None:
+    case = family_case(VARIANTS[0])
+    result = explain(
+        entry="nd",
+        case=case,
+        dy=json.dumps(np.ones(case.shape).tolist()),
+        member="sync",
+        devices=2,
+        expected={"dbeta": "[8, 8]"},
+    )
+    assert "MXNet not run" in result.head and "member sync on 2 devices" in result.head
 
 
 def test_a_number_that_matches_mxnet_agrees() -> None:
@@ -216,6 +287,8 @@ def test_a_known_deviation_is_named_as_such() -> None:
         (["--dy", "[1, 2]", "--expect", "dgamma=1"], "not both"),
         (["--fix-gamma", "maybe", "--expect", "dgamma=1"], "expected true or false"),
         (["--entry", "gluon", "--fix-gamma", "false", "--expect", "dgamma=1"], "give scale"),
+        (["--member", "sync", "--devices", "3", "--expect", "dbeta=1"], "does not split into 3"),
+        (["--member", "relu", "--devices", "2", "--expect", "dbeta=1"], "devices applies to batchnorm and sync"),
     ],
     ids=[
         "malformed-json",
@@ -226,6 +299,8 @@ def test_a_known_deviation_is_named_as_such() -> None:
         "two-heads",
         "bad-bool",
         "gluon-fix-gamma",
+        "devices-uneven",
+        "devices-on-relu",
     ],
 )
 def test_bad_input_gives_a_clear_error_and_exit_status_2(

@@ -105,6 +105,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnprops.commands.semantic_variants import MEMBERS
     from bnprops.mx.runners import BACKENDS, RUNNERS
 
     parser = _Parser(
@@ -410,6 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
         "LogisticRegressionOutput",
     )
     explain.add_argument("--entry", default="sym", choices=RUNNERS, help="how you called BatchNorm (default sym)")
+    explain.add_argument(
+        "--member",
+        default="batchnorm",
+        choices=MEMBERS,
+        help="the BatchNorm family member you called: batchnorm (default), sync (SyncBatchNorm), relu "
+        "(BatchNormWithReLU), folded (after optimize_for), onnx (the exported model)",
+    )
+    explain.add_argument(
+        "--devices",
+        type=_number(int, lambda v: v >= 1, "a whole number of at least 1"),
+        default=1,
+        help="data-parallel devices your batch was split over (equal slices along axis 0; default 1)",
+    )
     explain.add_argument("--backend", default=None, choices=BACKENDS, help="CPU kernel (default: this process's)")
     explain.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of x (default float32)")
     truth = _number(_truth, lambda v: True, "true or false")
@@ -799,6 +813,8 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             gamma_read_back=args.gamma_read_back,
             backend=args.backend,
             reproducer=args.reproducer,
+            member=args.member,
+            devices=args.devices,
         )
     except (ValueError, BackendUnavailable) as exc:
         _usage(parser, str(exc))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.commands.semantic_variants import GLUON, LOSSES, Call
+from bnprops.commands.semantic_variants import GLUON, LOSSES, MEMBERS, Call
 from bnprops.model.case import QUANTITIES, Case, param_dtype
 from bnprops.mx.runners import ENTRY_POINTS, adapt
 
@@ -114,8 +114,19 @@ def build_call(
     dtype: str,
     params: Mapping[str, Any],
     gamma_read_back: bool,
+    member: str = "batchnorm",
+    devices: int = 1,
 ) -> Call:
-    """The call as the user made it, with MXNet's defaults (for that entry point) where they left a parameter out."""
+    """The call as the user made it, with MXNet's defaults (for that entry point) where they left a parameter out.
+
+    ``member``: the family member it went through (MEMBERS); ``devices``: the data-parallel devices its batch
+    was split over (equal slices along axis 0)."""
+    if member not in MEMBERS:
+        raise ValueError(f"unknown member {member!r}; choose from {', '.join(MEMBERS)}")
+    if not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices must be a whole number of at least 1, got {devices!r}")
+    if devices > 1 and member not in ("batchnorm", "sync"):
+        raise ValueError(f"devices applies to batchnorm and sync (data-parallel BatchNorm), not {member}")
     if entry not in ENTRY_POINTS:
         raise ValueError(f"unknown entry point {entry!r}; choose from {', '.join(ENTRY_POINTS)}")
     gluon = entry in GLUON
@@ -190,4 +201,10 @@ def build_call(
         case = adapt(entry, case)
     except TypeError as exc:
         raise ValueError(f"bad parameter: {exc}") from None
-    return Call(case, entry, target_arr, (loss or "l2") if target_arr is not None else None, gamma_read_back)
+    if devices > 1 and (case.channel_axis == 0 or case.shape[0] % devices):
+        raise ValueError(
+            f"the batch of {case.shape[0] if case.x.ndim else 0} along axis 0 does not split into {devices} equal "
+            "device slices (and the channel axis must not be 0)"
+        )
+    loss = (loss or "l2") if target_arr is not None else None
+    return Call(case, entry, target_arr, loss, gamma_read_back, member=member, devices=devices)

@@ -26,15 +26,17 @@ from bnprops.commands.semantic_variants import (
     Call,
     Variant,
     base,
+    device_slices,
     evaluate,
     loss_gradient,
 )
 from bnprops.judging.judgement import Outcome, judge
-from bnprops.model.case import QUANTITIES, Case, Outputs
+from bnprops.judging.with_relu import judge_with_relu
+from bnprops.model.case import GRADIENT_OF, QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import evaluate as evaluation_of
 from bnprops.model.oracle import reference
 from bnprops.mx.backends import runner_for
-from bnprops.mx.runners import IN_PROCESS_BACKEND, kernel_for
+from bnprops.mx.runners import IN_PROCESS_BACKEND, WITH_RELU_RUNNERS, Runner, kernel_for, with_relu_unavailable_reason
 from bnprops.mx.snippets import snippet as make_snippet
 
 MAX_DIFFERENCES = 3
@@ -246,19 +248,86 @@ def _causes(call: Call, variants: Sequence[Variant], a: Assumption) -> tuple[App
     return tuple(AppliedVariant(v.name, *v.text(call, a)) for v in variants)
 
 
+#: Members whose calls explain runs in MXNet here; the others (their runners are not in this package yet) are
+#: judged against their oracle alone, and the report says so.
+RUN_MEMBERS = ("batchnorm", "relu")
+
+
+def _runner(call: Call, backend: str) -> Runner:
+    if call.member == "relu":
+        if call.entry not in WITH_RELU_RUNNERS:
+            raise ValueError(f"BatchNormWithReLU runs through {', '.join(WITH_RELU_RUNNERS)}, not {call.entry!r}")
+        reason = with_relu_unavailable_reason(call.case)
+        if reason is not None:
+            raise ValueError(reason)
+        return WITH_RELU_RUNNERS[call.entry]
+    return runner_for(call.entry, backend)
+
+
+def _run_devices(call: Call, run: Runner, case: Case, backend: str) -> tuple[Outputs, Outcome]:
+    """One call per device on its slice of the batch, judged each: y and dx put together, dgamma and dbeta the
+    sum of the devices' partial gradients (what a Trainer applies), the rest the first device's."""
+    parts, outcomes = [], []
+    for s in device_slices(case, call.devices):
+        part = case.with_(**{f: getattr(case, f)[s] for f in ("x", "dy", "prior_dx") if getattr(case, f) is not None})
+        out = run(part)
+        parts.append(out)
+        kernel = kernel_for(part, backend)
+        outcomes.append(judge(part, out, entry=call.entry, kernel=kernel, checked=QUANTITIES, backend=backend))
+    outputs = dict(parts[0])
+    for q in ("y", "dx"):
+        if q in outputs:
+            outputs[q] = np.concatenate([p[q] for p in parts], axis=0)
+    for q in ("dgamma", "dbeta"):
+        if q in outputs:
+            outputs[q] = np.sum([p[q] for p in parts], axis=0, dtype=np.float64)
+    return outputs, next((o for o in outcomes if not o.ok), outcomes[0])
+
+
 def _run_mxnet(call: Call, backend: str) -> tuple[Call, Outputs, Outcome]:
     """MXNet's outputs; with a target, the head is MXNet's own y through the loss, as a graph computes it."""
-    runner = runner_for(call.entry, backend)
     case = call.case
+    if call.member not in RUN_MEMBERS:
+        # No runner: the member's oracle stands in for MXNet (the head's text says so); nothing is judged.
+        if call.target is not None and call.loss is not None:
+            y = evaluate(call, base(call))["y"]
+            dy = loss_gradient(call.loss, y, call.target).astype(case.dtype)
+            call = dataclasses.replace(call, case=case.with_(dy=dy))
+        outputs = _member_oracle(call)
+        outcome = judge(call.case, reference(call.case), entry=call.entry, kernel="oracle", checked=())
+        return call, outputs, outcome
+    run = _runner(call, backend)
+
+    def whole(c: Case) -> tuple[Outputs, Outcome]:
+        if call.devices > 1:
+            return _run_devices(call, run, c, backend)
+        out = run(c)
+        kernel = kernel_for(c, backend)
+        if call.member == "relu":
+            return out, judge_with_relu(c, out, entry=call.entry, kernel=kernel).outcome
+        return out, judge(c, out, entry=call.entry, kernel=kernel, checked=QUANTITIES, backend=backend)
+
     if call.target is not None and call.loss is not None:
-        y = runner(case.with_(dy=np.zeros_like(case.x)))["y"].astype(np.float64)
+        y = whole(case.with_(dy=np.zeros_like(case.x)))[0]["y"].astype(np.float64)
         case = case.with_(dy=loss_gradient(call.loss, y, call.target).astype(case.dtype))
         call = dataclasses.replace(call, case=case)
-    outputs = runner(case)
-    outcome = judge(
-        case, outputs, entry=call.entry, kernel=kernel_for(case, backend), checked=QUANTITIES, backend=backend
-    )
+    outputs, outcome = whole(case)
     return call, outputs, outcome
+
+
+def _member_oracle(call: Call) -> Outputs:
+    """The oracle of the member's own semantics: BatchNorm's for a plain call, else the float64 evaluation of
+    the call's base assumption, for the quantities BatchNorm's oracle gives this call (priors added)."""
+    plain = reference(call.case)
+    if call.member == "batchnorm" and call.devices == 1:
+        return plain
+    own = evaluate(call, base(call))
+    out = {q: own[q] for q in plain if q in own}
+    for target, q in GRADIENT_OF.items():
+        prior = call.case.prior(target)
+        if q in out and prior is not None:
+            out[q] = out[q] + prior.astype(np.float64)
+    return out
 
 
 def explain(
@@ -287,6 +356,8 @@ def explain(
     gamma_read_back: bool = False,
     backend: str | None = None,
     reproducer: str | Path | None = None,
+    member: str = "batchnorm",
+    devices: int = 1,
 ) -> Explanation:
     """Explain why the numbers a user ``expected`` (quantity -> number, numeric text or JSON list) differ from
     MXNet's for the call they made.
@@ -295,7 +366,10 @@ def explain(
     eps 1e-5 and scale=True for gluon); arrays left out are what sym's simple_bind (zeros) or gluon's
     initialisers (gamma 1, beta 0, moving_mean 0, moving_var 1) give. The head is ``dy``, or ``target``
     through ``loss`` (l2: LinearRegressionOutput). ``gamma_read_back``: the user took gamma from the executor
-    after the forward (which fix_gamma=True sets to 1). Raises ValueError, saying what to do, for bad input.
+    after the forward (which fix_gamma=True sets to 1). ``member`` and ``devices``: the family member the call
+    went through and the data-parallel devices its batch was split over (semantic_variants.MEMBERS); members
+    bnprops does not run here are judged against their oracle. Raises ValueError, saying what to do, for bad
+    input.
     """
     if not isinstance(expected, Mapping) or not expected:
         raise ValueError("give at least one expected number, e.g. expected={'dgamma': -2.127873}")
@@ -322,6 +396,8 @@ def explain(
         dtype=dtype,
         params=params,
         gamma_read_back=bool(gamma_read_back),
+        member=member,
+        devices=devices,
     )
     shapes = evaluate(call, base(call))
     for i, e in enumerate(expectations):
@@ -332,7 +408,7 @@ def explain(
             raise ValueError(f"expected {e.quantity} has {e.values.size} value(s); this call's has shape {want}")
         expectations[i] = dataclasses.replace(e, values=e.values.reshape(want), half_unit=e.half_unit.reshape(want))
     call, outputs, outcome = _run_mxnet(call, backend)
-    oracle = reference(call.case)
+    oracle = _member_oracle(call)
     allowance = _allowance(call, oracle)
     return _judge(call, expectations, outputs, oracle, outcome, allowance, backend, reproducer)
 
@@ -421,9 +497,16 @@ def _unexplained(q: QuantityReport) -> str:
 
 
 def _head_text(call: Call) -> str:
-    if call.target is None or call.loss is None:
-        return "dy as given"
-    return f"{LOSS_NAMES[call.loss]} against the target, from MXNet's own y"
+    head = (
+        "dy as given"
+        if call.target is None or call.loss is None
+        else (f"{LOSS_NAMES[call.loss]} against the target, from MXNet's own y")
+    )
+    if call.member != "batchnorm" or call.devices > 1:
+        head += f"; member {call.member}" + (f" on {call.devices} devices" if call.devices > 1 else "")
+    if call.member not in RUN_MEMBERS:
+        head += " (MXNet not run: bnprops has no runner for it yet; 'MXNet' below is the member's oracle)"
+    return head
 
 
 def _summary(

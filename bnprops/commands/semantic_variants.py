@@ -30,6 +30,10 @@ LOSS_NAMES = {
     "logistic": "LogisticRegressionOutput (dy = (sigmoid(y) - target) / outputs per sample)",
 }
 GLUON = ("gluon", "gluon-hybrid")
+#: The BatchNorm family members a call can be made through: plain BatchNorm (on ``devices`` devices, each
+#: normalising its own slice), SyncBatchNorm (statistics of the global batch), BatchNormWithReLU, a graph
+#: folded by optimize_for (inference on the moving statistics) and the ONNX export (fix_gamma dropped).
+MEMBERS = ("batchnorm", "sync", "relu", "folded", "onnx")
 
 
 def loss_gradient(loss: str, y: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -49,6 +53,10 @@ class Call:
     target: np.ndarray | None = None
     loss: str | None = None
     gamma_read_back: bool = False
+    #: The family member the call went through (MEMBERS).
+    member: str = "batchnorm"
+    #: Data-parallel devices: the batch split along axis 0 into this many equal slices, one per device.
+    devices: int = 1
 
     @property
     def batch(self) -> int:
@@ -72,13 +80,15 @@ class Assumption:
     third_output: str = "invstd"  # output_mean_var's third output: "invstd" (MXNet) or "var"
     beta_used: bool = True
     head: float = 1.0  # the head gradient as a multiple of MXNet's
+    devices: int = 1  # the statistics are each device's slice's (equal slices along axis 0); 1: the global batch's
+    relu: bool = False  # y = relu(BatchNorm(x)), the head masked where BatchNorm's output is not > 0
 
 
 def base(call: Call) -> Assumption:
     """The call's own semantics: what MXNet (and the oracle) compute, with the gamma the user sees."""
     case = call.case
     seen = np.ones(case.channels) if case.fix_gamma and call.gamma_read_back else case.gamma
-    return Assumption(
+    a = Assumption(
         fix_gamma=case.fix_gamma,
         gamma=tuple(float(g) for g in seen),
         gamma_after="one" if case.fix_gamma else "initial",
@@ -86,6 +96,16 @@ def base(call: Call) -> Assumption:
         batch_stats=case.uses_batch_stats,
         dx_train=case.uses_batch_stats,
     )
+    if call.member == "batchnorm" and call.devices > 1:
+        a = dataclasses.replace(a, devices=call.devices)  # each device's BatchNorm sees its own slice
+    if call.member == "relu":
+        a = dataclasses.replace(a, relu=True)
+    if call.member in ("folded", "onnx"):
+        a = dataclasses.replace(a, batch_stats=False, dx_train=False)  # inference graphs: the moving statistics
+    if call.member == "onnx":
+        # convert_batchnorm drops fix_gamma: the exported node multiplies by gamma as stored.
+        a = dataclasses.replace(a, fix_gamma=False, gamma=_initial(call), gamma_after="initial")
+    return a
 
 
 def _bshape(case: Case, values: np.ndarray) -> np.ndarray:
@@ -94,36 +114,65 @@ def _bshape(case: Case, values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(shape)
 
 
+def device_slices(case: Case, devices: int) -> list[tuple[slice, ...]]:
+    """The index of each device's slice of x: equal, consecutive slices along axis 0 (split_and_load's)."""
+    n = int(case.x.shape[0]) if case.x.ndim else 0
+    step = n // max(devices, 1) if devices > 1 else n
+    return [(slice(d * step, (d + 1) * step),) for d in range(max(devices, 1))] if devices > 1 else [(slice(None),)]
+
+
 def evaluate(call: Call, a: Assumption) -> Outputs:
-    """Every quantity of the call computed in float64 under assumption ``a``."""
+    """Every quantity of the call computed in float64 under assumption ``a``.
+
+    With ``a.devices`` > 1 each device's slice is normalised with its own statistics; dgamma and dbeta are the
+    sum of the devices' partial gradients (what a Trainer applies), the rest of the per-channel quantities
+    (moving statistics, mean, invstd) the first device's."""
     case = call.case
     x = case.x.astype(np.float64)
-    red, m = case.reduce_axes, case.reduction_length
+    red = case.reduce_axes
     gamma = np.asarray(a.gamma, dtype=np.float64)
     g = np.ones(case.channels) if a.fix_gamma else gamma
     beta = case.beta.astype(np.float64) if a.beta_used else np.zeros(case.channels)
     old_mean, old_var = case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
+    slices = device_slices(case, a.devices)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        batch_mean = x.mean(axis=red) if m else np.full(case.channels, np.nan)
-        centred = x - _bshape(case, batch_mean)
-        sq = (centred * centred).sum(axis=red)
-        biased, unbiased = sq / m, sq / (m - 1)
-        if a.batch_stats:
-            mean, var = batch_mean, (unbiased if a.variance == "unbiased" else biased)
-        else:
-            mean, var = old_mean, old_var
-        invstd = 1.0 / np.sqrt(var + a.eps)
-        xhat = (x - _bshape(case, mean)) * _bshape(case, invstd)
-        y = _bshape(case, g) * xhat + _bshape(case, beta)
+        xhat = np.empty_like(x)
+        per_device = []
+        for s in slices:
+            xs = x[s]
+            m = xs.size // max(case.channels, 1)
+            batch_mean = xs.mean(axis=red) if m else np.full(case.channels, np.nan)
+            centred = xs - _bshape(case, batch_mean)
+            sq = (centred * centred).sum(axis=red)
+            biased, unbiased = sq / m, sq / (m - 1)
+            if a.batch_stats:
+                mean, var = batch_mean, (unbiased if a.variance == "unbiased" else biased)
+            else:
+                mean, var = old_mean, old_var
+            invstd = 1.0 / np.sqrt(var + a.eps)
+            xhat[s] = (xs - _bshape(case, mean)) * _bshape(case, invstd)
+            per_device.append((m, batch_mean, biased, unbiased, mean, var, invstd))
+        pre = _bshape(case, g) * xhat + _bshape(case, beta)
+        y = np.maximum(pre, 0.0) if a.relu else pre
         if call.target is not None and call.loss is not None:
             dy = a.head * loss_gradient(call.loss, y, call.target)
         else:
             dy = a.head * case.dy.astype(np.float64)
+        if a.relu:
+            dy = np.where(pre > 0, dy, 0.0)  # the ReLU's mask: 0 at the kink
         dbeta = dy.sum(axis=red)
         dot = (dy * xhat).sum(axis=red)
-        scale = _bshape(case, g * invstd)
-        # The training backward differentiates through the batch statistics; otherwise they are constants.
-        dx = scale * (dy - _bshape(case, dbeta / m) - xhat * _bshape(case, dot / m)) if a.dx_train else scale * dy
+        dx = np.empty_like(x)
+        for s, (m, *_, invstd) in zip(slices, per_device, strict=True):
+            scale = _bshape(case, g * invstd)
+            dys, xh = dy[s], xhat[s]
+            # The training backward differentiates through the batch statistics; otherwise they are constants.
+            if a.dx_train:
+                means = _bshape(case, dys.sum(axis=red) / m), _bshape(case, (dys * xh).sum(axis=red) / m)
+                dx[s] = scale * (dys - means[0] - xh * means[1])
+            else:
+                dx[s] = scale * dys
+        m, batch_mean, biased, unbiased, mean, var, invstd = per_device[0]
         moving_mean, moving_var = old_mean, old_var
         if a.batch_stats and m > 0:
             mom = float(case.momentum)
@@ -183,6 +232,9 @@ class Variant:
                 else ""
             ),
             "initial_beta": _values(case.beta),
+            "devices": call.devices,
+            "slice": call.batch // max(call.devices, 1),
+            "moving": f"moving_mean = {_values(case.moving_mean)}, moving_var = {_values(case.moving_var)}",
             "dx_rule": (
                 "differentiates through the batch statistics (the training formula)"
                 if a.dx_train
@@ -247,6 +299,71 @@ def _initial(call: Call) -> tuple[float, ...]:
     return tuple(float(g) for g in call.case.gamma)
 
 
+#: The family's mix-ups: statistics per device or of the global batch, the fused ReLU's mask, a folded graph's
+#: moving statistics, the ONNX export's gamma.
+FAMILY_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "global-statistics",
+        "devices",
+        "your numbers normalise with the statistics of the whole batch of {batch}; plain BatchNorm on {devices} "
+        "devices (data-parallel training) normalises each device's slice of {slice} with that slice's own "
+        "statistics, and the trainer sums the devices' dgamma and dbeta",
+        "use SyncBatchNorm (mx.gluon.contrib.nn.SyncBatchNorm(num_devices={devices})) to normalise with the "
+        "global batch, or compute your statistics per device slice of {slice}",
+        _when(lambda c, a: c.member == "batchnorm" and a.devices > 1, _set(devices=1)),
+    ),
+    Variant(
+        "per-device-statistics",
+        "devices",
+        "your numbers normalise each device's slice of {slice} with its own statistics (one device's batch); "
+        "SyncBatchNorm over {devices} devices normalises every slice with the statistics of the global batch "
+        "of {batch}",
+        "compute the mean and variance over every device's slice together (the global batch), as SyncBatchNorm does",
+        _when(
+            lambda c, a: c.member == "sync" and c.devices > 1 and a.batch_stats and a.devices == 1,
+            lambda c, a: dataclasses.replace(a, devices=c.devices),
+        ),
+    ),
+    Variant(
+        "relu-mask-dropped",
+        "relu",
+        "your numbers are BatchNorm's without the ReLU; BatchNormWithReLU outputs relu(BatchNorm(x)) and its "
+        "gradients take the head only where y > 0 (the ReLU's mask, 0 at the kink)",
+        "mask your head gradient with (y > 0) before BatchNorm's backward formula and clip y at 0, or compare "
+        "with BatchNorm followed by a separate relu",
+        _when(lambda c, a: a.relu, _set(relu=False)),
+    ),
+    Variant(
+        "relu-mask-applied",
+        "relu",
+        "your numbers are BatchNormWithReLU's (y clipped at 0, the head masked where y <= 0); this call is plain "
+        "BatchNorm, with no ReLU",
+        "drop the ReLU and its mask from your formula, or call BatchNormWithReLU (mx.nd.contrib.BatchNormWithReLU, "
+        "gluon.nn.BatchNormReLU) if that is what you meant",
+        _when(lambda c, a: c.member == "batchnorm" and not a.relu, _set(relu=True)),
+    ),
+    Variant(
+        "batch-statistics-after-fold",
+        "statistics",
+        "your numbers normalise with the batch's statistics; optimize_for folded this BatchNorm into the "
+        "preceding convolution's weights with its moving statistics ({moving}): the folded graph is inference",
+        "compare the folded graph with the unfolded one in inference (is_train=False, or outside "
+        "autograd.record), which uses the moving statistics too; do not fold a graph you train",
+        _when(lambda c, a: c.member == "folded" and not a.batch_stats, _set(batch_stats=True, dx_train=True)),
+    ),
+    Variant(
+        "onnx-fix-gamma-kept",
+        "gamma",
+        "your numbers hold gamma at 1, as MXNet's fix_gamma=True does; the ONNX export drops fix_gamma, and the "
+        "exported BatchNormalization multiplies by gamma as stored ({initial}): known deviation onnx-fix-gamma-dropped",
+        "set the stored gamma to 1 before exporting (what fix_gamma=True computes with), or take gamma = {initial}",
+        _when(
+            lambda c, a: c.member == "onnx" and c.case.fix_gamma and not a.fix_gamma,
+            lambda c, a: dataclasses.replace(a, fix_gamma=True, gamma=_ones(c), gamma_after="one"),
+        ),
+    ),
+)
+
 #: The catalogue, in the order variants are applied (fix_gamma before the gamma value it uses).
 VARIANTS: tuple[Variant, ...] = (
     Variant(
@@ -275,7 +392,8 @@ VARIANTS: tuple[Variant, ...] = (
         "call gamma is {initial} (simple_bind zero-initialises it, and with fix_gamma=False nothing overwrites it)",
         "initialise gamma to 1 (e.g. exe.arg_dict['..._gamma'][:] = 1, or mx.init.One()), or use gamma = "
         "{initial} in your formula",
-        _when(lambda c, a: not a.fix_gamma, lambda c, a: dataclasses.replace(a, gamma=_ones(c))),
+        # (an ONNX model's gamma is read from the file, written by no forward: onnx-fix-gamma-kept says it)
+        _when(lambda c, a: not a.fix_gamma and c.member != "onnx", lambda c, a: dataclasses.replace(a, gamma=_ones(c))),
     ),
     Variant(
         "gamma-as-initialised",
@@ -313,7 +431,8 @@ VARIANTS: tuple[Variant, ...] = (
         "(inference, or use_global_stats=True)",
         "use moving_mean and moving_var in your formula (dx = gamma * dy / sqrt(moving_var + eps)), or run the "
         "forward in training mode without use_global_stats",
-        _when(lambda c, a: not a.batch_stats, _set(batch_stats=True, dx_train=True)),
+        # (a folded graph's moving statistics are the fold's own story: batch-statistics-after-fold)
+        _when(lambda c, a: not a.batch_stats and c.member != "folded", _set(batch_stats=True, dx_train=True)),
     ),
     Variant(
         "inference-statistics",
@@ -362,6 +481,7 @@ VARIANTS: tuple[Variant, ...] = (
         "add beta to y in your formula (y = gamma * xhat + beta)",
         _when(lambda c, a: bool(np.any(c.case.beta != 0)), _set(beta_used=False)),
     ),
+    *FAMILY_VARIANTS,
     _head("head-doubled", lambda c: 2.0, "the gradient of sum((y - t)^2) rather than LinearRegressionOutput's"),
     _head("head-halved", lambda c: 0.5, "half of it: a loss with a factor 0.5 too many"),
     _head("head-over-batch", lambda c: 1.0 / c.batch, "averaged over the batch of {batch}"),

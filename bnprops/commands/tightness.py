@@ -117,6 +117,7 @@ def _training_case(arrays: dict[str, np.ndarray], eps: float, regime: str) -> Ca
     """Training mode, learnable gamma, every gradient written, channels on axis 1."""
     return Case(
         **arrays,
+        devices=(),
         axis=1,
         eps=eps,
         momentum=MOMENTUM,

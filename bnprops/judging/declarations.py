@@ -17,9 +17,20 @@ import numpy as np
 
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, param_dtype
-from bnprops.mx import mxversion
+from bnprops.mx import folding, int8, mxversion
 from bnprops.mx.producers import Chain
 from bnprops.mx.runners import LEGACY_ENTRY_POINTS
+from bnprops.mx.sync import ENTRIES as SYNC_ENTRIES
+
+#: Entries that run another kernel than BatchNorm's (a legacy operator, a graph rewrite's, SyncBatchNorm):
+#: BatchNorm's own deviations say nothing of them; theirs name them.
+OTHER_KERNEL_ENTRIES = (
+    frozenset(LEGACY_ENTRY_POINTS)
+    | frozenset(folding.RUNNERS)
+    | {folding.CONV_ENTRY}
+    | frozenset(int8.RUNNERS)
+    | frozenset(SYNC_ENTRIES)
+)
 
 NO_UPSTREAM = "none found"
 
@@ -45,7 +56,7 @@ class KnownDeviation:
     predict: Callable[[Context], list[Prediction]]
     evidence: str
     reproducer: Callable[[], Case]
-    #: Entry points it shows on (None: all of BatchNorm's; a legacy operator's entry must be named).
+    #: Entry points it shows on (None: all of BatchNorm's; a legacy operator's or a member's entry must be named).
     entries: frozenset[str] | None = None
     upstream: str = NO_UPSTREAM
     #: The MXNet releases it holds in (probed by ``bnprops versions``); elsewhere it is absent, not stale.
@@ -54,6 +65,9 @@ class KnownDeviation:
     needs_backend: str | None = None
     #: Tests run its reproducer on every entry point and backend (it was found there), not only one.
     every_entry: bool = False
+    #: Its own standalone reproducer (bnprops.base.reproduction's contract), where its entries are a family
+    #: member's, whose calls the generated BatchNorm snippets cannot make; None: generated from ``reproducer``.
+    script: Callable[[], str] | None = dataclasses.field(default=None, hash=False)
 
     def holds_in(self, version: str) -> bool:
         return self.releases.holds(version)
@@ -74,8 +88,8 @@ class KnownDeviation:
         """
         if self.entries is not None and entry not in self.entries:
             return []
-        if self.entries is None and entry in LEGACY_ENTRY_POINTS:
-            return []  # another operator's kernel (BatchNorm_v1): BatchNorm's deviations say nothing of it
+        if self.entries is None and entry in OTHER_KERNEL_ENTRIES:
+            return []  # another kernel (BatchNorm_v1, a rewrite, SyncBatchNorm): BatchNorm's say nothing of it
         if scoped and not self.releases.holds(mxversion.running()):
             return []
         # A gradient requested with 'null' is not produced, so it cannot show the deviation.

@@ -46,6 +46,8 @@ def _details(d: Declaration) -> list[str]:
     lines.append(f"- **model**: {_cell(d.model)}")
     if isinstance(d, KnownDeviation | NetworkDeviation):
         lines.append(f"- **reproducer**: `{d.reproducer().describe()}`")
+        if isinstance(d, KnownDeviation) and d.script is not None:
+            lines.append(f"- **standalone reproducer**: `{d.id}` (`{d.script.__module__}.{d.script.__name__}`)")
     elif isinstance(d, SequenceDeviation):
         lines.append(f"- **shortest sequence**: {', '.join(d.sequence)}")
     else:

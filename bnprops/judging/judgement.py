@@ -21,7 +21,7 @@ from bnprops.judging.invariants import violations
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation, evaluate
-from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,19 +105,30 @@ class _Tally:
 
 
 def predictions(
-    case: Case, *, entry: str, kernel: str, scoped: bool = True, evaluation: Evaluation | None = None
+    case: Case,
+    *,
+    entry: str,
+    kernel: str,
+    scoped: bool = True,
+    evaluation: Evaluation | None = None,
+    member: str | None = None,
 ) -> list[tuple[KnownDeviation, Prediction]]:
     """Every known deviation's predictions for the case, within the elements the oracle judges.
 
     ``scoped``: only the deviations that hold in the running MXNet release (KnownDeviation.releases); one
     recorded for other releases is absent here, so it is neither applied nor reported stale.
     ``evaluation``: the case's, if made.
+    ``member``: a family member's entry name whose call runs BatchNorm's code on ``entry``: the deviations
+    declared for it apply besides ``entry``'s (those declared for every entry point apply once).
     """
-    ev = evaluation or evaluate(case)
+    ev = evaluation or evaluate(case, operator=OPERATOR_OF_ENTRY.get(entry, "batchnorm"))
     ctx = Context(case, kernel, ev)
     found = []
     for kd in KNOWN_DEVIATIONS:
-        for p in kd.predictions(ctx, entry=entry, scoped=scoped):
+        applying = kd.predictions(ctx, entry=entry, scoped=scoped)
+        if member is not None and kd.entries is not None and member in kd.entries:
+            applying = applying + kd.predictions(ctx, entry=member, scoped=scoped)
+        for p in applying:
             where = judged_only(case, p.quantity, p.where, ev.undetermined)
             if where.any():
                 found.append((kd, dataclasses.replace(p, where=where)))
@@ -134,21 +145,27 @@ def judge(
     backend: str = IN_PROCESS_BACKEND,
     scoped: bool = True,
     evaluation: Evaluation | None = None,
+    member: str | None = None,
 ) -> Outcome:
     """Judge MXNet's outputs for ``case``: findings among ``checked``, staleness over every quantity.
 
     ``scoped=False`` applies every known deviation whatever release runs (to probe whether it is present).
-    ``evaluation``: the case's, if made.
+    ``evaluation``: the case's, if made. ``member``: as for ``predictions``.
 
     A certain known deviation must show in some quantity it names, even one the calling property
     does not check (dgamma may agree by accident where y cannot).
     """
-    ev = evaluation or evaluate(case)
-    outcome = _judge(ev, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
+    operator = OPERATOR_OF_ENTRY.get(entry, "batchnorm")
+    ev = evaluation or evaluate(case, operator=operator)
+    outcome = _judge(
+        ev, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped, member=member
+    )
     if ev.close:
         # A fused decision fell within its rounding of a threshold: the reference engine judges the case.
-        again = evaluate(case, "reference")
-        outcome = _judge(again, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped)
+        again = evaluate(case, "reference", operator=operator)
+        outcome = _judge(
+            again, outputs, entry=entry, kernel=kernel, checked=checked, backend=backend, scoped=scoped, member=member
+        )
     return outcome
 
 
@@ -161,12 +178,13 @@ def _judge(
     checked: Iterable[str],
     backend: str,
     scoped: bool,
+    member: str | None,
 ) -> Outcome:
     case = ev.case
     checked = frozenset(checked)
     comparison = Comparison(ev, outputs)
     verdict = judged_outputs(comparison)
-    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped, evaluation=ev)
+    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped, evaluation=ev, member=member)
     if not found:
         unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked)
         return Outcome(verdict, entry, (), unexpected, (), checked, backend)

@@ -21,15 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from bnprops.base import atomic
-from bnprops.judging.judgement import judge
+from bnprops.judging.folding import check_fold
+from bnprops.judging.int8 import check_int8
+from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
 from bnprops.model.case import QUANTITIES, Case
-from bnprops.mx import mxversion
+from bnprops.mx import folding, int8, mxversion
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import (
     ALL_BACKENDS,
     ENTRY_POINTS,
     IN_PROCESS_BACKEND,
+    LEGACY_ENTRY_POINTS,
     adapt,
     entry_unavailable_reason,
     kernel_for,
@@ -78,9 +81,13 @@ def _judged(kd: KnownDeviation, case: Case, entry: str, kernel: str) -> tuple[st
     outcome = judge(
         case, outputs, entry=entry, kernel=kernel, checked=QUANTITIES, backend=IN_PROCESS_BACKEND, scoped=False
     )
-    mine = [k for k, _ in outcome.explained if k is kd]
     if not _applies(kd, case, entry):
         return NOT_APPLICABLE, f"its conditions do not hold on the {kernel} kernel of this build"
+    return _status(kd, outcome)
+
+
+def _status(kd: KnownDeviation, outcome: Outcome) -> tuple[str, str]:
+    mine = [k for k, _ in outcome.explained if k is kd]
     if outcome.unexpected:
         first = outcome.unexpected[0]
         return DIFFERS, f"{first.quantity}: matches neither the oracle nor the model ({first.kind})"
@@ -91,11 +98,38 @@ def _judged(kd: KnownDeviation, case: Case, entry: str, kernel: str) -> tuple[st
     return DIFFERS, f"fails in {sorted(outcome.verdict.failed_quantities)}, explained by other deviations"
 
 
+#: The oneDNN rewrites' entries: each member's runner and judgement (bnprops.mx.folding, bnprops.mx.int8).
+MEMBER_CHECKS: dict[str, tuple[Any, Any, Any]] = {
+    **{e: (folding.RUNNERS[e], check_fold, folding.unavailable_reason) for e in folding.RUNNERS},
+    **{e: (int8.RUNNERS[e], check_int8, int8.unavailable_reason) for e in int8.RUNNERS},
+}
+
+
+def _probe_member(kd: KnownDeviation, entry: str) -> tuple[str, str]:
+    """A rewrite's deviation on its reproducer, run and judged by the member's own runner and judgement."""
+    runner, check, unavailable = MEMBER_CHECKS[entry]
+    missing = unavailable()
+    if missing is not None:
+        return NOT_APPLICABLE, missing
+    try:
+        outcome = check(kd.reproducer(), runner=runner, entry=entry).outcome
+    except Exception as exc:  # a release that rejects the call shows something else than recorded
+        return DIFFERS, f"raises {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
+    return _status(kd, outcome)
+
+
 def probe(kd: KnownDeviation) -> dict[str, Any]:
     """The deviation's status in this release, over the entry points it shows on that this release has."""
     entries = sorted(kd.entries) if kd.entries is not None else list(ENTRY_POINTS)
     per_entry: dict[str, dict[str, str]] = {}
     for entry in entries:
+        if entry in MEMBER_CHECKS:
+            per_entry[entry] = dict(zip(("status", "detail"), _probe_member(kd, entry), strict=True))
+            continue
+        if entry not in ENTRY_POINTS + LEGACY_ENTRY_POINTS:
+            # A family member's entry (onnx, amp-sym, ...): its own runner and tests, not this probe's.
+            per_entry[entry] = {"status": NOT_APPLICABLE, "detail": f"{entry!r} is a family member's entry"}
+            continue
         missing = entry_unavailable_reason(entry)
         if missing is not None:
             per_entry[entry] = {"status": NOT_APPLICABLE, "detail": missing}

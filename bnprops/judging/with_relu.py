@@ -13,10 +13,19 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from bnprops.judging.deviations.relu_inference_backward_unwritten_mask import DEVIATIONS as UNWRITTEN_MASK
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.oracle import reference
+from bnprops.mx import mxversion
 from bnprops.mx.runners import adapt
+
+#: The member's entry name for each key it is judged under: deviations of BatchNormWithReLU are scoped by
+#: these names. While the runners are keyed by BatchNorm's entry names this maps them; once they are keyed
+#: by the member's own names it is the identity (those names map to themselves below).
+MEMBER_ENTRY = {"nd": "nd-relu", "sym": "sym-relu", "gluon-hybrid": "gluon-relu"}
+#: The BatchNorm entry point whose code each member entry runs: BatchNorm's deviations there apply too.
+BATCHNORM_ENTRY = {"nd-relu": "nd", "sym-relu": "sym", "gluon-relu": "gluon-hybrid"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +64,34 @@ def lifted(case: Case, outputs: Outputs) -> Outputs:
     return out
 
 
+def mask_unwritten(case: Case, member: str) -> bool:
+    """Does the backward of this call read a ReLU mask no forward wrote (an inference forward: the deviations
+    of module relu_inference_backward_unwritten_mask, in a release they hold in)? Then MXNet's y does not say
+    which head it consumed."""
+    running = mxversion.running()
+    return not case.is_train and any(
+        d.entries is not None and member in d.entries and d.holds_in(running) for d in UNWRITTEN_MASK
+    )
+
+
 def judge_with_relu(
     case: Case, outputs: Outputs, *, entry: str, kernel: str = "onednn", checked: Iterable[str] = QUANTITIES
 ) -> ReluJudgement:
     """Judge BatchNormWithReLU's ``outputs`` for ``case`` (the case as BatchNorm's inputs and the head), run
-    through ``entry``: BatchNorm's known deviations there (the backward is BatchNorm's own code) apply."""
+    through ``entry``: the member's deviations there apply, and BatchNorm's of the entry whose code it runs
+    (the backward is BatchNorm's own). Where the mask is unwritten the head stays whole: the deviation's model
+    covers every mask, the right one (y > 0) among them."""
     y = outputs["y"]
-    bn_case = masked_case(case, y)
-    outcome = judge(bn_case, lifted(bn_case, outputs), entry=entry, kernel=kernel, checked=checked)
+    member = MEMBER_ENTRY.get(entry, entry)
+    bn_case = case if mask_unwritten(case, member) else masked_case(case, y)
+    outcome = judge(
+        bn_case,
+        lifted(bn_case, outputs),
+        entry=BATCHNORM_ENTRY.get(member, entry),
+        kernel=kernel,
+        checked=checked,
+        member=member if member in BATCHNORM_ENTRY else None,
+    )
     return ReluJudgement(outcome, int(np.count_nonzero(y < 0)))
 
 

@@ -100,6 +100,9 @@ class Case:
     prior_dx: np.ndarray | None = None
     prior_dgamma: np.ndarray | None = None
     prior_dbeta: np.ndarray | None = None
+    #: The rows of x's axis 0 each device gets, in rank order, for an operator that splits the batch over
+    #: devices (SyncBatchNorm); empty for the operators that run on one device.
+    devices: tuple[int, ...] = ()
     #: Labels of the value regimes the strategy drew from; they classify failures, nothing reads them.
     regime: str = "given"
 
@@ -237,6 +240,16 @@ def _validate(case: Case) -> None:
                 f"got {arr.dtype}{arr.shape}"
             )
     _validate_requests(case, pdt)
+    _validate_devices(case)
+
+
+def _validate_devices(case: Case) -> None:
+    devices = tuple(int(n) for n in case.devices)
+    if devices and (sum(devices) != case.x.shape[0] or min(devices) < 1):
+        raise ValueError(
+            f"devices must be positive row counts adding up to x's batch of {case.x.shape[0]}, got {case.devices!r}"
+        )
+    object.__setattr__(case, "devices", devices)
 
 
 def _validate_requests(case: Case, pdt: str) -> None:
@@ -280,6 +293,7 @@ def case_to_dict(case: Case) -> dict[str, Any]:
         "output_mean_var": case.output_mean_var,
         "is_train": case.is_train,
         "grad_req": list(case.grad_req),
+        "devices": list(case.devices),
         "regime": case.regime,
         "arrays": arrays,
     }
@@ -305,6 +319,7 @@ def case_from_dict(data: dict[str, Any]) -> Case:
         # Cases saved before these fields existed ran in training mode with grad_req='write'.
         is_train=bool(data.get("is_train", True)),
         grad_req=tuple(data.get("grad_req", WRITE_ALL)),
+        devices=tuple(int(n) for n in data.get("devices", ())),
         regime=str(data.get("regime", "given")),
     )
 
@@ -329,6 +344,8 @@ def _describe(case: Case) -> str:
         flags.append("is_train=False")
     if case.grad_req != WRITE_ALL:
         flags.append("grad_req=" + "/".join(case.grad_req))
+    if case.devices:
+        flags.append("devices=" + "+".join(map(str, case.devices)))
     return (
         f"BatchNorm({case.dtype}{list(case.shape)}, axis={case.axis}, eps={case.eps!r}, "
         f"momentum={case.momentum!r}, {', '.join(flags)}) regime={case.regime}"

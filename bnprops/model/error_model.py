@@ -41,13 +41,16 @@ from bnprops.model.exactness import (
     representable,
     rows,
 )
-from bnprops.model.formulas import Terms, bound_dx, bound_y, normalised
+from bnprops.model.formulas import Terms, V1Terms, bound_dx, bound_y, normalised, v1_dx_extra
 from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel
 
 SAFETY = 2.0
 #: The probability that a correct kernel's result lands beyond the probabilistic bound, per quantity.
 PROBABILISTIC_FAILURE = 1e-12
 MODELS = ("deterministic", "probabilistic")
+#: Whose arithmetic the bounds follow: BatchNorm's kernels, or BatchNorm_v1's (entry sym-v1), which forms the
+#: statistics with the reciprocal float(C) / float(size) and dx as three separately rounded terms.
+OPERATORS = ("batchnorm", "v1")
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -114,9 +117,28 @@ def _corner_sums_exact(values: np.ndarray, axis: int, dtype: str) -> np.ndarray:
     return exact_input_sums(values[corner].astype(np.float64), channel_axis=axis, dtype=dtype)
 
 
-def exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
+def exactness(case: Case, stats: tuple[np.ndarray, np.ndarray], *, operator: str = "batchnorm") -> Exactness:
     """Per channel, which of the kernel's sums and roundings are exact for this data (``stats``: the statistics
-    the call normalises with)."""
+    the call normalises with). BatchNorm_v1 (``operator`` "v1") multiplies its exact sums by a rounded
+    reciprocal: its statistics, and what follows from them, are exact only where that reciprocal is."""
+    found = _exactness(case, stats)
+    if operator == "v1" and case.uses_batch_stats and v1_scale_error(case, "deterministic") > 0:
+        no = np.zeros(case.channels, dtype=bool)
+        return dataclasses.replace(found, mean=no, c2_sum=no, var=no, invstd=no, dot_sum=no)
+    return found
+
+
+def v1_scale_error(case: Case, model: str) -> float:
+    """The relative error of BatchNorm_v1's ``scale = float(C) / float(size)`` against 1/M: the division's
+    rounding unless M is a power of two, and float(size)'s where size is not a float32."""
+    ua = _rounding_scale(model) * unit_roundoff("float32")
+    m, size = case.reduction_length, case.x.size
+    inexact_division = m > 0 and (m & (m - 1)) != 0
+    inexact_size = float(np.float32(size)) != size
+    return ua * (int(inexact_division) + int(inexact_size))
+
+
+def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     acc, cd = accumulation_dtype(case.dtype), compute_dtype(case.dtype)
     ax, m = case.channel_axis, case.reduction_length
     no = np.zeros(case.channels, dtype=bool)
@@ -198,9 +220,11 @@ def propagated_statistics(
     exact: Exactness,
     mean_abs: np.ndarray,
     factors: dict[str, np.ndarray] | None = None,
+    operator: str = "batchnorm",
 ) -> Propagated:
     """Per channel: the statistics the call normalises with (``stats``), var + eps, and their propagated errors;
-    ``mean_abs`` and (probabilistic model) the sums' ``factors`` are mean_abs's and partial_sum_factors'."""
+    ``mean_abs`` and (probabilistic model) the sums' ``factors`` are mean_abs's and partial_sum_factors'.
+    ``operator`` "v1": the mean and the variance each carry the reciprocal's error too (v1_scale_error)."""
     r = _rounding_scale(model)
     u = r * unit_roundoff(compute_dtype(case.dtype))
     acc = accumulation_dtype(case.dtype)
@@ -225,20 +249,29 @@ def propagated_statistics(
         if case.uses_batch_stats and m > 1:
             finite_mean = np.where(np.isfinite(mean), mean, 0.0)
             finite_var = np.where(np.isfinite(var), var, 0.0)
-            e_mean = sums["x"] * mean_abs + np.where(exact.mean, 0.0, ua * np.abs(finite_mean))
+            # v1: scale * sum, the reciprocal's error on top of the product's rounding (BatchNorm's quotient's).
+            scale = v1_scale_error(case, model) if operator == "v1" else 0.0
+            e_mean = sums["x"] * mean_abs + np.where(exact.mean, 0.0, (ua + scale) * np.abs(finite_mean))
             per_term = np.where(exact.c2_sum, 0.0, 2 * u + ua)
             spread = finite_var + e_mean * e_mean
-            e_var = e_mean * e_mean + (per_term + sums["c2"]) * spread + np.where(exact.var, 0.0, ua * finite_var)
+            e_var = (
+                e_mean * e_mean + (per_term + sums["c2"]) * spread + np.where(exact.var, 0.0, (ua + scale) * finite_var)
+            )
         else:
             # The statistics are inputs (or, for one value per channel, the value itself: x - mean = 0).
             e_mean, e_var = zeros, zeros
         s2 = var + eps
-        sum_rounding = np.where(exact.invstd, 0.0, u * np.abs(s2))
-        eta = np.where(s2 > 0, (e_var + e_eps + sum_rounding) / np.where(s2 > 0, s2, 1.0), 0.0)
-        # 1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order).
-        rel_data = np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf)
+        rel_data = invstd_data_error(s2, e_var + e_eps + np.where(exact.invstd, 0.0, u * np.abs(s2)))
         rel_round = np.where(exact.invstd, 0.0, 2 * u)
     return Propagated(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums)
+
+
+def invstd_data_error(s2: np.ndarray, e_s2: np.ndarray) -> np.ndarray:
+    """The relative error of 1/sqrt(s2) that an error ``e_s2`` of ``s2 = var + eps`` causes: with eta = e_s2 / s2,
+    1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order); inf from eta >= 1."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        eta = np.where(s2 > 0, e_s2 / np.where(s2 > 0, s2, 1.0), 0.0)
+        return np.asarray(np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf))
 
 
 def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.ndarray:
@@ -311,6 +344,7 @@ def bounds(
     fresh: Outputs,
     model: str = "deterministic",
     training_backward: bool = False,
+    operator: str = "batchnorm",
 ) -> Outputs:
     """Per-element absolute error bounds for each quantity in ``expected`` (the oracle's Outputs).
 
@@ -318,6 +352,7 @@ def bounds(
     (under 'add', the gradients' bounds scale with them, not with what they accumulate onto).
     ``training_backward``: bound dx as the training formula computes it from the statistics the call
     normalises with, even where they are inputs (what the executor does after an inference forward).
+    ``operator``: whose arithmetic (OPERATORS); "v1" adds v1_terms to dx's bound where it trains.
     """
     if model not in MODELS:
         raise ValueError(f"unknown error model {model!r}; choose from {MODELS}")
@@ -360,6 +395,9 @@ def bounds(
         if "dx" in accumulated:
             add, batch = "dx" in _accumulated_quantities(case), case.uses_batch_stats or training_backward
             out["dx"] = bound_dx(axhat, dy, expected["dx"], accumulated["dx"], batch, add, m)
+            if operator == "v1" and batch:
+                extra = v1_terms(case, st, model, inv=inv, shift=shift, dbeta=dbeta, dgamma=dgamma, xhat=xhat)
+                out["dx"] = out["dx"] + v1_dx_extra(axhat, dy, V1Terms(*(chan(v) if np.ndim(v) else v for v in extra)))
     # (y and dx are finished by their formulas; the per-channel quantities here)
     out.update(finished_bounds(case, {**gradients, **statistics_bounds(case, st, model, expected)}, accumulated, model))
     return out
@@ -431,6 +469,56 @@ def channel_terms(
         )
 
 
+def v1_terms(
+    case: Case,
+    st: Propagated,
+    model: str,
+    *,
+    inv: np.ndarray,
+    shift: np.ndarray,
+    dbeta: np.ndarray,
+    dgamma: np.ndarray,
+    xhat: np.ndarray,
+) -> V1Terms:
+    """Per channel, ``model``'s terms of BatchNorm_v1's dx beyond BatchNorm's (formulas.V1Terms), read from
+    batch_norm_v1-inl.h (1.9.1): dx = T1 + T3 + T2 with T1 = (dy g) (1/sqrt(s2)), T2 = (sum(dy g) (-1/sqrt(s2))
+    + tmp) scale, T3 = gvar scale 2 (x - mean), gvar = sum(dy g (x - mean) (-0.5) pow(s2, -1.5)) and
+    tmp = scale sum(-2 (x - mean)) gvar. Against BatchNorm's model: T1 and T2 share invstd's rounding (2 u)
+    but T3 does not (pow's, 2 u more); each term's products and the reciprocal's error (v1_scale_error) stay
+    per term; gvar's terms take 3 u more each; sum(dy g) is rounded even where sum(dy) is exact (its factor
+    G_dy: the terms' products and sums are not BatchNorm's; the worst case where the terms are all equal, whose
+    roundings are alike, not a random walk); and tmp, 0 in exact arithmetic, is the mean's error
+    and the rounding of sum(x - mean) times dgamma/M (its factor G_c). G_c and G_dy are the worst case, or the
+    sequential partial sums' (error_model.sequential_sum_factor) in the probabilistic model."""
+    u = st.u
+    m = max(case.reduction_length, 1)
+    scale = v1_scale_error(case, model)
+    red = case.reduce_axes
+    dy = np.abs(case.dy.astype(np.float64))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        axhat = np.abs(xhat)
+        mean_dy, mean_xhat = dy.mean(axis=red), axhat.mean(axis=red)
+        mean_dot = (dy * axhat).mean(axis=red)
+        if model == "probabilistic":
+            centred = rows(case.x.astype(np.float64), case.channel_axis) - st.mean[:, None]
+            g_c = sequential_sum_factor(centred, "float32", channels=case.channels)
+            dy_rows = rows(case.dy.astype(np.float64), case.channel_axis)
+            g_dy = sequential_sum_factor(dy_rows, "float32", channels=case.channels)
+            # Equal terms (a constant head: dy g the same everywhere) round alike at every step, no random walk.
+            same = np.all(dy_rows == dy_rows[:, :1], axis=1) if dy_rows.shape[1] else np.ones(case.channels, bool)
+            g_dy = np.where(same, sum_factor(max(m - 1, 0), "float32", model="deterministic"), g_dy)
+        else:
+            g_c = g_dy = np.full(case.channels, sum_factor(max(m - 1, 0), "float32", model=model))
+        t2, k1 = np.abs(dbeta) / m, np.abs(dgamma) / m
+        return V1Terms(
+            agi=np.abs(_gamma(case)) * inv,
+            c0=(u + g_dy) * mean_dy + (5 * u + scale) * t2 + k1 * (shift + g_c * mean_xhat),
+            cd=2 * u,
+            cx=3 * u * mean_dot + (7 * u + scale) * k1,
+            sf=_safety(model),
+        )
+
+
 def sharpest(probabilistic: Outputs, deterministic: Outputs) -> Outputs:
     """The probabilistic bounds, never above the deterministic ones; where the probabilistic model's own
     first-order propagation breaks down (nan or inf), the deterministic bound."""
@@ -465,6 +553,10 @@ def gradient_sum_bounds(
         # kernel rounds each x - mean to float16, and for all x in one binade that rounding is the same
         # fraction of the mean (float16[426580, 1], dy = 1: dgamma -54.2 where the exact value is 0,
         # beyond lambda u sqrt(sum t^2), within u sum|t|).
+        # Every x - mean the kernel forms carries the mean's error (shift, in units of xhat), so the products and
+        # the sum round terms of |dy| (|xhat| + shift): on a constant channel whose sum is inexact, xhat is 0 and
+        # only the shift is left (float32[1000, 1] of 0.1, dy a ramp: dgamma 1e31 times a bound on |dy xhat|).
+        sum_adx = sum_adx + shift * sum_ady
         per_product = np.where(exact_dot, 0.0, 3 * u)
         e_products = per_product * sum_adx
         e_dgamma = (

@@ -34,8 +34,10 @@ class Evaluation:
 
     engine = "reference"
 
-    def __init__(self, case: Case) -> None:
+    def __init__(self, case: Case, operator: str = "batchnorm") -> None:
         self.case = case
+        #: Whose arithmetic the bounds follow (error_model.OPERATORS).
+        self.operator = operator
         #: A decision within rounding of its threshold was made on this evaluation's values (fused engine only).
         self.close = False
         self._propagated: dict[str, Propagated] = {}
@@ -77,14 +79,20 @@ class Evaluation:
     # What both engines share.
     @functools.cached_property
     def exactness(self) -> Exactness:
-        return error_model.exactness(self.case, self.statistics)
+        return error_model.exactness(self.case, self.statistics, operator=self.operator)
 
     def propagated(self, model: str) -> Propagated:
         """The statistics' propagated errors under ``model`` (error_model.MODELS)."""
         if model not in self._propagated:
             factors = self.partial_sum_factors if model == "probabilistic" else None
             self._propagated[model] = error_model.propagated_statistics(
-                self.case, model, stats=self.statistics, exact=self.exactness, mean_abs=self.mean_abs, factors=factors
+                self.case,
+                model,
+                stats=self.statistics,
+                exact=self.exactness,
+                mean_abs=self.mean_abs,
+                factors=factors,
+                operator=self.operator,
             )
         return self._propagated[model]
 
@@ -107,6 +115,7 @@ class Evaluation:
             fresh=self.fresh,
             model=model,
             training_backward=training_backward,
+            operator=self.operator,
         )
 
 
@@ -199,11 +208,18 @@ class FusedEvaluation(Evaluation):
         return self._arrays[which]
 
 
-def evaluate(case: Case, engine: str = "auto") -> Evaluation:
+def evaluate(case: Case, engine: str = "auto", *, operator: str = "batchnorm") -> Evaluation:
     """A new evaluation of ``case``: on the fused engine where it applies (``auto``: as BNPROPS_FUSED chooses),
-    else on the reference."""
+    else on the reference. ``operator`` "v1" (BatchNorm_v1's arithmetic) takes the reference engine: the fused
+    kernels compile BatchNorm's terms only."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+    if operator not in error_model.OPERATORS:
+        raise ValueError(f"unknown operator {operator!r}; choose from {error_model.OPERATORS}")
+    if operator != "batchnorm":
+        if engine == "fused":
+            raise ValueError(f"the fused engine computes BatchNorm's bounds, not {operator}'s")
+        return Evaluation(case, operator)
     if engine == "fused" and not fused_sums.supports(case):
         raise ValueError(f"the fused engine takes float16/float32 data with elements, not {case.describe()}")
     fused = engine == "fused" or (engine == "auto" and fused_sums.eligible(case))

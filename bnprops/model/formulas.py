@@ -165,6 +165,23 @@ def dx_form(f: DxForm, axhat: Any, ad: Any, af: Any, aa: Any) -> Any:
     return f.one + f.axhat * axhat + f.ad * ad + f.af * af + f.aa * aa
 
 
+class V1Terms(NamedTuple):
+    """Per channel, what BatchNorm_v1's kernel adds to BatchNorm's bound on dx (error_model.v1_terms): v1 forms
+    dx as three terms, each with its own invstd factor and the reciprocal ``scale = float(C) / float(size)``,
+    summed after they are rounded, so their roundings do not cancel as a common factor's would."""
+
+    agi: Any  # |g| inv
+    c0: Any  # per channel: (u + G_dy) mean|dy| + (5 u + rel_scale) |dbeta|/M + tmp's k1 (shift + G_c E|xhat|)
+    cd: Any  # per |dy|: T1's invstd rounding, not shared with T3
+    cx: Any  # per |xhat|: gvar's extra per-term roundings and T3's (7 u + rel_scale) |dgamma|/M
+    sf: Any  # SAFETY in the deterministic model, 1 in the probabilistic one
+
+
+def v1_dx_extra(axhat: Any, d: Any, m: V1Terms) -> Any:
+    """BatchNorm_v1's dx beyond BatchNorm's bound (added to bound_dx's, for sym-v1 only)."""
+    return m.sf * m.agi * (m.c0 + m.cd * abs(d) + m.cx * axhat)
+
+
 #: The formulas that call one another (the kernels register them with numba).
 SHARED = (normalised, oracle_y, oracle_dx, xhat_error, finished, bound_y, bound_dx, dx_terms_error, y_form, dx_form)
 

@@ -34,6 +34,9 @@ ENTRY_POINTS = ("sym", "nd", "gluon", "gluon-hybrid", "npx")
 #: Legacy operators' entry points, kept out of ENTRY_POINTS (and so out of the default properties and the fuzz
 #: job): "sym-v1" is mx.sym.BatchNorm_v1 through an executor (docs: the BatchNorm family page).
 LEGACY_ENTRY_POINTS = ("sym-v1",)
+#: Whose arithmetic the error bounds follow for a call through an entry point (bnprops.model.error_model's
+#: OPERATORS): BatchNorm_v1's own for "sym-v1", BatchNorm's everywhere else.
+OPERATOR_OF_ENTRY = {"sym-v1": "v1"}
 #: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
 BACKENDS = ("onednn", "native")
 #: GPU kernels: cuDNN, and MXNet's own CUDA kernel (cudnn_off=True).

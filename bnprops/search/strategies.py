@@ -407,6 +407,7 @@ def cases(
         arrays, exact_eps = _values(np.random.default_rng(seed), shape, axis, dtype, value_regime, head_regime, reqs)
         return Case(
             **arrays,
+            devices=(),
             axis=axis,
             eps=draw(eps_s) if exact_eps is None else exact_eps,
             momentum=draw(momentum_s),

@@ -1,0 +1,300 @@
+"""SyncBatchNorm as a family member: its runners, what it can express, its kernels and its reproducer.
+
+The calls need the threaded engine, which bnprops' own process does not run (it runs NaiveEngine), so every
+case goes to a long-lived sync worker (bnprops.mx.sync_calls) per CPU kernel, started on first use, dying
+with its parent, restarted after a crash or a hang: a call that waits longer than CALL_TIMEOUT_S at
+SyncBatchNorm's barrier (a key or device-count mismatch) is killed with its worker and raised as WorkerCrashed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import IO
+
+import numpy as np
+
+from bnprops.base import lifetime
+from bnprops.model.case import WRITE_ALL, Case, Outputs
+from bnprops.model.sync import applied, device_split
+from bnprops.mx import mxversion
+from bnprops.mx.runners import IN_PROCESS_BACKEND, BackendUnavailable
+from bnprops.mx.sync_calls import ENGINE
+from bnprops.mx.worker import (
+    START_TIMEOUT_S,
+    WorkerCrashed,
+    WorkerError,
+    environment_for,
+    read_message,
+    write_message,
+)
+
+ENTRIES = ("sync-nd", "sync-sym", "sync-gluon")
+#: A sync case is small; a call that takes longer waits at a barrier that will never open.
+CALL_TIMEOUT_S = 60.0
+MAX_DEVICES = 4
+#: SyncBatchNorm is a legacy mshadow operator with no oneDNN implementation: MXNET_MKLDNN_ENABLED changes nothing
+#: (both kernels' outputs are the same bits, test_sync_batchnorm), so it runs on either.
+KERNELS: dict[str, str | None] = {"onednn": None, "native": None}
+#: The requests of gluon's layer with scale=False (fix_gamma): gamma takes no gradient.
+FROZEN_GAMMA = ("write", "null", "write")
+
+
+def unavailable_reason() -> str | None:
+    """Why this MXNet lacks the operator (None: it has it)."""
+    try:
+        import mxnet as mx
+    except ImportError as exc:
+        return f"mxnet does not import: {exc}"
+    if not hasattr(mx.nd.contrib, "SyncBatchNorm"):
+        return f"MXNet {mxversion.running()} has no mx.nd.contrib.SyncBatchNorm"
+    return None
+
+
+def unexpressible_reason(case: Case) -> str | None:
+    """Why SyncBatchNorm cannot run ``case`` as bnprops judges it (None: it can)."""
+    split = device_split(case)
+    if case.dtype != "float32":
+        return f"float32 only (the kernel reads every blob as real_t), not {case.dtype}"
+    if case.x.ndim < 2 or case.channel_axis != 1:
+        return "channels on axis 1 of data with at least 2 dimensions only"
+    if not 1 <= len(split) <= MAX_DEVICES or min(split) < 1 or sum(split) != case.shape[0]:
+        return f"a split of the batch over 1 to {MAX_DEVICES} devices with a row each, not {split}"
+    if case.output_mean_var:
+        return "its third output is the batch variance, not BatchNorm's invstd"
+    if not case.uses_batch_stats:
+        return "inference and use_global_stats: a scale-shift form the error model does not bound yet"
+    if case.grad_req not in (WRITE_ALL, FROZEN_GAMMA if case.fix_gamma else WRITE_ALL):
+        return "each device's buffers are requested with 'write' ('add'/'null' per device are not modelled yet)"
+    if not np.isfinite(case.x).all() or not np.isfinite(case.dy).all():
+        return "finite data only (NaN/inf propagation through the merge is not modelled)"
+    return None
+
+
+def adapt(entry: str, case: Case) -> Case:
+    """The case as ``entry`` runs it: eps as a float (SyncBatchNormParam's type); for gluon, gamma takes no
+    gradient under fix_gamma (scale=False)."""
+    case = applied(case)
+    if entry == "sync-gluon" and case.fix_gamma:
+        case = case.with_(grad_req=FROZEN_GAMMA)
+    return case
+
+
+class SyncWorker:
+    """One sync worker process for one CPU kernel; ``run`` is safe to call from one thread at a time."""
+
+    def __init__(self, kernel: str, *, call_timeout: float = CALL_TIMEOUT_S) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"a sync worker runs a CPU kernel ({sorted(KERNELS)}), not {kernel!r}")
+        self.kernel, self.call_timeout, self.starts = kernel, call_timeout, 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _tail(self, limit: int = 4000) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-limit:]
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        self._discard()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
+        self.starts += 1
+        env = lifetime.child_environment({**environment_for(self.kernel), **ENGINE})
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bnprops.mx.sync_calls", self.kernel],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=env,
+            )
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot start the sync worker ({sys.executable}): {exc}") from exc
+        self._proc = proc
+        assert proc.stdout is not None
+        try:
+            hello = read_message(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S)
+        except (EOFError, TimeoutError) as exc:
+            tail = self._tail()
+            self._discard()
+            raise BackendUnavailable(f"the sync worker did not start; its stderr:\n{tail}") from exc
+        if hello != ("ready", self.kernel):
+            self._discard()
+            raise BackendUnavailable(f"the sync worker answered {hello!r} instead of ready")
+        return proc
+
+    def _discard(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+    def run(self, entry: str, case: Case) -> Outputs:
+        """Run ``case`` through ``entry`` in the worker; what the call raised is raised here."""
+        with self._lock:
+            proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                write_message(proc.stdin, (entry, case))
+                status, payload = read_message(proc.stdout.fileno(), time.monotonic() + self.call_timeout)
+            except (EOFError, BrokenPipeError, TimeoutError) as exc:
+                hung = isinstance(exc, TimeoutError)
+                self._discard()
+                raise WorkerCrashed(
+                    f"the sync worker (pid {proc.pid}) "
+                    + (f"hung for {self.call_timeout:.0f} s" if hung else f"died (exit status {proc.returncode})")
+                    + f" running {entry} on {case.describe()}; its stderr ends:\n{self._tail()}"
+                ) from exc
+        if status == "ok":
+            return payload  # type: ignore[no-any-return]
+        if isinstance(payload, BaseException):
+            raise payload
+        raise WorkerError(str(payload))
+
+    def close(self) -> None:
+        with self._lock:
+            proc = self._proc
+            if proc is not None and proc.poll() is None and proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                    proc.wait(10)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            self._discard()
+            if self._stderr is not None:
+                self._stderr.close()
+                self._stderr = None
+
+
+_WORKERS: dict[str, SyncWorker] = {}
+
+
+def worker_for(kernel: str) -> SyncWorker:
+    """The shared sync worker of a CPU kernel, created on first use."""
+    if kernel not in _WORKERS:
+        _WORKERS[kernel] = SyncWorker(kernel)
+    return _WORKERS[kernel]
+
+
+@atexit.register
+def close_all() -> None:
+    for worker in list(_WORKERS.values()):
+        worker.close()
+
+
+def run(case: Case, *, entry: str, kernel: str = IN_PROCESS_BACKEND) -> Outputs:
+    """``case`` through ``entry`` on ``kernel``, in that kernel's sync worker (ValueError where it cannot run)."""
+    reason = unexpressible_reason(case)
+    if reason is not None:
+        raise ValueError(f"{entry} cannot run {case.describe()}: {reason}")
+    return worker_for(kernel).run(entry, adapt(entry, case))
+
+
+def runner_for(entry: str, kernel: str) -> Callable[[Case], Outputs]:
+    return functools.partial(run, entry=entry, kernel=kernel)
+
+
+#: Entry name -> runner on the kernel bnprops' own process runs (runner_for gives the other).
+RUNNERS: dict[str, Callable[[Case], Outputs]] = {entry: runner_for(entry, IN_PROCESS_BACKEND) for entry in ENTRIES}
+
+
+def snippet(case: Case, entry: str, *, kernel: str = IN_PROCESS_BACKEND) -> str:
+    """A standalone script (mxnet and numpy only) making the call ``case`` through ``entry``: the environment
+    SyncBatchNorm needs, one call per device, backward; MXNet's results left in ``actual``."""
+    case = adapt(entry, case)
+    split = device_split(case)
+
+    def arr(a: np.ndarray) -> str:
+        return f"np.array({a.astype(np.float64).tolist()!r}, dtype=np.float32)"
+
+    env = {**ENGINE, **({"MXNET_MKLDNN_ENABLED": "0"} if kernel == "native" else {})}
+    lines = [
+        "import os",
+        *(f"os.environ[{k!r}] = {v!r}  # SyncBatchNorm's barrier needs the threaded engine" for k, v in env.items()),
+        "import mxnet as mx, numpy as np",
+        f"x, dy = {arr(case.x)}, {arr(case.dy)}",
+        f"gamma, beta = {arr(case.gamma)}, {arr(case.beta)}",
+        f"moving_mean, moving_var = {arr(case.moving_mean)}, {arr(case.moving_var)}",
+        f"split = {list(split)!r}  # rows of x per device, in rank order",
+        f"eps, momentum, fix_gamma = {case.eps!r}, {case.momentum!r}, {case.fix_gamma}",
+        "ends = np.cumsum([0] + split)",
+        "ctxs = [mx.cpu(d) for d in range(len(split))]",
+        "xs = [mx.nd.array(x[a:b], ctx=c) for a, b, c in zip(ends, ends[1:], ctxs)]",
+        "dys = [mx.nd.array(dy[a:b], ctx=c) for a, b, c in zip(ends, ends[1:], ctxs)]",
+        "for v in xs:",
+        "    v.attach_grad()",
+    ]
+    if entry == "sync-nd":
+        lines += [
+            "ps = [[mx.nd.array(v, ctx=c) for v in (gamma, beta, moving_mean, moving_var)] for c in ctxs]",
+            "for p in ps:",
+            "    p[0].attach_grad(); p[1].attach_grad()",
+            "with mx.autograd.record():",
+            "    ys = [mx.nd.contrib.SyncBatchNorm(v, *p, eps=eps, momentum=momentum, fix_gamma=fix_gamma,",
+            "                                      ndev=len(split), key='repro') for v, p in zip(xs, ps)]",
+            "mx.autograd.backward(ys, head_grads=dys)",
+            "dgammas, dbetas = [p[0].grad.asnumpy() for p in ps], [p[1].grad.asnumpy() for p in ps]",
+            "moving = (ps[0][2].asnumpy(), ps[0][3].asnumpy())",
+        ]
+    elif entry == "sync-sym":
+        lines += [
+            "names = ('x', 'gamma', 'beta', 'moving_mean', 'moving_var')",
+            "out = mx.sym.contrib.SyncBatchNorm(*(mx.sym.Variable(n) for n in names), eps=eps, momentum=momentum,",
+            "                                   fix_gamma=fix_gamma, ndev=len(split), key='repro')",
+            "exes = []",
+            "for v, c in zip(xs, ctxs):",
+            "    p = [mx.nd.array(a, ctx=c) for a in (gamma, beta, moving_mean, moving_var)]",
+            "    grads = {n: mx.nd.zeros(a.shape, ctx=c) for n, a in zip(names, [v] + p[:2])}",
+            "    exes.append(out.bind(c, args={'x': v, 'gamma': p[0], 'beta': p[1]}, args_grad=grads,",
+            "                         aux_states={'moving_mean': p[2], 'moving_var': p[3]}))",
+            "ys = [e.forward(is_train=True)[0] for e in exes]",
+            "for e, d in zip(exes, dys):",
+            "    e.backward([d])",
+            "class Grad:  # the executors' gradients, where the other entries read v.grad",
+            "    def __init__(self, e): self.grad = e.grad_dict['x']",
+            "xs = [Grad(e) for e in exes]",
+            "dgammas = [e.grad_dict['gamma'].asnumpy() for e in exes]",
+            "dbetas = [e.grad_dict['beta'].asnumpy() for e in exes]",
+            "moving = (exes[0].aux_dict['moving_mean'].asnumpy(), exes[0].aux_dict['moving_var'].asnumpy())",
+        ]
+    else:
+        lines += [
+            "net = mx.gluon.contrib.nn.SyncBatchNorm(in_channels=len(gamma), num_devices=len(split),",
+            "    momentum=momentum, epsilon=eps, scale=not fix_gamma)",
+            "net.initialize(ctx=ctxs)",
+            "for p, v in ((net.gamma, gamma), (net.beta, beta), (net.running_mean, moving_mean),",
+            "             (net.running_var, moving_var)):",
+            "    p.set_data(mx.nd.array(v))",
+            "with mx.autograd.record():",
+            "    ys = [net(v) for v in xs]",
+            "mx.autograd.backward(ys, head_grads=dys)",
+            "dgammas = [g.asnumpy() for g in net.gamma.list_grad()] if not fix_gamma else []",
+            "dbetas = [g.asnumpy() for g in net.beta.list_grad()]",
+            "moving = (net.running_mean.list_data()[0].asnumpy(), net.running_var.list_data()[0].asnumpy())",
+        ]
+    lines += [
+        "actual = {'y': np.concatenate([v.asnumpy() for v in ys]),",
+        "          'dx': np.concatenate([v.grad.asnumpy() for v in xs]),",
+        "          'dbeta_partials': np.stack(dbetas), 'moving_mean': moving[0], 'moving_var': moving[1]}",
+        "if dgammas:",
+        "    actual['dgamma_partials'] = np.stack(dgammas)",
+        "for name, value in actual.items():",
+        "    print(name, value.tolist())",
+    ]
+    return "\n".join(lines) + "\n"
