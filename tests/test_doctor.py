@@ -118,3 +118,16 @@ def test_batchnorm_with_relu_is_skipped_with_the_reason_on_a_build_without_onedn
     assert line.endswith(
         f"skipped: BatchNormWithReLU has only a oneDNN kernel; MXNet {mxversion.running()} was built without oneDNN"
     ), line
+
+
+def test_a_deviation_whose_entry_points_this_build_lacks_is_said_to_need_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    members = [d for d in ALL if getattr(d, "entries", None) and d.releases.holds(mxversion.running())]
+    members = [d for d in members if not set(d.entries) & set(ENTRY_POINTS)]
+    assert members, "expected a recorded deviation on family members' entry points only"
+    lacking = {e: "planted: this build lacks it" for d in members for e in d.entries}
+    monkeypatch.setattr(doctor, "member_reasons", lambda: lacking)
+    report = doctor.report()
+    for d in members:
+        line = next(row for row in report if row.strip().startswith(d.id + " "))
+        if "needs the" not in line:  # a backend this build lacks is said first
+            assert "needs " in line and "planted: this build lacks it" in line, line

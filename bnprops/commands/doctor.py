@@ -80,6 +80,33 @@ def _size_on_disk(package_dir: str | None) -> int | None:
         return None
 
 
+#: The family members and graph rewrites by the name doctor gives them, with their entry points.
+_MEMBER_GROUPS = {
+    "SyncBatchNorm": ("sync-nd", "sync-sym", "sync-gluon"),
+    "gluon options": ("gluon-options", "gluon-options-hybrid"),
+    "oneDNN folding": ("fold-sym", "fold-gluon", "fold-bind", "fold-relu-sym", "fold-conv"),
+    "int8 quantization": ("int8-gluon", "int8-sym"),
+    "AMP bfloat16": ("amp-sym", "amp-gluon"),
+    "AMP float16": ("amp-fp16-sym",),
+    "ONNX export": ("onnx",),
+}
+
+
+def member_reasons() -> dict[str, str | None]:
+    """Why each family member's or graph rewrite's entry point cannot run on this build (None: it runs)."""
+    from bnprops.mx import folding, gluon_options, int8, mixed_precision, onnx_export, sync
+
+    amp = mixed_precision.unavailable_reason()
+    reasons: dict[str, str | None] = {}
+    reasons.update(dict.fromkeys(sync.ENTRIES, sync.unavailable_reason()))
+    reasons.update(dict.fromkeys(gluon_options.ENTRIES, gluon_options.unavailable_reason()))
+    reasons.update(dict.fromkeys(folding.RUNNERS, folding.unavailable_reason()))
+    reasons.update(dict.fromkeys(int8.RUNNERS, int8.unavailable_reason()))
+    reasons.update({e: amp or mixed_precision.kernel_reason(e) for e in mixed_precision.RUNNERS})
+    reasons[onnx_export.ENTRY] = onnx_export.unavailable_reason()
+    return reasons
+
+
 def _probed(releases: mxversion.Releases, version: str) -> str:
     """What ``bnprops versions`` measured in this release, if its reproducer ran here."""
     seen = [present for probed, present in releases.probed if mxversion.parse(probed) == mxversion.parse(version)]
@@ -136,14 +163,22 @@ def report() -> list[str]:
         "BatchNorm family members beside BatchNorm:",
         f"  {'BatchNorm_v1':<20}(entry sym-v1) {_status(entry_unavailable_reason('sym-v1'))}",
         f"  {'BatchNormWithReLU':<20}{_status(with_relu_build_reason())}",
-        f"recorded deviations in MXNet {version}:",
     ]
+    members = member_reasons()
+    for name, entries in _MEMBER_GROUPS.items():
+        reasons = [members[e] for e in entries if e in members]
+        if reasons:
+            lines.append(f"  {name:<20}({', '.join(e for e in entries if e in members)}) {_status(reasons[0])}")
+    lines.append(f"recorded deviations in MXNet {version}:")
     engine = os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
     for d in ALL:
         why = None if d.releases.holds(version) else f"absent in {version} (holds in {d.releases.describe()})"
         needs = getattr(d, "needs_backend", None)
         if why is None and needs and unavailable_reason(needs) is not None:
             why = f"needs the {needs} backend: {unavailable_reason(needs)}"
+        lacked = sorted(getattr(d, "entries", None) or ())
+        if why is None and lacked and all(members.get(e) for e in lacked):
+            why = f"needs {', '.join(lacked)}: {members[lacked[0]]}"
         needs_engine = getattr(d, "engine", None)
         if why is None and needs_engine and needs_engine != engine:
             why = f"needs MXNET_ENGINE_TYPE={needs_engine}; this run uses {engine}"
