@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, Phase, settings
 from bnprops.fuzzing.report.model import Report
 from bnprops.judging.state_model import Config
 from bnprops.model.case import Case, param_dtype
-from bnprops.mx.runners import unavailable_reason
+from bnprops.mx.backends import same_kernel_backend
+from bnprops.mx.runners import BackendUnavailable, unavailable_reason
 from bnprops.search.sequences import Rule, Sequence
 
 #: Campaign options for tests of one part of the fuzz job: no chains, sequences or members (their own tests run those).
@@ -26,6 +27,15 @@ def skip_unless_available(backend: str) -> None:
     reason = unavailable_reason(backend)
     if reason is not None:
         pytest.skip(reason)
+
+
+def backend_with_kernel_of(case: Case, backend: str = "onednn", *, entry: str | None = None) -> str:
+    """``backend``, or the backend that runs ``case`` on the same kernel where this build lacks it (native for
+    float16/float64 on a build without oneDNN); skips, with the reason, where no backend here has that kernel."""
+    try:
+        return same_kernel_backend(case, backend, entry=entry)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def one_channel_case(

@@ -15,7 +15,7 @@ from bnprops.fuzzing.catalogue import ERROR, MISMATCH
 from bnprops.fuzzing.report.model import LARGE_EXAMPLE, Report
 from bnprops.model.case import Case, Outputs
 from bnprops.mx.backends import runner_for
-from bnprops.mx.runners import Runner
+from bnprops.mx.runners import BACKENDS, IN_PROCESS_BACKEND, Runner
 from tests.helpers import FOCUSED
 
 
@@ -189,19 +189,21 @@ def test_worker_processes_share_the_budget(tmp_path: Path) -> None:
 
 
 def test_a_backend_that_cannot_run_here_is_skipped_unless_it_was_asked_for(tmp_path: Path) -> None:
-    def only_onednn(entry: str, backend: str) -> Runner:
-        if backend != "onednn":
+    here, other = IN_PROCESS_BACKEND, next(b for b in BACKENDS if b != IN_PROCESS_BACKEND)
+
+    def only_here(entry: str, backend: str) -> Runner:
+        if backend != here:
             raise NotImplementedError("needs a worker process")
         return runner_for(entry, backend)
 
     targets, skipped = plan.resolve_targets(
-        plan.CampaignConfig(out=tmp_path, max_examples=1, entries=("sym",), backends=("onednn", "native")), only_onednn
+        plan.CampaignConfig(out=tmp_path, max_examples=1, entries=("sym",), backends=(here, other)), only_here
     )
-    assert targets == [("sym", "onednn")] and skipped[0]["backend"] == "native"
+    assert targets == [("sym", here)] and skipped[0]["backend"] == other
     with pytest.raises(plan.UsageError, match="cannot run here"):
         plan.resolve_targets(
             plan.CampaignConfig(
-                out=tmp_path, max_examples=1, entries=("sym",), backends=("native",), backends_explicit=True
+                out=tmp_path, max_examples=1, entries=("sym",), backends=(other,), backends_explicit=True
             ),
-            only_onednn,
+            only_here,
         )

@@ -29,7 +29,7 @@ from bnprops.mx.producers import Chain, step
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 from bnprops.search.sequences import Sequence, sequences
 from tests import planted_sessions
-from tests.helpers import first_finding, one_channel_case, one_sequence
+from tests.helpers import first_finding, one_channel_case, one_sequence, skip_unless_available
 
 PLANTED = "tests.planted_sessions:"
 PLANTED_SESSION = PLANTED + "moving_stats_updated_twice"
@@ -189,6 +189,7 @@ def test_a_session_that_raises_is_a_raises_finding(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize("backend", ["onednn", "native"])
 def test_sequences_run_on_both_cpu_backends(backend: str) -> None:
     """The target's backend decides where: in this process, or in the other backend's worker process."""
+    skip_unless_available(backend)
     checked = check_sequence(
         one_sequence("train_step", "backward_again", dtype="float32"), entry="gluon", backend=backend
     )

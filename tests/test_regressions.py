@@ -28,6 +28,7 @@ import pytest
 from bnprops.judging.checks import check
 from bnprops.model.case import Case
 from bnprops.mx.backends import runner_for
+from tests.helpers import backend_with_kernel_of
 
 CASES = sorted((Path(__file__).parent / "regressions").glob("*.json"))
 
@@ -44,7 +45,8 @@ RUNS = [
 @pytest.mark.parametrize(("path", "entry"), RUNS, ids=[f"{p.stem}-{e}" for p, e in RUNS])
 def test_a_former_wrong_verdict_stays_right(path: Path, entry: str) -> None:
     case = Case.from_json(path.read_text())
-    outcome = check(case, runner=runner_for(entry, "onednn"), entry=entry, backend="onednn")
+    backend = backend_with_kernel_of(case, "onednn", entry=entry)
+    outcome = check(case, runner=runner_for(entry, backend), entry=entry, backend=backend)
     assert outcome.ok, outcome.message()
 
 
@@ -56,7 +58,8 @@ OPEN: dict[str, str] = {}
 @pytest.mark.parametrize("name", sorted(OPEN))
 def test_an_open_false_alarm_still_gets_the_wrong_verdict(name: str) -> None:
     case = Case.from_json((Path(__file__).parent / "regressions" / "open" / f"{name}.json").read_text())
-    outcome = check(case, runner=runner_for("sym", "onednn"), entry="sym", backend="onednn")
+    backend = backend_with_kernel_of(case, "onednn", entry="sym")
+    outcome = check(case, runner=runner_for("sym", backend), entry="sym", backend=backend)
     if not outcome.ok:
         pytest.xfail(OPEN[name])
     pytest.fail(f"{name} is judged right now: move it from regressions/open/ to regressions/ and from OPEN to CASES")

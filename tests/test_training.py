@@ -35,7 +35,7 @@ from bnprops.judging.state_model import Config, SequenceFailure, Tracker, signat
 from bnprops.mx.runners import IN_PROCESS_BACKEND, entry_unavailable_reason
 from bnprops.mx.training import open_session
 from bnprops.search.sequences import configs
-from tests.helpers import budget, one_sequence
+from tests.helpers import budget, one_sequence, skip_unless_available
 from tests.planted_sessions import DoubleUpdateOnSecondStep, WriteAccumulatesFromSecondStep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -335,6 +335,7 @@ REPLAYED = [d for d in SEQUENCE_DEVIATIONS if d.shortest_on is not None]
 def test_each_recorded_sequence_deviation_reproduces_on_its_shortest_sequence(
     kd: SequenceDeviation, backend: str
 ) -> None:
+    skip_unless_available(backend)
     assert kd.shortest_on is not None
     entry, config = kd.shortest_on
     sequence = one_sequence(*kd.sequence, entry=entry, dtype="float32", **config)

@@ -369,10 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tight.add_argument(
         "--backend",
-        default="onednn",
+        default=None,
         choices=BACKENDS,
-        help="CPU kernel for float32: onednn (default; float16 and float64 take the native kernel anyway) or native "
-        "(a worker process with MXNET_MKLDNN_ENABLED=0)",
+        help="CPU kernel for float32: onednn (default where MXNet has it; float16 and float64 take the native kernel "
+        "anyway) or native (a worker process with MXNET_MKLDNN_ENABLED=0; the default on a build without oneDNN)",
     )
     tight.add_argument(
         "--dtype", default="all", help=f"dtypes, comma-separated, or 'all' (default): {', '.join(DTYPES)}"
@@ -587,7 +587,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from bnprops.fuzzing.plan import kernel_of
     from bnprops.fuzzing.reproducer import load_finding
     from bnprops.judging.checks import check
-    from bnprops.mx.backends import runner_for
+    from bnprops.mx.backends import runner_for, same_kernel_backend
+    from bnprops.mx.runners import BackendUnavailable
 
     try:
         case, sig, entry, backend = load_finding(args.file)
@@ -604,12 +605,16 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if entry in MEMBER_ENTRIES:  # a family member's call: its own runner and judge
         return _repro_member(parser, case, sig, entry, backend)
     try:
-        runner = runner_for(entry, backend)
-    except (ValueError, NotImplementedError) as exc:
+        # A finding from oneDNN's backend replays on a build without oneDNN where its kernel was the native one.
+        run_on = same_kernel_backend(case, backend, entry=entry)
+        runner = runner_for(entry, run_on)
+    except (ValueError, NotImplementedError, BackendUnavailable) as exc:
         _usage(parser, str(exc))
     kernel = kernel_of(case, backend)
     print(f"case: {case.describe()}")
     print(f"run through entry point {entry!r} on backend {backend!r} (kernel {kernel})")
+    if run_on != backend:
+        print(f"this MXNet has no {backend} backend: ran on {run_on}, whose kernel for this case is the same")
     if sig is not None:
         print(f"finding: {sig.describe()}")
     try:
@@ -782,14 +787,14 @@ def _tightness(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     def progress(line: str) -> None:
         print(f"[{time.monotonic() - start:7.1f} s] {line}", file=sys.stderr, flush=True)
 
-    from bnprops.mx.runners import BackendUnavailable
+    from bnprops.mx.runners import IN_PROCESS_BACKEND, BackendUnavailable
 
     try:
         found = tightness.run(
             decades=decades,
             dtypes=dtypes,
             regimes=regimes,
-            backend=args.backend,
+            backend=args.backend or IN_PROCESS_BACKEND,
             cases_per_cell=args.cases_per_cell,
             detection_cases=args.detection_cases,
             detection_cases_top=args.detection_cases_top,

@@ -12,6 +12,7 @@ import functools
 
 import mxnet as mx
 
+from bnprops.model.case import Case
 from bnprops.mx import family, runners
 from bnprops.mx.runners import Runner
 from bnprops.mx.worker import worker_for
@@ -59,3 +60,16 @@ def member_runner_for(entry: str, backend: str) -> Runner:
     if backend == runners.IN_PROCESS_BACKEND:
         return family.runner(entry)
     return functools.partial(worker_for(backend).run, entry)
+
+
+def same_kernel_backend(case: Case, backend: str, *, entry: str | None = None) -> str:
+    """``backend`` where this build has it; on a build without oneDNN (mxnet-native, the 1.3-1.6 'mxnet' wheels),
+    'native' for a case the onednn backend hands to the native kernel anyway (float16, float64, a legacy
+    operator; before 1.8 float32 other than 4-D with axis 1): the same kernel, so the same numbers.
+    Raises BackendUnavailable, with the reason, where the case needs a kernel this build lacks."""
+    reason = runners.unavailable_reason(backend)
+    if reason is None:
+        return backend
+    if backend == "onednn" and not runners.ONEDNN_BUILT and runners.kernel_for(case, "onednn", entry) == "native":
+        return "native"
+    raise runners.BackendUnavailable(f"backend {backend!r}: {reason}")

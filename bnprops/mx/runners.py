@@ -359,11 +359,24 @@ def run_npx(case: Case, *, ctx: Any = None, cudnn_off: bool | None = None) -> Ou
 def with_relu_unavailable_reason(case: Case) -> str | None:
     """Why mx.nd.contrib.BatchNormWithReLU cannot run ``case`` (batch_norm_relu.cc's SupportMKLDNNBNReLU
     and its LOG(FATAL) otherwise; the operator has no CPU kernel without oneDNN), or None."""
-    if not ONEDNN_ENABLED:
-        return "BatchNormWithReLU has only a oneDNN kernel (MXNET_MKLDNN_ENABLED=0: not implemented for CPU)"
+    reason = with_relu_build_reason()
+    if reason is not None:
+        return reason
     if case.dtype != "float32" or case.x.ndim != 4 or case.axis != 1:
         got = f"{case.dtype}{list(case.shape)} axis={case.axis}"
         return f"BatchNormWithReLU runs only float32 4-D input with axis=1, not {got}"
+    return None
+
+
+def with_relu_build_reason() -> str | None:
+    """Why mx.nd.contrib.BatchNormWithReLU cannot run any case in this build, or None: the operator came with
+    oneDNN's fused kernel and has no CPU kernel without it."""
+    if not hasattr(mx.nd.contrib, "BatchNormWithReLU"):
+        return f"MXNet {mx.__version__} has no contrib.BatchNormWithReLU"
+    if not ONEDNN_BUILT:
+        return f"BatchNormWithReLU has only a oneDNN kernel; MXNet {mx.__version__} was built without oneDNN"
+    if not ONEDNN_ENABLED:
+        return "BatchNormWithReLU has only a oneDNN kernel (MXNET_MKLDNN_ENABLED=0: not implemented for CPU)"
     return None
 
 
