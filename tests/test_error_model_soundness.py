@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 import hypothesis
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from bnprops.judging.checks import judge as check_outcome
@@ -479,6 +479,9 @@ def _scalar_kernel(case: Case, *, variance: str) -> Outputs:
 def test_the_sequential_emulation_is_a_scalar_loop_like_the_native_kernel_bit_for_bit(
     case: Case, variance: str
 ) -> None:
+    # Below float32's smallest normal eps the kernel recovers its variance as -eps where the emulation, a correct
+    # kernel, recovers 0 (the departure _where_the_emulation_departs_from_mxnet documents).
+    assume(not 0 < eps_as_applied(case) < np.finfo(np.float32).tiny)
     EMULATED["sanity"] += 1
     with np.errstate(all="ignore"):
         expected = _scalar_kernel(case, variance=variance)
