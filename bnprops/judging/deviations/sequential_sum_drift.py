@@ -153,8 +153,10 @@ V1_SEQUENTIAL_SUM_DRIFT = KnownDeviation(
     summary="BatchNorm_v1 sums each channel in float32 element after element (in each sample's plane, then "
     "across planes): on offset or constant channels at large M the mean drifts beyond what random rounding allows",
     quantities=SEQUENTIAL_SUM_DRIFT.quantities,
-    conditions="mx.sym.BatchNorm_v1 (sym-v1); as sequential-sum-drift: a channel whose sequential float32 sum "
-    "drifts beyond the probabilistic bound, and the quantities downstream of that sum",
+    conditions="mx.sym.BatchNorm_v1 (sym-v1); a channel whose sequential float32 sum, of the terms v1 forms, "
+    "drifts beyond the probabilistic bound, and the quantities downstream of that sum: x and (x - mean)^2 "
+    "(batch statistics), dy (dbeta), dy (x - mean) / sqrt(var + eps) (dgamma), and in training dx's gvar "
+    "dy gamma (x - mean) (-0.5) (var + eps)^-1.5, gmean dy gamma and tmp -2 (x - mean)",
     model=SEQUENTIAL_SUM_DRIFT.model,
     predict=v1_sequential_sum_drift,
     evidence="v1's sums are mshadow's sumall_except_dim<1>: each sample's H x W plane summed in float32, then the "
@@ -162,7 +164,11 @@ V1_SEQUENTIAL_SUM_DRIFT = KnownDeviation(
     "that is one sequential sum. Run (1.9.1): float32[10000, 1], constant 1.1597745547961047, momentum 0: "
     "moving_mean and y beyond the probabilistic bound of v1's own error model (det ratio 0.041); found by "
     "test_batchnorm_v1_matches_the_oracle at real sizes (float32[10000, 4], offset regime, moving_mean 0.00215 "
-    "off, probabilistic bound 0.00192, deterministic 0.0822). The same drift as BatchNorm's CPU kernels.",
+    "off, probabilistic bound 0.00192, deterministic 0.0822). The same drift as BatchNorm's CPU kernels. v1's "
+    "dgamma sums dy (x - mean) / sqrt(var + eps), scaled per element, which drifts where (x - mean) dy does not: "
+    "float32[1000, 1] all 3.0, dy 1, moving_var 2, use_global_stats: dgamma 2120.8201 (np.cumsum of the float32 "
+    "terms, bit for bit) against 2120.7902, probabilistic bound 0.0194; found as float32[100000, 3] offset "
+    "(-17714090.0 against -17720525.3, bound 1.53e3).",
     reproducer=lambda: minimal([1.1597745547961047] * 10_000, "float32", momentum=0.0),
     entries=frozenset({"sym-v1"}),
     upstream=SEQUENTIAL_SUM_DRIFT.upstream,
