@@ -54,6 +54,16 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
         return found
 
     drifting = terms()
+    downstream = {"dy": {"dbeta", "dx"}, "dot": {"dx"} | (set() if case.fix_gamma else {"dgamma"})}
+    return _predict_downstream(ctx, drifting, downstream)
+
+
+def _predict_downstream(
+    ctx: Context, drifting: dict[str, np.ndarray], downstream: dict[str, set[str]]
+) -> list[Prediction]:
+    """Predictions for the quantities downstream of each drifting sum: the statistics' sums (``x``, ``c2``)
+    reach everything normalised with them; each other sum reaches ``downstream[name]``."""
+    case = ctx.case
     reach: dict[str, np.ndarray] = {}
 
     def spoil(quantities: Iterable[str], channels: np.ndarray) -> None:
@@ -64,9 +74,47 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
         spoil(gradients(case) | {"mean", "invstd", "moving_mean", "moving_var"}, drifting["x"])
         # var += (x - mean)^2: at large M the small squares are lost whole (stagnation), always downward.
         spoil(gradients(case) | {"invstd", "moving_var"}, drifting["c2"])
-    spoil({"dbeta", "dx"}, drifting["dy"])
-    spoil({"dx"} | (set() if case.fix_gamma else {"dgamma"}), drifting["dot"])
+    for name, quantities in downstream.items():
+        if name in drifting:
+            spoil(quantities, drifting[name])
     return [p for q, channels in reach.items() for p in predict_over(ctx, [q], channels, ctx.expected, certain=False)]
+
+
+def v1_sequential_sum_drift(ctx: Context) -> list[Prediction]:
+    """The sums BatchNorm_v1 forms (batch_norm_v1-inl.h, mshadow's sumall_except_dim in float32), each tested
+    for drift as the kernel forms its terms: ``mean`` of x and ``var`` of (x - mean)^2 (batch statistics);
+    dgamma of dy (x - mean) / sqrt(var + eps), scaled per element, not (x - mean) dy; dbeta of dy; in
+    training dx's gvar of dy gamma (x - mean) (-0.5) (var + eps)^-1.5, gmean of dy gamma and tmp of
+    -2 (x - mean). Under global statistics dx is formed without a sum."""
+    case = ctx.case
+    if ctx.kernel not in ("native", "onednn") or case.reduction_length < 2 or not case.x.size:
+        return []
+    drifting = {name: np.asarray(d & ctx.finite_channels) for name, d in v1_drifting_sums(ctx).items()}
+    downstream = {"dy": {"dbeta"}, "dgamma": set() if case.fix_gamma else {"dgamma"}}
+    downstream.update(gvar={"dx"}, gmean={"dx"}, tmp={"dx"})
+    return _predict_downstream(ctx, drifting, downstream)
+
+
+def v1_drifting_sums(ctx: Context) -> dict[str, np.ndarray]:
+    """Per sum BatchNorm_v1 forms for this case (v1_sequential_sum_drift), per channel: does it drift?"""
+    case = ctx.case
+    acc = accumulation_dtype(case.dtype)
+    mean, var = ctx.statistics
+    x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
+    gamma = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
+    eps = float(np.float32(case.eps))
+
+    def drifts(values: np.ndarray) -> np.ndarray:
+        return _drifting(channel_rows(values, case.channel_axis), acc, case.channels)
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        centred = x - per_channel(case, mean)
+        found = {"dy": drifts(dy), "dgamma": drifts(dy * centred / per_channel(case, np.sqrt(var + eps)))}
+        if case.uses_batch_stats:
+            dyg = dy * per_channel(case, gamma)
+            found.update(x=drifts(x), c2=drifts(centred * centred), gmean=drifts(dyg), tmp=drifts(-2.0 * centred))
+            found["gvar"] = drifts(dyg * centred * -0.5 * per_channel(case, (var + eps) ** -1.5))
+    return found
 
 
 SEQUENTIAL_SUM_DRIFT = KnownDeviation(
@@ -105,16 +153,22 @@ V1_SEQUENTIAL_SUM_DRIFT = KnownDeviation(
     summary="BatchNorm_v1 sums each channel in float32 element after element (in each sample's plane, then "
     "across planes): on offset or constant channels at large M the mean drifts beyond what random rounding allows",
     quantities=SEQUENTIAL_SUM_DRIFT.quantities,
-    conditions="mx.sym.BatchNorm_v1 (sym-v1); as sequential-sum-drift: a channel whose sequential float32 sum "
-    "drifts beyond the probabilistic bound, and the quantities downstream of that sum",
+    conditions="mx.sym.BatchNorm_v1 (sym-v1); a channel whose sequential float32 sum, of the terms v1 forms, "
+    "drifts beyond the probabilistic bound, and the quantities downstream of that sum: x and (x - mean)^2 "
+    "(batch statistics), dy (dbeta), dy (x - mean) / sqrt(var + eps) (dgamma), and in training dx's gvar "
+    "dy gamma (x - mean) (-0.5) (var + eps)^-1.5, gmean dy gamma and tmp -2 (x - mean)",
     model=SEQUENTIAL_SUM_DRIFT.model,
-    predict=sequential_sum_drift,
+    predict=v1_sequential_sum_drift,
     evidence="v1's sums are mshadow's sumall_except_dim<1>: each sample's H x W plane summed in float32, then the "
     "planes in order (tests.emulated.emulate_v1 in that order is MXNet's v1 kernel bit for bit); for 2-D input "
     "that is one sequential sum. Run (1.9.1): float32[10000, 1], constant 1.1597745547961047, momentum 0: "
     "moving_mean and y beyond the probabilistic bound of v1's own error model (det ratio 0.041); found by "
     "test_batchnorm_v1_matches_the_oracle at real sizes (float32[10000, 4], offset regime, moving_mean 0.00215 "
-    "off, probabilistic bound 0.00192, deterministic 0.0822). The same drift as BatchNorm's CPU kernels.",
+    "off, probabilistic bound 0.00192, deterministic 0.0822). The same drift as BatchNorm's CPU kernels. v1's "
+    "dgamma sums dy (x - mean) / sqrt(var + eps), scaled per element, which drifts where (x - mean) dy does not: "
+    "float32[1000, 1] all 3.0, dy 1, moving_var 2, use_global_stats: dgamma 2120.8201 (np.cumsum of the float32 "
+    "terms, bit for bit) against 2120.7902, probabilistic bound 0.0194; found as float32[100000, 3] offset "
+    "(-17714090.0 against -17720525.3, bound 1.53e3).",
     reproducer=lambda: minimal([1.1597745547961047] * 10_000, "float32", momentum=0.0),
     entries=frozenset({"sym-v1"}),
     upstream=SEQUENTIAL_SUM_DRIFT.upstream,
