@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, find, given, settings
+from hypothesis import HealthCheck, Phase, find, given, settings
 
 from bnprops.fuzzing.catalogue import SEQUENCE
 from bnprops.fuzzing.sequence_findings import applies, check_sequence, sequence_draws
@@ -114,7 +114,7 @@ def test_a_planted_fault_from_the_second_step_on_is_caught_in_a_relu_sequence(
     caught = find(
         sequences(entries=(entry,), dtypes=("float32",)),
         lambda s: run_sequence(s, session_factory=session).failed,
-        settings=planted_search(300),
+        settings=settings(planted_search(300), phases=[Phase.generate]),  # the first found: a shrink costs ~30 s
     )
     run = run_sequence(caught, session_factory=session)
     assert run.quantity in quantities and run.ran.count("train_step") >= 2, run.message
@@ -126,7 +126,11 @@ def test_a_planted_fault_from_the_second_step_on_is_caught_in_a_relu_sequence(
 
 def test_the_fuzz_job_runs_a_sequence_drawn_for_a_member_on_it_at_the_plain_target_it_shares() -> None:
     entries = available()
-    drawn = find(sequence_draws(("float32",)), lambda s: s.config.entry == "gluon-relu", settings=planted_search(200))
+    drawn = find(
+        sequence_draws(("float32",)),
+        lambda s: s.config.entry == "gluon-relu",
+        settings=settings(planted_search(200), phases=[Phase.generate]),
+    )
     assert routed_entry(drawn, "gluon", IN_PROCESS_BACKEND) == "gluon"  # not the code gluon-relu shares
     if "gluon-relu" not in entries:
         pytest.skip(str(family.skip_reason("gluon-relu", IN_PROCESS_BACKEND)))
