@@ -53,7 +53,8 @@ REGIME = "sequence"
 #: What a sequence check came to, counted per target in the report.
 RESULTS = ("passed", "known", "failed", "raises", "crashes")
 #: What a sequence is drawn for: nd (run on the target's entry), or a member's entry (run on the member where the
-#: target is the plain entry whose code it shares, search.sequences.routed_entry): one in eight each.
+#: target is the plain entry whose code it shares, search.sequences.routed_entry): one in eight each, in a
+#: campaign that selects float32.
 DRAWN_ENTRIES = ("nd",) * 5 + MEMBER_ENTRIES
 #: The module:function the worker process runs a sequence with.
 _IN_WORKER = "bnprops.fuzzing.sequence_findings:run_in_worker"
@@ -62,7 +63,8 @@ _DEVIATIONS = {d.id: d for d in SEQUENCE_DEVIATIONS}
 
 def sequence_draws(dtypes: Seq[str]) -> st.SearchStrategy[Sequence]:
     """Drawn with every example whatever ``every`` a run uses, so a stored example decodes the same under any."""
-    return sequences(entries=DRAWN_ENTRIES, dtypes=dtypes, max_rules=MAX_RULES)
+    entries = DRAWN_ENTRIES if "float32" in dtypes else ("nd",)  # a member runs float32 only
+    return sequences(entries=entries, dtypes=dtypes, max_rules=MAX_RULES)
 
 
 def applies(entry: str, backend: str) -> bool:
