@@ -347,7 +347,7 @@ class Tracker:
         self._unchanged(after, layer.null_keys(case), "left alone (requested with 'null')")
         self._unchanged(after, ("beta",), "left alone (an input)")
         graph = {"x": np.asarray(x), "gamma": layer.state["gamma"], "beta": layer.state["beta"], "y": result["y"]}
-        self._end(after, graph=graph if is_train else None)  # type: ignore[arg-type]
+        self._end(after, graph=graph if is_train else None)
 
     def forward(self, x: np.ndarray, train: bool) -> None:
         self._rule("forward", x=x, train=train)
