@@ -275,27 +275,15 @@ class GluonSession:
 
     family = "gluon"
 
-    def __init__(
-        self,
-        x_shape,
-        dtype,
-        params,
-        gamma,
-        beta,
-        moving_mean,
-        moving_var,
-        grad_req,
-        center=True,
-        hybrid=False,
-        relu=False,
-        **_,
-    ):
+    def __init__(self, x_shape, dtype, params, gamma, beta, moving_mean, moving_var, grad_req, **options):
+        """``options``: center (default True), hybrid (False), relu (False; True: nn.BatchNormReLU)."""
         from mxnet.gluon import nn
 
         self.dtype, self.pdt = dtype, ("float32" if dtype == "float16" else dtype)
         self.params = dict(params)
         self.req = dict(grad_req)
-        self.layer = (nn.BatchNormReLU if relu else nn.BatchNorm)(
+        center, hybrid = options.get("center", True), options.get("hybrid", False)
+        self.layer = (nn.BatchNormReLU if options.get("relu", False) else nn.BatchNorm)(
             axis=params["axis"],
             momentum=params["momentum"],
             epsilon=params["eps"],
