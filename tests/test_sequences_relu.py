@@ -120,6 +120,7 @@ def test_a_planted_fault_from_the_second_step_on_is_caught_in_a_relu_sequence(
     assert run.quantity in quantities and run.ran.count("train_step") >= 2, run.message
     # The replay (mxnet and numpy only) runs MXNet's own session, without the fault: it follows the model, exit 0.
     script = "\n".join(s[4:] for s in run.message.split("Replay with (mxnet and numpy only):\n", 1)[1].splitlines())
+    assert "'relu': True" in script, "the replay must run the member's session, not plain BatchNorm's"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, f"expected exit 0 (no fault in MXNet), got {done.returncode}: {done.stdout[-2000:]}"
 
