@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnprops.mx.training import SESSIONS, AutogradSession, SymSession
+import mxnet as mx
+
+from bnprops.mx.training import SESSIONS, AutogradSession, GluonSession, SymSession
 
 
 class DoubleUpdateOnSecondStep(AutogradSession):
@@ -79,3 +81,44 @@ class KeepsStatisticsOnSecondBackward(AutogradSession):
 def second_step_refused(entry: str, **kwargs: Any) -> Any:
     """nd or npx: the second training step raises."""
     return RefusesSecondStep(**kwargs, **SESSIONS[entry][1])
+
+
+class ReluDxOffFromSecondStep(AutogradSession):
+    """Planted, BatchNormWithReLU through nd: from the second training step on, dx is 0.5% too large."""
+
+    calls = 0
+
+    def train_step(self, x: Any, dy: Any) -> Any:
+        result = super().train_step(x, dy)
+        self.calls += 1
+        if self.calls >= 2:
+            with self._semantics():
+                self.grads["data"][:] = self.grads["data"].asnumpy() * 1.005
+        return result
+
+
+class ReluWrongMomentumFromSecondStep(GluonSession):
+    """Planted, gluon.nn.BatchNormReLU: from the second training step on, the moving statistics move 0.5% too far
+    (the update with momentum 1 - 1.005 (1 - momentum))."""
+
+    calls = 0
+
+    def train_step(self, x: Any, dy: Any) -> Any:
+        before = {k: self.state()[k] for k in ("moving_mean", "moving_var")}
+        result = super().train_step(x, dy)
+        self.calls += 1
+        if self.calls >= 2:
+            for key, param in (("moving_mean", self.layer.running_mean), ("moving_var", self.layer.running_var)):
+                after = param.data().asnumpy()
+                param.set_data(mx.nd.array(before[key] + (after - before[key]) * 1.005, dtype=self.pdt))
+        return result
+
+
+def relu_dx_off_from_second_step(entry: str, **kwargs: Any) -> Any:
+    """nd-relu: from the second training step on, dx is 0.5% off."""
+    return ReluDxOffFromSecondStep(**kwargs, **SESSIONS[entry][1])
+
+
+def relu_wrong_momentum_from_second_step(entry: str, **kwargs: Any) -> Any:
+    """gluon-relu: from the second training step on, the moving statistics move with the wrong momentum."""
+    return ReluWrongMomentumFromSecondStep(**kwargs, **SESSIONS[entry][1])

@@ -32,7 +32,17 @@ from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS
 from bnprops.judging.state_model import REPLAYS
 from bnprops.model.case import Case
 from bnprops.mx.runners import IN_PROCESS_BACKEND
-from bnprops.search.sequences import ENTRIES, Sequence, SequenceRun, resolve, run_sequence, sequences
+from bnprops.search.sequences import (
+    ENTRIES,
+    MEMBER_ENTRIES,
+    Sequence,
+    SequenceRun,
+    member_unavailable_reason,
+    resolve,
+    routed_entry,
+    run_sequence,
+    sequences,
+)
 
 #: One example in this many runs its sequence while exploring (bnprops fuzz --sequences). A sequence of up to
 #: MAX_RULES rules costs about 20 ms in this process (measured: the documentation's sequences page).
@@ -42,6 +52,10 @@ MAX_RULES = 8
 REGIME = "sequence"
 #: What a sequence check came to, counted per target in the report.
 RESULTS = ("passed", "known", "failed", "raises", "crashes")
+#: What a sequence is drawn for: nd (run on the target's entry), or a member's entry (run on the member where the
+#: target is the plain entry whose code it shares, search.sequences.routed_entry): one in eight each, in a
+#: campaign that selects float32.
+DRAWN_ENTRIES = ("nd",) * 5 + MEMBER_ENTRIES
 #: The module:function the worker process runs a sequence with.
 _IN_WORKER = "bnprops.fuzzing.sequence_findings:run_in_worker"
 _DEVIATIONS = {d.id: d for d in SEQUENCE_DEVIATIONS}
@@ -49,11 +63,14 @@ _DEVIATIONS = {d.id: d for d in SEQUENCE_DEVIATIONS}
 
 def sequence_draws(dtypes: Seq[str]) -> st.SearchStrategy[Sequence]:
     """Drawn with every example whatever ``every`` a run uses, so a stored example decodes the same under any."""
-    return sequences(entries=("nd",), dtypes=dtypes, max_rules=MAX_RULES)
+    entries = DRAWN_ENTRIES if "float32" in dtypes else ("nd",)  # a member runs float32 only
+    return sequences(entries=entries, dtypes=dtypes, max_rules=MAX_RULES)
 
 
 def applies(entry: str, backend: str) -> bool:
-    """A session exists for every entry point, on the CPU backends."""
+    """A session exists for every entry point, on the CPU backends, and for members' entries where they run."""
+    if entry in MEMBER_ENTRIES:
+        return member_unavailable_reason(entry, backend) is None
     return entry in ENTRIES and backend in ("onednn", "native")
 
 
@@ -125,11 +142,13 @@ def check_sequence(
     script: bool = False,
     deviation: str = "",
 ) -> SequenceCheck:
-    """Run the drawn sequence on ``entry`` and ``backend``; ``session`` (module:function) plants a session.
+    """Run the drawn sequence on ``entry`` and ``backend`` (a member's, drawn for it, at its plain entry point);
+    ``session`` (module:function) plants a session.
 
     ``script``: a replay script even when the sequence follows the model (a failure always has one), which checks
     recorded deviation ``deviation`` as recorded.
     """
+    entry = routed_entry(sequence, entry, backend)
     built = sequence.for_entry(entry)
     if backend == IN_PROCESS_BACKEND:
         factory = resolve(session)

@@ -30,6 +30,7 @@ from bnprops.judging.known_deviations import (
     FROZEN_SYM_KEEPS_GAMMA,
     RETAINED_GRAPH_UPDATES_AGAIN,
 )
+from bnprops.judging.with_relu import judge_with_relu
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, PRIOR_FIELDS, QUANTITIES, Case, Outputs, param_dtype
 from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import IN_PROCESS_BACKEND, kernel_for
@@ -41,6 +42,8 @@ FORWARD_QUANTITIES = ("y", "forward_moving_mean", "forward_moving_var")
 BACKWARD_QUANTITIES = ("dx", "dgamma", "dbeta", "gamma")
 #: Where each gradient quantity lives in the state.
 BUFFER_OF = {"dx": "grad:data", "dgamma": "grad:gamma", "dbeta": "grad:beta"}
+#: BatchNormWithReLU's entries (mx.with_relu): each step judged by its judge, the head masked by that step's y.
+RELU_ENTRIES = ("nd-relu", "sym-relu", "gluon-relu")
 
 
 def retained_graph_updates_again(entry: str, kernel: str) -> bool:
@@ -129,7 +132,7 @@ class Layer:
         self.config = config
         self.use_global_stats = config.use_global_stats
         self.req = dict(zip(GRAD_TARGETS, self.effective(config.grad_req), strict=True))
-        self.hybrid = config.entry == "gluon-hybrid"
+        self.hybrid = config.entry in ("gluon-hybrid", "gluon-relu")
         self.shape = config.x_shape
         #: The training step whose graph a second backward may run again (x, gamma, beta as recorded).
         self.graph: dict[str, np.ndarray] | None = None
@@ -142,6 +145,8 @@ class Layer:
 
     @property
     def entry(self) -> str:
+        if self.config.entry in RELU_ENTRIES:  # a member's entry names it, hybridized or not
+            return self.config.entry
         if self.gluon:
             return "gluon-hybrid" if self.hybrid else "gluon"
         return self.config.entry
@@ -301,16 +306,15 @@ class Tracker:
     def _judge(self, case: Case, outputs: Outputs, checked: tuple[str, ...], known: tuple[str, ...] = ()) -> None:
         self.known.extend((len(self.steps), ident) for ident in known)
         _record_kept(self, case, known)
-        outcome = judge(
-            case,
-            outputs,
-            entry=self.layer.entry,
-            kernel=kernel_for(case, self.backend),
-            checked=checked,
-            backend=self.backend,
-        )
-        if not outcome.ok:
-            _fail_judged(self, case, outcome, outputs)
+        entry, kernel = self.layer.entry, kernel_for(case, self.backend)
+        negative = 0
+        if entry in RELU_ENTRIES:
+            relu = judge_with_relu(case, outputs, entry=entry, kernel=kernel, checked=checked)
+            outcome, negative = relu.outcome, relu.negative
+        else:
+            outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=checked, backend=self.backend)
+        if not outcome.ok or negative:
+            _fail_judged(self, case, outcome, outputs, negative=negative)
         self.explained.extend((len(self.steps), kd.id) for kd, _ in outcome.explained)
 
     def _unchanged(self, after: State, keys: tuple[str, ...], why: str, expected: State | None = None) -> None:
@@ -342,8 +346,8 @@ class Tracker:
         self._judge(case, layer.outputs(case, result, after), *layer.frozen_departures(case, after, TRAIN_QUANTITIES))
         self._unchanged(after, layer.null_keys(case), "left alone (requested with 'null')")
         self._unchanged(after, ("beta",), "left alone (an input)")
-        graph = {"x": np.asarray(x), "gamma": layer.state["gamma"], "beta": layer.state["beta"]}
-        self._end(after, graph=graph if is_train else None)  # type: ignore[arg-type]
+        graph = {"x": np.asarray(x), "gamma": layer.state["gamma"], "beta": layer.state["beta"], "y": result["y"]}
+        self._end(after, graph=graph if is_train else None)
 
     def forward(self, x: np.ndarray, train: bool) -> None:
         self._rule("forward", x=x, train=train)
@@ -365,7 +369,8 @@ class Tracker:
         case = dataclasses.replace(case, gamma=graph["gamma"], beta=graph["beta"])
         self.session.backward_again(dy)
         after = self.session.state()
-        outputs = self.layer.outputs(case, {}, after)
+        # BatchNormWithReLU's second backward masks the head with the recorded forward's y.
+        outputs = self.layer.outputs(case, {"y": graph["y"]} if self.layer.entry in RELU_ENTRIES else {}, after)
         self._judge(case, outputs, *self.layer.frozen_departures(case, after, BACKWARD_QUANTITIES))
         self._unchanged(after, self.layer.null_keys(case), "left alone (requested with 'null')")
         if case.uses_batch_stats and retained_graph_updates_again(self.layer.entry, kernel_for(case, self.backend)):
@@ -448,16 +453,29 @@ def _fail(tracker: Tracker, what: str, detail: str, checks: list[Check]) -> None
     )
 
 
-def _fail_judged(tracker: Tracker, case: Case, outcome: Outcome, outputs: Outputs) -> None:
+def _fail_judged(tracker: Tracker, case: Case, outcome: Outcome, outputs: Outputs, *, negative: int = 0) -> None:
+    """A step judged wrong; BatchNormWithReLU's was judged for the head masked by its y (``outcome.case``), and
+    ``negative`` counts elements of its y below 0."""
     worst = outcome.unexpected[0] if outcome.unexpected else None
+    relu = tracker.layer.entry in RELU_ENTRIES
     checks = []
     evaluation = evaluate(outcome.case)
     if worst is not None and worst.quantity in evaluation.expected:
         q = worst.quantity
-        checks.append(check_of(tracker, q, (np.asarray(evaluation.expected[q]), np.asarray(evaluation.bound[q]))))
+        expected = np.asarray(evaluation.expected[q])
+        if relu and q == "y":  # the replay reads y after the ReLU: max(., 0) moves no value farther than the bound
+            expected = np.maximum(expected, 0)
+        checks.append(check_of(tracker, q, (expected, np.asarray(evaluation.bound[q]))))
     detail = "\n".join("  " + m.describe() for m in outcome.unexpected)
     detail += "".join(f"\n  stale known deviation {kd.id}" for kd in outcome.stale)
-    _fail(tracker, worst.quantity if worst else "stale", f"judged as one call: {case.describe()}\n{detail}", checks)
+    if negative:
+        y = outputs["y"]
+        detail += f"\n  y: {negative} elements below 0 (a ReLU output never is)"
+        checks.append(check_of(tracker, "y", (np.maximum(y, 0), 0.0)))
+    if relu:
+        detail += "\n  (BatchNormWithReLU: judged as BatchNorm for the head masked where MXNet's y <= 0)"
+    what = worst.quantity if worst else ("y" if negative else "stale")
+    _fail(tracker, what, f"judged as one call: {case.describe()}\n{detail}", checks)
 
 
 def _check_second_update(tracker: Tracker, case: Case, after: State) -> None:

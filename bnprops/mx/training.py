@@ -34,12 +34,14 @@ def frozen(req):
 
 
 class SymSession:
-    """mx.sym.BatchNorm bound to arrays of its own; a new batch shape or a new request rebinds to the same arrays."""
+    """mx.sym.BatchNorm (relu: contrib.BatchNormWithReLU) bound to arrays of its own; a new batch shape or a new
+    request rebinds to the same arrays."""
 
     family = "sym"
 
-    def __init__(self, x_shape, dtype, params, gamma, beta, moving_mean, moving_var, grad_req, **_):
+    def __init__(self, x_shape, dtype, params, gamma, beta, moving_mean, moving_var, grad_req, relu=False, **_):
         self.dtype, self.pdt = dtype, ("float32" if dtype == "float16" else dtype)
+        self.op = mx.sym.contrib.BatchNormWithReLU if relu else mx.sym.BatchNorm
         self.params = dict(params)  # eps, momentum, fix_gamma, use_global_stats, axis
         self.req = dict(grad_req)  # data, gamma, beta -> write/add/null
         self.args = {
@@ -61,7 +63,7 @@ class SymSession:
             self.grads["data"] = mx.nd.zeros(shape, dtype=self.dtype)
             self.shape = shape
         names = {"data": "data", "gamma": "bn_gamma", "beta": "bn_beta"}
-        sym = mx.sym.BatchNorm(mx.sym.Variable("data"), name="bn", **self.params)
+        sym = self.op(mx.sym.Variable("data"), name="bn", **self.params)
         args, grads = dict(self.args), dict(self.grads)
         req = {names[t]: r for t, r in self.req.items()}
         if frozen(self.req):  # the learnable layer after a frozen one: y * w, w = 1
@@ -129,7 +131,8 @@ class SymSession:
 
 
 class AutogradSession:
-    """mx.nd.BatchNorm (or mx.npx.batch_norm) on arrays marked with buffers of their own, under autograd.record.
+    """mx.nd.BatchNorm (mx.npx.batch_norm; relu: mx.nd.contrib.BatchNormWithReLU) on arrays marked with buffers
+    of their own, under autograd.record.
 
     A training step keeps its graph (retain_graph=True), so that backward_again can run it a second time.
     A request changes with mark_variables on the same buffer; a new batch shape takes a new data array.
@@ -137,8 +140,10 @@ class AutogradSession:
 
     family = "nd"
 
-    def __init__(self, x_shape, dtype, params, gamma, beta, moving_mean, moving_var, grad_req, numpy=False, **_):
-        self.numpy = numpy
+    def __init__(
+        self, x_shape, dtype, params, gamma, beta, moving_mean, moving_var, grad_req, numpy=False, relu=False, **_
+    ):
+        self.numpy, self.relu = numpy, relu
         self.dtype, self.pdt = dtype, ("float32" if dtype == "float16" else dtype)
         self.params = dict(params)
         self.req = dict(grad_req)
@@ -172,7 +177,8 @@ class AutogradSession:
         a = self.arrays
         if self.numpy:
             return mx.npx.batch_norm(a["data"], a["gamma"], a["beta"], *self.moving, **self.params)
-        return mx.nd.BatchNorm(a["data"], a["gamma"], a["beta"], *self.moving, **self.params)
+        op = mx.nd.contrib.BatchNormWithReLU if self.relu else mx.nd.BatchNorm
+        return op(a["data"], a["gamma"], a["beta"], *self.moving, **self.params)
 
     def _forward(self, x, train, record):
         """BatchNorm's output, what backward starts from (y, or y * w after a frozen layer) and the statistics."""
@@ -261,7 +267,7 @@ class AutogradSession:
 
 
 class GluonSession:
-    """gluon.nn.BatchNorm (scale = not fix_gamma, center given), imperative or hybridized.
+    """gluon.nn.BatchNorm (scale = not fix_gamma, center given), imperative or hybridized; relu: nn.BatchNormReLU.
 
     gamma's and beta's requests are the Parameters' grad_req (a change gives a new zero buffer, a 'null'
     one none at all: Parameter.grad_req's setter); data is marked with a buffer of its own.
@@ -269,15 +275,15 @@ class GluonSession:
 
     family = "gluon"
 
-    def __init__(
-        self, x_shape, dtype, params, gamma, beta, moving_mean, moving_var, grad_req, center=True, hybrid=False, **_
-    ):
+    def __init__(self, x_shape, dtype, params, gamma, beta, moving_mean, moving_var, grad_req, **options):
+        """``options``: center (default True), hybrid (False), relu (False; True: nn.BatchNormReLU)."""
         from mxnet.gluon import nn
 
         self.dtype, self.pdt = dtype, ("float32" if dtype == "float16" else dtype)
         self.params = dict(params)
         self.req = dict(grad_req)
-        self.layer = nn.BatchNorm(
+        center, hybrid = options.get("center", True), options.get("hybrid", False)
+        self.layer = (nn.BatchNormReLU if options.get("relu", False) else nn.BatchNorm)(
             axis=params["axis"],
             momentum=params["momentum"],
             epsilon=params["eps"],
@@ -416,6 +422,10 @@ SESSIONS: dict[str, tuple[type, dict[str, Any]]] = {
     "npx": (AutogradSession, {"numpy": True}),
     "gluon": (GluonSession, {"hybrid": False}),
     "gluon-hybrid": (GluonSession, {"hybrid": True}),
+    # BatchNormWithReLU (mx.with_relu's entries): the plain session whose code each shares, with the fused operator.
+    "nd-relu": (AutogradSession, {"numpy": False, "relu": True}),
+    "sym-relu": (SymSession, {"relu": True}),
+    "gluon-relu": (GluonSession, {"hybrid": True, "relu": True}),
 }
 
 

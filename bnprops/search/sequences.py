@@ -21,12 +21,16 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from bnprops.judging.state_model import Config, SequenceFailure, Tracker, raising, replay_script
+from bnprops.judging.state_model import RELU_ENTRIES, Config, SequenceFailure, Tracker, raising, replay_script
 from bnprops.model.case import GRAD_TARGETS, param_dtype
+from bnprops.mx import family
 from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.mx.with_relu import PLAIN
 
 #: The entry points a session exists for, and the requests a rule may set.
 ENTRIES = ("sym", "nd", "npx", "gluon", "gluon-hybrid")
+#: Family members' entries a session exists for (mx.training.SESSIONS): BatchNormWithReLU, float32 4-D axis 1.
+MEMBER_ENTRIES = RELU_ENTRIES
 REQUESTS = ("write", "add", "null")
 #: Rules a sequence draws (state_model.Tracker's methods).
 RULES = (
@@ -57,9 +61,10 @@ def _values(shape: tuple[int, ...], lo: float, hi: float, dtype: str) -> st.Sear
 def configs(draw: st.DrawFn, *, entries: Seq[str] = ENTRIES, dtypes: Seq[str] = ("float32", "float64")) -> Config:
     """A session's configuration and initial state: small shapes, well-conditioned values, any requests."""
     entry = draw(st.sampled_from(list(entries)), label="entry")
-    dtype = draw(st.sampled_from(list(dtypes)), label="dtype")
+    member = entry in MEMBER_ENTRIES  # BatchNormWithReLU runs float32 4-D input with channels on axis 1 only
+    dtype = "float32" if member else draw(st.sampled_from(list(dtypes)), label="dtype")
     channels = draw(st.integers(1, 3), label="channels")
-    tail = draw(st.sampled_from([(), (2,)]), label="trailing dims")
+    tail = draw(st.sampled_from([(1, 1), (2, 1), (1, 3)] if member else [(), (2,)]), label="trailing dims")
     pdt = param_dtype(dtype)
     return Config(
         entry=entry,
@@ -193,13 +198,27 @@ def sequences(
     *, entries: Seq[str] = ENTRIES, dtypes: Seq[str] = ("float32", "float64"), max_rules: int = 8
 ) -> st.SearchStrategy[Sequence]:
     """Sequences of up to ``max_rules`` rules on a drawn configuration (lists shrink to the shortest first)."""
-    if not entries or not set(entries) <= set(ENTRIES):
-        raise ValueError(f"entries must be some of {ENTRIES}, got {entries!r}")
+    if not entries or not set(entries) <= set(ENTRIES + MEMBER_ENTRIES):
+        raise ValueError(f"entries must be some of {ENTRIES + MEMBER_ENTRIES}, got {entries!r}")
     if max_rules < 1:
         raise ValueError(f"max_rules must be at least 1, got {max_rules}")
     return configs(entries=entries, dtypes=dtypes).flatmap(
         lambda c: st.lists(_rule(c), min_size=1, max_size=max_rules).map(lambda rules: Sequence(c, tuple(rules)))
     )
+
+
+def member_unavailable_reason(entry: str, backend: str) -> str | None:
+    """Why a member entry's sessions cannot run on ``backend`` here (its release, its kernels), or None."""
+    return family.skip_reason(entry, backend)
+
+
+def routed_entry(sequence: Sequence, entry: str, backend: str) -> str:
+    """The entry a sequence drawn for ``sequence.config.entry`` runs on at the plain target ``entry``: a member
+    entry drawn runs on the target whose code it shares (mx.with_relu.PLAIN) where it can, else the target's."""
+    drawn = sequence.config.entry
+    if drawn in MEMBER_ENTRIES and PLAIN[drawn] == entry and member_unavailable_reason(drawn, backend) is None:
+        return drawn
+    return entry
 
 
 @dataclasses.dataclass(frozen=True)
