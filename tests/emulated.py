@@ -332,7 +332,8 @@ def emulate_v1(case: Case, *, summation: str) -> Outputs:
         t1 = (dyg * inv[:, None]).astype(f)
         t3 = ((((gvar * scale).astype(f)) * f(2.0)).astype(f)[:, None] * c).astype(f)
         dx = ((t1 + t3).astype(f) + (gmean * scale).astype(f)[:, None]).astype(f)
-        dgamma = v1_sums(case, ((dy * c).astype(f) / root[:, None]).astype(f), summation)
+        dgamma_terms = ((dy * c).astype(f) / root[:, None]).astype(f)
+        dgamma = v1_sums(case, dgamma_terms, summation)
         mom = f(case.momentum)
         moving_mean = (case.moving_mean.astype(f) * mom + mean * (f(1) - mom)).astype(f)
         moving_var = (case.moving_var.astype(f) * mom + var * (f(1) - mom)).astype(f)
@@ -341,6 +342,8 @@ def emulate_v1(case: Case, *, summation: str) -> Outputs:
         "dx": unrows(case, dx),
         "dgamma": np.zeros(case.channels, f) if case.fix_gamma else dgamma.astype(f),
         "dbeta": v1_sums(case, dy, summation).astype(f),
+        # (not an output: the magnitude of dgamma's terms, which says when their sum cancels)
+        "dgamma_magnitude": np.abs(dgamma_terms).astype(np.float64).sum(axis=1),
         "moving_mean": moving_mean,
         "moving_var": moving_var,
     }
