@@ -35,6 +35,7 @@ from bnprops.fuzzing.plan import (
 )
 from bnprops.fuzzing.search import Router, Stop, find
 from bnprops.fuzzing.tallies import WorkerResult
+from bnprops.fuzzing.time_shares import StackSampler
 from bnprops.judging import fused, fused_start, in_network
 from bnprops.mx.backends import runner_for
 
@@ -128,10 +129,12 @@ def run_worker(
     result = explorer.result
     strategy = examples(config, targets)
     db = DirectoryBasedExampleDatabase(config.out / "db")
+    sampler = StackSampler()
     try:
-        if worker == 0:
-            replay(explorer, strategy, db)
-        explore_chunks(explorer, strategy, db, worker=worker)
+        with sampler:  # where this worker's time goes
+            if worker == 0:
+                replay(explorer, strategy, db)
+            explore_chunks(explorer, strategy, db, worker=worker)
     except Stop:
         explorer.settle("partly shrunk")
     except KeyboardInterrupt as exc:
@@ -141,6 +144,7 @@ def run_worker(
         # A bug in bnprops or Hypothesis: keep what ran, and say what broke.
         result.stop_reason = "crashed"
         result.error = traceback.format_exc()
+    result.time_samples = dict(sampler.counts)
     result.entries = explorer.findings.close(explorer.detail)
     in_network.close_workers()  # the worker processes the network checks ran in
     result.points = explorer.sampler.points()

@@ -1,6 +1,8 @@
-"""The fused kernels compiled once per campaign, not once per worker: one background process compiles them into
-numba's disk cache while the workers judge on the reference engine; each worker takes the fused engine once they
-are ready, loading them from the cache.
+"""The fused kernels compiled once per campaign, not once per worker, while the workers judge on the reference
+engine.
+
+One background process compiles them into numba's disk cache; each worker takes the fused engine once they are
+ready, loading them from the cache.
 
 Compiling the kernels costs about a minute of one core; every worker used to pay it, each at its first large case,
 so a first campaign judged a sixth of what later ones did.  Both engines give the same verdicts (the fused one
