@@ -109,15 +109,27 @@ class _Context:
         return _Process()
 
 
-def test_a_campaign_starts_one_compilation_and_none_where_the_fused_engine_is_off(
+def test_a_campaign_starts_one_compilation_and_none_where_the_kernels_are_cached_or_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ctx = _Context()
     monkeypatch.setenv(fused.ENV, "auto")
+    monkeypatch.setattr(fused.kernels(), "cached", lambda: False)
     with fused_start.compiled_once(ctx) as ready:
         assert not ready.is_set()
     assert ctx.started == ["bnprops-compile"]
     monkeypatch.setenv(fused.ENV, "never")
     with fused_start.compiled_once(ctx) as ready:
         assert ready.is_set()
+    monkeypatch.setenv(fused.ENV, "auto")
+    monkeypatch.setattr(fused.kernels(), "cached", lambda: True)  # a warm machine: nothing to compile
+    with fused_start.compiled_once(ctx) as ready:
+        assert ready.is_set()
     assert ctx.started == ["bnprops-compile"]
+
+
+def test_the_cache_is_cold_until_the_kernels_are_compiled_into_it(tmp_path: Path) -> None:
+    probe = "from bnprops.judging import fused; print(fused.kernels().cached())"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    found = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False", f"expected an empty cache to be cold, got {found.stdout!r}"

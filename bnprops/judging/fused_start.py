@@ -67,10 +67,10 @@ def _compile_process(done: Any, parent: int) -> None:
 @contextlib.contextmanager
 def compiled_once(ctx: Any) -> Iterator[Any]:
     """Start the one compilation of a campaign (``ctx``: a multiprocessing context); yields the event that is set
-    when the kernels are in the cache (set at once where numba is missing or BNPROPS_FUSED is "never": nothing to
-    wait for).  The process is ended with the block."""
+    when the kernels are in the cache (set at once, with no process, where they are cached already, numba is
+    missing or BNPROPS_FUSED is "never").  The process is ended with the block."""
     done = ctx.Event()
-    if not fused.available() or fused.mode() == "never":
+    if not fused.available() or fused.mode() == "never" or fused.kernels().cached():
         done.set()
         yield done
         return
