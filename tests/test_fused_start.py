@@ -126,6 +126,10 @@ def test_a_campaign_starts_one_compilation_and_none_where_the_kernels_are_cached
     with fused_start.compiled_once(ctx) as ready:
         assert ready.is_set()
     assert ctx.started == ["bnprops-compile"]
+    monkeypatch.setattr(fused.kernels(), "cached", lambda: False)
+    with fused_start.compiled_once(ctx, time_limit=60) as ready:  # too short to gain from the kernels
+        assert not ready.is_set()
+    assert ctx.started == ["bnprops-compile"]
 
 
 def test_the_cache_is_cold_until_the_kernels_are_compiled_into_it(tmp_path: Path) -> None:
