@@ -127,9 +127,16 @@ def test_a_campaign_starts_one_compilation_and_none_where_the_kernels_are_cached
         assert ready.is_set()
     assert ctx.started == ["bnprops-compile"]
     monkeypatch.setattr(fused.kernels(), "cached", lambda: False)
-    with fused_start.compiled_once(ctx, time_limit=60) as ready:  # too short to gain from the kernels
+    with fused_start.compiled_once(ctx, worth=False) as ready:  # too short to gain from the kernels
         assert not ready.is_set()
     assert ctx.started == ["bnprops-compile"]
+
+
+def test_only_a_long_campaign_is_worth_compiling_for() -> None:
+    assert not fused_start.worth_compiling(60, None)
+    assert fused_start.worth_compiling(3000, None)
+    assert not fused_start.worth_compiling(None, 500)
+    assert fused_start.worth_compiling(None, 1_000_000)
 
 
 def test_the_cache_is_cold_until_the_kernels_are_compiled_into_it(tmp_path: Path) -> None:

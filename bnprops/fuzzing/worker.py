@@ -207,7 +207,9 @@ def run_workers(
     a process of their own (fused_start); the workers judge on the reference engine until they are ready."""
     # spawn, not fork: a forked MXNet (OpenMP, oneDNN thread pools) can hang.
     ctx = multiprocessing.get_context("spawn")
-    with fused_start.compiled_once(ctx, time_limit=config.time_limit) as kernels_ready:
+    with fused_start.compiled_once(
+        ctx, worth=fused_start.worth_compiling(config.time_limit, config.max_examples)
+    ) as kernels_ready:
         if config.workers > 1:
             return _run_processes(
                 config,

@@ -67,20 +67,29 @@ def _compile_process(done: Any, parent: int) -> None:
 #: A campaign shorter than this does not compile the kernels: measured, a minute's campaign judged as many cases
 #: on the reference engine alone as with the kernels, and a compilation's CPU cost it a quarter of them.
 WORTH_COMPILING_S = 600.0
+#: Nor does one with a budget of fewer cases and no time limit (the tests' campaigns: minutes at ~100 cases/s).
+WORTH_COMPILING_CASES = 50_000
+
+
+def worth_compiling(time_limit: float | None, max_examples: int | None) -> bool:
+    """Is a campaign of ``time_limit`` seconds and ``max_examples`` cases long enough to gain from the kernels?"""
+    if time_limit is not None:
+        return time_limit >= WORTH_COMPILING_S
+    return max_examples is None or max_examples >= WORTH_COMPILING_CASES
 
 
 @contextlib.contextmanager
-def compiled_once(ctx: Any, *, time_limit: float | None = None) -> Iterator[Any]:
-    """Start the one compilation of a campaign of ``time_limit`` seconds (None: no limit; ``ctx``: a
-    multiprocessing context); yields the event that is set when the kernels are in the cache (set at once, with
-    no process, where they are cached already, numba is missing or BNPROPS_FUSED is "never"; never set, with no
-    process, for a campaign shorter than WORTH_COMPILING_S).  The process is ended with the block."""
+def compiled_once(ctx: Any, *, worth: bool = True) -> Iterator[Any]:
+    """Start the one compilation of a campaign (``ctx``: a multiprocessing context); yields the event that is set
+    when the kernels are in the cache (set at once, with no process, where they are cached already, numba is
+    missing or BNPROPS_FUSED is "never"; never set, with no process, where the campaign is not ``worth``
+    compiling for: see worth_compiling).  The process is ended with the block."""
     done = ctx.Event()
     if not fused.available() or fused.mode() == "never" or fused.kernels().cached():
         done.set()
         yield done
         return
-    if time_limit is not None and time_limit < WORTH_COMPILING_S:
+    if not worth:
         yield done
         return
     proc = ctx.Process(target=_compile_process, args=(done, os.getpid()), name="bnprops-compile", daemon=True)
