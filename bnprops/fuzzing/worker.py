@@ -35,7 +35,8 @@ from bnprops.fuzzing.plan import (
 )
 from bnprops.fuzzing.search import Router, Stop, find
 from bnprops.fuzzing.tallies import WorkerResult
-from bnprops.judging import fused, in_network
+from bnprops.fuzzing.time_shares import StackSampler
+from bnprops.judging import fused, fused_start, in_network
 from bnprops.mx.backends import runner_for
 
 
@@ -128,10 +129,12 @@ def run_worker(
     result = explorer.result
     strategy = examples(config, targets)
     db = DirectoryBasedExampleDatabase(config.out / "db")
+    sampler = StackSampler()
     try:
-        if worker == 0:
-            replay(explorer, strategy, db)
-        explore_chunks(explorer, strategy, db, worker=worker)
+        with sampler:  # where this worker's time goes
+            if worker == 0:
+                replay(explorer, strategy, db)
+            explore_chunks(explorer, strategy, db, worker=worker)
     except Stop:
         explorer.settle("partly shrunk")
     except KeyboardInterrupt as exc:
@@ -141,6 +144,7 @@ def run_worker(
         # A bug in bnprops or Hypothesis: keep what ran, and say what broke.
         result.stop_reason = "crashed"
         result.error = traceback.format_exc()
+    result.time_samples = dict(sampler.counts)
     result.entries = explorer.findings.close(explorer.detail)
     in_network.close_workers()  # the worker processes the network checks ran in
     result.points = explorer.sampler.points()
@@ -158,6 +162,7 @@ def _worker_process(
     stop: Any,
     messages: Any,
     parent: int,
+    kernels_ready: Any,
 ) -> None:
     lifetime.die_with_parent(parent)  # killed outright, the campaign takes its workers with it
     # The parent turns Ctrl-C and SIGTERM (to it or its whole group) into the stop event, so every worker winds
@@ -165,6 +170,7 @@ def _worker_process(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fused.share_cores(config.workers)
+    fused.wait_for(kernels_ready.is_set)  # the campaign compiles the kernels once; this worker loads them
 
     def progress(cases_run: int, failed: int, known: int, signatures: int) -> None:
         messages.put(("progress", worker, (cases_run, failed, known, signatures)))
@@ -197,20 +203,49 @@ def run_workers(
     progress: ProgressFn | None,
 ) -> tuple[list[WorkerResult], str | None]:
     """Run the workers (in this process when there is one) and collect their results; also says whether Ctrl-C
-    ("interrupted") or SIGTERM ("terminated") stopped them."""
-    if config.workers == 1:
-        result = run_worker(
-            config, worker=0, targets=targets, runner_factory=runner_factory, deadline=deadline, progress=progress
-        )
-        return [result], result.stop_reason if result.stop_reason in ("interrupted", "terminated") else None
+    ("interrupted") or SIGTERM ("terminated") stopped them.  The fused kernels are compiled once meanwhile, in
+    a process of their own (fused_start); the workers judge on the reference engine until they are ready."""
     # spawn, not fork: a forked MXNet (OpenMP, oneDNN thread pools) can hang.
     ctx = multiprocessing.get_context("spawn")
+    with fused_start.compiled_once(
+        ctx, worth=fused_start.worth_compiling(config.time_limit, config.max_examples)
+    ) as kernels_ready:
+        if config.workers > 1:
+            return _run_processes(
+                config,
+                ctx,
+                targets=targets,
+                runner_factory=runner_factory,
+                deadline=deadline,
+                progress=progress,
+                kernels_ready=kernels_ready,
+            )
+        fused.wait_for(kernels_ready.is_set)
+        try:
+            result = run_worker(
+                config, worker=0, targets=targets, runner_factory=runner_factory, deadline=deadline, progress=progress
+            )
+        finally:
+            fused.wait_for(None)
+        return [result], result.stop_reason if result.stop_reason in ("interrupted", "terminated") else None
+
+
+def _run_processes(
+    config: CampaignConfig,
+    ctx: Any,
+    *,
+    targets: list[Target],
+    runner_factory: RunnerFactory,
+    deadline: float | None,
+    progress: ProgressFn | None,
+    kernels_ready: Any,
+) -> tuple[list[WorkerResult], str | None]:
     stop = ctx.Event()
     messages = ctx.Queue()
     procs = {
         w: ctx.Process(
             target=_worker_process,
-            args=(config, w, targets, runner_factory, deadline, stop, messages, os.getpid()),
+            args=(config, w, targets, runner_factory, deadline, stop, messages, os.getpid(), kernels_ready),
             name=f"bnprops-fuzz-{w}",
         )
         for w in range(config.workers)

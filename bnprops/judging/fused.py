@@ -32,6 +32,7 @@ from bnprops.model.fused_sums import (
     share_cores,
     sweep,
     threads,
+    wait_for,
 )
 from bnprops.model.oracle import overflow_threshold
 
@@ -54,6 +55,7 @@ __all__ = [
     "set_threads",
     "share_cores",
     "threads",
+    "wait_for",
 ]
 
 

@@ -47,6 +47,22 @@ def _jit(function: Callable[..., Any], parallel: bool = False) -> Any:
     return dispatcher
 
 
+def cached() -> bool:
+    """Does numba's disk cache hold every kernel compiled from this source and these formulas, so that a process
+    loads them instead of compiling them? (True where there is no disk cache: nothing to share.)"""
+    for value in list(globals().values()):
+        cache = getattr(value, "_cache", None)
+        if not isinstance(cache, _Cache):
+            continue
+        try:
+            index = cache._cache_file._load_index()
+        except Exception:  # an unreadable index: compile again
+            return False
+        if not any(isinstance(key, tuple) and key[-1] == _FORMULAS for key in index):
+            return False
+    return True
+
+
 def _per_channel(function: Callable[..., Any]) -> Any:
     """A kernel whose channels are independent: it works on channels c0 to c1 - 1 (its last two arguments), so
     that threads can share a case's channels (fused_sums runs the kernels, which release the GIL, in a thread

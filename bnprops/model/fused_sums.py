@@ -38,6 +38,8 @@ CHUNK = 1 << 16
 CLOSE = 2.0**-8
 
 _forced: str | None = None
+#: Are the kernels ready in this process? A fuzz worker waits for the campaign's one compilation (fused_start).
+_ready: Callable[[], bool] | None = None
 _chunk: int | None = None
 _threads: int | None = None
 
@@ -82,11 +84,27 @@ def supports(case: Case) -> bool:
 
 
 def eligible(case: Case) -> bool:
-    """Does ``case`` take the fused path, as BNPROPS_FUSED (or ``forced``) chooses now?"""
+    """Does ``case`` take the fused path, as BNPROPS_FUSED (or ``forced``) chooses now? ("auto" takes it only
+    once the kernels are ready: see ``wait_for``.)"""
     chosen = mode()
     if chosen == "never" or not supports(case):
         return False
-    return chosen == "always" or case.x.size >= MIN_ELEMENTS
+    return chosen == "always" or (case.x.size >= MIN_ELEMENTS and ready())
+
+
+def wait_for(check: Callable[[], bool] | None) -> None:
+    """From now on "auto" takes the reference path until ``check()`` says the kernels are compiled (None: no
+    waiting), so that a process never compiles them itself: it loads them from numba's disk cache."""
+    global _ready
+    _ready = check
+
+
+def ready() -> bool:
+    global _ready
+    if _ready is not None and not _ready():
+        return False
+    _ready = None  # ready once, ready for good
+    return True
 
 
 # --- blocks ------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from bnprops.fuzzing.catalogue import Catalogue, Entry
 from bnprops.fuzzing.causes import Cause
 from bnprops.fuzzing.report.model import FINDINGS, RESULTS, Report, files_of
 from bnprops.fuzzing.tallies import NEW, PASSED, Points
+from bnprops.fuzzing.time_shares import shares
 from bnprops.model.case import QUANTITIES
 
 REPORT_FORMAT = "bnprops.report/1"
@@ -96,6 +97,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "network_checks": report.network_checks,
         "sequence_checks": report.sequence_checks,
         "member_checks": report.member_checks,
+        "time_samples": report.time_samples,
+        "time_shares": shares([report.time_samples]),
         "stop_reason": report.stop_reason,
         "totals": report.totals(),
         "counts": [
@@ -142,4 +145,5 @@ def report_from_dict(data: dict[str, Any], points: Points) -> Report:
         network_checks=data.get("network_checks", {}),
         sequence_checks=data.get("sequence_checks", {}),
         member_checks=data.get("member_checks", {}),
+        time_samples=data.get("time_samples", {}),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bnprops.fuzzing import member_findings, network_findings, relation_findings, sequence_findings
+from bnprops.fuzzing import member_findings, network_findings, relation_findings, sequence_findings, time_shares
 from bnprops.fuzzing.catalogue import VERDICTS, Entry
 from bnprops.fuzzing.causes import Cause, Changes
 from bnprops.fuzzing.history import Run
@@ -34,6 +34,7 @@ def first_layer_of(report: Report, found: Sequence[Cause], change: Changes | Non
         history=history,
         link=_link,
         members=member_findings.summary_line(report.member_checks),
+        time_shares=time_shares.lines(time_shares.shares([report.time_samples])),
     )
 
 

@@ -31,7 +31,9 @@ def from_workers(
     network_checks: dict[str, dict[str, int]] = {}
     sequence_checks: dict[str, dict[str, int]] = {}
     member_checks: dict[str, dict[str, int]] = {}
+    samples: dict[str, dict[str, int]] = {}
     for r in results:
+        _add_counts(samples, {"all": r.time_samples})
         _add_counts(relation_checks, r.relations)
         _add_counts(network_checks, r.networks)
         _add_counts(sequence_checks, r.sequences)
@@ -63,6 +65,7 @@ def from_workers(
         network_checks=network_checks,
         sequence_checks=sequence_checks,
         member_checks=member_checks,
+        time_samples=samples.get("all", {}),
     )
 
 
@@ -96,11 +99,13 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
     network_checks: dict[str, dict[str, int]] = {}
     sequence_checks: dict[str, dict[str, int]] = {}
     member_checks: dict[str, dict[str, int]] = {}
+    samples: dict[str, dict[str, int]] = {}
     for src, r in zip(sources, reports, strict=True):
         _add_counts(relation_checks, r.relation_checks)
         _add_counts(network_checks, r.network_checks)
         _add_counts(sequence_checks, r.sequence_checks)
         _add_counts(member_checks, r.member_checks)
+        _add_counts(samples, {"all": r.time_samples})
         catalogue.merge(r.catalogue)
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -142,4 +147,5 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         network_checks=network_checks,
         sequence_checks=sequence_checks,
         member_checks=member_checks,
+        time_samples=samples.get("all", {}),
     )

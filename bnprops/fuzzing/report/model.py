@@ -45,6 +45,8 @@ class Report:
     sequence_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: Family members' calls run while exploring: "member entry/backend" -> {"checks"|member_findings.RESULTS: n}.
     member_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: "where/part" -> samples of the workers' main threads, added up (fuzzing.time_shares).
+    time_samples: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def cases_per_s(self) -> float:

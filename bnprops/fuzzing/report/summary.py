@@ -43,9 +43,11 @@ def first_layer(
     history: Sequence[Run],
     link: Callable[[Cause], str],
     members: Sequence[str] = (),
+    time_shares: Sequence[str] = (),
 ) -> list[str]:
     """The one-screen summary; ``link`` gives a cause's reproducer as markdown (or a reason there is none);
-    ``members``: the line on the BatchNorm family's members that ran, if any."""
+    ``members``: the line on the BatchNorm family's members that ran, if any; ``time_shares``: where the
+    workers' time went."""
     lines = [
         "# bnprops fuzz report",
         "",
@@ -81,6 +83,8 @@ def first_layer(
         lines.append("| (none: every case matched the oracle) | | | | | | |")
     if members:
         lines += ["", *members]
+    if time_shares:
+        lines += ["", *time_shares]
     return lines
 
 

@@ -1,0 +1,145 @@
+"""Where a fuzz worker's time goes: its main thread's stack sampled by a thread of its own, each sample filed
+by side family and part.
+
+Every ``INTERVAL_S`` seconds a sample is filed as (where, part): where is "cases" or the side family whose check
+runs (relations, networks, sequences, members); part is MXNet, drawing (Hypothesis's engine and the strategies),
+a part of the judging, or the worker's own bookkeeping.  A report adds the workers' samples up (``shares``), with
+the ratio of the time outside MXNet to the time inside it.
+
+A sample is MXNet's when any frame of the stack is MXNet's (its Python front end and the C calls under it) or a
+helper process's call awaited (the helper runs MXNet), except while the helper starts; drawing when no frame is
+the worker's judging of an example (Hypothesis is choosing the next); else the innermost bnprops module names
+the part.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from collections.abc import Iterable
+from typing import Any
+
+INTERVAL_S = 0.01
+MXNET, DRAWING, STARTING = "MXNet", "drawing", "starting helper processes"
+#: bnprops modules whose frames mean MXNet runs: the helper processes' callers, awaiting a call's result.
+_AWAITING = ("bnprops.judging.in_network", "bnprops.mx.sync", "bnprops.mx.worker")
+#: Modules (prefixes) whose frames mean a side family's check runs.
+FAMILIES = {
+    "bnprops.fuzzing.relation_findings": "relations",
+    "bnprops.fuzzing.network_findings": "networks",
+    "bnprops.fuzzing.sequence_findings": "sequences",
+    "bnprops.fuzzing.member_findings": "members",
+}
+#: The judging's parts, by the innermost bnprops module (first prefix that matches).
+PARTS = (
+    ("bnprops.model.case", "cases (digests, checks)"),
+    ("bnprops.model", "oracle and bounds"),
+    ("bnprops.judging.comparator", "comparator"),
+    ("bnprops.judging.fused", "comparator"),
+    ("bnprops.judging.deviation", "deviation models"),
+    ("bnprops.judging.known_deviations", "deviation models"),
+    ("bnprops.judging.declarations", "deviation models"),
+    ("bnprops.judging.invariants", "invariants"),
+    ("bnprops.judging", "judging, other"),
+    ("bnprops.mx", "preparing calls"),
+    ("bnprops.search", DRAWING),
+)
+OWN = "bookkeeping"
+#: The worker's functions that judge one example (the condition Hypothesis calls).
+_JUDGING = frozenset({"explore", "shrink_step", "entry_for", "settle"})
+
+
+def classify(frame: types.FrameType | None) -> str:
+    """``where/part`` for a stack whose innermost frame is ``frame``."""
+    where, part, judging, mxnet, starting = "cases", "", False, False, False
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("mxnet") or module.startswith(_AWAITING):
+            mxnet = True
+            starting = starting or (module.startswith(_AWAITING) and frame.f_code.co_name == "_start")
+        if module == "bnprops.fuzzing.explorer" and frame.f_code.co_name in _JUDGING:
+            judging = True
+        if module in FAMILIES:
+            where = FAMILIES[module]
+        if not part and module.startswith("bnprops."):
+            part = next((name for prefix, name in PARTS if module.startswith(prefix)), OWN)
+        frame = frame.f_back
+    if starting:
+        return f"{where}/{STARTING}"
+    if mxnet:
+        return f"{where}/{MXNET}"
+    if not judging or part == DRAWING:
+        return f"{where}/{DRAWING}"
+    return f"{where}/{part or OWN}"
+
+
+class StackSampler:
+    """Samples the thread that makes it (a worker's main thread) while the block runs: ``counts`` per label."""
+
+    def __init__(self, interval_s: float = INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.counts: dict[str, int] = {}
+        self._target = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bnprops-time-shares", daemon=True)
+
+    def __enter__(self) -> StackSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            label = classify(sys._current_frames().get(self._target))
+            self.counts[label] = self.counts.get(label, 0) + 1
+
+
+def shares(counts: Iterable[dict[str, int]]) -> dict[str, Any]:
+    """The workers' samples added up: each label's share of all, the shares per part and per where, and the
+    ratio of the time outside MXNet to the time inside it (None where no sample was MXNet's)."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for label, n in c.items():
+            total[label] = total.get(label, 0) + n
+    n = sum(total.values())
+    by_part: dict[str, float] = {}
+    by_where: dict[str, float] = {}
+    for label, k in total.items():
+        where, part = label.split("/", 1)
+        by_part[part] = by_part.get(part, 0.0) + k / n
+        by_where[where] = by_where.get(where, 0.0) + k / n
+    inside = by_part.get(MXNET, 0.0)
+    return {
+        "samples": n,
+        "labels": {label: k / n for label, k in sorted(total.items())} if n else {},
+        "parts": dict(sorted(by_part.items(), key=lambda kv: -kv[1])),
+        "where": dict(sorted(by_where.items(), key=lambda kv: -kv[1])),
+        "outside_over_inside": (1.0 - inside) / inside if inside > 0 else None,
+    }
+
+
+def lines(found: dict[str, Any]) -> list[str]:
+    """The shares as a report section (markdown)."""
+    if not found.get("samples"):
+        return ["## Where the workers' time went", "", "Not measured."]
+    ratio = found["outside_over_inside"]
+    said = f"{ratio:.1f} s of bnprops per second of MXNet" if ratio is not None else "no time in MXNet"
+    out = [
+        "## Where the workers' time went",
+        "",
+        f"{found['samples']:,} samples of the workers' main threads (every {INTERVAL_S * 1000:.0f} ms): "
+        f"**MXNet {found['parts'].get(MXNET, 0.0):.0%}**; outside/inside MXNet = **{said}**.",
+        "",
+        "| part | share | | where | share |",
+        "|---|---:|---|---|---:|",
+    ]
+    parts, wheres = list(found["parts"].items()), list(found["where"].items())
+    for i in range(max(len(parts), len(wheres))):
+        p = f"{parts[i][0]} | {parts[i][1]:.1%}" if i < len(parts) else " | "
+        w = f"{wheres[i][0]} | {wheres[i][1]:.1%}" if i < len(wheres) else " | "
+        out.append(f"| {p} | | {w} |")
+    return out

@@ -1,0 +1,86 @@
+"""Where a fuzz worker's time goes: each sample of its stack is filed under the right family and part, and the
+report's shares and ratio add up."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bnprops.fuzzing.time_shares import StackSampler, classify, lines, shares
+
+
+def _called_through(*levels: tuple[str, str], innermost: Callable[[], object]) -> object:
+    """``innermost()`` called through a stack of functions, one per (module, function name), outermost first."""
+    call = innermost
+    for module, name in reversed(levels):
+        namespace = {"__name__": module, "inner": call}
+        exec(f"def {name}():\n    return inner()", namespace)
+        call = namespace[name]
+    return call()
+
+
+def _label(*levels: tuple[str, str]) -> object:
+    return _called_through(*levels, innermost=lambda: classify(sys._getframe()))
+
+
+EXPLORE = ("bnprops.fuzzing.explorer", "explore")
+ENGINE = ("hypothesis.core", "run_engine")
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ((ENGINE, EXPLORE, ("bnprops.judging.checks", "check_group"), ("mxnet.ndarray", "call")), "cases/MXNet"),
+        ((ENGINE, ("hypothesis.strategies", "draw")), "cases/drawing"),
+        ((ENGINE, ("bnprops.search.strategies", "case_groups")), "cases/drawing"),
+        ((ENGINE, EXPLORE, ("bnprops.judging.deviation_models", "model")), "cases/deviation models"),
+        ((ENGINE, EXPLORE, ("bnprops.judging.comparator", "compare")), "cases/comparator"),
+        ((ENGINE, EXPLORE, ("bnprops.judging.invariants", "hold")), "cases/invariants"),
+        ((ENGINE, EXPLORE, ("bnprops.model.error_model", "bound")), "cases/oracle and bounds"),
+        ((ENGINE, EXPLORE, ("bnprops.model.case", "fingerprint")), "cases/cases (digests, checks)"),
+        ((ENGINE, EXPLORE, ("bnprops.fuzzing.tallies", "tally_case")), "cases/bookkeeping"),
+        (
+            (ENGINE, EXPLORE, ("bnprops.fuzzing.relation_findings", "check"), ("bnprops.model.oracle", "y")),
+            "relations/oracle and bounds",
+        ),
+        (
+            (ENGINE, EXPLORE, ("bnprops.fuzzing.network_findings", "check"), ("bnprops.judging.in_network", "call")),
+            "networks/MXNet",
+        ),
+        (
+            (EXPLORE, ("bnprops.fuzzing.network_findings", "check"), ("bnprops.judging.in_network", "_start")),
+            "networks/starting helper processes",
+        ),
+    ],
+)
+def test_each_sample_is_filed_under_its_family_and_part(levels: tuple[tuple[str, str], ...], expected: str) -> None:
+    assert _label(*levels) == expected, f"expected {expected} for the stack {levels}"
+
+
+def test_the_shares_add_up_and_give_the_ratio_outside_over_inside_mxnet() -> None:
+    found = shares([{"cases/MXNet": 2, "cases/drawing": 3}, {"relations/MXNet": 2, "relations/comparator": 1}])
+    assert found["samples"] == 8
+    assert found["parts"] == {"MXNet": 0.5, "drawing": 0.375, "comparator": 0.125}
+    assert found["where"] == {"cases": 0.625, "relations": 0.375}
+    assert found["outside_over_inside"] == pytest.approx(1.0)
+    text = "\n".join(lines(found))
+    assert "MXNet 50%" in text and "1.0 s of bnprops per second of MXNet" in text, text
+
+
+def test_no_samples_say_not_measured() -> None:
+    assert shares([])["outside_over_inside"] is None
+    assert lines(shares([]))[-1] == "Not measured."
+
+
+def test_the_sampler_samples_the_thread_that_made_it() -> None:
+    def busy() -> None:
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+
+    with StackSampler(interval_s=0.005) as sampler:
+        _called_through(("mxnet.ndarray", "call"), innermost=busy)
+    assert sampler.counts.get("cases/MXNet", 0) >= 10, f"expected the busy MXNet frame sampled, got {sampler.counts}"
