@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import atexit
 import functools
-import subprocess
-import sys
-import tempfile
-import threading
-import time
 from collections.abc import Callable
-from typing import IO
+from typing import ClassVar
 
 import numpy as np
 
-from bnprops.base import lifetime
 from bnprops.model.case import WRITE_ALL, Case, Outputs
 from bnprops.model.sync import applied, device_split
 from bnprops.mx import mxversion
-from bnprops.mx.runners import IN_PROCESS_BACKEND, BackendUnavailable
+from bnprops.mx.runners import IN_PROCESS_BACKEND
 from bnprops.mx.sync_calls import ENGINE
 from bnprops.mx.worker import (
     START_TIMEOUT_S,
-    WorkerCrashed,
-    WorkerError,
-    environment_for,
-    read_message,
-    write_message,
+    Worker,
 )
 
 ENTRIES = ("sync-nd", "sync-sym", "sync-gluon")
@@ -86,100 +76,19 @@ def adapt(entry: str, case: Case) -> Case:
     return case
 
 
-class SyncWorker:
-    """One sync worker process for one CPU kernel; ``run`` is safe to call from one thread at a time."""
+class SyncWorker(Worker):
+    """One sync worker process for one CPU kernel: the calls of mx.sync_calls, under the threaded engine whose
+    barrier SyncBatchNorm needs; ``run`` is safe to call from one thread at a time."""
+
+    module = "bnprops.mx.sync_calls"
+    name = "SyncBatchNorm"
+    environment: ClassVar[dict[str, str]] = dict(ENGINE)
 
     def __init__(self, kernel: str, *, call_timeout: float = CALL_TIMEOUT_S) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"a sync worker runs a CPU kernel ({sorted(KERNELS)}), not {kernel!r}")
-        self.kernel, self.call_timeout, self.starts = kernel, call_timeout, 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    def _tail(self, limit: int = 4000) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")[-limit:]
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        self._discard()
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
-        self.starts += 1
-        env = lifetime.child_environment({**environment_for(self.kernel), **ENGINE})
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bnprops.mx.sync_calls", self.kernel],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                env=env,
-            )
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot start the sync worker ({sys.executable}): {exc}") from exc
-        self._proc = proc
-        assert proc.stdout is not None
-        try:
-            hello = read_message(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S)
-        except (EOFError, TimeoutError) as exc:
-            tail = self._tail()
-            self._discard()
-            raise BackendUnavailable(f"the sync worker did not start; its stderr:\n{tail}") from exc
-        if hello != ("ready", self.kernel):
-            self._discard()
-            raise BackendUnavailable(f"the sync worker answered {hello!r} instead of ready")
-        return proc
-
-    def _discard(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
-
-    def run(self, entry: str, case: Case) -> Outputs:
-        """Run ``case`` through ``entry`` in the worker; what the call raised is raised here."""
-        with self._lock:
-            proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start()
-            assert proc.stdin is not None and proc.stdout is not None
-            try:
-                write_message(proc.stdin, (entry, case))
-                status, payload = read_message(proc.stdout.fileno(), time.monotonic() + self.call_timeout)
-            except (EOFError, BrokenPipeError, TimeoutError) as exc:
-                hung = isinstance(exc, TimeoutError)
-                self._discard()
-                raise WorkerCrashed(
-                    f"the sync worker (pid {proc.pid}) "
-                    + (f"hung for {self.call_timeout:.0f} s" if hung else f"died (exit status {proc.returncode})")
-                    + f" running {entry} on {case.describe()}; its stderr ends:\n{self._tail()}"
-                ) from exc
-        if status == "ok":
-            return payload  # type: ignore[no-any-return]
-        if isinstance(payload, BaseException):
-            raise payload
-        raise WorkerError(str(payload))
-
-    def close(self) -> None:
-        with self._lock:
-            proc = self._proc
-            if proc is not None and proc.poll() is None and proc.stdin is not None:
-                try:
-                    proc.stdin.close()
-                    proc.wait(10)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
-            self._discard()
-            if self._stderr is not None:
-                self._stderr.close()
-                self._stderr = None
+        super().__init__(kernel, start_timeout=START_TIMEOUT_S, call_timeout=call_timeout)
+        self.kernel = kernel
 
 
 _WORKERS: dict[str, SyncWorker] = {}

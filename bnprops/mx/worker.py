@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from bnprops.base import lifetime
 from bnprops.model.case import Case, Outputs
@@ -78,6 +78,12 @@ def environment_for(backend: str) -> dict[str, str]:
 class Worker:
     """One worker process for one CPU backend; ``run`` is safe to call from one thread at a time."""
 
+    #: The module the process runs (its main answers "ready", then (entry, case) calls), what messages call it,
+    #: and the environment it needs beside its backend's.
+    module = "bnprops.mx.worker"
+    name = "backend"
+    environment: ClassVar[dict[str, str]] = {}
+
     def __init__(
         self, backend: str, *, start_timeout: float = START_TIMEOUT_S, call_timeout: float = CALL_TIMEOUT_S
     ) -> None:
@@ -114,14 +120,16 @@ class Worker:
         self.starts += 1
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "bnprops.mx.worker", self.backend],
+                [sys.executable, "-m", self.module, self.backend],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
-                env=lifetime.child_environment(environment_for(self.backend)),
+                env=lifetime.child_environment({**environment_for(self.backend), **self.environment}),
             )
         except OSError as exc:
-            raise BackendUnavailable(f"cannot start the {self.backend} worker ({sys.executable}): {exc}") from exc
+            raise BackendUnavailable(
+                f"cannot start the {self.backend} {self.name} worker ({sys.executable}): {exc}"
+            ) from exc
         assert self._proc.stdout is not None
         try:
             hello = read_message(self._proc.stdout.fileno(), time.monotonic() + self.start_timeout)
@@ -130,12 +138,14 @@ class Worker:
             tail = self._stderr_tail()
             self._discard()
             raise BackendUnavailable(
-                f"the {self.backend} worker process {why} before it was ready; its stderr:\n{tail}"
+                f"the {self.backend} {self.name} worker process {why} before it was ready; its stderr:\n{tail}"
             ) from exc
         if hello != ("ready", self.backend):
             tail = self._stderr_tail()
             self._discard()
-            raise BackendUnavailable(f"the {self.backend} worker answered {hello!r} instead of ready:\n{tail}")
+            raise BackendUnavailable(
+                f"the {self.backend} {self.name} worker answered {hello!r} instead of ready:\n{tail}"
+            )
 
     def _discard(self) -> None:
         proc, self._proc = self._proc, None
@@ -162,7 +172,7 @@ class Worker:
                 self._discard()
                 code = proc.returncode
                 raise WorkerCrashed(
-                    f"the {self.backend} worker (pid {proc.pid}) "
+                    f"the {self.backend} {self.name} worker (pid {proc.pid}) "
                     + (f"hung for {self.call_timeout:.0f} s" if hung else f"died (exit status {code})")
                     + f" running {entry} on {case.describe()}; its stderr ends:\n{self._stderr_tail()}"
                 ) from exc
