@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pickle
 import sys
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 from bnprops.base import lifetime
 from bnprops.model.case import Case, Outputs
 from bnprops.model.sync import device_split, offsets
-from bnprops.mx.worker import read_message, write_message
+from bnprops.mx.worker import protocol_channel, serve, write_message
 
 #: The environment SyncBatchNorm needs (set before mxnet is imported).
 ENGINE = {"MXNET_ENGINE_TYPE": "ThreadedEnginePerDevice", "MXNET_CPU_WORKER_NTHREADS": "2"}
@@ -190,9 +189,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bnprops.mx.sync_calls {onednn,native}", file=sys.stderr)
         return 2
     lifetime.die_with_this_parent()
-    channel = os.fdopen(os.dup(1), "wb")  # the protocol owns stdout; what MXNet prints goes to stderr
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    channel = protocol_channel()
     engine = {k: os.environ.get(k) for k in ENGINE}
     if engine != ENGINE:
         write_message(channel, ("wrong engine", engine))
@@ -200,20 +197,7 @@ def main(argv: list[str]) -> int:
     import mxnet  # noqa: F401 (loaded before the first request, so that a call's timeout is the call's)
 
     write_message(channel, ("ready", argv[0]))
-    requests = sys.stdin.buffer.fileno()
-    while True:
-        try:
-            entry, case = read_message(requests, None)
-        except EOFError:
-            return 0
-        try:
-            reply: tuple[str, Any] = ("ok", CALLS[entry](case))
-        except Exception as exc:
-            reply = ("error", exc)
-        try:
-            write_message(channel, reply)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            write_message(channel, ("error", f"{type(reply[1]).__name__}: {reply[1]}"))
+    return serve(channel, CALLS.__getitem__)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -214,23 +215,17 @@ def close_all() -> None:
         worker.close()
 
 
-def main(argv: list[str]) -> int:
-    """The worker's side: answer requests on stdin until it closes."""
-    if len(argv) != 1 or argv[0] not in ("onednn", "native"):
-        print("usage: python -m bnprops.mx.worker {onednn,native}", file=sys.stderr)
-        return 2
-    lifetime.die_with_this_parent()
-    backend = argv[0]
-    # The protocol owns the original stdout; anything MXNet or Python prints goes to stderr.
+def protocol_channel() -> IO[bytes]:
+    """A worker process's reply channel: the original stdout, which the protocol owns; anything MXNet or
+    Python prints goes to stderr from here on."""
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    from bnprops.mx import family, runners
+    return channel
 
-    if backend != runners.IN_PROCESS_BACKEND:
-        write_message(channel, ("wrong backend", runners.IN_PROCESS_BACKEND))
-        return 1
-    write_message(channel, ("ready", backend))
+
+def serve(channel: IO[bytes], runner_of: Callable[[str], Callable[[Case], Outputs]]) -> int:
+    """Answer (entry, case) requests on stdin until it closes: ("ok", outputs) or ("error", what was raised)."""
     requests = sys.stdin.buffer.fileno()
     while True:
         try:
@@ -238,14 +233,30 @@ def main(argv: list[str]) -> int:
         except EOFError:
             return 0
         try:
-            run = runners.RUNNERS[entry] if entry in runners.RUNNERS else family.runner(entry)
-            reply: tuple[str, Any] = ("ok", run(case))
+            reply: tuple[str, Any] = ("ok", runner_of(entry)(case))
         except Exception as exc:
             reply = ("error", exc)
         try:
             write_message(channel, reply)
         except (pickle.PicklingError, TypeError, AttributeError):
             write_message(channel, ("error", f"{type(reply[1]).__name__}: {reply[1]}"))
+
+
+def main(argv: list[str]) -> int:
+    """The worker's side: answer requests on stdin until it closes."""
+    if len(argv) != 1 or argv[0] not in ("onednn", "native"):
+        print("usage: python -m bnprops.mx.worker {onednn,native}", file=sys.stderr)
+        return 2
+    lifetime.die_with_this_parent()
+    backend = argv[0]
+    channel = protocol_channel()
+    from bnprops.mx import family, runners
+
+    if backend != runners.IN_PROCESS_BACKEND:
+        write_message(channel, ("wrong backend", runners.IN_PROCESS_BACKEND))
+        return 1
+    write_message(channel, ("ready", backend))
+    return serve(channel, lambda entry: runners.RUNNERS[entry] if entry in runners.RUNNERS else family.runner(entry))
 
 
 if __name__ == "__main__":
