@@ -213,21 +213,39 @@ def test_pytest_skips_the_entry_points_a_release_lacks(tmp_path: Path) -> None:
 
 def test_releases_resolve_as_pip_spells_them() -> None:
     assert releases.resolve("1.5.1") == releases.resolve("1.5") == "1.5.1.post0"
-    assert releases.resolve("1.9.1") == "1.9.1"
-    with pytest.raises(ValueError, match="not one of the releases"):
+    assert releases.resolve("1.9.1") == releases.resolve("mxnet==1.9.1") == "1.9.1"
+    with pytest.raises(ValueError, match="not one of the builds"):
         releases.resolve("2.0.0")
-    with pytest.raises(ValueError, match="known releases"):
+    with pytest.raises(ValueError, match="known builds"):
         releases.resolve("newest")
     assert releases.requested(["1.9", "1.5", "1.9.1"]) == ["1.5.1.post0", "1.9.1"]
-    assert releases.requested(None) == list(releases.RELEASES)
+    assert releases.requested(None) == list(releases.BUILDS)
+
+
+def test_other_builds_resolve_by_their_distribution() -> None:
+    assert releases.resolve("mkl-1.5") == releases.resolve("mxnet-mkl==1.5.1") == "mkl-1.5.1.post0"
+    assert releases.resolve("native-1.8") == releases.resolve("mxnet-native==1.8.0.post0") == "native-1.8.0.post0"
+    assert releases.split("mkl-1.6.0") == ("mxnet-mkl", "1.6.0") and releases.split("1.6.0") == ("mxnet", "1.6.0")
+    with pytest.raises(ValueError, match="not one of the builds"):
+        releases.resolve("mkl-1.9")  # mxnet-mkl ended with 1.6: oneDNN is in the mxnet wheel since 1.7
+    with pytest.raises(ValueError, match="not a build bnprops installs"):
+        releases.resolve("cu112-1.9")
 
 
 def test_old_releases_install_without_their_dependencies_and_every_one_pins_numpy() -> None:
     python = Path("/venv/bin/python")
-    for release in releases.RELEASES:
-        mxnet_step = releases.install_commands(release, python)[0]
-        assert f"mxnet=={release}" in mxnet_step and "numpy<1.24" in mxnet_step
+    for build in releases.BUILDS:
+        dist, release = releases.split(build)
+        mxnet_step = releases.install_commands(build, python)[0]
+        assert f"{dist}=={release}" in mxnet_step and "numpy<1.24" in mxnet_step
         assert ("--no-deps" in mxnet_step) == (release in ("1.3.1", "1.4.1"))
+
+
+def test_a_builds_environment_gets_bnprops_own_requirements() -> None:
+    wanted = releases.install_commands("1.9.1", Path("/venv/bin/python"))[1]
+    names = {r.split("<")[0].split(">")[0].split("=")[0] for r in wanted if not r.startswith("-")}
+    assert {"numpy", "hypothesis", "pytest", "numba", "matplotlib", "pytest-xdist"} <= names
+    assert not any(r.startswith("mxnet") for r in wanted)
 
 
 class FakeRun:
@@ -263,6 +281,48 @@ def test_an_environment_is_made_once_and_then_reused(tmp_path: Path) -> None:
     assert second.ok and second.reused and all("pip" not in c for c in again.calls)
     wrong = releases.prepare("1.6.0", cache=tmp_path, run=FakeRun(version="1.9.1"))
     assert not wrong.ok and "not 1.6.0" in wrong.reason
+
+
+def test_an_environment_made_by_other_commands_is_made_again(tmp_path: Path) -> None:
+    assert releases.prepare("mkl-1.6.0", cache=tmp_path, run=FakeRun(version="1.6.0")).ok
+    (tmp_path / "mkl-1.6.0" / releases.READY).write_text("pip install mxnet-mkl==1.6.0 numpy<1.24\n")
+    again = FakeRun(version="1.6.0")
+    env = releases.prepare("mkl-1.6.0", cache=tmp_path, run=again)
+    assert env.ok and not env.reused and any("mxnet-mkl==1.6.0" in c for c in again.calls)
+
+
+def test_a_builds_pytest_run_becomes_its_summary(tmp_path: Path) -> None:
+    junit = tmp_path / "pytest.xml"
+    junit.write_text(
+        '<testsuites><testsuite tests="4" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.test_a" name="test_ok"/>'
+        '<testcase classname="tests.test_a" name="test_bad"><failure message="boom"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    summary = versions.summarise_junit(junit, exit_status=1, seconds=2.0)
+    assert summary["passed"] == 2 and summary["skipped"] == 1 and summary["failed"] == ["tests.test_a::test_bad"]
+    assert not summary["ok"]
+    result = versions.ReleaseResult("1.9.1", {"ok": True}, pytest=summary, fuzz=_fuzz([], {}))
+    assert versions.exit_status([result]) == 1
+    assert "tests.test_a::test_bad" in versions.markdown([result], time_s=1)
+    assert not versions.summarise_junit(tmp_path / "none.xml", exit_status=4, seconds=1.0)["ok"]
+
+
+def test_the_pytest_step_runs_the_properties_from_this_tree_with_cis_profile(tmp_path: Path) -> None:
+    calls: list[tuple[list[str], dict[str, Any]]] = []
+
+    def fake(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append((command, kwargs))
+        Path(command[-1].removeprefix("--junitxml=")).write_text(
+            '<testsuite tests="1"><testcase name="t"/></testsuite>'
+        )
+        return subprocess.CompletedProcess(command, 0, "1 passed", "")
+
+    summary = versions.run_suite(Path("py"), suite="property", workers=2, folder=tmp_path, run=fake)
+    ((command, kwargs),) = calls
+    assert summary["ok"] and summary["passed"] == 1
+    assert "-m pytest -m property" in " ".join(command) and command[-3:-1] == ["-n", "2"]
+    assert kwargs["cwd"] == releases.project_root() and kwargs["env"]["BNPROPS_PROFILE"] == "ci"
 
 
 # --- the matrix ------------------------------------------------------------------------------------
@@ -387,7 +447,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--release", "2.0"], "not one of the releases"),
+        (["--release", "2.0"], "not one of the builds"),
         (["--release", "newest"], "not an MXNet release"),
         (["--time", "0"], "positive number of seconds"),
         (["--time", "soon"], "positive number of seconds"),

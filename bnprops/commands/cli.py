@@ -237,22 +237,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     versions = sub.add_parser(
         "versions",
-        help="the deviation x release matrix: each MXNet release in its own environment, probed and fuzzed",
-        description="For each release, create (or reuse) an isolated environment under --cache, install that "
-        "mxnet the way it installs on Python 3.11, run the recorded deviations' reproducers there and a fuzz "
-        "campaign of --time seconds; write versions.md and versions.json (a matrix of deviation x release: "
-        "present / absent / not applicable, and the new findings per release) into --out. Exit status 1 if a "
-        "release found a new deviation or could not be run.",
+        help="the deviation x release matrix: each MXNet release and build in its own environment, "
+        "probed, tested and fuzzed",
+        description="For each build (the mxnet CPU wheels 1.3.1-1.9.1, mxnet-mkl 1.3-1.6, mxnet-native 1.8), "
+        "create (or reuse) an isolated environment under --cache, install it the way it installs on Python 3.11, "
+        "and run there, from this source tree: the recorded deviations' reproducers, bnprops's own pytest suite "
+        "(--suite) and a fuzz campaign of --time seconds with every family on (relations, networks, sequences, "
+        "the BatchNorm family members the build has); write versions.md and versions.json (a matrix of "
+        "deviation x build: present / absent / not applicable, the tests and the new findings per build) into "
+        "--out. Exit status 1 if a build found a new deviation, failed a test or could not be run.",
     )
     versions.add_argument(
         "--release",
         action="append",
         metavar="V",
-        help="a release to check (repeatable; 1.5 or 1.5.1 find 1.5.1.post0); default: every release from "
-        "1.3.1 to 1.9.1",
+        help="a release or build to check (repeatable; 1.5 or 1.5.1 find 1.5.1.post0, mkl-1.5 or "
+        "mxnet-mkl==1.5.1 the mxnet-mkl wheel, native-1.8 mxnet-native); default: every build",
+    )
+    versions.add_argument(
+        "--suite",
+        choices=("property", "all", "none"),
+        default="property",
+        help="bnprops's tests to run in each build: the properties (pytest -m property, default), all of them, or none",
     )
     versions.add_argument("--time", type=_seconds, default=90.0, help="fuzz seconds per release (default 90)")
-    versions.add_argument("--workers", type=_positive_int, default=1, help="fuzz worker processes (default 1)")
+    versions.add_argument(
+        "--workers", type=_positive_int, default=1, help="fuzz worker and pytest-xdist processes (default 1)"
+    )
     versions.add_argument("--seed", type=_seed, default=0, help="fuzz seed, the same for every release")
     versions.add_argument(
         "--cache", type=Path, default=None, help="folder of the environments (default ~/.cache/bnprops/releases)"
@@ -887,7 +898,10 @@ def _versions(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.out.exists() and not args.out.is_dir():
         _usage(parser, f"--out {args.out} exists and is not a folder")
     cache = args.cache if args.cache is not None else releases.default_cache()
-    print(f"bnprops versions: {', '.join(chosen)}; {args.time:g} s of fuzzing each; environments in {cache}")
+    print(
+        f"bnprops versions: {', '.join(chosen)}; pytest: {args.suite}; {args.time:g} s of fuzzing each; "
+        f"environments in {cache}"
+    )
     results = versions.run(
         chosen,
         cache=cache,
@@ -895,6 +909,7 @@ def _versions(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         time_s=args.time,
         workers=args.workers,
         seed=args.seed,
+        suite=args.suite,
         progress=lambda line: print(line, flush=True),
     )
     print(f"matrix: {args.out / 'versions.md'} and {args.out / 'versions.json'}")

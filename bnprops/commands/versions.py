@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from bnprops.base import atomic
 from bnprops.mx import releases
 
-VERSIONS_FORMAT = "bnprops.versions/1"
+VERSIONS_FORMAT = "bnprops.versions/2"
+SUITE_TIMEOUT_S = 3600
 NOT_RUN = "not run"
 #: A new finding the campaign did not hit in a release: a fuzz campaign is a sample, so not "absent".
 NOT_FOUND = "not found"
@@ -39,6 +41,8 @@ class ReleaseResult:
     install: dict[str, Any]
     probe: dict[str, Any] | None = None
     fuzz: dict[str, Any] | None = None
+    pytest: dict[str, Any] | None = None
+    probe_s: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
 
@@ -88,6 +92,57 @@ def summarise_fuzz(out: Path, *, exit_status: int, seconds: float) -> dict[str, 
     }
 
 
+#: The pytest step's selections (besides "none"): the properties (CI's `pytest -m property`), the whole suite.
+SUITES = {"property": ["-m", "property"], "all": []}
+
+
+def summarise_junit(path: Path, *, exit_status: int, seconds: float) -> dict[str, Any]:
+    """Counts and the failing tests' ids from pytest's JUnit XML (the only format every pytest writes)."""
+    if not path.exists():
+        return {"ok": False, "reason": f"no {path.name} (exit status {exit_status})", "seconds": seconds}
+    root = ElementTree.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {
+        k: int((suite.get(k) if suite is not None else None) or 0) for k in ("tests", "failures", "errors", "skipped")
+    }
+    failed = []
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(f"{case.get('classname', '')}::{case.get('name', '')}")
+    return {
+        "ok": exit_status in (0, 5) and not failed,
+        "reason": "" if exit_status in (0, 5) else f"exit status {exit_status}",
+        "seconds": round(seconds, 1),
+        "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+        "failed": failed,
+        **{k: counts[k] for k in ("skipped",)},
+    }
+
+
+def run_suite(python: Path, *, suite: str, workers: int, folder: Path, run: releases.Run) -> dict[str, Any]:
+    """bnprops's own test suite (``suite``: a SUITES key) under the build's interpreter, from this source tree,
+    with CI's derandomised Hypothesis profile, so that every build runs the same examples."""
+    junit = folder / "pytest.xml"
+    junit.unlink(missing_ok=True)
+    command = [str(python), "-W", "ignore", "-m", "pytest", *SUITES[suite], "-q", "-p", "no:cacheprovider"]
+    command += [*(["-n", str(workers)] if workers > 1 else []), f"--junitxml={junit}"]
+    t0 = time.monotonic()
+    try:
+        proc = run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=SUITE_TIMEOUT_S,
+            cwd=releases.project_root(),
+            env=releases.child_env({"CI": "1", "BNPROPS_PROFILE": "ci"}),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "reason": f"timed out after {SUITE_TIMEOUT_S} s", "seconds": SUITE_TIMEOUT_S}
+    (folder / "pytest.log").write_text(proc.stdout + proc.stderr)
+    return summarise_junit(junit, exit_status=proc.returncode, seconds=time.monotonic() - t0)
+
+
 def run_release(
     release: str,
     *,
@@ -97,6 +152,7 @@ def run_release(
     workers: int,
     seed: int,
     progress: Progress,
+    suite: str = "property",
     run: releases.Run = subprocess.run,
 ) -> ReleaseResult:
     """Prepare the release's environment, probe the recorded deviations there, then fuzz it."""
@@ -111,6 +167,7 @@ def run_release(
         result.wall_s = time.monotonic() - t0
         return result
     progress(f"[{release}] {'reused' if env.reused else f'installed in {env.install_s:.0f} s'}; probing reproducers")
+    t_probe = time.monotonic()
     probe_file = folder / "probe.json"
     proc = run(
         [str(env.python), "-W", "ignore", "-m", "bnprops.judging.release_probe", str(probe_file)],
@@ -124,6 +181,10 @@ def run_release(
         result.probe = json.loads(probe_file.read_text())
     else:
         result.problems.append(f"probe failed (exit {proc.returncode}): {releases._tail(proc.stderr)}")
+    result.probe_s = time.monotonic() - t_probe
+    if suite != "none":
+        progress(f"[{release}] pytest {' '.join(SUITES[suite]) or '(the whole suite)'} with {workers} worker(s)")
+        result.pytest = run_suite(env.python, suite=suite, workers=workers, folder=folder, run=run)
     progress(f"[{release}] fuzzing for {time_s:g} s with {workers} worker(s)")
     t1 = time.monotonic()
     command = [str(env.python), "-W", "ignore", "-m", "bnprops", "fuzz", "--time", f"{time_s:g}"]
@@ -206,8 +267,8 @@ def markdown(results: Sequence[ReleaseResult], *, time_s: float) -> str:
         "",
         "## Releases",
         "",
-        "| release | mxnet | oneDNN | install | wall time | fuzz cases | new signatures | lacks |",
-        "|---|---|---|---|---:|---:|---:|---|",
+        "| build | mxnet | oneDNN | install | probes | pytest | fuzz cases | new signatures | wall time | lacks |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
         env = (r.probe or {}).get("environment", {})
@@ -217,8 +278,9 @@ def markdown(results: Sequence[ReleaseResult], *, time_s: float) -> str:
         fuzz = r.fuzz or {}
         lacks = "; ".join(f"{k}: {v}" for k, v in m["lacks"].get(r.release, {}).items()) or "nothing"
         lines.append(
-            f"| {r.release} | {env.get('mxnet', '?')} | {env.get('onednn', '?')} | {install} | {r.wall_s:.0f} s | "
-            f"{fuzz.get('cases', '-')} | {len(fuzz.get('new', [])) if fuzz.get('ok') else '-'} | {lacks} |"
+            f"| {r.release} | {env.get('mxnet', '?')} | {env.get('onednn', '?')} | {install} | {r.probe_s:.0f} s | "
+            f"{_pytest_cell(r.pytest)} | {fuzz.get('cases', '-')} | "
+            f"{len(fuzz.get('new', [])) if fuzz.get('ok') else '-'} | {r.wall_s:.0f} s | {lacks} |"
         )
     lines += ["", "## Recorded deviations", "", *_table(m["recorded"], rel, "deviation")]
     lines += ["", "## New findings of the campaigns", ""]
@@ -235,11 +297,26 @@ def markdown(results: Sequence[ReleaseResult], *, time_s: float) -> str:
                     lines.append(line)
     else:
         lines.append("None: every campaign's departures from the oracle matched a recorded deviation.")
+    failing = [(r.release, t) for r in results for t in (r.pytest or {}).get("failed", [])]
+    if failing:
+        lines += ["", "## Failing tests", "", *(f"- {release}: `{test}`" for release, test in failing)]
+        lines.append("")
+        lines.append("Each build's pytest output is in `BUILD/pytest.log`.")
     problems = [f"- {r.release}: {p}" for r in results for p in r.problems]
+    problems += [f"- {r.release}: pytest {r.pytest['reason']}" for r in results if r.pytest and r.pytest.get("reason")]
     problems += [f"- {r.release}: fuzz {r.fuzz.get('reason')}" for r in results if r.fuzz and not r.fuzz.get("ok")]
     if problems:
         lines += ["", "## Problems", "", *problems]
     return "\n".join(lines) + "\n"
+
+
+def _pytest_cell(summary: dict[str, Any] | None) -> str:
+    if summary is None:
+        return "not run"
+    if "passed" not in summary:
+        return f"**{summary.get('reason', 'failed')}**"
+    failed = f", **{len(summary['failed'])} failed**" if summary["failed"] else ""
+    return f"{summary['passed']} passed, {summary['skipped']} skipped{failed} ({summary['seconds']:.0f} s)"
 
 
 def write(results: Sequence[ReleaseResult], out: Path, *, time_s: float) -> None:
@@ -262,6 +339,7 @@ def run(
     time_s: float,
     workers: int = 1,
     seed: int = 0,
+    suite: str = "property",
     progress: Progress = print,
 ) -> list[ReleaseResult]:
     """Every requested release in turn; the matrix is rewritten after each one."""
@@ -269,7 +347,14 @@ def run(
     for release in names:
         try:
             result = run_release(
-                release, cache=cache, out=out, time_s=time_s, workers=workers, seed=seed, progress=progress
+                release,
+                cache=cache,
+                out=out,
+                time_s=time_s,
+                workers=workers,
+                seed=seed,
+                suite=suite,
+                progress=progress,
             )
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             result = ReleaseResult(release, {"ok": False, "reason": f"{type(exc).__name__}: {exc}"})
@@ -280,7 +365,10 @@ def run(
 
 def exit_status(results: Sequence[ReleaseResult]) -> int:
     """0: every release ran and its findings are all recorded; 1: a new finding or a failed release."""
-    bad = any(not r.install.get("ok") or not (r.fuzz or {}).get("ok") or r.problems for r in results)
+    bad = any(
+        not r.install.get("ok") or not (r.fuzz or {}).get("ok") or r.problems or not (r.pytest or {"ok": True})["ok"]
+        for r in results
+    )
     found = any((r.fuzz or {}).get("new") for r in results)
     return 1 if bad or found else 0
 

@@ -1,16 +1,18 @@
-"""The MXNet releases bnprops checks, and one isolated environment per release under a cache folder.
+"""The MXNet releases and builds bnprops checks, and one isolated environment per build under a cache folder.
 
-Each release installs the way it installs on Python 3.11: ``pip install mxnet==V 'numpy<1.24'``, and
-1.3.1/1.4.1 with ``--no-deps`` (their metadata pins numpy < 1.15, which does not build on 3.11; they run
-with numpy 1.23).  Then bnprops's runtime dependencies (hypothesis, pytest, matplotlib, requests); bnprops
-itself is not installed there: it runs from this source tree through PYTHONPATH, so every release is
-checked by the same code.  An environment that imports the right mxnet is reused; an install that fails
-is reported with its reason, never raised.
+A build is a distribution and a release: the ``mxnet`` CPU wheels 1.3.1-1.9.1, the separate oneDNN wheels
+``mxnet-mkl`` of 1.3-1.6 (named ``mkl-V``) and ``mxnet-native`` 1.8.0 (no oneDNN, ``native-V``).  Each
+installs the way it installs on Python 3.11: ``pip install DIST==V 'numpy<1.24'``, 1.3.1/1.4.1 with
+``--no-deps`` (their metadata pins numpy < 1.15, which does not build on 3.11; they run with numpy 1.23).
+Then bnprops's own runtime requirements (as its package metadata lists them, and pytest-xdist); bnprops
+itself runs from this source tree through PYTHONPATH, so every build is checked by the same code.  An
+environment that imports the right mxnet is reused; a failed install is reported with its reason, never raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -23,10 +25,18 @@ from bnprops.mx import mxversion
 
 #: Every release from 1.3.1 to 1.9.1 that installs on Python 3.11 here (the newest patch of each minor).
 RELEASES = ("1.3.1", "1.4.1", "1.5.1.post0", "1.6.0", "1.7.0.post2", "1.8.0.post0", "1.9.1")
+#: The other CPU builds on PyPI: oneDNN as a separate wheel before 1.7, and 1.8's build without it.
+OTHER_BUILDS = ("mkl-1.3.1", "mkl-1.4.1", "mkl-1.5.1.post0", "mkl-1.6.0", "native-1.8.0.post0")
+BUILDS = RELEASES + OTHER_BUILDS
+#: A build's name before its release, and the distribution it installs.
+DISTRIBUTIONS = {"mkl": "mxnet-mkl", "native": "mxnet-native"}
 #: Their metadata pins dependencies that do not install on 3.11; the code itself runs with numpy 1.23.
 NO_DEPS = frozenset({"1.3.1", "1.4.1"})
-#: numpy < 1.24: every 1.x release uses np.bool/np.int, removed in 1.24.
-RUNTIME_DEPS = ("numpy<1.24", "requests", "hypothesis>=6.100", "pytest>=8", "matplotlib>=3.7")
+#: numpy < 1.24: every 1.x release uses np.bool/np.int, removed in 1.24 (also bnprops's own pin).
+NUMPY = "numpy<1.24"
+#: Besides bnprops's requirements: the pytest step spreads the suite over the cores, and the release probe's
+#: old mxnet imports requests.
+TEST_RUNTIME = ("pytest-xdist>=3.5", "requests")
 #: Written into an environment once its install succeeded; its absence means "install again".
 READY = "bnprops-ready"
 
@@ -47,27 +57,53 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def split(build: str) -> tuple[str, str]:
+    """A build's distribution and release: 'mkl-1.6.0' is ('mxnet-mkl', '1.6.0'), '1.6.0' ('mxnet', '1.6.0')."""
+    prefix, _, release = build.rpartition("-")
+    return DISTRIBUTIONS.get(prefix, "mxnet"), release
+
+
 def resolve(name: str) -> str:
-    """A release as pip spells it: '1.5.1' and '1.5' find '1.5.1.post0'. Raises ValueError for others."""
-    if name in RELEASES:
+    """A build as bnprops names it: '1.5.1' and '1.5' find '1.5.1.post0', 'mkl-1.5' and 'mxnet-mkl==1.5.1'
+    find 'mkl-1.5.1.post0'. Raises ValueError for others, listing the known builds."""
+    if name in BUILDS:
         return name
+    spelled = name.replace("==", "-").removeprefix("mxnet-") if "==" in name or "-" in name else name
+    prefix, _, release = spelled.rpartition("-")
+    if prefix == "mxnet":
+        prefix = ""
+    if prefix and prefix not in DISTRIBUTIONS:
+        raise ValueError(f"{name!r}: not a build bnprops installs; known builds: {', '.join(BUILDS)}")
     try:
-        wanted = mxversion.parse(name)
+        wanted = mxversion.parse(release)
     except ValueError as exc:
-        raise ValueError(f"{exc}; known releases: {', '.join(RELEASES)}") from None
-    parts = name.split(".")
-    for release in RELEASES:
-        have = mxversion.parse(release)
-        if have == wanted or (len(parts) == 2 and have[:2] == wanted[:2]):
-            return release
-    raise ValueError(f"MXNet {name} is not one of the releases bnprops checks: {', '.join(RELEASES)}")
+        raise ValueError(f"{exc}; known builds: {', '.join(BUILDS)}") from None
+    for build in BUILDS:
+        dist, have_release = split(build)
+        have = mxversion.parse(have_release)
+        if dist == DISTRIBUTIONS.get(prefix, "mxnet") and (
+            have == wanted or (len(release.split(".")) == 2 and have[:2] == wanted[:2])
+        ):
+            return build
+    raise ValueError(f"MXNet {name} is not one of the builds bnprops checks: {', '.join(BUILDS)}")
 
 
-def install_commands(release: str, python: Path) -> list[list[str]]:
-    """The pip commands that install ``release`` into the environment whose interpreter is ``python``."""
+def runtime_requirements() -> list[str]:
+    """bnprops's own requirements (its package metadata, so they are stated once, in pyproject), for a
+    build's environment; falls back to the numpy pin where bnprops runs from a tree it was not installed from."""
+    try:
+        listed = importlib.metadata.requires("bnprops") or []
+    except importlib.metadata.PackageNotFoundError:
+        listed = []
+    return [NUMPY, *(r for r in listed if "extra ==" not in r and not r.startswith("numpy")), *TEST_RUNTIME]
+
+
+def install_commands(build: str, python: Path) -> list[list[str]]:
+    """The pip commands that install ``build`` into the environment whose interpreter is ``python``."""
+    dist, release = split(build)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    mxnet = [*pip, *(["--no-deps"] if release in NO_DEPS else []), f"mxnet=={release}", "numpy<1.24"]
-    return [mxnet, [*pip, *RUNTIME_DEPS]]
+    mxnet = [*pip, *(["--no-deps"] if release in NO_DEPS else []), f"{dist}=={release}", NUMPY]
+    return [mxnet, [*pip, *runtime_requirements()]]
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -104,11 +140,12 @@ class Environment:
         }
 
 
-def _imports_mxnet(python: Path, release: str, run: Run) -> str | None:
-    """None if ``python`` imports the release's mxnet and bnprops's dependencies, else why not."""
+def _imports_mxnet(python: Path, build: str, run: Run) -> str | None:
+    """None if ``python`` imports the build's mxnet and bnprops's dependencies, else why not."""
+    release = split(build)[1]
     if not python.exists():
         return f"no interpreter at {python}"
-    code = "import mxnet, hypothesis, pytest, numpy; print(mxnet.__version__)"
+    code = "import mxnet, hypothesis, pytest, numpy, numba, xdist; print(mxnet.__version__)"
     proc = run([str(python), "-c", code], capture_output=True, text=True, timeout=300, env=child_env(), check=False)
     if proc.returncode != 0:
         return _tail(proc.stderr) or f"exit status {proc.returncode}"
@@ -135,14 +172,17 @@ def prepare(
     path = cache / release
     env = Environment(release, path, ok=False)
     t0 = time.monotonic()
-    if (path / READY).exists() and _imports_mxnet(env.python, release, run) is None:
+    steps = [[base_python, "-m", "venv", str(path)], *install_commands(release, path / "bin" / "python")]
+    recipe = " && ".join(" ".join(c) for c in steps) + "\n"
+    # Reused only if it was made by today's commands: a new requirement of bnprops means a new install.
+    ready = path / READY
+    if ready.exists() and ready.read_text() == recipe and _imports_mxnet(env.python, release, run) is None:
         env.ok, env.reused = True, True
         return env
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            shutil.rmtree(path)  # a half-made environment: start again rather than trust it
-        steps = [[base_python, "-m", "venv", str(path)], *install_commands(release, path / "bin" / "python")]
+            shutil.rmtree(path)  # a half-made or outdated environment: start again rather than trust it
         output: list[str] = []
         for command in steps:
             proc = run(command, capture_output=True, text=True, timeout=1800, check=False)
@@ -156,7 +196,7 @@ def prepare(
         if not env.reason:
             problem = _imports_mxnet(env.python, release, run)
             if problem is None:
-                (path / READY).write_text(" && ".join(" ".join(c) for c in steps) + "\n")
+                ready.write_text(recipe)
                 env.ok = True
             else:
                 env.reason = f"installed, but does not import: {problem}"
@@ -167,8 +207,8 @@ def prepare(
 
 
 def requested(names: Sequence[str] | None) -> list[str]:
-    """The releases named (resolved, in release order, each once), or every release."""
+    """The builds named (resolved, in the order of BUILDS, each once), or every build."""
     if not names:
-        return list(RELEASES)
+        return list(BUILDS)
     chosen = {resolve(n) for n in names}
-    return [r for r in RELEASES if r in chosen]
+    return [b for b in BUILDS if b in chosen]
