@@ -7,6 +7,7 @@ planted 0.5% error in one gradient must be caught; MXNet's three deviations repr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -304,3 +305,12 @@ def test_batchnorms_own_deviations_do_not_apply_to_sync_batchnorm() -> None:
         applying = {kd.id for kd in KNOWN_DEVIATIONS if kd.predictions(ctx, entry=entry, scoped=False)}
         assert applying <= {kd.id for kd in SYNC_DEVIATIONS}, (entry, applying)
         assert SYNC_SUM_DRIFT.id in applying
+
+
+def test_before_1_5_only_2d_and_4d_data_are_expressible(monkeypatch: pytest.MonkeyPatch) -> None:
+    three_d = _small()
+    assert sync.unexpressible_reason(three_d) is None
+    monkeypatch.setattr(sync.mxversion, "running", lambda: "1.4.1")
+    assert "2-D or 4-D" in (sync.unexpressible_reason(three_d) or "")
+    four_d = with_split(dataclasses.replace(three_d, x=three_d.x[..., None], dy=three_d.dy[..., None]), (2, 2))
+    assert sync.unexpressible_reason(four_d) is None

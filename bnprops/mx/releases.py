@@ -173,7 +173,7 @@ def prepare(
     env = Environment(release, path, ok=False)
     t0 = time.monotonic()
     steps = [[base_python, "-m", "venv", str(path)], *install_commands(release, path / "bin" / "python")]
-    recipe = " && ".join(" ".join(c) for c in steps) + "\n"
+    recipe = " && ".join(" ".join(c) for c in steps[1:]) + "\n"  # not the interpreter that made the venv
     # Reused only if it was made by today's commands: a new requirement of bnprops means a new install.
     ready = path / READY
     if ready.exists() and ready.read_text() == recipe and _imports_mxnet(env.python, release, run) is None:

@@ -29,6 +29,9 @@ ENTRIES = ("sync-nd", "sync-sym", "sync-gluon")
 #: A sync case is small; a call that takes longer waits at a barrier that will never open.
 CALL_TIMEOUT_S = 60.0
 MAX_DEVICES = 4
+#: Before it, the operator reshapes its data to 4-D only from 2-D (other shapes raise a shape check, and the
+#: other devices then wait at the merge for ever).
+ANY_NDIM_SINCE = "1.5.0"
 #: SyncBatchNorm is a legacy mshadow operator with no oneDNN implementation: MXNET_MKLDNN_ENABLED changes nothing
 #: (both kernels' outputs are the same bits, test_sync_batchnorm), so it runs on either.
 KERNELS: dict[str, str | None] = {"onednn": None, "native": None}
@@ -54,6 +57,8 @@ def unexpressible_reason(case: Case) -> str | None:
         return f"float32 only (the kernel reads every blob as real_t), not {case.dtype}"
     if case.x.ndim < 2 or case.channel_axis != 1:
         return "channels on axis 1 of data with at least 2 dimensions only"
+    if case.x.ndim not in (2, 4) and mxversion.parse(mxversion.running()) < mxversion.parse(ANY_NDIM_SINCE):
+        return f"MXNet before {ANY_NDIM_SINCE} takes 2-D or 4-D data only (apache/mxnet#14542 added the others)"
     if not 1 <= len(split) <= MAX_DEVICES or min(split) < 1 or sum(split) != case.shape[0]:
         return f"a split of the batch over 1 to {MAX_DEVICES} devices with a row each, not {split}"
     if case.output_mean_var:
