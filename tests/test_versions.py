@@ -241,6 +241,12 @@ def test_old_releases_install_without_their_dependencies_and_every_one_pins_nump
         assert ("--no-deps" in mxnet_step) == (release in ("1.3.1", "1.4.1"))
 
 
+def test_a_builds_processes_import_bnprops_from_this_tree() -> None:
+    root = releases.project_root()
+    assert (root / "bnprops" / "__init__.py").exists() and (root / "tests").is_dir()
+    assert releases.child_env()["PYTHONPATH"].split(os.pathsep)[0] == str(root)
+
+
 def test_a_builds_environment_gets_bnprops_own_requirements() -> None:
     wanted = releases.install_commands("1.9.1", Path("/venv/bin/python"))[1]
     names = {r.split("<")[0].split(">")[0].split("=")[0] for r in wanted if not r.startswith("-")}

@@ -54,7 +54,7 @@ def default_cache() -> Path:
 
 def project_root() -> Path:
     """The folder holding the bnprops package: PYTHONPATH for every release's processes."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def split(build: str) -> tuple[str, str]:
