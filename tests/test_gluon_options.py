@@ -28,6 +28,11 @@ from bnprops.search.gluon_options import cases_for_gluon_options
 from tests.helpers import budget, planted_search
 from tests.planted import numpy_batchnorm
 
+#: A release that cannot build the options' layer (before 1.6) notes it, as doctor and the fuzz job do.
+pytestmark = pytest.mark.skipif(
+    gluon_options.unavailable_reason() is not None, reason=str(gluon_options.unavailable_reason())
+)
+
 
 @pytest.mark.property
 @pytest.mark.parametrize("entry", gluon_options.ENTRIES)
@@ -141,3 +146,10 @@ def test_the_options_reproducer_computes_what_the_runner_does(entry: str) -> Non
             assert np.array_equal(value, expected[q], equal_nan=True), f"{q}: reproducer {value}, runner {expected[q]}"
 
     same()
+
+
+def test_releases_before_1_6_lack_the_options_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gluon_options.mxversion, "running", lambda: "1.5.1")
+    assert "#15150" in (gluon_options.unavailable_reason() or "")
+    monkeypatch.setattr(gluon_options.mxversion, "running", lambda: "1.6.0")
+    assert gluon_options.unavailable_reason() is None

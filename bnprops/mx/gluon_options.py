@@ -16,6 +16,7 @@ import mxnet as mx
 import numpy as np
 
 from bnprops.model.case import Case, Outputs, param_dtype
+from bnprops.mx import mxversion
 from bnprops.mx.runners import adapt
 from bnprops.mx.snippets import kernel_header
 
@@ -26,8 +27,18 @@ PLAIN = {"gluon-options": "gluon", "gluon-options-hybrid": "gluon-hybrid"}
 KERNELS: dict[str, str | None] = {"onednn": None, "native": None}
 
 
+#: Before it, a deferred initialisation serialises each initialiser with json, which fails for an array-valued
+#: mx.init.Constant (apache/mxnet#15150): the four initialisers cannot carry per-channel values.
+ARRAY_CONSTANT_SINCE = "1.6.0"
+
+
 def unavailable_reason() -> str | None:
     """Why this MXNet lacks the options, or None (in_channels=0 and the four initialisers exist since 1.0)."""
+    if mxversion.parse(mxversion.running()) < mxversion.parse(ARRAY_CONSTANT_SINCE):
+        return (
+            f"MXNet {mxversion.running()} cannot initialise a deferred parameter from an array-valued "
+            "mx.init.Constant (its json dumps fails; apache/mxnet#15150, in 1.6.0)"
+        )
     return None
 
 

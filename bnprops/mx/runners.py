@@ -514,11 +514,9 @@ def network_unavailable_reason(entry: str) -> str | None:
 
 
 def sequence_unavailable_reason(entry: str) -> str | None:
-    """Why training sequences (mx.training) cannot run through ``entry`` in this release, or None:
-    its sessions set the shape semantics with mx.util.np_shape/is_np_shape (1.5+) on every entry point."""
-    util = getattr(mx, "util", None)
-    if not (hasattr(util, "np_shape") and hasattr(util, "is_np_shape")):
-        return f"MXNet {mx.__version__} has no mx.util.np_shape (added in 1.5)"
+    """Why training sequences (mx.training) cannot run through ``entry`` in this release, or None: the
+    sessions need what the entry point needs (before 1.5, without mx.util.np_shape, the classic shape
+    semantics are the only ones, so nothing is set)."""
     return entry_unavailable_reason(entry)
 
 
