@@ -34,6 +34,7 @@ def test_the_kinds_are_the_registrys_and_the_old_names_still_import() -> None:
         known_deviations.INPUT_DEVIATIONS,
         known_deviations.NETWORK_DEVIATIONS,
         known_deviations.SEQUENCE_DEVIATIONS,
+        known_deviations.LIFECYCLE_DEVIATIONS,
     )
     assert sum(len(k) for k in kinds) == len(deviations.ALL) and all(kinds)
     assert deviations.by_id("add-request-ignored") in known_deviations.KNOWN_DEVIATIONS

@@ -1,4 +1,4 @@
-"""The four shapes a deviation's declaration takes, and what declarations share (reproducer cases, scopes).
+"""The five shapes a deviation's declaration takes, and what declarations share (reproducer cases, scopes).
 
 A deviation is declared once, in its own module of the deviations package: id, summary, conditions,
 model, evidence, reproducer, upstream links, release scope, and what tests need to know about it
@@ -201,7 +201,49 @@ class SequenceDeviation:
         return _entries_text(self.entries)
 
 
-Declaration = KnownDeviation | InputDeviation | NetworkDeviation | SequenceDeviation
+@dataclasses.dataclass(frozen=True)
+class LifecycleDeviation:
+    """A failure of BatchNorm through a model's life (judging.lifecycle): a problem of the check ``check`` whose
+    ``what`` is ``what`` (its message holding ``signature``, MXNet's own words)."""
+
+    KIND: ClassVar[str] = "life cycle"
+
+    id: str
+    summary: str
+    #: One of bnprops.mx.lifecycle_kernel.CHECKS.
+    check: str
+    #: The problem's kind as judging.lifecycle names it ('raises:infer_shape_partial', 'differs:dgamma', ...).
+    what: str
+    signature: str
+    conditions: str
+    evidence: str
+    #: The shortest scenario that shows it (a lifecycle_kernel spec; the fuzz job's reproducer runs it alone).
+    reproducer: Callable[[], Mapping[str, object]]
+    upstream: str = NO_UPSTREAM
+    releases: mxversion.Releases = mxversion.EVERY_RELEASE
+
+    def explains(self, *, check: str, what: str, message: str, scoped: bool = True) -> bool:
+        if scoped and not self.releases.holds(mxversion.running()):
+            return False
+        return check == self.check and what == self.what and self.signature in message
+
+    def holds_in(self, version: str) -> bool:
+        return self.releases.holds(version)
+
+    @property
+    def model(self) -> str:
+        return f"the {self.check} check's problem '{self.what}', its message holding '{self.signature}'"
+
+    @property
+    def quantities_text(self) -> str:
+        return self.what
+
+    @property
+    def entries_text(self) -> str:
+        return f"the {self.check} check"
+
+
+Declaration = KnownDeviation | InputDeviation | NetworkDeviation | SequenceDeviation | LifecycleDeviation
 
 
 def minimal(values: list[float], dtype: str, **params: object) -> Case:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import re
 
-from bnprops.judging.declarations import Declaration, KnownDeviation, NetworkDeviation, SequenceDeviation
+from bnprops.judging.declarations import (
+    Declaration,
+    KnownDeviation,
+    LifecycleDeviation,
+    NetworkDeviation,
+    SequenceDeviation,
+)
 from bnprops.judging.deviations import ALL
 
 #: Where the page lives in the repository, and the command that writes it.
@@ -48,6 +54,9 @@ def _details(d: Declaration) -> list[str]:
         lines.append(f"- **reproducer**: `{d.reproducer().describe()}`")
         if isinstance(d, KnownDeviation) and d.script is not None:
             lines.append(f"- **standalone reproducer**: `{d.id}` (`{d.script.__module__}.{d.script.__name__}`)")
+    elif isinstance(d, LifecycleDeviation):
+        scenario = ", ".join(f"{k}={v}" for k, v in d.reproducer().items())
+        lines.append(f"- **reproducer**: the life-cycle scenario `{scenario}` (bnprops.mx.lifecycle_kernel)")
     elif isinstance(d, SequenceDeviation):
         lines.append(f"- **shortest sequence**: {', '.join(d.sequence)}")
     else:
@@ -65,7 +74,8 @@ def markdown() -> str:
         "",
         f"Generated from the deviations registry; do not edit by hand. Regenerate with `{REGENERATE}`.",
         "Kinds: *single call* (a model of the outputs, element by element), *input* (input a case cannot "
-        "describe), *network* (BatchNorm inside a chain of layers), *sequence* (state over several calls).",
+        "describe), *network* (BatchNorm inside a chain of layers), *sequence* (state over several calls), "
+        "*life cycle* (a model exported, cast, inferred or switched between training and inference).",
         "",
         "To record a deviation, add one module to the registry (bnprops/judging/deviations/) declaring `DEVIATIONS`: "
         "its declaration with the model's code beside it, a reproducer, the releases it was probed in and the "
