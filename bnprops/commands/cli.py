@@ -203,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run the example's member call on one example in N; 0: none (default 8)",
     )
+    fuzz.add_argument(
+        "--lifecycle",
+        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        default=None,
+        metavar="N",
+        help="also run a life-cycle scenario (train/evaluate/train, export and import, float16 cast, symbolic shape "
+        "and type inference: bnprops/mx/lifecycle_kernel.py) on one example in N, drawn only there; 0: none "
+        "(default 16)",
+    )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
 
@@ -570,6 +579,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             **({} if args.networks is None else {"network_every": args.networks}),
             **({} if args.sequences is None else {"sequence_every": args.sequences}),
             **({} if args.member_every is None else {"member_every": args.member_every}),
+            **({} if args.lifecycle is None else {"lifecycle_every": args.lifecycle}),
             members=members,
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))

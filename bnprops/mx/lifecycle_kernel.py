@@ -102,7 +102,7 @@ def _results(block: Any, v: Any, dy: Any) -> dict[str, Any]:
         y = block(v)
     y.backward(dy)
     params = {p.name.split("_", 1)[-1]: p for p in block.collect_params().values()}
-    grads = {name: p.grad().asnumpy() for name, p in params.items() if p.grad_req != "null"}
+    grads = {f"d{name}": p.grad().asnumpy() for name, p in params.items() if p.grad_req != "null"}
     stats = {name: p.data().asnumpy() for name, p in params.items() if "running" in name}
     return {"inference": inference, "y": y.asnumpy(), **grads, **stats}
 
