@@ -10,6 +10,7 @@ Each class says how it appears in the generated table (``KIND``, ``quantities_te
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -25,7 +26,24 @@ from bnprops.mx.producers import Chain
 #: drawn convolution): BatchNorm's own deviations say nothing of them; theirs name them.
 OTHER_KERNEL_ENTRIES = frozenset(MEMBER_ENTRIES) | {folding.CONV_ENTRY}
 
+#: The upstream field of a declaration names the apache/mxnet issue or pull request that introduced or fixed the
+#: deviation (``apache/mxnet#N``), or says what was searched without finding one (``none_found``).
 NO_UPSTREAM = "none found"
+UPSTREAM_REFERENCE = re.compile(r"\bapache/(?:incubator-)?mxnet#\d+")
+
+
+def none_found(searched: str) -> str:
+    """The upstream field when no apache/mxnet issue or pull request was found: what was searched, and how."""
+    return f"{NO_UPSTREAM}: {searched}"
+
+
+def upstream_problem(upstream: str) -> str | None:
+    """Why an upstream field is not acceptable (no reference, and no 'none found: what was searched'), or None."""
+    if UPSTREAM_REFERENCE.search(upstream):
+        return None
+    if upstream.startswith(NO_UPSTREAM + ": ") and len(upstream) > len(NO_UPSTREAM) + 20:
+        return None
+    return f"names no apache/mxnet#N and does not say 'none found: <what was searched>': {upstream!r}"
 
 
 def _entries_text(entries: frozenset[str] | None) -> str:

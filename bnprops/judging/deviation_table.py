@@ -41,7 +41,7 @@ def _row(d: Declaration) -> str:
         d.summary,
         d.quantities_text,
         d.entries_text,
-        d.releases.describe(),
+        d.releases.describe() + ("" if d.releases.probed else " (not probed)"),
         _linked(d.upstream),
     ]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
@@ -61,8 +61,8 @@ def _details(d: Declaration) -> list[str]:
         lines.append(f"- **shortest sequence**: {', '.join(d.sequence)}")
     else:
         lines.append(f"- **reproducer**:\n\n```python\n{d.reproducer}\n```\n")
-    if d.releases.why:
-        lines.append(f"- **releases**: {d.releases.describe()} ({_linked(_cell(d.releases.why))})")
+    why = f" ({_linked(_cell(d.releases.why))})" if d.releases.why else ""
+    lines.append(f"- **releases**: {d.releases.describe()}{why}; {_linked(_cell(d.releases.provenance()))}")
     lines += [f"- **evidence**: {_cell(d.evidence)}", f"- **upstream**: {_linked(_cell(d.upstream))}", ""]
     return lines
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from bnprops.judging.declarations import SequenceDeviation
+from bnprops.mx import mxversion
 
 FROZEN_LAYER_KEEPS_MOVING_STATS = SequenceDeviation(
     id="frozen-layer-keeps-moving-statistics",
+    releases=mxversion.Releases(
+        basis="the moving statistics are updated in BatchNorm's backward (batch_norm.cc, DoBackward: 1.3.1 line "
+        "241, the same in 1.9.1), which no executor or autograd graph runs when nothing needs a gradient: "
+        "every release 1.3.1-1.9.1; found on 1.9.1 by the sequence properties"
+    ),
     summary="A frozen BatchNorm (no gradient for data, gamma or beta) never updates its moving statistics in training",
     conditions="a training step (batch statistics, use_global_stats=False) of a layer whose data, gamma and beta all "
     "have grad_req 'null' (a first layer with frozen parameters; gluon BatchNorm(scale=False, center=False) on "

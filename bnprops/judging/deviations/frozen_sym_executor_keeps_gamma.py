@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import SequenceDeviation
+from bnprops.judging.declarations import SequenceDeviation, none_found
+from bnprops.mx import mxversion
 
 FROZEN_SYM_KEEPS_GAMMA = SequenceDeviation(
     id="frozen-sym-executor-keeps-gamma",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'fix_gamma gamma not set to 1 grad_req null executor' (no report; "
+        "apache/mxnet#9624 and apache/mxnet#3037 are about fix_gamma's stored gamma in general)"
+    ),
+    releases=mxversion.Releases(
+        basis="the write of 1.0 into gamma under fix_gamma is skipped where the executor requests no gradient; "
+        "found on 1.9.1 by the sequence properties; not probed on older releases (the sequence checks need "
+        "mx.util.np_shape, 1.5+)"
+    ),
     summary="A sym executor with no gradient for BatchNorm's inputs does not write 1.0 into gamma under fix_gamma",
     conditions="mx.sym executor; fix_gamma=True; grad_req 'null' for data, gamma and beta (a frozen layer, or any "
     "executor bound with grad_req='null', as inference executors are); any forward (training or inference); both "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import NO_UPSTREAM, KnownDeviation
+from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.judging.deviations.onednn_fold_gradients_zero import FOLD_ENTRIES, fold_reproducer
 from bnprops.model.case import Case
 from bnprops.model.folding import identity_fold_bound
 from bnprops.model.oracle import reference
+from bnprops.mx import mxversion
 
 
 def on_axis_one(case: Case) -> Case:
@@ -29,6 +30,19 @@ def folded_along_axis_one(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_IGNORES_AXIS = KnownDeviation(
     id="onednn-fold-ignores-axis",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
+        "'MKLDNN subgraph conv bn fusion' (no report); introduced with the fold, apache/mxnet#12530 "
+        "('Implement mkldnn convolution fusion and quantization', 1.4.0): UpdateConvWeightBias scales the "
+        "filters along the weight's output channels whatever BatchNorm's axis"
+    ),
+    releases=mxversion.Releases(
+        probed=(("1.9.1", True),),
+        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
+        basis="the Convolution + BatchNorm fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN "
+        "('mxnet' wheels from 1.7.0, where optimize_for also appears); UpdateConvWeightBias reads the same in "
+        "1.4.0 and 1.9.1; 1.7.0 and 1.8.0 not probed here",
+    ),
     summary="The oneDNN fold applies BatchNorm's gamma, beta and moving statistics along axis 1 whatever its axis",
     quantities=frozenset({"y"}),
     conditions="Convolution -> BatchNorm(axis != 1) folded by the MKLDNN backend (fold-sym, fold-gluon, and "
@@ -46,7 +60,6 @@ ONEDNN_FOLD_IGNORES_AXIS = KnownDeviation(
     "primitive'.",
     reproducer=lambda: fold_reproducer(axis=3),
     entries=FOLD_ENTRIES,
-    upstream=NO_UPSTREAM,
 )
 
 DEVIATIONS = (ONEDNN_FOLD_IGNORES_AXIS,)

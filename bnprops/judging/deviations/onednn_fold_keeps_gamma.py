@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import NO_UPSTREAM, KnownDeviation
+from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.judging.deviations.onednn_fold_gradients_zero import FOLD_ENTRIES, fold_reproducer
+from bnprops.mx import mxversion
 
 
 def keeps_gamma(ctx: Context) -> list[Prediction]:
@@ -20,6 +21,18 @@ def keeps_gamma(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_KEEPS_GAMMA = KnownDeviation(
     id="onednn-fold-keeps-gamma",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
+        "'MKLDNN subgraph conv bn fusion' (no report); introduced with the fold, apache/mxnet#12530 (1.4.0): "
+        "UpdateConvWeightBias uses 1 for gamma under fix_gamma but never writes the gamma array"
+    ),
+    releases=mxversion.Releases(
+        probed=(("1.9.1", True),),
+        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
+        basis="the Convolution + BatchNorm fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN "
+        "('mxnet' wheels from 1.7.0, where optimize_for also appears); UpdateConvWeightBias reads the same in "
+        "1.4.0 and 1.9.1; 1.7.0 and 1.8.0 not probed here",
+    ),
     summary="A folded Convolution + BatchNorm with fix_gamma leaves the gamma array as stored (y uses 1)",
     quantities=frozenset({"gamma"}),
     conditions="fix_gamma=True (gluon scale=False); Convolution -> BatchNorm folded by the MKLDNN backend "
@@ -32,7 +45,6 @@ ONEDNN_FOLD_KEEPS_GAMMA = KnownDeviation(
     "gamma that an exporter dropping fix_gamma (ONNX) then applies.",
     reproducer=lambda: fold_reproducer().with_(fix_gamma=True),
     entries=FOLD_ENTRIES,
-    upstream=NO_UPSTREAM,
 )
 
 DEVIATIONS = (ONEDNN_FOLD_KEEPS_GAMMA,)

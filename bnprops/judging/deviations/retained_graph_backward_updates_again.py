@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import SequenceDeviation
+from bnprops.judging.declarations import SequenceDeviation, none_found
+from bnprops.mx import mxversion
 
 RETAINED_GRAPH_UPDATES_AGAIN = SequenceDeviation(
     id="retained-graph-backward-updates-again",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'batchnorm backward twice retain_graph running mean updated again' "
+        "(no MXNet report)"
+    ),
+    releases=mxversion.Releases(
+        basis="the moving statistics are updated in BatchNorm's backward (batch_norm.cc, DoBackward: 1.3.1 line "
+        "241, the same in 1.9.1), once per backward: every release 1.3.1-1.9.1; found on 1.9.1 by the "
+        "sequence properties"
+    ),
     summary="A second backward through the same recorded graph updates the moving statistics a second time",
     conditions="batch statistics (training, use_global_stats=False); a second backward of one forward: "
     "autograd backward(retain_graph=True) again (nd, npx, gluon, gluon-hybrid) or a second Executor.backward() "

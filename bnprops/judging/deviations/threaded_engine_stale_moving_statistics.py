@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from bnprops.judging.declarations import SequenceDeviation
+from bnprops.mx import mxversion
 
 THREADED_ENGINE_STALE_MOVING_STATS = SequenceDeviation(
     id="threaded-engine-stale-moving-statistics",
+    releases=mxversion.Releases(
+        basis="apache/mxnet#18644 (v1.x backport #18654, first in 1.8.0) synchronised the gluon path; the sym "
+        "executor shows it on 1.9.1; older releases not probed (it needs the threaded engine, which the "
+        "probes do not run)"
+    ),
     summary="Under MXNet's threaded engine, the moving statistics read right after a sym executor's backward can "
     "still hold their values from before the update",
     conditions="MXNET_ENGINE_TYPE a threaded engine (MXNet's default, ThreadedEnginePerDevice; bnprops runs "
