@@ -610,6 +610,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _repro_network(args, parser, sig)
     if sig is not None and sig.regime == "sequence":  # sequence_findings.REGIME: the rules again
         return _repro_sequence(args, parser, sig)
+    if sig is not None and sig.regime == "life-cycle":  # lifecycle_findings.REGIME: the scenario again
+        return _repro_lifecycle(args, parser, sig)
     entry = args.entry or entry or "sym"
     backend = args.backend or backend or "onednn"
     if entry in MEMBER_ENTRIES:  # a family member's call: its own runner and judge
@@ -655,6 +657,21 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
         print(f"\n{'new deviation: not explained by a recorded deviation' if persists else 'no new deviation'}")
+    return EXIT_FOUND if persists else EXIT_OK
+
+
+def _repro_lifecycle(args: argparse.Namespace, parser: argparse.ArgumentParser, sig: Signature) -> int:
+    """A life-cycle finding: run its scenario again, judge it, say whether the finding persists."""
+    from bnprops.fuzzing import lifecycle_findings
+
+    try:
+        scenario = lifecycle_findings.load_scenario(args.file)
+    except ValueError as exc:
+        _usage(parser, str(exc))
+    if scenario is None:
+        _usage(parser, f"{args.file} keeps no life-cycle scenario")
+    persists = lifecycle_findings.replay(scenario, sig)
+    print(f"\nthe finding's deviation {'persists' if persists else 'is gone'} ({sig.ident})")
     return EXIT_FOUND if persists else EXIT_OK
 
 

@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
@@ -23,10 +24,12 @@ from hypothesis import strategies as st
 from bnprops.base import reproduction
 from bnprops.fuzzing.catalogue import KNOWN, LIFECYCLE, VERDICTS, Entry, Signature
 from bnprops.fuzzing.report.summary import per_target_table
+from bnprops.fuzzing.reproducer import load_example, with_example
 from bnprops.judging import lifecycle
 from bnprops.judging.known_deviations import LIFECYCLE_DEVIATIONS
 from bnprops.model.case import Case
 from bnprops.mx import lifecycle_kernel
+from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 
 #: One example in this many runs a life-cycle scenario (bnprops fuzz --lifecycle). A scenario costs 10-60 ms
@@ -230,6 +233,30 @@ def script(entry: Entry) -> str:
         body=head + source + main,
         recorded=recorded.id if recorded else "",
     )
+
+
+def finding_json(entry: Entry, base: str) -> str:
+    """``findings/ID.json`` for a life-cycle finding: ``base`` (reproducer.finding_json) plus the scenario."""
+    return with_example(base, key="lifecycle", example=entry.lifecycle, summary=describe(scenario_of(entry)))
+
+
+def load_scenario(path: Path) -> dict[str, Any] | None:
+    """The scenario a finding file keeps; None if it keeps none (not a life-cycle finding)."""
+    return load_example(path, key="lifecycle", decode=lambda kept: dict(kept["scenario"]))
+
+
+def replay(scenario: dict[str, Any], sig: Signature) -> bool:
+    """Run a life-cycle finding's scenario again, say what happened, and return whether its finding still shows."""
+    checked = check_lifecycle(scenario, runner_factory=runner_for)
+    print(f"scenario: {describe(scenario)}")
+    if checked.result == "lacks":
+        print(f"this MXNet cannot run it: {checked.note}")
+        return False
+    for problem in checked.problems:
+        print(f"\n{problem.message}" + (f"\n({VERDICTS[KNOWN]} {problem.deviation})" if problem.deviation else ""))
+    if not checked.problems:
+        print("every step equals the plain call, and the twins each other")
+    return sig in checked.signatures
 
 
 def summary_line(counts: dict[str, dict[str, int]]) -> list[str]:
