@@ -32,8 +32,9 @@ from bnprops.mx import lifecycle_kernel
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 
-#: One example in this many runs a life-cycle scenario (bnprops fuzz --lifecycle). A scenario costs 10-60 ms
-#: (export/import writes and reads its files); one in sixteen keeps it near 1% of a worker's time.
+#: One example in this many runs a life-cycle scenario (bnprops fuzz --lifecycle). A scenario costs 30-160 ms on a
+#: loaded 2-core machine (symbolic inference least, train/evaluate/train most); at one in two it took 10% of a
+#: worker's time, so one in sixteen (about 1.5%).
 LIFECYCLE_EVERY = 16
 #: Every life-cycle signature has this value regime.
 REGIME = "life-cycle"
