@@ -53,17 +53,21 @@ def gamma_as_stored(ctx: Context) -> list[Prediction]:
 
 INT8_EPS_APPLIED_TWICE = KnownDeviation(
     id="int8-eps-applied-twice",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
+        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
+        "1.7.0): 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each release's "
+        "environment",
+    ),
     upstream=none_found(
         "searched apache/mxnet issues for 'quantized batch_norm int8 eps fix_gamma' (no report); introduced "
         "with the operator by apache/mxnet#15664 ('add int8 bn mkldnn implementation and test', 1.6.0): it "
         "folds 1/sqrt(moving_var + eps) into the scale and hands oneDNN mean 0, var 1 and eps again"
-    ),
-    releases=mxversion.Releases(
-        probed=(("1.9.1", True),),
-        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
-        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
-        "1.7.0); mkldnn_quantized_batch_norm.cc computes the scale the same way in 1.6.0 and 1.9.1 (lines "
-        "106-107); 1.7.0 and 1.8.0 not probed here",
     ),
     summary="int8 BatchNorm divides the data's scale by sqrt(moving_var + eps) and again by sqrt(1 + eps)",
     quantities=frozenset({"y"}),
@@ -82,17 +86,21 @@ INT8_EPS_APPLIED_TWICE = KnownDeviation(
 
 INT8_IGNORES_FIX_GAMMA = KnownDeviation(
     id="int8-ignores-fix-gamma",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
+        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
+        "1.7.0): 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each release's "
+        "environment",
+    ),
     upstream=none_found(
         "searched apache/mxnet issues for 'quantized batch_norm int8 eps fix_gamma' (no report); introduced "
         "with the operator by apache/mxnet#15664 (1.6.0): the scale multiplies gamma_ptr[channel] without "
         "reading fix_gamma"
-    ),
-    releases=mxversion.Releases(
-        probed=(("1.9.1", True),),
-        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
-        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
-        "1.7.0); mkldnn_quantized_batch_norm.cc computes the scale the same way in 1.6.0 and 1.9.1 (lines "
-        "106-107); 1.7.0 and 1.8.0 not probed here",
     ),
     summary="int8 BatchNorm multiplies by the stored gamma under fix_gamma (gluon scale=False)",
     quantities=frozenset({"y"}),

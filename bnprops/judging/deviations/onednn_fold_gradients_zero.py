@@ -46,17 +46,18 @@ def zero_gradients(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_GRADIENTS_ZERO = KnownDeviation(
     id="onednn-fold-gradients-zero",
+    releases=mxversion.Releases(
+        probed=(("1.9.1", True),),
+        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
+        basis="the zero gradients came with apache/mxnet#14275 (1.5.0); the fold runs only with oneDNN ('mxnet' "
+        "wheels from 1.7.0). Not probed on 1.7.0 and 1.8.0: its entries all go through optimize_for, which "
+        "raises 'Check failed: input_nid < simple_nodes->size() (6 vs. 6)' there; probed with "
+        "bnprops.judging.release_probe in each release's environment",
+    ),
     upstream=none_found(
         "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
         "'MKLDNN subgraph conv bn fusion' (no report); introduced by apache/mxnet#14275 ('Register fake grad "
         "to subgraph and quantized operators', 1.5.0): the fused node's gradient is MakeZeroGradNodes"
-    ),
-    releases=mxversion.Releases(
-        probed=(("1.9.1", True),),
-        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
-        basis="the Convolution + BatchNorm fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN "
-        "('mxnet' wheels from 1.7.0, where optimize_for also appears); UpdateConvWeightBias reads the same in "
-        "1.4.0 and 1.9.1; 1.7.0 and 1.8.0 not probed here",
     ),
     summary="A Convolution + BatchNorm folded by the oneDNN backend returns gradients of 0, silently",
     quantities=frozenset({"dx", "dgamma", "dbeta"}),

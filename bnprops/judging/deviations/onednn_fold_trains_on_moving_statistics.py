@@ -29,17 +29,22 @@ def trains_on_moving_statistics(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_TRAINS_ON_MOVING_STATISTICS = KnownDeviation(
     id="onednn-fold-trains-on-moving-statistics",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
+        basis="the fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN ('mxnet' wheels from 1.7.0): "
+        "1.3.1-1.6.0 cannot express it. On 1.7.0 and 1.8.0 only fold-bind shows it: the optimize_for entries "
+        "(fold-sym, fold-gluon, fold-relu-sym) raise 'Check failed: input_nid < simple_nodes->size() (6 vs. "
+        "6)' in those releases; probed with bnprops.judging.release_probe in each release's environment",
+    ),
     upstream=none_found(
         "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
         "'MKLDNN subgraph conv bn fusion' (no report); introduced with the fold, apache/mxnet#12530 (1.4.0): "
         "the fold is built from the moving statistics and the fused operator has no training path"
-    ),
-    releases=mxversion.Releases(
-        probed=(("1.9.1", True),),
-        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
-        basis="the Convolution + BatchNorm fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN "
-        "('mxnet' wheels from 1.7.0, where optimize_for also appears); UpdateConvWeightBias reads the same in "
-        "1.4.0 and 1.9.1; 1.7.0 and 1.8.0 not probed here",
     ),
     summary="A folded Convolution + BatchNorm in training mode uses the moving statistics and updates none",
     quantities=frozenset({"y", "moving_mean", "moving_var"}),
