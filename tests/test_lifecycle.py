@@ -82,6 +82,12 @@ def test_the_recorded_deviation_explains_only_its_check_and_release(monkeypatch:
     assert not d.releases.contradictions()
 
 
+def test_the_release_probe_of_the_recorded_deviation_follows_the_release() -> None:
+    [d] = LIFECYCLE_DEVIATIONS
+    status, detail = lifecycle.probe(d)
+    assert status == ("present" if d.holds_in(mxversion.running()) else "absent"), detail
+
+
 def test_a_check_this_release_lacks_is_noted_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(lifecycle_kernel.nn.HybridBlock, "export")
     assert "HybridBlock.export" in (lifecycle_kernel.lacks("export-import") or "")

@@ -128,6 +128,24 @@ def unexplained(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if not p.deviation]
 
 
+def probe(deviation: Any) -> tuple[str, str]:
+    """Is a recorded life-cycle deviation present in the MXNet this process runs? ('present' | 'absent' | 'differs' |
+    'not applicable', detail), by its reproducer's scenario, whatever releases it is recorded for (the release
+    matrix's probe, as judging.release_probe does for the other kinds)."""
+    missing = lifecycle_kernel.lacks(deviation.check)
+    if missing is not None:
+        return "not applicable", missing
+    problems = check(dict(deviation.reproducer()))
+    shown = [
+        p for p in problems if deviation.explains(check=deviation.check, what=p.what, message=p.message, scoped=False)
+    ]
+    if shown:
+        return "present", shown[0].message.splitlines()[0][:200]
+    if not problems:
+        return "absent", "the scenario runs and every step equals the plain call"
+    return "differs", problems[0].message.splitlines()[0][:200]
+
+
 def train_evaluate_train(
     *, channels: int = 16, hybridize: bool = True, backend: str = IN_PROCESS_BACKEND, seed: int = 0
 ) -> list[Problem]:
