@@ -34,6 +34,7 @@ def test_the_kinds_are_the_registrys_and_the_old_names_still_import() -> None:
         known_deviations.INPUT_DEVIATIONS,
         known_deviations.NETWORK_DEVIATIONS,
         known_deviations.SEQUENCE_DEVIATIONS,
+        known_deviations.LIFECYCLE_DEVIATIONS,
     )
     assert sum(len(k) for k in kinds) == len(deviations.ALL) and all(kinds)
     assert deviations.by_id("add-request-ignored") in known_deviations.KNOWN_DEVIATIONS
@@ -98,3 +99,22 @@ def test_the_help_says_how_to_regenerate_the_page(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert done.value.code == 0 and "--markdown" in out and "--check" in out
     assert " ".join(deviation_table.REGENERATE.split()) in " ".join(out.split())
+
+
+def test_every_declaration_names_its_upstream_change_or_says_what_was_searched() -> None:
+    from bnprops.judging.declarations import NO_UPSTREAM, none_found, upstream_problem
+
+    problems = {d.id: upstream_problem(d.upstream) for d in deviations.ALL}
+    assert not {i: p for i, p in problems.items() if p}, problems
+    assert upstream_problem(NO_UPSTREAM) and upstream_problem("fixed upstream, somewhere")
+    assert upstream_problem(none_found("searched apache/mxnet issues for 'x y z'")) is None
+    assert upstream_problem("fixed by apache/mxnet#18500") is None
+
+
+def test_every_release_scope_was_probed_or_says_what_source_it_rests_on() -> None:
+    for d in deviations.ALL:
+        scope = d.releases
+        assert scope.probed or scope.basis, f"{d.id}: a scope neither probed nor read from the source history"
+        assert not scope.contradictions(), (d.id, scope.contradictions())
+        page_row = next(line for line in deviation_table.markdown().splitlines() if line.startswith(f"| [`{d.id}`]"))
+        assert ("(not probed)" in page_row) == (not scope.probed), page_row

@@ -203,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run the example's member call on one example in N; 0: none (default 8)",
     )
+    fuzz.add_argument(
+        "--lifecycle",
+        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        default=None,
+        metavar="N",
+        help="also run a life-cycle scenario (train/evaluate/train, export and import, float16 cast, symbolic shape "
+        "and type inference: bnprops/mx/lifecycle_kernel.py) on one example in N, drawn only there; 0: none "
+        "(default 16)",
+    )
     fuzz.add_argument("--quiet", action="store_true", help="no progress display")
     fuzz.set_defaults(subparser=fuzz)
 
@@ -581,6 +590,7 @@ def _fuzz(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             **({} if args.networks is None else {"network_every": args.networks}),
             **({} if args.sequences is None else {"sequence_every": args.sequences}),
             **({} if args.member_every is None else {"member_every": args.member_every}),
+            **({} if args.lifecycle is None else {"lifecycle_every": args.lifecycle}),
             members=members,
         )
         result = campaign.run(config, progress=None if args.quiet else Progress(sys.stderr))
@@ -611,6 +621,8 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _repro_network(args, parser, sig)
     if sig is not None and sig.regime == "sequence":  # sequence_findings.REGIME: the rules again
         return _repro_sequence(args, parser, sig)
+    if sig is not None and sig.regime == "life-cycle":  # lifecycle_findings.REGIME: the scenario again
+        return _repro_lifecycle(args, parser, sig)
     entry = args.entry or entry or "sym"
     backend = args.backend or backend or "onednn"
     if entry in MEMBER_ENTRIES:  # a family member's call: its own runner and judge
@@ -656,6 +668,21 @@ def _repro(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"\nthe finding's deviation {state} ({sig.ident})")
     else:
         print(f"\n{'new deviation: not explained by a recorded deviation' if persists else 'no new deviation'}")
+    return EXIT_FOUND if persists else EXIT_OK
+
+
+def _repro_lifecycle(args: argparse.Namespace, parser: argparse.ArgumentParser, sig: Signature) -> int:
+    """A life-cycle finding: run its scenario again, judge it, say whether the finding persists."""
+    from bnprops.fuzzing import lifecycle_findings
+
+    try:
+        scenario = lifecycle_findings.load_scenario(args.file)
+    except ValueError as exc:
+        _usage(parser, str(exc))
+    if scenario is None:
+        _usage(parser, f"{args.file} keeps no life-cycle scenario")
+    persists = lifecycle_findings.replay(scenario, sig)
+    print(f"\nthe finding's deviation {'persists' if persists else 'is gone'} ({sig.ident})")
     return EXIT_FOUND if persists else EXIT_OK
 
 

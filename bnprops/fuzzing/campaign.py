@@ -6,7 +6,7 @@ import datetime
 import time
 
 from bnprops.base import lifetime
-from bnprops.fuzzing import member_findings, plan, worker
+from bnprops.fuzzing import lifecycle_findings, member_findings, plan, worker
 from bnprops.fuzzing.report import folder, merge
 from bnprops.fuzzing.report.model import Report
 from bnprops.mx import mxversion
@@ -27,6 +27,8 @@ def run(
     targets, skipped = plan.resolve_targets(config, runner_factory)
     if config.member_every:  # the family members' targets that cannot run here, with the reason
         skipped += member_findings.skipped(config.members, config.backends)
+    if config.lifecycle_every:  # the life-cycle checks this release lacks an API for: noted, not failed
+        skipped += lifecycle_findings.lacking()
     previous = plan.load_index(config.out)  # a broken index is a usage error before anything runs
     config.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)

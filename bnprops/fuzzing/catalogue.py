@@ -37,7 +37,10 @@ SEQUENCE = "sequence"
 #: "member": a BatchNorm family member's call (fuzzing.member_findings); the quantity names the member and what
 #: failed ("BatchNormWithReLU/mismatch:dgamma"), the entry is the member's.
 MEMBER = "member"
-KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, NETWORK, SEQUENCE, MEMBER, STALE, ERROR, KNOWN)
+#: "lifecycle": a life-cycle scenario (fuzzing.lifecycle_findings); the quantity names the check and the problem
+#: ("export-import/differs:dgamma").
+LIFECYCLE = "lifecycle"
+KINDS = (MISMATCH, ACCURACY, UNRECORDED, RELATION, NETWORK, SEQUENCE, MEMBER, LIFECYCLE, STALE, ERROR, KNOWN)
 #: What a finding of a known deviation's kind says about it, in reports and reproducers.
 VERDICTS = {KNOWN: "matches the recorded deviation", UNRECORDED: "deviates, but not as recorded"}
 _SIGNATURE_FORMAT = "bnprops.signature/1"
@@ -183,6 +186,9 @@ class Entry:
     #: A sequence finding's standalone replay script, as written when the failure showed (it needs the failing
     #: rule's expected values, which only a failing run has).
     replay: str | None = None
+    #: A life-cycle finding: its scenario and the worst difference it showed (JSON {"scenario", "error"}); the case
+    #: is then the example's first case, which the scenario does not read.
+    lifecycle: str | None = None
 
     def absorb(self, other: Entry) -> None:
         """Fold another entry for the same signature into this one (worker and shard merges)."""
@@ -192,7 +198,7 @@ class Entry:
         if rank(other) < rank(self):
             self.case, self.reduction, self.detail = other.case, other.reduction, other.detail
             self.relation, self.network, self.sequence = other.relation, other.network, other.sequence
-            self.replay = other.replay
+            self.replay, self.lifecycle = other.replay, other.lifecycle
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +213,7 @@ class Entry:
             **({} if self.network is None else {"chain": json.loads(self.network)}),
             **({} if self.sequence is None else {"sequence": json.loads(self.sequence)}),
             **({} if self.replay is None else {"replay": self.replay}),
+            **({} if self.lifecycle is None else {"lifecycle": json.loads(self.lifecycle)}),
         }
 
     @classmethod
@@ -221,6 +228,7 @@ class Entry:
             network=json.dumps(data["chain"], sort_keys=True) if "chain" in data else None,
             sequence=json.dumps(data["sequence"], sort_keys=True) if "sequence" in data else None,
             replay=str(data["replay"]) if "replay" in data else None,
+            lifecycle=json.dumps(data["lifecycle"], sort_keys=True) if "lifecycle" in data else None,
         )
 
 

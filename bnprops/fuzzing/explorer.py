@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bnprops.fuzzing.catalogue import KNOWN, Catalogue, Entry, Signature
 from bnprops.fuzzing.families import Cases, run_timed, side_families
+from bnprops.fuzzing.lifecycle_findings import lifecycle_draws
 from bnprops.fuzzing.member_findings import member_draws, runnable
 from bnprops.fuzzing.network_findings import network_draws
 from bnprops.fuzzing.plan import (
@@ -42,7 +43,7 @@ def examples(config: CampaignConfig, targets: list[Target]) -> st.SearchStrategy
     The group is judged from one stacked MXNet call (bnprops.mx.batching): most of a case's cost is per
     call, not per channel. One example in LARGE_SHARE is a single case the size of a real layer.
     """
-    return st.tuples(
+    drawn = st.tuples(
         st.sampled_from(targets),
         case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all"),
         relation_draws(),
@@ -50,6 +51,9 @@ def examples(config: CampaignConfig, targets: list[Target]) -> st.SearchStrategy
         sequence_draws(config.dtypes),
         member_draws(runnable(config.members, config.backends) if config.member_every else []),
     )
+    # A life-cycle scenario is drawn only for the examples that run one (by their first case).
+    every, dtypes = config.lifecycle_every, config.dtypes
+    return drawn.flatmap(lambda ex: lifecycle_draws(ex[1][0], every=every, dtypes=dtypes).map(lambda lc: (*ex, lc)))
 
 
 class WorkerFindings:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from bnprops.fuzzing import member_findings, network_findings, relation_findings, sequence_findings
+from bnprops.fuzzing import lifecycle_findings, member_findings, network_findings, relation_findings, sequence_findings
 from bnprops.fuzzing.catalogue import (
+    LIFECYCLE,
     MEMBER,
     NETWORK,
     RELATION,
@@ -253,6 +254,40 @@ class Members:
         return Entry(sig, count, checked.case, reduction, checked.detail(sig))
 
 
+class Lifecycle:
+    """The example's life-cycle scenario, drawn only where it is due (fuzzing.lifecycle_findings); it runs on this
+    process's backend, its plain calls from ``runner_factory``."""
+
+    kind = LIFECYCLE
+
+    def __init__(self, config: CampaignConfig, runner_factory: RunnerFactory) -> None:
+        self.runner_factory = runner_factory
+
+    def draw(self, value: Example) -> dict[str, Any] | None:
+        return value[6] if len(value) > 6 else None
+
+    def due(self, target: Target, case: Case) -> bool:
+        return True  # the draw decided: None where the example was not due, and check() then runs nothing
+
+    def may_show(self, sig: Signature, value: Example) -> bool:
+        drawn = self.draw(value)
+        return drawn is not None and drawn["check"] == lifecycle_findings.check_of(sig)
+
+    def check(self, target: Target, case: Case, drawn: dict[str, Any] | None) -> lifecycle_findings.LifecycleCheck:
+        return lifecycle_findings.check_lifecycle(drawn, runner_factory=self.runner_factory)
+
+    def tally(self, result: WorkerResult, checked: lifecycle_findings.LifecycleCheck, *, ms: int) -> None:
+        if checked.scenario is not None:
+            count(result.lifecycle, checked.scenario["check"], ("checks", checked.result), ms=ms)
+
+    def entry(
+        self, sig: Signature, checked: lifecycle_findings.LifecycleCheck, case: Case, count: int, reduction: str
+    ) -> Entry:
+        assert checked.scenario is not None  # a signature comes from a scenario that ran
+        kept = lifecycle_findings.kept(checked.scenario, checked.problems)
+        return Entry(sig, count, case, reduction, checked.detail(sig), lifecycle=kept)
+
+
 def side_families(
     config: CampaignConfig, runners: dict[Target, Runner], runner_factory: RunnerFactory = runner_for
 ) -> dict[str, SideFamily]:
@@ -261,6 +296,8 @@ def side_families(
     families: list[SideFamily] = [Relations(config, runners), Networks(config, runners), Sequences(config)]
     if config.members and config.member_every:
         families.append(Members(config, runner_factory))
+    if config.lifecycle_every:
+        families.append(Lifecycle(config, runner_factory))
     return {family.kind: family for family in families}
 
 

@@ -30,6 +30,7 @@ from bnprops.fuzzing.catalogue import (
     Signature,
 )
 from bnprops.fuzzing.causes import read_baseline
+from bnprops.fuzzing.lifecycle_findings import LIFECYCLE_EVERY
 from bnprops.fuzzing.member_findings import MEMBER_EVERY, MemberDraw
 from bnprops.fuzzing.network_findings import NETWORK_EVERY
 from bnprops.fuzzing.relation_findings import (
@@ -64,8 +65,8 @@ _INDEX_FORMAT = "bnprops.db-index/1"
 
 Target = tuple[str, str]
 #: What a search draws: the target, a group of same-signature cases, a relation for the first one, a chain, a
-#: training sequence and a family member's call.
-Example = tuple[Target, list[Case], RelationDraw, Chain, Sequence, MemberDraw]
+#: training sequence, a family member's call and a life-cycle scenario (None where the example is not due).
+Example = tuple[Target, list[Case], RelationDraw, Chain, Sequence, MemberDraw, dict[str, Any] | None]
 RunnerFactory = Callable[[str, str], Runner]
 #: Called by a worker with (cases run, new-deviation cases, known-deviation cases, signatures) now and then.
 ProgressFn = Callable[[int, int, int, int], None]
@@ -110,6 +111,8 @@ class CampaignConfig:
     members: tuple[str, ...] = MEMBER_ENTRIES
     #: One example in this many also runs its member call (0: none).
     member_every: int = MEMBER_EVERY
+    #: One example in this many also runs a life-cycle scenario, drawn only there (0: none).
+    lifecycle_every: int = LIFECYCLE_EVERY
 
     def __post_init__(self) -> None:
         if self.max_examples is None and self.time_limit is None:
@@ -140,6 +143,8 @@ class CampaignConfig:
             raise UsageError(f"sequence_every must be 0 (no sequences) or more, got {self.sequence_every}")
         if self.member_every < 0:
             raise UsageError(f"member_every must be 0 (no member calls) or more, got {self.member_every}")
+        if self.lifecycle_every < 0:
+            raise UsageError(f"lifecycle_every must be 0 (no life-cycle scenarios) or more, got {self.lifecycle_every}")
         unknown_members = [m for m in self.members if m not in MEMBER_ENTRIES]
         if unknown_members:
             raise UsageError(f"unknown member entries {unknown_members}; choose from {', '.join(MEMBER_ENTRIES)}")
@@ -170,6 +175,7 @@ class CampaignConfig:
             "sequence_every": self.sequence_every,
             "members": list(self.members),
             "member_every": self.member_every,
+            "lifecycle_every": self.lifecycle_every,
             "out": str(self.out),
         }
 

@@ -120,6 +120,8 @@ class WorkerResult:
     sequences: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: "member entry/backend" -> {"checks"|member_findings.RESULTS: count, "ms": milliseconds} over member calls.
     members: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: life-cycle check -> {"checks"|lifecycle_findings.RESULTS: count, "ms": milliseconds} over the scenarios run.
+    lifecycle: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: "where/part" -> samples of this worker's main thread (fuzzing.time_shares).
     time_samples: dict[str, int] = dataclasses.field(default_factory=dict)
 

@@ -30,6 +30,7 @@ FAMILIES = {
     "bnprops.fuzzing.network_findings": "networks",
     "bnprops.fuzzing.sequence_findings": "sequences",
     "bnprops.fuzzing.member_findings": "members",
+    "bnprops.fuzzing.lifecycle_findings": "life cycle",
 }
 #: The judging's parts, by the innermost bnprops module (first prefix that matches).
 PARTS = (

@@ -1,4 +1,4 @@
-"""The four shapes a deviation's declaration takes, and what declarations share (reproducer cases, scopes).
+"""The five shapes a deviation's declaration takes, and what declarations share (reproducer cases, scopes).
 
 A deviation is declared once, in its own module of the deviations package: id, summary, conditions,
 model, evidence, reproducer, upstream links, release scope, and what tests need to know about it
@@ -10,6 +10,7 @@ Each class says how it appears in the generated table (``KIND``, ``quantities_te
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -25,7 +26,24 @@ from bnprops.mx.producers import Chain
 #: drawn convolution): BatchNorm's own deviations say nothing of them; theirs name them.
 OTHER_KERNEL_ENTRIES = frozenset(MEMBER_ENTRIES) | {folding.CONV_ENTRY}
 
+#: The upstream field of a declaration names the apache/mxnet issue or pull request that introduced or fixed the
+#: deviation (``apache/mxnet#N``), or says what was searched without finding one (``none_found``).
 NO_UPSTREAM = "none found"
+UPSTREAM_REFERENCE = re.compile(r"\bapache/(?:incubator-)?mxnet#\d+")
+
+
+def none_found(searched: str) -> str:
+    """The upstream field when no apache/mxnet issue or pull request was found: what was searched, and how."""
+    return f"{NO_UPSTREAM}: {searched}"
+
+
+def upstream_problem(upstream: str) -> str | None:
+    """Why an upstream field is not acceptable (no reference, and no 'none found: what was searched'), or None."""
+    if UPSTREAM_REFERENCE.search(upstream):
+        return None
+    if upstream.startswith(NO_UPSTREAM + ": ") and len(upstream) > len(NO_UPSTREAM) + 20:
+        return None
+    return f"names no apache/mxnet#N and does not say 'none found: <what was searched>': {upstream!r}"
 
 
 def _entries_text(entries: frozenset[str] | None) -> str:
@@ -201,7 +219,49 @@ class SequenceDeviation:
         return _entries_text(self.entries)
 
 
-Declaration = KnownDeviation | InputDeviation | NetworkDeviation | SequenceDeviation
+@dataclasses.dataclass(frozen=True)
+class LifecycleDeviation:
+    """A failure of BatchNorm through a model's life (judging.lifecycle): a problem of the check ``check`` whose
+    ``what`` is ``what`` (its message holding ``signature``, MXNet's own words)."""
+
+    KIND: ClassVar[str] = "life cycle"
+
+    id: str
+    summary: str
+    #: One of bnprops.mx.lifecycle_kernel.CHECKS.
+    check: str
+    #: The problem's kind as judging.lifecycle names it ('raises:infer_shape_partial', 'differs:dgamma', ...).
+    what: str
+    signature: str
+    conditions: str
+    evidence: str
+    #: The shortest scenario that shows it (a lifecycle_kernel spec; the fuzz job's reproducer runs it alone).
+    reproducer: Callable[[], Mapping[str, object]]
+    upstream: str = NO_UPSTREAM
+    releases: mxversion.Releases = mxversion.EVERY_RELEASE
+
+    def explains(self, *, check: str, what: str, message: str, scoped: bool = True) -> bool:
+        if scoped and not self.releases.holds(mxversion.running()):
+            return False
+        return check == self.check and what == self.what and self.signature in message
+
+    def holds_in(self, version: str) -> bool:
+        return self.releases.holds(version)
+
+    @property
+    def model(self) -> str:
+        return f"the {self.check} check's problem '{self.what}', its message holding '{self.signature}'"
+
+    @property
+    def quantities_text(self) -> str:
+        return self.what
+
+    @property
+    def entries_text(self) -> str:
+        return f"the {self.check} check"
+
+
+Declaration = KnownDeviation | InputDeviation | NetworkDeviation | SequenceDeviation | LifecycleDeviation
 
 
 def minimal(values: list[float], dtype: str, **params: object) -> Case:

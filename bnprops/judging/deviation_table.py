@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import re
 
-from bnprops.judging.declarations import Declaration, KnownDeviation, NetworkDeviation, SequenceDeviation
+from bnprops.judging.declarations import (
+    Declaration,
+    KnownDeviation,
+    LifecycleDeviation,
+    NetworkDeviation,
+    SequenceDeviation,
+)
 from bnprops.judging.deviations import ALL
 
 #: Where the page lives in the repository, and the command that writes it.
@@ -35,7 +41,7 @@ def _row(d: Declaration) -> str:
         d.summary,
         d.quantities_text,
         d.entries_text,
-        d.releases.describe(),
+        d.releases.describe() + ("" if d.releases.probed else " (not probed)"),
         _linked(d.upstream),
     ]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
@@ -48,12 +54,15 @@ def _details(d: Declaration) -> list[str]:
         lines.append(f"- **reproducer**: `{d.reproducer().describe()}`")
         if isinstance(d, KnownDeviation) and d.script is not None:
             lines.append(f"- **standalone reproducer**: `{d.id}` (`{d.script.__module__}.{d.script.__name__}`)")
+    elif isinstance(d, LifecycleDeviation):
+        scenario = ", ".join(f"{k}={v}" for k, v in d.reproducer().items())
+        lines.append(f"- **reproducer**: the life-cycle scenario `{scenario}` (bnprops.mx.lifecycle_kernel)")
     elif isinstance(d, SequenceDeviation):
         lines.append(f"- **shortest sequence**: {', '.join(d.sequence)}")
     else:
         lines.append(f"- **reproducer**:\n\n```python\n{d.reproducer}\n```\n")
-    if d.releases.why:
-        lines.append(f"- **releases**: {d.releases.describe()} ({_linked(_cell(d.releases.why))})")
+    why = f" ({_linked(_cell(d.releases.why))})" if d.releases.why else ""
+    lines.append(f"- **releases**: {d.releases.describe()}{why}; {_linked(_cell(d.releases.provenance()))}")
     lines += [f"- **evidence**: {_cell(d.evidence)}", f"- **upstream**: {_linked(_cell(d.upstream))}", ""]
     return lines
 
@@ -65,7 +74,8 @@ def markdown() -> str:
         "",
         f"Generated from the deviations registry; do not edit by hand. Regenerate with `{REGENERATE}`.",
         "Kinds: *single call* (a model of the outputs, element by element), *input* (input a case cannot "
-        "describe), *network* (BatchNorm inside a chain of layers), *sequence* (state over several calls).",
+        "describe), *network* (BatchNorm inside a chain of layers), *sequence* (state over several calls), "
+        "*life cycle* (a model exported, cast, inferred or switched between training and inference).",
         "",
         "To record a deviation, add one module to the registry (bnprops/judging/deviations/) declaring `DEVIATIONS`: "
         "its declaration with the model's code beside it, a reproducer, the releases it was probed in and the "

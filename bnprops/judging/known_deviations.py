@@ -13,6 +13,7 @@ from __future__ import annotations
 from bnprops.judging.declarations import (
     InputDeviation,
     KnownDeviation,
+    LifecycleDeviation,
     NetworkDeviation,
     SequenceDeviation,
     empty_batch,
@@ -20,6 +21,7 @@ from bnprops.judging.declarations import (
 from bnprops.judging.deviations import (
     INPUT_DEVIATIONS,
     KNOWN_DEVIATIONS,
+    LIFECYCLE_DEVIATIONS,
     NETWORK_DEVIATIONS,
     SEQUENCE_DEVIATIONS,
 )
@@ -32,11 +34,13 @@ __all__ = [
     "FROZEN_SYM_KEEPS_GAMMA",
     "INPUT_DEVIATIONS",
     "KNOWN_DEVIATIONS",
+    "LIFECYCLE_DEVIATIONS",
     "NETWORK_DEVIATIONS",
     "RETAINED_GRAPH_UPDATES_AGAIN",
     "SEQUENCE_DEVIATIONS",
     "InputDeviation",
     "KnownDeviation",
+    "LifecycleDeviation",
     "NetworkDeviation",
     "SequenceDeviation",
     "empty_batch",

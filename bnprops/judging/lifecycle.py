@@ -1,253 +1,177 @@
 """BatchNorm through a model's life: train, evaluate, train again; export and import; cast to float16; symbolic
 graphs whose shapes and types are inferred. Each check returns a list of problems (empty: it works).
 
-Each one compares MXNet with MXNet: the model's BatchNorm against a plain call (bnprops.mx.runners) on the
-input it received, with the same rule as judging.in_network (bit for bit where the same kernel runs,
-within twice the error bound where oneDNN does), or a model against its exported-and-imported self.
+The scenarios run in bnprops.mx.lifecycle_kernel; here each step is compared with a plain call (bnprops.mx.runners)
+on the input BatchNorm received, with the same rule as judging.in_network (bit for bit where the same kernel runs,
+within twice the error bound where oneDNN does), and twin models bit for bit. A problem a recorded life-cycle
+deviation explains in this release names it; ``unexplained`` keeps the others.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import warnings
+import dataclasses
+import math
 from typing import Any
 
-import mxnet as mx
 import numpy as np
-from mxnet.gluon import nn
 
 from bnprops.judging.comparator import compare_pair
 from bnprops.judging.in_network import same_kernel
-from bnprops.model.case import Case, Outputs, param_dtype
+from bnprops.judging.known_deviations import LIFECYCLE_DEVIATIONS
+from bnprops.model.case import Case
+from bnprops.mx import lifecycle_kernel
 from bnprops.mx.backends import runner_for
-from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.mx.runners import IN_PROCESS_BACKEND, Runner
+
+CHECKS = lifecycle_kernel.CHECKS
+#: The plain runner of an entry point on a backend (tests plant faults here).
+RunnerFactory = Any
 
 
-def _differences(case: Case, model: Outputs, plain: Outputs, *, what: str, backend: str) -> list[str]:
-    exact = same_kernel(case, backend)
-    verdict = compare_pair(case, model, plain, exact=exact)
-    rule = "bit for bit" if exact else "within twice the error bound"
-    return [
-        f"{what}: the model's {m.quantity} differs from the plain call's ({rule}) for {case.describe()}:\n"
-        + m.describe()
-        .replace("expected (oracle)", "plain call       ")
-        .replace("actual:           ", "model:           ")
-        for m in verdict.mismatches
-    ]
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What one check found: its kind (``what``: 'differs:dgamma', 'raises:infer_shape_partial', ...), the message,
+    the worst difference where two results differ, and the recorded deviation that explains it, if one does."""
+
+    what: str
+    message: str
+    error: float = math.nan
+    deviation: str = ""
+
+    def __str__(self) -> str:
+        return self.message
 
 
-def _model(*, channels: int, dtype: str, hybridize: bool, producer: str, rng: np.random.Generator) -> Any:
-    """producer then BatchNorm(scale=True), weights from ``rng``; producer 'conv2d' or 'relu'."""
-    net = nn.HybridSequential()
-    first = nn.Conv2D(channels, 3, padding=1, in_channels=3) if producer == "conv2d" else nn.Activation("relu")
-    norm = nn.BatchNorm(in_channels=channels, epsilon=1e-5, momentum=0.9)
-    net.add(first, norm)
-    net.initialize()
-    if producer == "conv2d":
-        first.weight.set_data(mx.nd.array(rng.standard_normal(first.weight.shape) / 5))
-        first.bias.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, channels)))
-    norm.gamma.set_data(mx.nd.array(rng.uniform(0.5, 2, channels)))
-    norm.beta.set_data(mx.nd.array(rng.uniform(-1, 1, channels)))
-    net.cast(dtype)
-    if hybridize:
-        net.hybridize(static_alloc=True, static_shape=True)
-    return net, first, norm
+def spec(check: str, *, channels: int = 16, hybridize: bool = True, dtype: str = "float32", seed: int = 0) -> dict:
+    """A scenario as lifecycle_kernel.run takes it."""
+    if check not in CHECKS:
+        raise ValueError(f"unknown life-cycle check {check!r}; choose from {', '.join(CHECKS)}")
+    return {"check": check, "channels": channels, "hybridize": hybridize, "dtype": dtype, "seed": seed}
 
 
-def _state(norm: Any) -> dict[str, np.ndarray]:
-    return {
-        "gamma": norm.gamma.data().asnumpy(),
-        "beta": norm.beta.data().asnumpy(),
-        "moving_mean": norm.running_mean.data().asnumpy(),
-        "moving_var": norm.running_var.data().asnumpy(),
-    }
-
-
-def _plain_case(state: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray, *, is_train: bool) -> Case:
+def _plain_case(step: dict[str, Any]) -> Case:
+    s = step["before"]
     return Case(
-        x=x,
-        dy=dy,
-        gamma=state["gamma"],
-        beta=state["beta"],
-        moving_mean=state["moving_mean"],
-        moving_var=state["moving_var"],
+        x=step["x"],
+        dy=step["dy"],
+        gamma=s["gamma"],
+        beta=s["beta"],
+        moving_mean=s["moving_mean"],
+        moving_var=s["moving_var"],
         axis=1,
-        eps=1e-5,
-        momentum=0.9,
+        eps=lifecycle_kernel.EPS,
+        momentum=lifecycle_kernel.MOMENTUM,
         fix_gamma=False,
-        is_train=is_train,
+        is_train=step["is_train"],
         regime="life-cycle",
     )
 
 
+def _step_problems(step: dict[str, Any], plain: Runner, *, backend: str) -> list[Problem]:
+    case = _plain_case(step)
+    reference = {q: v for q, v in plain(case).items() if q in step["model"]}
+    exact = same_kernel(case, backend)
+    rule = "bit for bit" if exact else "within twice the error bound"
+    return [
+        Problem(
+            f"differs:{m.quantity}",
+            f"{step['what']}: the model's {m.quantity} differs from the plain call's ({rule}) for {case.describe()}:\n"
+            + m.describe()
+            .replace("expected (oracle)", "plain call       ")
+            .replace("actual:           ", "model:           "),
+            error=m.error,
+        )
+        for m in compare_pair(case, step["model"], reference, exact=exact).mismatches
+    ]
+
+
+def _twin_problems(what: str, original: dict[str, Any], again: dict[str, Any]) -> list[Problem]:
+    problems = []
+    for name in sorted(set(original) | set(again)):
+        if name not in original or name not in again:
+            problems.append(Problem(f"missing:{name}", f"{what}: {name} exists in only one of the two models"))
+        elif not np.array_equal(original[name], again[name], equal_nan=True):
+            worst = float(np.max(np.abs(original[name].astype(float) - again[name].astype(float))))
+            message = f"{what}: {name} differs between the original and the imported model by {worst:g}"
+            problems.append(Problem(f"differs:{name}", message, error=worst))
+    return problems
+
+
+def _explained(check: str, problem: Problem) -> Problem:
+    for d in LIFECYCLE_DEVIATIONS:
+        if d.explains(check=check, what=problem.what, message=problem.message):
+            return dataclasses.replace(problem, deviation=d.id)
+    return problem
+
+
+def check(
+    scenario: dict[str, Any], *, backend: str = IN_PROCESS_BACKEND, runner_factory: RunnerFactory = runner_for
+) -> list[Problem]:
+    """Run ``scenario`` (``spec``) and judge it; a scenario that raises is one problem ('raises:Error')."""
+    if backend != IN_PROCESS_BACKEND:
+        raise ValueError(f"life-cycle checks run on this process's backend ({IN_PROCESS_BACKEND}), not {backend!r}")
+    name = scenario["check"]
+    try:
+        ran = lifecycle_kernel.run(scenario)
+        problems = [Problem(what, message) for what, message in ran["notes"]]
+        for step in ran["steps"]:
+            problems += _step_problems(step, runner_factory(step["entry"], backend), backend=backend)
+        for what, original, again in ran["twins"]:
+            problems += _twin_problems(what, original, again)
+    except Exception as exc:  # a scenario that raises is a finding, not a crash of its caller
+        problems = [Problem(f"raises:{type(exc).__name__}", f"{name} raised {type(exc).__name__}: {exc}")]
+    return [_explained(name, p) for p in problems]
+
+
+def unexplained(problems: list[Problem]) -> list[Problem]:
+    """The problems no recorded life-cycle deviation explains."""
+    return [p for p in problems if not p.deviation]
+
+
+def probe(deviation: Any) -> tuple[str, str]:
+    """Is a recorded life-cycle deviation present in the MXNet this process runs? ('present' | 'absent' | 'differs' |
+    'not applicable', detail), by its reproducer's scenario, whatever releases it is recorded for (the release
+    matrix's probe, as judging.release_probe does for the other kinds)."""
+    missing = lifecycle_kernel.lacks(deviation.check)
+    if missing is not None:
+        return "not applicable", missing
+    problems = check(dict(deviation.reproducer()))
+    shown = [
+        p for p in problems if deviation.explains(check=deviation.check, what=p.what, message=p.message, scoped=False)
+    ]
+    if shown:
+        return "present", shown[0].message.splitlines()[0][:200]
+    if not problems:
+        return "absent", "the scenario runs and every step equals the plain call"
+    return "differs", problems[0].message.splitlines()[0][:200]
+
+
 def train_evaluate_train(
     *, channels: int = 16, hybridize: bool = True, backend: str = IN_PROCESS_BACKEND, seed: int = 0
-) -> list[str]:
+) -> list[Problem]:
     """Conv2D(channels) + BatchNorm: train, evaluate, train. Each step's BatchNorm results (y, dgamma, dbeta, the
     moving statistics; inference: y, and the statistics untouched) must equal a fresh plain call's on the
     step's input, from the statistics the previous step left."""
-    if backend != IN_PROCESS_BACKEND:
-        raise ValueError(f"life-cycle checks run on this process's backend ({IN_PROCESS_BACKEND}), not {backend!r}")
-    rng = np.random.default_rng(seed)
-    net, conv, norm = _model(channels=channels, dtype="float32", hybridize=hybridize, producer="conv2d", rng=rng)
-    plain = runner_for("gluon", backend)
-    problems: list[str] = []
-    for step, is_train in enumerate((True, False, True), start=1):
-        u = mx.nd.array(rng.standard_normal((4, 3, 6, 6)))
-        dy = rng.standard_normal((4, channels, 6, 6)).astype("float32")
-        before = _state(norm)
-        x = conv(u).asnumpy()  # BatchNorm's input: the convolution is deterministic
-        if is_train:
-            with mx.autograd.record():
-                y = net(u)
-            y.backward(mx.nd.array(dy))
-            model = {"y": y.asnumpy(), "dgamma": norm.gamma.grad().asnumpy(), "dbeta": norm.beta.grad().asnumpy()}
-        else:
-            model = {"y": net(u).asnumpy()}
-        after = _state(norm)
-        model.update(moving_mean=after["moving_mean"], moving_var=after["moving_var"])
-        case = _plain_case(before, x, dy, is_train=is_train)
-        reference = plain(case)
-        if is_train:
-            reference = {q: v for q, v in reference.items() if q != "dx"}
-        else:
-            reference = {q: reference[q] for q in ("y", "moving_mean", "moving_var")}
-        what = f"step {step} ({'training' if is_train else 'inference'}, {'hybridized' if hybridize else 'imperative'})"
-        problems += _differences(case, model, reference, what=what, backend=backend)
-    return problems
+    return check(spec("train-evaluate-train", channels=channels, hybridize=hybridize, seed=seed), backend=backend)
 
 
-def export_and_import(*, channels: int = 16, seed: int = 0) -> list[str]:
+def export_and_import(*, channels: int = 16, seed: int = 0) -> list[Problem]:
     """A trained, hybridized Conv2D + BatchNorm exported, then SymbolBlock.imports: inference must give the
     original's outputs bit for bit, and one more training step the same outputs, gradients and statistics."""
-    rng = np.random.default_rng(seed)
-    net, _, norm = _model(channels=channels, dtype="float32", hybridize=True, producer="conv2d", rng=rng)
-    u = mx.nd.array(rng.standard_normal((4, 3, 6, 6)))
-    with mx.autograd.record():
-        net(u).backward(mx.nd.ones((4, channels, 6, 6)))
-    problems: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = os.path.join(tmp, "model")
-        net.export(prefix, epoch=0)
-        with warnings.catch_warnings():  # "Cannot decide type for ... data": the parameters' types are known
-            warnings.simplefilter("ignore", UserWarning)
-            imported = nn.SymbolBlock.imports(prefix + "-symbol.json", ["data"], prefix + "-0000.params")
-        imported.hybridize(static_alloc=True, static_shape=True)
-        v = mx.nd.array(rng.standard_normal((4, 3, 6, 6)))
-        dy = mx.nd.array(rng.standard_normal((4, channels, 6, 6)))
-        results = []
-        for block in (net, imported):
-            inference = block(v).asnumpy()
-            with mx.autograd.record():
-                y = block(v)
-            y.backward(dy)
-            params = {p.name.split("_", 1)[-1]: p for p in block.collect_params().values()}
-            grads = {name: p.grad().asnumpy() for name, p in params.items() if p.grad_req != "null"}
-            stats = {name: p.data().asnumpy() for name, p in params.items() if "running" in name}
-            results.append({"inference": inference, "y": y.asnumpy(), **grads, **stats})
-    original, again = results
-    for name in sorted(set(original) | set(again)):
-        if name not in original or name not in again:
-            problems.append(f"export/import: {name} exists in only one of the original and the imported model")
-        elif not np.array_equal(original[name], again[name], equal_nan=True):
-            worst = float(np.max(np.abs(original[name].astype(float) - again[name].astype(float))))
-            problems.append(f"export/import: {name} differs between the original and the imported model by {worst:g}")
-    del norm
-    return problems
+    return check(spec("export-import", channels=channels, seed=seed))
 
 
 def float16_cast(
     *, channels: int = 8, hybridize: bool = True, backend: str = IN_PROCESS_BACKEND, seed: int = 0
-) -> list[str]:
-    """cast('float16') of relu + BatchNorm (MXNet's CPU convolution has no float16: gemm raises), then a training
-    step and inference: the same as a plain float16 call (parameters stay float32) on the input BatchNorm saw."""
-    rng = np.random.default_rng(seed)
-    net, _, norm = _model(channels=channels, dtype="float16", hybridize=hybridize, producer="relu", rng=rng)
-    problems: list[str] = []
-    if str(norm.gamma.data().dtype.__name__) != param_dtype("float16"):
-        problems.append(f"cast('float16') left BatchNorm's gamma {norm.gamma.data().dtype}, not float32")
-    plain = runner_for("gluon", backend)
-    for is_train in (True, False):
-        u = rng.standard_normal((4, channels, 5, 5)).astype("float16")
-        dy = rng.standard_normal(u.shape).astype("float16")
-        x = np.maximum(u, np.float16(0))
-        before = _state(norm)
-        data = mx.nd.array(u, dtype="float16")
-        data.attach_grad()
-        if is_train:
-            with mx.autograd.record():
-                y = net(data)
-            y.backward(mx.nd.array(dy, dtype="float16"))
-            model = {"y": y.asnumpy(), "dgamma": norm.gamma.grad().asnumpy(), "dbeta": norm.beta.grad().asnumpy()}
-        else:
-            model = {"y": net(data).asnumpy()}
-        after = _state(norm)
-        model.update(moving_mean=after["moving_mean"], moving_var=after["moving_var"])
-        case = _plain_case(before, x, dy, is_train=is_train)
-        reference = {q: v for q, v in plain(case).items() if q in model}
-        what = f"float16 {'training' if is_train else 'inference'}"
-        problems += _differences(case, model, reference, what=what, backend=backend)
-    return problems
+) -> list[Problem]:
+    """cast('float16') of relu + BatchNorm, then a training step and inference: the same as a plain float16 call
+    (parameters stay float32) on the input BatchNorm saw."""
+    return check(spec("float16-cast", channels=channels, hybridize=hybridize, seed=seed), backend=backend)
 
 
-def symbolic_inference(*, dtype: str = "float32", channels: int = 16, backend: str = IN_PROCESS_BACKEND) -> list[str]:
-    """BatchNorm after a convolution (float16: after relu) in a symbol whose shapes and types are given only for
-    data: infer_shape_partial, infer_shape, infer_type, then simple_bind with a partial type_dict; one
-    training step must equal the plain call on BatchNorm's input."""
-    data = mx.sym.Variable("data")
-    convolved = dtype != "float16"
-    h = mx.sym.Convolution(data, num_filter=channels, kernel=(3, 3), pad=(1, 1), name="conv") if convolved else data
-    h = mx.sym.Activation(h, act_type="relu", name="act")
-    net = mx.sym.BatchNorm(h, name="bn", fix_gamma=False, eps=1e-5, momentum=0.9)
-    problems: list[str] = []
-    shape = (4, 3 if convolved else channels, 5, 5)
-    _, partial_out, _ = net.infer_shape_partial()
-    if partial_out and partial_out[0] and all(partial_out[0]):
-        problems.append(f"infer_shape_partial() with no shapes claims a complete output shape {partial_out[0]}")
-    args, outs, aux = net.infer_shape(data=shape)
-    names = dict(zip(net.list_arguments(), args, strict=True))
-    if names.get("bn_gamma") != (channels,) or outs[0] != (4, channels, 5, 5) or aux != [(channels,), (channels,)]:
-        problems.append(f"infer_shape(data={shape}) gave gamma {names.get('bn_gamma')}, output {outs}, aux {aux}")
-    arg_types, _, aux_types = net.infer_type(data=dtype)
-    types = dict(zip(net.list_arguments(), arg_types, strict=True))
-    want = np.dtype(param_dtype(dtype))
-    if np.dtype(types["bn_gamma"]) != want or any(np.dtype(t) != want for t in aux_types):
-        problems.append(f"infer_type(data={dtype}) gave gamma {types['bn_gamma']}, aux {aux_types}; expected {want}")
-    exe = net.simple_bind(mx.cpu(), grad_req="write", type_dict={"data": dtype}, data=shape)
-    rng = np.random.default_rng(1)
-    for name, array in exe.arg_dict.items():
-        array[:] = rng.standard_normal(array.shape) / (3 if name.startswith("conv") else 1)
-    exe.arg_dict["bn_gamma"][:] = rng.uniform(0.5, 2, channels)
-    exe.aux_dict["bn_moving_var"][:] = rng.uniform(0.5, 2, channels)
-    seen: dict[str, np.ndarray] = {}
-
-    def monitor(name: Any, handle: Any) -> None:
-        key = name.decode() if isinstance(name, bytes) else str(name)
-        if key == "bn_data":
-            seen[key] = mx.nd.NDArray(mx.base.NDArrayHandle(handle), writable=False).asnumpy()
-
-    exe.set_monitor_callback(monitor, monitor_all=True)
-    before = {
-        "gamma": exe.arg_dict["bn_gamma"].asnumpy(),
-        "beta": exe.arg_dict["bn_beta"].asnumpy(),
-        "moving_mean": exe.aux_dict["bn_moving_mean"].asnumpy(),
-        "moving_var": exe.aux_dict["bn_moving_var"].asnumpy(),
-    }
-    y = exe.forward(is_train=True)[0].asnumpy()
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    exe.backward([mx.nd.array(dy, dtype=dtype)])
-    if y.dtype != np.dtype(dtype):
-        problems.append(f"simple_bind(type_dict={{'data': {dtype!r}}}) ran BatchNorm in {y.dtype}")
-        return problems
-    model = {
-        "y": y,
-        "dgamma": exe.grad_dict["bn_gamma"].asnumpy(),
-        "dbeta": exe.grad_dict["bn_beta"].asnumpy(),
-        "moving_mean": exe.aux_dict["bn_moving_mean"].asnumpy(),
-        "moving_var": exe.aux_dict["bn_moving_var"].asnumpy(),
-    }
-    case = _plain_case(before, seen["bn_data"], dy, is_train=True)
-    reference = {q: v for q, v in runner_for("sym", backend)(case).items() if q in model}
-    problems += _differences(case, model, reference, what=f"sym, types inferred from data={dtype}", backend=backend)
-    return problems
+def symbolic_inference(
+    *, dtype: str = "float32", channels: int = 16, backend: str = IN_PROCESS_BACKEND, seed: int = 1
+) -> list[Problem]:
+    """BatchNorm in a symbol whose shapes and types are given only for data: partial and full shape inference,
+    type inference, simple_bind with a partial type_dict, one training step against the plain call."""
+    return check(spec("symbolic-inference", dtype=dtype, channels=channels, seed=seed), backend=backend)

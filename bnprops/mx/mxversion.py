@@ -109,6 +109,8 @@ class Releases:
     probed: tuple[tuple[str, bool], ...] = ()
     #: The upstream issue or pull request that introduced or fixed it, where the scope is not 'every release'.
     why: str = ""
+    #: Where the range comes from while no release was probed: the source history read (never a guess).
+    basis: str = ""
 
     def __post_init__(self) -> None:
         for version in (self.since, self.fixed, *(v for v, _ in self.probed)):
@@ -137,6 +139,14 @@ class Releases:
         parts = ([f">= {self.since}"] if self.since else []) + ([f"< {self.fixed}"] if self.fixed else [])
         return ", ".join(parts)
 
+    def provenance(self) -> str:
+        """What the range rests on: the releases probed and what each showed, or 'not probed' and the source read."""
+        probed = ", ".join(f"{v} {'present' if seen else 'absent'}" for v, seen in self.probed)
+        source = f"from the source history: {self.basis}" if self.basis else ""
+        if probed:
+            return f"probed: {probed}" + (f"; elsewhere not probed, {source}" if source else "")
+        return "not probed" + (f"; {source}" if source else "")
+
     def to_dict(self) -> dict[str, object]:
         return {
             "since": self.since,
@@ -144,6 +154,8 @@ class Releases:
             "scope": self.describe(),
             "probed": {v: seen for v, seen in self.probed},
             "why": self.why,
+            "basis": self.basis,
+            "provenance": self.provenance(),
         }
 
 

@@ -97,6 +97,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "network_checks": report.network_checks,
         "sequence_checks": report.sequence_checks,
         "member_checks": report.member_checks,
+        "lifecycle_checks": report.lifecycle_checks,
         "time_samples": report.time_samples,
         "time_shares": shares([report.time_samples]),
         "stop_reason": report.stop_reason,
@@ -145,5 +146,6 @@ def report_from_dict(data: dict[str, Any], points: Points) -> Report:
         network_checks=data.get("network_checks", {}),
         sequence_checks=data.get("sequence_checks", {}),
         member_checks=data.get("member_checks", {}),
+        lifecycle_checks=data.get("lifecycle_checks", {}),
         time_samples=data.get("time_samples", {}),
     )

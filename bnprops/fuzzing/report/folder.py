@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bnprops.base import atomic
 from bnprops.fuzzing import (
+    lifecycle_findings,
     member_findings,
     network_findings,
     relation_findings,
@@ -50,6 +51,8 @@ def _finding_files(e: Entry) -> tuple[str, str]:
         return network_findings.finding_json(e, finding_json(e)), network_findings.script(e)
     if e.sequence is not None:  # a training sequence: its replay script
         return sequence_findings.finding_json(e, finding_json(e)), sequence_findings.script(e)
+    if e.lifecycle is not None:  # a life-cycle scenario: the kernel's source, the scenario and the comparison
+        return lifecycle_findings.finding_json(e, finding_json(e)), lifecycle_findings.script(e)
     if member_findings.is_member_entry(e):  # a family member's call: its own call, judged by its judge's view
         return finding_json(e), member_findings.script(e)
     return finding_json(e), script(e)

@@ -7,7 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bnprops.fuzzing import member_findings, network_findings, relation_findings, sequence_findings, time_shares
+from bnprops.fuzzing import (
+    lifecycle_findings,
+    member_findings,
+    network_findings,
+    relation_findings,
+    sequence_findings,
+    time_shares,
+)
 from bnprops.fuzzing.catalogue import VERDICTS, Entry
 from bnprops.fuzzing.causes import Cause, Changes
 from bnprops.fuzzing.history import Run
@@ -34,6 +41,7 @@ def first_layer_of(report: Report, found: Sequence[Cause], change: Changes | Non
         history=history,
         link=_link,
         members=member_findings.summary_line(report.member_checks),
+        lifecycle=lifecycle_findings.summary_line(report.lifecycle_checks),
         time_shares=time_shares.lines(time_shares.shares([report.time_samples])),
     )
 
@@ -127,6 +135,7 @@ def _appendix(report: Report) -> str:
     lines += ["", *network_findings.summary_lines(report.network_checks)]
     lines += ["", *sequence_findings.summary_lines(report.sequence_checks)]
     lines += ["", *member_findings.summary_lines(report.member_checks)]
+    lines += ["", *lifecycle_findings.summary_lines(report.lifecycle_checks)]
     lines += [
         "",
         "## Worst errors",
@@ -236,4 +245,7 @@ def _example_line(e: Entry) -> str:
     if e.sequence is not None:
         described = sequence_findings.sequence_of(e).describe()
         return f"- {e.count} sequence(s) in this run; sequence {e.reduction}: `{described}`"
+    if e.lifecycle is not None:
+        described = lifecycle_findings.describe(lifecycle_findings.scenario_of(e))
+        return f"- {e.count} scenario(s) in this run; scenario {e.reduction}: `{described}`"
     return f"- {e.count} case(s) in this run; example {e.reduction}: `{e.case.describe()}`"

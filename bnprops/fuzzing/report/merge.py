@@ -31,6 +31,7 @@ def from_workers(
     network_checks: dict[str, dict[str, int]] = {}
     sequence_checks: dict[str, dict[str, int]] = {}
     member_checks: dict[str, dict[str, int]] = {}
+    lifecycle_checks: dict[str, dict[str, int]] = {}
     samples: dict[str, dict[str, int]] = {}
     for r in results:
         _add_counts(samples, {"all": r.time_samples})
@@ -38,6 +39,7 @@ def from_workers(
         _add_counts(network_checks, r.networks)
         _add_counts(sequence_checks, r.sequences)
         _add_counts(member_checks, r.members)
+        _add_counts(lifecycle_checks, r.lifecycle)
         catalogue.merge(Catalogue(r.entries))
         _add_counts(counts, r.counts)
         _add_worst(worst, r.worst.values())
@@ -65,6 +67,7 @@ def from_workers(
         network_checks=network_checks,
         sequence_checks=sequence_checks,
         member_checks=member_checks,
+        lifecycle_checks=lifecycle_checks,
         time_samples=samples.get("all", {}),
     )
 
@@ -99,12 +102,14 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
     network_checks: dict[str, dict[str, int]] = {}
     sequence_checks: dict[str, dict[str, int]] = {}
     member_checks: dict[str, dict[str, int]] = {}
+    lifecycle_checks: dict[str, dict[str, int]] = {}
     samples: dict[str, dict[str, int]] = {}
     for src, r in zip(sources, reports, strict=True):
         _add_counts(relation_checks, r.relation_checks)
         _add_counts(network_checks, r.network_checks)
         _add_counts(sequence_checks, r.sequence_checks)
         _add_counts(member_checks, r.member_checks)
+        _add_counts(lifecycle_checks, r.lifecycle_checks)
         _add_counts(samples, {"all": r.time_samples})
         catalogue.merge(r.catalogue)
         _add_counts(counts, r.counts)
@@ -147,5 +152,6 @@ def merge(reports: Sequence[Report], *, sources: Sequence[str]) -> Report:
         network_checks=network_checks,
         sequence_checks=sequence_checks,
         member_checks=member_checks,
+        lifecycle_checks=lifecycle_checks,
         time_samples=samples.get("all", {}),
     )

@@ -45,6 +45,8 @@ class Report:
     sequence_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: Family members' calls run while exploring: "member entry/backend" -> {"checks"|member_findings.RESULTS: n}.
     member_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: Life-cycle scenarios run while exploring: check -> {"checks"|lifecycle_findings.RESULTS: n}.
+    lifecycle_checks: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: "where/part" -> samples of the workers' main threads, added up (fuzzing.time_shares).
     time_samples: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -91,6 +93,14 @@ class Report:
                 ", ".join(
                     f"{target} {c.get('checks', 0)} calls ({c.get('failed', 0) + c.get('error', 0)} with a new finding)"
                     for target, c in sorted(self.member_checks.items())
+                )
+                or "none ran"
+            ),
+            "life cycle: "
+            + (
+                ", ".join(
+                    f"{check} {c.get('checks', 0)} run ({c.get('failed', 0)} with a new finding)"
+                    for check, c in sorted(self.lifecycle_checks.items())
                 )
                 or "none ran"
             ),

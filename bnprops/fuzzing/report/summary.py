@@ -43,10 +43,12 @@ def first_layer(
     history: Sequence[Run],
     link: Callable[[Cause], str],
     members: Sequence[str] = (),
+    lifecycle: Sequence[str] = (),
     time_shares: Sequence[str] = (),
 ) -> list[str]:
     """The one-screen summary; ``link`` gives a cause's reproducer as markdown (or a reason there is none);
-    ``members``: the line on the BatchNorm family's members that ran, if any; ``time_shares``: where the
+    ``members``: the line on the BatchNorm family's members that ran, if any; ``lifecycle``: the line on the
+    life-cycle scenarios that ran, if any; ``time_shares``: where the
     workers' time went."""
     lines = [
         "# bnprops fuzz report",
@@ -75,6 +77,8 @@ def first_layer(
         example = c.smallest.case.describe().split(" regime=")[0] if c.smallest.network is None else "a chain"
         if c.smallest.sequence is not None:
             example = "a sequence"
+        if c.smallest.lifecycle is not None:
+            example = "a life-cycle scenario"
         lines.append(
             f"| {mark}{c.title()} | {c.count:,} | {_some(c.where('entry'))} | {_some(c.where('backend'))} | "
             f"{_some(c.where('dtype'))} | `{example}` | {link(c)} |"
@@ -83,6 +87,8 @@ def first_layer(
         lines.append("| (none: every case matched the oracle) | | | | | | |")
     if members:
         lines += ["", *members]
+    if lifecycle:
+        lines += ["", *lifecycle]
     if time_shares:
         lines += ["", *time_shares]
     return lines

@@ -16,6 +16,7 @@ from bnprops.judging.declarations import (
     Declaration,
     InputDeviation,
     KnownDeviation,
+    LifecycleDeviation,
     NetworkDeviation,
     SequenceDeviation,
 )
@@ -34,7 +35,9 @@ def _collect() -> tuple[Declaration, ...]:
         if not isinstance(declared, tuple) or not declared:
             raise TypeError(f"{module.__name__} declares no DEVIATIONS tuple")
         for d in declared:
-            if not isinstance(d, KnownDeviation | InputDeviation | NetworkDeviation | SequenceDeviation):
+            if not isinstance(
+                d, KnownDeviation | InputDeviation | NetworkDeviation | SequenceDeviation | LifecycleDeviation
+            ):
                 raise TypeError(f"{module.__name__}: {d!r} is not a deviation declaration")
         found += declared
     ids = [d.id for d in found]
@@ -50,6 +53,7 @@ KNOWN_DEVIATIONS = tuple(d for d in ALL if isinstance(d, KnownDeviation))
 INPUT_DEVIATIONS = tuple(d for d in ALL if isinstance(d, InputDeviation))
 NETWORK_DEVIATIONS = tuple(d for d in ALL if isinstance(d, NetworkDeviation))
 SEQUENCE_DEVIATIONS = tuple(d for d in ALL if isinstance(d, SequenceDeviation))
+LIFECYCLE_DEVIATIONS = tuple(d for d in ALL if isinstance(d, LifecycleDeviation))
 
 
 def by_id(ident: str) -> Declaration:

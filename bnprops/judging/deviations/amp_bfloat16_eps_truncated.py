@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import KnownDeviation
+from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, invstd_of, kernel_form, model_bounds, predict_over
 from bnprops.model.case import Case
 from bnprops.model.oracle import eps_as_applied
+from bnprops.mx import mxversion
 
 ENTRIES = frozenset({"amp-sym", "amp-gluon"})
 
@@ -52,6 +53,24 @@ def _reproducer() -> Case:
 
 AMP_BFLOAT16_EPS_TRUNCATED = KnownDeviation(
     id="amp-bfloat16-eps-truncated",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        why="needs bfloat16 AMP (apache/mxnet#17265, 1.7.0) and oneDNN",
+        basis="bfloat16 AMP exists from 1.7.0 (BatchNorm in BF16_FP32_FUNCS in 1.7.0 and 1.8.0), with oneDNN, which "
+        "the 'mxnet' wheels have from 1.7.0: 1.3.1-1.6.0 cannot express it. On 1.7.0 the 2-D reproducer gives "
+        "the oracle's values, as the other oneDNN deviations' 2-D reproducers do there (oneDNN took only 4-D "
+        "input with axis 1 before apache/mxnet#18504, in 1.8.0), and its 4-D variant matches neither (also on "
+        "1.8.0): 1.7.0 stays unsettled, not probed; probed with bnprops.judging.release_probe in each "
+        "release's environment",
+    ),
+    upstream=none_found(
+        "searched apache/mxnet issues for 'bfloat16 BatchNorm eps' and 'AMP bfloat16 BatchNorm' (no report); "
+        "the path came with bfloat16 AMP, apache/mxnet#17265 ('Add bfloat16 floating-point format support "
+        "based on AMP', first released in 1.7.0)"
+    ),
     summary="AMP bfloat16: BatchNorm's backward and moving_var use var + eps with eps truncated to bfloat16",
     quantities=frozenset({"dx", "dgamma", "moving_var"}),
     conditions="the amp-sym and amp-gluon entries (BatchNorm with bfloat16 data after AMP's convert_model or "
@@ -71,7 +90,6 @@ AMP_BFLOAT16_EPS_TRUNCATED = KnownDeviation(
     "The property holds dx and dgamma to this model.",
     reproducer=_reproducer,
     entries=ENTRIES,
-    upstream="none found (searched apache/mxnet issues for bfloat16 BatchNorm eps)",
 )
 
 DEVIATIONS = (AMP_BFLOAT16_EPS_TRUNCATED,)

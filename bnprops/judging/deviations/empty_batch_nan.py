@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_WITH_NPX, KnownDeviation, empty_batch
+from bnprops.judging.declarations import PROBED_WITH_NPX, KnownDeviation, empty_batch, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 
 
@@ -22,6 +22,11 @@ def empty_batch_nan(ctx: Context) -> list[Prediction]:
 
 EMPTY_BATCH_NAN = KnownDeviation(
     id="empty-batch-nan",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'npx batch_norm empty zero-size input nan moving mean' (no report); "
+        "zero-size input reaches BatchNorm through the numpy shape semantics of apache/mxnet#14661 ('Support "
+        "zero-dim and zero-size tensors in MXNet')"
+    ),
     summary="An empty batch (numpy shape semantics) gives dgamma = NaN instead of the empty sum 0, and turns "
     "the moving statistics into NaN instead of leaving them alone",
     quantities=frozenset({"dgamma", "moving_mean", "moving_var"}),

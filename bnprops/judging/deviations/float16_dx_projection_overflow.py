@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, float16_projection
 from bnprops.model.oracle import per_channel
 
@@ -24,6 +24,12 @@ def float16_dx_projection_overflow(ctx: Context) -> list[Prediction]:
 
 FLOAT16_DX_PROJECTION_OVERFLOW = KnownDeviation(
     id="float16-dx-projection-overflow",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm float16 overflow gradient CPU' (no report of the "
+        "overflow; the nearest, apache/mxnet#8509 (open) and apache/mxnet#9916, are MXNet's own float16 "
+        "BatchNorm test failing on CPU, computed in float16); PyTorch fixed the same class "
+        "(pytorch/pytorch#126525, #147353)"
+    ),
     summary="float16 data: the training formula for dx forms (x - mean) * dotp invstd^2 / M and dy - mean(dy) "
     "in float16, which overflow although dx is small",
     quantities=frozenset({"dx"}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import (
     Context,
     Prediction,
@@ -28,6 +28,12 @@ def float16_gradient_product_overflow(ctx: Context) -> list[Prediction]:
 
 FLOAT16_GRADIENT_PRODUCT_OVERFLOW = KnownDeviation(
     id="float16-gradient-product-overflow",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm float16 overflow gradient CPU' (no report of the "
+        "overflow; the nearest, apache/mxnet#8509 (open) and apache/mxnet#9916, are MXNet's own float16 "
+        "BatchNorm test failing on CPU, computed in float16); PyTorch fixed the same class "
+        "(pytorch/pytorch#126525, #147353)"
+    ),
     summary="float16 data: the products (x - mean) * dy of the gradient sums are formed in float16 and overflow",
     quantities=frozenset({"dgamma", "dx"}),
     conditions="float16 data, native kernel; some |half(x - mean) * dy| >= 65520 (inf in float16) although dgamma is "

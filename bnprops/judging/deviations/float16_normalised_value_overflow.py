@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, float16_normaliser, invstd_of
 from bnprops.model.oracle import per_channel
 
@@ -31,6 +31,12 @@ def float16_normalised_value_overflow(ctx: Context) -> list[Prediction]:
 
 FLOAT16_NORMALISED_VALUE_OVERFLOW = KnownDeviation(
     id="float16-normalised-value-overflow",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm float16 overflow gradient CPU' (no report of the "
+        "overflow; the nearest, apache/mxnet#8509 (open) and apache/mxnet#9916, are MXNet's own float16 "
+        "BatchNorm test failing on CPU, computed in float16); PyTorch fixed the same class "
+        "(pytorch/pytorch#126525, #147353)"
+    ),
     summary="float16 data: xhat = (x - mean) * invstd is rounded to float16 and overflows, though y fits",
     quantities=frozenset({"y"}),
     conditions="float16 data, native kernel; |(x - mean) invstd| or its product with gamma reaches 65520 in some "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import (
     Context,
     Prediction,
@@ -51,6 +51,12 @@ def float16_normaliser_subnormal(ctx: Context) -> list[Prediction]:
 
 FLOAT16_NORMALISER_OUT_OF_RANGE = KnownDeviation(
     id="float16-normaliser-out-of-range",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm float16 overflow gradient CPU' (no report of the "
+        "overflow; the nearest, apache/mxnet#8509 (open) and apache/mxnet#9916, are MXNet's own float16 "
+        "BatchNorm test failing on CPU, computed in float16); PyTorch fixed the same class "
+        "(pytorch/pytorch#126525, #147353)"
+    ),
     summary="float16 data: var + eps is rounded to float16, so it overflows above 65504 and vanishes below 2^-25",
     quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
     conditions="float16 data, native kernel; not both var == 0 and eps == 0; var + eps (batch or moving statistics) "
@@ -71,6 +77,12 @@ FLOAT16_NORMALISER_OUT_OF_RANGE = KnownDeviation(
 
 FLOAT16_NORMALISER_SUBNORMAL = KnownDeviation(
     id="float16-normaliser-subnormal",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm float16 overflow gradient CPU' (no report of the "
+        "overflow; the nearest, apache/mxnet#8509 (open) and apache/mxnet#9916, are MXNet's own float16 "
+        "BatchNorm test failing on CPU, computed in float16); PyTorch fixed the same class "
+        "(pytorch/pytorch#126525, #147353)"
+    ),
     summary="float16 data: var + eps below 2^-14 is rounded to a float16 subnormal, up to 50% off",
     quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
     conditions="float16 data, native kernel; 2^-25 <= var + eps < 2^-14 and its float16 rounding moves it by more "

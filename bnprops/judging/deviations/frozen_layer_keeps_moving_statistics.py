@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from bnprops.judging.declarations import SequenceDeviation
+from bnprops.mx import mxversion
 
 FROZEN_LAYER_KEEPS_MOVING_STATS = SequenceDeviation(
     id="frozen-layer-keeps-moving-statistics",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.4.1", True),
+            ("1.5.1", True),
+            ("1.6.0", True),
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        basis="the moving statistics are updated in BatchNorm's backward (batch_norm.cc, DoBackward: 1.3.1 line "
+        "241, the same in 1.9.1), which nothing runs when no input needs a gradient; probed by the sequence "
+        "checks' replay of its shortest sequence (tests/test_training.py) in each release's environment",
+    ),
     summary="A frozen BatchNorm (no gradient for data, gamma or beta) never updates its moving statistics in training",
     conditions="a training step (batch statistics, use_global_stats=False) of a layer whose data, gamma and beta all "
     "have grad_req 'null' (a first layer with frozen parameters; gluon BatchNorm(scale=False, center=False) on "

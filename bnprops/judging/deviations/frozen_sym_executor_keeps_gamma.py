@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import SequenceDeviation
+from bnprops.judging.declarations import SequenceDeviation, none_found
+from bnprops.mx import mxversion
 
 FROZEN_SYM_KEEPS_GAMMA = SequenceDeviation(
     id="frozen-sym-executor-keeps-gamma",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.4.1", True),
+            ("1.5.1", True),
+            ("1.6.0", True),
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        basis="the write of 1.0 into gamma under fix_gamma is skipped where the executor requests no gradient; "
+        "probed by the sequence checks' replay of its shortest sequence (tests/test_training.py) in each "
+        "release's environment",
+    ),
+    upstream=none_found(
+        "searched apache/mxnet issues for 'fix_gamma gamma not set to 1 grad_req null executor' (no report; "
+        "apache/mxnet#9624 and apache/mxnet#3037 are about fix_gamma's stored gamma in general)"
+    ),
     summary="A sym executor with no gradient for BatchNorm's inputs does not write 1.0 into gamma under fix_gamma",
     conditions="mx.sym executor; fix_gamma=True; grad_req 'null' for data, gamma and beta (a frozen layer, or any "
     "executor bound with grad_req='null', as inference executors are); any forward (training or inference); both "

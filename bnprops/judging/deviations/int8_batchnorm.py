@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import NO_UPSTREAM, KnownDeviation
+from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.judging.deviations.onednn_fold_gradients_zero import fold_reproducer
 from bnprops.model.case import Case
 from bnprops.model.oracle import eps_as_applied, per_channel, reference
 from bnprops.model.quantization import int8_bound, output_range
+from bnprops.mx import mxversion
 
 INT8_ENTRIES = frozenset({"int8-gluon", "int8-sym"})
 
@@ -52,6 +53,22 @@ def gamma_as_stored(ctx: Context) -> list[Prediction]:
 
 INT8_EPS_APPLIED_TWICE = KnownDeviation(
     id="int8-eps-applied-twice",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
+        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
+        "1.7.0): 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each release's "
+        "environment",
+    ),
+    upstream=none_found(
+        "searched apache/mxnet issues for 'quantized batch_norm int8 eps fix_gamma' (no report); introduced "
+        "with the operator by apache/mxnet#15664 ('add int8 bn mkldnn implementation and test', 1.6.0): it "
+        "folds 1/sqrt(moving_var + eps) into the scale and hands oneDNN mean 0, var 1 and eps again"
+    ),
     summary="int8 BatchNorm divides the data's scale by sqrt(moving_var + eps) and again by sqrt(1 + eps)",
     quantities=frozenset({"y"}),
     conditions="quantize_net / quantize_model with a BatchNorm replaced by _contrib_quantized_batch_norm "
@@ -65,11 +82,26 @@ INT8_EPS_APPLIED_TWICE = KnownDeviation(
     "x (4, 2, 3, 3): y 0.81 off the oracle (int8 steps 0.02), 0.08 off this model; eps = 1e-3 hides it.",
     reproducer=lambda: fold_reproducer().with_(eps=1.0),
     entries=INT8_ENTRIES,
-    upstream=NO_UPSTREAM,
 )
 
 INT8_IGNORES_FIX_GAMMA = KnownDeviation(
     id="int8-ignores-fix-gamma",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
+        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
+        "1.7.0): 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each release's "
+        "environment",
+    ),
+    upstream=none_found(
+        "searched apache/mxnet issues for 'quantized batch_norm int8 eps fix_gamma' (no report); introduced "
+        "with the operator by apache/mxnet#15664 (1.6.0): the scale multiplies gamma_ptr[channel] without "
+        "reading fix_gamma"
+    ),
     summary="int8 BatchNorm multiplies by the stored gamma under fix_gamma (gluon scale=False)",
     quantities=frozenset({"y"}),
     conditions="quantize_net or quantize_model with a BatchNorm replaced by _contrib_quantized_batch_norm "
@@ -82,7 +114,6 @@ INT8_IGNORES_FIX_GAMMA = KnownDeviation(
     "gamma's output clipped to the calibrated +-2.279.",
     reproducer=lambda: fold_reproducer().with_(fix_gamma=True),
     entries=INT8_ENTRIES,
-    upstream=NO_UPSTREAM,
 )
 
 DEVIATIONS = (INT8_EPS_APPLIED_TWICE, INT8_IGNORES_FIX_GAMMA)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import (
     Context,
     Prediction,
@@ -27,6 +27,9 @@ def native_zero_variance_eps0(ctx: Context) -> list[Prediction]:
 
 NATIVE_ZERO_VARIANCE_EPS0 = KnownDeviation(
     id="native-zero-variance-eps0",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm eps=0 constant channel moving_var inf' (no report)"
+    ),
     summary="Native kernel, eps=0 and a zero-variance channel: moving_var becomes inf",
     quantities=frozenset({"moving_var"}),
     conditions="native kernel (float16, float64, or float32 with MXNET_MKLDNN_ENABLED=0); batch statistics; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_WITH_ONEDNN, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_WITH_ONEDNN, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 
 
@@ -20,6 +20,12 @@ def onednn_fix_gamma_add_wipes_dgamma(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FIX_GAMMA_ADD_WIPES_DGAMMA = KnownDeviation(
     id="onednn-fix-gamma-add-wipes-dgamma",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'mkldnn batchnorm fix_gamma grad_req add gamma gradient zero' (no "
+        "report); apache/mxnet#18500 (backports #18517 in 1.7.0, #18518) taught oneDNN's backward "
+        "grad_req='add' for gamma and beta but left its fix_gamma branch writing 0 whatever the request "
+        "(mkldnn_batch_norm-inl.h, 1.9.1)"
+    ),
     summary="oneDNN, fix_gamma and grad_req='add' for gamma: the accumulated gamma gradient is overwritten with 0",
     quantities=frozenset({"dgamma"}),
     conditions="float32 through oneDNN; fix_gamma=True; gamma's grad_req 'add' with a non-zero prior (training or "
@@ -32,7 +38,6 @@ ONEDNN_FIX_GAMMA_ADD_WIPES_DGAMMA = KnownDeviation(
     reproducer=lambda: minimal([1.0, 2.0, 4.0], "float32").with_(
         fix_gamma=True, grad_req=("write", "add", "write"), prior_dgamma=np.array([7.0], dtype=np.float32)
     ),
-    upstream="the MKLDNN fix_gamma/grad_req='add' problem noted in MXNet's sources and issues",
     releases=PROBED_WITH_ONEDNN,
     needs_backend="onednn",
     every_entry=True,

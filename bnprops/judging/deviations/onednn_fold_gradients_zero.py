@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import NO_UPSTREAM, KnownDeviation
+from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case
+from bnprops.mx import mxversion
 
 #: The entries that run BatchNorm through the fold (bnprops.mx.folding).
 FOLD_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-bind", "fold-relu-sym"})
@@ -45,6 +46,19 @@ def zero_gradients(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_GRADIENTS_ZERO = KnownDeviation(
     id="onednn-fold-gradients-zero",
+    releases=mxversion.Releases(
+        probed=(("1.9.1", True),),
+        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
+        basis="the zero gradients came with apache/mxnet#14275 (1.5.0); the fold runs only with oneDNN ('mxnet' "
+        "wheels from 1.7.0). Not probed on 1.7.0 and 1.8.0: its entries all go through optimize_for, which "
+        "raises 'Check failed: input_nid < simple_nodes->size() (6 vs. 6)' there; probed with "
+        "bnprops.judging.release_probe in each release's environment",
+    ),
+    upstream=none_found(
+        "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
+        "'MKLDNN subgraph conv bn fusion' (no report); introduced by apache/mxnet#14275 ('Register fake grad "
+        "to subgraph and quantized operators', 1.5.0): the fused node's gradient is MakeZeroGradNodes"
+    ),
     summary="A Convolution + BatchNorm folded by the oneDNN backend returns gradients of 0, silently",
     quantities=frozenset({"dx", "dgamma", "dbeta"}),
     conditions="sym.optimize_for('MKLDNN') (fold-sym) or hybridize(backend='MKLDNN') (fold-gluon) on a "
@@ -58,7 +72,6 @@ ONEDNN_FOLD_GRADIENTS_ZERO = KnownDeviation(
     "in both modes, with no error or warning.",
     reproducer=lambda: fold_reproducer(is_train=True),
     entries=FOLD_GRADIENT_ENTRIES,
-    upstream=NO_UPSTREAM,
 )
 
 DEVIATIONS = (ONEDNN_FOLD_GRADIENTS_ZERO,)

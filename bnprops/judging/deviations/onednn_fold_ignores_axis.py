@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import NO_UPSTREAM, KnownDeviation
+from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.judging.deviations.onednn_fold_gradients_zero import FOLD_ENTRIES, fold_reproducer
 from bnprops.model.case import Case
 from bnprops.model.folding import identity_fold_bound
 from bnprops.model.oracle import reference
+from bnprops.mx import mxversion
 
 
 def on_axis_one(case: Case) -> Case:
@@ -29,6 +30,24 @@ def folded_along_axis_one(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_IGNORES_AXIS = KnownDeviation(
     id="onednn-fold-ignores-axis",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
+        basis="the fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN ('mxnet' wheels from 1.7.0): "
+        "1.3.1-1.6.0 cannot express it. On 1.7.0 and 1.8.0 only fold-bind shows it: the optimize_for entries "
+        "(fold-sym, fold-gluon, fold-relu-sym) raise 'Check failed: input_nid < simple_nodes->size() (6 vs. "
+        "6)' in those releases; probed with bnprops.judging.release_probe in each release's environment",
+    ),
+    upstream=none_found(
+        "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
+        "'MKLDNN subgraph conv bn fusion' (no report); introduced with the fold, apache/mxnet#12530 "
+        "('Implement mkldnn convolution fusion and quantization', 1.4.0): UpdateConvWeightBias scales the "
+        "filters along the weight's output channels whatever BatchNorm's axis"
+    ),
     summary="The oneDNN fold applies BatchNorm's gamma, beta and moving statistics along axis 1 whatever its axis",
     quantities=frozenset({"y"}),
     conditions="Convolution -> BatchNorm(axis != 1) folded by the MKLDNN backend (fold-sym, fold-gluon, and "
@@ -46,7 +65,6 @@ ONEDNN_FOLD_IGNORES_AXIS = KnownDeviation(
     "primitive'.",
     reproducer=lambda: fold_reproducer(axis=3),
     entries=FOLD_ENTRIES,
-    upstream=NO_UPSTREAM,
 )
 
 DEVIATIONS = (ONEDNN_FOLD_IGNORES_AXIS,)

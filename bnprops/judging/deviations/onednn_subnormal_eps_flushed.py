@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_WITH_ONEDNN, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_WITH_ONEDNN, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import (
     Context,
     Prediction,
@@ -30,6 +30,11 @@ def onednn_subnormal_eps_flushed(ctx: Context) -> list[Prediction]:
 
 ONEDNN_SUBNORMAL_EPS_FLUSHED = KnownDeviation(
     id="onednn-subnormal-eps-flushed",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'mkldnn batchnorm denormal subnormal eps flush to zero nan' (no "
+        "report); related: the denormals RFC apache/mxnet#19361 and the flush-denormals API "
+        "apache/mxnet#20338 (1.9), which do not explain 1.7.0 showing it"
+    ),
     summary="oneDNN float32: a subnormal eps is flushed to zero, so a zero-variance channel gets NaN gradients",
     quantities=frozenset({"dx", "dgamma"}),
     conditions="float32 through oneDNN; batch statistics; 0 < eps < 2^-126 (float32 subnormal); a channel with "

@@ -8,6 +8,7 @@ from bnprops.judging.declarations import KnownDeviation
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import Case
 from bnprops.model.folded_inference import folded_bound_y, folded_oracle_y, scale_gamma
+from bnprops.mx import mxversion
 
 
 def onnx_fix_gamma_dropped(ctx: Context) -> list[Prediction]:
@@ -41,6 +42,12 @@ def _reproducer() -> Case:
 
 ONNX_FIX_GAMMA_DROPPED = KnownDeviation(
     id="onnx-fix-gamma-dropped",
+    releases=mxversion.Releases(
+        probed=(("1.9.1", True),),
+        why="needs mx.onnx.export_model (1.9)",
+        basis="mx.onnx.export_model (the new mx2onnx) is first released in 1.9.0 (forward-ported to master by "
+        "apache/mxnet#20355); 1.3.1-1.8.0 cannot express it",
+    ),
     summary="mx.onnx.export_model drops fix_gamma: the exported BatchNorm scales by the stored gamma, not 1",
     quantities=frozenset({"y"}),
     conditions="the onnx entry (mx.onnx.export_model, run by onnxruntime); fix_gamma=True; in the channels whose "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over, recovery_reach
 from bnprops.model.error_model import accumulation_dtype
 from bnprops.model.oracle import momentum_as_applied
@@ -29,6 +29,10 @@ def recovered_variance_negative(ctx: Context) -> list[Prediction]:
 
 RECOVERED_VARIANCE_NEGATIVE = KnownDeviation(
     id="recovered-variance-negative",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm moving_var negative running variance' (no report for the "
+        "CPU kernels; apache/mxnet#21111 is cuDNN's variance)"
+    ),
     summary="A zero-variance channel's moving variance can come out negative: the backward recovers the "
     "batch variance as 1/invstd^2 - eps, which rounds to a few ulps of eps either side of 0",
     quantities=frozenset({"moving_var"}),

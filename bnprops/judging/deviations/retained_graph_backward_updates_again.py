@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import SequenceDeviation
+from bnprops.judging.declarations import SequenceDeviation, none_found
+from bnprops.mx import mxversion
 
 RETAINED_GRAPH_UPDATES_AGAIN = SequenceDeviation(
     id="retained-graph-backward-updates-again",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.5.1", True),
+            ("1.6.0", True),
+            ("1.7.0", True),
+            ("1.8.0", True),
+            ("1.9.1", True),
+        ),
+        basis="the moving statistics are updated in BatchNorm's backward (batch_norm.cc, DoBackward: 1.3.1 line "
+        "241, the same in 1.9.1), once per backward, so 1.3.1 and 1.4.1 (whose nd sessions lack "
+        "mx.util.np_shape, not probed) should show it too; probed by the sequence checks' replay of its "
+        "shortest sequence (tests/test_training.py) in each release's environment",
+    ),
+    upstream=none_found(
+        "searched apache/mxnet issues for 'batchnorm backward twice retain_graph running mean updated again' "
+        "(no MXNet report)"
+    ),
     summary="A second backward through the same recorded graph updates the moving statistics a second time",
     conditions="batch statistics (training, use_global_stats=False); a second backward of one forward: "
     "autograd backward(retain_graph=True) again (nd, npx, gluon, gluon-hybrid) or a second Executor.backward() "

@@ -6,12 +6,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, gradients, predict_over
 from bnprops.model.error_model import accumulation_dtype, sequential_sum_factor
 from bnprops.model.evaluation import FusedEvaluation
 from bnprops.model.exactness import rows as channel_rows
 from bnprops.model.oracle import per_channel
+from bnprops.mx import mxversion
 
 
 def _drifting(rows: np.ndarray, acc: str, channels: int) -> np.ndarray:
@@ -119,6 +120,11 @@ def v1_drifting_sums(ctx: Context) -> dict[str, np.ndarray]:
 
 SEQUENTIAL_SUM_DRIFT = KnownDeviation(
     id="sequential-sum-drift",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'batchnorm mean inaccurate float32 accumulation large batch "
+        "precision sum' (no report of the drift; apache/mxnet#9216 and apache/mxnet#9916 are other precision "
+        "questions); PyTorch PR #13431 and TensorFlow XLA PR #25115 fixed the same class"
+    ),
     summary="The CPU kernels sum each channel element after element in AccReal: on offset or constant "
     "channels at large M the roundings lean one way and the mean drifts beyond what random rounding allows",
     quantities=frozenset({"y", "dx", "dgamma", "dbeta", "mean", "invstd", "moving_mean", "moving_var"}),
@@ -144,12 +150,18 @@ SEQUENTIAL_SUM_DRIFT = KnownDeviation(
     "the variance MXNet recovers from invstd is the sequential float32 sum of (x - mean)^2, 1.04e-3 too "
     "low (a pairwise float32 sum is right): the small squares are lost whole once the partial sum is large.",
     reproducer=lambda: minimal([0.3] * 100_000, "float16", eps=1e-3),
-    upstream="none found for MXNet; PyTorch PR #13431, TensorFlow XLA PR #25115 fixed the same class",
     releases=PROBED_IN_EVERY_RELEASE,
 )
 
 V1_SEQUENTIAL_SUM_DRIFT = KnownDeviation(
     id="v1-sequential-sum-drift",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.9.1", True),
+        ),
+        basis="batch_norm_v1-inl.h is the same from 1.3.1 to 1.9.1 (changed only by refactors)",
+    ),
     summary="BatchNorm_v1 sums each channel in float32 element after element (in each sample's plane, then "
     "across planes): on offset or constant channels at large M the mean drifts beyond what random rounding allows",
     quantities=SEQUENTIAL_SUM_DRIFT.quantities,

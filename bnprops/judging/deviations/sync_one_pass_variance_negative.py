@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import KnownDeviation, minimal
+from bnprops.judging.declarations import KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import Case
 from bnprops.model.oracle import momentum_as_applied
 from bnprops.model.sync import SyncEvaluation, with_split
+from bnprops.mx import mxversion
 from bnprops.mx.sync import ENTRIES
 
 
@@ -38,6 +39,20 @@ def reproducer() -> Case:
 
 SYNC_ONE_PASS_VARIANCE_NEGATIVE = KnownDeviation(
     id="sync-one-pass-variance-negative",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'SyncBatchNorm different batch size per device mean' and "
+        "'SyncBatchNorm variance' (no report); introduced with the operator, apache/mxnet#11502 ('[MXNET-614] "
+        "Adding Synchronized Batch Normalization', 1.3.0); the same formula's negative variance: "
+        "https://github.com/google/flax/issues/1491, https://github.com/tensorflow/tensorflow/issues/3290"
+    ),
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.9.1", True),
+        ),
+        basis="sync_batch_norm-inl.h's forward, merge and backward are the same from 1.3.1 to 1.9.1 (changed only "
+        "by refactors: mxnet::Tuple, nullptr, 5-D support apache/mxnet#14542, licence headers)",
+    ),
     summary="SyncBatchNorm computes var = E[x^2] - E[x]^2 in float32: data with a mean large against its "
     "spread get a negative variance, NaN outputs and gradients, and a negative moving variance",
     quantities=frozenset({"moving_var"}),
@@ -55,8 +70,6 @@ SYNC_ONE_PASS_VARIANCE_NEGATIVE = KnownDeviation(
     "every y NaN.",
     reproducer=reproducer,
     entries=frozenset(ENTRIES),
-    upstream="none found in apache/mxnet; the same formula's negative variance: "
-    "https://github.com/google/flax/issues/1491, https://github.com/tensorflow/tensorflow/issues/3290",
 )
 
 DEVIATIONS = (SYNC_ONE_PASS_VARIANCE_NEGATIVE,)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import KnownDeviation
+from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, gradients, predict_over
 from bnprops.judging.deviations.sequential_sum_drift import _drifting
 from bnprops.model.case import Case
 from bnprops.model.exactness import rows as channel_rows
 from bnprops.model.oracle import per_channel
 from bnprops.model.sync import device_split, offsets, with_split
+from bnprops.mx import mxversion
 from bnprops.mx.sync import ENTRIES
 
 
@@ -58,6 +59,20 @@ def reproducer() -> Case:
 
 SYNC_SUM_DRIFT = KnownDeviation(
     id="sync-sum-drift",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'SyncBatchNorm different batch size per device mean' and "
+        "'SyncBatchNorm variance' (no report); introduced with the operator, apache/mxnet#11502 ('[MXNET-614] "
+        "Adding Synchronized Batch Normalization', 1.3.0); the plain operator's sequential-sum-drift names "
+        "the fixes elsewhere"
+    ),
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.9.1", True),
+        ),
+        basis="sync_batch_norm-inl.h's forward, merge and backward are the same from 1.3.1 to 1.9.1 (changed only "
+        "by refactors: mxnet::Tuple, nullptr, 5-D support apache/mxnet#14542, licence headers)",
+    ),
     summary="SyncBatchNorm sums x, x^2, dy and dy (x - mean) per device in float32, element after element: on "
     "offset channels at large M the roundings lean one way, beyond what random rounding allows",
     quantities=frozenset({"y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var"}),
@@ -76,7 +91,6 @@ SYNC_SUM_DRIFT = KnownDeviation(
     "MapReduceKeepHighDim (1.9.1) adds within a sample, then sample after sample, in float32.",
     reproducer=reproducer,
     entries=frozenset(ENTRIES),
-    upstream="none found for MXNet; the plain operator's sequential-sum-drift names the fixes elsewhere",
 )
 
 DEVIATIONS = (SYNC_SUM_DRIFT,)

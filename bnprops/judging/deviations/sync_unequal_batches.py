@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import KnownDeviation, minimal
+from bnprops.judging.declarations import KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import Case
 from bnprops.model.sync import SyncEvaluation, device_split, equal_split, kernel_outputs, merged_statistics, with_split
+from bnprops.mx import mxversion
 from bnprops.mx.sync import ENTRIES
 
 #: What the merged statistics reach (dbeta is a sum of dy alone).
@@ -33,6 +34,21 @@ def reproducer() -> Case:
 
 SYNC_UNEQUAL_BATCHES = KnownDeviation(
     id="sync-unequal-batches",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'SyncBatchNorm different batch size per device mean' and "
+        "'SyncBatchNorm variance' (no report); introduced with the operator, apache/mxnet#11502 ('[MXNET-614] "
+        "Adding Synchronized Batch Normalization', 1.3.0); the same merge was fixed in PyTorch "
+        "(https://github.com/pytorch/pytorch/issues/22192) and reported in Paddle "
+        "(https://github.com/PaddlePaddle/Paddle/issues/32464)"
+    ),
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.9.1", True),
+        ),
+        basis="sync_batch_norm-inl.h's forward, merge and backward are the same from 1.3.1 to 1.9.1 (changed only "
+        "by refactors: mxnet::Tuple, nullptr, 5-D support apache/mxnet#14542, licence headers)",
+    ),
     summary="SyncBatchNorm with unequal per-device batches normalises with the mean of the devices' means "
     "(and E[x^2] likewise), not the batch's statistics; dx divides by each device's own count",
     quantities=frozenset(REACHED),
@@ -48,9 +64,6 @@ SYNC_UNEQUAL_BATCHES = KnownDeviation(
     "Reproducer (x = [5, -1, 0, 1], rows 1 + 3): mean used 2.5 (the mean of 5 and 0), the batch's 1.25.",
     reproducer=reproducer,
     entries=frozenset(ENTRIES),
-    upstream="none found in apache/mxnet; the same merge was fixed in PyTorch "
-    "(https://github.com/pytorch/pytorch/issues/22192) and reported in Paddle "
-    "(https://github.com/PaddlePaddle/Paddle/issues/32464)",
 )
 
 DEVIATIONS = (SYNC_UNEQUAL_BATCHES,)

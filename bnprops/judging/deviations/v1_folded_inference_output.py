@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import KnownDeviation, minimal
+from bnprops.judging.declarations import KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.error_model import unit_roundoff
 from bnprops.model.oracle import eps_as_applied, per_channel
+from bnprops.mx import mxversion
 
 #: Roundings in the folded form's longest chain (sqrt, divide, multiply, subtract, multiply-add) and a margin.
 FOLDED_ROUNDINGS = 8
@@ -40,6 +41,19 @@ def v1_folded_inference_output(ctx: Context) -> list[Prediction]:
 
 V1_FOLDED_INFERENCE_OUTPUT = KnownDeviation(
     id="v1-folded-inference-output",
+    upstream=none_found(
+        "searched apache/mxnet issues for 'BatchNorm_v1 inference precision' (no report; apache/mxnet#9216 is "
+        "the same kind of question about BatchNorm's folded output); BatchNorm_v1 is the operator before the "
+        "rewrite, kept under that name by apache/mxnet#5936 ('Batch Norm rewrite without mshadow ...')"
+    ),
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.9.1", True),
+        ),
+        basis="batch_norm_v1-inl.h is the same from 1.3.1 to 1.9.1 (changed only by refactors: nullptr, "
+        "mxnet::Tuple, licence headers)",
+    ),
     summary="BatchNorm_v1: y without batch statistics is a x + (beta - a moving_mean), less accurate than allowed",
     quantities=frozenset({"y"}),
     conditions="mx.sym.BatchNorm_v1 (sym-v1); is_train=False or use_global_stats=True; float32; where "

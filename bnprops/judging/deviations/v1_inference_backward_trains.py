@@ -9,6 +9,7 @@ from bnprops.judging.deviation_models import Context, Prediction, predict_over, 
 from bnprops.model.case import Case
 from bnprops.model.error_model import unit_roundoff
 from bnprops.model.oracle import eps_as_applied, per_channel
+from bnprops.mx import mxversion
 
 
 def v1_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -74,6 +75,14 @@ def v1_inference_backward_trains(ctx: Context) -> list[Prediction]:
 
 V1_INFERENCE_BACKWARD_TRAINS = KnownDeviation(
     id="v1-inference-backward-trains",
+    releases=mxversion.Releases(
+        probed=(
+            ("1.3.1", True),
+            ("1.9.1", True),
+        ),
+        basis="batch_norm_v1-inl.h is the same from 1.3.1 to 1.9.1 (changed only by refactors: nullptr, "
+        "mxnet::Tuple, licence headers)",
+    ),
     summary="BatchNorm_v1: executor backward after forward(is_train=False) runs its training formula for dx",
     quantities=frozenset({"dx", "moving_mean", "moving_var"}),
     conditions="mx.sym.BatchNorm_v1 executor (sym-v1); forward(is_train=False) then backward(); "

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from bnprops.judging.declarations import InputDeviation
+from bnprops.mx import mxversion
 from bnprops.mx.contract import CHANNELS as CONTRACT_CHANNELS
 
 WRONG_LENGTH_PARAMETERS_ACCEPTED = InputDeviation(
     id="wrong-length-parameters-accepted",
+    upstream="fixed on master only: apache/mxnet#20415 ('[BUGFIX] Add checks in BatchNorm's infer shape', for "
+    "issue apache/mxnet#19065), in the 2.0 betas and in no 1.x release (1.9.1 accepts)",
+    releases=mxversion.Releases(
+        probed=(("1.9.1", True),),
+        basis="BatchNormShape assigns the parameters' shapes without checking them in every 1.x tag (1.3.1-1.9.1); "
+        "the fix, apache/mxnet#20415, is on master only",
+    ),
     summary="gamma, beta and the moving statistics of the wrong length are accepted without an error",
     conditions="every entry point (sym via bind() with the user's arrays, nd, npx, gluon via in_channels) on "
     "both CPU kernels; any of the four per-channel arrays longer or shorter than the channel count. Longer: "
