@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from bnprops.commands import cli, versions
+from bnprops.judging import deviations
 from bnprops.fuzzing import plan
 from bnprops.judging.deviations.add_request_ignored import ADD_REQUEST_IGNORED
 from bnprops.judging.deviations.empty_batch_nan import EMPTY_BATCH_NAN
@@ -402,6 +403,9 @@ def test_versions_md_and_json_are_written_with_every_release(tmp_path: Path) -> 
     assert "**failed**: pip failed: no wheel" in text
     assert f"| `{ADD.id}` | not run | present (fuzz: 40) | absent |" in text
     assert "1.5.1.post0/fuzz/findings/network-x.py" in text and "entry npx: MXNet has no" in text
+    assert f"- `{ADD.id}` ({ADD.releases.describe()}): {ADD.upstream}" in text
+    sequence = deviations.SEQUENCE_DEVIATIONS[0]
+    assert f"| `{sequence.id}` | not run | {versions.RECORDED_SCOPE}: holds |" in text
     data = json.loads((tmp_path / "versions.json").read_text())
     assert data["format"] == versions.VERSIONS_FORMAT and len(data["releases"]) == 3
     assert versions.ReleaseResult.from_dict(data["releases"][1]).fuzz == results[1].fuzz

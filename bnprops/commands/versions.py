@@ -22,13 +22,16 @@ from typing import Any
 from xml.etree import ElementTree
 
 from bnprops.base import atomic
-from bnprops.mx import releases
+from bnprops.judging import deviations
+from bnprops.mx import mxversion, releases
 
 VERSIONS_FORMAT = "bnprops.versions/2"
 SUITE_TIMEOUT_S = 3600
 NOT_RUN = "not run"
 #: A new finding the campaign did not hit in a release: a fuzz campaign is a sample, so not "absent".
 NOT_FOUND = "not found"
+#: A deviation not probed in a build (a training sequence): what its declaration's release scope says.
+RECORDED_SCOPE = "not probed, scope"
 
 Progress = Callable[[str], None]
 
@@ -216,6 +219,12 @@ def cell(result: ReleaseResult, deviation: str) -> str:
     return f"{status} (fuzz: {hits})" if hits else status
 
 
+def _scope_cell(scope: mxversion.Releases, result: ReleaseResult) -> str:
+    if not result.install.get("ok"):
+        return NOT_RUN
+    return f"{RECORDED_SCOPE}: " + ("holds" if scope.holds(releases.split(result.release)[1]) else "absent")
+
+
 def matrix(results: Sequence[ReleaseResult]) -> dict[str, Any]:
     """The deviation x release matrix: recorded deviations (probed), then new findings (fuzzed)."""
     ids: list[str] = []
@@ -238,6 +247,10 @@ def matrix(results: Sequence[ReleaseResult]) -> dict[str, Any]:
                 cells[r.release] = f"found x{sum(f['count'] for f in hits)} ({', '.join(where)})"
             else:
                 cells[r.release] = NOT_FOUND
+    # Sequence deviations need sessions, engines and rules no single probe runs: their recorded scope is shown.
+    for d in deviations.SEQUENCE_DEVIATIONS:
+        if d.id not in recorded:
+            recorded[d.id] = {r.release: _scope_cell(d.releases, r) for r in results}
     lacks: dict[str, dict[str, str]] = {}
     for r in results:
         probe = r.probe or {}
@@ -283,6 +296,13 @@ def markdown(results: Sequence[ReleaseResult], *, time_s: float) -> str:
             f"{len(fuzz.get('new', [])) if fuzz.get('ok') else '-'} | {r.wall_s:.0f} s | {lacks} |"
         )
     lines += ["", "## Recorded deviations", "", *_table(m["recorded"], rel, "deviation")]
+    lines += ["", "Each deviation's recorded scope and the upstream change that introduced or fixed it:", ""]
+    for name in m["recorded"]:
+        try:
+            declared = deviations.by_id(name)
+        except KeyError:  # a deviation this tree no longer declares (a results file from an older tree)
+            continue
+        lines.append(f"- `{name}` ({declared.releases.describe()}): {declared.upstream}")
     lines += ["", "## New findings of the campaigns", ""]
     if m["new"]:
         lines += _table(m["new"], rel, "finding (kind: quantity)")

@@ -23,6 +23,8 @@ from typing import Any
 
 from bnprops.base import atomic
 from bnprops.base.family import MEMBER_ENTRIES, resolve, spec_of
+from bnprops.judging import lifecycle
+from bnprops.judging.deviations import LIFECYCLE_DEVIATIONS
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
 from bnprops.model.case import QUANTITIES, Case
@@ -205,6 +207,15 @@ def run() -> dict[str, Any]:
         row["recorded_scope"] = nd.releases.describe()
         row["recorded_here"] = nd.holds_in(running)
         result["deviations"][nd.id] = row
+    for ld in LIFECYCLE_DEVIATIONS:
+        try:
+            status, detail = lifecycle.probe(ld)
+            row = {"status": status, "entries": {ld.check: {"status": status, "detail": detail}}}
+        except Exception:
+            row = {"status": DIFFERS, "entries": {}, "error": traceback.format_exc(limit=4)}
+        row["recorded_scope"] = ld.releases.describe()
+        row["recorded_here"] = ld.holds_in(running)
+        result["deviations"][ld.id] = row
     return result
 
 
