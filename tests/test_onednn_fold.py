@@ -24,7 +24,7 @@ from bnprops.judging.deviations.onednn_fold_trains_on_moving_statistics import (
 )
 from bnprops.judging.folding import ConvFoldEvaluation, FoldEvaluation, check_fold, judge_fold_conv
 from bnprops.model.case import Case
-from bnprops.mx import folding
+from bnprops.mx import family, folding
 from bnprops.search.rewrites import cases_for_folding, cases_with_convolution
 from tests.emulated_conv_fold import VARIANTS as CONV_VARIANTS
 from tests.emulated_conv_fold import emulated_conv_fold
@@ -43,8 +43,8 @@ DEVIATIONS = (
 )
 
 
-def _available() -> None:
-    reason = folding.unavailable_reason()
+def _available(entry: str = "fold-sym") -> None:
+    reason = folding.unavailable_reason() or folding.entry_unavailable_reason(entry)
     if reason is not None:
         pytest.skip(reason)
 
@@ -54,7 +54,7 @@ def _available() -> None:
 @QUICK
 @given(case=cases_for_folding())
 def test_the_folded_graph_matches_the_oracle_or_its_recorded_deviations(entry: str, case: Case) -> None:
-    _available()
+    _available(entry)
     judged = check_fold(case, runner=folding.RUNNERS[entry], entry=entry)
     assert judged.ok, judged.message()
 
@@ -62,7 +62,7 @@ def test_the_folded_graph_matches_the_oracle_or_its_recorded_deviations(entry: s
 @pytest.mark.parametrize("entry", sorted(folding.RUNNERS))
 @pytest.mark.parametrize("kd", DEVIATIONS, ids=[kd.id for kd in DEVIATIONS])
 def test_each_fold_deviation_shows_on_its_reproducer_and_is_explained(entry: str, kd: KnownDeviation) -> None:
-    _available()
+    _available(entry)
     if kd.entries is not None and entry not in kd.entries:
         pytest.skip(f"{kd.id} is not scoped to {entry}")
     case = kd.reproducer()
@@ -118,7 +118,7 @@ def test_no_correct_float32_fold_crosses_the_folds_bound(case: Case, variant: st
 
 @pytest.mark.parametrize("entry", sorted(folding.RUNNERS))
 def test_the_fold_reproducer_makes_the_runners_call(entry: str) -> None:
-    _available()
+    _available(entry)
     case = fold_reproducer(is_train=True).with_(fix_gamma=True)
     scope: dict[str, object] = {}
     exec(folding.snippet(case, entry), scope)
@@ -165,7 +165,7 @@ def test_no_correct_float32_convolution_fold_crosses_the_folds_bound(
 
 @pytest.mark.parametrize("fault", ["largest_y_off_by_half_percent", "a_zero_made_negative"])
 def test_a_fault_after_the_folded_relu_is_caught(fault: str) -> None:
-    _available()
+    _available("fold-relu-sym")
     case = fold_reproducer()
     real = folding.RUNNERS["fold-relu-sym"](case)
     assert check_fold(case, runner=lambda c: real, entry="fold-relu-sym").ok
@@ -180,3 +180,11 @@ def test_a_fault_after_the_folded_relu_is_caught(fault: str) -> None:
         return real | {"y": y}
 
     assert not check_fold(case, runner=planted, entry="fold-relu-sym").ok
+
+
+def test_before_1_9_only_the_plain_bind_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(folding.mxversion, "running", lambda: "1.8.0")
+    assert "#19263" in (family.unavailable_reason("fold-sym") or "")
+    assert family.unavailable_reason("fold-bind") == folding.unavailable_reason()
+    monkeypatch.setattr(folding.mxversion, "running", lambda: "1.9.1")
+    assert all(folding.entry_unavailable_reason(e) is None for e in folding.RUNNERS)

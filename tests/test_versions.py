@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from bnprops.commands import cli, versions
-from bnprops.judging import deviations
 from bnprops.fuzzing import plan
+from bnprops.judging import deviations
 from bnprops.judging.deviations.add_request_ignored import ADD_REQUEST_IGNORED
 from bnprops.judging.deviations.empty_batch_nan import EMPTY_BATCH_NAN
 from bnprops.judging.deviations.native_zero_variance_eps0 import NATIVE_ZERO_VARIANCE_EPS0

@@ -32,7 +32,11 @@ def runner(entry: str) -> runners.Runner:
 
 def unavailable_reason(entry: str) -> str | None:
     """Why this MXNet release (or build) lacks the member, or None."""
-    return module_of(entry).unavailable_reason()  # type: ignore[no-any-return]
+    module = module_of(entry)
+    reason: str | None = module.unavailable_reason()
+    if reason is None and hasattr(module, "entry_unavailable_reason"):  # one of its entries only
+        reason = module.entry_unavailable_reason(entry)
+    return reason
 
 
 def unexpressible_reason(entry: str, case: Case) -> str | None:

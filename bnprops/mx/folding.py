@@ -18,7 +18,7 @@ import numpy as np
 
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
 from bnprops.model.folding import fold_overflows
-from bnprops.mx import rewrite_snippets
+from bnprops.mx import mxversion, rewrite_snippets
 from bnprops.mx.runners import ONEDNN_BUILT, ONEDNN_ENABLED
 from bnprops.mx.runners import adapt as adapt_plain
 
@@ -41,6 +41,24 @@ def unavailable_reason() -> str | None:
         return "oneDNN is disabled here (MXNET_MKLDNN_ENABLED=0): the MKLDNN subgraph backend does not run"
     if not hasattr(mx.sym.Symbol, "optimize_for"):
         return f"MXNet {mx.__version__} has no Symbol.optimize_for (came in 1.7)"
+    return None
+
+
+#: Before it, optimize_for('MKLDNN') on Convolution + BatchNorm raises "Check failed: input_nid <
+#: simple_nodes->size()" (1.7.0, 1.8.0; probed); a plain bind still folds. Fixed with apache/mxnet#19263
+#: (v1.x backport #20142).
+OPTIMIZE_FOR_SINCE = "1.9.0"
+#: The entries that partition the graph by optimize_for or hybridize(backend=...).
+OPTIMIZE_FOR_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-relu-sym"})
+
+
+def entry_unavailable_reason(entry: str) -> str | None:
+    """Why this release cannot run one of the member's entries though it has the member, or None."""
+    if entry in OPTIMIZE_FOR_ENTRIES and mxversion.parse(mxversion.running()) < mxversion.parse(OPTIMIZE_FOR_SINCE):
+        return (
+            f"MXNet {mxversion.running()}'s optimize_for('MKLDNN') raises on Convolution + BatchNorm "
+            "(input_nid < simple_nodes->size(); apache/mxnet#19263, in 1.9.0): fold-bind folds there"
+        )
     return None
 
 
