@@ -37,6 +37,9 @@ LEGACY_ENTRY_POINTS = ("sym-v1",)
 #: Whose arithmetic the error bounds follow for a call through an entry point (bnprops.model.error_model's
 #: OPERATORS): BatchNorm_v1's own for "sym-v1", BatchNorm's everywhere else.
 OPERATOR_OF_ENTRY = {"sym-v1": "v1"}
+#: Which reduction class the error bounds cover for a backend (bnprops.model.gpu_reductions's REDUCTIONS): the
+#: GPU kernels' ("gpu": tree sums, Welford and Chan merges, a rounded reciprocal of the count); "cpu" elsewhere.
+REDUCTION_OF_BACKEND = {"cudnn": "gpu", "cuda": "gpu"}
 #: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
 BACKENDS = ("onednn", "native")
 #: GPU kernels: cuDNN, and MXNet's own CUDA kernel (cudnn_off=True).
