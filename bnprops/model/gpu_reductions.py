@@ -93,10 +93,12 @@ def statistics_errors(
     mean: a merge tree's roundings u (|m| + 3 |delta| nb/n) weighted by n/M (Welford's update is a merge with
     nb = 1): ``ua A`` beyond the two-pass sum's Gamma_{M-1} A, ``ua R (2 + 3 L)`` for the deltas (|delta| <= R,
     at most L merges per element), ``ua |mean|`` for the count's rounded reciprocal, and for float16 ``u_data
-    |mean|`` (the CUDA kernel stores the saved mean in the data type). variance: a rounding rho of a partial mean
-    moves M2 by 2 rho C, C its elements' centred sum (|C| <= M D / 2): deterministic Gamma_{M-1} (X + 3R) D,
-    probabilistic 2 lambda ua (X + 3R) sqrt(sum C_j^2) / M over the memory order's prefixes (as the CPU
-    bound takes the sequential partial sums for every order); ``2 ua var`` for Chan's product and the reciprocal.
+    |mean|`` (the CUDA kernel stores the saved mean in the data type). variance: a rounding rho of a node's
+    partial mean m moves M2 by 2 rho C, C the node's centred sum; |m| |C| <= |mean| |C| + C^2/n, sum over nodes of
+    C^2/n <= (M - 1) M var (Cauchy-Schwarz) and of |C| <= (M - 1) M D / 2: deterministic Gamma_{M-1} (2 var +
+    |mean| D), and for the deltas' roundings ua (2 R D (1 + ln 4M) + 6 R^2 L); probabilistic 2 lambda ua
+    (X + 3R) sqrt(sum C_j^2) / M over the memory order's prefixes (as the CPU bound takes the sequential partial
+    sums for every order); ``2 ua var`` for Chan's product and the reciprocal.
     """
     m = case.reduction_length
     levels = merge_levels(m)
@@ -104,9 +106,11 @@ def statistics_errors(
     finite_var = np.abs(np.where(np.isfinite(var), var, 0.0))
     stored = u_data if case.dtype == "float16" else 0.0
     e_mean = ua * (mean_abs + found.width * (2 + 3 * levels)) + (ua + stored) * finite_mean
-    reach = found.largest + 3 * found.width
+    deltas = ua * (2 * found.width * found.deviation * (1 + math.log(4 * max(m, 1))) + 6 * found.width**2 * levels)
+    worst_case = worst * (2 * finite_var + finite_mean * found.deviation) + deltas
     if model == "deterministic":
-        e_var = worst * reach * found.deviation
+        e_var = worst_case
     else:
-        e_var = np.minimum(worst * reach * found.deviation, 2 * lam * ua * reach * found.prefixes)
+        reach = found.largest + 3 * found.width
+        e_var = np.minimum(worst_case, 2 * lam * ua * reach * found.prefixes + deltas)
     return StatisticsErrors(np.asarray(e_mean), np.asarray(e_var + 2 * ua * finite_var))
