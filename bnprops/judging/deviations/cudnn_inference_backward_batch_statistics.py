@@ -14,7 +14,7 @@ def cudnn_inference_backward_batch_statistics(ctx: Context) -> list[Prediction]:
     # The training oracle's gradients (batch statistics) and its GPU bounds; the moving statistics stay as they are
     # (cuDNN's backward never updates them).
     trained = evaluate(case.with_(is_train=True), "reference", reduction="gpu")
-    quantities = [q for q in ("dx", "dgamma") if q in ctx.expected and q in trained.expected]
+    quantities: list[str] = [q for q in ("dx", "dgamma") if q in ctx.expected and q in trained.expected]
     values = {q: trained.expected[q] for q in quantities}
     tolerance = {q: trained.bound[q] for q in quantities}
     channels = ctx.finite_channels & ~trained.undetermined
