@@ -230,12 +230,12 @@ def propagated_statistics(
     mean_abs: np.ndarray,
     factors: dict[str, np.ndarray] | None = None,
     operator: str = "batchnorm",
-    gpu: gpu_reductions.Spread | None = None,
+    gpu: gpu_reductions.DataSpread | None = None,
 ) -> Propagated:
     """Per channel: the statistics the call normalises with (``stats``), var + eps, and their propagated errors;
     ``mean_abs`` and (probabilistic model) the sums' ``factors`` are mean_abs's and partial_sum_factors'.
     ``operator`` "v1": the mean and the variance each carry the reciprocal's error too (v1_scale_error).
-    ``gpu``: the data's gpu_reductions.Spread where the bounds cover the GPU reduction class (None: the CPU's
+    ``gpu``: the data's gpu_reductions.DataSpread where the bounds cover the GPU reduction class (None: the CPU's
     two-pass sums); its terms add to the mean's and the variance's errors."""
     r = _rounding_scale(model)
     u = r * unit_roundoff(compute_dtype(case.dtype))

@@ -85,7 +85,7 @@ class Evaluation:
         return found if self.reduction == "cpu" else error_model.without_exact_statistics(found)
 
     @functools.cached_property
-    def spread(self) -> gpu_reductions.Spread | None:
+    def spread(self) -> gpu_reductions.DataSpread | None:
         """The data's spread where the bounds cover the GPU reduction class, else None."""
         return None if self.reduction == "cpu" else gpu_reductions.spread(self.case, self.statistics[0])
 

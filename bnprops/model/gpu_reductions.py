@@ -33,7 +33,7 @@ def merge_levels(m: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Spread:
+class DataSpread:
     """Per channel, the data's magnitudes that Welford's and Chan's roundings scale with."""
 
     largest: np.ndarray  # max |x|: every partial mean lies within it
@@ -42,22 +42,22 @@ class Spread:
     prefixes: np.ndarray  # sqrt(sum_j C_j^2) / M, C_j = sum_{i <= j} (x_i - mean) in memory order
 
 
-def spread(case: Case, mean: np.ndarray) -> Spread:
-    """The channels' Spread (``mean``: the oracle's batch mean); non-finite values are left out."""
+def spread(case: Case, mean: np.ndarray) -> DataSpread:
+    """The channels' DataSpread (``mean``: the oracle's batch mean); non-finite values are left out."""
     with np.errstate(over="ignore", invalid="ignore"):
         x = rows(case.x.astype(np.float64), case.channel_axis)
         finite = np.isfinite(x)
         m = max(x.shape[1], 1)
         if x.shape[1] == 0:
             zero = np.zeros(case.channels)
-            return Spread(zero, zero, zero, zero)
+            return DataSpread(zero, zero, zero, zero)
         centre = np.where(np.isfinite(mean), mean, 0.0)[:, None]
         centred = np.where(finite, x - centre, 0.0)
         largest = np.where(finite, np.abs(x), 0.0).max(axis=1)
         width = np.where(finite, x, -np.inf).max(axis=1) - np.where(finite, x, np.inf).min(axis=1)
         width = np.where(np.isfinite(width), width, 0.0)
         prefix = np.cumsum(centred, axis=1)
-        return Spread(
+        return DataSpread(
             largest=largest,
             width=width,
             deviation=np.abs(centred).sum(axis=1) / m,
@@ -77,7 +77,7 @@ def statistics_errors(
     case: Case,
     model: str,
     *,
-    found: Spread,
+    found: DataSpread,
     mean: np.ndarray,
     var: np.ndarray,
     mean_abs: np.ndarray,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import FROM_SOURCE, READ_IN_SOURCE, KnownDeviation, minimal
+from bnprops.judging.declarations import FROM_SOURCE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, kernel_form, predict_over, zero_variance
 
 
@@ -32,7 +32,6 @@ CUDA_ZERO_VARIANCE_EPS0 = KnownDeviation(
     "1 / sqrt(varN * norm + epsilon)`; the backward (357, 363) recovers the variance as 1/invstd^2 - eps = inf. "
     "The same guard as the native CPU kernel's (native-zero-variance-eps0).",
     reproducer=lambda: minimal([1.0], "float32", eps=0.0),
-    releases=READ_IN_SOURCE,
     needs_backend="cuda",
 )
 

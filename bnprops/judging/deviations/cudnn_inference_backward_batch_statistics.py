@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import FROM_SOURCE, READ_IN_SOURCE, KnownDeviation, minimal
+from bnprops.judging.declarations import FROM_SOURCE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.evaluation import evaluate
 
@@ -36,7 +36,6 @@ CUDNN_INFERENCE_BACKWARD_BATCH_STATISTICS = KnownDeviation(
     "(batch_norm.cu 334-337, 378-381) uses the moving statistics there, as the CPU kernels do.",
     reproducer=lambda: minimal([1.0, 2.0, 4.0], "float32", is_train=False),
     entries=frozenset({"nd", "gluon", "gluon-hybrid", "npx"}),
-    releases=READ_IN_SOURCE,
     needs_backend="cudnn",
 )
 

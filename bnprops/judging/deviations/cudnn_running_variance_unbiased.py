@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import FROM_SOURCE, READ_IN_SOURCE, KnownDeviation, minimal
+from bnprops.judging.declarations import FROM_SOURCE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import param_dtype
 from bnprops.model.error_model import unit_roundoff
@@ -80,7 +80,6 @@ CUDNN_RUNNING_VARIANCE_UNBIASED = KnownDeviation(
     "INVSTD_TO_VARIANCE of the biased varN / N) biased.",
     reproducer=lambda: minimal([1.0, 2.0, 4.0], "float32", momentum=0.0),
     upstream=UPSTREAM,
-    releases=READ_IN_SOURCE,
     needs_backend=KERNEL,
 )
 
@@ -99,7 +98,6 @@ CUDNN_FORWARD_UPDATES_MOVING_STATISTICS = KnownDeviation(
     "0.9^100 where the CPU's stayed 1.",
     reproducer=lambda: minimal([1.0, 2.0, 4.0], "float32", momentum=0.5),
     upstream=UPSTREAM,
-    releases=READ_IN_SOURCE,
     needs_backend=KERNEL,
 )
 
