@@ -489,9 +489,9 @@ def channel_terms(
             # xhat * dgamma / M: both factors are uncertain, and where both are exactly 0 (dy constant in a
             # channel) only the product of their errors is left.
             k1=np.abs(dgamma) / m,
-            k2=e_dgamma / m + norm * np.abs(dgamma) / m,
+            k2=e_dgamma / m + norm * np.abs(dgamma) / m if norm else e_dgamma / m,
             t2=t2,
-            e0=e_dbeta / m + (ua + norm) * t2,
+            e0=e_dbeta / m + (ua + norm) * t2 if norm else e_dbeta / m + ua * t2,
             agi=ag * inv,
             tx=tiny_term * (ag * np.maximum(1.0, inv)),
             ua2=2 * ua,
