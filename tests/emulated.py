@@ -56,6 +56,14 @@ from bnprops.model.oracle import eps_as_applied, momentum_as_applied, output_dty
 
 SUMMATIONS = ("sequential", "pairwise", "blocked16")
 VARIANCES = ("two-pass", "welford")
+#: The GPU kernels' orders: "warp-tree" sums as MXNet's CUDA kernel does (thread-strided chains, a butterfly
+#: of xor shuffles within each warp of 32, the warps' sums in shared memory, a butterfly over them);
+#: "welford-strided" runs Welford's updates in thread-strided chains merged by Chan's formula in a tree.
+GPU_SUMMATIONS = (*SUMMATIONS, "warp-tree")
+GPU_VARIANCES = (*VARIANCES, "welford-strided")
+WARP = 32
+#: The CUDA kernel's block widths (getNumThreads): the smallest that holds M, at most 512.
+THREADS = (32, 64, 128, 256, 512)
 #: Every (summation, variance) pair: the kernels emulate() offers.
 VARIANTS = tuple(itertools.product(SUMMATIONS, VARIANCES))
 LANES = 16
@@ -66,17 +74,26 @@ WELFORD_BLOCK = 256
 _F16_TINY = float(np.finfo(np.float16).tiny)  # the smallest normal float16, 2^-14
 
 
-def emulate(case: Case, *, summation: str, variance: str) -> Outputs:
-    """Every quantity of ``case`` (as bnprops.model.oracle.reference names them), computed by the chosen kernel."""
-    if summation not in SUMMATIONS:
-        raise ValueError(f"unknown summation {summation!r}; choose from {SUMMATIONS}")
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose from {VARIANCES}")
+def emulate(case: Case, *, summation: str, variance: str, gpu: bool = False) -> Outputs:
+    """Every quantity of ``case`` (as bnprops.model.oracle.reference names them), computed by the chosen kernel.
+
+    ``gpu``: as MXNet's CUDA kernel forms what follows the sums (batch_norm.cu): the mean, the variance, dbeta/M
+    and dotp/M by the count's rounded reciprocal ``1 / M``, and the saved mean (the backward's, the moving
+    mean's, the mean output) stored in the data type; y keeps the unrounded mean."""
+    if summation not in (GPU_SUMMATIONS if gpu else SUMMATIONS):
+        raise ValueError(f"unknown summation {summation!r}; choose from {SUMMATIONS} (GPU: {GPU_SUMMATIONS})")
+    if variance not in (GPU_VARIANCES if gpu else VARIANCES):
+        raise ValueError(f"unknown variance {variance!r}; choose from {VARIANCES} (GPU: {GPU_VARIANCES})")
     half = case.dtype == "float16"
     acc = np.float64 if case.dtype == "float64" else np.float32  # MXNet's AccReal
     rnd = _to_float16 if half else _same
     m = acc(case.reduction_length)
     eps = eps_as_applied(case)
+    with np.errstate(all="ignore"):
+        norm = acc(1) / m if gpu else None  # the CUDA kernel's AccReal(1) / N
+
+    def per_element(sum_: np.ndarray) -> np.ndarray:
+        return sum_ / m if norm is None else sum_ * norm
 
     def total(values: np.ndarray) -> np.ndarray:
         return channel_sums(values, summation)
@@ -89,12 +106,12 @@ def emulate(case: Case, *, summation: str, variance: str) -> Outputs:
     with np.errstate(all="ignore"):
         if case.uses_batch_stats:
             if variance == "two-pass":
-                mean = total(x) / m
+                mean = per_element(total(x))
                 centred = x - mean[:, None]  # AccReal - AccReal: not rounded to float16
-                var = total(centred * centred) / m
+                var = per_element(total(centred * centred))
             else:
-                mean, m2 = welford(x)
-                var = m2 / m
+                mean, m2 = welford(x) if variance == "welford" else welford(*strided(x))
+                var = per_element(m2)
             invstd = _invstd(var, eps, acc, half)
         else:
             mean = case.moving_mean.astype(acc)
@@ -104,15 +121,19 @@ def emulate(case: Case, *, summation: str, variance: str) -> Outputs:
         c = rnd(x - mean[:, None])  # half_t - AccReal: a half_t
         xhat = rnd(c * invstd[:, None])
         y = rnd(xhat + beta[:, None]) if case.fix_gamma else rnd(rnd(xhat * g[:, None]) + beta[:, None])
+        if gpu and half and case.uses_batch_stats:
+            # The CUDA kernel's saved mean is ScalarConvert<AccReal, DType>: float16, for all that follows.
+            mean = _to_float16(mean)
+            c = rnd(x - mean[:, None])
 
         # The backward.
         sum_dy = total(dy)
         dotp = total(rnd(c * dy))  # half_t * half_t, accumulated in AccReal
         iw = invstd * g
         if case.uses_batch_stats:
-            k = dotp * invstd * invstd / m
+            k = per_element(dotp * invstd * invstd) if norm is None else dotp * norm * invstd * invstd
             projection = rnd(c * k[:, None])  # stored in dx's own (DType) buffer
-            dx = rnd(rnd(rnd(dy - (sum_dy / m)[:, None]) - projection) * iw[:, None])
+            dx = rnd(rnd(rnd(dy - per_element(sum_dy)[:, None]) - projection) * iw[:, None])
         else:
             dx = rnd(dy * iw[:, None])
         dgamma = np.zeros(case.channels, acc) if case.fix_gamma else dotp * invstd
@@ -180,6 +201,12 @@ def channel_sums(values: np.ndarray, summation: str) -> np.ndarray:
         while level.shape[1] > 1:
             level = level[:, 0::2] + level[:, 1::2]
         return level[:, 0]
+    if summation == "warp-tree":
+        threads = next((t for t in THREADS if m <= t), THREADS[-1])
+        chains = _padded(values, -(-m // threads) * threads).reshape(channels, -1, threads)
+        lanes = np.add.accumulate(chains, axis=1)[:, -1, :]  # each thread's strided chain, in order
+        warps = _butterfly(lanes.reshape(channels, -1, WARP))  # (C, warps): each warp's lane 0
+        return _butterfly(_padded(warps, WARP).reshape(channels, 1, WARP))[:, 0]
     if summation == "blocked16":
         lanes = _padded(values, -(-m // LANES) * LANES).reshape(channels, -1, LANES)
         lane_sums = np.add.accumulate(lanes, axis=1)[:, -1, :]
@@ -190,16 +217,33 @@ def channel_sums(values: np.ndarray, summation: str) -> np.ndarray:
     raise ValueError(f"unknown summation {summation!r}; choose from {SUMMATIONS}")
 
 
-def welford(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _butterfly(lanes: np.ndarray) -> np.ndarray:
+    """warpSum's xor shuffles on (C, warps, 32) lanes: five rounds of val += val[lane ^ 2^i]; lane 0's sums."""
+    index = np.arange(WARP)
+    for i in range(5):
+        lanes = lanes + lanes[..., index ^ (1 << i)]
+    return lanes[..., 0]
+
+
+def strided(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """The rows of ``values`` (C, M) reordered so that each GPU thread's strided chain (element i to thread
+    i % threads) is contiguous, in order, and the chains' length: welford's blocks of that length then run
+    them (up to the last few, which straddle two chains), merged in a tree."""
+    m = values.shape[1]
+    threads = next((t for t in THREADS if m <= t), THREADS[-1])
+    return values[:, np.argsort(np.arange(m) % threads, kind="stable")], max(1, -(-m // threads))
+
+
+def welford(values: np.ndarray, block: int = WELFORD_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Welford's mean and M2 (the centred sum of squares) of each row of ``values`` (C, M), in their dtype.
 
-    Rows longer than WELFORD_BLOCK run as blocks, each sequential, merged pairwise with Chan's formula.
+    Rows longer than ``block`` run as blocks, each sequential, merged pairwise with Chan's formula.
     """
     dt = values.dtype.type
     channels, m = values.shape
     if m == 0:
         return np.full(channels, np.nan, dt), np.zeros(channels, dt)
-    block = max(1, min(m, WELFORD_BLOCK))
+    block = max(1, min(m, block))
     blocks = -(-m // block)
     data = _padded(values, blocks * block).reshape(channels, blocks, block)
     counts = np.full(blocks, block)

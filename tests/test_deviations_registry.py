@@ -11,6 +11,7 @@ import pytest
 from bnprops.commands import cli
 from bnprops.judging import deviation_table, deviations, known_deviations
 from bnprops.judging.declarations import KnownDeviation, NetworkDeviation, SequenceDeviation
+from bnprops.mx.runners import ALL_BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def test_a_declaration_says_what_tests_need_of_it() -> None:
     for d in deviations.ALL:
         assert d.summary and d.conditions and d.model and d.evidence and d.upstream, d.id
         if isinstance(d, KnownDeviation | NetworkDeviation) and d.needs_backend is not None:
-            assert d.needs_backend in ("onednn", "native"), d.id
+            assert d.needs_backend in ALL_BACKENDS, d.id
         if isinstance(d, SequenceDeviation):
             # Replayed by the sequence checks, or needs an engine they do not run (probed apart).
             assert (d.shortest_on is None) == (d.engine is not None), d.id

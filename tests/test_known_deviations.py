@@ -16,6 +16,7 @@ from bnprops.mx import mxversion
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import (
     ENTRY_POINTS,
+    GPU_BACKENDS,
     IN_PROCESS_BACKEND,
     LEGACY_ENTRY_POINTS,
     entry_unavailable_reason,
@@ -42,10 +43,17 @@ def entry_of(kd: KnownDeviation) -> str:
     return "sym" if kd.entries is None or "sym" in kd.entries else sorted(kd.entries)[0]
 
 
+def backend_for(kd: KnownDeviation) -> str:
+    """The backend whose kernel a deviation's model is read on: a GPU deviation's own, else oneDNN's."""
+    return kd.needs_backend if kd.needs_backend in GPU_BACKENDS else "onednn"
+
+
 def predicted(kd: KnownDeviation, case: Case) -> list[Prediction]:
     # Whatever release runs: the model is the same in every release it holds in.
     return [
-        p for k, p in predictions(case, entry=entry_of(kd), kernel=kernel_for(case, "onednn"), scoped=False) if k is kd
+        p
+        for k, p in predictions(case, entry=entry_of(kd), kernel=kernel_for(case, backend_for(kd)), scoped=False)
+        if k is kd
     ]
 
 

@@ -20,7 +20,7 @@ from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import Evaluation, evaluate
 from bnprops.mx.batching import split, stack
-from bnprops.mx.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, Runner, adapt, kernel_for
+from bnprops.mx.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, REDUCTION_OF_BACKEND, Runner, adapt, kernel_for
 
 __all__ = ["Outcome", "judge"]  # re-exported: the judgement is what callers of checks consume
 
@@ -248,11 +248,14 @@ def assert_agree(
     """
     outcomes: dict[str, Outcome] = {}
     results: dict[str, Outputs] = {}
-    ev = evaluate(case)  # (one evaluation for every runner's judgement and every pair)
+    # One evaluation per reduction class for every runner's judgement; the pairs take the widest bound present.
+    reductions = {label: REDUCTION_OF_BACKEND.get(backend, "cpu") for label, (_, _, backend) in runners.items()}
+    evaluations = {r: evaluate(case, reduction=r) for r in sorted(set(reductions.values()))}
     for label, (runner, entry, backend) in runners.items():
         outputs = runner(case)
         results[label] = outputs
         kernel = kernel_for(case, backend)
+        ev = evaluations[reductions[label]]
         outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend, evaluation=ev)
         record(outcome, kernel=kernel)
         outcomes[label] = outcome
@@ -262,7 +265,7 @@ def assert_agree(
         results,
         covered={k: o.covered for k, o in outcomes.items()},
         exact=lambda a, b: same_computation(case, where[a], where[b]),
-        evaluation=ev,
+        evaluation=evaluations["gpu" if "gpu" in evaluations else "cpu"],
     )
     problems = [d.message() for d in found]
     problems += [o.message() for o in outcomes.values() if not o.ok]

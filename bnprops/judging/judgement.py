@@ -23,7 +23,7 @@ from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation, evaluate
 from bnprops.mx import family
-from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY
+from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY, REDUCTION_OF_BACKEND
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +182,10 @@ def judge(
     does not check (dgamma may agree by accident where y cannot).
     """
     operator = OPERATOR_OF_ENTRY.get(entry, "batchnorm")
-    ev = evaluation or evaluate(case, operator=operator)
+    reduction = REDUCTION_OF_BACKEND.get(backend, "cpu")
+    if evaluation is not None and evaluation.reduction != reduction:
+        raise ValueError(f"backend {backend!r} needs bounds for {reduction!r} reductions, not {evaluation.reduction!r}")
+    ev = evaluation or evaluate(case, operator=operator, reduction=reduction)
     how: dict[str, Any] = {
         "entry": entry,
         "kernel": kernel,
@@ -194,7 +197,7 @@ def judge(
     outcome = _judge(ev, outputs, **how)
     if ev.close:
         # A fused decision fell within its rounding of a threshold: the reference engine judges the case.
-        outcome = _judge(evaluate(case, "reference", operator=operator), outputs, **how)
+        outcome = _judge(evaluate(case, "reference", operator=operator, reduction=reduction), outputs, **how)
     return outcome
 
 

@@ -22,6 +22,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from bnprops.model import gpu_reductions
 from bnprops.model.case import (
     GRAD_TARGETS,
     GRADIENT_OF,
@@ -128,6 +129,13 @@ def exactness(case: Case, stats: tuple[np.ndarray, np.ndarray], *, operator: str
     return found
 
 
+def without_exact_statistics(found: Exactness) -> Exactness:
+    """``found`` for the GPU reduction class: its mean comes from Welford's updates or a rounded reciprocal of
+    the count, so neither the statistics nor what follows from them are exact; dy's sum stays exact in any order."""
+    no = np.zeros_like(found.x_sum)
+    return dataclasses.replace(found, x_sum=no, mean=no, c2_sum=no, var=no, invstd=no, dot_sum=no)
+
+
 def v1_scale_error(case: Case, model: str) -> float:
     """The relative error of BatchNorm_v1's ``scale = float(C) / float(size)`` against 1/M: the division's
     rounding unless M is a power of two, and float(size)'s where size is not a float32."""
@@ -204,6 +212,7 @@ class Propagated:
     rel_inv: np.ndarray  # relative error bound of invstd
     rel_round: np.ndarray  # the part of it that the square root and reciprocal add
     sum_factors: dict[str, np.ndarray]  # what each of the kernel's sums may lose per sum|terms|: x, c2, dy, dot
+    reduction: str = "cpu"  # the kernels' reduction class (gpu_reductions.REDUCTIONS) the bounds cover
 
 
 def _rounding_scale(model: str) -> float:
@@ -221,10 +230,13 @@ def propagated_statistics(
     mean_abs: np.ndarray,
     factors: dict[str, np.ndarray] | None = None,
     operator: str = "batchnorm",
+    gpu: gpu_reductions.DataSpread | None = None,
 ) -> Propagated:
     """Per channel: the statistics the call normalises with (``stats``), var + eps, and their propagated errors;
     ``mean_abs`` and (probabilistic model) the sums' ``factors`` are mean_abs's and partial_sum_factors'.
-    ``operator`` "v1": the mean and the variance each carry the reciprocal's error too (v1_scale_error)."""
+    ``operator`` "v1": the mean and the variance each carry the reciprocal's error too (v1_scale_error).
+    ``gpu``: the data's gpu_reductions.DataSpread where the bounds cover the GPU reduction class (None: the CPU's
+    two-pass sums); its terms add to the mean's and the variance's errors."""
     r = _rounding_scale(model)
     u = r * unit_roundoff(compute_dtype(case.dtype))
     acc = accumulation_dtype(case.dtype)
@@ -253,17 +265,34 @@ def propagated_statistics(
             scale = v1_scale_error(case, model) if operator == "v1" else 0.0
             e_mean = sums["x"] * mean_abs + np.where(exact.mean, 0.0, (ua + scale) * np.abs(finite_mean))
             per_term = np.where(exact.c2_sum, 0.0, 2 * u + ua)
+            if gpu is not None:
+                extra = gpu_reductions.statistics_errors(
+                    case,
+                    model,
+                    found=gpu,
+                    mean=mean,
+                    var=var,
+                    mean_abs=mean_abs,
+                    u_data=u,
+                    ua=ua,
+                    worst=sum_factor(max(m - 1, 0), acc, model="deterministic"),
+                    lam=probabilistic_lambda(case.channels),
+                )
+                e_mean = e_mean + extra.mean
             spread = finite_var + e_mean * e_mean
             e_var = (
                 e_mean * e_mean + (per_term + sums["c2"]) * spread + np.where(exact.var, 0.0, (ua + scale) * finite_var)
             )
+            if gpu is not None:
+                e_var = e_var + extra.var
         else:
             # The statistics are inputs (or, for one value per channel, the value itself: x - mean = 0).
             e_mean, e_var = zeros, zeros
         s2 = var + eps
         rel_data = invstd_data_error(s2, e_var + e_eps + np.where(exact.invstd, 0.0, u * np.abs(s2)))
         rel_round = np.where(exact.invstd, 0.0, 2 * u)
-    return Propagated(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums)
+    reduction = "cpu" if gpu is None else "gpu"
+    return Propagated(u, mean, var, s2, e_mean, e_var, e_eps, rel_data + rel_round, rel_round, sums, reduction)
 
 
 def invstd_data_error(s2: np.ndarray, e_s2: np.ndarray) -> np.ndarray:
@@ -444,6 +473,8 @@ def channel_terms(
     ua = r * unit_roundoff(accumulation_dtype(case.dtype))
     m = case.reduction_length
     ag = np.abs(_gamma(case))
+    # The GPU class forms dbeta/M and dotp/M by the count's rounded reciprocal: one more rounding each.
+    norm = ua if st.reduction == "gpu" else 0.0
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         t2 = np.abs(dbeta) / m
         return Terms(
@@ -458,9 +489,9 @@ def channel_terms(
             # xhat * dgamma / M: both factors are uncertain, and where both are exactly 0 (dy constant in a
             # channel) only the product of their errors is left.
             k1=np.abs(dgamma) / m,
-            k2=e_dgamma / m,
+            k2=e_dgamma / m + norm * np.abs(dgamma) / m if norm else e_dgamma / m,
             t2=t2,
-            e0=e_dbeta / m + ua * t2,
+            e0=e_dbeta / m + (ua + norm) * t2 if norm else e_dbeta / m + ua * t2,
             agi=ag * inv,
             tx=tiny_term * (ag * np.maximum(1.0, inv)),
             ua2=2 * ua,

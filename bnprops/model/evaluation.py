@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from bnprops.model import error_model, fused_oracle, fused_sums, oracle
+from bnprops.model import error_model, fused_oracle, fused_sums, gpu_reductions, oracle
 from bnprops.model.case import Case, Outputs
 from bnprops.model.error_model import Exactness, Propagated
 from bnprops.model.fused_oracle import ModelBounds
@@ -34,10 +34,12 @@ class Evaluation:
 
     engine = "reference"
 
-    def __init__(self, case: Case, operator: str = "batchnorm") -> None:
+    def __init__(self, case: Case, operator: str = "batchnorm", reduction: str = "cpu") -> None:
         self.case = case
         #: Whose arithmetic the bounds follow (error_model.OPERATORS).
         self.operator = operator
+        #: Which kernels' reductions the bounds cover (gpu_reductions.REDUCTIONS).
+        self.reduction = gpu_reductions.check(reduction)
         #: A decision within rounding of its threshold was made on this evaluation's values (fused engine only).
         self.close = False
         self._propagated: dict[str, Propagated] = {}
@@ -79,7 +81,13 @@ class Evaluation:
     # What both engines share.
     @functools.cached_property
     def exactness(self) -> Exactness:
-        return error_model.exactness(self.case, self.statistics, operator=self.operator)
+        found = error_model.exactness(self.case, self.statistics, operator=self.operator)
+        return found if self.reduction == "cpu" else error_model.without_exact_statistics(found)
+
+    @functools.cached_property
+    def spread(self) -> gpu_reductions.DataSpread | None:
+        """The data's spread where the bounds cover the GPU reduction class, else None."""
+        return None if self.reduction == "cpu" else gpu_reductions.spread(self.case, self.statistics[0])
 
     def propagated(self, model: str) -> Propagated:
         """The statistics' propagated errors under ``model`` (error_model.MODELS)."""
@@ -93,6 +101,7 @@ class Evaluation:
                 mean_abs=self.mean_abs,
                 factors=factors,
                 operator=self.operator,
+                gpu=self.spread,
             )
         return self._propagated[model]
 
@@ -208,18 +217,19 @@ class FusedEvaluation(Evaluation):
         return self._arrays[which]
 
 
-def evaluate(case: Case, engine: str = "auto", *, operator: str = "batchnorm") -> Evaluation:
+def evaluate(case: Case, engine: str = "auto", *, operator: str = "batchnorm", reduction: str = "cpu") -> Evaluation:
     """A new evaluation of ``case``: on the fused engine where it applies (``auto``: as BNPROPS_FUSED chooses),
-    else on the reference. ``operator`` "v1" (BatchNorm_v1's arithmetic) takes the reference engine: the fused
-    kernels compile BatchNorm's terms only."""
+    else on the reference. ``operator`` "v1" (BatchNorm_v1's arithmetic) and ``reduction`` "gpu" (the GPU
+    kernels' reduction class, gpu_reductions) take the reference engine: the fused kernels compile the CPU
+    BatchNorm's terms only."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
     if operator not in error_model.OPERATORS:
         raise ValueError(f"unknown operator {operator!r}; choose from {error_model.OPERATORS}")
-    if operator != "batchnorm":
+    if operator != "batchnorm" or gpu_reductions.check(reduction) != "cpu":
         if engine == "fused":
-            raise ValueError(f"the fused engine computes BatchNorm's bounds, not {operator}'s")
-        return Evaluation(case, operator)
+            raise ValueError(f"the fused engine computes the CPU BatchNorm's bounds, not {operator}'s on {reduction}")
+        return Evaluation(case, operator, reduction)
     if engine == "fused" and not fused_sums.supports(case):
         raise ValueError(f"the fused engine takes float16/float32 data with elements, not {case.describe()}")
     fused = engine == "fused" or (engine == "auto" and fused_sums.eligible(case))

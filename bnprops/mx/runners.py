@@ -37,6 +37,9 @@ LEGACY_ENTRY_POINTS = ("sym-v1",)
 #: Whose arithmetic the error bounds follow for a call through an entry point (bnprops.model.error_model's
 #: OPERATORS): BatchNorm_v1's own for "sym-v1", BatchNorm's everywhere else.
 OPERATOR_OF_ENTRY = {"sym-v1": "v1"}
+#: Which reduction class the error bounds cover for a backend (bnprops.model.gpu_reductions's REDUCTIONS): the
+#: GPU kernels' ("gpu": tree sums, Welford and Chan merges, a rounded reciprocal of the count); "cpu" elsewhere.
+REDUCTION_OF_BACKEND = {"cudnn": "gpu", "cuda": "gpu"}
 #: CPU kernels: float32 runs through oneDNN by default; "native" forces MXNet's own kernel.
 BACKENDS = ("onednn", "native")
 #: GPU kernels: cuDNN, and MXNet's own CUDA kernel (cudnn_off=True).
@@ -84,10 +87,13 @@ ONEDNN_ANY_SHAPE_SINCE = "1.8.0"
 
 def kernel_for(case: Case, backend: str | None = None, entry: str | None = None) -> str:
     """Which kernel runs the case: on the onednn backend float16/float64 still take the native kernel, and
-    before 1.8 so does float32 input that is not 4-D with axis=1. BatchNorm_v1 has no oneDNN kernel."""
+    before 1.8 so does float32 input that is not 4-D with axis=1. BatchNorm_v1 has no oneDNN kernel. On the
+    cudnn backend use_global_stats takes MXNet's CUDA kernel."""
     backend = IN_PROCESS_BACKEND if backend is None else backend
     if entry in LEGACY_ENTRY_POINTS and backend in BACKENDS:
         return "native"
+    if backend == "cudnn" and case.use_global_stats:
+        return "cuda"  # batch_norm.cu 706, 734 (1.9.1): only !use_global_stats && !cudnn_off reaches cuDNN
     if backend == "onednn":
         if case.dtype != "float32":
             return "native"
