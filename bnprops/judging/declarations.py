@@ -304,6 +304,11 @@ def empty_batch(dtype: str, *, channels: int = 2, **params: object) -> Case:
 #: nothing was probed; their scope is every release (a narrower one must be probed on both sides), and a release
 #: that differs shows them stale, not hidden.
 FROM_SOURCE = "from source, not yet run on hardware"
+#: The GPU deviations' scope: read, not probed (no GPU here), in lines that are the same from 1.3.1 to 1.9.1.
+GPU_SOURCE_SCOPE = mxversion.Releases(
+    basis="batch_norm.cu (VARIANCE_TO_INVSTD, the moving statistics' update) and cudnn_batch_norm-inl.h (the cuDNN "
+    "calls with 1 - momentum and NULL saved statistics) read the same at tags 1.3.1 and 1.9.1; no GPU here to probe"
+)
 
 PROBED_IN_EVERY_RELEASE = mxversion.Releases(
     probed=tuple((v, True) for v in ("1.3.1", "1.4.1", "1.5.1", "1.6.0", "1.7.0", "1.8.0", "1.9.1"))

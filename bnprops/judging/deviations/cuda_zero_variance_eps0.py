@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import FROM_SOURCE, KnownDeviation, minimal
+from bnprops.judging.declarations import FROM_SOURCE, GPU_SOURCE_SCOPE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, kernel_form, predict_over, zero_variance
 
 
@@ -21,7 +21,12 @@ def cuda_zero_variance_eps0(ctx: Context) -> list[Prediction]:
 
 CUDA_ZERO_VARIANCE_EPS0 = KnownDeviation(
     id="cuda-zero-variance-eps0",
+    releases=GPU_SOURCE_SCOPE,
     summary=f"CUDA kernel (cudnn_off), eps=0 and a zero-variance channel: moving_var becomes inf ({FROM_SOURCE})",
+    upstream=none_found(
+        "issues for 'BatchNorm GPU eps=0 zero variance moving_var inf cudnn_off'; nearest apache/mxnet#14357 "
+        "(GPU running_var differs from CPU's on zero data) and #18751"
+    ),
     quantities=frozenset({"moving_var"}),
     conditions="cuda backend (a GPU with cudnn_off=True, or use_global_stats); batch statistics; eps == 0; a "
     "channel whose values are all equal (certain when M = 1)",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import FROM_SOURCE, KnownDeviation, minimal
+from bnprops.judging.declarations import FROM_SOURCE, GPU_SOURCE_SCOPE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.evaluation import evaluate
 
@@ -23,7 +23,10 @@ def cudnn_inference_backward_batch_statistics(ctx: Context) -> list[Prediction]:
 
 CUDNN_INFERENCE_BACKWARD_BATCH_STATISTICS = KnownDeviation(
     id="cudnn-inference-backward-batch-statistics",
+    releases=GPU_SOURCE_SCOPE,
     summary=f"cuDNN: a backward after an inference forward uses the batch statistics ({FROM_SOURCE})",
+    upstream="apache/mxnet#18209 (open: gluon BatchNorm backward with train_mode=False gives other gradients on "
+    "mx.gpu() than on mx.cpu(), MXNet 1.6.0 mxnet-cu101mkl)",
     quantities=frozenset({"dx", "dgamma"}),
     conditions="cudnn backend; a backward with is_train=False (autograd.record(train_mode=False)); "
     "use_global_stats=False; finite data",

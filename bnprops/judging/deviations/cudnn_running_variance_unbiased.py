@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import FROM_SOURCE, KnownDeviation, minimal
+from bnprops.judging.declarations import FROM_SOURCE, GPU_SOURCE_SCOPE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import param_dtype
 from bnprops.model.error_model import unit_roundoff
@@ -67,6 +67,7 @@ def cudnn_forward_updates_moving_statistics(ctx: Context) -> list[Prediction]:
 
 CUDNN_RUNNING_VARIANCE_UNBIASED = KnownDeviation(
     id="cudnn-running-variance-unbiased",
+    releases=GPU_SOURCE_SCOPE,
     summary=f"cuDNN: moving_var takes the unbiased batch variance, M/(M-1) times the CPU's ({FROM_SOURCE})",
     quantities=frozenset({"moving_var"}),
     conditions="cudnn backend (a GPU, cudnn_off=False, use_global_stats=False); training with batch statistics; "
@@ -85,6 +86,7 @@ CUDNN_RUNNING_VARIANCE_UNBIASED = KnownDeviation(
 
 CUDNN_FORWARD_UPDATES_MOVING_STATISTICS = KnownDeviation(
     id="cudnn-forward-updates-moving-statistics",
+    releases=GPU_SOURCE_SCOPE,
     summary=f"cuDNN: the training forward already updates the moving statistics ({FROM_SOURCE})",
     quantities=frozenset({"forward_moving_mean", "forward_moving_var"}),
     conditions="cudnn backend; training with batch statistics; M >= 2; finite data",
