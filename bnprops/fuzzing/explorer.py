@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 
 from hypothesis import strategies as st
 
-from bnprops.fuzzing.catalogue import KNOWN, Catalogue, Entry, Signature
-from bnprops.fuzzing.families import Cases, run_timed, side_families
+from bnprops.fuzzing.catalogue import KNOWN, MEMBER, NETWORK, RELATION, SEQUENCE, Catalogue, Entry, Signature
+from bnprops.fuzzing.families import Cases, SideFamily, run_timed, side_families
 from bnprops.fuzzing.member_findings import member_draws, runnable
 from bnprops.fuzzing.network_findings import network_draws
 from bnprops.fuzzing.plan import (
@@ -32,24 +32,44 @@ from bnprops.fuzzing.sequence_findings import sequence_draws
 from bnprops.fuzzing.tallies import Sampler, WorkerResult, tally_case
 from bnprops.judging.checks import Outcome
 from bnprops.model.case import Case
+from bnprops.search.chance import sometimes
 from bnprops.search.strategies import case_groups
 
 
-def examples(config: CampaignConfig, targets: list[Target]) -> st.SearchStrategy[Example]:
-    """What a search draws: a target, a group of same-signature cases, and a draw for each side family (a family
-    member's call among the member targets that can run here).
+def examples(
+    config: CampaignConfig, targets: list[Target], families: dict[str, SideFamily]
+) -> st.SearchStrategy[Example]:
+    """What a search draws: a target, a group of same-signature cases, and, by chance, a draw for each side family
+    (a family member's call among the member targets that can run here); None for one not drawn.
 
     The group is judged from one stacked MXNet call (bnprops.mx.batching): most of a case's cost is per
-    call, not per channel. One example in LARGE_SHARE is a single case the size of a real layer.
+    call, not per channel. One example in LARGE_SHARE is a single case the size of a real layer. A side
+    family's coin (search.chance) comes up with the family's chance, and the family runs where it comes up: drawing
+    costs what runs. A family this run lacks (no members) has no chance: its coin still takes its one choice, so
+    that stored examples decode alike.
     """
-    return st.tuples(
-        st.sampled_from(targets),
-        case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all"),
-        relation_draws(),
-        network_draws(config.dtypes),
-        sequence_draws(config.dtypes),
-        member_draws(runnable(config.members, config.backends) if config.member_every else []),
-    )
+    target_draws = st.sampled_from(targets)
+    groups = case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all")
+    side = {
+        RELATION: relation_draws(),
+        NETWORK: network_draws(config.dtypes),
+        SEQUENCE: sequence_draws(config.dtypes),
+        MEMBER: member_draws(runnable(config.members, config.backends) if config.member_every else []),
+    }
+
+    @st.composite
+    def example(draw: st.DrawFn) -> Example:
+        target = draw(target_draws)
+        group = draw(groups)
+        drawn = [
+            sometimes(
+                draw, strategy, chance=families[kind].chance(target, group[0]) if kind in families else 0.0, name=kind
+            )
+            for kind, strategy in side.items()
+        ]
+        return (target, group, *drawn)  # type: ignore[return-value]
+
+    return example()
 
 
 class WorkerFindings:
@@ -179,8 +199,10 @@ class Explorer:
             self.record(target, case, outcome, sigs)
             self.findings.consider(sigs, case, value)
         for family in self.families.values():
-            if family.due(target, group[0]):
-                checked, ms = run_timed(family, target, group[0], family.draw(value))
+            drawn = family.draw(value)
+            # A coin comes up now and then where its family has no chance (off, or not on this target): not run.
+            if drawn is not None and family.chance(target, group[0]) > 0:
+                checked, ms = run_timed(family, target, group[0], drawn)
                 family.tally(self.result, checked, ms=ms)
                 for sig in checked.signatures:
                     self.findings.note(family.entry(sig, checked, group[0], 1, "smallest seen"))

@@ -64,8 +64,8 @@ _INDEX_FORMAT = "bnprops.db-index/1"
 
 Target = tuple[str, str]
 #: What a search draws: the target, a group of same-signature cases, a relation for the first one, a chain, a
-#: training sequence and a family member's call.
-Example = tuple[Target, list[Case], RelationDraw, Chain, Sequence, MemberDraw]
+#: training sequence and a family member's call; a side family's draw is None on an example that does not run it.
+Example = tuple[Target, list[Case], RelationDraw | None, Chain | None, Sequence | None, MemberDraw]
 RunnerFactory = Callable[[str, str], Runner]
 #: Called by a worker with (cases run, new-deviation cases, known-deviation cases, signatures) now and then.
 ProgressFn = Callable[[int, int, int, int], None]

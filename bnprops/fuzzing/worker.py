@@ -127,7 +127,7 @@ def run_worker(
         progress=progress,
     )
     result = explorer.result
-    strategy = examples(config, targets)
+    strategy = examples(config, targets, explorer.families)
     db = DirectoryBasedExampleDatabase(config.out / "db")
     sampler = StackSampler()
     try:
