@@ -60,7 +60,12 @@ PLOT_SAMPLE = 50_000
 #: Chunks in a row that judge nothing new before a worker gives up (the space is exhausted).
 MAX_IDLE_CHUNKS = 50
 INDEX_FILE = "db-index.json"
-_INDEX_FORMAT = "bnprops.db-index/1"
+_INDEX_FORMAT = "bnprops.db-index/2"
+#: Index formats whose database's examples this bnprops cannot decode, and why: their signatures are not replayed.
+_UNREPLAYABLE = {
+    "bnprops.db-index/1": "stored by an earlier bnprops, which drew every side family on every example; its "
+    "examples decode differently now",
+}
 
 Target = tuple[str, str]
 #: What a search draws: the target, a group of same-signature cases, a relation for the first one, a chain, a
@@ -223,16 +228,18 @@ def resolve_targets(config: CampaignConfig, runner_factory: RunnerFactory) -> tu
     return targets, skipped
 
 
-def load_index(out: Path) -> list[Signature]:
-    """The signatures whose minimal examples the database in ``out`` holds (none if there is no index)."""
+def load_index(out: Path) -> tuple[list[Signature], str]:
+    """The signatures whose minimal examples the database in ``out`` holds (none if there is no index), and why
+    they cannot be replayed ('' when they can: an index of an older format whose examples no longer decode)."""
     path = out / INDEX_FILE
     if not path.exists():
-        return []
+        return [], ""
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != _INDEX_FORMAT:
+        unreplayable = _UNREPLAYABLE.get(data.get("format"), "")
+        if data.get("format") != _INDEX_FORMAT and not unreplayable:
             raise ValueError(f"format {data.get('format')!r}, expected {_INDEX_FORMAT!r}")
-        return [Signature.from_dict(s) for s in data["signatures"]]
+        return [Signature.from_dict(s) for s in data["signatures"]], unreplayable
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path} is not a bnprops database index ({exc}); move it away to start afresh") from exc
 
