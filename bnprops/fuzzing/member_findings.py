@@ -27,7 +27,7 @@ from bnprops.search.family import MEMBERS, member_of
 #: One example in this many runs its member call while exploring (bnprops fuzz --member-every). Measured on
 #: 1.9.1 (60 s campaigns, 2 workers): a BatchNormWithReLU call costs 15-35 ms, a BatchNorm_v1 call on the native
 #: worker 0.2-0.7 s (its executors bound in the worker); at one in four the calls took 4.5-6.5% of the workers'
-#: time, so one in eight, as for networks and sequences. Drawing the call costs every example about 7 ms.
+#: time, so one in eight, as for networks and sequences. Drawing the call (about 3 ms) is done where it runs.
 MEMBER_EVERY = 8
 #: What a member check came to, counted per member entry and backend in the report.
 RESULTS = ("passed", "known", "failed", "error")

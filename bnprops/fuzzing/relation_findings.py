@@ -41,7 +41,7 @@ RESULTS = ("held", "broken", "no instance", "error")
 
 @dataclasses.dataclass(frozen=True)
 class RelationDraw:
-    """A relation and its parameter choice (Relation.parameters), drawn with every fuzz example."""
+    """A relation and its parameter choice (Relation.parameters), drawn on the fuzz examples that run one."""
 
     relation: str
     choice: int
