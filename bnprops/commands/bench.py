@@ -7,8 +7,7 @@ Stages (cases per second, and the ratio to the ceiling):
 * empty     a Hypothesis loop over the same strategy with an empty body: Hypothesis's own cost;
 * property  the property run's body (assert_matches_oracle on every quantity) under Hypothesis;
 * stacked   the stacked property: up to 16 same-signature cases per example in one MXNet call;
-* drawing   the fuzz job's examples drawn with an empty body (groups of cases and side draws, in seeded
-            searches of a chunk's size): what drawing alone costs a fuzz worker;
+* drawing   the fuzz job's examples drawn, as its workers draw them, with an empty body;
 * fuzz      the fuzz job on all cores, when it is available.
 
 And per decade of M (``decades``): MXNet's own time per case against bnprops's judging time (check() minus
