@@ -222,7 +222,7 @@ class Explorer:
         elif not family.may_show(sig, value):
             return False
         else:
-            # A side family's draw runs whether due or not (so any --relations/--networks/--sequences replays it);
+            # A side family's draw runs whatever its chance (so any --relations/--networks/--sequences replays it);
             # nothing else runs.
             case = group[0] if sig in family.check(target, group[0], family.draw(value)).signatures else None
         if case is None:

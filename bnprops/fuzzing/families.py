@@ -119,7 +119,7 @@ class Relations:
         return relation_findings.chance(case, every=self.every)
 
     def may_show(self, sig: Signature, value: Example) -> bool:
-        # While shrinking the drawn relation runs whether due or not, so any relation_every replays it.
+        # While shrinking the drawn relation runs whatever its chance, so any relation_every replays it.
         drawn = self.draw(value)
         return drawn is not None and drawn.relation == relation_findings.relation_of(sig)
 

@@ -7,8 +7,8 @@ A campaign judges cases from the properties' own strategy with ``checks.check``,
 ``pytest -m property``, so the fuzz job and the tests agree.  It runs seeded *chunks* (one
 ``hypothesis.find`` each) that stop at the first signature not seen yet and shrink it; shard I of N
 runs chunks I, I + N, ..., so shards and workers never repeat a chunk and together run what one
-unsharded run would.  Every example also draws an exact relation, a producer chain and a training
-sequence, run on one example in ``relation_every``, ``network_every`` and ``sequence_every``.  Each
+unsharded run would.  About one example in ``relation_every``, ``network_every``, ``sequence_every`` and
+``member_every`` also draws, and runs, an exact relation, a producer chain, a training sequence, a member call.  Each
 new signature's minimal example is kept in ``OUT/db`` and replayed first by the next run.  The
 details are in the documentation's page on the fuzz job.
 """
