@@ -192,12 +192,14 @@ class Explorer:
             group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
         fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.fingerprint() for c in group)).digest()
         if fingerprint in self.judged:
+            # Its cases were judged; its side draws are new (Hypothesis never runs the same choices twice in a
+            # search), and skipping them would run fewer side checks, the more a family's draw adds to an example.
             self.result.repeats += len(group)
-            return False
-        self.judged.add(fingerprint)
-        for case, (outcome, sigs) in zip(group, self.cases.judge_group(target, group), strict=True):
-            self.record(target, case, outcome, sigs)
-            self.findings.consider(sigs, case, value)
+        else:
+            self.judged.add(fingerprint)
+            for case, (outcome, sigs) in zip(group, self.cases.judge_group(target, group), strict=True):
+                self.record(target, case, outcome, sigs)
+                self.findings.consider(sigs, case, value)
         for family in self.families.values():
             drawn = family.draw(value)
             # A coin comes up now and then where its family has no chance (off, or not on this target): not run.
