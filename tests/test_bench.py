@@ -1,4 +1,5 @@
-"""bnprops bench's per-decade table: its structure at tiny sizes (speed is measured, never asserted here)."""
+"""bnprops bench's per-decade table and drawing stage: their structure at tiny sizes (speed is measured, never
+asserted here)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,9 @@ def test_bench_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     for option in ("--decades-only", "--top-decade", "--reps", "per decade of M", "fused"):
         assert option in out
+
+
+def test_the_drawing_stage_counts_the_cases_of_the_fuzz_jobs_examples() -> None:
+    stage = bench.fuzz_drawing(20)
+    assert stage.name == "drawing" and stage.seconds > 0
+    assert 20 <= stage.cases <= 20 * 32, f"20 examples of 1 to 32 cases each, got {stage.cases} cases"

@@ -131,6 +131,24 @@ def test_the_next_run_replays_the_stored_failures_first(planted_run: tuple[Path,
     assert json.loads((again / plan.INDEX_FILE).read_text())["signatures"] == []
 
 
+def test_a_database_of_the_layout_before_the_coins_is_listed_not_replayed(
+    planted_run: tuple[Path, Report], tmp_path: Path
+) -> None:
+    out, first = planted_run
+    again = tmp_path / "again"
+    again.mkdir()
+    index = json.loads((out / plan.INDEX_FILE).read_text())
+    (again / plan.INDEX_FILE).write_text(json.dumps({**index, "format": "bnprops.db-index/1"}))
+    second = planted_campaign(again, max_examples=5, seed=99)
+    assert {r["id"] for r in second.replays} == {e.signature.ident for e in first.new}
+    assert all(r["status"].startswith("not replayed: stored by an earlier bnprops") for r in second.replays)
+    rewritten = json.loads((again / plan.INDEX_FILE).read_text())
+    assert rewritten["format"] == "bnprops.db-index/2"
+    assert {json.dumps(s, sort_keys=True) for s in rewritten["signatures"]} == {
+        json.dumps(e.signature.to_dict(), sort_keys=True) for e in second.new if e.reduction == "shrunk"
+    }
+
+
 def test_shards_judge_different_cases(tmp_path: Path) -> None:
     judged: dict[int, set[str]] = {0: set(), 1: set()}
 

@@ -7,6 +7,7 @@ Stages (cases per second, and the ratio to the ceiling):
 * empty     a Hypothesis loop over the same strategy with an empty body: Hypothesis's own cost;
 * property  the property run's body (assert_matches_oracle on every quantity) under Hypothesis;
 * stacked   the stacked property: up to 16 same-signature cases per example in one MXNet call;
+* drawing   the fuzz job's examples drawn, as its workers draw them, with an empty body;
 * fuzz      the fuzz job on all cores, when it is available.
 
 And per decade of M (``decades``): MXNet's own time per case against bnprops's judging time (check() minus
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from bnprops.judging import fused
 from bnprops.judging.checks import assert_group_matches_oracle, assert_matches_oracle, check
@@ -108,6 +109,28 @@ def stacked_run(examples: int) -> Stage:
     return Stage("stacked", count, time.perf_counter() - start)
 
 
+def fuzz_drawing(examples: int) -> Stage:
+    """The fuzz job's examples, drawn as its workers draw them (seeded searches of a chunk's size), judged by nobody:
+    the cases they hold per second of drawing."""
+    from bnprops.fuzzing import families, plan
+    from bnprops.fuzzing.explorer import examples as fuzz_examples
+    from bnprops.mx.runners import BACKENDS, RUNNERS
+
+    config = plan.CampaignConfig(out=Path(tempfile.gettempdir()), max_examples=examples)
+    strategy = fuzz_examples(config, [(e, b) for e in RUNNERS for b in BACKENDS], families.side_families(config, {}))
+    count = 0
+
+    def body(value: plan.Example) -> None:
+        nonlocal count
+        count += len(value[1])
+
+    chunk = settings(_loop_settings(min(examples, config.chunk_size)), derandomize=False)
+    start = time.perf_counter()
+    for index in range(max(1, examples // config.chunk_size)):
+        seed(plan.chunk_seed(config.seed, index))(chunk(given(strategy)(body)))()
+    return Stage("drawing", count, time.perf_counter() - start)
+
+
 def fuzz_run(*, seconds: float, workers: int) -> Stage:
     """A time-limited fuzz campaign on ``workers`` processes, in a scratch folder (report writing excluded)."""
     from bnprops.fuzzing import campaign, plan
@@ -121,7 +144,7 @@ def run(*, examples: int = 1000, fuzz_seconds: float = 20.0, workers: int = 2) -
     """Measure every stage in one run; the ceiling's first pass warms MXNet's executor cache."""
     drawn = draw_cases(examples)
     ceiling(drawn)  # warm-up: binds the executors the timed stages reuse
-    stages = [ceiling(drawn), empty(examples), property_run(examples), stacked_run(examples)]
+    stages = [ceiling(drawn), empty(examples), property_run(examples), stacked_run(examples), fuzz_drawing(examples)]
     if fuzz_seconds > 0:
         stages.append(fuzz_run(seconds=fuzz_seconds, workers=workers))
     return stages

@@ -29,7 +29,7 @@ def run(
         skipped += member_findings.skipped(config.members, config.backends)
     if config.lifecycle_every:  # the life-cycle checks this release lacks an API for: noted, not failed
         skipped += lifecycle_findings.lacking()
-    previous = plan.load_index(config.out)  # a broken index is a usage error before anything runs
+    previous, unreplayable = plan.load_index(config.out)  # a broken index is a usage error before anything runs
     config.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.time()
@@ -49,9 +49,11 @@ def run(
     # Which MXNet and oneDNN ran: the same code can deviate in one release and not in another.
     result.parameters.update({f"{name}_version": v for name, v in mxversion.environment().items()})
     folder.write(result, config.out, baseline=config.baseline)
-    # The database keeps what was shrunk or replayed this run; signatures not selected this time stay listed.
+    # The database keeps what was shrunk or replayed this run; signatures not selected this time stay listed (unless
+    # their examples no longer decode).
     selected = {(e, b) for e, b in targets}
     kept = [s for s in previous if (s.entry, s.backend) not in selected or s.dtype not in config.dtypes]
+    kept = [] if unreplayable else kept
     stored = [e.signature for e in result.new if e.reduction in ("shrunk", "partly shrunk", "replayed")]
     plan.write_index(config.out, kept + stored)
     return result

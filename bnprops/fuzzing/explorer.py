@@ -10,8 +10,18 @@ from collections.abc import Callable, Iterable
 
 from hypothesis import strategies as st
 
-from bnprops.fuzzing.catalogue import KNOWN, Catalogue, Entry, Signature
-from bnprops.fuzzing.families import Cases, run_timed, side_families
+from bnprops.fuzzing.catalogue import (
+    KNOWN,
+    LIFECYCLE,
+    MEMBER,
+    NETWORK,
+    RELATION,
+    SEQUENCE,
+    Catalogue,
+    Entry,
+    Signature,
+)
+from bnprops.fuzzing.families import Cases, SideFamily, run_timed, side_families
 from bnprops.fuzzing.lifecycle_findings import lifecycle_draws
 from bnprops.fuzzing.member_findings import member_draws, runnable
 from bnprops.fuzzing.network_findings import network_draws
@@ -33,27 +43,45 @@ from bnprops.fuzzing.sequence_findings import sequence_draws
 from bnprops.fuzzing.tallies import Sampler, WorkerResult, tally_case
 from bnprops.judging.checks import Outcome
 from bnprops.model.case import Case
+from bnprops.search.chance import sometimes
 from bnprops.search.strategies import case_groups
 
 
-def examples(config: CampaignConfig, targets: list[Target]) -> st.SearchStrategy[Example]:
-    """What a search draws: a target, a group of same-signature cases, and a draw for each side family (a family
-    member's call among the member targets that can run here).
+def examples(
+    config: CampaignConfig, targets: list[Target], families: dict[str, SideFamily]
+) -> st.SearchStrategy[Example]:
+    """What a search draws: a target, a group of same-signature cases, and, by chance, a draw for each side family
+    (a family member's call among the member targets that can run here); None for one not drawn.
 
     The group is judged from one stacked MXNet call (bnprops.mx.batching): most of a case's cost is per
-    call, not per channel. One example in LARGE_SHARE is a single case the size of a real layer.
+    call, not per channel. One example in LARGE_SHARE is a single case the size of a real layer. A side
+    family's coin (search.chance) comes up with the family's chance, and the family runs where it comes up: drawing
+    costs what runs. A family this run lacks (no members) has no chance: its coin still takes its one choice, so
+    that stored examples decode alike.
     """
-    drawn = st.tuples(
-        st.sampled_from(targets),
-        case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all"),
-        relation_draws(),
-        network_draws(config.dtypes),
-        sequence_draws(config.dtypes),
-        member_draws(runnable(config.members, config.backends) if config.member_every else []),
-    )
-    # A life-cycle scenario is drawn only for the examples that run one (by their first case).
-    every, dtypes = config.lifecycle_every, config.dtypes
-    return drawn.flatmap(lambda ex: lifecycle_draws(ex[1][0], every=every, dtypes=dtypes).map(lambda lc: (*ex, lc)))
+    target_draws = st.sampled_from(targets)
+    groups = case_groups(dtypes=config.dtypes, max_size=GROUP_SIZE, sizes="all")
+    side = {
+        RELATION: relation_draws(),
+        NETWORK: network_draws(config.dtypes),
+        SEQUENCE: sequence_draws(config.dtypes),
+        MEMBER: member_draws(runnable(config.members, config.backends) if config.member_every else []),
+        LIFECYCLE: lifecycle_draws(config.dtypes),
+    }
+
+    @st.composite
+    def example(draw: st.DrawFn) -> Example:
+        target = draw(target_draws)
+        group = draw(groups)
+        drawn = [
+            sometimes(
+                draw, strategy, chance=families[kind].chance(target, group[0]) if kind in families else 0.0, name=kind
+            )
+            for kind, strategy in side.items()
+        ]
+        return (target, group, *drawn)  # type: ignore[return-value]
+
+    return example()
 
 
 class WorkerFindings:
@@ -176,15 +204,19 @@ class Explorer:
             group = group[: self.budget - self.result.cases]  # the budget counts cases, not calls
         fingerprint = hashlib.sha1(repr(target).encode() + b"".join(c.fingerprint() for c in group)).digest()
         if fingerprint in self.judged:
+            # Its cases were judged; its side draws are new (Hypothesis never runs the same choices twice in a
+            # search), and skipping them would run fewer side checks, the more a family's draw adds to an example.
             self.result.repeats += len(group)
-            return False
-        self.judged.add(fingerprint)
-        for case, (outcome, sigs) in zip(group, self.cases.judge_group(target, group), strict=True):
-            self.record(target, case, outcome, sigs)
-            self.findings.consider(sigs, case, value)
+        else:
+            self.judged.add(fingerprint)
+            for case, (outcome, sigs) in zip(group, self.cases.judge_group(target, group), strict=True):
+                self.record(target, case, outcome, sigs)
+                self.findings.consider(sigs, case, value)
         for family in self.families.values():
-            if family.due(target, group[0]):
-                checked, ms = run_timed(family, target, group[0], family.draw(value))
+            drawn = family.draw(value)
+            # A coin comes up now and then where its family has no chance (off, or not on this target): not run.
+            if drawn is not None and family.chance(target, group[0]) > 0:
+                checked, ms = run_timed(family, target, group[0], drawn)
                 family.tally(self.result, checked, ms=ms)
                 for sig in checked.signatures:
                     self.findings.note(family.entry(sig, checked, group[0], 1, "smallest seen"))
@@ -204,7 +236,7 @@ class Explorer:
         elif not family.may_show(sig, value):
             return False
         else:
-            # A side family's draw runs whether due or not (so any --relations/--networks/--sequences replays it);
+            # A side family's draw runs whatever its chance (so any --relations/--networks/--sequences replays it);
             # nothing else runs.
             case = group[0] if sig in family.check(target, group[0], family.draw(value)).signatures else None
         if case is None:

@@ -1,9 +1,9 @@
 """The checks a fuzz example runs, one family each, behind one interface.
 
-Every example is a group of cases (judged against the oracle, ``Cases``) plus one draw per side family:
-an exact relation on its first case, a producer chain (BatchNorm inside a network), a training
-sequence. A side family runs on one example in N (``due``), and its findings are hunted, shrunk and
-settled like the cases' own; the worker (fuzzing.explorer) treats them all alike.
+Every example is a group of cases (judged against the oracle, ``Cases``) plus, by chance, a draw for each side
+family: an exact relation on its first case, a producer chain (BatchNorm inside a network), a training sequence,
+a member call. A side family is drawn on one example in N (``chance``) and runs where it was drawn, and its
+findings are hunted, shrunk and settled like the cases' own; the worker (fuzzing.explorer) treats them all alike.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bnprops.fuzzing.tallies import WorkerResult, count
 from bnprops.judging.checks import Outcome, check, check_group
 from bnprops.model.case import Case
 from bnprops.mx.backends import runner_for
-from bnprops.mx.runners import Runner, network_unavailable_reason, sequence_unavailable_reason
+from bnprops.mx.runners import Runner
 
 FLAKY = "this example no longer shows the signature when run again (flaky?)"
 
@@ -46,7 +46,7 @@ class SideFamily(Protocol):
     kind: str
 
     def draw(self, value: Example) -> Any: ...
-    def due(self, target: Target, case: Case) -> bool: ...
+    def chance(self, target: Target, case: Case) -> float: ...
     def may_show(self, sig: Signature, value: Example) -> bool: ...
     def check(self, target: Target, case: Case, drawn: Any) -> Checked: ...
     def tally(self, result: WorkerResult, checked: Any, *, ms: int) -> None: ...
@@ -113,15 +113,16 @@ class Relations:
     def __init__(self, config: CampaignConfig, runners: dict[Target, Runner]) -> None:
         self.every, self.runners = config.relation_every, runners
 
-    def draw(self, value: Example) -> RelationDraw:
+    def draw(self, value: Example) -> RelationDraw | None:
         return value[2]
 
-    def due(self, target: Target, case: Case) -> bool:
-        return relation_findings.due(case, every=self.every)
+    def chance(self, target: Target, case: Case) -> float:
+        return relation_findings.chance(case, every=self.every)
 
     def may_show(self, sig: Signature, value: Example) -> bool:
-        # While shrinking the drawn relation runs whether due or not, so any relation_every replays it.
-        return self.draw(value).relation == relation_findings.relation_of(sig)
+        # While shrinking the drawn relation runs whatever its chance, so any relation_every replays it.
+        drawn = self.draw(value)
+        return drawn is not None and drawn.relation == relation_findings.relation_of(sig)
 
     def check(self, target: Target, case: Case, drawn: RelationDraw) -> relation_findings.RelationCheck:
         entry, backend = target
@@ -148,15 +149,11 @@ class Networks:
     def draw(self, value: Example) -> Any:
         return value[3]
 
-    def due(self, target: Target, case: Case) -> bool:
-        return (
-            network_findings.due(case, every=self.every)
-            and network_findings.applies(*target)
-            and network_unavailable_reason(target[0]) is None  # a release without the chain's hooks
-        )
+    def chance(self, target: Target, case: Case) -> float:
+        return network_findings.chance(*target, every=self.every)
 
     def may_show(self, sig: Signature, value: Example) -> bool:
-        return network_findings.applies(*value[0])
+        return self.draw(value) is not None and network_findings.applies(*value[0])
 
     def check(self, target: Target, case: Case, drawn: Any) -> network_findings.NetworkCheck:
         entry, backend = target
@@ -186,15 +183,11 @@ class Sequences:
     def draw(self, value: Example) -> Any:
         return value[4]
 
-    def due(self, target: Target, case: Case) -> bool:
-        return (
-            sequence_findings.due(case, every=self.every)
-            and sequence_findings.applies(*target)
-            and sequence_unavailable_reason(target[0]) is None  # a release without the sessions' APIs
-        )
+    def chance(self, target: Target, case: Case) -> float:
+        return sequence_findings.chance(*target, every=self.every)
 
     def may_show(self, sig: Signature, value: Example) -> bool:
-        return sequence_findings.applies(*value[0])
+        return self.draw(value) is not None and sequence_findings.applies(*value[0])
 
     def check(self, target: Target, case: Case, drawn: Any) -> sequence_findings.SequenceCheck:
         entry, backend = target
@@ -222,14 +215,14 @@ class Members:
 
     def __init__(self, config: CampaignConfig, runner_factory: RunnerFactory) -> None:
         self.every, self.runner_factory, self.dtypes = config.member_every, runner_factory, config.dtypes
-        self.any = bool(member_findings.runnable(config.members, config.backends))
+        self.pairs = member_findings.runnable(config.members, config.backends)
         self.runners: dict[tuple[str, str], Runner] = {}
 
     def draw(self, value: Example) -> member_findings.MemberDraw:
         return value[5] if len(value) > 5 else None
 
-    def due(self, target: Target, case: Case) -> bool:
-        return self.any and member_findings.due(case, every=self.every)
+    def chance(self, target: Target, case: Case) -> float:
+        return member_findings.chance(self.pairs, every=self.every)
 
     def may_show(self, sig: Signature, value: Example) -> bool:
         drawn = self.draw(value)
@@ -261,13 +254,13 @@ class Lifecycle:
     kind = LIFECYCLE
 
     def __init__(self, config: CampaignConfig, runner_factory: RunnerFactory) -> None:
-        self.runner_factory = runner_factory
+        self.runner_factory, self.every = runner_factory, config.lifecycle_every
 
     def draw(self, value: Example) -> dict[str, Any] | None:
-        return value[6] if len(value) > 6 else None
+        return value[6]
 
-    def due(self, target: Target, case: Case) -> bool:
-        return True  # the draw decided: None where the example was not due, and check() then runs nothing
+    def chance(self, target: Target, case: Case) -> float:
+        return lifecycle_findings.chance(every=self.every)
 
     def may_show(self, sig: Signature, value: Example) -> bool:
         drawn = self.draw(value)

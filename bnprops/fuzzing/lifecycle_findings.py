@@ -11,7 +11,6 @@ recorded life-cycle deviation explains is "known". ``script`` writes the standal
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import math
@@ -27,10 +26,10 @@ from bnprops.fuzzing.report.summary import per_target_table
 from bnprops.fuzzing.reproducer import load_example, with_example
 from bnprops.judging import lifecycle
 from bnprops.judging.known_deviations import LIFECYCLE_DEVIATIONS
-from bnprops.model.case import Case
 from bnprops.mx import lifecycle_kernel
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.search.chance import one_in
 
 #: One example in this many runs a life-cycle scenario (bnprops fuzz --lifecycle). A scenario costs 30-160 ms on a
 #: loaded 2-core machine (symbolic inference least, train/evaluate/train most); at one in two it took 10% of a
@@ -57,20 +56,18 @@ def dtype_of(scenario: dict[str, Any]) -> str:
     return by_check.get(scenario["check"], "float32")
 
 
-def due(case: Case, *, every: int) -> bool:
-    """Does the example run a scenario? One in ``every``, by its first case's fingerprint (salted: independent of
-    the other families' choices), so that Hypothesis cannot steer towards it as it would towards a drawn gate."""
-    if every <= 0:
-        return False
-    return int.from_bytes(hashlib.sha256(b"lifecycle" + case.fingerprint()).digest()[:8], "big") % every == 0
+def chance(*, every: int) -> float:
+    """How often an example draws, and runs, a life-cycle scenario: one in ``every`` (0: never)."""
+    return one_in(every)
 
 
-def lifecycle_draws(first: Case, *, every: int, dtypes: Sequence[str]) -> st.SearchStrategy[dict[str, Any] | None]:
-    """A scenario for the example whose first case is ``first``, drawn only where it is ``due``; else None."""
+def lifecycle_draws(dtypes: Sequence[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """A scenario (its check, size, hybridization, dtype and seed) among the checks ``dtypes`` allow; drawn only
+    where the example's coin for the family comes up (search.chance)."""
     checks = [c for c in lifecycle.CHECKS if dtype_of({"check": c, "dtype": dtypes[0]}) in dtypes]
-    if not checks or not due(first, every=every):
-        return st.none()
-    scenario = st.fixed_dictionaries(
+    if not checks:
+        return st.nothing()
+    return st.fixed_dictionaries(
         {
             "check": st.sampled_from(checks),
             "channels": st.integers(1, 16),
@@ -79,7 +76,6 @@ def lifecycle_draws(first: Case, *, every: int, dtypes: Sequence[str]) -> st.Sea
             "seed": st.integers(0, 2**16 - 1),
         }
     )
-    return scenario
 
 
 def lacking() -> list[dict[str, str]]:

@@ -1,17 +1,15 @@
 """The BatchNorm family's members in the fuzz job: which member an example runs, its findings, files and counts.
 
-Every fuzz example also draws a member call: a (member entry, backend) pair among those that can run here and
-a case from that member's own strategy (search.family). For one example in ``every`` (``due``) it runs through
-the member's runner and is judged by the member's judge. Findings have the kind "member"; the quantity names
-the member and what failed ("BatchNormWithReLU/mismatch:dgamma", ".../raises:MXNetError"), the entry and
-backend are the member's, so each member's findings are signatures (and causes) of their own. A departure a
-recorded deviation explains is "known", under the member's entry. ``script`` writes the reproducer.
-"""
+One fuzz example in ``every`` (``chance``) draws a member call: a (member entry, backend) pair among those that
+can run here and a case from that member's own strategy (search.family). It runs through the member's runner and
+is judged by the member's judge. Findings have the kind "member"; the quantity names the member and what failed
+("BatchNormWithReLU/mismatch:dgamma", ".../raises:MXNetError"), the entry and backend are the member's, so each
+member's findings are signatures (and causes) of their own. A departure a recorded deviation explains is
+"known", under the member's entry. ``script`` writes the reproducer."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 
 from hypothesis import strategies as st
@@ -23,12 +21,13 @@ from bnprops.fuzzing.reproducer import SHOWS, call_body
 from bnprops.model.case import Case
 from bnprops.mx import family as mx_family
 from bnprops.mx.runners import Runner, kernel_for
+from bnprops.search.chance import one_in
 from bnprops.search.family import MEMBERS, member_of
 
 #: One example in this many runs its member call while exploring (bnprops fuzz --member-every). Measured on
 #: 1.9.1 (60 s campaigns, 2 workers): a BatchNormWithReLU call costs 15-35 ms, a BatchNorm_v1 call on the native
 #: worker 0.2-0.7 s (its executors bound in the worker); at one in four the calls took 4.5-6.5% of the workers'
-#: time, so one in eight, as for networks and sequences. Drawing the call costs every example about 7 ms.
+#: time, so one in eight, as for networks and sequences. Drawing the call (about 3 ms) is done where it runs.
 MEMBER_EVERY = 8
 #: What a member check came to, counted per member entry and backend in the report.
 RESULTS = ("passed", "known", "failed", "error")
@@ -54,7 +53,7 @@ def skipped(entries: Sequence[str], backends: Sequence[str]) -> list[dict[str, s
 
 
 def member_draws(pairs: Sequence[tuple[str, str]]) -> st.SearchStrategy[MemberDraw]:
-    """A member call for every example (whatever ``every`` a run uses): a runnable pair and that member's case."""
+    """A member call, on the examples whose coin (search.chance) comes up: a runnable pair and that member's case."""
     if not pairs:
         return st.none()
     by_member: dict[str, list[tuple[str, str]]] = {}
@@ -70,12 +69,9 @@ def member_draws(pairs: Sequence[tuple[str, str]]) -> st.SearchStrategy[MemberDr
     )
 
 
-def due(case: Case, *, every: int) -> bool:
-    """Does exploring run the example's member call? One example in ``every``, by its first case's fingerprint
-    (bytes of it that neither the relations', the chains' nor the sequences' choice reads)."""
-    if every <= 0:
-        return False
-    return int.from_bytes(hashlib.sha256(b"member" + case.fingerprint()).digest()[:8], "big") % every == 0
+def chance(pairs: Sequence[tuple[str, str]], *, every: int) -> float:
+    """How often an example draws, and runs, a member call: one in ``every`` when a pair can run here, else 0."""
+    return one_in(every) if pairs else 0.0
 
 
 @dataclasses.dataclass

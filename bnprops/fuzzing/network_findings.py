@@ -1,10 +1,9 @@
 """BatchNorm inside networks in the fuzz job: which chain an example runs, its findings, files and replay.
 
-Every fuzz example also draws a producer chain (``producers.chains``); for one example in ``every``
-(``due``) whose target an API can express (``applies``: nd, gluon, gluon-hybrid and sym on a CPU
-backend) it is built in that API and judged by ``in_network.check_chain`` in a throwaway worker
-process, so that a crash is a finding rather than the end of the campaign.  The chain is part of the
-example, so the database stores it and replay and shrinking reproduce it.
+One fuzz example in ``every`` (``chance``) whose target an API can express (``applies``: nd, gluon, gluon-hybrid
+and sym on a CPU backend) also draws a producer chain (``producers.chains``); it is built in that API and judged
+by ``in_network.check_chain`` in a throwaway worker process, so that a crash is a finding rather than the end of
+the campaign. The chain is part of the example, so the database stores it and replay and shrinking reproduce it.
 
 Findings have the kind "network": the quantity says what failed ("differs:dx", "raises:MXNetError",
 "crashes", ...) and the chain's op sequence is a flag, so distinct chains are distinct entries; one
@@ -15,7 +14,6 @@ files, and ``replay`` is what ``bnprops repro`` does with them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +31,8 @@ from bnprops.judging.known_deviations import NETWORK_DEVIATIONS
 from bnprops.model.case import QUANTITIES, Case
 from bnprops.mx.network_kernel import draw
 from bnprops.mx.producers import Chain, chain_step_names, chains
-from bnprops.mx.runners import Runner
+from bnprops.mx.runners import Runner, network_unavailable_reason
+from bnprops.search.chance import one_in
 
 #: One example in this many runs its chain while exploring (bnprops fuzz --networks). A chain costs about
 #: 15-30 ms (built, trained and captured in the worker process, then the plain call and the oracle), a
@@ -51,7 +50,8 @@ _DRAWN_API = "nd"
 
 
 def network_draws(dtypes: Sequence[str]) -> st.SearchStrategy[Chain]:
-    """Drawn with every example whatever ``every`` a run uses, so a stored example decodes the same under any."""
+    """Drawn on the examples whose coin (search.chance) comes up, with the family's ``chance``; a stored example
+    decodes the same under any ``every``."""
     return chains(apis=(_DRAWN_API,), dtypes=dtypes)
 
 
@@ -60,12 +60,10 @@ def applies(entry: str, backend: str) -> bool:
     return entry in ENTRY_OF.values() and backend in CHAIN_BACKENDS
 
 
-def due(case: Case, *, every: int) -> bool:
-    """Does exploring run the example's chain? One example in ``every``, by its first case's fingerprint (other
-    bytes of it than relation_findings.due reads, so the two choices are independent)."""
-    if every <= 0:
-        return False
-    return int.from_bytes(hashlib.sha256(case.fingerprint()).digest()[:8], "big") % every == 0
+def chance(entry: str, backend: str, *, every: int) -> float:
+    """How often an example on this target draws, and runs, a chain: one in ``every`` where a chain can run
+    (``applies``, and this release has the chain's hooks), else 0."""
+    return one_in(every) if applies(entry, backend) and network_unavailable_reason(entry) is None else 0.0
 
 
 def chain_for(chain: Chain, entry: str) -> Chain:

@@ -7,8 +7,8 @@ A campaign judges cases from the properties' own strategy with ``checks.check``,
 ``pytest -m property``, so the fuzz job and the tests agree.  It runs seeded *chunks* (one
 ``hypothesis.find`` each) that stop at the first signature not seen yet and shrink it; shard I of N
 runs chunks I, I + N, ..., so shards and workers never repeat a chunk and together run what one
-unsharded run would.  Every example also draws an exact relation, a producer chain and a training
-sequence, run on one example in ``relation_every``, ``network_every`` and ``sequence_every``.  Each
+unsharded run would.  About one example in ``relation_every``, ``network_every``, ``sequence_every`` and
+``member_every`` also draws, and runs, an exact relation, a producer chain, a training sequence, a member call.  Each
 new signature's minimal example is kept in ``OUT/db`` and replayed first by the next run.  The
 details are in the documentation's page on the fuzz job.
 """
@@ -61,12 +61,20 @@ PLOT_SAMPLE = 50_000
 #: Chunks in a row that judge nothing new before a worker gives up (the space is exhausted).
 MAX_IDLE_CHUNKS = 50
 INDEX_FILE = "db-index.json"
-_INDEX_FORMAT = "bnprops.db-index/1"
+_INDEX_FORMAT = "bnprops.db-index/2"
+#: Index formats whose database's examples this bnprops cannot decode, and why: their signatures are not replayed.
+_UNREPLAYABLE = {
+    "bnprops.db-index/1": "stored by an earlier bnprops, which drew every side family on every example; its "
+    "examples decode differently now",
+}
 
 Target = tuple[str, str]
 #: What a search draws: the target, a group of same-signature cases, a relation for the first one, a chain, a
-#: training sequence, a family member's call and a life-cycle scenario (None where the example is not due).
-Example = tuple[Target, list[Case], RelationDraw, Chain, Sequence, MemberDraw, dict[str, Any] | None]
+#: training sequence, a family member's call and a life-cycle scenario; a side family's draw is None on an example
+#: that does not run it.
+Example = tuple[
+    Target, list[Case], RelationDraw | None, Chain | None, Sequence | None, MemberDraw, dict[str, Any] | None
+]
 RunnerFactory = Callable[[str, str], Runner]
 #: Called by a worker with (cases run, new-deviation cases, known-deviation cases, signatures) now and then.
 ProgressFn = Callable[[int, int, int, int], None]
@@ -229,16 +237,18 @@ def resolve_targets(config: CampaignConfig, runner_factory: RunnerFactory) -> tu
     return targets, skipped
 
 
-def load_index(out: Path) -> list[Signature]:
-    """The signatures whose minimal examples the database in ``out`` holds (none if there is no index)."""
+def load_index(out: Path) -> tuple[list[Signature], str]:
+    """The signatures whose minimal examples the database in ``out`` holds (none if there is no index), and why
+    they cannot be replayed ('' when they can: an index of an older format whose examples no longer decode)."""
     path = out / INDEX_FILE
     if not path.exists():
-        return []
+        return [], ""
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != _INDEX_FORMAT:
+        unreplayable = _UNREPLAYABLE.get(data.get("format"), "")
+        if data.get("format") != _INDEX_FORMAT and not unreplayable:
             raise ValueError(f"format {data.get('format')!r}, expected {_INDEX_FORMAT!r}")
-        return [Signature.from_dict(s) for s in data["signatures"]]
+        return [Signature.from_dict(s) for s in data["signatures"]], unreplayable
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path} is not a bnprops database index ({exc}); move it away to start afresh") from exc
 

@@ -1,11 +1,10 @@
 """The exact relations in the fuzz job: which relation an example runs, and a broken relation as a finding.
 
-Every fuzz example (a target and a group of cases, judged against the oracle) also draws a relation
-and a parameter choice (``relation_draws``); for one example in ``every`` (``due``) the relation runs
-on the group's first case through the same runner, original call then transformed call
-(judging.relations). The draw is part of the example, so the example database stores it and replay
-and shrinking reproduce it: a hunt for a relation finding runs the drawn relation whatever ``due``
-says, and a hunt for any other finding runs none.
+One fuzz example in ``every`` (``chance``; a target and a group of cases, judged against the oracle) also draws
+a relation and a parameter choice (``relation_draws``), and the relation runs on the group's first case through
+the same runner, original call then transformed call (judging.relations). The draw is part of the example, so
+the example database stores it and replay and shrinking reproduce it: a hunt for a relation finding runs the
+drawn relation whatever its chance says, and a hunt for any other finding runs none.
 
 A broken relation is a finding of kind "relation" whose quantity names the relation and what broke:
 a quantity ("scale-data:dx") or the exception the transformed call raised ("scale-data:MXNetError").
@@ -25,6 +24,7 @@ from bnprops.fuzzing.catalogue import RELATION, Entry, Signature, case_flags, va
 from bnprops.judging.relations import RELATIONS, Params, RelationOutcome
 from bnprops.model.case import Case
 from bnprops.mx.runners import Runner, adapt
+from bnprops.search.chance import one_in
 from bnprops.search.strategies import STACKED_ELEMENTS
 
 #: One example in this many runs a relation while exploring (bnprops fuzz --relations): a check is two
@@ -41,7 +41,7 @@ RESULTS = ("held", "broken", "no instance", "error")
 
 @dataclasses.dataclass(frozen=True)
 class RelationDraw:
-    """A relation and its parameter choice (Relation.parameters), drawn with every fuzz example."""
+    """A relation and its parameter choice (Relation.parameters), drawn on the fuzz examples that run one."""
 
     relation: str
     choice: int
@@ -53,18 +53,15 @@ class RelationDraw:
 
 
 def relation_draws() -> st.SearchStrategy[RelationDraw]:
-    """Drawn with every example whatever ``every`` a run uses, so a stored example decodes the same under any."""
+    """Drawn on the examples whose coin (search.chance) comes up, with the family's ``chance``; a stored example
+    decodes the same under any ``every``."""
     return st.builds(RelationDraw, st.sampled_from(list(RELATIONS)), CHOICES)
 
 
-def due(case: Case, *, every: int) -> bool:
-    """Does exploring run a relation on ``case``? One case in ``every`` (large ones: in LARGE_FACTOR times as
-    many), by its fingerprint: a drawn number would not do, as Hypothesis's choices correlate (a drawn lot's
-    parity followed the relation's index)."""
-    if every <= 0:
-        return False
-    share = every * LARGE_FACTOR if case.x.size > STACKED_ELEMENTS else every
-    return int.from_bytes(case.fingerprint()[:8], "big") % share == 0
+def chance(case: Case, *, every: int) -> float:
+    """How often an example whose first case is ``case`` draws, and runs, a relation: one in ``every``, one in
+    LARGE_FACTOR times as many for a large case; 0 for none."""
+    return one_in(every * LARGE_FACTOR if case.x.size > STACKED_ELEMENTS else every)
 
 
 def relation_of(sig: Signature) -> str:

@@ -18,6 +18,11 @@ class Stop(BaseException):
     """Raised inside a search to end it; a BaseException, so Hypothesis neither catches nor shrinks it."""
 
 
+#: The layout of the examples a database holds (fuzzing.explorer.examples), in every key: one stored under another
+#: layout decodes to a different example, so it is never fetched. 2: side draws behind coins (search.chance).
+LAYOUT = b"examples/2:"
+
+
 class Router(ExampleDatabase):
     """The searches' database: every key goes to the key of the signature being shrunk (or replayed).
 
@@ -37,8 +42,8 @@ class Router(ExampleDatabase):
             return None
         for sub in (b".secondary", b".pareto"):
             if key.endswith(sub):
-                return sig.key + sub
-        return sig.key
+                return LAYOUT + sig.key + sub
+        return LAYOUT + sig.key
 
     def save(self, key: bytes, value: bytes) -> None:
         routed = self._route(key)

@@ -1,7 +1,7 @@
 """Training sequences in the fuzz job: which sequence an example runs, its findings, files and replay.
 
-Every fuzz example also draws a training sequence (``search.sequences``); for one example in ``every``
-(``due``) whose target has a session (``applies``) it runs on the target's entry point and backend (the
+One fuzz example in ``every`` (``chance``) whose target has a session (``applies``) also draws a training
+sequence (``search.sequences``); it runs on the target's entry point and backend (the
 other backend's in a worker process: MXNet reads its kernel choice at start-up), and
 ``judging.state_model`` checks the state after every rule.  The sequence is part of the example, so
 Hypothesis shrinks the list of rules first and a finding settles on the shortest sequence.
@@ -15,7 +15,6 @@ reproducer contract (a known deviation's persists while the state shows it as re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,8 @@ from bnprops.judging import in_network
 from bnprops.judging.known_deviations import SEQUENCE_DEVIATIONS
 from bnprops.judging.state_model import REPLAYS
 from bnprops.model.case import Case
-from bnprops.mx.runners import IN_PROCESS_BACKEND
+from bnprops.mx.runners import IN_PROCESS_BACKEND, sequence_unavailable_reason
+from bnprops.search.chance import one_in
 from bnprops.search.sequences import (
     ENTRIES,
     MEMBER_ENTRIES,
@@ -62,7 +62,8 @@ _DEVIATIONS = {d.id: d for d in SEQUENCE_DEVIATIONS}
 
 
 def sequence_draws(dtypes: Seq[str]) -> st.SearchStrategy[Sequence]:
-    """Drawn with every example whatever ``every`` a run uses, so a stored example decodes the same under any."""
+    """Drawn on the examples whose coin (search.chance) comes up, with the family's ``chance``; a stored example
+    decodes the same under any ``every``."""
     entries = DRAWN_ENTRIES if "float32" in dtypes else ("nd",)  # a member runs float32 only
     return sequences(entries=entries, dtypes=dtypes, max_rules=MAX_RULES)
 
@@ -74,12 +75,10 @@ def applies(entry: str, backend: str) -> bool:
     return entry in ENTRIES and backend in ("onednn", "native")
 
 
-def due(case: Case, *, every: int) -> bool:
-    """Does exploring run the example's sequence? One example in ``every``, by its first case's fingerprint (salted:
-    independent of the relation's and the chain's choices, which read the same fingerprint)."""
-    if every <= 0:
-        return False
-    return int.from_bytes(hashlib.sha256(b"sequence" + case.fingerprint()).digest()[:8], "big") % every == 0
+def chance(entry: str, backend: str, *, every: int) -> float:
+    """How often an example on this target draws, and runs, a sequence: one in ``every`` where a session runs
+    (``applies``, and this release has the sessions' APIs), else 0."""
+    return one_in(every) if applies(entry, backend) and sequence_unavailable_reason(entry) is None else 0.0
 
 
 def run_in_worker(spec: dict[str, Any]) -> SequenceRun:

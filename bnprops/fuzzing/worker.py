@@ -43,8 +43,12 @@ from bnprops.mx.backends import runner_for
 def replay(explorer: Explorer, strategy: Any, db: ExampleDatabase) -> None:
     """Yesterday's signatures first: each stored minimal example is run again (and shrunk further if it can)."""
     config, findings, result = explorer.config, explorer.findings, explorer.result
-    for sig in load_index(config.out):
+    signatures, unreplayable = load_index(config.out)
+    for sig in signatures:
         row: dict[str, Any] = {"signature": sig.to_dict(), "id": sig.ident}
+        if unreplayable:
+            result.replays.append({**row, "status": f"not replayed: {unreplayable}"})
+            continue
         selected = (sig.entry, sig.backend) in explorer.cases.runners or (
             sig.kind == MEMBER and sig.entry in config.members and MEMBER in explorer.families
         )
@@ -127,7 +131,7 @@ def run_worker(
         progress=progress,
     )
     result = explorer.result
-    strategy = examples(config, targets)
+    strategy = examples(config, targets, explorer.families)
     db = DirectoryBasedExampleDatabase(config.out / "db")
     sampler = StackSampler()
     try:
