@@ -194,7 +194,7 @@ def judge(
     outcome = _judge(ev, outputs, **how)
     if ev.close:
         # A fused decision fell within its rounding of a threshold: the reference engine judges the case.
-        outcome = _judge(evaluate(case, "reference", operator=operator), outputs, **how)
+        outcome = _judge(evaluate(case, "reference", operator=operator, sizes=ev.sizes), outputs, **how)
     return outcome
 
 
