@@ -16,12 +16,12 @@ import hypothesis
 import numpy as np
 
 from bnprops.judging.comparator import Verdict, compare_pair, reproducer
+from bnprops.judging.groups import judge_group
 from bnprops.judging.judgement import Outcome, judge
-from bnprops.model import fused_sums
 from bnprops.model.case import QUANTITIES, Case, Outputs
-from bnprops.model.evaluation import Evaluation, evaluate, parts
-from bnprops.mx.batching import split, stack
-from bnprops.mx.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY, Runner, adapt, kernel_for
+from bnprops.model.evaluation import Evaluation, evaluate
+from bnprops.mx.batching import stack
+from bnprops.mx.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, Runner, adapt, kernel_for
 
 __all__ = ["Outcome", "judge"]  # re-exported: the judgement is what callers of checks consume
 
@@ -90,7 +90,7 @@ def check_group(
     steering: bool = False,
 ) -> list[Outcome]:
     """Judge same-signature cases from one stacked MXNet call (bnprops.mx.batching): one outcome per case,
-    each the one ``check`` gives (see judge_group). ``steering``: inside a Hypothesis test, steer the search by
+    each the one ``check`` gives (judging.groups). ``steering``: inside a Hypothesis test, steer the search by
     the stacked call's ratios (the largest over the group), as assert_matches_oracle does.
     """
     quantities = tuple(quantities)
@@ -107,49 +107,6 @@ def check_group(
     for outcome in outcomes:
         record(outcome, kernel=kernel)
     return outcomes
-
-
-def judge_group(
-    group: Sequence[Case],
-    stacked: Case,
-    outputs: Outputs,
-    *,
-    entry: str,
-    kernel: str,
-    quantities: Iterable[str] = QUANTITIES,
-    backend: str = IN_PROCESS_BACKEND,
-) -> tuple[Outcome, list[Outcome]]:
-    """The stacked call's outcome, and each case's: the outcome ``judge`` gives the case on its slice of
-    ``outputs`` (test_group_judgement), from one evaluation of the stacked case.
-
-    The stacked case is judged as one, each channel's bounds those of its own case (evaluate's ``sizes``).
-    Where it shows no disagreement and no known deviation's region, every case passes. Otherwise each case is
-    judged on its slice, from its channels of the group's reference evaluation (evaluation.parts) where each
-    case would take the reference engine; a case that takes the fused engine is evaluated on its own.
-    """
-    quantities = tuple(quantities)
-    sizes = tuple(c.channels for c in group)
-    operator = OPERATOR_OF_ENTRY.get(entry, "batchnorm")
-    ev = evaluate(stacked, operator=operator, sizes=sizes)
-
-    def judged(case: Case, outputs: Outputs, evaluation: Evaluation | None) -> Outcome:
-        return judge(
-            case, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend, evaluation=evaluation
-        )
-
-    whole = judged(stacked, outputs, ev)
-    if not (whole.verdict.mismatches or whole.stale or whole.allowed):
-        passed = [Outcome(Verdict(case, (), {}), entry, (), (), (), frozenset(quantities), backend) for case in group]
-        return whole, passed
-    own: list[Evaluation | None] = [None] * len(group)
-    if operator == "batchnorm" and not any(fused_sums.eligible(case) for case in group):
-        reference = ev if type(ev) is Evaluation else evaluate(stacked, "reference", sizes=sizes)
-        own = list(parts(reference, group))
-    outcomes = [
-        judged(case, part, evaluation)
-        for case, part, evaluation in zip(group, split(stacked, outputs, sizes), own, strict=True)
-    ]
-    return whole, outcomes
 
 
 def assert_group_matches_oracle(

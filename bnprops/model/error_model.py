@@ -151,6 +151,15 @@ def v1_scale_error(case: Case, model: str) -> float:
     return ua * (int(inexact_division) + int(inexact_size))
 
 
+def _exact_sum(terms: np.ndarray, wanted: bool) -> Fraction | None:
+    """The exact sum of ``terms`` (an exact sum is a float64 number, so fsum gives it exactly); None where it is
+    not ``wanted`` (an inexact channel's, never read) or not finite."""
+    if not wanted:
+        return None
+    total = math.fsum(terms)
+    return Fraction(total) if math.isfinite(total) else None
+
+
 def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     acc, cd = accumulation_dtype(case.dtype), compute_dtype(case.dtype)
     ax, m = case.channel_axis, case.reduction_length
@@ -172,7 +181,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     if case.uses_batch_stats:
         x_sum = exact_input_sums(x, channel_axis=ax, dtype=acc)
         # An exact sum is a float64 number, so fsum gives it exactly.
-        mean_ok = x_sum & exact_quotients([Fraction(math.fsum(r)) for r in xr], m, mean)
+        mean_ok = x_sum & exact_quotients([_exact_sum(r, ok) for r, ok in zip(xr, x_sum, strict=True)], m, mean)
     else:
         x_sum, mean_ok = finite, finite  # the moving mean is an input: exact
     if not mean_ok.any():
@@ -188,7 +197,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     c_ok &= fits(np.abs(cr).max(axis=1), q_c, cd)
     c2_sum = c_ok & fits((cr * cr).sum(axis=1), 2 * q_c, acc)
     if case.uses_batch_stats:
-        var_ok = c2_sum & exact_quotients([Fraction(math.fsum(r * r)) for r in cr], m, var)
+        var_ok = c2_sum & exact_quotients([_exact_sum(r * r, ok) for r, ok in zip(cr, c2_sum, strict=True)], m, var)
     else:
         var_ok = finite
     eps = eps_as_applied(case)
@@ -197,7 +206,12 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     with np.errstate(invalid="ignore", divide="ignore"):
         root = np.sqrt(s2)
         pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
-    sum_ok = np.array([Fraction(float(v)) + Fraction(eps) == Fraction(float(t)) for v, t in zip(var, s2, strict=True)])
+    sum_ok = np.array(
+        [
+            bool(np.isfinite(v) and np.isfinite(t)) and Fraction(float(v)) + Fraction(eps) == Fraction(float(t))
+            for v, t in zip(var, s2, strict=True)
+        ]
+    )
     inv_ok = var_ok & eps_ok & pow4 & sum_ok
     # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed. Each product is
     # rounded to the compute type first (float16's kernel: half_t times half_t is half_t), so it must fit there too.

@@ -244,7 +244,7 @@ def evaluate(
     return FusedEvaluation(case, sizes=sizes) if fused else Evaluation(case, sizes=sizes)
 
 
-#: The reference engine's values, each computed from the case alone (what parts() cuts).
+#: The reference engine's values, each computed from the case alone (what part() cuts).
 _VALUES = (
     "statistics",
     "mean_abs",
@@ -259,29 +259,26 @@ _VALUES = (
 )
 
 
-def parts(ev: Evaluation, cases: Sequence[Case]) -> list[Evaluation]:
-    """A stacked group's reference evaluation cut into its cases' own: each value computed once for the group, and
-    each case given its channels of it. They are bit for bit ``evaluate(case, "reference")``'s: every value is
-    per channel or per element, every per-channel sum adds in one order whatever the other channels, and the
-    probabilistic bound spreads over each case's own channels (``sizes``). test_group_judgement holds it."""
+def part(ev: Evaluation, cases: Sequence[Case], index: int) -> Evaluation:
+    """Case ``index``'s own evaluation, cut out of the reference evaluation ``ev`` of the stacked ``cases``: each
+    value computed once for the group, the case given its channels of it. Bit for bit what ``evaluate(case,
+    "reference")`` gives: every value is per channel or per element, every per-channel sum adds in one order
+    whatever the other channels, and the probabilistic bound spreads over each case's own channels (``sizes``)."""
     if type(ev) is not Evaluation:
-        raise ValueError(f"parts() cuts the reference engine's evaluation, not a {type(ev).__name__}")
+        raise ValueError(f"part() cuts the reference engine's evaluation, not a {type(ev).__name__}")
     if tuple(c.channels for c in cases) != ev.sizes:
         raise ValueError(f"the cases' channel counts are not the stacked evaluation's sizes {ev.sizes}")
     for name in _VALUES:
         getattr(ev, name)
     for model in error_model.MODELS:
         ev.propagated(model)
-    found = []
-    lo = 0
-    for case in cases:
-        part = Evaluation(case, ev.operator)
-        cut = functools.partial(_cut, stacked=ev.case, lo=lo, hi=lo + case.channels)
-        for name in _VALUES:
-            part.__dict__[name] = cut(ev.__dict__[name])
-        part._propagated = {model: cut(value) for model, value in ev._propagated.items()}
-        found.append(part)
-        lo += case.channels
+    case = cases[index]
+    lo = sum(ev.sizes[:index])
+    cut = functools.partial(_cut, stacked=ev.case, lo=lo, hi=lo + case.channels)
+    found = Evaluation(case, ev.operator)
+    for name in _VALUES:
+        found.__dict__[name] = cut(ev.__dict__[name])
+    found._propagated = {model: cut(value) for model, value in ev._propagated.items()}
     return found
 
 

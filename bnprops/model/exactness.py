@@ -83,20 +83,25 @@ def fits(total: np.ndarray, quantum_exponent: np.ndarray, dtype: str) -> np.ndar
 def exact_input_sums(values: np.ndarray, *, channel_axis: int, dtype: str) -> np.ndarray:
     """Per channel: is the sum of these input values (exact numbers) formed exactly in ``dtype``?"""
     r = rows(values, channel_axis)
-    finite = np.all(np.isfinite(r), axis=1)  # (a channel's own: a NaN elsewhere spoils no other channel's sum)
+    finite = np.asarray(
+        np.all(np.isfinite(r), axis=1), dtype=bool
+    )  # (a channel's own: a NaN elsewhere spoils no other channel's sum)
     if r.shape[1] <= 1:
         return finite
     if not finite.all():
         r = np.where(finite[:, None], r, 0.0)
     head = r[:, :_SAMPLE]
-    exact = finite & fits(np.abs(head).sum(axis=1), quantum(head), dtype)
+    exact = np.asarray(finite & fits(np.abs(head).sum(axis=1), quantum(head), dtype))
     if exact.any() and r.shape[1] > _SAMPLE:
         whole = r[exact]
         exact[exact] = fits(np.abs(whole).sum(axis=1), quantum(whole), dtype)
     return exact
 
 
-def exact_quotients(numerators: list[Fraction], divisor: int, quotients: np.ndarray) -> np.ndarray:
-    """Per channel: is ``quotient * divisor`` exactly the (exact) numerator, so that dividing is exact?"""
+def exact_quotients(numerators: list[Fraction | None], divisor: int, quotients: np.ndarray) -> np.ndarray:
+    """Per channel: is ``quotient * divisor`` exactly the (exact) numerator, so that dividing is exact? (None: no
+    exact numerator.)"""
     pairs = zip(numerators, quotients, strict=True)
-    return np.array([bool(np.isfinite(q)) and Fraction(float(q)) * divisor == n for n, q in pairs], dtype=bool)
+    return np.array(
+        [n is not None and bool(np.isfinite(q)) and Fraction(float(q)) * divisor == n for n, q in pairs], dtype=bool
+    )
