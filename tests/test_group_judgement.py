@@ -50,6 +50,13 @@ def verdict_of(outcome: Outcome) -> tuple[object, ...]:
     )
 
 
+def ratios_of(outcome: Outcome) -> tuple[object, ...]:
+    verdict = outcome.verdict
+    return tuple(sorted((q, repr(r)) for q, r in verdict.ratios.items())), tuple(
+        sorted((q, repr(r)) for q, r in verdict.sharp_ratios.items())
+    )
+
+
 def assert_same_verdicts(group: list[Case], outputs: Outputs, *, entry: str, kernel: str, backend: str) -> None:
     stacked = stack(group)
     _, together = judge_group(group, stacked, outputs, entry=entry, kernel=kernel, backend=backend)
@@ -60,6 +67,8 @@ def assert_same_verdicts(group: list[Case], outputs: Outputs, *, entry: str, ker
             f"case {i + 1} of {len(group)} ({case.describe()}): the group's verdict differs from its own\n"
             f"group: {outcome.message() or 'passed'}\nalone: {alone.message() or 'passed'}"
         )
+        if outcome.verdict.ratios:  # (kept wherever the stacked verdict showed anything)
+            assert ratios_of(outcome) == ratios_of(alone), f"case {i + 1} of {len(group)}: {case.describe()}"
 
 
 def perturbed(outputs: Outputs, seed: int, scale: float) -> Outputs:

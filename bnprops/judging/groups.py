@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from bnprops.judging.comparator import Verdict, disagreeing, judged_elements
+from bnprops.judging.comparator import Verdict, element_ratios, judged_elements
 from bnprops.judging.invariants import violations
 from bnprops.judging.judgement import Outcome, judge, predictions
 from bnprops.model import fused_sums
@@ -53,47 +53,83 @@ def judge_group(
     if operator != "batchnorm" or any(fused_sums.eligible(case) for case in group):
         return whole, [judged(case, out, None) for case, out in zip(group, cases, strict=True)]
     reference = ev if type(ev) is Evaluation else evaluate(stacked, "reference", sizes=sizes)
-    seen = _seen(stacked, outputs, reference, entry=entry, kernel=kernel)
+    seen = _Seen(stacked, outputs, reference, entry=entry, kernel=kernel)
     outcomes = []
     lo = 0
     for i, (case, out) in enumerate(zip(group, cases, strict=True)):
         hi = lo + case.channels
-        if seen is None or seen[lo:hi].any():
+        if seen.anything is None or seen.anything[lo:hi].any():
             outcomes.append(judged(case, out, part(reference, group, i)))
         else:
-            outcomes.append(_passed(case, entry, quantities, backend))
+            ratios, sharp = seen.ratios(lo, hi)
+            outcomes.append(_passed(case, entry, quantities, backend, ratios, sharp))
         lo = hi
     return whole, outcomes
 
 
-def _passed(case: Case, entry: str, quantities: tuple[str, ...], backend: str) -> Outcome:
-    """A case's outcome where nothing disagrees and no known deviation applies (its ratios not kept)."""
-    return Outcome(Verdict(case, (), {}), entry, (), (), (), frozenset(quantities), backend)
+def _passed(
+    case: Case,
+    entry: str,
+    quantities: tuple[str, ...],
+    backend: str,
+    ratios: dict[str, float] | None = None,
+    sharp: dict[str, float] | None = None,
+) -> Outcome:
+    """A case's outcome where nothing disagrees and no known deviation applies (with its largest ratios where
+    known: a stacked verdict that agrees keeps none)."""
+    verdict = Verdict(case, (), ratios or {}, sharp or {})
+    return Outcome(verdict, entry, (), (), (), frozenset(quantities), backend)
 
 
-def _seen(stacked: Case, outputs: Outputs, ev: Evaluation, *, entry: str, kernel: str) -> np.ndarray | None:
-    """Per channel of the stacked case: is anything there that a case's own judgement acts on (an element beyond
-    the probabilistic bound or in another NaN/inf pattern, an invariant broken, a known deviation's region)?
-    None: something about the call as a whole (a quantity missing or misshapen): every case is judged."""
-    marks: list[tuple[str, np.ndarray]] = []
-    for q, expected in ev.expected.items():
-        actual = outputs.get(q)
-        if actual is None or np.shape(actual) != expected.shape:
-            return None
-        judged = judged_elements(stacked, q, expected.shape, ev.undetermined)
-        marks.append((q, judged & disagreeing(expected, np.asarray(actual), ev.sharp[q], ev.dtypes[q])))
-    for m in violations(stacked, outputs, evaluation=ev):
-        if m.where is None:
-            return None
-        marks.append((m.quantity, m.where))
-    marks += [(p.quantity, p.where) for _, p in predictions(stacked, entry=entry, kernel=kernel, evaluation=ev)]
-    seen = np.zeros(stacked.channels, dtype=bool)
-    axes = tuple(i for i in range(stacked.x.ndim) if i != stacked.channel_axis)
-    for q, where in marks:
-        if where.shape == stacked.shape and where.ndim > 1:
-            seen |= where.any(axis=axes)
-        elif where.shape == (stacked.channels,):
-            seen |= where
-        else:
-            raise ValueError(f"{q}: a mask of shape {where.shape} for a case of shape {stacked.shape}")
-    return seen
+class _Seen:
+    """Per channel of the stacked case, from its reference evaluation: is anything there that a case's own
+    judgement acts on (an element beyond the probabilistic bound or in another NaN/inf pattern, an invariant
+    broken, a known deviation's region)? ``anything`` None: something about the call as a whole (a quantity
+    missing or misshapen), so every case is judged. And per quantity and channel the largest error/bound ratios,
+    each case's largest being what its comparison would report."""
+
+    def __init__(self, stacked: Case, outputs: Outputs, ev: Evaluation, *, entry: str, kernel: str) -> None:
+        self.stacked = stacked
+        self._ratios: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.anything: np.ndarray | None = np.zeros(stacked.channels, dtype=bool)
+        for q in QUANTITIES:  # (in the comparator's order)
+            expected, actual = ev.expected.get(q), outputs.get(q)
+            if expected is None:
+                continue
+            if actual is None or np.shape(actual) != expected.shape:
+                self.anything = None
+                return
+            judged = judged_elements(stacked, q, expected.shape, ev.undetermined)
+            _, pattern, _, ratio, sharp = element_ratios(
+                expected, np.asarray(actual), ev.bound[q], ev.dtypes[q], judged, ev.sharp[q]
+            )
+            self._mark(q, pattern | (sharp > 1))
+            self._ratios[q] = (self._per_channel(ratio), self._per_channel(sharp))
+        for m in violations(stacked, outputs, evaluation=ev):
+            if m.where is None:
+                self.anything = None
+                return
+            self._mark(m.quantity, m.where)
+        for _, p in predictions(stacked, entry=entry, kernel=kernel, evaluation=ev):
+            self._mark(p.quantity, p.where)
+
+    def _per_channel(self, values: np.ndarray) -> np.ndarray:
+        """The largest of ``values`` (a quantity's, per element or per channel) in each channel."""
+        stacked = self.stacked
+        if values.shape == stacked.shape and values.ndim > 1:
+            axes = tuple(i for i in range(values.ndim) if i != stacked.channel_axis)
+            return np.asarray(np.max(values, axis=axes, initial=0.0))  # (ratios are never negative nor NaN)
+        if values.shape == (stacked.channels,):
+            return values
+        raise ValueError(f"a mask or ratios of shape {values.shape} for a case of shape {stacked.shape}")
+
+    def _mark(self, quantity: str, where: np.ndarray) -> None:
+        assert self.anything is not None
+        self.anything |= self._per_channel(where.astype(np.float64)) > 0
+
+    def ratios(self, lo: int, hi: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The largest error/bound and error/probabilistic-bound ratio per quantity among channels ``lo:hi``."""
+        return (
+            {q: float(r[lo:hi].max()) for q, (r, _) in self._ratios.items()},
+            {q: float(s[lo:hi].max()) for q, (_, s) in self._ratios.items()},
+        )
