@@ -9,16 +9,19 @@ are the ones ``judge`` gives each case alone (test_group_judgement).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from bnprops.judging.comparator import Verdict, element_ratios, judged_elements
+from bnprops.judging.deviation_models import Prediction
 from bnprops.judging.invariants import violations
 from bnprops.judging.judgement import Outcome, judge, predictions
+from bnprops.judging.known_deviations import KnownDeviation
 from bnprops.model import fused_sums
 from bnprops.model.case import QUANTITIES, Case, Outputs
-from bnprops.model.evaluation import Evaluation, evaluate, part
+from bnprops.model.evaluation import Evaluation, cut, evaluate, part
 from bnprops.mx.batching import split
 from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY
 
@@ -47,6 +50,8 @@ def judge_group(
 
     ev = evaluate(stacked, operator=operator, sizes=sizes)
     whole = judged(stacked, outputs, ev)
+    if len(group) == 1:  # the stacked case is the case, judged as judge would judge it alone
+        return whole, [dataclasses.replace(whole, verdict=dataclasses.replace(whole.verdict, case=group[0]))]
     if not (whole.verdict.mismatches or whole.stale or whole.allowed):
         return whole, [_passed(case, entry, quantities, backend) for case in group]
     cases = split(stacked, outputs, sizes)
@@ -59,7 +64,10 @@ def judge_group(
     for i, (case, out) in enumerate(zip(group, cases, strict=True)):
         hi = lo + case.channels
         if seen.anything is None or seen.anything[lo:hi].any():
-            outcomes.append(judged(case, out, part(reference, group, i)))
+            own = part(reference, group, i)
+            found = None if seen.found is None else seen.predictions(lo, hi)
+            how = {"checked": quantities, "backend": backend, "evaluation": own, "found": found}
+            outcomes.append(judge(case, out, entry=entry, kernel=kernel, **how))  # type: ignore[arg-type]
         else:
             ratios, sharp = seen.ratios(lo, hi)
             outcomes.append(_passed(case, entry, quantities, backend, ratios, sharp))
@@ -91,6 +99,8 @@ class _Seen:
     def __init__(self, stacked: Case, outputs: Outputs, ev: Evaluation, *, entry: str, kernel: str) -> None:
         self.stacked = stacked
         self._ratios: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        #: The known deviations' predictions for the stacked case (None: not made).
+        self.found: list[tuple[KnownDeviation, Prediction]] | None = None
         self.anything: np.ndarray | None = np.zeros(stacked.channels, dtype=bool)
         for q in QUANTITIES:  # (in the comparator's order)
             expected, actual = ev.expected.get(q), outputs.get(q)
@@ -110,8 +120,20 @@ class _Seen:
                 self.anything = None
                 return
             self._mark(m.quantity, m.where)
-        for _, p in predictions(stacked, entry=entry, kernel=kernel, evaluation=ev):
+        self.found = predictions(stacked, entry=entry, kernel=kernel, evaluation=ev)
+        for _, p in self.found:
             self._mark(p.quantity, p.where)
+
+    def predictions(self, lo: int, hi: int) -> list[tuple[KnownDeviation, Prediction]]:
+        """The predictions for the case of channels ``lo:hi``, cut from the stacked case's: each model computes per
+        channel or per element, so they are what ``predictions`` gives the case (where they cover any element)."""
+        assert self.found is not None
+        found = []
+        for kd, p in self.found:
+            own = cut(p, stacked=self.stacked, lo=lo, hi=hi)
+            if own.where.any():
+                found.append((kd, own))
+        return found
 
     def _per_channel(self, values: np.ndarray) -> np.ndarray:
         """The largest of ``values`` (a quantity's, per element or per channel) in each channel."""

@@ -274,15 +274,15 @@ def part(ev: Evaluation, cases: Sequence[Case], index: int) -> Evaluation:
         ev.propagated(model)
     case = cases[index]
     lo = sum(ev.sizes[:index])
-    cut = functools.partial(_cut, stacked=ev.case, lo=lo, hi=lo + case.channels)
+    mine = functools.partial(cut, stacked=ev.case, lo=lo, hi=lo + case.channels)
     found = Evaluation(case, ev.operator)
     for name in _VALUES:
-        found.__dict__[name] = cut(ev.__dict__[name])
-    found._propagated = {model: cut(value) for model, value in ev._propagated.items()}
+        found.__dict__[name] = mine(ev.__dict__[name])
+    found._propagated = {model: mine(value) for model, value in ev._propagated.items()}
     return found
 
 
-def _cut(value: Any, *, stacked: Case, lo: int, hi: int) -> Any:
+def cut(value: Any, *, stacked: Case, lo: int, hi: int) -> Any:
     """``value`` (of the stacked case) for its channels ``lo:hi``: arrays of x's shape along the channel axis,
     per-channel arrays along their one axis, containers item by item; anything else is the same for every case."""
     if isinstance(value, np.ndarray):
@@ -299,12 +299,10 @@ def _cut(value: Any, *, stacked: Case, lo: int, hi: int) -> Any:
         part.flags.writeable = value.flags.writeable
         return part
     if isinstance(value, dict):
-        return {key: _cut(item, stacked=stacked, lo=lo, hi=hi) for key, item in value.items()}
+        return {key: cut(item, stacked=stacked, lo=lo, hi=hi) for key, item in value.items()}
     if isinstance(value, tuple) and not dataclasses.is_dataclass(value):
-        return tuple(_cut(item, stacked=stacked, lo=lo, hi=hi) for item in value)
+        return tuple(cut(item, stacked=stacked, lo=lo, hi=hi) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {
-            f.name: _cut(getattr(value, f.name), stacked=stacked, lo=lo, hi=hi) for f in dataclasses.fields(value)
-        }
+        fields = {f.name: cut(getattr(value, f.name), stacked=stacked, lo=lo, hi=hi) for f in dataclasses.fields(value)}
         return dataclasses.replace(value, **fields)
     return value
