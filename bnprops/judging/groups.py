@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import Evaluation, cut, evaluate, part
 from bnprops.mx.batching import split
 from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY
+
+#: A known deviation's prediction for a case, as judgement.predictions lists them.
+Found = tuple[KnownDeviation, Prediction]
 
 
 def judge_group(
@@ -43,10 +47,11 @@ def judge_group(
     sizes = tuple(c.channels for c in group)
     operator = OPERATOR_OF_ENTRY.get(entry, "batchnorm")
 
-    def judged(case: Case, outputs: Outputs, evaluation: Evaluation | None) -> Outcome:
-        return judge(
-            case, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend, evaluation=evaluation
-        )
+    def judged(
+        case: Case, outputs: Outputs, evaluation: Evaluation | None, found: list[Found] | None = None
+    ) -> Outcome:
+        mine: dict[str, Any] = {"entry": entry, "kernel": kernel, "checked": quantities, "backend": backend}
+        return judge(case, outputs, evaluation=evaluation, found=found, **mine)
 
     ev = evaluate(stacked, operator=operator, sizes=sizes)
     whole = judged(stacked, outputs, ev)
@@ -64,10 +69,8 @@ def judge_group(
     for i, (case, out) in enumerate(zip(group, cases, strict=True)):
         hi = lo + case.channels
         if seen.anything is None or seen.anything[lo:hi].any():
-            own = part(reference, group, i)
             found = None if seen.found is None else seen.predictions(lo, hi)
-            how = {"checked": quantities, "backend": backend, "evaluation": own, "found": found}
-            outcomes.append(judge(case, out, entry=entry, kernel=kernel, **how))  # type: ignore[arg-type]
+            outcomes.append(judged(case, out, part(reference, group, i), found))
         else:
             ratios, sharp = seen.ratios(lo, hi)
             outcomes.append(_passed(case, entry, quantities, backend, ratios, sharp))
@@ -100,7 +103,7 @@ class _Seen:
         self.stacked = stacked
         self._ratios: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         #: The known deviations' predictions for the stacked case (None: not made).
-        self.found: list[tuple[KnownDeviation, Prediction]] | None = None
+        self.found: list[Found] | None = None
         self.anything: np.ndarray | None = np.zeros(stacked.channels, dtype=bool)
         for q in QUANTITIES:  # (in the comparator's order)
             expected, actual = ev.expected.get(q), outputs.get(q)
@@ -124,7 +127,7 @@ class _Seen:
         for _, p in self.found:
             self._mark(p.quantity, p.where)
 
-    def predictions(self, lo: int, hi: int) -> list[tuple[KnownDeviation, Prediction]]:
+    def predictions(self, lo: int, hi: int) -> list[Found]:
         """The predictions for the case of channels ``lo:hi``, cut from the stacked case's: each model computes per
         channel or per element, so they are what ``predictions`` gives the case (where they cover any element)."""
         assert self.found is not None
