@@ -45,3 +45,18 @@ def test_the_drawing_stage_counts_the_cases_of_the_fuzz_jobs_examples() -> None:
     stage = bench.fuzz_drawing(20)
     assert stage.name == "drawing" and stage.seconds > 0
     assert 20 <= stage.cases <= 20 * 32, f"20 examples of 1 to 32 cases each, got {stage.cases} cases"
+
+
+def test_the_group_table_has_each_method_per_kind_of_group_scenario_and_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bench, "GROUP_SHAPES", {"small": (2, 2, 2)})
+    monkeypatch.setattr(bench, "GROUP_SIZE", 3)
+    rows = bench.groups(reps=1)
+    assert [(r.scenario, r.path) for r in rows] == [(s, p) for s in bench.SCENARIOS for p in bench.GROUP_PATHS]
+    for r in rows:
+        assert set(r.ms) == set(bench.GROUP_METHODS) and all(v > 0 for v in r.ms.values())
+    head, *lines = bench.format_groups(rows).splitlines()
+    for column in ("alone ms/case", "before ms/case", "group ms/case", "before/group"):
+        assert column in head
+    assert lines[0].startswith("small 3x(2, 2, 2)") and "judge_group" in lines[-1]

@@ -269,3 +269,91 @@ def format_decades(rows: list[DecadeRow]) -> str:
     lines.append(f"for M >= 10^5 (float32, sym entry point, means of the same fresh cases; fused: {fused.mode_note()};")
     lines.append("fused-1t: the fused path on one thread)")
     return "\n".join(lines)
+
+
+# --- judging a stacked group, against judging its cases one by one ------------------------------------------
+
+#: Same-signature groups as the properties and the fuzz job stack them (case_groups: at most 10,000 elements a
+#: case); 16 cases stacked make a small group (864 elements) and a mid one (73,728: the fused engine's size).
+GROUP_SHAPES: dict[str, tuple[int, ...]] = {"small": (2, 3, 3, 3), "mid": (8, 4, 12, 12)}
+GROUP_SIZE = 16
+#: What MXNet's results are judged as: as they are (the stacked verdict agrees), and with one element of the
+#: last case's dx 1% off (the group is judged case by case: what any known deviation in a group causes).
+SCENARIOS = ("agreeing", "one off")
+#: The engine choice: numpy's reference throughout, or the default (fused for a stack of 20,000 elements or more).
+GROUP_PATHS = {"reference": "never", "auto": "auto"}
+#: How each group is judged: every case alone (check() per case), the group path before issue 25's part 2 (the
+#: stacked verdict, then every case alone where it disagrees) and now (checks.judge_group).
+GROUP_METHODS = ("alone", "before", "group")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRow:
+    """Mean judging milliseconds per case for one kind of group, scenario and engine choice, by method."""
+
+    size: str
+    scenario: str
+    path: str
+    ms: dict[str, float]
+
+
+def _group_judging_ms(group: list[Case], outputs: Outputs, method: str) -> float:
+    from bnprops.judging.groups import judge_group
+    from bnprops.judging.judgement import judge
+    from bnprops.mx.batching import split, stack
+
+    group = [case.with_() for case in group]  # fresh: nothing computed yet
+    sym = {"entry": "sym", "kernel": "onednn", "checked": QUANTITIES}
+    start = time.perf_counter()
+    stacked = stack(group)
+    parts = split(stacked, outputs, [c.channels for c in group])
+    if method == "group":
+        judge_group(group, stacked, outputs, entry="sym", kernel="onednn")
+    else:
+        whole = judge(stacked, outputs, **sym) if method == "before" else None  # type: ignore[arg-type]
+        if whole is None or whole.verdict.mismatches or whole.stale:
+            for case, part in zip(group, parts, strict=True):
+                judge(case, part, **sym)  # type: ignore[arg-type]
+    return 1e3 * (time.perf_counter() - start) / len(group)
+
+
+def groups(*, reps: int = 3) -> list[GroupRow]:
+    """Per kind of group, scenario and engine choice: each method's judging ms per case on the same MXNet results,
+    means over ``reps`` fresh groups (the first group of each kind judged once before, to warm caches)."""
+    from bnprops.mx.batching import stack
+
+    rows = []
+    for size, shape in GROUP_SHAPES.items():
+        for scenario in SCENARIOS:
+            for path, mode in GROUP_PATHS.items():
+                times: dict[str, list[float]] = {m: [] for m in GROUP_METHODS}
+                with fused.forced(mode):
+                    for rep in range(reps + 1):
+                        group = [decade_case(shape, 100 * rep + i) for i in range(GROUP_SIZE)]
+                        outputs = dict(run_symbolic(stack(group)))
+                        if scenario == "one off":
+                            dx = np.array(outputs["dx"], copy=True)
+                            dx[(0, dx.shape[1] - 1)] *= 1.01
+                            outputs["dx"] = dx
+                        for method in GROUP_METHODS:
+                            ms = _group_judging_ms(group, outputs, method)
+                            if rep:
+                                times[method].append(ms)
+                rows.append(GroupRow(size, scenario, path, {m: float(np.mean(v)) for m, v in times.items()}))
+    return rows
+
+
+def format_groups(rows: list[GroupRow]) -> str:
+    head = f"{'group':<26}{'scenario':<10}{'engine':<11}" + "".join(f"{m + ' ms/case':>17}" for m in GROUP_METHODS)
+    lines = [head + f"{'before/group':>14}{'alone/group':>13}"]
+    for r in rows:
+        shape = GROUP_SHAPES[r.size]
+        label = f"{r.size} {GROUP_SIZE}x{shape!s}"
+        line = f"{label:<26}{r.scenario:<10}{r.path:<11}" + "".join(f"{r.ms[m]:>17.3f}" for m in GROUP_METHODS)
+        lines.append(line + f"{r.ms['before'] / r.ms['group']:>14.2f}{r.ms['alone'] / r.ms['group']:>13.2f}")
+    lines.append(
+        "judging ms per case of a stacked group (float32, sym's results): alone = each case by judge(); before = the "
+        "stacked verdict, then each case alone where it disagrees; group = checks.judge_group (one evaluation cut "
+        "per case)"
+    )
+    return "\n".join(lines)

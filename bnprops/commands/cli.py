@@ -346,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         "to the ceiling. Then, per decade of M (elements per channel, 10^2 to 10^--top-decade; float32, sym entry "
         "point, executor bound once, fresh cases): MXNet's milliseconds per case and bnprops's judging milliseconds "
         "(check() minus the runner: oracle, bounds, comparison, known deviations) on the reference numpy path and "
-        "the fused numba path (bnprops/judging/fused.py) side by side, and their ratios to MXNet's.",
+        "the fused numba path (bnprops/judging/fused.py) side by side, and their ratios to MXNet's. Then, for "
+        "stacked groups of small and mid-size cases (MXNet's results as they are, and one element off): judging "
+        "milliseconds per case with each case judged alone, the group path before (the stacked verdict, then each "
+        "case alone) and now (one evaluation of the group cut per case), on the reference and the default engine.",
     )
     bench.add_argument("--examples", type=_positive_int, default=1000, help="examples per stage (default 1000)")
     bench.add_argument(
@@ -364,7 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{1..6}",
         help="the per-decade table's largest decade of M, 10^2 to 10^6; 1 skips the table (default 6)",
     )
-    bench.add_argument("--reps", type=_positive_int, default=3, help="cases per decade, each path (default 3)")
+    bench.add_argument(
+        "--groups-only", action="store_true", help="print only the stacked groups' table (skip the rest)"
+    )
+    bench.add_argument(
+        "--reps", type=_positive_int, default=3, help="cases per decade, groups per row, each path (default 3)"
+    )
     bench.set_defaults(subparser=bench)
 
     tight = sub.add_parser(
@@ -789,15 +797,18 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.fuzz_seconds < 0:
         _usage(parser, "--fuzz-seconds must be 0 or more")
-    if not args.decades_only:
+    if not args.decades_only and not args.groups_only:
         print(
             f"bnprops bench: {args.examples} examples per stage, fuzz {args.fuzz_seconds:g} s on {args.workers} workers"
         )
         stages = bench.run(examples=args.examples, fuzz_seconds=args.fuzz_seconds, workers=args.workers)
         print(bench.format_table(stages))
-    if args.top_decade >= 2:
+    if args.top_decade >= 2 and not args.groups_only:
         print(f"\njudging against MXNet per decade of M, 10^2 to 10^{args.top_decade}, {args.reps} cases each:")
         print(bench.format_decades(bench.decades(top=args.top_decade, reps=args.reps)))
+    if not args.decades_only:
+        print(f"\njudging stacked groups of {bench.GROUP_SIZE} cases, {args.reps} groups a row:")
+        print(bench.format_groups(bench.groups(reps=args.reps)))
     return EXIT_OK
 
 

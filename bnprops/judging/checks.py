@@ -16,10 +16,11 @@ import hypothesis
 import numpy as np
 
 from bnprops.judging.comparator import Verdict, compare_pair, reproducer
+from bnprops.judging.groups import judge_group
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.evaluation import Evaluation, evaluate
-from bnprops.mx.batching import split, stack
+from bnprops.mx.batching import stack
 from bnprops.mx.runners import ENTRY_POINTS, IN_PROCESS_BACKEND, REDUCTION_OF_BACKEND, Runner, adapt, kernel_for
 
 __all__ = ["Outcome", "judge"]  # re-exported: the judgement is what callers of checks consume
@@ -88,12 +89,9 @@ def check_group(
     backend: str | None = None,
     steering: bool = False,
 ) -> list[Outcome]:
-    """Judge same-signature cases from one stacked MXNet call (bnprops.mx.batching): one outcome per case.
-
-    The stacked call is itself a case and is judged as one. Known deviations apply case by case,
-    though, so wherever the stacked verdict shows any disagreement, each case is judged on its own
-    slice of the outputs: the fast path only ever says "passed". ``steering``: inside a Hypothesis test,
-    steer the search by the stacked call's ratios (the largest over the group), as assert_matches_oracle does.
+    """Judge same-signature cases from one stacked MXNet call (bnprops.mx.batching): one outcome per case,
+    each the one ``check`` gives (judging.groups). ``steering``: inside a Hypothesis test, steer the search by
+    the stacked call's ratios (the largest over the group), as assert_matches_oracle does.
     """
     quantities = tuple(quantities)
     backend = IN_PROCESS_BACKEND if backend is None else backend
@@ -101,17 +99,13 @@ def check_group(
     stacked = stack(group)
     outputs = runner(stacked)
     kernel = kernel_for(stacked, backend, entry)
-    whole = judge(stacked, outputs, entry=entry, kernel=kernel, checked=quantities, backend=backend)
+    whole, outcomes = judge_group(
+        group, stacked, outputs, entry=entry, kernel=kernel, quantities=quantities, backend=backend
+    )
     if steering and hypothesis.currently_in_test_context():
         steer(whole)
-    outcomes = []
-    for case, part in zip(group, split(stacked, outputs, [c.channels for c in group]), strict=True):
-        if whole.verdict.mismatches or whole.stale:
-            outcome = judge(case, part, entry=entry, kernel=kernel, checked=quantities, backend=backend)
-        else:
-            outcome = Outcome(Verdict(case, (), {}), entry, (), (), (), frozenset(quantities), backend)
+    for outcome in outcomes:
         record(outcome, kernel=kernel)
-        outcomes.append(outcome)
     return outcomes
 
 

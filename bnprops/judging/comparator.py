@@ -169,6 +169,27 @@ def _mark_close(ev: Evaluation | None) -> None:
         ev.close = True
 
 
+def element_ratios(
+    expected: np.ndarray,
+    actual: np.ndarray,
+    bound: np.ndarray,
+    out_dtype: str,
+    judged: np.ndarray,
+    sharp: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Element by element, among the ``judged`` elements: ``actual`` as compared (overflow adjusted), where the
+    NaN/inf patterns differ, the error (0 where either is not finite), its ratio to ``bound`` and to ``sharp``
+    (the probabilistic bound; None: ``bound``)."""
+    a = _overflow_adjusted(expected, actual, out_dtype)
+    finite = np.isfinite(expected) & np.isfinite(a)
+    pattern_differs = judged & _nonfinite_differs(expected, a)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(judged & finite, np.abs(a - expected), 0.0)
+    ratio = _ratio(err, bound)
+    sharp_ratio = ratio if sharp is None else _ratio(err, sharp)
+    return a, pattern_differs, err, ratio, sharp_ratio
+
+
 def _compare_one(
     quantity: str,
     expected: np.ndarray,
@@ -190,9 +211,7 @@ def _compare_one(
         detail = f"shape {actual.shape}, expected {expected.shape}"
         mismatch = Mismatch(quantity, "shape", expected.size, expected.size, (), nan, nan, nan, 0.0, detail)
         return mismatch, float("inf"), float("inf")
-    a = _overflow_adjusted(expected, actual, out_dtype)
-    finite = np.isfinite(expected) & np.isfinite(a)
-    pattern_differs = judged & _nonfinite_differs(expected, a)
+    a, pattern_differs, err, ratio, sharp_ratio = element_ratios(expected, actual, bound, out_dtype, judged, sharp)
     if pattern_differs.any():
         idx = tuple(int(i) for i in np.argwhere(pattern_differs)[0])
         count = int(pattern_differs.sum())
@@ -209,12 +228,8 @@ def _compare_one(
             where=pattern_differs,
         )
         return mismatch, float("inf"), float("inf")
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.where(judged & finite, np.abs(a - expected), 0.0)
     if err.size == 0:
         return None, 0.0, 0.0
-    ratio = _ratio(err, bound)
-    sharp_ratio = ratio if sharp is None else _ratio(err, sharp)
     if _watched(watch) and fused.is_near(ratio, sharp_ratio):
         _mark_close(watch)
     worst, worst_sharp = float(ratio.max()), float(sharp_ratio.max())

@@ -20,6 +20,7 @@ import numpy as np
 from bnprops.model.case import Case, Outputs, quantity_shape
 from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
 from bnprops.model.evaluation import Evaluation, evaluate
+from bnprops.model.exactness import channel_sum
 from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel, requested, writing
 
 
@@ -161,14 +162,14 @@ def kernel_form(ctx: Context, invstd: np.ndarray, *, dotp: np.ndarray | None = N
     """
     case = ctx.case
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
-    red, m = case.reduce_axes, case.reduction_length
+    m = case.reduction_length
     mean = ctx.statistics[0]
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     out = dict(ctx.evaluation.fresh)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         centred = x - per_channel(case, mean)
-        dotp = (centred * dy).sum(axis=red) if dotp is None else dotp
-        dbeta = dy.sum(axis=red)
+        dotp = channel_sum(centred * dy, case.channel_axis) if dotp is None else dotp
+        dbeta = channel_sum(dy, case.channel_axis)
         out["y"] = centred * per_channel(case, invstd) * per_channel(case, g) + per_channel(case, case.beta)
         out["dgamma"] = np.zeros(case.channels) if case.fix_gamma else dotp * invstd
         scale = per_channel(case, invstd * g)
@@ -223,7 +224,7 @@ def float16_projection(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         dotp = ctx.float16_dotp
         k = (dotp * invstd.astype(np.float64) ** 2 / m).astype(np.float32)
         t = (ctx.centred_half.astype(np.float32) * per_channel(case, k).astype(np.float32)).astype(np.float16)
-        grad_mean = (case.dy.astype(np.float64).sum(axis=case.reduce_axes) / m).astype(np.float32)
+        grad_mean = (channel_sum(case.dy.astype(np.float64), case.channel_axis) / m).astype(np.float32)
         a = (case.dy.astype(np.float32) - per_channel(case, grad_mean).astype(np.float32)).astype(np.float16)
         b = (a.astype(np.float32) - t.astype(np.float32)).astype(np.float16)
         iw = (invstd.astype(np.float64) * g).astype(np.float32)
@@ -244,7 +245,7 @@ def float16_dotp(ctx: Context) -> np.ndarray:
     case = ctx.case
     with np.errstate(over="ignore", invalid="ignore"):
         products = ctx.centred_half * case.dy
-        return np.asarray(products.astype(np.float64).sum(axis=case.reduce_axes))
+        return np.asarray(channel_sum(products.astype(np.float64), case.channel_axis))
 
 
 def recovery_reach(case: Case, var: np.ndarray) -> np.ndarray:

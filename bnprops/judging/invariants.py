@@ -24,6 +24,7 @@ from bnprops.judging.comparator import Mismatch
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, QUANTITIES, Case, Outputs
 from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
 from bnprops.model.evaluation import Evaluation, evaluate
+from bnprops.model.exactness import channel_sum
 from bnprops.model.oracle import eps_as_applied, overflow_threshold, per_channel
 
 #: The results computed through invstd (dgamma only without fix_gamma).
@@ -195,21 +196,21 @@ def _accumulations(ev: Evaluation) -> list[tuple[frozenset[str], np.ndarray]]:
     if not case.x.size:
         return []  # no terms (and invstd is 0/0): nothing to overflow
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
-    red = case.reduce_axes
+    axis = case.channel_axis
     mean, var = ev.statistics
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         centred = np.abs(x - per_channel(case, mean))
         invstd = 1 / np.sqrt(var + eps_as_applied(case))
         dgamma = {"dgamma", "dx"} if not case.fix_gamma else {"dx"}
         found = [
-            (frozenset({"dbeta", "dx"}), np.abs(dy).sum(axis=red)),
-            (frozenset(dgamma), (centred * np.abs(dy)).sum(axis=red) * np.maximum(invstd, 1)),
+            (frozenset({"dbeta", "dx"}), channel_sum(np.abs(dy), axis)),
+            (frozenset(dgamma), channel_sum(centred * np.abs(dy), axis) * np.maximum(invstd, 1)),
             (frozenset({"y", "dx"} | dgamma), _largest(case, centred) * invstd),
         ]
         if case.uses_batch_stats:
             normalised = {"y", "dx", "invstd", "moving_var"} | dgamma
-            found.append((frozenset(normalised | {"mean", "moving_mean"}), np.abs(x).sum(axis=red)))
-            found.append((frozenset(normalised), (centred * centred).sum(axis=red)))
+            found.append((frozenset(normalised | {"mean", "moving_mean"}), channel_sum(np.abs(x), axis)))
+            found.append((frozenset(normalised), channel_sum(centred * centred, axis)))
     return found
 
 

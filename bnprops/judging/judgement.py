@@ -172,11 +172,13 @@ def judge(
     scoped: bool = True,
     evaluation: Evaluation | None = None,
     like: str | None = None,
+    found: list[tuple[KnownDeviation, Prediction]] | None = None,
 ) -> Outcome:
     """Judge MXNet's outputs for ``case``: findings among ``checked``, staleness over every quantity.
 
     ``scoped=False`` applies every known deviation whatever release runs (to probe whether it is present).
-    ``evaluation``: the case's, if made. ``like``: as for ``predictions``.
+    ``evaluation``: the case's, if made. ``like``: as for ``predictions``. ``found``: what ``predictions`` gives
+    for the case and ``evaluation``, if made (a stacked group's, cut per case: judging.groups).
 
     A certain known deviation must show in some quantity it names, even one the calling property
     does not check (dgamma may agree by accident where y cannot).
@@ -194,10 +196,12 @@ def judge(
         "scoped": scoped,
         "like": like,
     }
-    outcome = _judge(ev, outputs, **how)
+    outcome = _judge(ev, outputs, found=found, **how)
     if ev.close:
         # A fused decision fell within its rounding of a threshold: the reference engine judges the case.
-        outcome = _judge(evaluate(case, "reference", operator=operator, reduction=reduction), outputs, **how)
+        outcome = _judge(
+            evaluate(case, "reference", operator=operator, reduction=reduction, sizes=ev.sizes), outputs, **how
+        )
     return outcome
 
 
@@ -211,12 +215,14 @@ def _judge(
     backend: str,
     scoped: bool,
     like: str | None,
+    found: list[tuple[KnownDeviation, Prediction]] | None = None,
 ) -> Outcome:
     case = ev.case
     checked = frozenset(checked)
     comparison = Comparison(ev, outputs)
     verdict = judged_outputs(comparison)
-    found = predictions(case, entry=entry, kernel=kernel, scoped=scoped, evaluation=ev, like=like)
+    if found is None:
+        found = predictions(case, entry=entry, kernel=kernel, scoped=scoped, evaluation=ev, like=like)
     if not found:
         unexpected = tuple(m for m in verdict.mismatches if m.quantity in checked)
         return Outcome(verdict, entry, (), unexpected, (), checked, backend)

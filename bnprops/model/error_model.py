@@ -34,6 +34,8 @@ from bnprops.model.case import (
     quantity_shape,
 )
 from bnprops.model.exactness import (
+    channel_mean,
+    channel_sum,
     exact_input_sums,
     exact_quotients,
     fits,
@@ -82,6 +84,17 @@ def probabilistic_lambda(channels: int) -> float:
     """lambda for a failure probability of PROBABILISTIC_FAILURE over a case's 4 sums per channel."""
     delta = PROBABILISTIC_FAILURE / (4 * max(channels, 1))
     return math.sqrt(2 * math.log(2 / delta))
+
+
+def channel_lambdas(channels: int | np.ndarray) -> float | np.ndarray:
+    """probabilistic_lambda for a case of ``channels`` channels, or per channel of a stacked group (``channels``:
+    each channel's own case's count), each by the scalar formula, so that a channel's bound has the same bits."""
+    if isinstance(channels, (int, np.integer)):
+        return probabilistic_lambda(int(channels))
+    counts = np.asarray(channels, dtype=np.int64)
+    distinct = np.unique(counts)
+    values = np.array([probabilistic_lambda(int(c)) for c in distinct], dtype=np.float64)
+    return np.asarray(values[np.searchsorted(distinct, counts)])
 
 
 def sum_factor(additions: int, dtype: str, *, model: str, channels: int = 1) -> float:
@@ -146,6 +159,15 @@ def v1_scale_error(case: Case, model: str) -> float:
     return ua * (int(inexact_division) + int(inexact_size))
 
 
+def _exact_sum(terms: np.ndarray, wanted: bool) -> Fraction | None:
+    """The exact sum of ``terms`` (an exact sum is a float64 number, so fsum gives it exactly); None where it is
+    not ``wanted`` (an inexact channel's, never read) or not finite."""
+    if not wanted:
+        return None
+    total = math.fsum(terms)
+    return Fraction(total) if math.isfinite(total) else None
+
+
 def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     acc, cd = accumulation_dtype(case.dtype), compute_dtype(case.dtype)
     ax, m = case.channel_axis, case.reduction_length
@@ -156,39 +178,48 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     if case.x.size == 0 or (case.uses_batch_stats and not _corner_sums_exact(case.x, ax, acc).any()):
         return Exactness(no, no, no, no, no, dy_sum, no)
     x = case.x.astype(np.float64)
-    if not np.all(np.isfinite(x)):
-        return Exactness(no, no, no, no, no, dy_sum, no)
-    mean, var = stats
     xr = rows(x, ax)
+    # Each channel's own data decide (a stacked group's channels are judged as in their own cases).
+    finite = np.all(np.isfinite(xr), axis=1)
+    if not finite.any():
+        return Exactness(no, no, no, no, no, dy_sum, no)
+    if not finite.all():
+        xr = np.where(finite[:, None], xr, 0.0)
+    mean, var = stats
     if case.uses_batch_stats:
         x_sum = exact_input_sums(x, channel_axis=ax, dtype=acc)
         # An exact sum is a float64 number, so fsum gives it exactly.
-        mean_ok = x_sum & exact_quotients([Fraction(math.fsum(r)) for r in xr], m, mean)
+        mean_ok = x_sum & exact_quotients([_exact_sum(r, ok) for r, ok in zip(xr, x_sum, strict=True)], m, mean)
     else:
-        x_sum, mean_ok = ~no, ~no  # the moving mean is an input: exact
+        x_sum, mean_ok = finite, finite  # the moving mean is an input: exact
     if not mean_ok.any():
         return Exactness(x_sum, mean_ok, no, no, no, dy_sum, no)
     # x - mean is exact where both are multiples of a common quantum and the difference fits.
     mean_bit = lowest_bit_exponent(np.where(np.isfinite(mean), mean, 0.0))
     head = xr[:, :64]
     c_ok = mean_ok & fits(np.abs(head - mean[:, None]).max(axis=1), np.minimum(quantum(head), mean_bit), cd)
-    if not c_ok.any():
+    if not c_ok.any() and case.uses_batch_stats:  # (else var and invstd do not depend on x - mean)
         return Exactness(x_sum, mean_ok, no, no, no, dy_sum, no)
     q_c = np.minimum(quantum(xr), mean_bit)
     cr = xr - mean[:, None]
     c_ok &= fits(np.abs(cr).max(axis=1), q_c, cd)
     c2_sum = c_ok & fits((cr * cr).sum(axis=1), 2 * q_c, acc)
     if case.uses_batch_stats:
-        var_ok = c2_sum & exact_quotients([Fraction(math.fsum(r * r)) for r in cr], m, var)
+        var_ok = c2_sum & exact_quotients([_exact_sum(r * r, ok) for r, ok in zip(cr, c2_sum, strict=True)], m, var)
     else:
-        var_ok = ~no
+        var_ok = finite
     eps = eps_as_applied(case)
     s2 = var + eps
     eps_ok = bool(representable(np.asarray(eps), cd) & representable(np.asarray(eps), acc))
     with np.errstate(invalid="ignore", divide="ignore"):
         root = np.sqrt(s2)
         pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
-    sum_ok = np.array([Fraction(float(v)) + Fraction(eps) == Fraction(float(t)) for v, t in zip(var, s2, strict=True)])
+    sum_ok = np.array(
+        [
+            bool(np.isfinite(v) and np.isfinite(t)) and Fraction(float(v)) + Fraction(eps) == Fraction(float(t))
+            for v, t in zip(var, s2, strict=True)
+        ]
+    )
     inv_ok = var_ok & eps_ok & pow4 & sum_ok
     # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed. Each product is
     # rounded to the compute type first (float16's kernel: half_t times half_t is half_t), so it must fit there too.
@@ -303,7 +334,7 @@ def invstd_data_error(s2: np.ndarray, e_s2: np.ndarray) -> np.ndarray:
         return np.asarray(np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf))
 
 
-def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.ndarray:
+def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int | np.ndarray) -> np.ndarray:
     """Per row of terms, ``lambda u sqrt(sum_k S_k^2) / sum|t|``: the martingale bound (Ipsen & Zhou) with
     the partial sums S_k of the sequential order in memory, which MXNet's CPU kernels use (their mean is
     np.cumsum's, bit for bit), as a factor on sum|terms|.  Pairwise and blocked orders have smaller partial
@@ -318,9 +349,12 @@ def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int) -> np.
     return partial_sum_factor(squares, total, dtype, channels=channels, terms=rows.shape[1])
 
 
-def partial_sum_factor(squares: np.ndarray, total: np.ndarray, dtype: str, *, channels: int, terms: int) -> np.ndarray:
-    """sequential_sum_factor from its two sums: of the squared partial sums from the second on, and of |terms|."""
-    lam = probabilistic_lambda(channels)
+def partial_sum_factor(
+    squares: np.ndarray, total: np.ndarray, dtype: str, *, channels: int | np.ndarray, terms: int
+) -> np.ndarray:
+    """sequential_sum_factor from its two sums: of the squared partial sums from the second on, and of |terms|.
+    ``channels``: the case's count, or each channel's own case's (channel_lambdas)."""
+    lam = channel_lambdas(channels)
     worst = sum_factor(max(terms - 1, 0), dtype, model="deterministic")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         spread = np.sqrt(squares)
@@ -331,19 +365,22 @@ def partial_sum_factor(squares: np.ndarray, total: np.ndarray, dtype: str, *, ch
 def mean_abs(case: Case) -> np.ndarray:
     """Per channel, the mean of |x| over its finite values (a NaN/inf channel is judged by its pattern alone)."""
     x = case.x.astype(np.float64)
-    return np.asarray(np.abs(np.where(np.isfinite(x), x, 0.0)).mean(axis=case.reduce_axes))
+    return np.asarray(channel_mean(np.abs(np.where(np.isfinite(x), x, 0.0)), case.channel_axis))
 
 
-def partial_sum_factors(case: Case, mean: np.ndarray) -> dict[str, np.ndarray]:
+def partial_sum_factors(
+    case: Case, mean: np.ndarray, *, channels: int | np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """sequential_sum_factor for each of the kernel's sums: x, (x - mean)^2, dy and (x - mean) dy (``mean``: the
-    statistics' mean)."""
+    statistics' mean; ``channels``: as for partial_sum_factor, by default the case's)."""
+    channels = case.channels if channels is None else channels
     acc = accumulation_dtype(case.dtype)
     x = rows(case.x.astype(np.float64), case.channel_axis)
     dy = rows(case.dy.astype(np.float64), case.channel_axis)
     with np.errstate(over="ignore", invalid="ignore"):
         centred = x - np.where(np.isfinite(mean), mean, 0.0)[:, None]
         terms = {"x": x, "c2": centred * centred, "dy": dy, "dot": centred * dy}
-    return {name: sequential_sum_factor(t, acc, channels=case.channels) for name, t in terms.items()}
+    return {name: sequential_sum_factor(t, acc, channels=channels) for name, t in terms.items()}
 
 
 def indeterminate_channels(st: Propagated) -> np.ndarray:
@@ -389,7 +426,6 @@ def bounds(
     if case.grad_req != WRITE_ALL:
         # The gradients' own bounds scale with the gradients, not with what they accumulate onto.
         expected = fresh
-    red = case.reduce_axes
 
     def chan(values: np.ndarray) -> np.ndarray:
         return per_channel(case, values)
@@ -402,16 +438,16 @@ def bounds(
         xhat = normalised(x, chan(st.mean), chan(inv))
         axhat = np.abs(xhat)
         dbeta = expected["dbeta"]
-        dgamma = (dy * xhat).sum(axis=red)  # the gradient even where fix_gamma reports 0
+        dgamma = channel_sum(dy * xhat, case.channel_axis)  # the gradient even where fix_gamma reports 0
         e_dbeta, e_dgamma, gradients = gradient_sum_bounds(
             case,
             st,
             model,
             exact_dot=exact.dot_sum,
             dbeta=dbeta,
-            sum_ady=np.abs(dy).sum(axis=red),
+            sum_ady=channel_sum(np.abs(dy), case.channel_axis),
             dgamma=dgamma,
-            sum_adx=(np.abs(dy) * axhat).sum(axis=red),
+            sum_adx=channel_sum(np.abs(dy) * axhat, case.channel_axis),
             shift=shift,
             inv=inv,
         )
@@ -524,12 +560,12 @@ def v1_terms(
     u = st.u
     m = max(case.reduction_length, 1)
     scale = v1_scale_error(case, model)
-    red = case.reduce_axes
+    axis = case.channel_axis
     dy = np.abs(case.dy.astype(np.float64))
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         axhat = np.abs(xhat)
-        mean_dy, mean_xhat = dy.mean(axis=red), axhat.mean(axis=red)
-        mean_dot = (dy * axhat).mean(axis=red)
+        mean_dy, mean_xhat = channel_mean(dy, axis), channel_mean(axhat, axis)
+        mean_dot = channel_mean(dy * axhat, axis)
         if model == "probabilistic":
             centred = rows(case.x.astype(np.float64), case.channel_axis) - st.mean[:, None]
             g_c = sequential_sum_factor(centred, "float32", channels=case.channels)

@@ -10,7 +10,10 @@ so a stacked group of same-signature cases (channels side by side) is evaluated 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,12 +37,18 @@ class Evaluation:
 
     engine = "reference"
 
-    def __init__(self, case: Case, operator: str = "batchnorm", reduction: str = "cpu") -> None:
+    def __init__(
+        self, case: Case, operator: str = "batchnorm", reduction: str = "cpu", *, sizes: tuple[int, ...] | None = None
+    ) -> None:
         self.case = case
         #: Whose arithmetic the bounds follow (error_model.OPERATORS).
         self.operator = operator
         #: Which kernels' reductions the bounds cover (gpu_reductions.REDUCTIONS).
         self.reduction = gpu_reductions.check(reduction)
+        #: The channel counts of the cases stacked into ``case`` (one case: its own count).
+        self.sizes = (case.channels,) if sizes is None else tuple(sizes)
+        if sum(self.sizes) != case.channels:
+            raise ValueError(f"sizes {self.sizes} add up to {sum(self.sizes)}, the case has {case.channels} channels")
         #: A decision within rounding of its threshold was made on this evaluation's values (fused engine only).
         self.close = False
         self._propagated: dict[str, Propagated] = {}
@@ -56,7 +65,15 @@ class Evaluation:
 
     @functools.cached_property
     def partial_sum_factors(self) -> dict[str, np.ndarray]:
-        return error_model.partial_sum_factors(self.case, self.statistics[0])
+        return error_model.partial_sum_factors(self.case, self.statistics[0], channels=self.case_channels)
+
+    @property
+    def case_channels(self) -> int | np.ndarray:
+        """The channel count the probabilistic bound spreads its failure probability over: the case's, or for a
+        stacked group each channel's own case's (so that a channel's bounds are those of its case)."""
+        if len(self.sizes) == 1:
+            return self.case.channels
+        return np.repeat(np.asarray(self.sizes, dtype=np.int64), self.sizes)
 
     @functools.cached_property
     def fresh(self) -> Outputs:
@@ -134,8 +151,8 @@ class FusedEvaluation(Evaluation):
 
     engine = "fused"
 
-    def __init__(self, case: Case) -> None:
-        super().__init__(case)
+    def __init__(self, case: Case, *, sizes: tuple[int, ...] | None = None) -> None:
+        super().__init__(case, sizes=sizes)
         self._arrays: dict[int, list[np.ndarray]] = {}
         self._model_bounds: dict[str, ModelBounds] = {}
 
@@ -161,7 +178,7 @@ class FusedEvaluation(Evaluation):
 
     @functools.cached_property
     def partial_sum_factors(self) -> dict[str, np.ndarray]:
-        return fused_sums.partial_sum_factors(self.case, self.raw, self.centred)
+        return fused_sums.partial_sum_factors(self.case, self.raw, self.centred, channels=self.case_channels)
 
     @functools.cached_property
     def drifts(self) -> dict[str, np.ndarray]:
@@ -217,11 +234,19 @@ class FusedEvaluation(Evaluation):
         return self._arrays[which]
 
 
-def evaluate(case: Case, engine: str = "auto", *, operator: str = "batchnorm", reduction: str = "cpu") -> Evaluation:
+def evaluate(
+    case: Case,
+    engine: str = "auto",
+    *,
+    operator: str = "batchnorm",
+    reduction: str = "cpu",
+    sizes: tuple[int, ...] | None = None,
+) -> Evaluation:
     """A new evaluation of ``case``: on the fused engine where it applies (``auto``: as BNPROPS_FUSED chooses),
     else on the reference. ``operator`` "v1" (BatchNorm_v1's arithmetic) and ``reduction`` "gpu" (the GPU
     kernels' reduction class, gpu_reductions) take the reference engine: the fused kernels compile the CPU
-    BatchNorm's terms only."""
+    BatchNorm's terms only. ``sizes``: the channel counts of the cases stacked into ``case``
+    (bnprops.mx.batching), so that each channel's bounds are its own case's."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
     if operator not in error_model.OPERATORS:
@@ -229,8 +254,72 @@ def evaluate(case: Case, engine: str = "auto", *, operator: str = "batchnorm", r
     if operator != "batchnorm" or gpu_reductions.check(reduction) != "cpu":
         if engine == "fused":
             raise ValueError(f"the fused engine computes the CPU BatchNorm's bounds, not {operator}'s on {reduction}")
-        return Evaluation(case, operator, reduction)
+        return Evaluation(case, operator, reduction, sizes=sizes)
     if engine == "fused" and not fused_sums.supports(case):
         raise ValueError(f"the fused engine takes float16/float32 data with elements, not {case.describe()}")
     fused = engine == "fused" or (engine == "auto" and fused_sums.eligible(case))
-    return FusedEvaluation(case) if fused else Evaluation(case)
+    return FusedEvaluation(case, sizes=sizes) if fused else Evaluation(case, sizes=sizes)
+
+
+#: The reference engine's values, each computed from the case alone (what part() cuts).
+_VALUES = (
+    "statistics",
+    "mean_abs",
+    "partial_sum_factors",
+    "fresh",
+    "expected",
+    "bound",
+    "sharp",
+    "exactness",
+    "undetermined",
+    "dtypes",
+)
+
+
+def part(ev: Evaluation, cases: Sequence[Case], index: int) -> Evaluation:
+    """Case ``index``'s own evaluation, cut out of the reference evaluation ``ev`` of the stacked ``cases``: each
+    value computed once for the group, the case given its channels of it. Bit for bit what ``evaluate(case,
+    "reference")`` gives: every value is per channel or per element, every per-channel sum adds in one order
+    whatever the other channels, and the probabilistic bound spreads over each case's own channels (``sizes``)."""
+    if type(ev) is not Evaluation:
+        raise ValueError(f"part() cuts the reference engine's evaluation, not a {type(ev).__name__}")
+    if tuple(c.channels for c in cases) != ev.sizes:
+        raise ValueError(f"the cases' channel counts are not the stacked evaluation's sizes {ev.sizes}")
+    for name in _VALUES:
+        getattr(ev, name)
+    for model in error_model.MODELS:
+        ev.propagated(model)
+    case = cases[index]
+    lo = sum(ev.sizes[:index])
+    mine = functools.partial(cut, stacked=ev.case, lo=lo, hi=lo + case.channels)
+    found = Evaluation(case, ev.operator, ev.reduction)
+    for name in _VALUES:
+        found.__dict__[name] = mine(ev.__dict__[name])
+    found._propagated = {model: mine(value) for model, value in ev._propagated.items()}
+    return found
+
+
+def cut(value: Any, *, stacked: Case, lo: int, hi: int) -> Any:
+    """``value`` (of the stacked case) for its channels ``lo:hi``: arrays of x's shape along the channel axis,
+    per-channel arrays along their one axis, containers item by item; anything else is the same for every case."""
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return value
+        if value.shape == stacked.shape:
+            index = [slice(None)] * value.ndim
+            index[stacked.channel_axis] = slice(lo, hi)
+            part = np.ascontiguousarray(value[tuple(index)])
+        elif value.shape == (stacked.channels,):
+            part = value[lo:hi].copy()
+        else:
+            raise ValueError(f"cannot cut an array of shape {value.shape} from a case of shape {stacked.shape}")
+        part.flags.writeable = value.flags.writeable
+        return part
+    if isinstance(value, dict):
+        return {key: cut(item, stacked=stacked, lo=lo, hi=hi) for key, item in value.items()}
+    if isinstance(value, tuple) and not dataclasses.is_dataclass(value):
+        return tuple(cut(item, stacked=stacked, lo=lo, hi=hi) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: cut(getattr(value, f.name), stacked=stacked, lo=lo, hi=hi) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **fields)
+    return value

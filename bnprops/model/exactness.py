@@ -34,8 +34,24 @@ def significand_bits(dtype: str) -> int:
 
 
 def rows(values: np.ndarray, channel_axis: int) -> np.ndarray:
-    """One row per channel."""
-    return np.moveaxis(values, channel_axis, 0).reshape(values.shape[channel_axis], -1)
+    """One row per channel, each contiguous (so that a sum along a row adds in the same order whatever the other
+    rows: numpy orders a reduction by the array's strides)."""
+    channels = values.shape[channel_axis]
+    moved = np.moveaxis(values, channel_axis, 0).reshape(channels, values.size // channels if channels else 0)
+    return np.ascontiguousarray(moved)
+
+
+def channel_sum(values: np.ndarray, channel_axis: int) -> np.ndarray:
+    """Per channel, the sum of its elements, added in one order whatever the other channels are: a stacked group's
+    channels get the bits they get in their own case (numpy's sum over several axes orders by the whole shape)."""
+    return np.asarray(rows(values, channel_axis).sum(axis=1))
+
+
+def channel_mean(values: np.ndarray, channel_axis: int) -> np.ndarray:
+    """channel_sum over the count (NaN for a channel of no elements, as numpy's mean)."""
+    total = channel_sum(values, channel_axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(total / (values.size // max(values.shape[channel_axis], 1)))
 
 
 def lowest_bit_exponent(values: np.ndarray) -> np.ndarray:
@@ -67,19 +83,25 @@ def fits(total: np.ndarray, quantum_exponent: np.ndarray, dtype: str) -> np.ndar
 def exact_input_sums(values: np.ndarray, *, channel_axis: int, dtype: str) -> np.ndarray:
     """Per channel: is the sum of these input values (exact numbers) formed exactly in ``dtype``?"""
     r = rows(values, channel_axis)
-    if not np.all(np.isfinite(r)):
-        return np.asarray(np.all(np.isfinite(r), axis=1) & False, dtype=bool)
+    finite = np.asarray(
+        np.all(np.isfinite(r), axis=1), dtype=bool
+    )  # (a channel's own: a NaN elsewhere spoils no other channel's sum)
     if r.shape[1] <= 1:
-        return np.ones(r.shape[0], dtype=bool)
+        return finite
+    if not finite.all():
+        r = np.where(finite[:, None], r, 0.0)
     head = r[:, :_SAMPLE]
-    exact = fits(np.abs(head).sum(axis=1), quantum(head), dtype)
+    exact = np.asarray(finite & fits(np.abs(head).sum(axis=1), quantum(head), dtype))
     if exact.any() and r.shape[1] > _SAMPLE:
         whole = r[exact]
         exact[exact] = fits(np.abs(whole).sum(axis=1), quantum(whole), dtype)
     return exact
 
 
-def exact_quotients(numerators: list[Fraction], divisor: int, quotients: np.ndarray) -> np.ndarray:
-    """Per channel: is ``quotient * divisor`` exactly the (exact) numerator, so that dividing is exact?"""
+def exact_quotients(numerators: list[Fraction | None], divisor: int, quotients: np.ndarray) -> np.ndarray:
+    """Per channel: is ``quotient * divisor`` exactly the (exact) numerator, so that dividing is exact? (None: no
+    exact numerator.)"""
     pairs = zip(numerators, quotients, strict=True)
-    return np.array([bool(np.isfinite(q)) and Fraction(float(q)) * divisor == n for n, q in pairs], dtype=bool)
+    return np.array(
+        [n is not None and bool(np.isfinite(q)) and Fraction(float(q)) * divisor == n for n, q in pairs], dtype=bool
+    )

@@ -267,9 +267,9 @@ def mean_abs(case: Case, raw: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def partial_sum_factors(
-    case: Case, raw: dict[str, np.ndarray], centred: dict[str, np.ndarray]
+    case: Case, raw: dict[str, np.ndarray], centred: dict[str, np.ndarray], *, channels: int | np.ndarray
 ) -> dict[str, np.ndarray]:
-    """error_model.partial_sum_factors from the passes' sums."""
+    """error_model.partial_sum_factors from the passes' sums (``channels``: as there)."""
     acc = accumulation_dtype(case.dtype)
     pairs = {
         "x": (raw["x_spread"], raw["x_abs"]),
@@ -279,7 +279,7 @@ def partial_sum_factors(
     }
     m = case.reduction_length
     return {
-        name: partial_sum_factor(squares, total, acc, channels=case.channels, terms=m)
+        name: partial_sum_factor(squares, total, acc, channels=channels, terms=m)
         for name, (squares, total) in pairs.items()
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, param_dtype
+from bnprops.model.exactness import channel_mean, channel_sum
 from bnprops.model.formulas import normalised, oracle_dx, oracle_y
 from bnprops.model.params import parsed
 
@@ -26,19 +27,19 @@ def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     if not case.uses_batch_stats:
         return case.moving_mean.astype(np.float64), case.moving_var.astype(np.float64)
     x = case.x.astype(np.float64)
-    red = case.reduce_axes
+    red, axis = case.reduce_axes, case.channel_axis
     # NaN/inf in the data make their channel's statistics NaN/inf, by IEEE rules, as they should.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # The sum in extended precision (x86's 64-bit significand), rounded once to float64 after the
         # division: a float64 mean's own rounding is as large as the error bound of a kernel whose sum
         # is exact, and refining it in float64 adds noise of that size.
-        mean = (x.astype(np.longdouble).sum(axis=red) / case.reduction_length).astype(np.float64)  # 0/0: NaN
+        mean = (channel_sum(x.astype(np.longdouble), axis) / case.reduction_length).astype(np.float64)  # 0/0: NaN
         if x.size:
             # A constant channel's mean is its value (its sum may not fit even 64 bits), so its variance is 0.
             lo, hi = x.min(axis=red), x.max(axis=red)
             mean = np.where((lo == hi) & np.isfinite(lo), lo, mean)
         centred = x - per_channel(case, mean)
-        var = (centred * centred).mean(axis=red)
+        var = channel_mean(centred * centred, axis)
     return mean, var
 
 
@@ -87,7 +88,7 @@ def fresh_reference(case: Case, stats: tuple[np.ndarray, np.ndarray] | None = No
     the oracle's own: an engine may give its own, computed another way)."""
     x = case.x.astype(np.float64)
     dy = case.dy.astype(np.float64)
-    red = case.reduce_axes
+    axis = case.channel_axis
     m = case.reduction_length
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     beta = case.beta.astype(np.float64)
@@ -98,8 +99,8 @@ def fresh_reference(case: Case, stats: tuple[np.ndarray, np.ndarray] | None = No
         xhat = normalised(x, per_channel(case, mean), per_channel(case, invstd))
         y = oracle_y(xhat, per_channel(case, g), per_channel(case, beta))
 
-        dbeta = dy.sum(axis=red)
-        sum_dy_xhat = (dy * xhat).sum(axis=red)
+        dbeta = channel_sum(dy, axis)
+        sum_dy_xhat = channel_sum(dy * xhat, axis)
         # (where the statistics are inputs, no gradient flows through them)
         dbeta_m, dot_m = per_channel(case, dbeta / m), per_channel(case, sum_dy_xhat / m)
         dx = oracle_dx(xhat, dy, per_channel(case, g * invstd), dbeta_m, dot_m, case.uses_batch_stats)

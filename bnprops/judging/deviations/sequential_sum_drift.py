@@ -15,7 +15,7 @@ from bnprops.model.oracle import per_channel
 from bnprops.mx import mxversion
 
 
-def _drifting(rows: np.ndarray, acc: str, channels: int) -> np.ndarray:
+def _drifting(rows: np.ndarray, acc: str, channels: int | np.ndarray) -> np.ndarray:
     """Per row: does the sequential sum in ``acc`` drift from the exact sum beyond the probabilistic bound?"""
     with np.errstate(over="ignore", invalid="ignore"):
         # Against the sum in extended precision: a float64 sum of float64 data errs as much as the drift.
@@ -40,7 +40,7 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
         return channel_rows(values.astype(np.float64), case.channel_axis)
 
     def drifts(terms: np.ndarray) -> np.ndarray:
-        return np.asarray(_drifting(terms, acc, case.channels) & finite)
+        return np.asarray(_drifting(terms, acc, ctx.evaluation.case_channels) & finite)
 
     def terms() -> dict[str, np.ndarray]:
         if isinstance(ctx.evaluation, FusedEvaluation):  # the same tests from the fused engine's sums
@@ -106,7 +106,7 @@ def v1_drifting_sums(ctx: Context) -> dict[str, np.ndarray]:
     eps = float(np.float32(case.eps))
 
     def drifts(values: np.ndarray) -> np.ndarray:
-        return _drifting(channel_rows(values, case.channel_axis), acc, case.channels)
+        return _drifting(channel_rows(values, case.channel_axis), acc, ctx.evaluation.case_channels)
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         centred = x - per_channel(case, mean)

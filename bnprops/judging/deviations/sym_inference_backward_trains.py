@@ -15,6 +15,7 @@ from bnprops.judging.deviation_models import (
 )
 from bnprops.model.case import Case, param_dtype
 from bnprops.model.error_model import accumulation_dtype, unit_roundoff
+from bnprops.model.exactness import channel_mean
 from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel
 
 
@@ -27,10 +28,9 @@ def sym_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.nda
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
         xhat = (case.x.astype(np.float64) - per_channel(case, mean)) * per_channel(case, invstd)
-        red = case.reduce_axes
-        dx = per_channel(case, g * invstd) * (
-            dy - dy.mean(axis=red, keepdims=True) - xhat * (dy * xhat).mean(axis=red, keepdims=True)
-        )
+        axis = case.channel_axis  # (per-channel means in one order: a stacked group's values are its cases')
+        mean_dy, mean_dot = per_channel(case, channel_mean(dy, axis)), per_channel(case, channel_mean(dy * xhat, axis))
+        dx = per_channel(case, g * invstd) * (dy - mean_dy - xhat * mean_dot)
     prior = case.prior("data")
     return np.asarray(dx if prior is None else prior.astype(np.float64) + dx)
 
