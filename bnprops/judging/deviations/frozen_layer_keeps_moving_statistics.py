@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import SequenceDeviation
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, SequenceDeviation
 from bnprops.mx import mxversion
 
 FROZEN_LAYER_KEEPS_MOVING_STATS = SequenceDeviation(
     id="frozen-layer-keeps-moving-statistics",
     releases=mxversion.Releases(
-        probed=(
-            ("1.3.1", True),
-            ("1.4.1", True),
-            ("1.5.1", True),
-            ("1.6.0", True),
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
+        probed=PROBED_IN_EVERY_RELEASE.probed,
         basis="the moving statistics are updated in BatchNorm's backward (batch_norm.cc, DoBackward: 1.3.1 line "
         "241, the same in 1.9.1), which nothing runs when no input needs a gradient; probed by the sequence "
         "checks' replay of its shortest sequence (tests/test_training.py) in each release's environment",

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import SequenceDeviation, none_found
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, SequenceDeviation, none_found
 from bnprops.mx import mxversion
 
 FROZEN_SYM_KEEPS_GAMMA = SequenceDeviation(
     id="frozen-sym-executor-keeps-gamma",
     releases=mxversion.Releases(
-        probed=(
-            ("1.3.1", True),
-            ("1.4.1", True),
-            ("1.5.1", True),
-            ("1.6.0", True),
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
+        probed=PROBED_IN_EVERY_RELEASE.probed,
         basis="the write of 1.0 into gamma under fix_gamma is skipped where the executor requests no gradient; "
         "probed by the sequence checks' replay of its shortest sequence (tests/test_training.py) in each "
         "release's environment",

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from bnprops.judging.declarations import SequenceDeviation
+from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, SequenceDeviation
 from bnprops.mx import mxversion
 
 THREADED_ENGINE_STALE_MOVING_STATS = SequenceDeviation(
     id="threaded-engine-stale-moving-statistics",
     releases=mxversion.Releases(
-        probed=(
-            ("1.3.1", True),
-            ("1.4.1", True),
-            ("1.5.1", True),
-            ("1.6.0", True),
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
+        probed=PROBED_IN_EVERY_RELEASE.probed,
         basis="apache/mxnet#18644 (v1.x backport #18654, first in 1.8.0) synchronised the gluon path only; probed "
         "by the threaded-engine probe of tests/test_training.py (3 stale reads in at most 3000 sym steps) in "
         "each release's environment",
