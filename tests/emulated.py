@@ -397,3 +397,19 @@ def emulate_v1(case: Case, *, summation: str) -> Outputs:
         if case.request(target) == "null":
             del out[q]
     return out
+
+
+def welford_case() -> Case:
+    """Three float32 values near 1000: a Welford kernel is beyond the CPU bound there, within the GPU one."""
+    x = np.array([[1000.2620239257812], [999.695068359375], [999.8883056640625]], np.float32)
+    return Case(
+        x=x,
+        dy=np.ones_like(x),
+        gamma=np.ones(1, np.float32),
+        beta=np.zeros(1, np.float32),
+        moving_mean=np.zeros(1, np.float32),
+        moving_var=np.ones(1, np.float32),
+        eps=1e-5,
+        fix_gamma=False,
+        output_mean_var=True,
+    )

@@ -46,6 +46,7 @@ from tests.emulated import (
     rows,
     unrows,
     welford,
+    welford_case,
 )
 from tests.planted import numpy_batchnorm
 
@@ -204,18 +205,7 @@ def test_the_cpu_bound_covers_two_pass_kernels_only() -> None:
     """Three float32 values near 1000 (found by a seeded search): Welford's running means, each rounded, move its
     M2 first order (2 rho C per rounding); two-pass cancels that (sum(x - mean) = 0). So Welford's kernel crosses
     the CPU bound by far and stays within the GPU class's, and every two-pass order stays within both."""
-    x = np.array([[1000.2620239257812], [999.695068359375], [999.8883056640625]], np.float32)
-    case = Case(
-        x=x,
-        dy=np.ones_like(x),
-        gamma=np.ones(1, np.float32),
-        beta=np.zeros(1, np.float32),
-        moving_mean=np.zeros(1, np.float32),
-        moving_var=np.ones(1, np.float32),
-        eps=1e-5,
-        fix_gamma=False,
-        output_mean_var=True,
-    )
+    case = welford_case()
     cpu, gpu = evaluate(case, reduction="cpu"), evaluate(case, reduction="gpu")
     welford_cpu = judge(case, "sequential", "welford", test="sanity", evaluation=cpu)
     assert {m.quantity for m in unsound(welford_cpu)} >= {"moving_var", "invstd"}, welford_cpu.message(label="welford")

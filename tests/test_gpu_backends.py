@@ -13,28 +13,12 @@ import pytest
 from bnprops.judging.declarations import FROM_SOURCE
 from bnprops.judging.judgement import judge, predictions
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
-from bnprops.model.case import QUANTITIES, Case
+from bnprops.model.case import QUANTITIES
 from bnprops.model.evaluation import evaluate
 from bnprops.mx.runners import ALL_BACKENDS, GPU_BACKENDS, REDUCTION_OF_BACKEND, kernel_for, unavailable_reason
-from tests.emulated import emulate
+from tests.emulated import emulate, welford_case
 
 GPU_DEVIATIONS = [kd for kd in KNOWN_DEVIATIONS if kd.needs_backend in GPU_BACKENDS]
-
-
-def welford_case() -> Case:
-    """Three float32 values near 1000: a Welford kernel is beyond the CPU bound there, within the GPU one."""
-    x = np.array([[1000.2620239257812], [999.695068359375], [999.8883056640625]], np.float32)
-    return Case(
-        x=x,
-        dy=np.ones_like(x),
-        gamma=np.ones(1, np.float32),
-        beta=np.zeros(1, np.float32),
-        moving_mean=np.zeros(1, np.float32),
-        moving_var=np.ones(1, np.float32),
-        eps=1e-5,
-        fix_gamma=False,
-        output_mean_var=True,
-    )
 
 
 def test_each_backend_names_the_reduction_class_its_bound_covers() -> None:
