@@ -51,19 +51,19 @@ def gamma_as_stored(ctx: Context) -> list[Prediction]:
     return _predict(ctx, stored_gamma=True)
 
 
+#: Both come with the operator: the same releases, probed alike.
+_RELEASES = mxversion.Releases(
+    probed=(("1.7.0", True), ("1.8.0", True), ("1.9.1", True)),
+    why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
+    basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
+    "1.7.0): 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each release's "
+    "environment",
+)
+
+
 INT8_EPS_APPLIED_TWICE = KnownDeviation(
     id="int8-eps-applied-twice",
-    releases=mxversion.Releases(
-        probed=(
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
-        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
-        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
-        "1.7.0): 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each release's "
-        "environment",
-    ),
+    releases=_RELEASES,
     upstream=none_found(
         "searched apache/mxnet issues for 'quantized batch_norm int8 eps fix_gamma' (no report); introduced "
         "with the operator by apache/mxnet#15664 ('add int8 bn mkldnn implementation and test', 1.6.0): it "
@@ -86,17 +86,7 @@ INT8_EPS_APPLIED_TWICE = KnownDeviation(
 
 INT8_IGNORES_FIX_GAMMA = KnownDeviation(
     id="int8-ignores-fix-gamma",
-    releases=mxversion.Releases(
-        probed=(
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
-        why="needs int8 BatchNorm (apache/mxnet#15664) and oneDNN",
-        basis="int8 BatchNorm came with apache/mxnet#15664 (1.6.0) and runs only with oneDNN ('mxnet' wheels from "
-        "1.7.0): 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each release's "
-        "environment",
-    ),
+    releases=_RELEASES,
     upstream=none_found(
         "searched apache/mxnet issues for 'quantized batch_norm int8 eps fix_gamma' (no report); introduced "
         "with the operator by apache/mxnet#15664 (1.6.0): the scale multiplies gamma_ptr[channel] without "

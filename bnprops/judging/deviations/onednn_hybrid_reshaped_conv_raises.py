@@ -28,24 +28,25 @@ def _reshaped_conv_then(last: Step) -> Chain:
     )
 
 
+#: Both raises: the same releases, probed alike, and the same search upstream.
+_RELEASES = mxversion.Releases(
+    probed=(("1.7.0", True), ("1.8.0", True), ("1.9.1", True)),
+    why="needs gluon-hybrid chains (register_op_hook, 1.6) and oneDNN (1.7+)",
+    basis="gluon-hybrid chains need HybridBlock.register_op_hook (1.6.0) and the 'mxnet' wheels have oneDNN "
+    "from 1.7.0: 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each "
+    "release's environment",
+)
+_UPSTREAM = none_found(
+    "searched apache/mxnet issues for 'mkldnn hybridize reshape pooling dimensions are invalid' (no "
+    "report of this one); the same class, a hybridized convolution whose output is reshaped failing under "
+    "MKLDNN: apache/mxnet#14766 and apache/mxnet#14093 (closed)"
+)
+
+
 ONEDNN_HYBRID_POOL_AFTER_RESHAPED_CONV_RAISES = NetworkDeviation(
     id="onednn-hybrid-pool-after-reshaped-conv-raises",
-    releases=mxversion.Releases(
-        probed=(
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
-        why="needs gluon-hybrid chains (register_op_hook, 1.6) and oneDNN (1.7+)",
-        basis="gluon-hybrid chains need HybridBlock.register_op_hook (1.6.0) and the 'mxnet' wheels have oneDNN "
-        "from 1.7.0: 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each "
-        "release's environment",
-    ),
-    upstream=none_found(
-        "searched apache/mxnet issues for 'mkldnn hybridize reshape pooling dimensions are invalid' (no "
-        "report of this one); the same class, a hybridized convolution whose output is reshaped failing under "
-        "MKLDNN: apache/mxnet#14766 and apache/mxnet#14093 (closed)"
-    ),
+    releases=_RELEASES,
+    upstream=_UPSTREAM,
     summary="oneDNN, hybridized: pooling a reshaped convolution output raises 'dimensions are invalid' (the "
     "producer fails; BatchNorm is not involved)",
     kind="raises",
@@ -65,22 +66,8 @@ ONEDNN_HYBRID_POOL_AFTER_RESHAPED_CONV_RAISES = NetworkDeviation(
 
 ONEDNN_HYBRID_REORDER_AFTER_RESHAPED_CONV_RAISES = NetworkDeviation(
     id="onednn-hybrid-reorder-after-reshaped-conv-raises",
-    releases=mxversion.Releases(
-        probed=(
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
-        why="needs gluon-hybrid chains (register_op_hook, 1.6) and oneDNN (1.7+)",
-        basis="gluon-hybrid chains need HybridBlock.register_op_hook (1.6.0) and the 'mxnet' wheels have oneDNN "
-        "from 1.7.0: 1.3.1-1.6.0 cannot express it; probed with bnprops.judging.release_probe in each "
-        "release's environment",
-    ),
-    upstream=none_found(
-        "searched apache/mxnet issues for 'mkldnn hybridize reshape pooling dimensions are invalid' (no "
-        "report of this one); the same class, a hybridized convolution whose output is reshaped failing under "
-        "MKLDNN: apache/mxnet#14766 and apache/mxnet#14093 (closed)"
-    ),
+    releases=_RELEASES,
+    upstream=_UPSTREAM,
     summary="oneDNN, hybridized: another op on a reshaped convolution output raises 'could not create a primitive "
     "descriptor for a reorder primitive' (the producer fails; BatchNorm is not involved)",
     kind="raises",
