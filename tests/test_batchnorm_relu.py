@@ -28,7 +28,7 @@ from bnprops.judging.deviations.relu_inference_backward_unwritten_mask import (
 from bnprops.judging.judgement import predictions
 from bnprops.judging.with_relu import check_with_relu, judge_with_relu, mask_unwritten
 from bnprops.model.case import Case
-from bnprops.mx.runners import with_relu_unavailable_reason
+from bnprops.mx.runners import with_relu_build_reason, with_relu_unavailable_reason
 from bnprops.mx.with_relu import PLAIN
 from bnprops.mx.with_relu import RUNNERS as WITH_RELU_RUNNERS
 from bnprops.search.with_relu import cases_for_with_relu
@@ -47,10 +47,10 @@ QUICK = settings(max_examples=40, deadline=None, suppress_health_check=list(Heal
 
 @pytest.fixture(autouse=True)
 def _onednn() -> None:
-    from bnprops.mx.runners import ONEDNN_ENABLED
-
-    if not ONEDNN_ENABLED:
-        pytest.skip("BatchNormWithReLU has only a oneDNN kernel")
+    """Skip where this build has no BatchNormWithReLU kernel: no oneDNN, or a release before the operator (1.8)."""
+    reason = with_relu_build_reason()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 @pytest.mark.parametrize("entry", sorted(WITH_RELU_RUNNERS))

@@ -54,22 +54,19 @@ def _reproducer() -> Case:
 AMP_BFLOAT16_EPS_TRUNCATED = KnownDeviation(
     id="amp-bfloat16-eps-truncated",
     releases=mxversion.Releases(
-        probed=(
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
-        why="needs bfloat16 AMP (apache/mxnet#17265, 1.7.0) and oneDNN",
-        basis="bfloat16 AMP exists from 1.7.0 (BatchNorm in BF16_FP32_FUNCS in 1.7.0 and 1.8.0), with oneDNN, which "
-        "the 'mxnet' wheels have from 1.7.0: 1.3.1-1.6.0 cannot express it. On 1.7.0 the 2-D reproducer gives "
-        "the oracle's values, as the other oneDNN deviations' 2-D reproducers do there (oneDNN took only 4-D "
-        "input with axis 1 before apache/mxnet#18504, in 1.8.0), and its 4-D variant matches neither (also on "
-        "1.8.0): 1.7.0 stays unsettled, not probed; probed with bnprops.judging.release_probe in each "
-        "release's environment",
+        since="1.8.0",
+        probed=(("1.7.0", False), ("1.8.0", True), ("1.9.1", True)),
+        why="AMP's bfloat16 graph feeds BatchNorm its channels on the last axis, which oneDNN takes from 1.8.0 "
+        "(apache/mxnet#18504, v1.x backport #18890); before, BatchNorm there runs as in float32",
+        basis="bfloat16 AMP exists from 1.7.0 (apache/mxnet#17265) with oneDNN, which the 'mxnet' wheels have "
+        "from 1.7.0: 1.3.1-1.6.0 cannot express it. On 1.7.0 the reproducer, 2-D and 4-D with the last axis, "
+        "gives the oracle's values on amp-sym and amp-gluon (bnprops versions' pytest step found it stale there)",
     ),
     upstream=none_found(
         "searched apache/mxnet issues for 'bfloat16 BatchNorm eps' and 'AMP bfloat16 BatchNorm' (no report); "
         "the path came with bfloat16 AMP, apache/mxnet#17265 ('Add bfloat16 floating-point format support "
-        "based on AMP', first released in 1.7.0)"
+        "based on AMP', first released in 1.7.0); reached by the last axis's oneDNN BatchNorm from "
+        "apache/mxnet#18504 (1.8.0)"
     ),
     summary="AMP bfloat16: BatchNorm's backward and moving_var use var + eps with eps truncated to bfloat16",
     quantities=frozenset({"dx", "dgamma", "moving_var"}),
