@@ -503,3 +503,24 @@ def test_the_version_job_parses_and_runs_only_on_its_weekly_trigger() -> None:
     assert any("bnprops versions" in step.get("run", "") for step in steps)
     upload = next(step for step in steps if str(step.get("uses", "")).startswith("actions/upload-artifact"))
     assert upload["if"] == "always()" and upload["with"]["path"] == "versions-out"
+
+
+def test_a_build_without_the_feature_list_has_onednn_where_its_library_ships_beside_mxnet(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """1.3/1.4 have no mx.runtime.Features: mxnet-mkl ships libmkldnn.so.0 in the package, 'mxnet' does not."""
+    import importlib
+    import types
+
+    real_import = importlib.import_module
+    package = types.SimpleNamespace(__file__=str(tmp_path / "__init__.py"))
+
+    def old_release(name: str) -> Any:
+        if name == "mxnet.runtime":
+            raise ImportError("no mxnet.runtime before 1.5")
+        return package if name == "mxnet" else real_import(name)
+
+    monkeypatch.setattr(importlib, "import_module", old_release)
+    assert not mxversion.onednn_built()
+    (tmp_path / "libmkldnn.so.0").write_bytes(b"")
+    assert mxversion.onednn_built()

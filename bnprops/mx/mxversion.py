@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 #: Releases are compared by their numeric components; a post-release tag (1.5.1.post0) is the same code.
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
@@ -46,7 +47,9 @@ def onednn_built() -> bool:
         runtime = importlib.import_module("mxnet.runtime")  # 1.5+: not an attribute of mxnet until imported
         return bool(runtime.Features().is_enabled("MKLDNN"))
     except (ImportError, AttributeError, RuntimeError):
-        return False  # 1.3/1.4 have no feature list; their 'mxnet' wheels have no MKL-DNN
+        # 1.3/1.4 have no feature list: mxnet-mkl ships MKL-DNN's library beside libmxnet.so, 'mxnet' does not.
+        package = importlib.import_module("mxnet")
+        return any(Path(package.__file__).parent.glob("lib*mkldnn.so*"))
 
 
 _PROBE = """
