@@ -18,7 +18,7 @@ PLAIN = {"amp-sym": "sym", "amp-gluon": "gluon-hybrid"}
 
 
 def unavailable_reason() -> str | None:
-    return amp.unavailable_reason()
+    return amp.unavailable_reason() or amp.bf16_unavailable_reason()
 
 
 def unexpressible_reason(case: Case) -> str | None:

@@ -39,8 +39,11 @@ def unavailable_reason() -> str | None:
         return f"MXNet {mx.__version__} was built without oneDNN: it has no MKLDNN subgraph backend"
     if not ONEDNN_ENABLED:
         return "oneDNN is disabled here (MXNET_MKLDNN_ENABLED=0): the MKLDNN subgraph backend does not run"
-    if not hasattr(mx.sym.Symbol, "optimize_for"):
-        return f"MXNet {mx.__version__} has no Symbol.optimize_for (came in 1.7)"
+    if not hasattr(mx.sym.Symbol, "optimize_for") or mxversion.parse(mxversion.running()) < mxversion.parse("1.7.0"):
+        return (
+            f"MXNet {mx.__version__}: the fold is checked from 1.7 (1.6's optimize_for takes no backend "
+            "argument, and its plain bind does not fold)"
+        )
     return None
 
 

@@ -17,7 +17,7 @@ import mxnet as mx
 import numpy as np
 
 from bnprops.model.case import Case, Outputs
-from bnprops.mx import rewrite_snippets
+from bnprops.mx import mxversion, rewrite_snippets
 from bnprops.mx.runners import ONEDNN_BUILT, ONEDNN_ENABLED
 
 QUANTIZED_OP = "_contrib_quantized_batch_norm"
@@ -29,6 +29,10 @@ KERNELS: dict[str, str | None] = {
 }
 
 
+#: quantize_net and quantize_model_mkldnn take quantize_mode (full: BatchNorm quantized too) from this release.
+QUANTIZE_MODE_SINCE = "1.7.0"
+
+
 def unavailable_reason() -> str | None:
     """Why this MXNet cannot quantize BatchNorm (None if it can)."""
     if not ONEDNN_BUILT or not ONEDNN_ENABLED:
@@ -37,6 +41,8 @@ def unavailable_reason() -> str | None:
         from mxnet.contrib.quantization import quantize_net  # noqa: F401
     except ImportError:
         return f"MXNet {mx.__version__} has no mx.contrib.quantization.quantize_net"
+    if mxversion.parse(mxversion.running()) < mxversion.parse(QUANTIZE_MODE_SINCE):
+        return f"bnprops's int8 runners pass quantize_mode, which MXNet's quantizers take from {QUANTIZE_MODE_SINCE}"
     return None
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from bnprops.model.bfloat16 import is_bfloat16
 from bnprops.model.case import GRAD_TARGETS, WRITE_ALL, Case, Outputs
+from bnprops.mx import mxversion
 from bnprops.mx.runners import ONEDNN_ENABLED, BackendUnavailable, adapt
 from bnprops.mx.snippets import kernel_header
 
@@ -41,6 +42,18 @@ def unavailable_reason() -> str | None:
         return f"MXNet {mx.__version__} has no mx.contrib.amp"
     missing = [n for n in ("convert_model", "convert_hybrid_block") if not hasattr(amp, n)]
     return f"mx.contrib.amp has no {', '.join(missing)}" if missing or contrib is None else None
+
+
+#: bfloat16 AMP came with apache/mxnet#17265: before it, convert_model takes target_dtype float16 only.
+BF16_SINCE = "1.7.0"
+
+
+def bf16_unavailable_reason() -> str | None:
+    """Why this MXNet's AMP cannot convert to bfloat16, or None."""
+    if mxversion.parse(mxversion.running()) < mxversion.parse(BF16_SINCE):
+        running = mxversion.running()
+        return f"MXNet {running}'s AMP converts to float16 only (bfloat16 AMP: {BF16_SINCE}, apache/mxnet#17265)"
+    return None
 
 
 def kernel_reason(entry: str) -> str | None:

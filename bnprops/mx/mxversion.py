@@ -49,7 +49,7 @@ def onednn_built() -> bool:
     except (ImportError, AttributeError, RuntimeError):
         # 1.3/1.4 have no feature list: mxnet-mkl ships MKL-DNN's library beside libmxnet.so, 'mxnet' does not.
         package = importlib.import_module("mxnet")
-        return any(Path(package.__file__).parent.glob("lib*mkldnn.so*"))
+        return any(Path(str(package.__file__)).parent.glob("lib*mkldnn.so*"))
 
 
 _PROBE = """
