@@ -61,11 +61,12 @@ def test_an_example_draws_each_side_family_about_as_often_as_its_chance(tmp_path
 
 
 def test_a_family_switched_off_is_all_but_never_drawn(tmp_path: Path) -> None:
-    # Hypothesis takes a coin's untried side now and then to find a new example: such a draw is not run
-    # (Explorer.explore asks the family's chance again).
+    # Hypothesis takes a coin's untried side now and then to find a new example (2 to 7 of 300 examples, as the
+    # suite's other tests leave its state): such a draw is not run (Explorer.explore asks the family's chance
+    # again). A coin ignored comes up on every example.
     off = {"relation_every": 0, "network_every": 0, "sequence_every": 0, "member_every": 0, "lifecycle_every": 0}
     counts = drawn_per_family(plan.CampaignConfig(out=tmp_path, max_examples=1, **off), chunks=3)  # type: ignore[arg-type]
-    assert all(drawn <= 6 and drawn == no_chance for drawn, _, no_chance in counts.values()), counts
+    assert all(drawn <= 0.03 * 300 and drawn == no_chance for drawn, _, no_chance in counts.values()), counts
 
 
 def replayed(choices: tuple[Any, ...], p: float) -> tuple[bool, int | None]:
