@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,12 @@ def probe_network(kd: NetworkDeviation) -> dict[str, Any]:
     return {"status": status, "entries": {entry: {"status": status, "detail": detail}}}
 
 
+def probe_lifecycle(ld: Any) -> dict[str, Any]:
+    """A life-cycle deviation's status here: its reproducer's scenario (judging.lifecycle.probe)."""
+    status, detail = lifecycle.probe(ld)
+    return {"status": status, "entries": {ld.check: {"status": status, "detail": detail}}}
+
+
 def summarise(statuses: list[str]) -> str:
     """One status from the entry points': present on all that apply, absent on all, else partial/differs."""
     applied = [s for s in statuses if s != NOT_APPLICABLE]
@@ -191,31 +198,19 @@ def run() -> dict[str, Any]:
         "backends": {b: unavailable_reason(b) for b in ALL_BACKENDS},
         "deviations": {},
     }
-    for kd in KNOWN_DEVIATIONS:
+    probes: list[tuple[Any, Callable[[Any], dict[str, Any]]]] = [
+        *((kd, probe) for kd in KNOWN_DEVIATIONS),
+        *((nd, probe_network) for nd in NETWORK_DEVIATIONS),
+        *((ld, probe_lifecycle) for ld in LIFECYCLE_DEVIATIONS),
+    ]
+    for declared, probe_one in probes:
         try:
-            row = probe(kd)
+            row = probe_one(declared)
         except Exception:  # one broken probe must not hide the others
             row = {"status": DIFFERS, "entries": {}, "error": traceback.format_exc(limit=4)}
-        row["recorded_scope"] = kd.releases.describe()
-        row["recorded_here"] = kd.holds_in(running)
-        result["deviations"][kd.id] = row
-    for nd in NETWORK_DEVIATIONS:
-        try:
-            row = probe_network(nd)
-        except Exception:
-            row = {"status": DIFFERS, "entries": {}, "error": traceback.format_exc(limit=4)}
-        row["recorded_scope"] = nd.releases.describe()
-        row["recorded_here"] = nd.holds_in(running)
-        result["deviations"][nd.id] = row
-    for ld in LIFECYCLE_DEVIATIONS:
-        try:
-            status, detail = lifecycle.probe(ld)
-            row = {"status": status, "entries": {ld.check: {"status": status, "detail": detail}}}
-        except Exception:
-            row = {"status": DIFFERS, "entries": {}, "error": traceback.format_exc(limit=4)}
-        row["recorded_scope"] = ld.releases.describe()
-        row["recorded_here"] = ld.holds_in(running)
-        result["deviations"][ld.id] = row
+        row["recorded_scope"] = declared.releases.describe()
+        row["recorded_here"] = declared.holds_in(running)
+        result["deviations"][declared.id] = row
     return result
 
 

@@ -68,10 +68,7 @@ def resolve(name: str) -> str:
     find 'mkl-1.5.1.post0'. Raises ValueError for others, listing the known builds."""
     if name in BUILDS:
         return name
-    spelled = name.replace("==", "-").removeprefix("mxnet-") if "==" in name or "-" in name else name
-    prefix, _, release = spelled.rpartition("-")
-    if prefix == "mxnet":
-        prefix = ""
+    prefix, _, release = name.replace("==", "-").removeprefix("mxnet-").rpartition("-")
     if prefix and prefix not in DISTRIBUTIONS:
         raise ValueError(f"{name!r}: not a build bnprops installs; known builds: {', '.join(BUILDS)}")
     try:

@@ -13,6 +13,15 @@ from bnprops.mx import mxversion
 FOLD_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-bind", "fold-relu-sym"})
 #: The entries that take gradients through the folded graph.
 FOLD_GRADIENT_ENTRIES = frozenset({"fold-sym", "fold-gluon", "fold-relu-sym"})
+#: The scope of the fold's deviations that show through fold-bind too (probed in each release's environment).
+FOLD_RELEASES = mxversion.Releases(
+    probed=(("1.7.0", True), ("1.8.0", True), ("1.9.1", True)),
+    why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
+    basis="the fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN ('mxnet' wheels from 1.7.0): "
+    "1.3.1-1.6.0 cannot express it. On 1.7.0 and 1.8.0 only fold-bind shows it: the optimize_for entries "
+    "(fold-sym, fold-gluon, fold-relu-sym) raise 'Check failed: input_nid < simple_nodes->size() (6 vs. "
+    "6)' in those releases; probed with bnprops.judging.release_probe in each release's environment",
+)
 
 
 def fold_reproducer(*, is_train: bool = False, axis: int = 1) -> Case:

@@ -6,11 +6,10 @@ import numpy as np
 
 from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
-from bnprops.judging.deviations.onednn_fold_gradients_zero import FOLD_ENTRIES, fold_reproducer
+from bnprops.judging.deviations.onednn_fold_gradients_zero import FOLD_ENTRIES, FOLD_RELEASES, fold_reproducer
 from bnprops.model.case import Case
 from bnprops.model.folding import identity_fold_bound
 from bnprops.model.oracle import reference
-from bnprops.mx import mxversion
 
 
 def on_axis_one(case: Case) -> Case:
@@ -30,18 +29,7 @@ def folded_along_axis_one(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_IGNORES_AXIS = KnownDeviation(
     id="onednn-fold-ignores-axis",
-    releases=mxversion.Releases(
-        probed=(
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
-        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
-        basis="the fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN ('mxnet' wheels from 1.7.0): "
-        "1.3.1-1.6.0 cannot express it. On 1.7.0 and 1.8.0 only fold-bind shows it: the optimize_for entries "
-        "(fold-sym, fold-gluon, fold-relu-sym) raise 'Check failed: input_nid < simple_nodes->size() (6 vs. "
-        "6)' in those releases; probed with bnprops.judging.release_probe in each release's environment",
-    ),
+    releases=FOLD_RELEASES,
     upstream=none_found(
         "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
         "'MKLDNN subgraph conv bn fusion' (no report); introduced with the fold, apache/mxnet#12530 "

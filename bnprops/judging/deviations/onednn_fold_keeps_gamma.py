@@ -6,8 +6,7 @@ import numpy as np
 
 from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
-from bnprops.judging.deviations.onednn_fold_gradients_zero import FOLD_ENTRIES, fold_reproducer
-from bnprops.mx import mxversion
+from bnprops.judging.deviations.onednn_fold_gradients_zero import FOLD_ENTRIES, FOLD_RELEASES, fold_reproducer
 
 
 def keeps_gamma(ctx: Context) -> list[Prediction]:
@@ -21,18 +20,7 @@ def keeps_gamma(ctx: Context) -> list[Prediction]:
 
 ONEDNN_FOLD_KEEPS_GAMMA = KnownDeviation(
     id="onednn-fold-keeps-gamma",
-    releases=mxversion.Releases(
-        probed=(
-            ("1.7.0", True),
-            ("1.8.0", True),
-            ("1.9.1", True),
-        ),
-        why="needs the oneDNN fold (apache/mxnet#12530) and oneDNN",
-        basis="the fold came with apache/mxnet#12530 (1.4.0) and runs only with oneDNN ('mxnet' wheels from 1.7.0): "
-        "1.3.1-1.6.0 cannot express it. On 1.7.0 and 1.8.0 only fold-bind shows it: the optimize_for entries "
-        "(fold-sym, fold-gluon, fold-relu-sym) raise 'Check failed: input_nid < simple_nodes->size() (6 vs. "
-        "6)' in those releases; probed with bnprops.judging.release_probe in each release's environment",
-    ),
+    releases=FOLD_RELEASES,
     upstream=none_found(
         "searched apache/mxnet issues for 'mkldnn conv batchnorm fuse optimize_for gradients training' and "
         "'MKLDNN subgraph conv bn fusion' (no report); introduced with the fold, apache/mxnet#12530 (1.4.0): "
