@@ -105,9 +105,8 @@ def summarise_junit(path: Path, *, exit_status: int, seconds: float) -> dict[str
         return {"ok": False, "reason": f"no {path.name} (exit status {exit_status})", "seconds": seconds}
     root = ElementTree.parse(path).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
-    counts = {
-        k: int((suite.get(k) if suite is not None else None) or 0) for k in ("tests", "failures", "errors", "skipped")
-    }
+    attributes = {} if suite is None else suite.attrib
+    counts = {k: int(attributes.get(k) or 0) for k in ("tests", "failures", "errors", "skipped")}
     failed = []
     for case in root.iter("testcase"):
         if case.find("failure") is not None or case.find("error") is not None:
@@ -118,7 +117,7 @@ def summarise_junit(path: Path, *, exit_status: int, seconds: float) -> dict[str
         "seconds": round(seconds, 1),
         "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
         "failed": failed,
-        **{k: counts[k] for k in ("skipped",)},
+        "skipped": counts["skipped"],
     }
 
 
