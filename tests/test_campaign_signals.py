@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bnprops.fuzzing import campaign, plan
+from tests.helpers import FOCUSED
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
 
 
@@ -77,3 +80,21 @@ def test_a_campaign_killed_outright_takes_its_workers_and_helpers_with_it(tmp_pa
     os.kill(proc.pid, signal.SIGKILL)
     ended(proc, within=10)
     assert_nothing_left(proc.pid)
+
+
+def test_a_ctrl_c_landing_while_progress_is_reported_still_stops_every_worker(tmp_path: Path) -> None:
+    def progress(*totals: int) -> None:
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the signal lands here, outside the wait for the workers' messages
+
+    signalled: list[bool] = []
+    config = plan.CampaignConfig(out=tmp_path, time_limit=300, workers=2, entries=("nd",), **FOCUSED)
+    try:
+        report = campaign.run(config, progress=progress)
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped the campaign instead of stopping its workers")
+    assert signalled, "no progress was reported"
+    assert report.stop_reason == "interrupted"
+    assert report.elapsed_s < 60

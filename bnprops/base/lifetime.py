@@ -48,6 +48,34 @@ def terminating() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
+class StopRequest:
+    """Which stop a signal asked for ("interrupted" or "terminated"), recorded by ``requesting_stop``."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+@contextlib.contextmanager
+def requesting_stop() -> Iterator[StopRequest]:
+    """Inside the block (in the main thread), SIGINT and SIGTERM only record their stop reason: a loop that polls
+    it stops its workers wherever the signal lands, where an exception raised at an arbitrary line could leave
+    the block before telling them; the previous handlers afterwards."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        request.reason = request.reason or ("terminated" if signum == signal.SIGTERM else "interrupted")
+
+    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
+
+
 def die_with_parent(parent: int | None = None) -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux); exit now if ``parent`` (the pid expected)
     has already gone, since the request only covers a death after it."""

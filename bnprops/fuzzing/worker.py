@@ -254,19 +254,42 @@ def _run_processes(
         )
         for w in range(config.workers)
     }
-    for proc in procs.values():
-        proc.start()
+    results: dict[int, WorkerResult] = {}
+    # Signals only record a stop, polled here: a KeyboardInterrupt landing outside the wait (in the progress
+    # callback, say) used to leave this loop without setting the stop event, and interpreter exit then joined
+    # workers still running to their deadline.
+    with lifetime.requesting_stop() as requested:
+        try:
+            for proc in procs.values():
+                proc.start()
+            _collect(procs, results, messages=messages, stop=stop, requested=requested, progress=progress)
+        finally:
+            stop.set()  # a no-op after a normal end; on any exception, the workers still wind down
+            for proc in procs.values():
+                with contextlib.suppress(KeyboardInterrupt, AssertionError):  # AssertionError: never started
+                    proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.terminate()
+    return [results[w] for w in sorted(results)], requested.reason
+
+
+def _collect(
+    procs: dict[int, Any],
+    results: dict[int, WorkerResult],
+    *,
+    messages: Any,
+    stop: Any,
+    requested: lifetime.StopRequest,
+    progress: ProgressFn | None,
+) -> None:
+    """Gather every worker's result into ``results``, forwarding progress and a requested stop."""
     latest: dict[int, tuple[int, int, int, int]] = {}
     silent_since: dict[int, float] = {}
-    results: dict[int, WorkerResult] = {}
-    interrupted: str | None = None
     while len(results) < len(procs):
+        if requested.reason is not None and not stop.is_set():
+            stop.set()
         try:
             kind, worker, payload = messages.get(timeout=0.5)
-        except KeyboardInterrupt as exc:
-            interrupted = interrupted or lifetime.stop_reason(exc)
-            stop.set()
-            continue
         except queue_module.Empty:
             now = time.monotonic()
             for w, proc in procs.items():
@@ -290,9 +313,3 @@ def _run_processes(
                 progress(*totals)
         elif kind == "done":
             results[worker] = payload
-    for proc in procs.values():
-        with contextlib.suppress(KeyboardInterrupt):
-            proc.join(timeout=10)
-        if proc.is_alive():
-            proc.terminate()
-    return [results[w] for w in sorted(results)], interrupted
