@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bnprops.commands import tightness
+from bnprops.commands import detection, tightness_cases
 from bnprops.judging.comparator import compare
 from bnprops.model.case import Case
 from bnprops.model.evaluation import evaluate
@@ -47,7 +47,7 @@ def measure(decade: int, cases: int, *, dtype: str = "float32") -> Ratios:
     prob: dict[str, list[float]] = {q: [] for q in MEASURED}
     for index in range(cases):
         rng = np.random.default_rng([SEED, decade, index])
-        case = tightness.draw_case(rng, decade, dtype, "ordinary")
+        case = tightness_cases.draw_case(rng, decade, dtype, "ordinary")
         ev = evaluate(case, reduction="gpu")
         for summation, variance, gpu in GPU_KERNELS:
             verdict = compare(case, emulate(case, summation=summation, variance=variance, gpu=gpu), evaluation=ev)
@@ -79,7 +79,7 @@ def test_emulated_gpu_kernels_stay_within_the_gpu_bound_at_each_decade(decade: i
     assert any(found.probabilistic[q] for q in ("dx", "dgamma")), f"M >= 10^{decade}: no inexact dx or dgamma"
 
 
-def planted(case: Case, quantity: str, relative_error: float = tightness.PLANTED_ERROR) -> dict[str, np.ndarray]:
+def planted(case: Case, quantity: str, relative_error: float = detection.PLANTED_ERROR) -> dict[str, np.ndarray]:
     """A GPU kernel (thread-strided Welford with Chan's merges, CUDA arithmetic) right but for ``quantity``."""
     out = emulate(case, summation="warp-tree", variance="welford-strided", gpu=True)
     out[quantity] = (out[quantity].astype(np.float64) * (1 + relative_error)).astype(out[quantity].dtype)
@@ -93,8 +93,8 @@ def test_a_half_percent_fault_is_caught_by_the_gpu_bound_at_each_decade(decade: 
     for index in range(4 * CASES[decade]):
         if judged == CASES[decade]:
             break
-        case = tightness.draw_detection_case(np.random.default_rng([SEED, 7, decade, index]), decade, "float32")
-        if tightness.conditioning(case)[quantity] > tightness.CONDITION_LIMIT:
+        case = detection.draw_detection_case(np.random.default_rng([SEED, 7, decade, index]), decade, "float32")
+        if detection.conditioning(case)[quantity] > detection.CONDITION_LIMIT:
             continue  # a sum that cancels hides any relative error; tightness's detection skips it too
         verdict = compare(
             case, planted(case, quantity), evaluation=evaluate(case, reduction="gpu"), quantities=[quantity]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnprops.commands import cli, tightness
+from bnprops.commands import cli, detection, tightness, tightness_cases
 from bnprops.model.case import Case
 from bnprops.model.oracle import output_dtypes, reference
 from bnprops.mx.runners import IN_PROCESS_BACKEND
@@ -19,26 +19,26 @@ from tests.planted import numpy_batchnorm
 from tests.test_cli import run_cli
 
 
-@pytest.mark.parametrize("decade", tightness.DECADES)
+@pytest.mark.parametrize("decade", tightness_cases.DECADES)
 def test_shapes_are_conv_like_or_dense_with_m_in_the_decade(decade: int) -> None:
-    lo, hi = tightness.reduction_range(decade)
+    lo, hi = tightness_cases.reduction_range(decade)
     rng = np.random.default_rng(decade)
     for _ in range(40):
-        shape = tightness.draw_shape(rng, decade)
+        shape = tightness_cases.draw_shape(rng, decade)
         channels, m = shape[1], math.prod(shape) // shape[1]
         assert len(shape) in (2, 4) and (len(shape) == 2 or shape[2] == shape[3])
-        assert 1 <= channels <= tightness.MAX_CHANNELS
-        assert lo <= m < hi and m * channels <= tightness.MAX_ELEMENTS
+        assert 1 <= channels <= tightness_cases.MAX_CHANNELS
+        assert lo <= m < hi and m * channels <= tightness_cases.MAX_ELEMENTS
 
 
 def test_cases_are_seeded_and_training_with_learnable_gamma() -> None:
-    first = tightness.draw_case(np.random.default_rng(7), 2, "float32", "exact")
-    again = tightness.draw_case(np.random.default_rng(7), 2, "float32", "exact")
+    first = tightness_cases.draw_case(np.random.default_rng(7), 2, "float32", "exact")
+    again = tightness_cases.draw_case(np.random.default_rng(7), 2, "float32", "exact")
     assert first == again
     assert first.is_train and not first.fix_gamma and first.grad_req == ("write", "write", "write")
-    assert first.regime == "exact/random" and first.eps != tightness.DEFAULT_EPS  # the exact regime chooses eps
-    ordinary = tightness.draw_case(np.random.default_rng(7), 2, "float16", "ordinary")
-    assert ordinary.eps == tightness.DEFAULT_EPS and ordinary.momentum == tightness.MOMENTUM
+    assert first.regime == "exact/random" and first.eps != tightness_cases.DEFAULT_EPS  # the exact regime chooses eps
+    ordinary = tightness_cases.draw_case(np.random.default_rng(7), 2, "float16", "ordinary")
+    assert ordinary.eps == tightness_cases.DEFAULT_EPS and ordinary.momentum == tightness_cases.MOMENTUM
 
 
 def test_tables_have_a_row_per_cell_in_order() -> None:
@@ -87,8 +87,8 @@ def test_a_planted_fault_is_a_finding_with_its_case_saved(tmp_path: Path) -> Non
         (lambda: tightness.measure(regimes=("odd",), runner=numpy_batchnorm), "unknown regime 'odd'"),
         (lambda: tightness.measure(backend="cuda", runner=numpy_batchnorm), "unknown backend 'cuda'"),
         (lambda: tightness.measure(cases_per_cell=0, runner=numpy_batchnorm), "at least 1"),
-        (lambda: tightness.detection(dtypes=("float16",)), "unknown dtype 'float16'"),
-        (lambda: tightness.detection(relative_error=0.0), "positive"),
+        (lambda: detection.rates(dtypes=("float16",)), "unknown dtype 'float16'"),
+        (lambda: detection.rates(relative_error=0.0), "positive"),
         (lambda: tightness.parse_decades("4-2"), "empty"),
         (lambda: tightness.parse_decades("one"), "expected decades"),
         (lambda: tightness.parse_decades("5-8"), "out of range"),
@@ -100,7 +100,7 @@ def test_bad_input_is_a_value_error_that_says_what_was_expected(call: object, me
 
 
 def test_decades_parse_as_ranges_and_lists() -> None:
-    assert tightness.parse_decades("0-6") == tightness.DECADES
+    assert tightness.parse_decades("0-6") == tightness_cases.DECADES
     assert tightness.parse_decades("4-6") == (4, 5, 6)
     assert tightness.parse_decades("0-1, 5,1") == (0, 1, 5)
 
@@ -137,31 +137,31 @@ def test_detection_only_prints_its_table_and_writes_json(tmp_path: Path, capsys:
     assert "Detection of a planted" in out and "goals:" in out and "detection float32 decade 1" in err
     data = json.loads(path.read_text())
     assert data["format"] == "bnprops.tightness/1" and data["tightness"] == []
-    assert len(data["detection"]) == len(tightness.DETECTED) * 2 * 2
+    assert len(data["detection"]) == len(detection.DETECTED) * 2 * 2
 
 
 def test_conditioning_is_judged_at_the_largest_element() -> None:
-    case = tightness.draw_detection_case(np.random.default_rng(3), 2, "float64")
-    cond = tightness.conditioning(case)
-    assert set(cond) == set(tightness.DETECTED) and all(c >= 1 for c in cond.values())
+    case = detection.draw_detection_case(np.random.default_rng(3), 2, "float64")
+    cond = detection.conditioning(case)
+    assert set(cond) == set(detection.DETECTED) and all(c >= 1 for c in cond.values())
     # dy constant in every channel: dgamma = sum(dy xhat) and dx cancel to rounding noise.
     flat = case.with_(dy=np.full_like(case.dy, 0.75))
-    cond = tightness.conditioning(flat)
+    cond = detection.conditioning(flat)
     assert cond["dbeta"] == 1.0
-    assert cond["dgamma"] > tightness.CONDITION_LIMIT and cond["dx"] > tightness.CONDITION_LIMIT
+    assert cond["dgamma"] > detection.CONDITION_LIMIT and cond["dx"] > detection.CONDITION_LIMIT
 
 
 def test_the_planted_subject_is_the_rounded_oracle_with_only_the_chosen_quantities_scaled() -> None:
-    case = tightness.draw_detection_case(np.random.default_rng(4), 1, "float32")
-    subject = tightness.planted_subject(case, ["dgamma"])
+    case = detection.draw_detection_case(np.random.default_rng(4), 1, "float32")
+    subject = detection.planted_subject(case, ["dgamma"])
     expected, dtypes = reference(case), output_dtypes(case)
     assert np.array_equal(subject["dx"], expected["dx"].astype(dtypes["dx"]))
     assert np.array_equal(subject["dgamma"], (expected["dgamma"] * 1.005).astype(dtypes["dgamma"]))
 
 
 def test_a_half_percent_error_is_flagged_in_99_percent_of_well_conditioned_cases() -> None:
-    rows = tightness.detection(decades=(0, 1, 2, 3), cases_per_cell=100)
-    assert len(rows) == len(tightness.DETECTED) * 2 * 4
+    rows = detection.rates(decades=(0, 1, 2, 3), cases_per_cell=100)
+    assert len(rows) == len(detection.DETECTED) * 2 * 4
     for r in rows:
         assert r.n == 100, f"{r.quantity} {r.dtype} decade {r.decade}: only {r.n} well-conditioned in {r.drawn}"
         assert r.rate >= 0.99, f"{r.quantity} {r.dtype} decade {r.decade}: {r.flagged} of {r.n} flagged"
@@ -169,6 +169,6 @@ def test_a_half_percent_error_is_flagged_in_99_percent_of_well_conditioned_cases
 
 def test_an_error_below_float32_resolution_is_not_flagged() -> None:
     # 1e-9 relative is below half a float32 ulp: rounded, the subject is the oracle's own float32 result.
-    rows = tightness.detection(decades=(0, 1, 2, 3), dtypes=("float32",), cases_per_cell=30, relative_error=1e-9)
+    rows = detection.rates(decades=(0, 1, 2, 3), dtypes=("float32",), cases_per_cell=30, relative_error=1e-9)
     assert all(r.n > 0 for r in rows)
     assert sum(r.flagged for r in rows) == 0, [r for r in rows if r.flagged]

@@ -147,7 +147,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _tightness(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bnprops.commands import tightness
+    from bnprops.commands import detection, tightness
 
     try:
         decades = tightness.parse_decades(args.decades)
@@ -155,9 +155,9 @@ def _tightness(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         regimes = parse_choices(args.regime, allowed=tightness.REGIMES, what="regime")
     except ValueError as exc:
         parser.error(str(exc))
-    detection_dtypes = tuple(d for d in dtypes if d in tightness.DETECTION_DTYPES)
+    detection_dtypes = tuple(d for d in dtypes if d in detection.DETECTION_DTYPES)
     if args.detection_only and not detection_dtypes:
-        parser.error(f"detection covers {' and '.join(tightness.DETECTION_DTYPES)}; --dtype {args.dtype} has neither")
+        parser.error(f"detection covers {' and '.join(detection.DETECTION_DTYPES)}; --dtype {args.dtype} has neither")
     if args.json is not None and args.json.is_dir():
         parser.error(f"--json {args.json} is a folder; give a file name")
     if args.findings is not None and args.findings.exists() and not args.findings.is_dir():

@@ -6,11 +6,11 @@ GOALS[regime]); a loose one lets real bugs through.  Two measurements, per decad
 * **tightness** (measure): seeded conv-like and dense cases run through MXNet and judged by the
   comparator; per quantity the largest error / bound against both bounds (the verdict's ``ratios``
   and ``sharp_ratios``), and the time per case of MXNet against the judging;
-* **detection**: the share of well-conditioned cases (CONDITION_LIMIT) in which the oracle, with one
+* **detection** (the detection module): the share of well-conditioned cases in which the oracle, with one
   quantity scaled by 1.005, is flagged.  No MXNet needed.
 
-Cases come from numpy generators seeded by (seed, regime, dtype, decade, index), so a cell's cases are
-the same whichever other cells run.  The measured numbers are in the documentation's tightness page.
+This module measures the first, tabulates both, checks the goals and writes the report; the cases come from
+the tightness_cases module.  The measured numbers are in the documentation's tightness page.
 """
 
 from __future__ import annotations
@@ -27,114 +27,27 @@ import numpy as np
 
 from bnprops.base import atomic
 from bnprops.base.selection import validate_choices
-from bnprops.judging.comparator import compare
-from bnprops.model.case import DTYPES, WRITE_ALL, Case, Outputs
-from bnprops.model.oracle import eps_as_applied, output_dtypes, reference, statistics
-from bnprops.search.strategies import _values
+from bnprops.commands.detection import DETECTION_DTYPES, DETECTION_GOAL, DetectionRow, format_detection, rates
+from bnprops.commands.tightness_cases import (
+    DECADES,
+    Progress,
+    check_decades,
+    decade_label,
+    draw_case,
+    percent,
+    rng_for,
+    stream_key,
+)
+from bnprops.model.case import DTYPES, Case, Outputs
 
-#: Decades of M measured: 10^0 .. 10^6.
-DECADES = tuple(range(7))
-#: At most this many elements in a case (x and dy each; the float64 oracle holds a few copies).
-MAX_ELEMENTS = 2_000_000
-MAX_CHANNELS = 4
 REGIMES = ("ordinary", "exact")
 #: The quantities whose error/bound ratios are measured on MXNet.
 MEASURED = ("y", "dx", "dgamma", "dbeta", "moving_mean", "moving_var")
-#: The quantities a planted error is put into, and the dtypes detection covers.
-DETECTED = ("y", "dx", "dgamma", "dbeta")
-DETECTION_DTYPES = ("float32", "float64")
 BACKENDS = ("onednn", "native")
-#: The planted error: the quantity scaled by 1 + PLANTED_ERROR.
-PLANTED_ERROR = 0.005
-#: Well-conditioned: sum of |terms| <= CONDITION_LIMIT |sum|.
-CONDITION_LIMIT = 10.0
 #: Goals: the median error/bound per cell (quantity x dtype x decade) at least this, per regime.
 GOALS = {"ordinary": 0.01, "exact": 0.05}
-#: Goal: the share of well-conditioned cases in which a planted 0.5% error is flagged.
-DETECTION_GOAL = 0.99
-DEFAULT_EPS = 1e-3
-MOMENTUM = 0.9
 BOUNDS = ("deterministic", "probabilistic")
 _FORMAT = "bnprops.tightness/1"
-
-#: Spatial sides of feature maps (the strategies' large shapes use the same), and small ones for small M.
-_SIDES = (1, 2, 3, 4, 5, 7, 8, 14, 16, 28, 32, 56, 64, 112)
-
-Progress = Callable[[str], None]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Drawing cases
-
-
-def reduction_range(decade: int) -> tuple[int, int]:
-    """The reduction lengths of a decade: ``lo <= M < hi`` (decade 6 stops at MAX_ELEMENTS)."""
-    check_decades([decade])
-    return 10**decade, min(10 ** (decade + 1), MAX_ELEMENTS + 1)
-
-
-def check_decades(decades: Iterable[int]) -> tuple[int, ...]:
-    values = tuple(decades)
-    if not values:
-        raise ValueError(f"no decade given; choose from {DECADES[0]}-{DECADES[-1]}")
-    bad = [d for d in values if d not in DECADES]
-    if bad:
-        raise ValueError(
-            f"decades {bad} are out of range: decade d holds 10^d <= M < 10^(d+1) elements per channel, and a case "
-            f"holds at most {MAX_ELEMENTS:,} elements, so d is {DECADES[0]}-{DECADES[-1]}"
-        )
-    return tuple(dict.fromkeys(values))
-
-
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *key]))
-
-
-#: Each kind of case draws from its own stream of seeds.
-_STREAMS = {"ordinary": 0, "exact": 1, "detection": 2, "warm-up": 3}
-
-
-def _key(stream: str, dtype: str, decade: int, index: int) -> tuple[int, ...]:
-    return (_STREAMS[stream], DTYPES.index(dtype), decade, index)
-
-
-def draw_shape(rng: np.random.Generator, decade: int) -> tuple[int, ...]:
-    """A conv-like (N, C, H, W) or dense (N, C) shape whose M = N H W lies in the decade, with M C <= MAX_ELEMENTS."""
-    lo, hi = reduction_range(decade)
-    channels = int(rng.integers(1, min(MAX_CHANNELS, MAX_ELEMENTS // lo) + 1))
-    hi = min(hi, MAX_ELEMENTS // channels + 1)
-    target = int(10 ** rng.uniform(math.log10(lo), math.log10(hi)))
-    target = min(max(target, lo), hi - 1)
-    if rng.random() < 0.5:
-        # The largest multiple of side^2 not above target must still be in the decade.
-        sides = [s for s in _SIDES if s * s <= target and (target // (s * s)) * s * s >= lo]
-        side = int(rng.choice(sides))
-        return (target // (side * side), channels, side, side)
-    return (target, channels)
-
-
-def _training_case(arrays: dict[str, np.ndarray], eps: float, regime: str) -> Case:
-    """Training mode, learnable gamma, every gradient written, channels on axis 1."""
-    return Case(
-        **arrays,
-        devices=(),
-        axis=1,
-        eps=eps,
-        momentum=MOMENTUM,
-        fix_gamma=False,
-        use_global_stats=False,
-        output_mean_var=False,
-        is_train=True,
-        grad_req=WRITE_ALL,
-        regime=regime,
-    )
-
-
-def draw_case(rng: np.random.Generator, decade: int, dtype: str, regime: str) -> Case:
-    """One training-mode case with learnable gamma and every gradient written, its values from the strategies."""
-    shape = draw_shape(rng, decade)
-    arrays, eps = _values(rng, shape, 1, dtype, regime, "random", WRITE_ALL)
-    return _training_case(arrays, DEFAULT_EPS if eps is None else eps, f"{regime}/random")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,7 +131,7 @@ def measure(
     if runner is None:
         runner = runner_for("sym", backend)
         # Warm up: the native backend's worker process starts on first use, which is not a case's cost.
-        runner(draw_case(_rng(seed, *_key("warm-up", "float32", 0, 0)), 0, "float32", "ordinary"))
+        runner(draw_case(rng_for(seed, *stream_key("warm-up", "float32", 0, 0)), 0, "float32", "ordinary"))
     start = time.perf_counter()
     records: list[Record] = []
     findings: list[Finding] = []
@@ -227,7 +140,7 @@ def measure(
             for decade in decades:
                 cell: list[Record] = []
                 for index in range(cases_per_cell):
-                    case = draw_case(_rng(seed, *_key(regime, dtype, decade, index)), decade, dtype, regime)
+                    case = draw_case(rng_for(seed, *stream_key(regime, dtype, decade, index)), decade, dtype, regime)
                     record, found = _measure_one(
                         case, runner, judge, kernel_for(case, backend), backend, regime, decade, index
                     )
@@ -430,11 +343,6 @@ def _g(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.3g}"
 
 
-def _decade_label(decade: int) -> str:
-    _, hi = reduction_range(decade)
-    return f"1e{decade}" if hi == 10 ** (decade + 1) else f"1e{decade}+"
-
-
 def format_tightness(rows: Sequence[TightnessRow], *, backend: str = "onednn") -> str:
     head = (
         f"{'regime':<9}{'quantity':<12}{'dtype':<8}{'M >=':>6}{'n':>4}{'exact':>6} | "
@@ -460,13 +368,13 @@ def format_tightness(rows: Sequence[TightnessRow], *, backend: str = "onednn") -
         previous = (r.regime, r.quantity)
         d, p = r.deterministic, r.probabilistic
         lines.append(
-            f"{r.regime:<9}{r.quantity:<12}{r.dtype:<8}{_decade_label(r.decade):>6}{r.n:>4}{r.exact:>6} | "
+            f"{r.regime:<9}{r.quantity:<12}{r.dtype:<8}{decade_label(r.decade):>6}{r.n:>4}{r.exact:>6} | "
             f"{_g(d.median):>9}{_g(d.p99):>9}{_g(d.max):>9} | {_g(p.median):>9}{_g(p.p99):>9}{_g(p.max):>9}"
         )
     if exact_everywhere:
         lines += ["", "Equal to the oracle to the last bit in every case (no rows above):"]
         for (regime, quantity, dtype), decades in exact_everywhere.items():
-            lines.append(f"  {regime:<9}{quantity:<12}{dtype:<8} M >= {', '.join(map(_decade_label, decades))}")
+            lines.append(f"  {regime:<9}{quantity:<12}{dtype:<8} M >= {', '.join(map(decade_label, decades))}")
     return "\n".join(lines)
 
 
@@ -481,191 +389,9 @@ def format_cost(rows: Sequence[CostRow], *, backend: str = "onednn") -> str:
     for r in rows:
         ratio = r.judge_ms / r.runner_ms if r.runner_ms > 0 else math.inf
         lines.append(
-            f"{_decade_label(r.decade):>6}{r.n:>7}{r.median_m:>11}{r.runner_ms:>15.2f}{r.judge_ms:>17.2f}{ratio:>15.2f}"
+            f"{decade_label(r.decade):>6}{r.n:>7}{r.median_m:>11}{r.runner_ms:>15.2f}{r.judge_ms:>17.2f}{ratio:>15.2f}"
         )
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Detection of a planted 0.5% error
-
-
-def correlated_head(rng: np.random.Generator, x: np.ndarray, axis: int, eps: float) -> np.ndarray:
-    """dy = a xhat + b + noise, with a, b and the noise's scale drawn per channel (float64)."""
-    xf = x.astype(np.float64)
-    red = tuple(i for i in range(x.ndim) if i != axis)
-    view = [1] * x.ndim
-    view[axis] = x.shape[axis]
-    mean = xf.mean(axis=red, keepdims=True)
-    xhat = (xf - mean) / np.sqrt(((xf - mean) ** 2).mean(axis=red, keepdims=True) + eps)
-    channels = x.shape[axis]
-
-    def magnitude() -> np.ndarray:
-        return np.asarray(10 ** rng.uniform(-0.3, 0.3, channels)).reshape(view)
-
-    a = rng.choice([-1.0, 1.0], channels).reshape(view) * magnitude()
-    b = rng.choice([-1.0, 1.0], channels).reshape(view) * magnitude()
-    noise: np.ndarray = magnitude() * rng.standard_normal(x.shape)
-    return np.asarray(a * xhat + b + noise)
-
-
-def draw_detection_case(rng: np.random.Generator, decade: int, dtype: str) -> Case:
-    """An ordinary case (learnable gamma, training, every gradient written) with a head correlated with xhat."""
-    shape = draw_shape(rng, decade)
-    arrays, _ = _values(rng, shape, 1, dtype, "ordinary", "random", WRITE_ALL)
-    arrays["dy"] = correlated_head(rng, arrays["x"], 1, DEFAULT_EPS).astype(dtype)
-    return _training_case(arrays, DEFAULT_EPS, "ordinary/correlated")
-
-
-def conditioning(case: Case, expected: Outputs | None = None) -> dict[str, float]:
-    """sum of |terms| / |sum| per quantity in DETECTED, at the element (channel) with the largest |value|.
-
-    y: g xhat and beta; dbeta: the dy; dgamma: the dy xhat; dx: dy, dbeta/M and xhat dgamma/M, the
-    three terms inside the parentheses of dx = g invstd (dy - dbeta/M - xhat dgamma/M).  inf where
-    the sum is 0.
-    """
-    expected = reference(case) if expected is None else expected
-    x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
-    red, m = case.reduce_axes, case.reduction_length
-    view = [1] * x.ndim
-    view[case.channel_axis] = case.channels
-    mean, var = statistics(case)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        invstd = 1 / np.sqrt(var + eps_as_applied(case))
-        xhat = (x - mean.reshape(view)) * invstd.reshape(view)
-        g = case.gamma.astype(np.float64).reshape(view)
-        beta = case.beta.astype(np.float64).reshape(view)
-        dbeta = dy.sum(axis=red)
-        dot = (dy * xhat).sum(axis=red)
-        terms = {
-            "y": (np.abs(g * xhat) + np.abs(beta), g * xhat + beta),
-            "dbeta": (np.abs(dy).sum(axis=red), dbeta),
-            "dgamma": (np.abs(dy * xhat).sum(axis=red), dot),
-            "dx": (
-                np.abs(dy) + np.abs(dbeta / m).reshape(view) + np.abs(xhat * (dot / m).reshape(view)),
-                dy - (dbeta / m).reshape(view) - xhat * (dot / m).reshape(view),
-            ),
-        }
-    result = {}
-    for q, (magnitude, total) in terms.items():
-        magnitude_b = np.broadcast_to(magnitude, total.shape)
-        at = np.unravel_index(int(np.argmax(np.abs(expected[q]))), expected[q].shape)
-        s, t = float(abs(total[at])), float(magnitude_b[at])
-        result[q] = t / s if s > 0 and math.isfinite(t) else math.inf
-    return result
-
-
-def planted_subject(case: Case, quantities: Iterable[str], relative_error: float = PLANTED_ERROR) -> Outputs:
-    """The oracle's outputs rounded to the output dtypes, with ``quantities`` scaled by 1 + relative_error first."""
-    planted = set(quantities)
-    dtypes = output_dtypes(case)
-    with np.errstate(over="ignore"):
-        return {
-            q: (v * (1 + relative_error) if q in planted else v).astype(dtypes[q]) for q, v in reference(case).items()
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectionRow:
-    quantity: str
-    dtype: str
-    decade: int
-    #: Well-conditioned cases, and how many were drawn to find them.
-    n: int
-    drawn: int
-    #: Flagged as a mismatch of any kind, and beyond the deterministic bound alone.
-    flagged: int
-    flagged_deterministic: int
-
-    @property
-    def rate(self) -> float:
-        return self.flagged / self.n if self.n else math.nan
-
-    @property
-    def rate_deterministic(self) -> float:
-        return self.flagged_deterministic / self.n if self.n else math.nan
-
-
-def detection(
-    *,
-    decades: Sequence[int] = DECADES,
-    dtypes: Sequence[str] = DETECTION_DTYPES,
-    cases_per_cell: int = 200,
-    top_decade_cases: int | None = 50,
-    seed: int = 0,
-    relative_error: float = PLANTED_ERROR,
-    max_draws_factor: int = 4,
-    progress: Progress | None = None,
-) -> list[DetectionRow]:
-    """Per quantity x dtype x decade: in how many well-conditioned cases a planted error is flagged.
-
-    Cases are drawn until every quantity has ``cases_per_cell`` well-conditioned ones (``top_decade_cases``
-    at decade 6, where a case costs a second), or ``max_draws_factor`` times that many were drawn.  Each
-    case carries the error in all four quantities at once: the comparator judges every quantity on its own.
-    """
-    decades = check_decades(decades)
-    dtypes = validate_choices("dtype", dtypes, allowed=DETECTION_DTYPES)
-    if cases_per_cell < 1 or (top_decade_cases is not None and top_decade_cases < 1):
-        raise ValueError("cases per cell must be at least 1")
-    if not (math.isfinite(relative_error) and relative_error > 0):
-        raise ValueError(f"relative_error must be a positive number, got {relative_error}")
-    rows = []
-    for dtype in dtypes:
-        for decade in decades:
-            wanted = cases_per_cell if decade < DECADES[-1] or top_decade_cases is None else top_decade_cases
-            start = time.perf_counter()
-            n = dict.fromkeys(DETECTED, 0)
-            flagged = dict.fromkeys(DETECTED, 0)
-            beyond = dict.fromkeys(DETECTED, 0)
-            drawn = 0
-            while min(n.values()) < wanted and drawn < max_draws_factor * wanted:
-                case = draw_detection_case(_rng(seed, *_key("detection", dtype, decade, drawn)), decade, dtype)
-                drawn += 1
-                expected = reference(case)
-                good = [q for q, c in conditioning(case, expected).items() if c <= CONDITION_LIMIT and n[q] < wanted]
-                if not good:
-                    continue
-                verdict = compare(case, planted_subject(case, good, relative_error), quantities=good)
-                kinds = {m.quantity: m.kind for m in verdict.mismatches}
-                for q in good:
-                    n[q] += 1
-                    flagged[q] += q in kinds
-                    beyond[q] += kinds.get(q) in ("value", "nonfinite")
-            rows += [DetectionRow(q, dtype, decade, n[q], drawn, flagged[q], beyond[q]) for q in DETECTED]
-            if progress is not None:
-                rates = ", ".join(f"{q} {flagged[q]}/{n[q]}" for q in DETECTED)
-                progress(
-                    f"detection {dtype} decade {decade}: {drawn} cases drawn in {time.perf_counter() - start:.1f} s; "
-                    f"flagged {rates}"
-                )
-    order = {q: i for i, q in enumerate(DETECTED)}
-    return sorted(rows, key=lambda r: (order[r.quantity], DTYPES.index(r.dtype), r.decade))
-
-
-def format_detection(rows: Sequence[DetectionRow], *, relative_error: float = PLANTED_ERROR) -> str:
-    head = f"{'quantity':<10}{'dtype':<9}{'M >=':>6}{'n':>6}{'drawn':>7}{'rate':>9}{'det only':>10}"
-    lines = [
-        f"Detection of a planted {relative_error:.3g} relative error (the oracle rounded to the output dtype, the "
-        "quantity scaled), in well-conditioned cases",
-        f"(n: cases where sum |terms| <= {CONDITION_LIMIT:g} |sum| at the largest element; rate: flagged as any "
-        "mismatch, accuracy included; det only: beyond the deterministic bound)",
-        head,
-        "-" * len(head),
-    ]
-    previous = None
-    for r in rows:
-        if previous is not None and r.quantity != previous:
-            lines.append("")
-        previous = r.quantity
-        lines.append(
-            f"{r.quantity:<10}{r.dtype:<9}{_decade_label(r.decade):>6}{r.n:>6}{r.drawn:>7}"
-            f"{_pct(r.rate):>9}{_pct(r.rate_deterministic):>10}"
-        )
-    return "\n".join(lines)
-
-
-def _pct(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -701,7 +427,7 @@ def goal_lines(
             medians = {d: m for (reg, b, d), m in pooled.items() if reg == regime and b == bound}
             if medians:
                 state = "holds" if all(m >= goal for m in medians.values()) else "fails"
-                per = ", ".join(f"{_decade_label(d)} {m:.3g}" for d, m in medians.items())
+                per = ", ".join(f"{decade_label(d)} {m:.3g}" for d, m in medians.items())
                 lines.append(f"tightness {regime}, {bound} bound, median >= {goal:g} per decade (pooled): {state}")
                 lines.append(f"    {per}")
             below = [r for r in rows if getattr(r, bound).median < goal]
@@ -710,7 +436,7 @@ def goal_lines(
             groups: dict[tuple[str, str], list[str]] = {}
             for r in below:
                 groups.setdefault((r.quantity, r.dtype), []).append(
-                    f"{_decade_label(r.decade)} {getattr(r, bound).median:.2g}"
+                    f"{decade_label(r.decade)} {getattr(r, bound).median:.2g}"
                 )
             for (quantity, dtype), cells in groups.items():
                 lines.append(f"    {quantity:<12}{dtype:<8} {', '.join(cells)}")
@@ -721,7 +447,7 @@ def goal_lines(
         lines.append(f"detection >= {100 * DETECTION_GOAL:g}% in every cell: {state}")
         for row in below_d:
             lines.append(
-                f"    {row.quantity} {row.dtype} M >= {_decade_label(row.decade)}: {_pct(row.rate)} of {row.n}"
+                f"    {row.quantity} {row.dtype} M >= {decade_label(row.decade)}: {percent(row.rate)} of {row.n}"
             )
     return lines
 
@@ -824,7 +550,7 @@ def run(
     detection_dtypes = tuple(d for d in dtypes if d in DETECTION_DTYPES)
     detected: list[DetectionRow] = []
     if detect and detection_dtypes:
-        detected = detection(
+        detected = rates(
             decades=decades,
             dtypes=detection_dtypes,
             cases_per_cell=detection_cases,
