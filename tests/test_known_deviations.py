@@ -16,7 +16,6 @@ from bnprops.mx import mxversion
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import (
     ENTRY_POINTS,
-    GPU_BACKENDS,
     IN_PROCESS_BACKEND,
     LEGACY_ENTRY_POINTS,
     entry_unavailable_reason,
@@ -44,8 +43,9 @@ def entry_of(kd: KnownDeviation) -> str:
 
 
 def backend_for(kd: KnownDeviation) -> str:
-    """The backend whose kernel a deviation's model is read on: a GPU deviation's own, else oneDNN's."""
-    return kd.needs_backend if kd.needs_backend in GPU_BACKENDS else "onednn"
+    """The backend whose kernel a deviation's model is read on: the one it needs (a GPU deviation's, the native
+    kernel's), else oneDNN's."""
+    return kd.needs_backend or "onednn"
 
 
 def predicted(kd: KnownDeviation, case: Case) -> list[Prediction]:
