@@ -22,7 +22,7 @@ def onednn_add_request_overwrites(ctx: Context) -> list[Prediction]:
             continue
         if target == "gamma" and case.fix_gamma:
             continue  # the fix_gamma branch writes 0: onednn-fix-gamma-add-wipes-dgamma, in 1.6 to 1.9.1 alike
-        written = ctx.expected[quantity] - np.asarray(prior, dtype=np.float64)
+        written: np.ndarray = ctx.expected[quantity] - np.asarray(prior, dtype=np.float64)
         # The bound of prior + gradient holds the gradient's own, plus one rounding of the sum.
         where = np.ones(written.shape, dtype=bool)
         found.append(Prediction(quantity, where, written, ctx.bound[quantity], certain=True))
