@@ -93,8 +93,10 @@ def test_every_reproducer_still_matches_its_model_in_mxnet(kd: KnownDeviation) -
     failed = outcome.verdict.failed_quantities
     running = mxversion.running()
     if not kd.holds_in(running):
-        # Recorded for other releases (kd.releases): here it must be absent, MXNet matching the oracle.
-        assert not failed and outcome.ok, f"{kd.id} ({kd.releases.describe()}) shows in {running}: " + (
+        # Recorded for other releases (kd.releases): here it must be absent, MXNet matching the oracle or a
+        # deviation recorded here (mxnet-mkl 1.5.1 keeps an 'add' prior that 1.6's oneDNN overwrites).
+        others = {k.id for k, _ in outcome.explained}
+        assert (not failed or others) and outcome.ok, f"{kd.id} ({kd.releases.describe()}) shows in {running}: " + (
             outcome.message() or f"failed in {sorted(failed)}"
         )
         return

@@ -25,6 +25,7 @@ from typing import Any
 from bnprops.base import atomic
 from bnprops.base.family import MEMBER_ENTRIES, resolve, spec_of
 from bnprops.judging import lifecycle
+from bnprops.judging.declarations import lifted
 from bnprops.judging.deviations import LIFECYCLE_DEVIATIONS
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
@@ -44,16 +45,6 @@ from bnprops.mx.runners import (
 
 PRESENT, ABSENT, PARTIAL, DIFFERS, NOT_APPLICABLE = "present", "absent", "partial", "differs", "not applicable"
 STATUSES = (PRESENT, ABSENT, PARTIAL, DIFFERS, NOT_APPLICABLE)
-
-
-def lifted(case: Case) -> Case:
-    """A (M, C) case as (M, C, 1, 1): the same statistics, on the 4-D path oneDNN takes before 1.8."""
-    four = {
-        f: getattr(case, f).reshape(*case.x.shape, 1, 1)
-        for f in ("x", "dy", "prior_dx")
-        if getattr(case, f) is not None
-    }
-    return case.with_(**four)
 
 
 def member_backend(entry: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import KnownDeviation, minimal
+from bnprops.judging.declarations import KnownDeviation, lifted, minimal
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF
 from bnprops.mx import mxversion
@@ -50,12 +50,13 @@ ONEDNN_ADD_REQUEST_OVERWRITES = KnownDeviation(
     "data gradient and copies diff_scale_shift into gamma's and beta's without reading req; mxnet-mkl 1.3.1, "
     "1.4.1, 1.5.1 run no MKL-DNN primitive for a plain call (MKLDNN_VERBOSE) and keep the prior.",
     # dy shifted so that dbeta (sum dy = 2) shows beside the prior; 4-D: oneDNN's path in 1.6.
-    reproducer=lambda: minimal([1.0, 2.0, 4.0, -3.0], "float32").with_(
-        x=np.array([1.0, 2.0, 4.0, -3.0], dtype=np.float32).reshape(4, 1, 1, 1),
-        dy=np.array([-0.5, 0.1666667, 0.8333333, 1.5], dtype=np.float32).reshape(4, 1, 1, 1),
-        grad_req=("add", "write", "add"),
-        prior_dx=np.full((4, 1, 1, 1), 5.0, dtype=np.float32),
-        prior_dbeta=np.array([7.0], dtype=np.float32),
+    reproducer=lambda: lifted(
+        minimal([1.0, 2.0, 4.0, -3.0], "float32").with_(
+            dy=np.array([[-0.5], [0.1666667], [0.8333333], [1.5]], dtype=np.float32),
+            grad_req=("add", "write", "add"),
+            prior_dx=np.full((4, 1), 5.0, dtype=np.float32),
+            prior_dbeta=np.array([7.0], dtype=np.float32),
+        )
     ),
     upstream="apache/mxnet#15870 (in 1.6.0) sent a plain call to MKL-DNN's backward, which wrote every gradient "
     "whatever its request; apache/mxnet#18499 (the report), fixed by apache/mxnet#18500 and its backport #18517 "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnprops.judging.declarations import KnownDeviation, minimal
+from bnprops.judging.declarations import KnownDeviation, lifted, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.mx import mxversion
 
@@ -38,7 +38,8 @@ ONEDNN_FIX_GAMMA_ADD_WIPES_DGAMMA = KnownDeviation(
     "mkldnn_batch_norm-inl.h writes zeros into the gamma gradient under fix_gamma without looking at req. mxnet-mkl "
     "1.6.0: the same (nd, sym, npx; float32 (20, 1, 7, 7) and (4, 8, 3, 3), prior 7: dgamma = 0); mxnet-mkl 1.3.1, "
     "1.4.1, 1.5.1 keep the prior, as their native kernel does (a plain call runs no MKL-DNN primitive there).",
-    reproducer=lambda: minimal([1.0, 2.0, 4.0], "float32").with_(
+    # 4-D with axis=1: oneDNN's path in every release from 1.6 (2-D input reaches it from 1.8).
+    reproducer=lambda: lifted(minimal([1.0, 2.0, 4.0], "float32")).with_(
         fix_gamma=True, grad_req=("write", "add", "write"), prior_dgamma=np.array([7.0], dtype=np.float32)
     ),
     releases=mxversion.Releases(
