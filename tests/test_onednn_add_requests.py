@@ -162,3 +162,15 @@ def test_from_1_7_onednn_adds_and_the_1_6_behaviour_is_a_finding(release: Any) -
     assert judged(case, adds).ok
     wrote = judged(case, writes)
     assert {m.quantity for m in wrote.unexpected} == {"dx", "dgamma", "dbeta"} and not wrote.explained
+
+
+def test_the_release_probe_runs_a_native_kernel_deviation_on_the_native_backend_of_a_onednn_build() -> None:
+    from bnprops.judging.release_probe import probe_backend, probe_entry
+    from bnprops.mx.runners import IN_PROCESS_BACKEND, unavailable_reason
+
+    assert probe_backend(ADD_REQUEST_IGNORED) == "native"
+    onednn = "onednn" if unavailable_reason("onednn") is None else IN_PROCESS_BACKEND
+    assert probe_backend(ONEDNN_ADD_REQUEST_OVERWRITES) == onednn
+    if mxversion.parse(mxversion.running()) >= mxversion.parse("1.7.0"):  # fixed: 'add' honoured on both kernels
+        assert probe_entry(ADD_REQUEST_IGNORED, "sym")[0] == "absent"
+        assert probe_entry(ONEDNN_ADD_REQUEST_OVERWRITES, "sym")[0] in ("absent", "not applicable")
