@@ -16,7 +16,6 @@ from bnprops.mx import mxversion
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import (
     ENTRY_POINTS,
-    GPU_BACKENDS,
     IN_PROCESS_BACKEND,
     LEGACY_ENTRY_POINTS,
     entry_unavailable_reason,
@@ -44,8 +43,9 @@ def entry_of(kd: KnownDeviation) -> str:
 
 
 def backend_for(kd: KnownDeviation) -> str:
-    """The backend whose kernel a deviation's model is read on: a GPU deviation's own, else oneDNN's."""
-    return kd.needs_backend if kd.needs_backend in GPU_BACKENDS else "onednn"
+    """The backend whose kernel a deviation's model is read on: the one it needs (a GPU deviation's, the native
+    kernel's), else oneDNN's."""
+    return kd.needs_backend or "onednn"
 
 
 def predicted(kd: KnownDeviation, case: Case) -> list[Prediction]:
@@ -93,8 +93,10 @@ def test_every_reproducer_still_matches_its_model_in_mxnet(kd: KnownDeviation) -
     failed = outcome.verdict.failed_quantities
     running = mxversion.running()
     if not kd.holds_in(running):
-        # Recorded for other releases (kd.releases): here it must be absent, MXNet matching the oracle.
-        assert not failed and outcome.ok, f"{kd.id} ({kd.releases.describe()}) shows in {running}: " + (
+        # Recorded for other releases (kd.releases): here it must be absent, MXNet matching the oracle or a
+        # deviation recorded here (mxnet-mkl 1.5.1 keeps an 'add' prior that 1.6's oneDNN overwrites).
+        others = {k.id for k, _ in outcome.explained}
+        assert (not failed or others) and outcome.ok, f"{kd.id} ({kd.releases.describe()}) shows in {running}: " + (
             outcome.message() or f"failed in {sorted(failed)}"
         )
         return

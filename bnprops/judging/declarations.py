@@ -281,6 +281,16 @@ def minimal(values: list[float], dtype: str, **params: object) -> Case:
     )
 
 
+def lifted(case: Case) -> Case:
+    """A (M, C) case as (M, C, 1, 1): the same statistics, on the 4-D path oneDNN takes before 1.8."""
+    four = {
+        f: getattr(case, f).reshape(*case.x.shape, 1, 1)
+        for f in ("x", "dy", "prior_dx")
+        if getattr(case, f) is not None
+    }
+    return case.with_(**four)
+
+
 def empty_batch(dtype: str, *, channels: int = 2, **params: object) -> Case:
     """A case whose batch is empty (shape (0, channels)): a reproducer, and a test case for the contract."""
     pdt = param_dtype(dtype)

@@ -25,6 +25,7 @@ from typing import Any
 from bnprops.base import atomic
 from bnprops.base.family import MEMBER_ENTRIES, resolve, spec_of
 from bnprops.judging import lifecycle
+from bnprops.judging.declarations import lifted
 from bnprops.judging.deviations import LIFECYCLE_DEVIATIONS
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
@@ -44,16 +45,6 @@ from bnprops.mx.runners import (
 
 PRESENT, ABSENT, PARTIAL, DIFFERS, NOT_APPLICABLE = "present", "absent", "partial", "differs", "not applicable"
 STATUSES = (PRESENT, ABSENT, PARTIAL, DIFFERS, NOT_APPLICABLE)
-
-
-def lifted(case: Case) -> Case:
-    """A (M, C) case as (M, C, 1, 1): the same statistics, on the 4-D path oneDNN takes before 1.8."""
-    four = {
-        f: getattr(case, f).reshape(*case.x.shape, 1, 1)
-        for f in ("x", "dy", "prior_dx")
-        if getattr(case, f) is not None
-    }
-    return case.with_(**four)
 
 
 def member_backend(entry: str) -> str | None:
@@ -81,36 +72,42 @@ def probe_member_entry(kd: KnownDeviation, entry: str) -> tuple[str, str]:
     return status, f"{detail} (on {backend})"
 
 
+def probe_backend(kd: KnownDeviation) -> str:
+    """The CPU backend a deviation is probed on: the one it needs where this build has it (the native kernel's
+    deviations on a oneDNN build, served by the worker), else this process's."""
+    needs = kd.needs_backend
+    return needs if needs in ("onednn", "native") and unavailable_reason(needs) is None else IN_PROCESS_BACKEND
+
+
 def probe_entry(kd: KnownDeviation, entry: str) -> tuple[str, str]:
-    """(status, detail) of the deviation's reproducer on one entry point, in this process's backend."""
+    """(status, detail) of the deviation's reproducer on one entry point, on its probe backend."""
     if entry in MEMBER_ENTRIES:
         return probe_member_entry(kd, entry)
+    backend = probe_backend(kd)
     case = adapt(entry, kd.reproducer())
-    kernel = kernel_for(case)
-    note = ""
-    if case.x.ndim == 2 and case.axis == 1 and not _applies(kd, case, entry):
+    note = "" if backend == IN_PROCESS_BACKEND else f" (on {backend})"
+    if case.x.ndim == 2 and case.axis == 1 and not _applies(kd, case, entry, backend):
         four = lifted(case)
-        if _applies(kd, four, entry):  # oneDNN runs only 4-D BatchNorm before 1.8: probe the same call there
-            case, kernel, note = four, kernel_for(four), f" (as {case.dtype}{list(four.shape)}: 4-D, oneDNN's path)"
-    status, detail = _judged(kd, case, entry, kernel)
+        if _applies(kd, four, entry, backend):  # oneDNN runs only 4-D BatchNorm before 1.8: probe the same call there
+            case, note = four, note + f" (as {case.dtype}{list(four.shape)}: 4-D, oneDNN's path)"
+    status, detail = _judged(kd, case, entry, backend)
     return status, detail + note
 
 
-def _applies(kd: KnownDeviation, case: Case, entry: str) -> bool:
+def _applies(kd: KnownDeviation, case: Case, entry: str, backend: str) -> bool:
     from bnprops.judging.judgement import predictions
 
-    return any(k is kd for k, _ in predictions(case, entry=entry, kernel=kernel_for(case), scoped=False))
+    return any(k is kd for k, _ in predictions(case, entry=entry, kernel=kernel_for(case, backend), scoped=False))
 
 
-def _judged(kd: KnownDeviation, case: Case, entry: str, kernel: str) -> tuple[str, str]:
+def _judged(kd: KnownDeviation, case: Case, entry: str, backend: str) -> tuple[str, str]:
+    kernel = kernel_for(case, backend)
     try:
-        outputs = runner_for(entry, IN_PROCESS_BACKEND)(case)
+        outputs = runner_for(entry, backend)(case)
     except Exception as exc:  # a release that rejects the call shows something else than recorded
         return DIFFERS, f"raises {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
-    outcome = judge(
-        case, outputs, entry=entry, kernel=kernel, checked=QUANTITIES, backend=IN_PROCESS_BACKEND, scoped=False
-    )
-    if not _applies(kd, case, entry):
+    outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=QUANTITIES, backend=backend, scoped=False)
+    if not _applies(kd, case, entry, backend):
         return NOT_APPLICABLE, f"its conditions do not hold on the {kernel} kernel of this build"
     return _status(kd, outcome)
 

@@ -65,7 +65,7 @@ def member_runner_for(entry: str, backend: str) -> Runner:
 def same_kernel_backend(case: Case, backend: str, *, entry: str | None = None) -> str:
     """``backend`` where this build has it; on a build without oneDNN (mxnet-native, the 1.3-1.6 'mxnet' wheels),
     'native' for a case the onednn backend hands to the native kernel anyway (float16, float64, a legacy
-    operator; before 1.8 float32 other than 4-D with axis 1): the same kernel, so the same numbers.
+    operator; before 1.8 float32 other than 4-D with axis 1; before 1.6 every plain call): the same kernel.
     Raises BackendUnavailable, with the reason, where the case needs a kernel this build lacks."""
     reason = runners.unavailable_reason(backend)
     if reason is None:

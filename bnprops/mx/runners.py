@@ -83,19 +83,44 @@ def entry_unavailable_reason(entry: str) -> str | None:
 #: DEFAULT_AXIS); apache/mxnet#18504 ("Invoke mkldnn and cudnn BatchNorm when axis != 1", v1.x backport #18890)
 #: widened it to every shape and axis in 1.8.0.
 ONEDNN_ANY_SHAPE_SINCE = "1.8.0"
+#: Before 1.6 a lone BatchNorm never reached MKL-DNN, whatever kernel_for says: its forward took MKL-DNN only for
+#: input already in MKL-DNN's layout (a producer's output) with channels % 8 == 0, its backward only for such data
+#: or head gradient (SupportMKLDNNBN and IsMKLDNNData at 1.5.1); apache/mxnet#15870 ("update support MKLDNN BN
+#: conditions", in 1.6.0) dropped both. Shown on mxnet-mkl 1.3.1-1.5.1 by MKLDNN_VERBOSE: no batch_normalization
+#: primitive for a plain call, one after a Convolution.
+ONEDNN_PLAIN_INPUT_SINCE = "1.6.0"
+
+
+def onednn_runs_plain_input() -> bool:
+    """Does a BatchNorm call on plain (user-made) input reach oneDNN in the running release (1.6+)?"""
+    return mxversion.parse(mxversion.running()) >= mxversion.parse(ONEDNN_PLAIN_INPUT_SINCE)
+
+
+def onednn_follows_layout(case: Case, backend: str) -> bool:
+    """May the kernel follow the input's layout, not only the call: before 1.6 a float32 4-D input with axis=1
+    takes MKL-DNN when a producer left it in MKL-DNN's layout (with channels % 8 == 0), the native kernel when
+    plain (``kernel_for``)."""
+    return (
+        backend == "onednn"
+        and case.dtype == "float32"
+        and case.x.ndim == 4
+        and case.axis == 1
+        and not onednn_runs_plain_input()
+    )
 
 
 def kernel_for(case: Case, backend: str | None = None, entry: str | None = None) -> str:
     """Which kernel runs the case: on the onednn backend float16/float64 still take the native kernel, and
-    before 1.8 so does float32 input that is not 4-D with axis=1. BatchNorm_v1 has no oneDNN kernel. On the
-    cudnn backend use_global_stats takes MXNet's CUDA kernel."""
+    before 1.8 so does float32 input that is not 4-D with axis=1, and before 1.6 every plain call (a producer's
+    output in MKL-DNN's layout may take MKL-DNN there: ``onednn_follows_layout``). BatchNorm_v1 has no oneDNN
+    kernel. On the cudnn backend use_global_stats takes MXNet's CUDA kernel."""
     backend = IN_PROCESS_BACKEND if backend is None else backend
     if entry in LEGACY_ENTRY_POINTS and backend in BACKENDS:
         return "native"
     if backend == "cudnn" and case.use_global_stats:
         return "cuda"  # batch_norm.cu 706, 734 (1.9.1): only !use_global_stats && !cudnn_off reaches cuDNN
     if backend == "onednn":
-        if case.dtype != "float32":
+        if case.dtype != "float32" or not onednn_runs_plain_input():
             return "native"
         if mxversion.parse(mxversion.running()) < mxversion.parse(ONEDNN_ANY_SHAPE_SINCE):
             return "onednn" if case.x.ndim == 4 and case.axis == 1 else "native"
