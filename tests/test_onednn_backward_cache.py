@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bnprops.judging import release_probe
 from bnprops.judging.deviations.onednn_backward_cache_ignores_mode import ONEDNN_BACKWARD_CACHE_IGNORES_MODE as KD
+from bnprops.judging.deviations.onednn_backward_cache_ignores_mode import other_mode_dx
 from bnprops.judging.deviations.retained_graph_backward_updates_again import RETAINED_GRAPH_UPDATES_AGAIN
+from bnprops.model.case import Case
+from bnprops.model.evaluation import evaluate
 from bnprops.mx import mxversion
 from bnprops.search.sequences import SequenceRun, run_sequence
 from tests.helpers import one_sequence, skip_unless_available
@@ -91,3 +95,28 @@ def test_the_release_probe_runs_each_sequence_deviations_shortest_sequence() -> 
     skip_in_its_releases()
     assert release_probe.probe_sequence(KD)["status"] == release_probe.ABSENT
     assert release_probe.probe_sequence(RETAINED_GRAPH_UPDATES_AGAIN)["status"] == release_probe.PRESENT
+
+
+#: mxnet-mkl 1.6.0 and 1.7.0, measured: an inference backward with data 'add' (prior 7) after a training one.
+MEASURED_WRITTEN = [-0.84832, 0.63924, 0.0, -1.20436, 0.84832, 0.92643]
+
+
+@pytest.mark.parametrize("version, prior", [("1.6.0", 0.0), ("1.7.0", 7.0)])
+def test_its_model_is_what_mxnet_gave_and_adds_the_prior_where_onednn_honours_add(version: str, prior: float) -> None:
+    """The evidence's call: before 1.7 oneDNN writes an 'add' (dx alone), from 1.7 it adds to the prior."""
+    x = np.array([[1.0, 2.0], [4.0, -3.0], [0.5, 0.25]], np.float32).reshape(3, 2, 1, 1)
+    case = Case(
+        x=x,
+        dy=(np.linspace(-1, 1, 6) + 0.3).astype(np.float32).reshape(x.shape),
+        gamma=np.array([1.5, 0.5], np.float32),
+        beta=np.array([0.25, -0.5], np.float32),
+        moving_mean=np.array([0.5, -0.5], np.float32),
+        moving_var=np.array([2.0, 0.5], np.float32),
+        fix_gamma=False,
+        is_train=False,
+        grad_req=("add", "write", "write"),
+        prior_dx=np.full(x.shape, 7.0, np.float32),
+    )
+    dx, bound = other_mode_dx(case, evaluate(case), entry="nd", version=version)
+    assert np.abs(dx.ravel() - (prior + np.array(MEASURED_WRITTEN))).max() <= 1e-5 + bound.max()
+    assert bound.max() < 1e-5, "a bound this wide could hide a 0.5% fault"

@@ -463,7 +463,7 @@ def _cached_other_mode(tracker: Tracker, case: Case, outcome: Outcome, outputs: 
     if not applies or off - {"dx"} or {d.id for d in outcome.stale} - excused or outputs.get("dx") is None:
         return False
     evaluation = evaluate(case)
-    values, bound = other_mode_dx(case, evaluation, entry=entry)
+    values, bound = other_mode_dx(case, evaluation, entry=entry, version=mxversion.running())
     dx = np.asarray(outputs["dx"], dtype=np.float64)
     with np.errstate(invalid="ignore"):
         if not bool(((dx == values) | (np.abs(dx - values) <= bound) | (np.isnan(dx) & np.isnan(values))).all()):
