@@ -26,11 +26,12 @@ from typing import Any
 from bnprops.base import atomic
 from bnprops.base.family import MEMBER_ENTRIES, resolve, spec_of
 from bnprops.judging import lifecycle
-from bnprops.judging.deviations import LIFECYCLE_DEVIATIONS, SEQUENCE_DEVIATIONS
+from bnprops.judging.deviations import LIFECYCLE_DEVIATIONS
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import (
     KNOWN_DEVIATIONS,
     NETWORK_DEVIATIONS,
+    SEQUENCE_DEVIATIONS,
     KnownDeviation,
     NetworkDeviation,
     SequenceDeviation,
