@@ -7,11 +7,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from bnprops.fuzzing.report.model import Report
-from bnprops.judging.state_model import Config
 from bnprops.model.case import Case, param_dtype
 from bnprops.mx.backends import same_kernel_backend
 from bnprops.mx.runners import BackendUnavailable, unavailable_reason
-from bnprops.search.sequences import Rule, Sequence
+from bnprops.search.sequences import Sequence, fixed_sequence
 
 #: Campaign options for tests of one part of the fuzz job: no chains, sequences or members (their own tests run those).
 FOCUSED: dict[str, int] = {"network_every": 0, "sequence_every": 0, "member_every": 0}
@@ -57,34 +56,8 @@ def one_channel_case(
 
 
 def one_sequence(*rules: str, entry: str = "nd", dtype: str = "float64", **config: object) -> Sequence:
-    """A sequence on one (3, 2) batch (the same x and dy for every rule), gamma/beta/moving (1.5, 0.25, 0, 1)."""
-    x = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.25]], dtype=dtype)
-    pdt = param_dtype(dtype)
-    fields: dict[str, object] = {
-        "entry": entry,
-        "dtype": dtype,
-        "x_shape": x.shape,
-        "eps": 1e-3,
-        "momentum": 0.9,
-        "fix_gamma": False,
-        "use_global_stats": False,
-        "grad_req": ("write", "write", "write"),
-        "gamma": np.full(2, 1.5, pdt),
-        "beta": np.full(2, 0.25, pdt),
-        "moving_mean": np.zeros(2, pdt),
-        "moving_var": np.ones(2, pdt),
-    }
-    fields.update(config)
-    arrays = {"batch": 0, "x": x, "dy": (x * 0.5).astype(dtype)}
-    args = {
-        "train_step": arrays,
-        "inference_step": arrays,
-        "forward": {"batch": 0, "x": x, "train": True},
-        "backward_again": {"dy": np.resize(-x, (4, 2)).astype(dtype)},
-        "zero_grad": {},
-        "hybridize": {},
-    }
-    return Sequence(Config(**fields), tuple(Rule(r, tuple(args[r].items())) for r in rules))  # type: ignore[arg-type]
+    """A sequence on one (3, 2) batch, or the same values in the ``x_shape`` given (bnprops.search.sequences)."""
+    return fixed_sequence(*rules, entry=entry, dtype=dtype, **config)
 
 
 def first_finding(report: Report) -> str:

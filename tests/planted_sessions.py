@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import mxnet as mx
+import numpy as np
 
 from bnprops.mx.training import SESSIONS, AutogradSession, GluonSession, SymSession
 
@@ -122,3 +123,50 @@ def relu_dx_off_from_second_step(entry: str, **kwargs: Any) -> Any:
 def relu_wrong_momentum_from_second_step(entry: str, **kwargs: Any) -> Any:
     """gluon-relu: from the second training step on, the moving statistics move with the wrong momentum."""
     return ReluWrongMomentumFromSecondStep(**kwargs, **SESSIONS[entry][1])
+
+
+class CachedOtherModeBackward(AutogradSession):
+    """An MXNet with onednn-backward-cache-ignores-mode (emulated in numpy, apart from its model's code): after a
+    backward in one mode, each backward in the other writes dx by the first one's formula on the statistics its
+    forward normalised with. ``dx_scale`` and ``dgamma_scale`` plant a 0.5% fault in that step on top."""
+
+    dx_scale = 1.0
+    dgamma_scale = 1.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cached: bool | None = None  # the mode of the first backward, whose primitive the cache keeps
+
+    def train_step(self, x: Any, dy: Any) -> Any:
+        return self._step(x, dy, True, super().train_step)
+
+    def inference_step(self, x: Any, dy: Any) -> Any:
+        return self._step(x, dy, False, super().inference_step)
+
+    def _step(self, x: Any, dy: Any, train: bool, run: Any) -> Any:
+        axes = (0, *range(2, x.ndim))
+        moving = [m.asnumpy().astype(np.float64) for m in self.moving]
+        result = run(x, dy)
+        if self.cached is None:
+            self.cached = train
+        if self.cached == train:
+            return result
+        x64, dy64 = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+        mean, var = (x64.mean(axis=axes), x64.var(axis=axes)) if train else (moving[0], moving[1])
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        invstd = (1 / np.sqrt(var + self.params["eps"])).reshape(shape)
+        g = self.arrays["gamma"].asnumpy().astype(np.float64).reshape(shape)
+        if train:  # the cached inference primitive: g invstd dy
+            dx = g * invstd * dy64
+        else:  # the cached training primitive, on the moving statistics
+            xhat = (x64 - mean.reshape(shape)) * invstd
+            mean_dy, mean_dot = dy64.mean(axis=axes, keepdims=True), (dy64 * xhat).mean(axis=axes, keepdims=True)
+            dx = g * invstd * (dy64 - mean_dy - xhat * mean_dot)
+        self.grads["data"][:] = (dx * self.dx_scale).astype(self.dtype)
+        self.grads["gamma"][:] = self.grads["gamma"].asnumpy() * self.dgamma_scale
+        return result
+
+
+def cached_other_mode(entry: str, **kwargs: Any) -> Any:
+    """nd or npx under onednn-backward-cache-ignores-mode."""
+    return CachedOtherModeBackward(**kwargs, **SESSIONS[entry][1])

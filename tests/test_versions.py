@@ -25,7 +25,7 @@ from bnprops.judging.deviations.add_request_ignored import ADD_REQUEST_IGNORED
 from bnprops.judging.deviations.empty_batch_nan import EMPTY_BATCH_NAN
 from bnprops.judging.deviations.native_zero_variance_eps0 import NATIVE_ZERO_VARIANCE_EPS0
 from bnprops.judging.judgement import judge, predictions
-from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS
+from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, SEQUENCE_DEVIATIONS
 from bnprops.model.case import QUANTITIES
 from bnprops.mx import mxversion, releases
 from bnprops.mx.backends import runner_for
@@ -68,7 +68,7 @@ def test_a_scope_holds_from_since_up_to_but_not_in_fixed() -> None:
         mxversion.Releases(since="1.7.0", fixed="1.6.0")
 
 
-RECORDED = [*KNOWN_DEVIATIONS, *NETWORK_DEVIATIONS]
+RECORDED = [*KNOWN_DEVIATIONS, *NETWORK_DEVIATIONS, *SEQUENCE_DEVIATIONS]
 
 
 @pytest.mark.parametrize("kd", RECORDED, ids=[kd.id for kd in RECORDED])

@@ -246,7 +246,7 @@ def matrix(results: Sequence[ReleaseResult]) -> dict[str, Any]:
                 cells[r.release] = f"found x{sum(f['count'] for f in hits)} ({', '.join(where)})"
             else:
                 cells[r.release] = NOT_FOUND
-    # Sequence deviations need sessions, engines and rules no single probe runs: their recorded scope is shown.
+    # A sequence deviation the probe cannot run (it needs another engine) shows its recorded scope.
     for d in deviations.SEQUENCE_DEVIATIONS:
         if d.id not in recorded:
             recorded[d.id] = {r.release: _scope_cell(d.releases, r) for r in results}

@@ -123,7 +123,7 @@ class SequenceCheck:
 def signatures(run: SequenceRun, *, entry: str, backend: str) -> tuple[Signature, ...]:
     dtype = run.sequence.config.dtype
     sigs = [
-        Signature(KNOWN, f"{rule}:moving statistics", entry, backend, dtype, (), REGIME, ident)
+        Signature(KNOWN, f"{rule}:{_DEVIATIONS[ident].affects}", entry, backend, dtype, (), REGIME, ident)
         for rule, ident in run.known
     ]
     if run.failed:

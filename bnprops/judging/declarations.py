@@ -209,6 +209,11 @@ class SequenceDeviation:
     shortest_on: tuple[str, Mapping[str, object]] | None = dataclasses.field(default=None, hash=False)
     #: The MXNet engine it needs (MXNET_ENGINE_TYPE); None: any, bnprops's NaiveEngine too.
     engine: str | None = None
+    #: The backend its shortest sequence needs (elsewhere it cannot show); None: any.
+    needs_backend: str | None = None
+
+    def holds_in(self, version: str) -> bool:
+        return self.releases.holds(version)
 
     @property
     def quantities_text(self) -> str:

@@ -2,7 +2,8 @@
 
 ``python -m bnprops.judging.release_probe OUT.json`` (``bnprops versions`` runs it in each release's environment)
 writes the environment (MXNet's and oneDNN's versions), which entry points and backends this release
-has, and per known deviation (value and network ones) its status here, whatever its recorded scope says:
+has, and per known deviation (value, network, life-cycle and sequence ones) its status here, whatever its
+recorded scope says:
 
 * ``present``: MXNet matches the deviation's model where it differs from the oracle (on every entry
   point it was run on; ``partial`` when on some only);
@@ -28,7 +29,15 @@ from bnprops.judging import lifecycle
 from bnprops.judging.declarations import lifted
 from bnprops.judging.deviations import LIFECYCLE_DEVIATIONS
 from bnprops.judging.judgement import Outcome, judge
-from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, NETWORK_DEVIATIONS, KnownDeviation, NetworkDeviation
+from bnprops.judging.known_deviations import (
+    KNOWN_DEVIATIONS,
+    NETWORK_DEVIATIONS,
+    SEQUENCE_DEVIATIONS,
+    KnownDeviation,
+    NetworkDeviation,
+    SequenceDeviation,
+)
+from bnprops.judging.shortest_sequence import run_shortest
 from bnprops.model.case import QUANTITIES, Case
 from bnprops.mx import family, mxversion
 from bnprops.mx.backends import runner_for
@@ -40,6 +49,7 @@ from bnprops.mx.runners import (
     entry_unavailable_reason,
     kernel_for,
     network_unavailable_reason,
+    sequence_unavailable_reason,
     unavailable_reason,
 )
 
@@ -171,6 +181,28 @@ def probe_lifecycle(ld: Any) -> dict[str, Any]:
     return {"status": status, "entries": {ld.check: {"status": status, "detail": detail}}}
 
 
+def probe_sequence(sd: SequenceDeviation) -> dict[str, Any]:
+    """A sequence deviation's status here: its shortest sequence (judging.shortest_sequence) on this process's
+    backend, present where the state after its rules shows its model."""
+    assert sd.shortest_on is not None
+    entry = sd.shortest_on[0]
+    missing = sequence_unavailable_reason(entry)
+    if missing is None and sd.needs_backend not in (None, IN_PROCESS_BACKEND):
+        missing = f"needs the {sd.needs_backend} backend; this process runs {IN_PROCESS_BACKEND}"
+    if missing is not None:
+        return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": missing}}}
+    kernel, known, failure = run_shortest(sd)
+    if sd.needs_backend not in (None, kernel):
+        status, detail = NOT_APPLICABLE, f"its conditions do not hold on the {kernel} kernel of this build"
+    elif sd.id in known:
+        status, detail = PRESENT, f"{' > '.join(sd.sequence)}: the state shows its model"
+    elif failure:
+        status, detail = DIFFERS, failure[:200]
+    else:
+        status, detail = ABSENT, f"{' > '.join(sd.sequence)}: the state follows the contract"
+    return {"status": status, "entries": {entry: {"status": status, "detail": detail}}}
+
+
 def summarise(statuses: list[str]) -> str:
     """One status from the entry points': present on all that apply, absent on all, else partial/differs."""
     applied = [s for s in statuses if s != NOT_APPLICABLE]
@@ -199,6 +231,8 @@ def run() -> dict[str, Any]:
         *((kd, probe) for kd in KNOWN_DEVIATIONS),
         *((nd, probe_network) for nd in NETWORK_DEVIATIONS),
         *((ld, probe_lifecycle) for ld in LIFECYCLE_DEVIATIONS),
+        # A sequence deviation that needs another engine (MXNET_ENGINE_TYPE) has no shortest sequence to run here.
+        *((sd, probe_sequence) for sd in SEQUENCE_DEVIATIONS if sd.shortest_on is not None),
     ]
     for declared, probe_one in probes:
         try:

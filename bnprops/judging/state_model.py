@@ -24,6 +24,12 @@ import numpy as np
 
 from bnprops.base import reproduction
 from bnprops.judging.comparator import compare
+from bnprops.judging.deviations.onednn_backward_cache_ignores_mode import (
+    ONEDNN_BACKWARD_CACHE_IGNORES_MODE,
+    TRAINING_BACKWARD_ENTRY,
+    other_mode_dx,
+)
+from bnprops.judging.deviations.sym_inference_backward_trains import SYM_INFERENCE_BACKWARD_TRAINS
 from bnprops.judging.judgement import Outcome, judge
 from bnprops.judging.known_deviations import (
     FROZEN_LAYER_KEEPS_MOVING_STATS,
@@ -33,6 +39,7 @@ from bnprops.judging.known_deviations import (
 from bnprops.judging.with_relu import judge_with_relu
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, PRIOR_FIELDS, QUANTITIES, Case, Outputs, param_dtype
 from bnprops.model.evaluation import evaluate
+from bnprops.mx import mxversion
 from bnprops.mx.runners import IN_PROCESS_BACKEND, kernel_for
 from bnprops.mx.training import SESSIONS, STATE_KEYS, open_session, session_source
 
@@ -313,7 +320,7 @@ class Tracker:
             outcome, negative = relu.outcome, relu.negative
         else:
             outcome = judge(case, outputs, entry=entry, kernel=kernel, checked=checked, backend=self.backend)
-        if not outcome.ok or negative:
+        if negative or not (outcome.ok or _cached_other_mode(self, case, outcome, outputs)):
             _fail_judged(self, case, outcome, outputs, negative=negative)
         self.explained.extend((len(self.steps), kd.id) for kd, _ in outcome.explained)
 
@@ -436,6 +443,35 @@ def _record_kept(tracker: Tracker, case: Case, known: tuple[str, ...]) -> None:
             assert kept is not None and evaluation is not None
             contract = (np.ones_like(kept), 0.0) if q == "gamma" else (evaluation.expected[q], evaluation.bound[q])
             tracker.recorded.append((ident, check_of(tracker, q, contract, recorded=(kept, 0.0))))
+
+
+def _cached_other_mode(tracker: Tracker, case: Case, outcome: Outcome, outputs: Outputs) -> bool:
+    """Is a step's departure ONEDNN_BACKWARD_CACHE_IGNORES_MODE's (then recorded as known)? Only where it holds
+    (oneDNN kernel, its releases, batch statistics), only dx off the contract, and dx its model's within its bound.
+
+    On sym an inference step's backward trains (sym-inference-backward-trains): the cached inference primitive
+    gives the contract's dx there, which that single-call deviation, certain, calls stale."""
+    kd, entry = ONEDNN_BACKWARD_CACHE_IGNORES_MODE, tracker.layer.entry
+    applies = (
+        entry not in RELU_ENTRIES
+        and not case.use_global_stats
+        and kernel_for(case, tracker.backend) == kd.needs_backend
+        and kd.holds_in(mxversion.running())
+    )
+    excused = {SYM_INFERENCE_BACKWARD_TRAINS.id} if entry == TRAINING_BACKWARD_ENTRY and not case.is_train else set()
+    off = {m.quantity for m in outcome.unexpected}
+    if not applies or off - {"dx"} or {d.id for d in outcome.stale} - excused or outputs.get("dx") is None:
+        return False
+    evaluation = evaluate(case)
+    values, bound = other_mode_dx(case, evaluation, entry=entry, version=mxversion.running())
+    dx = np.asarray(outputs["dx"], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        if not bool(((dx == values) | (np.abs(dx - values) <= bound) | (np.isnan(dx) & np.isnan(values))).all()):
+            return False
+    tracker.known.append((len(tracker.steps), kd.id))
+    contract = (evaluation.expected["dx"], evaluation.bound["dx"])
+    tracker.recorded.append((kd.id, check_of(tracker, "dx", contract, recorded=(values, bound))))
+    return True
 
 
 def _fail(tracker: Tracker, what: str, detail: str, checks: list[Check]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from bnprops.judging.shortest_sequence import fixed_args, fixed_config
 from bnprops.judging.state_model import RELU_ENTRIES, Config, SequenceFailure, Tracker, raising, replay_script
 from bnprops.model.case import GRAD_TARGETS, param_dtype
 from bnprops.mx import family
@@ -210,6 +211,18 @@ def sequences(
     return configs(entries=entries, dtypes=dtypes).flatmap(
         lambda c: _rules(c.x_shape, c.dtype, max_rules).map(lambda rules: Sequence(c, tuple(rules)))
     )
+
+
+def fixed_sequence(*rules: str, entry: str = "nd", dtype: str = "float64", **config: object) -> Sequence:
+    """The named rules on judging.shortest_sequence's fixed batch (a (3, 2) x, or its values in the ``x_shape``
+    given) and configuration, as a Sequence: a recorded sequence deviation's shortest sequence is this."""
+    built = fixed_config(entry=entry, dtype=dtype, **config)
+    steps = []
+    for method in rules:
+        args = fixed_args(method, x_shape=built.x_shape, dtype=dtype)
+        batch = {"batch": 0} if "x" in args else {}  # a rule with a batch names it: the configuration's own size
+        steps.append(Rule(method, tuple((batch | args).items())))
+    return Sequence(built, tuple(steps))
 
 
 def member_unavailable_reason(entry: str, backend: str) -> str | None:
