@@ -83,3 +83,14 @@ def test_the_reproducer_is_out_of_range_only_when_truncated(truncating_build: An
     found = {p.quantity: p for kd, p in predictions(case, entry="sym", kernel=kernel_for(case)) if kd is TRUNCATING}
     assert found and all(p.certain for p in found.values())
     np.testing.assert_array_equal(found["y"].model(evaluate(case))[0], np.full(case.shape, float(case.beta[0])))
+
+
+def test_in_a_rounding_build_of_its_release_the_doctor_says_it_needs_a_truncating_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bnprops.commands import doctor
+
+    monkeypatch.setattr(mxversion, "running", lambda: "1.3.1")  # the plain 1.3.1 wheel: F16C, rounds to nearest
+    assert TRUNCATING.holds_in("1.3.1") and not TRUNCATING.releases.holds_here()
+    [line] = [row for row in doctor.report() if row.strip().startswith(TRUNCATING.id + " ")]
+    assert "needs a build whose float16 conversion truncates" in line, line
