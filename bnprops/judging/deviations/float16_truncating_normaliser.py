@@ -82,8 +82,9 @@ FLOAT16_TRUNCATING_NORMALISER = KnownDeviation(
     "1e-6 -> 9.5367e-07 (numpy 1.0133e-06), 1e-4 -> 9.9957e-05, 4.6e-8 -> 0, 65519 -> inf (numpy 65504); the "
     "emulation float16_toward_zero matches it bit for bit on 20,000 values; every other build (1.3.1 to 1.9.1, "
     "mxnet-mkl 1.4.1 to 1.6.0, mxnet-native 1.8.0) rounds to nearest. objdump of libmxnet.so: 0 F16C instructions "
-    "(vcvtps2ph/vcvtph2ps) in mxnet-mkl 1.3.1, 62001 in mxnet 1.3.1. On BatchNorm: x=[0.5, 0.5, 0.5, 0.50049] "
-    "float16, eps=0 (var 4.5e-8): y, dx and dgamma are inf/NaN where the other builds round var to 2^-24; "
+    "(vcvtps2ph/vcvtph2ps) in mxnet-mkl 1.3.1, 62001 in mxnet 1.3.1, 62863 in mxnet-mkl 1.4.1. On BatchNorm, "
+    "every entry point and shape: x=[0.5, 0.5, 0.5, 0.50049] float16, eps=0 (var 4.5e-8): y, dx and dgamma "
+    "are inf/NaN where the other builds round var to 2^-24; "
     "float16[5, 4, 4] in the large regime with var + eps in (65504, 65520): y = beta (0.887 where the oracle "
     "says 0.110). MKL-DNN plays no part: float16 always takes the native kernel.",
     # var + eps = 65504.009: 65504 rounded to nearest (in range, the oracle's values), inf truncated (y = beta).
