@@ -27,6 +27,7 @@ from bnprops.mx.runners import kernel_for, run_symbolic
 def truncating_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mxversion, "running", lambda: "1.3.1")
     monkeypatch.setattr(mxversion, "build_traits", lambda: frozenset({mxversion.FLOAT16_TRUNCATES}))
+    monkeypatch.setattr(mxversion, "float16_conversion", lambda: "toward zero")
 
 
 def test_the_emulated_conversion_truncates_as_mshadows_software_half_does() -> None:

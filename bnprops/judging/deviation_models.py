@@ -28,8 +28,12 @@ class Context:
     """A case as the deviations' models see it: the kernel that ran it, its evaluation, and the kernel
     emulations several models share (each computed once, when a model first reads it)."""
 
-    def __init__(self, case: Case, kernel: str, evaluation: Evaluation) -> None:
+    def __init__(
+        self, case: Case, kernel: str, evaluation: Evaluation, *, float16_rounding: str = "to nearest"
+    ) -> None:
         self.case, self.kernel, self.evaluation = case, kernel, evaluation
+        #: How the MXNet that ran the case converts float32 to float16 (mxversion.float16_conversion).
+        self.float16_rounding = float16_rounding
 
     @property
     def expected(self) -> Outputs:
