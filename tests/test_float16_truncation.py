@@ -95,3 +95,23 @@ def test_in_a_rounding_build_of_its_release_the_doctor_says_it_needs_a_truncatin
     assert TRUNCATING.holds_in("1.3.1") and not TRUNCATING.releases.holds_here()
     [line] = [row for row in doctor.report() if row.strip().startswith(TRUNCATING.id + " ")]
     assert "needs a build whose float16 conversion truncates" in line, line
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        minimal([-256.0, 256.0, -256.0, 256.0], "float16"),  # var + eps >= 65520: inf either way
+        minimal([1.0, 2.0, 3.0, 4.0], "float16", eps=0.0, use_global_stats=True).with_(
+            moving_var=np.array([1e-7], dtype=np.float32)  # float16-normaliser-subnormal's reproducer
+        ),
+    ],
+)
+def test_on_a_truncating_build_the_truncating_model_alone_covers_the_rounding_models_regions(
+    truncating_build: Any, monkeypatch: pytest.MonkeyPatch, case: Case
+) -> None:
+    kernel = kernel_for(case)
+    ids = {kd.id for kd, _ in predictions(case, entry="sym", kernel=kernel)}
+    assert ids == {TRUNCATING.id}, ids
+    monkeypatch.setattr(mxversion, "float16_conversion", lambda: "to nearest")  # a rounding build, unscoped
+    rounding = {kd.id for kd, _ in predictions(case, entry="sym", kernel=kernel, scoped=False)}
+    assert rounding & {"float16-normaliser-out-of-range", "float16-normaliser-subnormal"}, rounding
