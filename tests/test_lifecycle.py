@@ -233,3 +233,37 @@ def test_the_fuzz_cli_takes_lifecycle() -> None:
     assert "--lifecycle N" in proc.stdout
     with pytest.raises(plan.UsageError, match="lifecycle_every"):
         plan.CampaignConfig(out=ROOT, max_examples=1, lifecycle_every=-1)
+
+
+def test_train_evaluate_train_judges_batchnorm_on_the_input_it_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As mxnet-mkl 1.3/1.4 under NaiveEngine (apache/mxnet#15089): after a convolution's first inference call,
+    # its later calls compute from other weights, so a second call is not what BatchNorm received.
+    made = lifecycle_kernel._model
+
+    def drifting(*args: Any) -> Any:
+        net, conv, norm = made(*args)
+        inner = conv.forward
+
+        def forward(x: Any, *rest: Any) -> Any:
+            out = inner(x, *rest)
+            if not lifecycle_kernel.mx.autograd.is_recording():
+                conv.weight.set_data(conv.weight.data() * 1.1)
+            return out
+
+        monkeypatch.setattr(conv, "forward", forward)
+        return net, conv, norm
+
+    monkeypatch.setattr(lifecycle_kernel, "_model", drifting)
+    scenario = lifecycle.spec("train-evaluate-train", channels=4, hybridize=False, seed=3)
+    assert lifecycle.check(scenario) == []
+    monkeypatch.setattr(lifecycle_kernel, "run", model_dgamma_off(lifecycle_kernel.run))
+    assert any(p.what == f"differs:{PLANTED_IN}" for p in lifecycle.check(scenario))
+
+
+def test_a_findings_reproducer_threshold_is_its_own_signatures_worst_difference() -> None:
+    scenario = lifecycle.spec("train-evaluate-train", channels=4)
+    problems = [lifecycle.Problem("differs:y", "step 1: y", error=4.0), lifecycle.Problem("differs:dgamma", "g", 38.0)]
+    checked = lifecycle_findings.LifecycleCheck(scenario, "failed", tuple(problems))
+    y = lifecycle_findings._signature(scenario, problems[0])
+    assert checked.showing(y) == problems[:1]
+    assert '"error": 4.0' in lifecycle_findings.kept(scenario, checked.showing(y))

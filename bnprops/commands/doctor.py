@@ -159,6 +159,8 @@ def report() -> list[str]:
     engine = os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
     for d in ALL:
         why = None if d.releases.holds(version) else f"absent in {version} (holds in {d.releases.describe()})"
+        if why is None and d.releases.trait and not d.releases.holds_here():
+            why = f"needs a build whose {d.releases.trait} (this one's does not)"
         needs = getattr(d, "needs_backend", None)
         if why is None and needs and unavailable_reason(needs) is not None:
             why = f"needs the {needs} backend: {unavailable_reason(needs)}"

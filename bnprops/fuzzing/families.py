@@ -277,7 +277,7 @@ class Lifecycle:
         self, sig: Signature, checked: lifecycle_findings.LifecycleCheck, case: Case, count: int, reduction: str
     ) -> Entry:
         assert checked.scenario is not None  # a signature comes from a scenario that ran
-        kept = lifecycle_findings.kept(checked.scenario, checked.problems)
+        kept = lifecycle_findings.kept(checked.scenario, checked.showing(sig))
         return Entry(sig, count, case, reduction, checked.detail(sig), lifecycle=kept)
 
 

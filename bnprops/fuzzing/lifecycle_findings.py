@@ -97,8 +97,12 @@ class LifecycleCheck:
     signatures: tuple[Signature, ...] = ()
     note: str = ""
 
+    def showing(self, sig: Signature) -> list[lifecycle.Problem]:
+        """The problems that make the signature ``sig``."""
+        return [p for p in self.problems if _signature(self.scenario or {}, p) == sig]
+
     def detail(self, sig: Signature) -> str:
-        shown = [p for p in self.problems if _signature(self.scenario or {}, p) == sig]
+        shown = self.showing(sig)
         if not shown:
             return "this example no longer shows the signature when run again (flaky?)"
         head = f"life cycle: {describe(self.scenario or {})}"
@@ -144,7 +148,9 @@ def check_of(sig: Signature) -> str:
 
 
 def kept(scenario: dict[str, Any], problems: Sequence[lifecycle.Problem]) -> str:
-    """What an entry keeps of a life-cycle finding (Entry.lifecycle): the scenario and its worst difference."""
+    """What an entry keeps of a life-cycle finding (Entry.lifecycle): the scenario and the worst difference of
+    ``problems``, those of the finding's own signature (its reproducer's threshold: another quantity's larger
+    difference would make the reproducer call a persisting finding gone)."""
     sizes = [p.error for p in problems if not math.isnan(p.error)]
     return json.dumps({"scenario": scenario, "error": max(sizes) if sizes else None}, sort_keys=True)
 

@@ -101,7 +101,7 @@ class KnownDeviation:
             return []
         if self.entries is None and entry in OTHER_KERNEL_ENTRIES:
             return []  # a family member: BatchNorm's reach it only through its plain entry (``like``)
-        if scoped and not self.releases.holds(mxversion.running()):
+        if scoped and not self.releases.holds_here():
             return []
         # A gradient requested with 'null' is not produced, so it cannot show the deviation.
         absent = {GRADIENT_OF[t] for t in GRAD_TARGETS if ctx.case.request(t) == "null"}
@@ -165,7 +165,7 @@ class NetworkDeviation:
         return (self.apis is None or chain.api in self.apis) and self.applies(chain, backend)
 
     def explains(self, *, kind: str, message: str, chain: Chain, backend: str, scoped: bool = True) -> bool:
-        if scoped and not self.releases.holds(mxversion.running()):
+        if scoped and not self.releases.holds_here():
             return False
         return kind == self.kind and self.signature in message and self.applies_to(chain, backend)
 
@@ -246,7 +246,7 @@ class LifecycleDeviation:
     releases: mxversion.Releases = mxversion.EVERY_RELEASE
 
     def explains(self, *, check: str, what: str, message: str, scoped: bool = True) -> bool:
-        if scoped and not self.releases.holds(mxversion.running()):
+        if scoped and not self.releases.holds_here():
             return False
         return check == self.check and what == self.what and self.signature in message
 

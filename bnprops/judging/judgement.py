@@ -22,7 +22,7 @@ from bnprops.judging.invariants import violations
 from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation, evaluate
-from bnprops.mx import family
+from bnprops.mx import family, mxversion
 from bnprops.mx.runners import IN_PROCESS_BACKEND, OPERATOR_OF_ENTRY, REDUCTION_OF_BACKEND
 
 
@@ -148,7 +148,8 @@ def predictions(
     """
     ev = evaluation or evaluate(case, operator=OPERATOR_OF_ENTRY.get(entry, "batchnorm"))
     like = family.like(entry) if like is None and family.is_member(entry) else like
-    ctx = Context(case, kernel, ev)
+    rounding = mxversion.float16_conversion() if case.dtype == "float16" else "to nearest"
+    ctx = Context(case, kernel, ev, float16_rounding=rounding)
     found = []
     for kd in KNOWN_DEVIATIONS:
         predicted = kd.predictions(ctx, entry=entry, scoped=scoped)

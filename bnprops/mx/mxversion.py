@@ -85,6 +85,30 @@ def onednn_version() -> str:
     return "built, version unknown (no verbose banner)"
 
 
+#: What a build can lack although its release has it: a trait measured on the running MXNet, by name.
+FLOAT16_TRUNCATES = "float16 conversion truncates"
+
+
+@functools.lru_cache(maxsize=1)
+def float16_conversion() -> str:
+    """How this MXNet rounds float32 to float16: 'to nearest' (F16C's conversion) or 'toward zero'.
+
+    A build made without F16C (USE_F16C=0, or a build host without it) converts in mshadow's software
+    half_t, which truncates the mantissa and turns anything above 65504 into inf (mxnet-mkl 1.3.1 does).
+    """
+    import mxnet as mx
+    import numpy as np
+
+    probe = np.array([1e-6, 65519.0], dtype=np.float32)  # rounds up to nearest: 1.0133e-06, 65504
+    got = mx.nd.array(probe, dtype="float32").astype("float16").asnumpy()
+    return "to nearest" if np.array_equal(got, probe.astype(np.float16)) else "toward zero"
+
+
+def build_traits() -> frozenset[str]:
+    """The traits (FLOAT16_TRUNCATES, ...) the running MXNet build shows."""
+    return frozenset({FLOAT16_TRUNCATES} if float16_conversion() == "toward zero" else set())
+
+
 def environment() -> dict[str, str]:
     """What every report records about the software under test."""
     import mxnet as mx
@@ -114,6 +138,9 @@ class Releases:
     why: str = ""
     #: Where the range comes from while no release was probed: the source history read (never a guess).
     basis: str = ""
+    #: A build trait it needs besides the release (build_traits(); measured on the running MXNet): a deviation
+    #: of one build of a release, not of every build of it. Empty: every build.
+    trait: str = ""
 
     def __post_init__(self) -> None:
         for version in (self.since, self.fixed, *(v for v, _ in self.probed)):
@@ -128,6 +155,10 @@ class Releases:
             return False
         return self.fixed is None or v < parse(self.fixed)
 
+    def holds_here(self) -> bool:
+        """Does it hold in the running MXNet: its release, and the build trait it needs?"""
+        return self.holds(running()) and (not self.trait or self.trait in build_traits())
+
     def contradictions(self) -> list[str]:
         """Probes that the range gets wrong (none, for a scope that was probed, not assumed)."""
         return [
@@ -137,10 +168,11 @@ class Releases:
         ]
 
     def describe(self) -> str:
+        build = f"; builds whose {self.trait}" if self.trait else ""
         if self.since is None and self.fixed is None:
-            return "every release"
+            return "every release" + build
         parts = ([f">= {self.since}"] if self.since else []) + ([f"< {self.fixed}"] if self.fixed else [])
-        return ", ".join(parts)
+        return ", ".join(parts) + build
 
     def provenance(self) -> str:
         """What the range rests on: the releases probed and what each showed, or 'not probed' and the source read."""
@@ -158,6 +190,7 @@ class Releases:
             "probed": {v: seen for v, seen in self.probed},
             "why": self.why,
             "basis": self.basis,
+            "trait": self.trait,
             "provenance": self.provenance(),
         }
 

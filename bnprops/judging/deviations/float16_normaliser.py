@@ -29,8 +29,8 @@ def _float16_normaliser_model(ctx: Context, hit: np.ndarray, *, certain: bool) -
 
 def float16_normaliser_out_of_range(ctx: Context) -> list[Prediction]:
     case = ctx.case
-    if case.dtype != "float16" or ctx.kernel != "native":
-        return []
+    if case.dtype != "float16" or ctx.kernel != "native" or ctx.float16_rounding != "to nearest":
+        return []  # a build that truncates: float16-truncating-normaliser
     _, rounded = float16_normaliser(ctx)
     guarded = zero_variance(ctx) & (case.eps == 0)  # native-zero-variance-eps0's territory
     hit = (np.isinf(rounded) | (rounded == 0)) & ~ctx.undetermined & ~guarded & ctx.finite_channels
@@ -39,8 +39,8 @@ def float16_normaliser_out_of_range(ctx: Context) -> list[Prediction]:
 
 def float16_normaliser_subnormal(ctx: Context) -> list[Prediction]:
     case = ctx.case
-    if case.dtype != "float16" or ctx.kernel != "native":
-        return []
+    if case.dtype != "float16" or ctx.kernel != "native" or ctx.float16_rounding != "to nearest":
+        return []  # a build that truncates: float16-truncating-normaliser
     exact, rounded = float16_normaliser(ctx)
     f16 = np.finfo(np.float16)
     with np.errstate(invalid="ignore"):
@@ -59,7 +59,8 @@ FLOAT16_NORMALISER_OUT_OF_RANGE = KnownDeviation(
     ),
     summary="float16 data: var + eps is rounded to float16, so it overflows above 65504 and vanishes below 2^-25",
     quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
-    conditions="float16 data, native kernel; not both var == 0 and eps == 0; var + eps (batch or moving statistics) "
+    conditions="float16 data, native kernel, a build that rounds to nearest (F16C); not both var == 0 and eps == 0; "
+    "var + eps (batch or moving statistics) "
     ">= 65520 (rounds to inf) or < 2^-25 (rounds to 0)",
     model=(
         "the kernel form with invstd = 1/sqrt(half(var + half(eps))): var + eps rounded to inf gives "
@@ -85,7 +86,8 @@ FLOAT16_NORMALISER_SUBNORMAL = KnownDeviation(
     ),
     summary="float16 data: var + eps below 2^-14 is rounded to a float16 subnormal, up to 50% off",
     quantities=frozenset({"y", "dx", "dgamma", "invstd", "moving_var"}),
-    conditions="float16 data, native kernel; 2^-25 <= var + eps < 2^-14 and its float16 rounding moves it by more "
+    conditions="float16 data, native kernel, a build that rounds to nearest (F16C); 2^-25 <= var + eps < 2^-14 and "
+    "its float16 rounding moves it by more "
     "than half a normal ulp (may fail: depends on where in the ulp it falls)",
     model=(
         "the kernel form with invstd = 1/sqrt(half(var + half(eps))), the float16 subnormal var + eps: y, dx, "
