@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case, Outputs, quantity_shape
 from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
 from bnprops.model.evaluation import Evaluation, evaluate
@@ -59,7 +60,7 @@ class Context:
         model starts from it."""
         case = self.case
         mean = self.statistics[0].astype(np.float32)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with ignoring("over", "invalid"):
             return (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
 
     @functools.cached_property
@@ -166,7 +167,7 @@ def kernel_form(ctx: Context, invstd: np.ndarray, *, dotp: np.ndarray | None = N
     mean = ctx.statistics[0]
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     out = dict(ctx.evaluation.fresh)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         centred = x - per_channel(case, mean)
         dotp = channel_sum(centred * dy, case.channel_axis) if dotp is None else dotp
         dbeta = channel_sum(dy, case.channel_axis)
@@ -187,13 +188,13 @@ def kernel_form(ctx: Context, invstd: np.ndarray, *, dotp: np.ndarray | None = N
 
 
 def invstd_of(normaliser: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with ignoring("divide", "invalid"):
         return np.asarray(1.0 / np.sqrt(normaliser))
 
 
 def model_bounds(ctx: Context, values: Outputs) -> Outputs:
     """The error model's bounds around a model's outputs (the rest of the computation is the oracle's)."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         return {q: np.nan_to_num(b, nan=0.0) for q, b in ctx.evaluation.bounds_of(values).items()}
 
 
@@ -201,7 +202,7 @@ def float16_normaliser(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     """var + eps, exactly and as the kernel forms it: half(float(var) + float(half(eps))) (DType(eps) is half)."""
     eps = eps_as_applied(ctx.case)
     var = ctx.statistics[1]
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         half_eps = np.float32(np.float16(np.float32(eps)))
         rounded = (var.astype(np.float32) + half_eps).astype(np.float16).astype(np.float64)
     return var + eps, rounded
@@ -220,7 +221,7 @@ def float16_projection(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     invstd = invstd_of(float16_normaliser(ctx)[1]).astype(np.float32)
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     m = case.reduction_length
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with ignoring("over", "invalid", "divide"):
         dotp = ctx.float16_dotp
         k = (dotp * invstd.astype(np.float64) ** 2 / m).astype(np.float32)
         t = (ctx.centred_half.astype(np.float32) * per_channel(case, k).astype(np.float32)).astype(np.float16)
@@ -243,7 +244,7 @@ def float16_dotp(ctx: Context) -> np.ndarray:
     (found by the entry-point property, nd, float16, eps = 0)."""
 
     case = ctx.case
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         products = ctx.centred_half * case.dy
         return np.asarray(channel_sum(products.astype(np.float64), case.channel_axis))
 
@@ -254,7 +255,7 @@ def recovery_reach(case: Case, var: np.ndarray) -> np.ndarray:
     acc = accumulation_dtype(case.dtype)
     u, tiny = unit_roundoff(acc), float(np.finfo(acc).smallest_subnormal)
     eps = eps_as_applied(case)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         dtype_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps)
         return np.asarray((8 * u + 2 * unit_roundoff(case.dtype)) * (var + eps) + 4 * tiny + dtype_eps)
 
@@ -270,7 +271,7 @@ def training_formula_dx(
     fresh = writing(case)
     written = ctx.evaluation if fresh is case else evaluate(fresh, "reference")
     model = {**written.expected, "dx": dx_of(fresh, ctx.statistics)}
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         tolerance = written.bounds_of(model, training_backward=True)["dx"]
         dx = dx_of(case, ctx.statistics)
         if case.prior("data") is not None:

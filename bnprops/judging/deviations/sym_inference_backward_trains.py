@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import (
     Context,
@@ -25,7 +26,7 @@ def sym_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.nda
     mean, var = stats
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     dy = case.dy.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
         xhat = (case.x.astype(np.float64) - per_channel(case, mean)) * per_channel(case, invstd)
         axis = case.channel_axis  # (per-channel means in one order: a stacked group's values are its cases')
