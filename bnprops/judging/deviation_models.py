@@ -208,6 +208,38 @@ def float16_normaliser(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     return var + eps, rounded
 
 
+#: float16's largest finite number, and room for the roundings between exact magnitudes and the float16 and float32
+#: values formed from them (each within a few 2^-11 relatively).
+_HALF_MAX, _ROOM = float(np.finfo(np.float16).max), 1.01
+
+
+def _largest(values: np.ndarray) -> float:
+    """The largest magnitude (inf or NaN where some value is not finite; 0 for no values)."""
+    return float(np.max(np.abs(values))) if values.size else 0.0
+
+
+def float16_products_fit(ctx: Context) -> bool:
+    """Surely no product half(x - mean) dy (float16_dotp's) overflows float16: the largest magnitudes' product,
+    with room for rounding, is below float16's largest number. False where some value is not finite. A model that
+    looks for such overflow finds none where this holds, so it need not form the products."""
+    return _largest(ctx.centred_half) * _largest(ctx.case.dy) * _ROOM < _HALF_MAX
+
+
+def float16_normalised_fits(ctx: Context, invstd: np.ndarray, g: np.ndarray) -> bool:
+    """Surely neither half(half(x - mean) invstd) nor that times g overflows float16 (as float16_products_fit)."""
+    largest = _largest(ctx.centred_half) * _largest(invstd) * max(1.0, _largest(g))
+    return largest * _ROOM * _ROOM < _HALF_MAX
+
+
+def float16_projection_fits(ctx: Context) -> bool:
+    """Surely no term of float16_projection overflows, so that it predicts no overflow (as float16_products_fit):
+    with c, d, i the largest |half(x - mean)|, |dy|, invstd, each product of dotp fits (c d), |dotp| <= M c d, so
+    |t| <= c k <= c^2 d i^2, |dy - mean(dy)| <= 2 d, and their difference within the sum of both."""
+    invstd = invstd_of(float16_normaliser(ctx)[1]).astype(np.float32)
+    c, d, i = _largest(ctx.centred_half), _largest(ctx.case.dy), _largest(invstd)
+    return c * d * _ROOM < _HALF_MAX and (2 * d + c * c * d * i * i) * _ROOM**3 < _HALF_MAX
+
+
 def float16_projection(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     """The training formula for dx as the native float16 kernel forms it (batch_norm.cc, half_t arithmetic):
     ``t = half(half(x - mean) k)`` with ``k = dotp invstd^2 / M`` in float32, then

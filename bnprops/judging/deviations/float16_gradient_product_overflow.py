@@ -9,13 +9,14 @@ from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation
 from bnprops.judging.deviation_models import (
     Context,
     Prediction,
+    float16_products_fit,
     predict_over,
 )
 
 
 def float16_gradient_product_overflow(ctx: Context) -> list[Prediction]:
     case = ctx.case
-    if case.dtype != "float16" or ctx.kernel != "native":
+    if case.dtype != "float16" or ctx.kernel != "native" or float16_products_fit(ctx):
         return []
     with ignoring("over", "invalid"):
         overflow = ~np.isfinite(ctx.centred_half * case.dy).all(axis=case.reduce_axes)

@@ -10,6 +10,7 @@ from bnprops.judging.deviation_models import (
     Context,
     Prediction,
     float16_projection,
+    float16_projection_fits,
     predict_over,
     recovery_reach,
     training_formula_dx,
@@ -62,7 +63,7 @@ def sym_inference_backward_trains(ctx: Context) -> list[Prediction]:
     # Bounded as the training formula on the moving statistics, for the call's gradients alone.
     dx, tolerance = training_formula_dx(ctx, sym_inference_dx)
     values = {"dx": dx}
-    if case.dtype == "float16" and ctx.kernel == "native":
+    if case.dtype == "float16" and ctx.kernel == "native" and not float16_projection_fits(ctx):
         # The float16 kernel forms that formula in half_t: where its projection overflows, so does dx.
         overflow, dx16 = float16_projection(ctx)
         prior = case.prior("data")
