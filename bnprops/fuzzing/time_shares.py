@@ -22,6 +22,10 @@ from typing import Any
 
 INTERVAL_S = 0.01
 MXNET, DRAWING, STARTING = "MXNet", "drawing", "starting helper processes"
+#: A worker's wait for its helper processes before its search (fuzzing.worker.start_helpers): its samples are
+#: stated beside the shares, with the ratio they would make among them, not in the shares.
+BEFORE_SEARCH = "before the search"
+STARTUP_LABEL = f"{BEFORE_SEARCH}/{STARTING}"
 #: bnprops modules whose frames mean MXNet runs: the helper processes' callers, awaiting a call's result.
 _AWAITING = ("bnprops.judging.in_network", "bnprops.mx.sync", "bnprops.mx.worker")
 #: Modules (prefixes) whose frames mean a side family's check runs.
@@ -56,6 +60,8 @@ def classify(frame: types.FrameType | None) -> str:
     where, part, judging, mxnet, starting = "cases", "", False, False, False
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
+        if module == "bnprops.fuzzing.worker" and frame.f_code.co_name == "start_helpers":
+            return STARTUP_LABEL
         if module.startswith("mxnet") or module.startswith(_AWAITING):
             mxnet = True
             starting = starting or (module.startswith(_AWAITING) and frame.f_code.co_name == "_start")
@@ -103,9 +109,13 @@ def shares(counts: Iterable[dict[str, int]]) -> dict[str, Any]:
     """The workers' samples added up: each label's share of all, the shares per part and per where, and the
     ratio of the time outside MXNet to the time inside it (None where no sample was MXNet's)."""
     total: dict[str, int] = {}
+    before = 0
     for c in counts:
         for label, n in c.items():
-            total[label] = total.get(label, 0) + n
+            if label.startswith(f"{BEFORE_SEARCH}/"):
+                before += n
+            else:
+                total[label] = total.get(label, 0) + n
     n = sum(total.values())
     by_part: dict[str, float] = {}
     by_where: dict[str, float] = {}
@@ -120,6 +130,8 @@ def shares(counts: Iterable[dict[str, int]]) -> dict[str, Any]:
         "parts": dict(sorted(by_part.items(), key=lambda kv: -kv[1])),
         "where": dict(sorted(by_where.items(), key=lambda kv: -kv[1])),
         "outside_over_inside": (1.0 - inside) / inside if inside > 0 else None,
+        "before_search": before,
+        "outside_over_inside_with_before": (1.0 - inside) / inside + before / (inside * n) if inside > 0 else None,
     }
 
 
@@ -135,6 +147,15 @@ def lines(found: dict[str, Any]) -> list[str]:
         f"{found['samples']:,} samples of the workers' main threads (every {INTERVAL_S * 1000:.0f} ms): "
         f"**MXNet {found['parts'].get(MXNET, 0.0):.0%}**; outside/inside MXNet = **{said}**.",
         "",
+    ]
+    if found.get("before_search") and found.get("outside_over_inside_with_before") is not None:
+        out += [
+            f"Before their searches the workers waited for their helper processes, started together: "
+            f"{found['before_search']:,} samples more, not in the shares (with them, "
+            f"{found['outside_over_inside_with_before']:.1f} s of bnprops per second of MXNet).",
+            "",
+        ]
+    out += [
         "| part | share | | where | share |",
         "|---|---:|---|---|---:|",
     ]
