@@ -541,7 +541,7 @@ def within(value, reference):
     a, e = np.asarray(value, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     if a.shape != e.shape:
         return False
-    with ignoring("invalid"):
+    with np.errstate(invalid='ignore'):
         return bool(((a == e) | (np.abs(a - e) <= bound) | (np.isnan(a) & np.isnan(e))).all())
 
 
