@@ -81,7 +81,7 @@ def test_the_wait_for_helpers_before_the_search_is_stated_beside_the_shares_not_
     assert found["before_search"] == 200, found["before_search"]
     assert found["outside_over_inside_with_before"] == pytest.approx(201.0), found
     text = "\n".join(lines(found))
-    assert "200 samples more, not in the shares (with them, 201.0 s of bnprops per second of MXNet)" in text, text
+    assert "0.2 s more, not in the shares (with them, 201.0 s of bnprops per second of MXNet)" in text, text
 
 
 def test_no_samples_say_not_measured() -> None:
@@ -97,4 +97,20 @@ def test_the_sampler_samples_the_thread_that_made_it() -> None:
 
     with StackSampler(interval_s=0.005) as sampler:
         _called_through(("mxnet.ndarray", "call"), innermost=busy)
-    assert sampler.counts.get("cases/MXNet", 0) >= 10, f"expected the busy MXNet frame sampled, got {sampler.counts}"
+    assert sampler.counts.get("cases/MXNet", 0) >= 100, f"expected the busy MXNet frame's 300 ms, got {sampler.counts}"
+
+
+def test_a_sample_weighs_its_time_so_python_and_released_gil_time_count_alike() -> None:
+    def python_busy() -> None:
+        end = time.perf_counter() + 0.6
+        while time.perf_counter() < end:
+            pass
+
+    def sleeping() -> None:
+        time.sleep(0.6)
+
+    with StackSampler() as sampler:
+        _called_through(("bnprops.model.oracle", "y"), innermost=python_busy)
+        _called_through(("mxnet.ndarray", "call"), innermost=sleeping)
+    python, released = sampler.counts.get("cases/drawing", 0), sampler.counts.get("cases/MXNet", 0)
+    assert 0.75 < python / released < 1.33, f"0.6 s of Python weighed {python} ms, 0.6 s in C {released} ms"
