@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bnprops.fuzzing.time_shares import StackSampler, classify, lines, shares
+from bnprops.fuzzing.time_shares import STARTUP_LABEL, StackSampler, classify, lines, shares
 
 
 def _called_through(*levels: tuple[str, str], innermost: Callable[[], object]) -> object:
@@ -54,6 +54,10 @@ ENGINE = ("hypothesis.core", "run_engine")
             (EXPLORE, ("bnprops.fuzzing.network_findings", "check"), ("bnprops.judging.in_network", "_start")),
             "networks/starting helper processes",
         ),
+        (
+            (("bnprops.fuzzing.worker", "start_helpers"), ("bnprops.judging.in_network", "_start")),
+            STARTUP_LABEL,
+        ),
     ],
 )
 def test_each_sample_is_filed_under_its_family_and_part(levels: tuple[tuple[str, str], ...], expected: str) -> None:
@@ -70,6 +74,16 @@ def test_the_shares_add_up_and_give_the_ratio_outside_over_inside_mxnet() -> Non
     assert "MXNet 50%" in text and "1.0 s of bnprops per second of MXNet" in text, text
 
 
+def test_the_wait_for_helpers_before_the_search_is_stated_beside_the_shares_not_among_them() -> None:
+    found = shares([{STARTUP_LABEL: 150, "cases/MXNet": 1, "cases/drawing": 1}, {STARTUP_LABEL: 50}])
+    assert found["samples"] == 2, f"expected the search's 2 samples alone, got {found['samples']}"
+    assert found["parts"] == {"MXNet": 0.5, "drawing": 0.5}, found["parts"]
+    assert found["before_search"] == 200, found["before_search"]
+    assert found["outside_over_inside_with_before"] == pytest.approx(201.0), found
+    text = "\n".join(lines(found))
+    assert "0.2 s more, not in the shares (with them, 201.0 s of bnprops per second of MXNet)" in text, text
+
+
 def test_no_samples_say_not_measured() -> None:
     assert shares([])["outside_over_inside"] is None
     assert lines(shares([]))[-1] == "Not measured."
@@ -83,4 +97,20 @@ def test_the_sampler_samples_the_thread_that_made_it() -> None:
 
     with StackSampler(interval_s=0.005) as sampler:
         _called_through(("mxnet.ndarray", "call"), innermost=busy)
-    assert sampler.counts.get("cases/MXNet", 0) >= 10, f"expected the busy MXNet frame sampled, got {sampler.counts}"
+    assert sampler.counts.get("cases/MXNet", 0) >= 100, f"expected the busy MXNet frame's 300 ms, got {sampler.counts}"
+
+
+def test_a_sample_weighs_its_time_so_python_and_released_gil_time_count_alike() -> None:
+    def python_busy() -> None:
+        end = time.perf_counter() + 0.6
+        while time.perf_counter() < end:
+            pass
+
+    def sleeping() -> None:
+        time.sleep(0.6)
+
+    with StackSampler() as sampler:
+        _called_through(("bnprops.model.oracle", "y"), innermost=python_busy)
+        _called_through(("mxnet.ndarray", "call"), innermost=sleeping)
+    python, released = sampler.counts.get("cases/drawing", 0), sampler.counts.get("cases/MXNet", 0)
+    assert 0.75 < python / released < 1.33, f"0.6 s of Python weighed {python} ms, 0.6 s in C {released} ms"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bnprops.fuzzing import plan
+from bnprops.fuzzing.worker import HELPERS_FIRST_S, start_helpers
 from bnprops.model.case import Case
+from bnprops.mx import worker as mx_worker
 from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import IN_PROCESS_BACKEND, BackendUnavailable
 from bnprops.mx.worker import Worker, WorkerCrashed
@@ -75,3 +79,25 @@ def test_gpu_backends_explain_why_they_cannot_run_here() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(BackendUnavailable, match="no GPU"):
         runner_for("sym", "cudnn")
+
+
+def test_a_campaign_of_minutes_has_its_helpers_ready_before_its_search_and_a_short_one_starts_none(
+    tmp_path: Path,
+) -> None:
+    other = next(b for b in ("onednn", "native") if b != IN_PROCESS_BACKEND)
+    skip_unless_available(other)
+    quiet = {"network_every": 0, "sequence_every": 0, "member_every": 0, "lifecycle_every": 0}
+    helper = mx_worker.worker_for(other)
+    helper.close()
+    short = plan.CampaignConfig(out=tmp_path, time_limit=HELPERS_FIRST_S / 2, **quiet)
+    start_helpers(short, [("sym", other)], runner_factory=runner_for)
+    assert not helper.alive(), "a short campaign started its helper before its first call"
+    start_helpers(
+        plan.CampaignConfig(out=tmp_path, time_limit=HELPERS_FIRST_S, **quiet),
+        [("sym", other)],
+        runner_factory=runner_for,
+    )
+    starts = helper.starts
+    assert helper.alive(), "the helper of a campaign of minutes is not running after start_helpers"
+    outputs = helper.run("sym", small_case())
+    assert "y" in outputs and helper.starts == starts, f"the first call started the helper again ({helper.starts})"

@@ -27,10 +27,13 @@ from bnprops.fuzzing.catalogue import (
 from bnprops.fuzzing.plan import CampaignConfig, Example, RunnerFactory, Target, kernel_of
 from bnprops.fuzzing.relation_findings import RelationDraw
 from bnprops.fuzzing.tallies import WorkerResult, count
+from bnprops.judging import in_network
 from bnprops.judging.checks import Outcome, check, check_group
 from bnprops.model.case import Case
+from bnprops.mx import sync
+from bnprops.mx import worker as mx_worker
 from bnprops.mx.backends import runner_for
-from bnprops.mx.runners import Runner
+from bnprops.mx.runners import BACKENDS, IN_PROCESS_BACKEND, Runner
 
 FLAKY = "this example no longer shows the signature when run again (flaky?)"
 
@@ -292,6 +295,27 @@ def side_families(
     if config.lifecycle_every:
         families.append(Lifecycle(config, runner_factory))
     return {family.kind: family for family in families}
+
+
+class Helper(Protocol):
+    def launch(self) -> None: ...
+    def wait_ready(self) -> None: ...
+
+
+def helpers(config: CampaignConfig, targets: list[Target], *, runner_factory: RunnerFactory) -> list[Helper]:
+    """The helper processes this worker's examples will call: the other CPU backend's (mx.worker), the chains' and
+    the other backend's sequences' (judging.in_network), and SyncBatchNorm's (mx.sync)."""
+    found: list[Helper] = []
+    other = {b for _, b in targets if b in BACKENDS and b != IN_PROCESS_BACKEND}
+    if runner_factory is runner_for:  # (tests plant runners that call no helper)
+        found += [mx_worker.worker_for(backend) for backend in sorted(other)]
+    chains = {b for e, b in targets if network_findings.chance(e, b, every=config.network_every) > 0}
+    sequences = {b for e, b in targets if sequence_findings.chance(e, b, every=config.sequence_every) > 0}
+    found += [in_network.worker_for(backend) for backend in sorted(chains | (sequences & other))]
+    pairs = member_findings.runnable(config.members, config.backends) if config.member_every else []
+    if any(entry in sync.ENTRIES and backend == IN_PROCESS_BACKEND for entry, backend in pairs):
+        found.append(sync.worker_for(IN_PROCESS_BACKEND))
+    return found
 
 
 def run_timed(family: SideFamily, target: Target, case: Case, drawn: Any) -> tuple[Checked, int]:

@@ -1,10 +1,10 @@
 """Where a fuzz worker's time goes: its main thread's stack sampled by a thread of its own, each sample filed
 by side family and part.
 
-Every ``INTERVAL_S`` seconds a sample is filed as (where, part): where is "cases" or the side family whose check
-runs (relations, networks, sequences, members); part is MXNet, drawing (Hypothesis's engine and the strategies),
-a part of the judging, or the worker's own bookkeeping.  A report adds the workers' samples up (``shares``), with
-the ratio of the time outside MXNet to the time inside it.
+Every ``INTERVAL_S`` seconds a sample, weighing the time since the one before, is filed as (where, part): where
+is "cases" or the side family whose check runs (relations, networks, sequences, members); part is MXNet, drawing
+(Hypothesis's engine and the strategies), a part of the judging, or the worker's own bookkeeping.  A report adds
+the workers' samples up (``shares``), with the ratio of the time outside MXNet to the time inside it.
 
 A sample is MXNet's when any frame of the stack is MXNet's (its Python front end and the C calls under it) or a
 helper process's call awaited (the helper runs MXNet), except while the helper starts; drawing when no frame is
@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterable
 from typing import Any
 
 INTERVAL_S = 0.01
 MXNET, DRAWING, STARTING = "MXNet", "drawing", "starting helper processes"
+#: A worker's wait for its helper processes before its search (fuzzing.worker.start_helpers): its samples are
+#: stated beside the shares, with the ratio they would make among them, not in the shares.
+BEFORE_SEARCH = "before the search"
+STARTUP_LABEL = f"{BEFORE_SEARCH}/{STARTING}"
 #: bnprops modules whose frames mean MXNet runs: the helper processes' callers, awaiting a call's result.
 _AWAITING = ("bnprops.judging.in_network", "bnprops.mx.sync", "bnprops.mx.worker")
 #: Modules (prefixes) whose frames mean a side family's check runs.
@@ -56,6 +61,8 @@ def classify(frame: types.FrameType | None) -> str:
     where, part, judging, mxnet, starting = "cases", "", False, False, False
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
+        if module == "bnprops.fuzzing.worker" and frame.f_code.co_name == "start_helpers":
+            return STARTUP_LABEL
         if module.startswith("mxnet") or module.startswith(_AWAITING):
             mxnet = True
             starting = starting or (module.startswith(_AWAITING) and frame.f_code.co_name == "_start")
@@ -76,7 +83,8 @@ def classify(frame: types.FrameType | None) -> str:
 
 
 class StackSampler:
-    """Samples the thread that makes it (a worker's main thread) while the block runs: ``counts`` per label."""
+    """Samples the thread that makes it (a worker's main thread) while the block runs: ``counts`` per label, in
+    milliseconds of wall time (each sample weighs the time since the one before)."""
 
     def __init__(self, interval_s: float = INTERVAL_S) -> None:
         self.interval_s = interval_s
@@ -94,18 +102,29 @@ class StackSampler:
         self._thread.join()
 
     def _run(self) -> None:
+        # Each sample weighs the milliseconds since the one before: this thread needs the GIL to sample, so while
+        # the sampled thread runs Python it waits for its turn (5 ms or more), while it is in C code that released
+        # the GIL (MXNet, a pipe) it does not. Counted one each, pure Python got 150 samples where as long a sleep
+        # got 270, and MXNet's share came out about half as large again as it was.
+        last = time.perf_counter()
         while not self._stop.wait(self.interval_s):
             label = classify(sys._current_frames().get(self._target))
-            self.counts[label] = self.counts.get(label, 0) + 1
+            now = time.perf_counter()
+            self.counts[label] = self.counts.get(label, 0) + round(1000 * (now - last))
+            last = now
 
 
 def shares(counts: Iterable[dict[str, int]]) -> dict[str, Any]:
     """The workers' samples added up: each label's share of all, the shares per part and per where, and the
     ratio of the time outside MXNet to the time inside it (None where no sample was MXNet's)."""
     total: dict[str, int] = {}
+    before = 0
     for c in counts:
         for label, n in c.items():
-            total[label] = total.get(label, 0) + n
+            if label.startswith(f"{BEFORE_SEARCH}/"):
+                before += n
+            else:
+                total[label] = total.get(label, 0) + n
     n = sum(total.values())
     by_part: dict[str, float] = {}
     by_where: dict[str, float] = {}
@@ -120,6 +139,8 @@ def shares(counts: Iterable[dict[str, int]]) -> dict[str, Any]:
         "parts": dict(sorted(by_part.items(), key=lambda kv: -kv[1])),
         "where": dict(sorted(by_where.items(), key=lambda kv: -kv[1])),
         "outside_over_inside": (1.0 - inside) / inside if inside > 0 else None,
+        "before_search": before,
+        "outside_over_inside_with_before": (1.0 - inside) / inside + before / (inside * n) if inside > 0 else None,
     }
 
 
@@ -132,9 +153,19 @@ def lines(found: dict[str, Any]) -> list[str]:
     out = [
         "## Where the workers' time went",
         "",
-        f"{found['samples']:,} samples of the workers' main threads (every {INTERVAL_S * 1000:.0f} ms): "
+        f"{found['samples'] / 1000:,.0f} s of the workers' main threads, sampled every {INTERVAL_S * 1000:.0f} ms "
+        f"(each sample weighing the time since the one before): "
         f"**MXNet {found['parts'].get(MXNET, 0.0):.0%}**; outside/inside MXNet = **{said}**.",
         "",
+    ]
+    if found.get("before_search") and found.get("outside_over_inside_with_before") is not None:
+        out += [
+            f"Before their searches the workers waited for their helper processes, started together: "
+            f"{found['before_search'] / 1000:,.1f} s more, not in the shares (with them, "
+            f"{found['outside_over_inside_with_before']:.1f} s of bnprops per second of MXNet).",
+            "",
+        ]
+    out += [
         "| part | share | | where | share |",
         "|---|---:|---|---|---:|",
     ]

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging import fused
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.model.error_model import PROBABILISTIC_FAILURE, indeterminate_quantities, sharpest
@@ -120,7 +121,7 @@ def reproducer(case: Case, entry: str, backend: str) -> str:
 
 
 def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         return np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
 
 
@@ -133,7 +134,7 @@ def _overflow_adjusted(expected: np.ndarray, actual: np.ndarray, out_dtype: str)
     """
     a = actual.astype(np.float64)
     threshold = overflow_threshold(out_dtype)
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         overflowed = np.isinf(a) & np.isfinite(expected)
         beyond = overflowed & (np.sign(a) * expected >= threshold)  # the exact value rounds to that inf: no error
         return np.where(beyond, expected, np.where(overflowed, np.sign(a) * threshold, a))
@@ -153,7 +154,7 @@ def disagreeing(
     ``watch``: the evaluation whose values decide it (on the fused engine, an element within rounding of its
     bound marks it close: the reference decides)."""
     a = _overflow_adjusted(expected, np.asarray(actual), out_dtype)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         err = np.where(np.isfinite(expected) & np.isfinite(a), np.abs(a - expected), 0.0)
     if _watched(watch) and (np.abs(_ratio(err, np.broadcast_to(bound, err.shape)) - 1) <= fused.CLOSE).any():
         _mark_close(watch)
@@ -183,7 +184,7 @@ def element_ratios(
     a = _overflow_adjusted(expected, actual, out_dtype)
     finite = np.isfinite(expected) & np.isfinite(a)
     pattern_differs = judged & _nonfinite_differs(expected, a)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         err = np.where(judged & finite, np.abs(a - expected), 0.0)
     ratio = _ratio(err, bound)
     sharp_ratio = ratio if sharp is None else _ratio(err, sharp)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case, Outputs, quantity_shape
 from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
 from bnprops.model.evaluation import Evaluation, evaluate
@@ -63,7 +64,7 @@ class Context:
         model starts from it."""
         case = self.case
         mean = self.statistics[0].astype(np.float32)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with ignoring("over", "invalid"):
             return (case.x.astype(np.float32) - per_channel(case, mean).astype(np.float32)).astype(np.float16)
 
     @functools.cached_property
@@ -170,7 +171,7 @@ def kernel_form(ctx: Context, invstd: np.ndarray, *, dotp: np.ndarray | None = N
     mean = ctx.statistics[0]
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     out = dict(ctx.evaluation.fresh)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         centred = x - per_channel(case, mean)
         dotp = channel_sum(centred * dy, case.channel_axis) if dotp is None else dotp
         dbeta = channel_sum(dy, case.channel_axis)
@@ -191,13 +192,13 @@ def kernel_form(ctx: Context, invstd: np.ndarray, *, dotp: np.ndarray | None = N
 
 
 def invstd_of(normaliser: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with ignoring("divide", "invalid"):
         return np.asarray(1.0 / np.sqrt(normaliser))
 
 
 def model_bounds(ctx: Context, values: Outputs) -> Outputs:
     """The error model's bounds around a model's outputs (the rest of the computation is the oracle's)."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         return {q: np.nan_to_num(b, nan=0.0) for q, b in ctx.evaluation.bounds_of(values).items()}
 
 
@@ -206,7 +207,7 @@ def float16_toward_zero(values: np.ndarray) -> np.ndarray:
     anything above 65504 in magnitude inf, NaN kept. Checked bit for bit against mxnet-mkl 1.3.1 on 20,000 values
     over 10^-9 .. 10^6 and the edges (65504, 65505, 65520, 2^-24, 2^-25)."""
     a = np.asarray(values, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         nearest = a.astype(np.float16)
         up = np.abs(nearest.astype(np.float32)) > np.abs(a)
         out = np.where(up, np.nextafter(nearest, np.float16(0)), nearest)
@@ -219,10 +220,42 @@ def float16_normaliser(ctx: Context, *, truncating: bool = False) -> tuple[np.nd
     eps = eps_as_applied(ctx.case)
     var = ctx.statistics[1]
     half = float16_toward_zero if truncating else (lambda a: np.asarray(a).astype(np.float16))
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         half_eps = np.float32(half(np.asarray(eps, dtype=np.float32)))
         rounded = half(var.astype(np.float32) + half_eps).astype(np.float64)
     return var + eps, rounded
+
+
+#: float16's largest finite number, and room for the roundings between exact magnitudes and the float16 and float32
+#: values formed from them (each within a few 2^-11 relatively).
+_HALF_MAX, _ROOM = float(np.finfo(np.float16).max), 1.01
+
+
+def _largest(values: np.ndarray) -> float:
+    """The largest magnitude (inf or NaN where some value is not finite; 0 for no values)."""
+    return float(np.max(np.abs(values))) if values.size else 0.0
+
+
+def float16_products_fit(ctx: Context) -> bool:
+    """Surely no product half(x - mean) dy (float16_dotp's) overflows float16: the largest magnitudes' product,
+    with room for rounding, is below float16's largest number. False where some value is not finite. A model that
+    looks for such overflow finds none where this holds, so it need not form the products."""
+    return _largest(ctx.centred_half) * _largest(ctx.case.dy) * _ROOM < _HALF_MAX
+
+
+def float16_normalised_fits(ctx: Context, invstd: np.ndarray, g: np.ndarray) -> bool:
+    """Surely neither half(half(x - mean) invstd) nor that times g overflows float16 (as float16_products_fit)."""
+    largest = _largest(ctx.centred_half) * _largest(invstd) * max(1.0, _largest(g))
+    return largest * _ROOM * _ROOM < _HALF_MAX
+
+
+def float16_projection_fits(ctx: Context) -> bool:
+    """Surely no term of float16_projection overflows, so that it predicts no overflow (as float16_products_fit):
+    with c, d, i the largest |half(x - mean)|, |dy|, invstd, each product of dotp fits (c d), |dotp| <= M c d, so
+    |t| <= c k <= c^2 d i^2, |dy - mean(dy)| <= 2 d, and their difference within the sum of both."""
+    invstd = invstd_of(float16_normaliser(ctx)[1]).astype(np.float32)
+    c, d, i = _largest(ctx.centred_half), _largest(ctx.case.dy), _largest(invstd)
+    return c * d * _ROOM < _HALF_MAX and (2 * d + c * c * d * i * i) * _ROOM**3 < _HALF_MAX
 
 
 def float16_projection(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +271,7 @@ def float16_projection(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     invstd = invstd_of(float16_normaliser(ctx)[1]).astype(np.float32)
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     m = case.reduction_length
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with ignoring("over", "invalid", "divide"):
         dotp = ctx.float16_dotp
         k = (dotp * invstd.astype(np.float64) ** 2 / m).astype(np.float32)
         t = (ctx.centred_half.astype(np.float32) * per_channel(case, k).astype(np.float32)).astype(np.float16)
@@ -261,7 +294,7 @@ def float16_dotp(ctx: Context) -> np.ndarray:
     (found by the entry-point property, nd, float16, eps = 0)."""
 
     case = ctx.case
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         products = ctx.centred_half * case.dy
         return np.asarray(channel_sum(products.astype(np.float64), case.channel_axis))
 
@@ -272,7 +305,7 @@ def recovery_reach(case: Case, var: np.ndarray) -> np.ndarray:
     acc = accumulation_dtype(case.dtype)
     u, tiny = unit_roundoff(acc), float(np.finfo(acc).smallest_subnormal)
     eps = eps_as_applied(case)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         dtype_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps)
         return np.asarray((8 * u + 2 * unit_roundoff(case.dtype)) * (var + eps) + 4 * tiny + dtype_eps)
 
@@ -288,7 +321,7 @@ def training_formula_dx(
     fresh = writing(case)
     written = ctx.evaluation if fresh is case else evaluate(fresh, "reference")
     model = {**written.expected, "dx": dx_of(fresh, ctx.statistics)}
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         tolerance = written.bounds_of(model, training_backward=True)["dx"]
         dx = dx_of(case, ctx.statistics)
         if case.prior("data") is not None:

@@ -55,7 +55,9 @@ def judge_group(
         return judge(case, outputs, evaluation=evaluation, found=found, **mine)
 
     ev = evaluate(stacked, operator=operator, reduction=reduction, sizes=sizes)
-    whole = judged(stacked, outputs, ev)
+    # On the reference engine the stack's predictions serve its verdict and then its marks (_Seen): made once.
+    shared = predictions(stacked, entry=entry, kernel=kernel, evaluation=ev) if type(ev) is Evaluation else None
+    whole = judged(stacked, outputs, ev, shared)
     if len(group) == 1:  # the stacked case is the case, judged as judge would judge it alone
         return whole, [dataclasses.replace(whole, verdict=dataclasses.replace(whole.verdict, case=group[0]))]
     if not (whole.verdict.mismatches or whole.stale or whole.allowed):
@@ -64,7 +66,7 @@ def judge_group(
     if operator != "batchnorm" or any(fused_sums.eligible(case) for case in group):
         return whole, [judged(case, out, None) for case, out in zip(group, cases, strict=True)]
     reference = ev if type(ev) is Evaluation else evaluate(stacked, "reference", reduction=reduction, sizes=sizes)
-    seen = _Seen(stacked, outputs, reference, entry=entry, kernel=kernel)
+    seen = _Seen(stacked, outputs, reference, entry=entry, kernel=kernel, found=shared if reference is ev else None)
     outcomes = []
     lo = 0
     for i, (case, out) in enumerate(zip(group, cases, strict=True)):
@@ -100,7 +102,17 @@ class _Seen:
     missing or misshapen), so every case is judged. And per quantity and channel the largest error/bound ratios,
     each case's largest being what its comparison would report."""
 
-    def __init__(self, stacked: Case, outputs: Outputs, ev: Evaluation, *, entry: str, kernel: str) -> None:
+    def __init__(
+        self,
+        stacked: Case,
+        outputs: Outputs,
+        ev: Evaluation,
+        *,
+        entry: str,
+        kernel: str,
+        found: list[Found] | None = None,
+    ) -> None:
+        """``found``: the known deviations' predictions for ``stacked`` and ``ev``, if made."""
         self.stacked = stacked
         self._ratios: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         #: The known deviations' predictions for the stacked case (None: not made).
@@ -124,7 +136,7 @@ class _Seen:
                 self.anything = None
                 return
             self._mark(m.quantity, m.where)
-        self.found = predictions(stacked, entry=entry, kernel=kernel, evaluation=ev)
+        self.found = predictions(stacked, entry=entry, kernel=kernel, evaluation=ev) if found is None else found
         for _, p in self.found:
             self._mark(p.quantity, p.where)
 

@@ -137,19 +137,40 @@ class NetworkWorker:
         self.backend = backend
         self.call_timeout = call_timeout
         self._proc: subprocess.Popen[bytes] | None = None
+        #: Has the running process said "ready"? (A launched one has not yet.)
+        self._ready = False
         self._stderr: IO[bytes] | None = None
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def launch(self) -> None:
+        """Start the process, if none runs, without waiting for it: it imports MXNet while the caller goes on, and
+        the first call waits for what is left of its start-up."""
+        if not self._alive():
+            self._launch()
+
+    def wait_ready(self) -> None:
+        """Wait until the process (launched, if none runs) has said "ready"; RuntimeError if it cannot."""
+        if not (self._alive() and self._ready):
+            self._start()
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         self.close()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process)
-        proc = subprocess.Popen(
+        self._ready = False
+        self._proc = subprocess.Popen(
             [sys.executable, "-m", "bnprops.judging.in_network", self.backend],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=lifetime.child_environment(environment_for(self.backend)),
         )
-        self._proc = proc
+        return self._proc
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        """A ready process: one launched where none runs, then its "ready" awaited."""
+        proc = self._proc if self._proc is not None and self._alive() else self._launch()
         assert proc.stdout is not None
         try:
             hello = read_message(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S)
@@ -157,6 +178,7 @@ class NetworkWorker:
             raise RuntimeError(f"the {self.backend} chain worker did not start:\n{self._tail()}") from exc
         if hello != ("ready", self.backend):
             raise RuntimeError(f"the {self.backend} chain worker answered {hello!r}:\n{self._tail()}")
+        self._ready = True
         return proc
 
     def _tail(self, limit: int = 3000) -> str:
@@ -171,7 +193,7 @@ class NetworkWorker:
 
     def call(self, spec: dict[str, Any], runner: str) -> Any:
         """``runner(spec)`` (module:function) in the worker process: what it returns, or ChainRaised / ChainCrashed."""
-        proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start()
+        proc = self._proc if self._proc is not None and self._alive() and self._ready else self._start()
         assert proc.stdin is not None and proc.stdout is not None
         try:
             write_message(proc.stdin, (spec, runner))

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.comparator import Mismatch
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, QUANTITIES, Case, Outputs
 from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
@@ -115,7 +116,7 @@ def _finite_claimed(facts: _Facts, q: str, expected: np.ndarray, nonfinite: np.n
     """Where ``q`` must be finite (see the module docstring), cheapest conditions first."""
     case = facts.case
     threshold = overflow_threshold(facts.evaluation.dtypes[q])
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         claim: np.ndarray = np.abs(expected) < threshold  # (c) without the bound: rounds to a finite number
     if not _copies_or_constant(case, q):
         gradient = q in _TARGET_OF
@@ -128,7 +129,7 @@ def _finite_claimed(facts: _Facts, q: str, expected: np.ndarray, nonfinite: np.n
         if (claim & nonfinite).any():  # only then the sums, a few passes over the data
             claim &= _spread(case, ~_accumulation_overflows(case, q, facts.accumulations), claim.shape)
     if (claim & nonfinite).any():  # only then the bound, which costs as much as the comparison
-        with np.errstate(invalid="ignore", over="ignore"):
+        with ignoring("invalid", "over"):
             claim &= np.abs(expected) + facts.evaluation.bound[q] < threshold
     return claim
 
@@ -172,7 +173,7 @@ def _normaliser_in_range(ev: Evaluation) -> np.ndarray:
     # and the AccReal addition's own rounding.
     reach, ua = SAFETY * (st.e_var + st.e_eps), unit_roundoff(accumulation_dtype(case.dtype))
     kind = np.float16 if case.dtype == "float16" else np.dtype(accumulation_dtype(case.dtype)).type
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         low = ((st.s2 - reach) * (1 - ua)).astype(kind)
         high = ((st.s2 + reach) * (1 + ua)).astype(kind)
         return np.asarray((low > 0) & np.isfinite(high))
@@ -198,7 +199,7 @@ def _accumulations(ev: Evaluation) -> list[tuple[frozenset[str], np.ndarray]]:
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
     axis = case.channel_axis
     mean, var = ev.statistics
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with ignoring("over", "invalid", "divide"):
         centred = np.abs(x - per_channel(case, mean))
         invstd = 1 / np.sqrt(var + eps_as_applied(case))
         dgamma = {"dgamma", "dx"} if not case.fix_gamma else {"dx"}
@@ -236,7 +237,7 @@ def _mismatch(quantity: str, bad: np.ndarray, actual: np.ndarray, wanted: np.nda
     if not bad.any():
         return []
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         error = float(abs(actual[idx] - wanted[idx]))
     return [
         Mismatch(

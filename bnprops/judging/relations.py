@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, PRIOR_FIELDS, QUANTITIES, Case, Outputs
 from bnprops.model.scaling_range import FORMATS, Family, admissible_range, eps_as_kernel_reads, families
 
@@ -99,7 +100,7 @@ def compare_scaled(
         return None
     fmt = FORMATS[str(a.dtype)]
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         scaled = np.ldexp(a64, shift)
         expected = scaled.astype(a.dtype)
     judged = np.ones(a.shape, dtype=bool)
@@ -111,7 +112,7 @@ def compare_scaled(
         over = finite & (np.abs(scaled) > fmt.largest)
         under = finite & (a64 == 0) & (b64 != 0) & (np.abs(b64) < zone * max(1.0, 2.0**shift))
         # The first call's last rounding overflowed where the second's (2^shift times as large) did not.
-        with np.errstate(over="ignore"):
+        with ignoring("over"):
             back = np.abs(np.ldexp(b64, -shift))
         overflowed = np.isinf(a64) & np.isfinite(b64) & (np.sign(a64) == np.sign(b64))
         overflowed &= back >= fmt.largest * (1 - 2 * fmt.unit)
@@ -119,7 +120,7 @@ def compare_scaled(
     if prior is not None and shift != 0:
         # out = prior + gradient: the gradient (out - prior, to within half an ulp of out) must be normal.
         p64 = prior.astype(np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with ignoring("over", "invalid"):
             ulp = np.spacing(np.abs(a).astype(a.dtype)).astype(np.float64)
             fresh = np.abs(a64 - p64) - ulp
             top = (np.abs(a64 - p64) + ulp) * max(1.0, 2.0**shift)
@@ -129,7 +130,7 @@ def compare_scaled(
     broken = judged & ~same
     if not broken.any():
         return None
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         distance = np.abs(_ordered(expected) - _ordered(b)).astype(np.float64)
     distance[np.isnan(a64) != np.isnan(b64)] = math.inf
     distance = np.where(broken, distance, -1.0)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bnprops.base import reproduction
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.comparator import compare
 from bnprops.judging.deviations.onednn_backward_cache_ignores_mode import (
     ONEDNN_BACKWARD_CACHE_IGNORES_MODE,
@@ -465,7 +466,7 @@ def _cached_other_mode(tracker: Tracker, case: Case, outcome: Outcome, outputs: 
     evaluation = evaluate(case)
     values, bound = other_mode_dx(case, evaluation, entry=entry, version=mxversion.running())
     dx = np.asarray(outputs["dx"], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         if not bool(((dx == values) | (np.abs(dx - values) <= bound) | (np.isnan(dx) & np.isnan(values))).all()):
             return False
     tracker.known.append((len(tracker.steps), kd.id))

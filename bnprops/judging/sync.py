@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.deviations.sync_unequal_batches import SYNC_UNEQUAL_BATCHES
 from bnprops.judging.judgement import Outcome
 from bnprops.judging.judgement import judge as judge_batchnorm
@@ -66,7 +67,7 @@ def _partials_wrong(ev: SyncEvaluation, outputs: Outputs, outcome: Outcome, chec
         if actual.shape != want.shape:
             lines.append(f"{key}: shape {actual.shape}, expected {want.shape} (devices, channels)")
             continue
-        with np.errstate(invalid="ignore"):
+        with ignoring("invalid"):
             off = ~(np.abs(actual - want) <= bounds[key]) & judged[None, :] & ~(quantity == "dgamma" and case.fix_gamma)
         if off.any():
             d, c = (int(i) for i in np.argwhere(off)[0])

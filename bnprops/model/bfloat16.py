@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case, Outputs
 from bnprops.model.evaluation import Evaluation
 
@@ -36,7 +37,7 @@ def is_bfloat16(values: np.ndarray) -> bool:
 
 def rounded_bound(expected: np.ndarray, bound: np.ndarray) -> np.ndarray:
     """The bound of a float32 result within ``bound`` of ``expected``, rounded to bfloat16."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         return np.asarray(bound + UNIT_ROUNDOFF * (np.abs(expected) + bound) + SUBNORMAL_STEP)
 
 

@@ -22,6 +22,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model import gpu_reductions
 from bnprops.model.case import (
     GRAD_TARGETS,
@@ -211,7 +212,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     eps = eps_as_applied(case)
     s2 = var + eps
     eps_ok = bool(representable(np.asarray(eps), cd) & representable(np.asarray(eps), acc))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with ignoring("invalid", "divide"):
         root = np.sqrt(s2)
         pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
     sum_ok = np.array(
@@ -285,10 +286,10 @@ def propagated_statistics(
         for name, flags in (("x", exact.x_sum), ("c2", exact.c2_sum), ("dy", exact.dy_sum), ("dot", exact.dot_sum))
     }
     eps = eps_as_applied(case)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         e_eps = abs(float(np.float64(eps).astype(case.dtype)) - eps) if np.isfinite(eps) else 0.0
     zeros = np.zeros(case.channels)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         if case.uses_batch_stats and m > 1:
             finite_mean = np.where(np.isfinite(mean), mean, 0.0)
             finite_var = np.where(np.isfinite(var), var, 0.0)
@@ -329,7 +330,7 @@ def propagated_statistics(
 def invstd_data_error(s2: np.ndarray, e_s2: np.ndarray) -> np.ndarray:
     """The relative error of 1/sqrt(s2) that an error ``e_s2`` of ``s2 = var + eps`` causes: with eta = e_s2 / s2,
     1/sqrt(s2 (1 - eta)) is the farthest invstd can be, exactly (not to first order); inf from eta >= 1."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         eta = np.where(s2 > 0, e_s2 / np.where(s2 > 0, s2, 1.0), 0.0)
         return np.asarray(np.where(eta < 1, 1 / np.sqrt(np.maximum(1 - eta, 1e-300)) - 1, np.inf))
 
@@ -342,7 +343,7 @@ def sequential_sum_factor(rows: np.ndarray, dtype: str, *, channels: int | np.nd
     them too; test_error_model_soundness checks it with emulations of each.  For sums that cancel
     (random head gradients) it is ~sqrt(M) sharper than sum_factor's ``lambda sqrt(M) u``, which takes every
     partial sum as large as sum|t|.  Never above the deterministic factor."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         terms = np.where(np.isfinite(rows), rows, 0.0)
         partial = np.cumsum(terms, axis=1)[:, 1:]  # the sums each addition rounds (from the 2nd term on)
         squares, total = (partial * partial).sum(axis=1), np.abs(terms).sum(axis=1)
@@ -356,7 +357,7 @@ def partial_sum_factor(
     ``channels``: the case's count, or each channel's own case's (channel_lambdas)."""
     lam = channel_lambdas(channels)
     worst = sum_factor(max(terms - 1, 0), dtype, model="deterministic")
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with ignoring("over", "invalid", "divide"):
         spread = np.sqrt(squares)
         factor = np.where(total > 0, lam * unit_roundoff(dtype) * spread / np.where(total > 0, total, 1.0), 0.0)
     return np.asarray(np.minimum(factor, worst), dtype=np.float64)
@@ -377,7 +378,7 @@ def partial_sum_factors(
     acc = accumulation_dtype(case.dtype)
     x = rows(case.x.astype(np.float64), case.channel_axis)
     dy = rows(case.dy.astype(np.float64), case.channel_axis)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         centred = x - np.where(np.isfinite(mean), mean, 0.0)[:, None]
         terms = {"x": x, "c2": centred * centred, "dy": dy, "dot": centred * dy}
     return {name: sequential_sum_factor(t, acc, channels=channels) for name, t in terms.items()}
@@ -392,7 +393,7 @@ def indeterminate_channels(st: Propagated) -> np.ndarray:
     The comparator judges none of those there (see indeterminate_quantities); the moving
     statistics stay judged.  ``st``: the deterministic model's propagated statistics.
     """
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         return np.asarray((st.s2 <= 0) | (2 * (st.e_var + st.e_eps) >= st.s2))
 
 
@@ -432,7 +433,7 @@ def bounds(
 
     x = case.x.astype(np.float64)
     dy = case.dy.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         inv = bound_inv(st)
         shift = xhat_shift(st, inv)
         xhat = normalised(x, chan(st.mean), chan(inv))
@@ -474,13 +475,13 @@ def _gamma(case: Case) -> np.ndarray:
 
 def bound_inv(st: Propagated) -> np.ndarray:
     """The invstd the bounds scale with: 1/sqrt(var + eps), 0 where that is 0 or below."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         return np.asarray(np.where(st.s2 > 0, 1 / np.sqrt(st.s2), 0.0))
 
 
 def xhat_shift(st: Propagated, inv: np.ndarray) -> np.ndarray:
     """The mean's error as it moves every xhat of a channel."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         return np.asarray(st.e_mean * inv * (1 + st.rel_inv))
 
 
@@ -511,7 +512,7 @@ def channel_terms(
     ag = np.abs(_gamma(case))
     # The GPU class forms dbeta/M and dotp/M by the count's rounded reciprocal: one more rounding each.
     norm = ua if st.reduction == "gpu" else 0.0
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         t2 = np.abs(dbeta) / m
         return Terms(
             # (x - mean) and xhat may each be rounded among float16's subnormals: an absolute 2^-25 each.
@@ -562,7 +563,7 @@ def v1_terms(
     scale = v1_scale_error(case, model)
     axis = case.channel_axis
     dy = np.abs(case.dy.astype(np.float64))
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         axhat = np.abs(xhat)
         mean_dy, mean_xhat = channel_mean(dy, axis), channel_mean(axhat, axis)
         mean_dot = channel_mean(dy * axhat, axis)
@@ -614,7 +615,7 @@ def gradient_sum_bounds(
     u, sums, rel = st.u, st.sum_factors, st.rel_inv
     u_param = r * unit_roundoff(param_dtype(case.dtype))
     tiny_term = r * subnormal_step(compute_dtype(case.dtype))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         e_dbeta = sums["dy"] * sum_ady
         # The terms' own roundings stay worst-case in both models: they are not mean-zero. The float16
         # kernel rounds each x - mean to float16, and for all x in one binade that rounding is the same
@@ -647,7 +648,7 @@ def statistics_bounds(case: Case, st: Propagated, model: str, expected: Outputs)
     acc_dtype = accumulation_dtype(case.dtype)
     ua = r * unit_roundoff(acc_dtype)
     out: Outputs = {}
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         mom, rest = momentum_as_applied(case)
         old_mean = np.abs(case.moving_mean.astype(np.float64))
         old_var = np.abs(case.moving_var.astype(np.float64))
@@ -697,7 +698,7 @@ def finished_bounds(case: Case, out: Outputs, accumulated: Outputs, model: str) 
             b = b + r * subnormal_step(pdt)
         if q in _accumulated_quantities(case) and q not in exact:
             # One more rounding: prior + gradient, in the output dtype.
-            with np.errstate(invalid="ignore", over="ignore"):
+            with ignoring("invalid", "over"):
                 b = b + r * unit_roundoff(pdt) * np.abs(accumulated[q])
         result[q] = safety * np.broadcast_to(b, quantity_shape(case, q))
     return result

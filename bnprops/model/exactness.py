@@ -19,13 +19,15 @@ from fractions import Fraction
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
+
 #: A sample of each channel tried first: if its own terms already fail, the whole channel does.
 _SAMPLE = 64
 
 
 def representable(values: np.ndarray, dtype: str) -> np.ndarray:
     """Element-wise: is the float64 value exactly a ``dtype`` number (and finite)?"""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         return np.asarray(np.isfinite(values) & (values.astype(dtype).astype(np.float64) == values), dtype=bool)
 
 
@@ -50,7 +52,7 @@ def channel_sum(values: np.ndarray, channel_axis: int) -> np.ndarray:
 def channel_mean(values: np.ndarray, channel_axis: int) -> np.ndarray:
     """channel_sum over the count (NaN for a channel of no elements, as numpy's mean)."""
     total = channel_sum(values, channel_axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with ignoring("invalid", "divide"):
         return np.asarray(total / (values.size // max(values.shape[channel_axis], 1)))
 
 
@@ -75,7 +77,7 @@ def fits(total: np.ndarray, quantum_exponent: np.ndarray, dtype: str) -> np.ndar
 
     One bit of margin absorbs the float64 rounding of ``total`` itself.
     """
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         limit = np.exp2(significand_bits(dtype) - 1 + np.where(np.isfinite(quantum_exponent), quantum_exponent, 0))
         return np.asarray(np.where(np.isfinite(quantum_exponent), total < limit, True), dtype=bool)
 

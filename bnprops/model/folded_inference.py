@@ -14,6 +14,7 @@ import functools
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case, Outputs
 from bnprops.model.error_model import SAFETY, subnormal_step, unit_roundoff
 from bnprops.model.evaluation import Evaluation
@@ -43,7 +44,7 @@ def scale_gamma(case: Case, *, stored: bool = False) -> np.ndarray:
 
 def folded_oracle_y(case: Case, *, gamma: np.ndarray) -> np.ndarray:
     """MXNet's inference y in float64: gamma (x - moving_mean) / sqrt(moving_var + eps) + beta."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         invstd = 1.0 / np.sqrt(case.moving_var.astype(np.float64) + mxnet_eps(case))
         centred = case.x.astype(np.float64) - per_channel(case, case.moving_mean)
         return np.asarray(centred * per_channel(case, gamma * invstd) + per_channel(case, case.beta))
@@ -55,7 +56,7 @@ def scale_error(case: Case) -> np.ndarray:
     u = unit_roundoff("float32")
     s2 = case.moving_var.astype(np.float64) + mxnet_eps(case)
     e_eps = abs(exported_eps(case) - mxnet_eps(case))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         eta = (e_eps + u * np.abs(s2)) / s2
         rel = 1 / np.sqrt(1 - eta) - 1 + 2 * u + u  # v + eps; sqrt and reciprocal; times gamma
         return np.asarray(np.where((s2 > 0) & np.isfinite(s2) & (eta < 0.5), rel, np.inf))
@@ -74,7 +75,7 @@ def folded_bound_y(case: Case, expected: np.ndarray, *, gamma: np.ndarray) -> np
     x = case.x.astype(np.float64)
     m = case.moving_mean.astype(np.float64)
     beta = np.abs(case.beta.astype(np.float64))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         big_s = np.abs(gamma) / np.sqrt(case.moving_var.astype(np.float64) + mxnet_eps(case))
         s_max = big_s * (1 + rel)
         xs, ms = np.abs(x) * per_channel(case, s_max), per_channel(case, np.abs(m) * s_max)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case
 from bnprops.model.error_model import SAFETY, sum_factor, unit_roundoff
 from bnprops.model.oracle import eps_as_applied, per_channel
@@ -22,13 +23,13 @@ ABSOLUTE_ROUNDINGS = 6
 def fold_scale(case: Case) -> np.ndarray:
     """alpha per channel, exactly: gamma / sqrt(moving_var + eps), gamma read as 1 under fix_gamma."""
     gamma = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with ignoring("divide", "invalid"):
         return np.asarray(gamma / np.sqrt(case.moving_var.astype(np.float64) + eps_as_applied(case)))
 
 
 def fold_shift(case: Case) -> np.ndarray:
     """b' per channel, exactly: beta - alpha moving_mean (the convolution has no bias)."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         return np.asarray(case.beta.astype(np.float64) - fold_scale(case) * case.moving_mean.astype(np.float64))
 
 
@@ -44,7 +45,7 @@ def fold_bound(case: Case, *, conv: np.ndarray, conv_abs: np.ndarray, terms: int
     a = per_channel(case, np.abs(fold_scale(case)))
     mm = per_channel(case, case.moving_mean.astype(np.float64))
     shift = per_channel(case, np.abs(fold_shift(case)))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         rel = (
             u * a * np.abs(conv - mm)  # alpha as a float
             + u * a * conv_abs  # W' = float(W alpha)
@@ -67,7 +68,7 @@ def fold_overflows(case: Case) -> bool:
     unfolded BatchNorm's need not?"""
     big = float(np.finfo(np.float32).max) / 4
     a = np.abs(fold_scale(case))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         scaled = per_channel(case, a) * np.abs(case.x.astype(np.float64))
         parts = (scaled, a * np.abs(case.moving_mean.astype(np.float64)), np.abs(fold_shift(case)))
         return not all(bool(np.all(np.isfinite(p) & (p <= big))) for p in parts)
@@ -94,5 +95,5 @@ def convolution(x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def conv_batchnorm(case: Case, conv: np.ndarray) -> np.ndarray:
     """Inference BatchNorm (moving statistics) of the convolution's exact output: the fold's oracle."""
     mm = per_channel(case, case.moving_mean.astype(np.float64))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         return np.asarray(per_channel(case, fold_scale(case)) * (conv - mm) + per_channel(case, case.beta))

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
+
 
 class Oracle(NamedTuple):
     """Per channel: the factors of the oracle's y and dx, and what both models' bounds share."""
@@ -226,7 +228,7 @@ def _sum(a: Any, b: Any) -> Any:
 def linear_forms(ag: np.ndarray, m: Terms, batch: bool, add: bool) -> tuple[YForm, DxForm]:
     """One model's bounds on y and dx per channel as linear forms in the per-element magnitudes: bound_y and
     bound_dx expanded.  NaN (never used) on a channel where a factor is not finite."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         axhat, ay = LinearForm.magnitudes(2)
         y = bound_y(axhat, ay, ag, m).c
         axhat, ad, af, aa = LinearForm.magnitudes(4)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs
 from bnprops.model.error_model import (
     Exactness,
@@ -116,7 +117,7 @@ def fresh_per_channel(ev: Sums) -> Outputs:
     case = ev.case
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     mean, var = ev.statistics
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
     sum_dy_xhat = ev.xhat["oracle_dot"]
     dbeta = finite_sum(ev.raw["dy_hi"], ev.raw["dy_lo"])
@@ -217,7 +218,7 @@ def coefficients(ev: Sums) -> np.ndarray:
     m = case.reduction_length
     det, prob = ev.model_bounds("deterministic"), ev.model_bounds("probabilistic")
     invstd, g = fresh["_invstd"], fresh["_g"]
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         oracle = Oracle(
             mean=ev.statistics[0],
             invstd=invstd,
@@ -243,7 +244,7 @@ def coefficients(ev: Sums) -> np.ndarray:
 
 def indeterminate_is_close(st: Propagated) -> bool:
     """Is error_model.indeterminate_channels' test near its edge in some channel (then the reference decides)?"""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         lhs = 2 * (st.e_var + st.e_eps)
         return bool((np.abs(lhs - st.s2) <= CLOSE * np.abs(st.s2)).any())
 
@@ -253,7 +254,7 @@ def bounds(ev: Sums) -> tuple[LazyOutputs, LazyOutputs]:
     path."""
     det = ev.model_bounds("deterministic").per_channel
     prob = ev.model_bounds("probabilistic").per_channel
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         sharp = {q: np.where(np.isfinite(b), np.minimum(b, det[q]), det[q]) for q, b in prob.items()}
     expected = ev.expected
     lazy_det = {q: _element(ev, i) for q, i in (("y", _Y_BOUND), ("dx", _DX_BOUND)) if q in expected}

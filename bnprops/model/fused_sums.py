@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case
 from bnprops.model.error_model import accumulation_dtype, partial_sum_factor
 from bnprops.model.oracle import eps_as_applied
@@ -195,14 +196,14 @@ def kernels() -> Any:
 
 def finite_sum(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """A compensated sum's value: hi + lo, or hi where it is not finite (NaN/inf terms: IEEE's result)."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         return np.asarray(np.where(np.isfinite(hi), hi + lo, hi))
 
 
 def _quotient(hi: np.ndarray, lo: np.ndarray, m: int) -> np.ndarray:
     """(hi + lo) / m, rounded once (to within a hair of correct rounding): the remainder of hi / m by
     Dekker's exact product, added back."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         q1 = hi / m
         split = 134217729.0  # 2^27 + 1
         big = q1 * split
@@ -232,7 +233,7 @@ def statistics_mean(case: Case, raw: dict[str, np.ndarray]) -> np.ndarray:
     with batch statistics)."""
     if not case.uses_batch_stats:
         return case.moving_mean.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         mean = _quotient(raw["x_hi"], raw["x_lo"], case.reduction_length)
         nan = raw["x_nan"] > 0
         lo = np.where(nan, np.nan, raw["x_min"])
@@ -244,7 +245,7 @@ def statistics(case: Case, mean: np.ndarray, centred: dict[str, np.ndarray]) -> 
     """oracle.statistics from statistics_mean's ``mean`` and the second pass's sums about it."""
     if not case.uses_batch_stats:
         return mean, case.moving_var.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         var = finite_sum(centred["c2_hi"], centred["c2_lo"]) / case.reduction_length
         var = np.where(np.isfinite(mean), var, np.nan)
     return mean, np.asarray(var, dtype=np.float64)
@@ -308,7 +309,7 @@ def drifts(
         ),
     }
     found = {}
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         for name, (sequential, total, magnitude, defined) in streams.items():
             drift = np.abs(sequential - total)
             allowed = factors[name] * magnitude
@@ -325,7 +326,7 @@ def xhat_sums(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> dict[str, np.
     |dy xhat|, from the statistics ``stats``."""
     k = kernels()
     mean, var = stats
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         s2 = var + eps_as_applied(case)
         invstd = 1.0 / np.sqrt(s2)
         inv = np.where(s2 > 0, 1 / np.sqrt(s2), 0.0)

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case
 from bnprops.model.exactness import rows
 
@@ -44,7 +45,7 @@ class DataSpread:
 
 def spread(case: Case, mean: np.ndarray) -> DataSpread:
     """The channels' DataSpread (``mean``: the oracle's batch mean); non-finite values are left out."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         x = rows(case.x.astype(np.float64), case.channel_axis)
         finite = np.isfinite(x)
         m = max(x.shape[1], 1)

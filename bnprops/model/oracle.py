@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, QUANTITIES, WRITE_ALL, Case, Outputs, param_dtype
 from bnprops.model.exactness import channel_mean, channel_sum
 from bnprops.model.formulas import normalised, oracle_dx, oracle_y
@@ -29,7 +30,7 @@ def statistics(case: Case) -> tuple[np.ndarray, np.ndarray]:
     x = case.x.astype(np.float64)
     red, axis = case.reduce_axes, case.channel_axis
     # NaN/inf in the data make their channel's statistics NaN/inf, by IEEE rules, as they should.
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         # The sum in extended precision (x86's 64-bit significand), rounded once to float64 after the
         # division: a float64 mean's own rounding is as large as the error bound of a kernel whose sum
         # is exact, and refining it in float64 adds noise of that size.
@@ -94,7 +95,7 @@ def fresh_reference(case: Case, stats: tuple[np.ndarray, np.ndarray] | None = No
     beta = case.beta.astype(np.float64)
 
     mean, var = statistics(case) if stats is None else stats
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
         xhat = normalised(x, per_channel(case, mean), per_channel(case, invstd))
         y = oracle_y(xhat, per_channel(case, g), per_channel(case, beta))
@@ -116,7 +117,7 @@ def per_channel_outputs(
     dgamma = np.zeros(case.channels) if case.fix_gamma else sum_dy_xhat
     mom, rest = momentum_as_applied(case)
     # An empty batch has nothing to average: bnprops's contract is no update (judging.invariants).
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         if case.uses_batch_stats and m > 0:
             moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean
             moving_var = mom * case.moving_var.astype(np.float64) + rest * var

@@ -15,6 +15,8 @@ import functools
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
+
 _MAX_DIGITS = 19  # kStrtofMaxDigits: later digits after the point are ignored
 
 
@@ -30,7 +32,7 @@ def parsed(value: float, dtype: str) -> float:
     text = text.lstrip("+-")
     mantissa, _, exponent = text.partition("e")
     whole, _, fraction = mantissa.partition(".")
-    with np.errstate(over="ignore", under="ignore"):
+    with ignoring("over", "under"):
         result = ft(int(whole or "0"))  # static_cast<FloatType>(uint64)
         if fraction:
             digits = fraction[:_MAX_DIGITS]

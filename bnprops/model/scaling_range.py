@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case
 from bnprops.model.params import parsed
 
@@ -136,7 +137,7 @@ def eps_as_kernel_reads(eps: float, dtype: str) -> tuple[float, float]:
     double when they turn invstd back into a variance.
     """
     as_double = parsed(eps, "float64")
-    with np.errstate(over="ignore", under="ignore"):
+    with ignoring("over", "under"):
         if dtype == "float16":
             rounded = float(np.float16(np.float32(as_double)))
         else:
@@ -151,7 +152,7 @@ def families(case: Case) -> list[Family]:
     error, and, where a value may come from cancellation, from its quantum (a nonzero sum of multiples
     of 2^q is at least 2^q). NaN and inf elements are left out: IEEE rules scale what they make exactly.
     """
-    with np.errstate(all="ignore"):
+    with ignoring():
         return _families(case)
 
 
@@ -225,7 +226,7 @@ def _families(case: Case) -> list[Family]:
         lower_v, upper_v = v * (1 - 2 * u_acc), v * (1 + 2 * u_acc)
     # var + eps that is 0, negative or not finite gives invstd 0, inf or NaN: exact under any scaling.
     normal = np.isfinite(lower_v) & (lower_v > 0) & np.isfinite(upper_v)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         lower_inv = np.where(normal, 1 / np.sqrt(upper_v) * (1 - 4 * u_acc), 0.0)
         upper_inv = np.where(normal, 1 / np.sqrt(lower_v) * (1 + 4 * u_acc), 0.0)
     rows = normal  # channels whose intermediates are ordinary numbers

@@ -16,6 +16,7 @@ import itertools
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.model import error_model, oracle
 from bnprops.model.case import Case, Outputs
 from bnprops.model.error_model import SAFETY, Exactness, Propagated, sum_factor, unit_roundoff
@@ -71,7 +72,7 @@ def partials(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Outputs:
     split = device_split(case)
     mean, var = stats
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    with ignoring("invalid", "divide", "over"):
         inv = 1.0 / np.sqrt(var + oracle.eps_as_applied(case))
         xhat = (x - oracle.per_channel(case, mean)) * oracle.per_channel(case, inv)
         dgamma = _slice_sums(case, split, dy * xhat)
@@ -98,7 +99,7 @@ def kernel_outputs(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Outputs:
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     pc = functools.partial(oracle.per_channel, case)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    with ignoring("invalid", "divide", "over"):
         s = np.sqrt(var + oracle.eps_as_applied(case))
         centred = x - pc(mean)
         y = pc(g) * centred / pc(s) + pc(case.beta.astype(np.float64))
@@ -147,7 +148,7 @@ def sync_propagated(
     split = device_split(case)
     mean, var = stats
     x = case.x.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         finite = np.where(np.isfinite(x), x, 0.0)
         abs_means = _device_means(case, np.abs(finite))
         square_means = _device_means(case, finite * finite)
@@ -160,7 +161,7 @@ def sync_propagated(
         if factors is None:
             raise ValueError("the probabilistic model needs the sums' partial-sum factors")
         factor_x, factor_x2 = factors["x"][None, :], factors["x2"][None, :]
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         fm, fv = np.where(np.isfinite(mean), mean, 0.0), np.where(np.isfinite(var), var, 0.0)
         e_mean = ((factor_x + merge + 2 * u) * abs_means).mean(axis=0) + u * np.abs(fm)
         square = square_means.mean(axis=0)
@@ -169,7 +170,7 @@ def sync_propagated(
     plain = error_model.propagated_statistics(
         case, model, stats=stats, exact=nothing_exact(case), mean_abs=abs_means.mean(axis=0), factors=factors
     )
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         rel_data = error_model.invstd_data_error(plain.s2, e_var + plain.e_eps + u * np.abs(plain.s2))
     return dataclasses.replace(plain, e_mean=e_mean, e_var=e_var, rel_inv=rel_data + plain.rel_round)
 
@@ -228,7 +229,7 @@ def partial_bounds(case: Case, st: Propagated, values: Outputs) -> Outputs:
     split = device_split(case)
     per_row = case.reduction_length // max(case.shape[0], 1)
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with ignoring("invalid", "over", "divide"):
         inv = error_model.bound_inv(st)
         shift = error_model.xhat_shift(st, inv)
         xhat = (x - oracle.per_channel(case, st.mean)) * oracle.per_channel(case, inv)

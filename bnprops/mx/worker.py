@@ -4,7 +4,7 @@ MXNet reads MXNET_MKLDNN_ENABLED once, at start-up, so the other backend needs a
 One worker serves every case for its backend over a pipe: requests are pickled (entry, Case)
 pairs, replies pickled Outputs or the exception the runner raised. It starts on first use,
 restarts after a crash (the call that crashed gets WorkerCrashed, with the worker's stderr), and
-shuts down at exit.
+shuts down at exit; a fuzz worker launches its helpers at once and waits for them before its search (``launch``).
 
 Run as ``python -m bnprops.mx.worker BACKEND``: the parent does that; nobody else needs to.
 """
@@ -95,6 +95,8 @@ class Worker:
         self.call_timeout = call_timeout
         self.starts = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        #: Has the running process said "ready"? (A launched one has not yet.)
+        self._ready = False
         self._stderr: IO[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -113,12 +115,26 @@ class Worker:
         text = self._stderr.read().decode(errors="replace")
         return text[-limit:]
 
-    def _start(self) -> None:
+    def launch(self) -> None:
+        """Start the process, if none runs, without waiting for it: it imports MXNet while the caller goes on, and
+        the first call waits for what is left of its start-up. Safe to call from one thread at a time."""
+        with self._lock:
+            if not self.alive():
+                self._launch()
+
+    def wait_ready(self) -> None:
+        """Wait until the process (launched, if none runs) has said "ready"; BackendUnavailable if it cannot."""
+        with self._lock:
+            if not (self.alive() and self._ready):
+                self._start()
+
+    def _launch(self) -> None:
         from bnprops.mx.runners import BackendUnavailable
 
         self._discard()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker; close() closes it)
         self.starts += 1
+        self._ready = False
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", self.module, self.backend],
@@ -131,7 +147,14 @@ class Worker:
             raise BackendUnavailable(
                 f"cannot start the {self.backend} {self.name} worker ({sys.executable}): {exc}"
             ) from exc
-        assert self._proc.stdout is not None
+
+    def _start(self) -> None:
+        """Have a ready process: launch one where none runs, then wait for its "ready"."""
+        from bnprops.mx.runners import BackendUnavailable
+
+        if not self.alive():
+            self._launch()
+        assert self._proc is not None and self._proc.stdout is not None
         try:
             hello = read_message(self._proc.stdout.fileno(), time.monotonic() + self.start_timeout)
         except (EOFError, TimeoutError, pickle.UnpicklingError) as exc:
@@ -147,6 +170,7 @@ class Worker:
             raise BackendUnavailable(
                 f"the {self.backend} {self.name} worker answered {hello!r} instead of ready:\n{tail}"
             )
+        self._ready = True
 
     def _discard(self) -> None:
         proc, self._proc = self._proc, None
@@ -161,7 +185,7 @@ class Worker:
     def run(self, entry: str, case: Case) -> Outputs:
         """Run ``case`` through ``entry`` in the worker; exceptions the runner raises are raised here."""
         with self._lock:
-            if not self.alive():
+            if not (self.alive() and self._ready):
                 self._start()
             proc = self._proc
             assert proc is not None and proc.stdin is not None and proc.stdout is not None

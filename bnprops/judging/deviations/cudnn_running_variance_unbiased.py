@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import FROM_SOURCE, GPU_SOURCE_SCOPE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import param_dtype
@@ -27,7 +28,7 @@ def cudnn_moving_statistics(ctx: Context) -> dict[str, np.ndarray]:
     mom, rest = momentum_as_applied(case)
     mean, var = ctx.statistics
     up = unit_roundoff(param_dtype(case.dtype))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         moving_mean = mom * case.moving_mean.astype(np.float64) + rest * mean
         moving_var = mom * case.moving_var.astype(np.float64) + rest * var * (m / (m - 1))
         return {

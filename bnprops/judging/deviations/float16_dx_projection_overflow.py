@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
-from bnprops.judging.deviation_models import Context, Prediction, float16_projection
+from bnprops.judging.deviation_models import Context, Prediction, float16_projection, float16_projection_fits
 from bnprops.model.oracle import per_channel
 
 
 def float16_dx_projection_overflow(ctx: Context) -> list[Prediction]:
     case = ctx.case
     if case.dtype != "float16" or ctx.kernel != "native" or not case.uses_batch_stats or not case.x.size:
+        return []
+    if "dx" not in ctx.expected or float16_projection_fits(ctx):
         return []
     overflow, dx = float16_projection(ctx)
     where = overflow & ~per_channel(case, ctx.undetermined).astype(bool)

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import (
     Context,
     Prediction,
+    float16_products_fit,
     predict_over,
 )
 
 
 def float16_gradient_product_overflow(ctx: Context) -> list[Prediction]:
     case = ctx.case
-    if case.dtype != "float16" or ctx.kernel != "native":
+    if case.dtype != "float16" or ctx.kernel != "native" or float16_products_fit(ctx):
         return []
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         overflow = ~np.isfinite(ctx.centred_half * case.dy).all(axis=case.reduce_axes)
     hit = overflow & ~ctx.undetermined & ctx.finite_channels
     if not hit.any():

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
-from bnprops.judging.deviation_models import Context, Prediction, float16_normaliser, invstd_of
+from bnprops.judging.deviation_models import (
+    Context,
+    Prediction,
+    float16_normalised_fits,
+    float16_normaliser,
+    invstd_of,
+)
 from bnprops.model.oracle import per_channel
 
 
@@ -17,7 +24,9 @@ def float16_normalised_value_overflow(ctx: Context) -> list[Prediction]:
         return []
     invstd = invstd_of(float16_normaliser(ctx)[1]).astype(np.float32)
     g = np.ones(case.channels, np.float32) if case.fix_gamma else case.gamma.astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
+    if float16_normalised_fits(ctx, invstd, g):
+        return []
+    with ignoring("over", "invalid"):
         xhat = (ctx.centred_half.astype(np.float32) * per_channel(case, invstd).astype(np.float32)).astype(np.float16)
         scaled = (xhat.astype(np.float32) * per_channel(case, g).astype(np.float32)).astype(np.float16)
         y = (scaled.astype(np.float32) + per_channel(case, case.beta).astype(np.float32)).astype(np.float16)

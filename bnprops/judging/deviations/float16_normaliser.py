@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import (
     Context,
@@ -43,7 +44,7 @@ def float16_normaliser_subnormal(ctx: Context) -> list[Prediction]:
         return []  # a build that truncates: float16-truncating-normaliser
     exact, rounded = float16_normaliser(ctx)
     f16 = np.finfo(np.float16)
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         coarse = (rounded > 0) & (rounded < float(f16.tiny)) & (np.abs(rounded - exact) > exact * float(f16.eps) / 2)
     # Whether the error crosses the bound depends on where in the ulp var + eps falls: may, not must.
     return _float16_normaliser_model(ctx, coarse & ~ctx.undetermined & ctx.finite_channels, certain=False)

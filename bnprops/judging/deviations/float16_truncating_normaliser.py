@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import KnownDeviation, minimal
 from bnprops.judging.deviation_models import (
     Context,
@@ -25,7 +26,7 @@ def _truncation_tolerance(ctx: Context, values: Outputs) -> Outputs:
     half of one, so twice the error model's bounds around the model's values, plus one float16 spacing of the
     float16 outputs (y and dx: their own last conversion)."""
     bounds = model_bounds(ctx, values)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         return {
             q: 2 * b
             + (
@@ -45,7 +46,7 @@ def float16_truncating_normaliser(ctx: Context) -> list[Prediction]:
     guarded = zero_variance(ctx) & (case.eps == 0)  # the kernel's guard: invstd = 0 whatever the conversion
     judged = ~ctx.undetermined & ~guarded & ctx.finite_channels
     out_of_range = (np.isinf(truncated) | (truncated == 0)) & judged
-    with np.errstate(invalid="ignore"):
+    with ignoring("invalid"):
         subnormal = (truncated > 0) & (truncated < float(np.finfo(np.float16).tiny)) & judged
     if not (out_of_range | subnormal).any():
         return []

@@ -19,6 +19,8 @@ def native_zero_variance_eps0(ctx: Context) -> list[Prediction]:
     if ctx.kernel != "native" or not case.uses_batch_stats or case.eps != 0:
         return []
     zero = zero_variance(ctx) & ctx.finite_channels
+    if not zero.any():
+        return []  # (predict_over's answer too, without the kernel form)
     # The guard sets invstd = 0 where the kernel's own sum of squares is exactly 0: certain for one value
     # per channel; for more equal values their rounded mean may differ from them (then the oracle's value).
     values = kernel_form(ctx, np.zeros(case.channels))

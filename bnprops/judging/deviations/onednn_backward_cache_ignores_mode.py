@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import SequenceDeviation
 from bnprops.judging.deviation_models import Context, training_formula_dx
 from bnprops.judging.deviations.sym_inference_backward_trains import sym_inference_dx
@@ -24,7 +25,7 @@ def global_stats_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.ndar
     forward normalised with (plus the prior under 'add')."""
     var = stats[1]
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         dx = per_channel(case, g / np.sqrt(var + eps_as_applied(case))) * case.dy.astype(np.float64)
     prior = case.prior("data")
     return np.asarray(dx if prior is None else prior.astype(np.float64) + dx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over, recovery_reach
 from bnprops.model.error_model import accumulation_dtype
@@ -20,7 +21,7 @@ def recovered_variance_negative(ctx: Context) -> list[Prediction]:
     var = ctx.statistics[1]
     mom, rest = momentum_as_applied(case)
     tiny = float(np.finfo(accumulation_dtype(case.dtype)).smallest_subnormal)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         reach = recovery_reach(case, var)
         possible = (var < reach) & (mom * case.moving_var.astype(np.float64) <= rest * reach + tiny)
     channels = possible & ctx.finite_channels

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.base import reproduction
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import KnownDeviation
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import Case, Outputs
@@ -33,7 +34,7 @@ def masked_hull(case: Case, stats: tuple[np.ndarray, np.ndarray], *, trains: boo
     red = case.reduce_axes
     g = per_channel(case, np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64))
     dy = case.dy.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         invstd = per_channel(case, 1.0 / np.sqrt(var + eps_as_applied(case)))
         xhat = (case.x.astype(np.float64) - per_channel(case, mean)) * invstd
         centre: Outputs = {"dbeta": dy.sum(axis=red) / 2, "dgamma": (dy * xhat).sum(axis=red) / 2}
@@ -63,7 +64,7 @@ def _predict(ctx: Context, *, trains: bool) -> list[Prediction]:
     centre, radius = masked_hull(case, ctx.statistics, trains=trains)
     # float32 sums of up to M + 8 rounded terms, each at most the radius's terms in magnitude (2 * radius).
     rounding = 2 * (case.reduction_length + 8) * unit_roundoff("float32")
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         tolerance = {q: radius[q] * (1 + 2 * rounding) + ctx.bound[q] for q in radius if q in ctx.bound}
     quantities = [q for q in ("dx", "dgamma", "dbeta") if q in tolerance]
     return predict_over(ctx, quantities, ctx.finite_channels, centre, tolerance, certain=False)

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, gradients, predict_over
 from bnprops.model.error_model import accumulation_dtype, sequential_sum_factor
@@ -17,7 +18,7 @@ from bnprops.mx import mxversion
 
 def _drifting(rows: np.ndarray, acc: str, channels: int | np.ndarray) -> np.ndarray:
     """Per row: does the sequential sum in ``acc`` drift from the exact sum beyond the probabilistic bound?"""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         # Against the sum in extended precision: a float64 sum of float64 data errs as much as the drift.
         sequential = np.cumsum(rows.astype(acc), axis=1, dtype=acc)[:, -1].astype(np.longdouble)
         drift = np.abs(sequential - rows.astype(np.longdouble).sum(axis=1)).astype(np.float64)
@@ -46,7 +47,7 @@ def sequential_sum_drift(ctx: Context) -> list[Prediction]:
         if isinstance(ctx.evaluation, FusedEvaluation):  # the same tests from the fused engine's sums
             return {name: np.asarray(d & finite) for name, d in ctx.evaluation.drifts.items()}
         mean = ctx.statistics[0]
-        with np.errstate(over="ignore", invalid="ignore"):
+        with ignoring("over", "invalid"):
             centred = rows(case.x.astype(np.float64) - per_channel(case, mean))
             dot = rows((case.x.astype(np.float64) - per_channel(case, mean)) * case.dy.astype(np.float64))
         found = {"dy": drifts(rows(case.dy)), "dot": drifts(dot)}
@@ -108,7 +109,7 @@ def v1_drifting_sums(ctx: Context) -> dict[str, np.ndarray]:
     def drifts(values: np.ndarray) -> np.ndarray:
         return _drifting(channel_rows(values, case.channel_axis), acc, ctx.evaluation.case_channels)
 
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with ignoring("over", "invalid", "divide"):
         centred = x - per_channel(case, mean)
         found = {"dy": drifts(dy), "dgamma": drifts(dy * centred / per_channel(case, np.sqrt(var + eps)))}
         if case.uses_batch_stats:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import PROBED_IN_EVERY_RELEASE, KnownDeviation, minimal
 from bnprops.judging.deviation_models import (
     Context,
     Prediction,
     float16_projection,
+    float16_projection_fits,
     predict_over,
     recovery_reach,
     training_formula_dx,
@@ -25,7 +27,7 @@ def sym_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.nda
     mean, var = stats
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
     dy = case.dy.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         invstd = 1.0 / np.sqrt(var + eps_as_applied(case))
         xhat = (case.x.astype(np.float64) - per_channel(case, mean)) * per_channel(case, invstd)
         axis = case.channel_axis  # (per-channel means in one order: a stacked group's values are its cases')
@@ -61,7 +63,7 @@ def sym_inference_backward_trains(ctx: Context) -> list[Prediction]:
     # Bounded as the training formula on the moving statistics, for the call's gradients alone.
     dx, tolerance = training_formula_dx(ctx, sym_inference_dx)
     values = {"dx": dx}
-    if case.dtype == "float16" and ctx.kernel == "native":
+    if case.dtype == "float16" and ctx.kernel == "native" and not float16_projection_fits(ctx):
         # The float16 kernel forms that formula in half_t: where its projection overflows, so does dx.
         overflow, dx16 = float16_projection(ctx)
         prior = case.prior("data")

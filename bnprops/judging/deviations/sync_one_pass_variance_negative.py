@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.case import Case
@@ -24,7 +25,7 @@ def one_pass_variance_negative(ctx: Context) -> list[Prediction]:
     evaluation = ctx.evaluation if isinstance(ctx.evaluation, SyncEvaluation) else SyncEvaluation(case)
     st = evaluation.propagated("deterministic")
     mom, rest = momentum_as_applied(case)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         possible = (st.var < st.e_var) & (mom * case.moving_var.astype(np.float64) <= rest * st.e_var)
     return predict_over(
         ctx, ["moving_var"], possible & ctx.finite_channels, ctx.expected, certain=False, breaks_invariants=True

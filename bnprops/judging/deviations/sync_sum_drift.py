@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import KnownDeviation, none_found
 from bnprops.judging.deviation_models import Context, Prediction, gradients, predict_over
 from bnprops.judging.deviations.sequential_sum_drift import _drifting
@@ -24,7 +25,7 @@ def sync_sum_drift(ctx: Context) -> list[Prediction]:
         return []
     mean = ctx.statistics[0]
     x, dy = case.x.astype(np.float64), case.dy.astype(np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with ignoring("over", "invalid"):
         terms = {"x": x, "x2": x * x, "dy": dy, "dot": (x - per_channel(case, mean)) * dy}
     drifting = {}
     for name, values in terms.items():

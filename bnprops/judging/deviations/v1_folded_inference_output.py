@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import KnownDeviation, minimal, none_found
 from bnprops.judging.deviation_models import Context, Prediction, predict_over
 from bnprops.model.error_model import unit_roundoff
@@ -19,7 +20,7 @@ def folded_reach(ctx: Context) -> np.ndarray:
     oracle: FOLDED_ROUNDINGS roundings of the largest of its terms."""
     case = ctx.case
     g = np.ones(case.channels) if case.fix_gamma else case.gamma.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         a = g / np.sqrt(case.moving_var.astype(np.float64) + eps_as_applied(case))
         terms = (
             np.abs(per_channel(case, a) * case.x.astype(np.float64))
@@ -34,7 +35,7 @@ def v1_folded_inference_output(ctx: Context) -> list[Prediction]:
     if case.uses_batch_stats:
         return []
     everything = np.ones(case.channels, dtype=bool)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         tolerance = {"y": np.asarray(ctx.bound["y"]) + folded_reach(ctx)}
     return predict_over(ctx, ["y"], everything, ctx.expected, tolerance, certain=False)
 

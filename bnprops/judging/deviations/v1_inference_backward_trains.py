@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnprops.base.float_warnings import ignoring
 from bnprops.judging.declarations import KnownDeviation, minimal
 from bnprops.judging.deviation_models import Context, Prediction, predict_over, training_formula_dx
 from bnprops.model.case import Case
@@ -22,7 +23,7 @@ def v1_inference_dx(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.ndar
     dy = case.dy.astype(np.float64)
     red = case.reduce_axes
     scale = 1.0 / max(case.reduction_length, 1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         s2 = per_channel(case, var + eps_as_applied(case))
         c = case.x.astype(np.float64) - per_channel(case, mean)
         gvar = (dy * g * c * -0.5 * s2**-1.5).sum(axis=red, keepdims=True)
@@ -42,7 +43,7 @@ def v1_inference_reach(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> np.n
     dy = np.abs(case.dy.astype(np.float64))
     red = case.reduce_axes
     scale = 1.0 / max(case.reduction_length, 1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with ignoring("divide", "invalid", "over"):
         s2 = per_channel(case, var + eps_as_applied(case))
         c = np.abs(case.x.astype(np.float64) - per_channel(case, mean))
         gvar = (dy * g * c * 0.5 * s2**-1.5).sum(axis=red, keepdims=True)
@@ -66,7 +67,7 @@ def v1_inference_backward_trains(ctx: Context) -> list[Prediction]:
     if "dx" not in ctx.expected:
         return found
     dx, tolerance = training_formula_dx(ctx, v1_inference_dx)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ignoring("invalid", "over"):
         tolerance = tolerance + v1_inference_reach(case, ctx.statistics)  # v1's own terms, which cancel
     return found + predict_over(
         ctx, ["dx"], everything, {"dx": dx}, {"dx": tolerance}, certain=True, breaks_invariants=True
