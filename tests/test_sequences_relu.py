@@ -114,7 +114,9 @@ def test_a_planted_fault_from_the_second_step_on_is_caught_in_a_relu_sequence(
     caught = find(
         sequences(entries=(entry,), dtypes=("float32",)),
         lambda s: run_sequence(s, session_factory=session).failed,
-        settings=settings(planted_search(300), phases=[Phase.generate]),  # the first found: a shrink costs ~30 s
+        # Few drawn sequences train twice on batch statistics, as this fault needs (the first
+        # found was the 117th to beyond the 300th, by the process state that seeds the search): room for that.
+        settings=settings(planted_search(1000), phases=[Phase.generate]),  # the first found: a shrink costs ~30 s
     )
     run = run_sequence(caught, session_factory=session)
     assert run.quantity in quantities and run.ran.count("train_step") >= 2, run.message
