@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from bnprops.fuzzing import time_shares
 from bnprops.fuzzing.time_shares import STARTUP_LABEL, StackSampler, classify, lines, shares
 
 
@@ -114,3 +115,14 @@ def test_a_sample_weighs_its_time_so_python_and_released_gil_time_count_alike() 
         _called_through(("mxnet.ndarray", "call"), innermost=sleeping)
     python, released = sampler.counts.get("cases/drawing", 0), sampler.counts.get("cases/MXNet", 0)
     assert 0.75 < python / released < 1.33, f"0.6 s of Python weighed {python} ms, 0.6 s in C {released} ms"
+
+
+def test_a_stack_that_cannot_be_read_is_counted_apart_and_the_sampler_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    def torn(frame: object) -> str:
+        raise AttributeError("'str' object has no attribute 'get'")  # as a frame torn down under the walk reads
+
+    monkeypatch.setattr(time_shares, "classify", torn)
+    with StackSampler(interval_s=0.005) as sampler:
+        time.sleep(0.2)
+    assert set(sampler.counts) == {time_shares.UNREAD}
+    assert sampler.counts[time_shares.UNREAD] >= 150, "the sampler stopped at the first stack it could not read"

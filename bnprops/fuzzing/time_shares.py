@@ -52,27 +52,42 @@ PARTS = (
     ("bnprops.search", DRAWING),
 )
 OWN = "bookkeeping"
+#: A sample whose stack changed while it was read: its time is filed apart, never dropped.
+UNREAD = "unread/unread"
 #: The worker's functions that judge one example (the condition Hypothesis calls).
 _JUDGING = frozenset({"explore", "shrink_step", "entry_for", "settle"})
 
 
+def stack_of(frame: types.FrameType | None) -> list[tuple[str, str]]:
+    """(module, function) of each frame from ``frame`` outwards, read in one short pass: another thread's stack
+    can change under the walk whenever this thread yields the GIL, so nothing else happens during it."""
+    found = []
+    while frame is not None:
+        found.append((frame.f_globals.get("__name__", ""), frame.f_code.co_name))
+        frame = frame.f_back
+    return found
+
+
 def classify(frame: types.FrameType | None) -> str:
     """``where/part`` for a stack whose innermost frame is ``frame``."""
+    return classify_stack(stack_of(frame))
+
+
+def classify_stack(stack: list[tuple[str, str]]) -> str:
+    """``where/part`` for a stack of (module, function), innermost first."""
     where, part, judging, mxnet, starting = "cases", "", False, False, False
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module == "bnprops.fuzzing.worker" and frame.f_code.co_name == "start_helpers":
+    for module, function in stack:
+        if module == "bnprops.fuzzing.worker" and function == "start_helpers":
             return STARTUP_LABEL
         if module.startswith("mxnet") or module.startswith(_AWAITING):
             mxnet = True
-            starting = starting or (module.startswith(_AWAITING) and frame.f_code.co_name == "_start")
-        if module == "bnprops.fuzzing.explorer" and frame.f_code.co_name in _JUDGING:
+            starting = starting or (module.startswith(_AWAITING) and function == "_start")
+        if module == "bnprops.fuzzing.explorer" and function in _JUDGING:
             judging = True
         if module in FAMILIES:
             where = FAMILIES[module]
         if not part and module.startswith("bnprops."):
             part = next((name for prefix, name in PARTS if module.startswith(prefix)), OWN)
-        frame = frame.f_back
     if starting:
         return f"{where}/{STARTING}"
     if mxnet:
@@ -108,7 +123,10 @@ class StackSampler:
         # got 270, and MXNet's share came out about half as large again as it was.
         last = time.perf_counter()
         while not self._stop.wait(self.interval_s):
-            label = classify(sys._current_frames().get(self._target))
+            try:
+                label = classify(sys._current_frames().get(self._target))
+            except Exception:  # a frame torn down under the walk (CPython 3.11): the time is still counted
+                label = UNREAD
             now = time.perf_counter()
             self.counts[label] = self.counts.get(label, 0) + round(1000 * (now - last))
             last = now
