@@ -126,3 +126,10 @@ def test_a_stack_that_cannot_be_read_is_counted_apart_and_the_sampler_goes_on(mo
         time.sleep(0.2)
     assert set(sampler.counts) == {time_shares.UNREAD}
     assert sampler.counts[time_shares.UNREAD] >= 150, "the sampler stopped at the first stack it could not read"
+
+
+def test_the_sampled_thread_yields_the_gil_soon_while_sampled_and_as_before_after() -> None:
+    before = sys.getswitchinterval()
+    with StackSampler():
+        assert sys.getswitchinterval() <= time_shares.SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before

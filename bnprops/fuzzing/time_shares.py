@@ -52,6 +52,8 @@ PARTS = (
     ("bnprops.search", DRAWING),
 )
 OWN = "bookkeeping"
+#: The interpreter's switch interval while a sampler runs (seconds).
+SWITCH_INTERVAL_S = 0.0005
 #: A sample whose stack changed while it was read: its time is filed apart, never dropped.
 UNREAD = "unread/unread"
 #: The worker's functions that judge one example (the condition Hypothesis calls).
@@ -107,20 +109,27 @@ class StackSampler:
         self._target = threading.get_ident()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bnprops-time-shares", daemon=True)
+        self._switch = sys.getswitchinterval()
 
     def __enter__(self) -> StackSampler:
+        # The sampler waits for the GIL while the sampled thread runs Python, up to the switch interval (5 ms):
+        # weighing that wait into the next sample would give it to whatever released the GIL (an MXNet call, most
+        # often). A 0.5 ms interval keeps the wait small; only this thread asks, once per sample.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, SWITCH_INTERVAL_S))
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+        sys.setswitchinterval(self._switch)
 
     def _run(self) -> None:
         # Each sample weighs the milliseconds since the one before: this thread needs the GIL to sample, so while
-        # the sampled thread runs Python it waits for its turn (5 ms or more), while it is in C code that released
-        # the GIL (MXNet, a pipe) it does not. Counted one each, pure Python got 150 samples where as long a sleep
-        # got 270, and MXNet's share came out about half as large again as it was.
+        # the sampled thread runs Python it waits for its turn (the switch interval, lowered while it runs); while
+        # it is in C code that released the GIL (MXNet, a pipe) it does not. Counted one each, pure Python got 150
+        # samples where as long a sleep got 270, and MXNet's share came out about half as large again as it was.
         last = time.perf_counter()
         while not self._stop.wait(self.interval_s):
             try:
