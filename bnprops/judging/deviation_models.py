@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 from bnprops.base.float_warnings import ignoring
-from bnprops.model.case import Case, Outputs, quantity_shape
+from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, Case, Outputs, quantity_shape
 from bnprops.model.error_model import SAFETY, accumulation_dtype, unit_roundoff
 from bnprops.model.evaluation import Evaluation, evaluate
 from bnprops.model.exactness import channel_sum
@@ -150,6 +150,14 @@ def predict_over(
 def gradients(case: Case) -> set[str]:
     """The quantities a wrong invstd spoils (dgamma is exactly 0 under fix_gamma whatever happens)."""
     return {"y", "dx"} | (set() if case.fix_gamma else {"dgamma"}) | ({"invstd"} if case.output_mean_var else set())
+
+
+def added_gradients(ctx: Context) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(target, quantity, prior in float64) for each gradient this call requests with 'add' and produces."""
+    for target in GRAD_TARGETS:
+        quantity = GRADIENT_OF[target]
+        if ctx.case.request(target) == "add" and quantity in ctx.expected:
+            yield target, quantity, np.asarray(ctx.case.prior(target), dtype=np.float64)
 
 
 def zero_variance(ctx: Context) -> np.ndarray:

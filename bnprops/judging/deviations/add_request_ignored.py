@@ -5,23 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.judging.declarations import KnownDeviation, minimal
-from bnprops.judging.deviation_models import Context, Prediction
-from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF
+from bnprops.judging.deviation_models import Context, Prediction, added_gradients
 from bnprops.mx import mxversion
 
 
 def add_request_ignored(ctx: Context) -> list[Prediction]:
     """MXNet before 1.7 (#18499): a gradient requested with 'add' is neither accumulated nor written."""
-    case = ctx.case
     if ctx.kernel == "onednn":
         return []  # 1.6's oneDNN backward writes instead (onednn-add-request-overwrites); before 1.6 none ran
     found: list[Prediction] = []
-    for target in GRAD_TARGETS:
-        prior = case.prior(target)
-        quantity = GRADIENT_OF[target]
-        if case.request(target) != "add" or prior is None or quantity not in ctx.expected:
-            continue
-        kept = np.asarray(prior, dtype=np.float64)
+    for _, quantity, kept in added_gradients(ctx):
         where = np.ones(kept.shape, dtype=bool)
         # The buffer is left as it was, bit for bit: visible wherever this call's gradient is not 0.
         found.append(Prediction(quantity, where, kept, np.zeros(kept.shape), certain=True))

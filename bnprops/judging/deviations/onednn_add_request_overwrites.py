@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnprops.judging.declarations import KnownDeviation, lifted, minimal
-from bnprops.judging.deviation_models import Context, Prediction
-from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF
+from bnprops.judging.deviation_models import Context, Prediction, added_gradients
 from bnprops.mx import mxversion
 
 
@@ -16,13 +15,10 @@ def onednn_add_request_overwrites(ctx: Context) -> list[Prediction]:
     if ctx.kernel != "onednn":
         return []
     found: list[Prediction] = []
-    for target in GRAD_TARGETS:
-        prior, quantity = case.prior(target), GRADIENT_OF[target]
-        if case.request(target) != "add" or prior is None or quantity not in ctx.expected:
-            continue
+    for target, quantity, prior in added_gradients(ctx):
         if target == "gamma" and case.fix_gamma:
             continue  # the fix_gamma branch writes 0: onednn-fix-gamma-add-wipes-dgamma, in 1.6 to 1.9.1 alike
-        written: np.ndarray = ctx.expected[quantity] - np.asarray(prior, dtype=np.float64)
+        written: np.ndarray = ctx.expected[quantity] - prior
         # The bound of prior + gradient holds the gradient's own, plus one rounding of the sum.
         where = np.ones(written.shape, dtype=bool)
         found.append(Prediction(quantity, where, written, ctx.bound[quantity], certain=True))
