@@ -48,6 +48,14 @@ def terminating() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
+def lasts_at_least(time_limit: float | None, max_examples: int | None, *, seconds: float, cases: int) -> bool:
+    """Will a campaign of ``time_limit`` seconds (or, with none, ``max_examples`` cases; neither: unbounded) run at
+    least ``seconds`` (or ``cases``)? What start-up work may cost is judged by this."""
+    if time_limit is not None:
+        return time_limit >= seconds
+    return max_examples is None or max_examples >= cases
+
+
 class StopRequest:
     """Which stop a signal asked for ("interrupted" or "terminated"), recorded by ``requesting_stop``."""
 

@@ -121,10 +121,9 @@ def start_helpers(config: CampaignConfig, targets: list[Target], *, runner_facto
     shares file the wait apart). They used to start at their first calls, one after the other, the search waiting
     each time: a sixth to a third of a two-minute campaign's worker time. One that fails to start is started again
     at its first call, which says why."""
-    if config.time_limit is not None:
-        if config.time_limit < HELPERS_FIRST_S:
-            return
-    elif config.max_examples is not None and config.max_examples < HELPERS_FIRST_CASES:
+    if not lifetime.lasts_at_least(
+        config.time_limit, config.max_examples, seconds=HELPERS_FIRST_S, cases=HELPERS_FIRST_CASES
+    ):
         return
     chosen = helpers(config, targets, runner_factory=runner_factory)
     for helper in chosen:

@@ -73,9 +73,7 @@ WORTH_COMPILING_CASES = 50_000
 
 def worth_compiling(time_limit: float | None, max_examples: int | None) -> bool:
     """Is a campaign of ``time_limit`` seconds and ``max_examples`` cases long enough to gain from the kernels?"""
-    if time_limit is not None:
-        return time_limit >= WORTH_COMPILING_S
-    return max_examples is None or max_examples >= WORTH_COMPILING_CASES
+    return lifetime.lasts_at_least(time_limit, max_examples, seconds=WORTH_COMPILING_S, cases=WORTH_COMPILING_CASES)
 
 
 @contextlib.contextmanager
