@@ -160,10 +160,10 @@ def probe_network(kd: NetworkDeviation) -> dict[str, Any]:
     entry = ENTRY_OF[chain.api]
     missing = network_unavailable_reason(entry)
     if missing is not None:
-        return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": missing}}}
+        return _row(entry, NOT_APPLICABLE, missing)
     if not kd.applies_to(chain, IN_PROCESS_BACKEND):
         detail = f"its conditions do not hold on the {IN_PROCESS_BACKEND} backend of this build"
-        return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": detail}}}
+        return _row(entry, NOT_APPLICABLE, detail)
     result = check_chain(chain, backend=IN_PROCESS_BACKEND)
     shown = [f for f in result.findings if f.kind == kd.kind and kd.signature in f.message]
     if shown:
@@ -172,13 +172,18 @@ def probe_network(kd: NetworkDeviation) -> dict[str, Any]:
         status, detail = ABSENT, "the chain runs and matches the plain call"
     else:
         status, detail = DIFFERS, f"{result.findings[0].kind}: {result.findings[0].message.splitlines()[0][:200]}"
+    return _row(entry, status, detail)
+
+
+def _row(entry: str, status: str, detail: str) -> dict[str, Any]:
+    """A deviation's row probed on one entry (or check) alone."""
     return {"status": status, "entries": {entry: {"status": status, "detail": detail}}}
 
 
 def probe_lifecycle(ld: Any) -> dict[str, Any]:
     """A life-cycle deviation's status here: its reproducer's scenario (judging.lifecycle.probe)."""
     status, detail = lifecycle.probe(ld)
-    return {"status": status, "entries": {ld.check: {"status": status, "detail": detail}}}
+    return _row(ld.check, status, detail)
 
 
 def probe_sequence(sd: SequenceDeviation) -> dict[str, Any]:
@@ -190,7 +195,7 @@ def probe_sequence(sd: SequenceDeviation) -> dict[str, Any]:
     if missing is None and sd.needs_backend not in (None, IN_PROCESS_BACKEND):
         missing = f"needs the {sd.needs_backend} backend; this process runs {IN_PROCESS_BACKEND}"
     if missing is not None:
-        return {"status": NOT_APPLICABLE, "entries": {entry: {"status": NOT_APPLICABLE, "detail": missing}}}
+        return _row(entry, NOT_APPLICABLE, missing)
     kernel, known, failure = run_shortest(sd)
     if sd.needs_backend not in (None, kernel):
         status, detail = NOT_APPLICABLE, f"its conditions do not hold on the {kernel} kernel of this build"
@@ -200,7 +205,7 @@ def probe_sequence(sd: SequenceDeviation) -> dict[str, Any]:
         status, detail = DIFFERS, failure[:200]
     else:
         status, detail = ABSENT, f"{' > '.join(sd.sequence)}: the state follows the contract"
-    return {"status": status, "entries": {entry: {"status": status, "detail": detail}}}
+    return _row(entry, status, detail)
 
 
 def summarise(statuses: list[str]) -> str:
