@@ -129,7 +129,7 @@ def _corner_sums_exact(values: np.ndarray, axis: int, dtype: str) -> np.ndarray:
     """exact_input_sums on a few elements of every channel (a view, not a copy): where those already fail,
     the whole channel does, and ordinary data is rejected without a pass over a large array."""
     corner = tuple(slice(None) if i == axis else slice(0, 4) for i in range(values.ndim))
-    return exact_input_sums(values[corner].astype(np.float64), channel_axis=axis, dtype=dtype)
+    return exact_input_sums(values[corner], channel_axis=axis, dtype=dtype)
 
 
 def exactness(case: Case, stats: tuple[np.ndarray, np.ndarray], *, operator: str = "batchnorm") -> Exactness:
@@ -175,7 +175,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     no = np.zeros(case.channels, dtype=bool)
     # (dy in float64 only where its corner sums are exact: ordinary data never needs the copy)
     corner_dy = _corner_sums_exact(case.dy, ax, acc).any()
-    dy_sum = exact_input_sums(case.dy.astype(np.float64), channel_axis=ax, dtype=acc) if corner_dy else no
+    dy_sum = exact_input_sums(case.dy, channel_axis=ax, dtype=acc) if corner_dy else no
     if case.x.size == 0 or (case.uses_batch_stats and not _corner_sums_exact(case.x, ax, acc).any()):
         return Exactness(no, no, no, no, no, dy_sum, no)
     x = case.x.astype(np.float64)
@@ -188,7 +188,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
         xr = np.where(finite[:, None], xr, 0.0)
     mean, var = stats
     if case.uses_batch_stats:
-        x_sum = exact_input_sums(x, channel_axis=ax, dtype=acc)
+        x_sum = exact_input_sums(case.x, channel_axis=ax, dtype=acc)
         # An exact sum is a float64 number, so fsum gives it exactly.
         mean_ok = x_sum & exact_quotients([_exact_sum(r, ok) for r, ok in zip(xr, x_sum, strict=True)], m, mean)
     else:
@@ -201,7 +201,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     c_ok = mean_ok & fits(np.abs(head - mean[:, None]).max(axis=1), np.minimum(quantum(head), mean_bit), cd)
     if not c_ok.any() and case.uses_batch_stats:  # (else var and invstd do not depend on x - mean)
         return Exactness(x_sum, mean_ok, no, no, no, dy_sum, no)
-    q_c = np.minimum(quantum(xr), mean_bit)
+    q_c = np.minimum(np.where(finite, quantum(rows(case.x, ax)), np.inf), mean_bit)  # (quanta: in x's own type)
     cr = xr - mean[:, None]
     c_ok &= fits(np.abs(cr).max(axis=1), q_c, cd)
     c2_sum = c_ok & fits((cr * cr).sum(axis=1), 2 * q_c, acc)
@@ -225,7 +225,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed. Each product is
     # rounded to the compute type first (float16's kernel: half_t times half_t is half_t), so it must fit there too.
     dyr = rows(case.dy.astype(np.float64), ax)
-    products, q_p = np.abs(cr * dyr), q_c + quantum(dyr)
+    products, q_p = np.abs(cr * dyr), q_c + quantum(rows(case.dy, ax))
     dot_sum = c_ok & inv_ok & fits(products.sum(axis=1), q_p, acc) & fits(products.max(axis=1), q_p, cd)
     return Exactness(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, dot_sum)
 

@@ -56,20 +56,47 @@ def channel_mean(values: np.ndarray, channel_axis: int) -> np.ndarray:
         return np.asarray(total / (values.size // max(values.shape[channel_axis], 1)))
 
 
+#: Per float type: the integer type of its bits, its stored significand bits and its exponent bias.
+_BITS = {
+    np.dtype(np.float16): (np.int16, 10, 15),
+    np.dtype(np.float32): (np.int32, 23, 127),
+    np.dtype(np.float64): (np.int64, 52, 1023),
+}
+#: A zero's exponent before it becomes +inf (above any float's).
+_ZERO = np.iinfo(np.int32).max
+
+
+def _lowest_bits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 log2 of each value's lowest set bit, read from its bits in its own type (no conversion: a float16
+    array costs a sixth of its float64 copy), ``_ZERO`` for zero; and where the value is not finite."""
+    values = np.ascontiguousarray(values)
+    kind, stored, bias = _BITS[values.dtype]
+    bits = values.view(kind)
+    top = (1 << (8 * values.itemsize - 1 - stored)) - 1  # the biased exponent of inf and NaN
+    biased = (bits >> stored) & top
+    significand = (bits & ((1 << stored) - 1)) | ((biased != 0).astype(kind) << stored)
+    lowest = (significand & -significand).astype(np.float64)  # a power of two (or 0): its exponent field is exact
+    exponent = (lowest.view(np.int64) >> 52).astype(np.int32) - 1023
+    found = np.maximum(biased, 1).astype(np.int32) - (bias + stored) + exponent
+    return np.where(significand == 0, _ZERO, found), biased == top
+
+
 def lowest_bit_exponent(values: np.ndarray) -> np.ndarray:
-    """log2 of the lowest set bit of each finite float64 (``+inf`` for zero)."""
-    mantissa, exponent = np.frexp(values)
-    integer = np.abs(mantissa * 2.0**53).astype(np.int64)
-    lowest = integer & -integer
-    bit = np.log2(np.where(integer == 0, 1, lowest))
-    return np.asarray(np.where(integer == 0, np.inf, exponent - 53 + bit), dtype=np.float64)
+    """log2 of the lowest set bit of each float (``+inf`` for zero, NaN where not finite)."""
+    found, nonfinite = _lowest_bits(values)
+    result = np.where(found == _ZERO, np.inf, found.astype(np.float64))
+    return np.asarray(np.where(nonfinite, np.nan, result), dtype=np.float64).reshape(np.shape(values))
 
 
 def quantum(channel_rows: np.ndarray) -> np.ndarray:
-    """Per row: the exponent of the largest power of two every element is a multiple of (+inf: all zero)."""
+    """Per row: the exponent of the largest power of two every element is a multiple of (+inf: all zero; NaN: a
+    value not finite). The rows may be of any float type: the bits are read in it."""
     if channel_rows.shape[1] == 0:
         return np.full(channel_rows.shape[0], np.inf)
-    return np.asarray(np.min(lowest_bit_exponent(channel_rows), axis=1), dtype=np.float64)
+    found, nonfinite = _lowest_bits(channel_rows)
+    least = found.min(axis=1)
+    result = np.where(least == _ZERO, np.inf, least.astype(np.float64))
+    return np.asarray(np.where(nonfinite.any(axis=1), np.nan, result), dtype=np.float64)
 
 
 def fits(total: np.ndarray, quantum_exponent: np.ndarray, dtype: str) -> np.ndarray:
@@ -83,7 +110,8 @@ def fits(total: np.ndarray, quantum_exponent: np.ndarray, dtype: str) -> np.ndar
 
 
 def exact_input_sums(values: np.ndarray, *, channel_axis: int, dtype: str) -> np.ndarray:
-    """Per channel: is the sum of these input values (exact numbers) formed exactly in ``dtype``?"""
+    """Per channel: is the sum of these input values (exact numbers, of any float type) formed exactly in
+    ``dtype``? (Their magnitudes are added in float64, their quanta read in their own type.)"""
     r = rows(values, channel_axis)
     finite = np.asarray(
         np.all(np.isfinite(r), axis=1), dtype=bool
@@ -93,10 +121,10 @@ def exact_input_sums(values: np.ndarray, *, channel_axis: int, dtype: str) -> np
     if not finite.all():
         r = np.where(finite[:, None], r, 0.0)
     head = r[:, :_SAMPLE]
-    exact = np.asarray(finite & fits(np.abs(head).sum(axis=1), quantum(head), dtype))
+    exact = np.asarray(finite & fits(np.abs(head.astype(np.float64)).sum(axis=1), quantum(head), dtype))
     if exact.any() and r.shape[1] > _SAMPLE:
         whole = r[exact]
-        exact[exact] = fits(np.abs(whole).sum(axis=1), quantum(whole), dtype)
+        exact[exact] = fits(np.abs(whole.astype(np.float64)).sum(axis=1), quantum(whole), dtype)
     return exact
 
 
