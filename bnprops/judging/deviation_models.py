@@ -331,7 +331,7 @@ def training_formula_dx(
     model = {**written.expected, "dx": dx_of(fresh, ctx.statistics)}
     with ignoring("invalid", "over"):
         tolerance = written.bounds_of(model, training_backward=True)["dx"]
-        dx = dx_of(case, ctx.statistics)
+        dx = model["dx"] if fresh is case else dx_of(case, ctx.statistics)
         if case.prior("data") is not None:
             tolerance = tolerance + SAFETY * unit_roundoff(case.dtype) * np.abs(dx)
     return dx, tolerance
