@@ -28,7 +28,7 @@ MXNET, DRAWING, STARTING = "MXNet", "drawing", "starting helper processes"
 BEFORE_SEARCH = "before the search"
 STARTUP_LABEL = f"{BEFORE_SEARCH}/{STARTING}"
 #: bnprops modules whose frames mean MXNet runs: the helper processes' callers, awaiting a call's result.
-_AWAITING = ("bnprops.judging.in_network", "bnprops.mx.sync", "bnprops.mx.worker")
+_AWAITING = ("bnprops.judging.in_network", "bnprops.mx.helper_process", "bnprops.mx.sync", "bnprops.mx.worker")
 #: Modules (prefixes) whose frames mean a side family's check runs.
 FAMILIES = {
     "bnprops.fuzzing.relation_findings": "relations",
