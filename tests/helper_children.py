@@ -1,8 +1,9 @@
 """Test-only helper processes for the base class's tests: no MXNet, so they start in a fraction of a second.
 
 BNPROPS_TEST_CHILD chooses the child: "serve" answers requests, "refuse" answers its start with something other
-than ready, "mute" never answers. A request is (what, value): echo it, raise it, sleep it, exit with it, complain
-on stderr and exit, or return something that cannot be pickled.
+than ready, "mute" never answers, "slow-import" takes a minute to import (as MXNet may on a loaded machine).
+A request is (what, value): echo it, raise it, sleep it, complain on stderr and exit, or return something that
+cannot be pickled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from bnprops.mx.helper_process import answer
 
 MODE = "BNPROPS_TEST_CHILD"
+if os.environ.get(MODE) == "slow-import":
+    time.sleep(60)
 
 
 def _call(request: tuple[str, Any]) -> Any:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from bnprops.mx.helper_process import HelperProcess, answer, close_shared, shared
+from bnprops.mx.helper_process import HelperProcess, answer, close_shared, environment_for, shared
 from tests.helper_children import MODE
 
 
@@ -26,11 +29,11 @@ class Refusing(Child):
 
 
 def gone(pid: int) -> bool:
+    """Has the process ended (a zombie has: its parent may be an init that does not reap)?"""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
         return True
-    return False
 
 
 def test_one_process_answers_many_requests_and_an_exception_raised_there_is_a_reply_not_a_crash() -> None:
@@ -151,3 +154,27 @@ def test_a_helper_for_a_backend_it_cannot_serve_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="runs on a CPU backend"):
         Child("cudnn")
     assert answer(["cudnn"], module="tests.helper_children", call=print) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_helper_still_importing_its_module_dies_with_the_process_that_launched_it() -> None:
+    parent = f"""
+import os, time
+from bnprops.mx.helper_process import HelperProcess
+class Slow(HelperProcess):
+    module = "tests.helper_children"
+    environment = {{"{MODE}": "slow-import"}}
+helper = Slow("native")
+helper.launch()
+print(helper.pid, flush=True)
+time.sleep(0.5)
+os._exit(0)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, env=environment_for("native"), timeout=60
+    )
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(pid), f"the helper (pid {pid}) outlived the process that launched it while importing its module"

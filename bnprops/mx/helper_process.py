@@ -39,6 +39,12 @@ CPU_BACKENDS = ("onednn", "native")
 #: How much of a dead helper's stderr an error quotes.
 STDERR_TAIL = 4000
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+#: The child's first statements: die with its parent before its module's imports (MXNet's take seconds; a parent
+#: killed meanwhile would leave it running them), then run the module as ``python -m`` would.
+_BOOT = (
+    "import runpy, sys; from bnprops.base import lifetime; lifetime.die_with_this_parent(); "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
 
 
 def write_message(stream: IO[bytes], payload: Any) -> None:
@@ -178,7 +184,7 @@ class HelperProcess:
         self._ready = False
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, self.backend],
+                [sys.executable, "-c", _BOOT, self.module, self.backend],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
