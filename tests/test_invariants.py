@@ -17,9 +17,9 @@ from bnprops.model.case import GRAD_TARGETS, GRADIENT_OF, NULL_BUFFER_OF, Case, 
 from bnprops.model.oracle import output_dtypes, reference
 from bnprops.mx.backends import runner_for
 from bnprops.mx.batching import split, stack
+from bnprops.mx.helper_process import environment_for
 from bnprops.mx.runners import BACKENDS, ENTRY_POINTS, IN_PROCESS_BACKEND, adapt
 from bnprops.mx.snippets import snippet
-from bnprops.mx.worker import environment_for
 from tests.helpers import one_channel_case, skip_unless_available
 from tests.planted_runners import turns_finite_into_nan, writes_gamma, writes_null_buffers
 

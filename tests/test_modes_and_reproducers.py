@@ -16,9 +16,9 @@ from bnprops.judging.known_deviations import KNOWN_DEVIATIONS, KnownDeviation
 from bnprops.model.case import Case
 from bnprops.mx import mxversion
 from bnprops.mx.backends import runner_for
+from bnprops.mx.helper_process import environment_for
 from bnprops.mx.runners import BACKENDS, ENTRY_POINTS, kernel_for, unavailable_reason
 from bnprops.mx.snippets import snippet
-from bnprops.mx.worker import environment_for
 from tests.helpers import skip_unless_available
 
 #: The deviations found on the entry points and backends: checked on every one of them.

@@ -48,16 +48,44 @@ ENGINE = ("hypothesis.core", "run_engine")
             "relations/oracle and bounds",
         ),
         (
-            (ENGINE, EXPLORE, ("bnprops.fuzzing.network_findings", "check"), ("bnprops.judging.in_network", "call")),
+            (
+                ENGINE,
+                EXPLORE,
+                ("bnprops.fuzzing.network_findings", "check"),
+                ("bnprops.judging.in_network", "call"),
+                ("bnprops.mx.helper_process", "_read_exactly"),
+            ),
             "networks/MXNet",
         ),
         (
-            (EXPLORE, ("bnprops.fuzzing.network_findings", "check"), ("bnprops.judging.in_network", "_start")),
+            (EXPLORE, ("bnprops.fuzzing.network_findings", "check"), ("bnprops.mx.helper_process", "_start")),
             "networks/starting helper processes",
         ),
         (
-            (("bnprops.fuzzing.worker", "start_helpers"), ("bnprops.judging.in_network", "_start")),
+            (("bnprops.fuzzing.worker", "start_helpers"), ("bnprops.mx.helper_process", "_start")),
             STARTUP_LABEL,
+        ),
+        (
+            (
+                EXPLORE,
+                ("bnprops.fuzzing.network_findings", "check"),
+                ("bnprops.judging.in_network", "check_chain"),
+                ("bnprops.mx.helper_process", "exchange"),
+            ),
+            "networks/MXNet",
+        ),
+        (
+            (
+                EXPLORE,
+                ("bnprops.fuzzing.network_findings", "check"),
+                ("bnprops.judging.in_network", "check_chain"),
+                ("bnprops.judging.comparator", "compare_pair"),
+            ),
+            "networks/comparator",
+        ),
+        (
+            (EXPLORE, ("bnprops.fuzzing.member_findings", "check"), ("bnprops.mx.sync", "unexpressible_reason")),
+            "members/preparing calls",
         ),
     ],
 )

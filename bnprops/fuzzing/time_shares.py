@@ -27,8 +27,9 @@ MXNET, DRAWING, STARTING = "MXNet", "drawing", "starting helper processes"
 #: stated beside the shares, with the ratio they would make among them, not in the shares.
 BEFORE_SEARCH = "before the search"
 STARTUP_LABEL = f"{BEFORE_SEARCH}/{STARTING}"
-#: bnprops modules whose frames mean MXNet runs: the helper processes' callers, awaiting a call's result.
-_AWAITING = ("bnprops.judging.in_network", "bnprops.mx.sync", "bnprops.mx.worker")
+#: The bnprops module whose frames mean MXNet runs: a helper process's call awaited (mx.helper_process), not its
+#: callers', whose own work (a chain's plain call judged, a sync case checked) is bnprops's.
+_AWAITING = ("bnprops.mx.helper_process",)
 #: Modules (prefixes) whose frames mean a side family's check runs.
 FAMILIES = {
     "bnprops.fuzzing.relation_findings": "relations",

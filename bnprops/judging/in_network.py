@@ -18,26 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from bnprops.base import lifetime
 from bnprops.judging.checks import Outcome, check
 from bnprops.judging.comparator import Verdict, compare_pair
 from bnprops.judging.known_deviations import NETWORK_DEVIATIONS, NetworkDeviation
 from bnprops.model.case import QUANTITIES, Case, Outputs
 from bnprops.mx.backends import runner_for
+from bnprops.mx.helper_process import HelperProcess, answer, close_shared, shared
 from bnprops.mx.network_kernel import draw
 from bnprops.mx.producers import Chain
 from bnprops.mx.runners import IN_PROCESS_BACKEND, Runner, kernel_for, onednn_follows_layout
-from bnprops.mx.worker import environment_for, read_message, write_message
 
 #: The entry point of the plain call for each API (gluon-hybrid: BatchNorm alone, hybridized).
 ENTRY_OF = {"nd": "nd", "gluon": "gluon", "gluon-hybrid": "gluon-hybrid", "sym": "sym"}
@@ -45,8 +40,6 @@ FINDING_KINDS = ("differs", "oracle", "raises", "crashes")
 #: What the in-network run is, by default: network_kernel.run_in_network, named as module:function so a
 #: worker process can import it (tests name planted ones).
 DEFAULT_RUNNER = "bnprops.mx.network_kernel:run_in_network"
-CALL_TIMEOUT_S = 300.0
-START_TIMEOUT_S = 180.0
 
 
 def known_deviation(finding: ChainFinding) -> NetworkDeviation | None:
@@ -128,64 +121,19 @@ def _run_here(chain: Chain, runner: str) -> Outputs:
         raise ChainRaised(f"{type(exc).__name__}: {exc}") from exc
 
 
-class NetworkWorker:
-    """A worker process that runs chains for one CPU backend; a crash is a ChainCrashed, then a fresh process."""
+class NetworkWorker(HelperProcess):
+    """A worker process that runs chains (or any module:function) for one CPU backend: RuntimeError where it cannot
+    start, ChainRaised where the function raised, ChainCrashed where it died or hung, then a fresh process."""
 
-    def __init__(self, backend: str, *, call_timeout: float = CALL_TIMEOUT_S) -> None:
-        if backend not in ("onednn", "native"):
-            raise ValueError(f"a chain runs on a CPU backend ('onednn' or 'native'), not {backend!r}")
-        self.backend = backend
-        self.call_timeout = call_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        #: Has the running process said "ready"? (A launched one has not yet.)
-        self._ready = False
-        self._stderr: IO[bytes] | None = None
+    module = "bnprops.judging.in_network"
+    name = "chain"
 
-    def launch(self) -> None:
-        """Start the process, if none runs, without waiting for it: it imports MXNet while the caller goes on, and
-        the first call waits for what is left of its start-up."""
-        if not self._alive():
-            self._launch()
+    def crashed(self, message: str) -> Exception:
+        return ChainCrashed(message)
 
-    def wait_ready(self) -> None:
-        """Wait until the process (launched, if none runs) has said "ready"; RuntimeError if it cannot."""
-        if not (self._alive() and self._ready):
-            self._start()
-
-    def _alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        self.close()
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process)
-        self._ready = False
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bnprops.judging.in_network", self.backend],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=lifetime.child_environment(environment_for(self.backend)),
-        )
-        return self._proc
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        """A ready process: one launched where none runs, then its "ready" awaited."""
-        proc = self._proc if self._proc is not None and self._alive() else self._launch()
-        assert proc.stdout is not None
-        try:
-            hello = read_message(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S)
-        except (EOFError, TimeoutError) as exc:
-            raise RuntimeError(f"the {self.backend} chain worker did not start:\n{self._tail()}") from exc
-        if hello != ("ready", self.backend):
-            raise RuntimeError(f"the {self.backend} chain worker answered {hello!r}:\n{self._tail()}")
-        self._ready = True
-        return proc
-
-    def _tail(self, limit: int = 3000) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")[-limit:]
+    def describe(self, request: Any) -> str:
+        _, runner = request
+        return str(runner)
 
     def run(self, chain: Chain, runner: str = DEFAULT_RUNNER) -> Outputs:
         outputs: Outputs = self.call(chain.to_dict(), runner)
@@ -193,53 +141,18 @@ class NetworkWorker:
 
     def call(self, spec: dict[str, Any], runner: str) -> Any:
         """``runner(spec)`` (module:function) in the worker process: what it returns, or ChainRaised / ChainCrashed."""
-        proc = self._proc if self._proc is not None and self._alive() and self._ready else self._start()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            write_message(proc.stdin, (spec, runner))
-            status, payload = read_message(proc.stdout.fileno(), time.monotonic() + self.call_timeout)
-        except (EOFError, BrokenPipeError, TimeoutError) as exc:
-            hung = isinstance(exc, TimeoutError)
-            if hung:
-                proc.kill()
-            code = proc.wait()
-            tail = self._tail()
-            self.close()
-            why = f"hung for {self.call_timeout:.0f} s" if hung else f"died (exit status {code})"
-            raise ChainCrashed(f"the {self.backend} process {why}; its stderr ends:\n{tail}") from exc
+        status, payload = self.exchange((spec, runner))
         if status == "ok":
             return payload
         raise ChainRaised(str(payload))
 
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None and proc.stdin is not None:
-                proc.stdin.close()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-
-_WORKERS: dict[str, NetworkWorker] = {}
-
 
 def worker_for(backend: str) -> NetworkWorker:
-    if backend not in _WORKERS:
-        _WORKERS[backend] = NetworkWorker(backend)
-    return _WORKERS[backend]
+    return shared(NetworkWorker, backend)
 
 
 def close_workers() -> None:
-    for worker in _WORKERS.values():
-        worker.close()
+    close_shared(NetworkWorker)
 
 
 def run_chain(
@@ -352,31 +265,14 @@ def assert_chain_ok(chain: Chain, **options: Any) -> Result:
     return result
 
 
+def _call(request: tuple[dict[str, Any], str]) -> Any:
+    spec, runner = request
+    return _resolve(runner)(spec)
+
+
 def main(argv: list[str]) -> int:
     """The worker's side: answer (spec, runner) requests on stdin until it closes."""
-    if len(argv) != 1 or argv[0] not in ("onednn", "native"):
-        print("usage: python -m bnprops.judging.in_network {onednn,native}", file=sys.stderr)
-        return 2
-    lifetime.die_with_this_parent()
-    channel = os.fdopen(os.dup(1), "wb")  # the protocol's; whatever MXNet prints goes to stderr
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    from bnprops.mx import runners
-
-    if argv[0] != runners.IN_PROCESS_BACKEND:
-        write_message(channel, ("wrong backend", runners.IN_PROCESS_BACKEND))
-        return 1
-    write_message(channel, ("ready", argv[0]))
-    while True:
-        try:
-            spec, runner = read_message(sys.stdin.buffer.fileno(), None)
-        except EOFError:
-            return 0
-        try:
-            reply: tuple[str, Any] = ("ok", _resolve(runner)(spec))
-        except Exception as exc:
-            reply = ("raises", f"{type(exc).__name__}: {exc}")
-        write_message(channel, reply)
+    return answer(argv, module=NetworkWorker.module, call=_call, error=lambda exc: f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

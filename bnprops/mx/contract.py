@@ -18,7 +18,7 @@ import subprocess
 import sys
 from typing import Any
 
-from bnprops.mx.worker import environment_for
+from bnprops.mx.helper_process import environment_for
 
 PARAMETERS = ("gamma", "beta", "moving_mean", "moving_var")
 CHANNELS = 3

@@ -8,7 +8,6 @@ SyncBatchNorm's barrier (a key or device-count mismatch) is killed with its work
 
 from __future__ import annotations
 
-import atexit
 import functools
 from collections.abc import Callable
 from typing import ClassVar
@@ -18,12 +17,10 @@ import numpy as np
 from bnprops.model.case import WRITE_ALL, Case, Outputs
 from bnprops.model.sync import applied, device_split
 from bnprops.mx import mxversion
+from bnprops.mx.helper_process import START_TIMEOUT_S, shared
 from bnprops.mx.runners import IN_PROCESS_BACKEND
 from bnprops.mx.sync_calls import ENGINE
-from bnprops.mx.worker import (
-    START_TIMEOUT_S,
-    Worker,
-)
+from bnprops.mx.worker import Worker
 
 ENTRIES = ("sync-nd", "sync-sym", "sync-gluon")
 #: A sync case is small; a call that takes longer waits at a barrier that will never open.
@@ -96,20 +93,9 @@ class SyncWorker(Worker):
         self.kernel = kernel
 
 
-_WORKERS: dict[str, SyncWorker] = {}
-
-
 def worker_for(kernel: str) -> SyncWorker:
     """The shared sync worker of a CPU kernel, created on first use."""
-    if kernel not in _WORKERS:
-        _WORKERS[kernel] = SyncWorker(kernel)
-    return _WORKERS[kernel]
-
-
-@atexit.register
-def close_all() -> None:
-    for worker in list(_WORKERS.values()):
-        worker.close()
+    return shared(SyncWorker, kernel)
 
 
 def run(case: Case, *, entry: str, kernel: str = IN_PROCESS_BACKEND) -> Outputs:

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from bnprops.base import lifetime
 from bnprops.model.case import Case, Outputs
 from bnprops.model.sync import device_split, offsets
-from bnprops.mx.worker import protocol_channel, serve, write_message
+from bnprops.mx.helper_process import answer
 
 #: The environment SyncBatchNorm needs (set before mxnet is imported).
 ENGINE = {"MXNET_ENGINE_TYPE": "ThreadedEnginePerDevice", "MXNET_CPU_WORKER_NTHREADS": "2"}
@@ -183,21 +182,25 @@ def run_sym(case: Case) -> Outputs:
 CALLS = {"sync-nd": run_nd, "sync-sym": run_sym, "sync-gluon": run_gluon}
 
 
-def main(argv: list[str]) -> int:
-    """The worker's side: answer (entry, case) requests on stdin until it closes."""
-    if len(argv) != 1 or argv[0] not in ("onednn", "native"):
-        print("usage: python -m bnprops.mx.sync_calls {onednn,native}", file=sys.stderr)
-        return 2
-    lifetime.die_with_this_parent()
-    channel = protocol_channel()
+def _wrong_engine(kernel: str) -> tuple[str, dict[str, str | None]] | None:
+    """The refusal of a process without the engine SyncBatchNorm needs (None: it has it, and MXNet is loaded before
+    the first request, so that a call's timeout is the call's)."""
     engine = {k: os.environ.get(k) for k in ENGINE}
     if engine != ENGINE:
-        write_message(channel, ("wrong engine", engine))
-        return 1
-    import mxnet  # noqa: F401 (loaded before the first request, so that a call's timeout is the call's)
+        return ("wrong engine", engine)
+    import mxnet  # noqa: F401
 
-    write_message(channel, ("ready", argv[0]))
-    return serve(channel, CALLS.__getitem__)
+    return None
+
+
+def _call(request: tuple[str, Case]) -> Outputs:
+    entry, case = request
+    return CALLS[entry](case)
+
+
+def main(argv: list[str]) -> int:
+    """The worker's side: answer (entry, case) requests on stdin until it closes."""
+    return answer(argv, module="bnprops.mx.sync_calls", call=_call, refusal=_wrong_engine)
 
 
 if __name__ == "__main__":
