@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bnprops.model.exactness import lowest_bit_exponent, quantum
+from bnprops.model.exactness import lowest_bit_exponent, quantum, sums_exactly
 
 WIDTHS = {"float16": 16, "float32": 32, "float64": 64}
 
@@ -61,3 +61,21 @@ def test_a_rows_quantum_is_its_least_exponent_in_its_own_type_as_in_float64(dtyp
 def test_a_row_of_zeros_has_an_infinite_quantum_and_no_row_none() -> None:
     assert quantum(np.zeros((2, 3), np.float16)).tolist() == [math.inf, math.inf]
     assert quantum(np.zeros((2, 0))).tolist() == [math.inf, math.inf]
+
+
+@given(
+    a=st.floats(width=32) | st.floats(),
+    b=st.floats(allow_nan=False, allow_infinity=False),
+    total=st.floats(width=32) | st.floats(),
+)
+def test_a_sum_is_exact_where_its_rationals_add_up(a: float, b: float, total: float) -> None:
+    found = bool(sums_exactly(np.array([a]), b, np.array([total]))[0])
+    finite = math.isfinite(a) and math.isfinite(total)
+    assert found == (finite and Fraction(a) + Fraction(b) == Fraction(total)), (a, b, total)
+
+
+@given(a=st.floats(allow_nan=False, allow_infinity=False), b=st.floats(allow_nan=False, allow_infinity=False))
+def test_a_sum_float64_rounded_is_exact_where_nothing_was_lost(a: float, b: float) -> None:
+    total = np.array([a]) + b
+    found = bool(sums_exactly(np.array([a]), b, total)[0])
+    assert found == (math.isfinite(total[0]) and Fraction(a) + Fraction(b) == Fraction(float(total[0])))

@@ -44,6 +44,7 @@ from bnprops.model.exactness import (
     quantum,
     representable,
     rows,
+    sums_exactly,
 )
 from bnprops.model.formulas import Terms, V1Terms, bound_dx, bound_y, normalised, v1_dx_extra
 from bnprops.model.oracle import eps_as_applied, momentum_as_applied, per_channel
@@ -215,12 +216,7 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
     with ignoring("invalid", "divide"):
         root = np.sqrt(s2)
         pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
-    sum_ok = np.array(
-        [
-            bool(np.isfinite(v) and np.isfinite(t)) and Fraction(float(v)) + Fraction(eps) == Fraction(float(t))
-            for v, t in zip(var, s2, strict=True)
-        ]
-    )
+    sum_ok = sums_exactly(var, eps, s2)
     inv_ok = var_ok & eps_ok & pow4 & sum_ok
     # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed. Each product is
     # rounded to the compute type first (float16's kernel: half_t times half_t is half_t), so it must fit there too.

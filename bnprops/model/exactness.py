@@ -128,6 +128,17 @@ def exact_input_sums(values: np.ndarray, *, channel_axis: int, dtype: str) -> np
     return exact
 
 
+def sums_exactly(a: np.ndarray, b: float, total: np.ndarray) -> np.ndarray:
+    """Element-wise: is ``a + b`` exactly ``total`` (all finite)? Knuth's TwoSum: float64's sum of the two, and
+    what it lost, which is exactly 0 where the sum is exact."""
+    a, total = np.asarray(a, dtype=np.float64), np.asarray(total, dtype=np.float64)
+    with ignoring("invalid", "over"):
+        s = a + b
+        b_part = s - a
+        lost = (a - (s - b_part)) + (b - b_part)
+        return np.asarray(np.isfinite(a) & np.isfinite(total) & (s == total) & (lost == 0), dtype=bool)
+
+
 def exact_quotients(numerators: list[Fraction | None], divisor: int, quotients: np.ndarray) -> np.ndarray:
     """Per channel: is ``quotient * divisor`` exactly the (exact) numerator, so that dividing is exact? (None: no
     exact numerator.)"""
