@@ -6,15 +6,19 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bnprops.fuzzing.catalogue import ACCURACY, UNRECORDED, classify
-from bnprops.judging import judgement
+from bnprops.judging import comparator, judgement
 from bnprops.judging.checks import assert_matches_oracle, check
 from bnprops.judging.deviation_models import Context, Prediction
 from bnprops.judging.deviations.native_zero_variance_eps0 import NATIVE_ZERO_VARIANCE_EPS0
+from bnprops.model.case import QUANTITIES
 from bnprops.model.evaluation import evaluate
 from bnprops.model.oracle import reference
-from tests.helpers import one_channel_case
+from bnprops.search.strategies import cases
+from tests.helpers import budget, one_channel_case
 
 ZERO_VARIANCE_EPS0 = NATIVE_ZERO_VARIANCE_EPS0
 
@@ -151,3 +155,75 @@ def test_a_deviation_modelled_as_the_deterministic_bound_does_not_excuse_a_misma
     )
     outcome = check(case, runner=far, entry="test-double", quantities=("dbeta",))
     assert [m.kind for m in outcome.unexpected] == ["unrecorded"]
+
+
+def _outputs_off_by(case, data) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The oracle's outputs in each quantity's dtype, some elements moved: by a few bounds, to NaN or inf."""
+    ev = evaluate(case, "reference")
+    outputs = {}
+    for q, expected in ev.expected.items():
+        values = np.array(expected, dtype=np.float64)
+        if values.size and data.draw(st.booleans(), label=f"touch {q}"):
+            i = data.draw(st.integers(0, values.size - 1), label=f"element of {q}")
+            bound = float(np.broadcast_to(ev.bound[q], values.shape).flat[i])
+            how = data.draw(st.sampled_from(["bounds", "nan", "inf", "-inf"]), label=f"how {q}")
+            change = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
+            moved = (
+                values.flat[i] + data.draw(st.floats(-4, 4), label="bounds") * bound if how == "bounds" else change[how]
+            )
+            values.flat[i] = moved
+        outputs[q] = values.astype(ev.dtypes[q])
+    return outputs
+
+
+def _assert_one_pass_judges_as_each_alone(case, outputs) -> None:  # type: ignore[no-untyped-def]
+    ev = evaluate(case, "reference")
+    verdict = comparator._verdict(ev, outputs, ev.expected, ev.bound, ev.sharp, QUANTITIES, {})
+    alone, ratios, sharp = [], {}, {}
+    for q in QUANTITIES:
+        if q not in ev.expected:
+            continue
+        judged = comparator.judged_elements(case, q, ev.expected[q].shape, ev.undetermined)
+        found = comparator._compare_one(
+            q, ev.expected[q], np.asarray(outputs[q]), ev.bound[q], ev.dtypes[q], judged, ev.sharp[q]
+        )
+        alone += [] if found[0] is None else [found[0]]
+        ratios[q], sharp[q] = found[1], found[2]
+    assert [(m.quantity, m.kind, m.count, m.index) for m in verdict.mismatches] == [
+        (m.quantity, m.kind, m.count, m.index) for m in alone
+    ]
+    assert verdict.ratios == ratios
+    assert verdict.sharp_ratios == sharp
+
+
+@settings(max_examples=budget(0.5), deadline=None)
+@given(case=cases(max_elements=600), data=st.data())
+def test_a_cases_quantities_judged_in_one_pass_are_judged_as_each_alone(case, data) -> None:  # type: ignore[no-untyped-def]
+    _assert_one_pass_judges_as_each_alone(case, _outputs_off_by(case, data))
+
+
+def test_one_pass_maps_an_inf_past_each_quantitys_own_overflow_threshold() -> None:
+    # float16 y beyond 65520 (its overflow threshold) rounds to inf: MXNet's right answer, in one pass as alone.
+    case = one_channel_case(
+        [1.0, 2.0, 3.0, 4.0],
+        dtype="float16",
+        beta=np.full(1, 65000.0, np.float32),
+        gamma=np.full(1, 1000.0, np.float32),
+    )
+    ev = evaluate(case, "reference")
+    outputs = {q: np.asarray(v).astype(ev.dtypes[q]) for q, v in ev.expected.items()}
+    assert np.isinf(outputs["y"]).any()
+    assert comparator._verdict(ev, outputs, ev.expected, ev.bound, ev.sharp, QUANTITIES, {}).ok
+    _assert_one_pass_judges_as_each_alone(case, outputs)
+
+
+def test_one_pass_keeps_an_inf_below_a_quantitys_own_overflow_threshold_a_finding() -> None:
+    # dgamma (float32 for float16 data) near 9e4: inf is wrong there, though it would be right for float16 y.
+    case = one_channel_case([1.0, 2.0, 3.0, 4.0], dtype="float16", dy=[-30000.0, -10000.0, 10000.0, 30000.0])
+    ev = evaluate(case, "reference")
+    outputs = {q: np.asarray(v).astype(ev.dtypes[q]) for q, v in ev.expected.items()}
+    assert 65520 < abs(float(ev.expected["dgamma"][0])) < 1e6
+    outputs["dgamma"] = np.full(1, np.inf, np.float32)
+    verdict = comparator._verdict(ev, outputs, ev.expected, ev.bound, ev.sharp, QUANTITIES, {})
+    assert [m.quantity for m in verdict.mismatches] == ["dgamma"]
+    _assert_one_pass_judges_as_each_alone(case, outputs)

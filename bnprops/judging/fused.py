@@ -170,11 +170,9 @@ def element(ev: FusedEvaluation, quantity: str, index: tuple[int, ...]) -> tuple
     return (values[0], values[1], values[2]) if which == 0 else (values[1], values[2], values[3])
 
 
-def is_near(ratio: np.ndarray, sharp_ratio: np.ndarray | None = None) -> bool:
+def is_near(worst: float, sharp: float = 0.0) -> bool:
     """Is a quantity's finding decided by a ratio within CLOSE of 1: its worst error/bound, or, where that is
     within the bound, its worst error/sharp bound (on the fused engine's values the reference must decide it)?"""
-    worst = float(ratio.max()) if ratio.size else 0.0
-    sharp = float(sharp_ratio.max()) if sharp_ratio is not None and sharp_ratio.size else 0.0
     return abs(worst - 1) <= CLOSE or (worst <= 1 and abs(sharp - 1) <= CLOSE)
 
 
