@@ -433,11 +433,9 @@ def _compare_plain(plain: dict[str, _Plain], *, watch: Evaluation) -> dict[str, 
     sizes = [p.expected.size for p in items]
     expected = np.concatenate([np.ravel(p.expected) for p in items]).astype(np.float64, copy=False)
     actual = np.concatenate([np.ravel(p.actual.astype(np.float64)) for p in items])
-    bound = np.concatenate([np.ravel(np.broadcast_to(p.bound, p.expected.shape)) for p in items])
-    sharp = np.concatenate(
-        [np.ravel(np.broadcast_to(p.bound if p.sharp is None else p.sharp, p.expected.shape)) for p in items]
-    )
-    judged = np.concatenate([np.ravel(np.broadcast_to(p.judged, p.expected.shape)) for p in items])
+    bound = np.concatenate([_flat(p.bound, p.expected.shape) for p in items])
+    sharp = np.concatenate([_flat(p.bound if p.sharp is None else p.sharp, p.expected.shape) for p in items])
+    judged = np.concatenate([_flat(p.judged, p.expected.shape) for p in items])
     threshold = np.repeat([overflow_threshold(p.dtype) for p in items], sizes)
     _, pattern, _, ratio, sharp_ratio = _element_ratios(expected, actual, bound, threshold, judged, sharp)
     starts = np.cumsum([0, *sizes[:-1]])
@@ -451,6 +449,11 @@ def _compare_plain(plain: dict[str, _Plain], *, watch: Evaluation) -> dict[str, 
             _mark_close(watch)
         found[q] = (None, float(worst[i]), float(worst_sharp[i]))
     return found
+
+
+def _flat(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``values`` broadcast to ``shape``, flattened (broadcast only where needed: it costs more than the rest)."""
+    return np.ravel(values if np.shape(values) == shape else np.broadcast_to(values, shape))
 
 
 class Comparison:
