@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from bnprops.model.case import Case
+from bnprops.model.case import Case, dtype_name
 from bnprops.mx.runners import run_symbolic
 from bnprops.mx.snippets import snippet
 from bnprops.search.strategies import cases
@@ -70,3 +70,8 @@ def test_the_snippet_runs_alone_and_prints_what_the_runner_returns() -> None:
     dgamma_line = next(line for line in result.stdout.splitlines() if line.startswith("dgamma "))
     printed = np.array(dgamma_line.split("[")[1].split("]")[0].split(), dtype=np.float32)
     assert printed.tobytes() == out["dgamma"].tobytes()
+
+
+@pytest.mark.parametrize("name", ["float16", "float32", "float64", ">f4", "int64", "complex64", "bool"])
+def test_a_dtypes_looked_up_name_is_its_str(name: str) -> None:
+    assert dtype_name(np.dtype(name)) == str(np.dtype(name))

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import planted_runners as planted
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bnprops.commands import cli
 from bnprops.fuzzing import campaign, causes, history, plan
-from bnprops.fuzzing.catalogue import KNOWN, MISMATCH, Catalogue, Entry, Signature
+from bnprops.fuzzing.catalogue import _REDUCTION_RANK, KNOWN, MISMATCH, Catalogue, Entry, Signature, preferred, rank
 from bnprops.fuzzing.report import markdown as report_markdown
 from bnprops.fuzzing.report.model import Report
 from bnprops.mx.runners import IN_PROCESS_BACKEND
@@ -158,3 +160,20 @@ def test_signatures_are_one_cause_when_only_where_they_showed_differs() -> None:
     assert by_key["mismatch:dx"].where("entry") == ("gluon", "nd")
     assert by_key["known:empty-batch-nan"].count == 2 and not by_key["known:empty-batch-nan"].new
     assert [c.new for c in found] == [True, True, False]  # new causes first
+
+
+@given(
+    sizes=st.lists(
+        st.tuples(st.integers(1, 3), st.integers(1, 3), st.sampled_from(sorted(_REDUCTION_RANK))),
+        min_size=2,
+        max_size=2,
+    ),
+    eps=st.sampled_from([1e-3, 1e-5, 0.1]),
+)
+def test_an_entrys_example_is_preferred_as_its_rank_says(sizes, eps) -> None:  # type: ignore[no-untyped-def]
+    sig = Signature(MISMATCH, "y", "sym", IN_PROCESS_BACKEND, "float64", "", "ordinary")
+    entries = [
+        Entry(sig, 1, one_channel_case([1.0] * (rows * cols), eps=eps), reduction) for rows, cols, reduction in sizes
+    ]
+    first, second = entries
+    assert preferred(first, second) == (rank(first) < rank(second))

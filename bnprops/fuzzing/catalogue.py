@@ -159,7 +159,12 @@ def classify_error(case: Case, error: BaseException, *, entry: str, backend: str
 
 def case_size(case: Case) -> tuple[int, int, int]:
     """The order in which a smaller case is preferred as an example: elements, dimensions, then JSON length."""
-    return (int(case.x.size), int(case.x.ndim), len(case.to_json()))
+    return (*_coarse_size(case), len(case.to_json()))
+
+
+def _coarse_size(case: Case) -> tuple[int, int]:
+    """case_size without its JSON length (the costly part): elements, then dimensions."""
+    return (int(case.x.size), int(case.x.ndim))
 
 
 @dataclasses.dataclass
@@ -195,7 +200,7 @@ class Entry:
         if other.signature != self.signature:
             raise ValueError(f"cannot merge entries for {other.signature} into {self.signature}")
         self.count += other.count
-        if rank(other) < rank(self):
+        if preferred(other, self):
             self.case, self.reduction, self.detail = other.case, other.reduction, other.detail
             self.relation, self.network, self.sequence = other.relation, other.network, other.sequence
             self.replay, self.lifecycle = other.replay, other.lifecycle
@@ -243,6 +248,17 @@ def rank(entry: Entry) -> tuple[int, tuple[int, int, int]]:
     else:
         size = case_size(entry.case)
     return (_REDUCTION_RANK.get(entry.reduction, 3), size)
+
+
+def preferred(entry: Entry, other: Entry) -> bool:
+    """Is ``entry``'s example preferred to ``other``'s (rank)? A case's JSON length is written only where its
+    reduction, elements and dimensions tie: a known deviation's thousands of examples seldom do."""
+    if entry.sequence is None and entry.network is None and other.sequence is None and other.network is None:
+        first = (_REDUCTION_RANK.get(entry.reduction, 3), _coarse_size(entry.case))
+        second = (_REDUCTION_RANK.get(other.reduction, 3), _coarse_size(other.case))
+        if first != second:
+            return first < second
+    return rank(entry) < rank(other)
 
 
 def _sequence_size(sequence: str) -> tuple[int, int, int]:

@@ -12,6 +12,16 @@ from typing import Any, TypeVar
 import numpy as np
 
 DTYPES = ("float16", "float32", "float64")
+#: dtype -> its name: numpy's str(dtype) runs Python code each time, and every case asks many times.
+_DTYPE_NAMES = {np.dtype(name): name for name in (*DTYPES, "bool", "int8", "uint8", "int32", "int64")}
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """str(dtype), looked up."""
+    name = _DTYPE_NAMES.get(dtype)
+    return str(dtype) if name is None else name
+
+
 #: The operator's defaults (src/operator/nn/batch_norm-inl.h, BatchNormParam).
 DEFAULT_EPS = 1e-3
 DEFAULT_MOMENTUM = 0.9
@@ -123,7 +133,7 @@ class Case:
     # Derived facts the oracle, runners and comparator share.
     @functools.cached_property
     def dtype(self) -> str:
-        return str(self.x.dtype)
+        return dtype_name(self.x.dtype)
 
     @functools.cached_property
     def shape(self) -> tuple[int, ...]:
@@ -232,7 +242,7 @@ def with_channel_axis(case: Case, axis: int) -> Case:
 
 def _validate(case: Case) -> None:
     """A Case is a valid BatchNorm call, or ValueError says what is wrong."""
-    dtype = str(case.x.dtype)
+    dtype = dtype_name(case.x.dtype)
     if dtype not in DTYPES:
         raise ValueError(f"x has dtype {dtype}; bnprops cases are one of {DTYPES}")
     ndim = case.x.ndim
@@ -246,7 +256,7 @@ def _validate(case: Case) -> None:
     pdt = param_dtype(dtype)
     for name in ("gamma", "beta", "moving_mean", "moving_var"):
         arr = getattr(case, name)
-        if arr.shape != (channels,) or str(arr.dtype) != pdt:
+        if arr.shape != (channels,) or dtype_name(arr.dtype) != pdt:
             raise ValueError(
                 f"{name} must be {pdt} of shape ({channels},) for axis {case.axis} of {case.x.shape}, "
                 f"got {arr.dtype}{arr.shape}"
@@ -279,7 +289,7 @@ def _validate_requests(case: Case, pdt: str) -> None:
                 raise ValueError(f"{field} is given but grad_req for {target} is {req!r}, not 'add'")
             continue
         shape, dtype = (case.x.shape, case.dtype) if target == "data" else ((case.channels,), pdt)
-        if prior is None or prior.shape != shape or str(prior.dtype) != dtype:
+        if prior is None or prior.shape != shape or dtype_name(prior.dtype) != dtype:
             got = "nothing" if prior is None else f"{prior.dtype}{prior.shape}"
             raise ValueError(f"grad_req 'add' for {target} needs {field} of {dtype}{shape}, got {got}")
 
@@ -341,7 +351,7 @@ def _digest(case: Case) -> bytes:
     for field in dataclasses.fields(case):
         value = getattr(case, field.name)
         if isinstance(value, np.ndarray):
-            digest.update(f"{field.name}:{value.dtype}{value.shape}".encode())
+            digest.update(f"{field.name}:{dtype_name(value.dtype)}{value.shape}".encode())
             digest.update(np.ascontiguousarray(value).tobytes())
         else:
             digest.update(f"{field.name}={value!r};".encode())
