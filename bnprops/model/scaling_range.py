@@ -20,6 +20,7 @@ import numpy as np
 
 from bnprops.base.float_warnings import ignoring
 from bnprops.model.case import Case
+from bnprops.model.exactness import lowest_bit_exponent
 from bnprops.model.params import parsed
 
 # ---------------------------------------------------------------------------------------------------
@@ -74,15 +75,8 @@ def _quantum(value: float, fmt: _Format) -> float:
 
 def _low_bits(values: np.ndarray) -> np.ndarray:
     """Per element, the exponent of the lowest set bit (inf for 0 and non-finite values)."""
-    v = np.abs(values.astype(np.float64))
-    usable = np.isfinite(v) & (v != 0)
-    out = np.full(v.shape, np.inf)
-    if usable.any():
-        mantissa, exponent = np.frexp(v[usable])
-        ints = (mantissa * 2.0**53).astype(np.int64)
-        lowest = ints & -ints
-        out[usable] = exponent - 53 + (np.frexp(lowest.astype(np.float64))[1] - 1)
-    return out
+    found = lowest_bit_exponent(values)
+    return np.where(np.isnan(found), np.inf, found)
 
 
 def _high_bit(values: np.ndarray) -> float:
