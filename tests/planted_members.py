@@ -48,3 +48,12 @@ SUBJECTS: dict[str, Subject] = {
 
 def subject(member: str) -> Callable[[Case], Outputs]:
     return SUBJECTS[member].run
+
+
+def segfaults(spec: dict[str, object]) -> Outputs:
+    """A member call that kills its process as a segfault inside MXNet does (MXNet's handler reports it, exits 255)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+    raise AssertionError("still alive after SIGSEGV")

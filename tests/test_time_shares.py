@@ -3,22 +3,35 @@ report's shares and ratio add up."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
 from bnprops.fuzzing import time_shares
-from bnprops.fuzzing.time_shares import STARTUP_LABEL, StackSampler, classify, lines, shares
+from bnprops.fuzzing.time_shares import (
+    STARTUP_LABEL,
+    StackReader,
+    StackSampler,
+    classify,
+    lines,
+    module_of_file,
+    shares,
+    stack_in_dump,
+)
 
 
 def _called_through(*levels: tuple[str, str], innermost: Callable[[], object]) -> object:
-    """``innermost()`` called through a stack of functions, one per (module, function name), outermost first."""
+    """``innermost()`` called through a stack of functions, one per (module, function name), outermost first; each
+    function's module is its ``__name__`` and its source file's place under bnprops's root (as the sampler reads)."""
     call = innermost
     for module, name in reversed(levels):
         namespace = {"__name__": module, "inner": call}
-        exec(f"def {name}():\n    return inner()", namespace)
+        source = os.path.join(time_shares._OWN_ROOT, *module.split(".")) + ".py"
+        exec(compile(f"def {name}():\n    return inner()", source, "exec"), namespace)
         call = namespace[name]
     return call()
 
@@ -146,10 +159,10 @@ def test_a_sample_weighs_its_time_so_python_and_released_gil_time_count_alike() 
 
 
 def test_a_stack_that_cannot_be_read_is_counted_apart_and_the_sampler_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    def torn(frame: object) -> str:
-        raise AttributeError("'str' object has no attribute 'get'")  # as a frame torn down under the walk reads
+    def torn(stack: object) -> str:
+        raise ValueError("a dump the parser did not expect")
 
-    monkeypatch.setattr(time_shares, "classify", torn)
+    monkeypatch.setattr(time_shares, "classify_stack", torn)
     with StackSampler(interval_s=0.005) as sampler:
         time.sleep(0.2)
     assert set(sampler.counts) == {time_shares.UNREAD}
@@ -161,3 +174,64 @@ def test_the_sampled_thread_yields_the_gil_soon_while_sampled_and_as_before_afte
     with StackSampler():
         assert sys.getswitchinterval() <= time_shares.SWITCH_INTERVAL_S
     assert sys.getswitchinterval() == before
+
+
+def test_the_sampler_reads_the_sampled_stack_without_another_threads_frame_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Walking another thread's frame objects crashed fuzz workers (Python 3.11: f_back on a frame whose caller had
+    # returned while the walk yielded the GIL; a segfault in PyFrame_GetBack). The sampler must not need them.
+    def refused() -> object:
+        raise AssertionError("the sampler asked for another thread's frame objects")
+
+    monkeypatch.setattr(sys, "_current_frames", refused)
+
+    def busy() -> None:
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+
+    with StackSampler(interval_s=0.005) as sampler:
+        _called_through(
+            ENGINE, EXPLORE, ("bnprops.judging.checks", "check_group"), ("mxnet.ndarray", "call"), innermost=busy
+        )
+    assert sampler.counts.get("cases/MXNet", 0) >= 100, f"expected the busy MXNet frame's 300 ms, got {sampler.counts}"
+    assert time_shares.UNREAD not in sampler.counts, sampler.counts
+
+
+def test_a_stack_is_read_from_the_dump_of_its_own_thread_and_a_cut_stack_is_unread() -> None:
+    dump = (
+        "Thread 0x00007f0000000001 (most recent call first):\n"
+        '  File "/r/other.py", line 3 in elsewhere\n\n'
+        "Current thread 0x00007f00000000ab (most recent call first):\n"
+        '  File "/r/mxnet/ndarray.py", line 7 in call\n'
+        '  File "/r/bnprops/fuzzing/explorer.py", line 9 in explore\n\n'
+        "Thread 0x00007f0000000002 (most recent call first):\n"
+        '  File "/r/third.py", line 1 in <module>\n'
+    )
+    assert stack_in_dump(dump, 0x7F00000000AB) == [
+        ("/r/mxnet/ndarray.py", "call"),
+        ("/r/bnprops/fuzzing/explorer.py", "explore"),
+    ]
+    assert stack_in_dump(dump, 0x7F00000000CD) is None, "a thread the dump lacks has no stack"
+    cut = dump.replace("line 9 in explore\n", "line 9 in explore\n  ...\n")
+    assert stack_in_dump(cut, 0x7F00000000AB) is None, (
+        "a stack cut at faulthandler's depth limit has lost its outer frames"
+    )
+
+
+def test_a_source_file_is_named_as_the_module_it_is_under_the_longest_root() -> None:
+    roots = ["/venv/lib", "/venv/lib/site-packages", ""]
+    assert module_of_file("/venv/lib/site-packages/mxnet/ndarray/ndarray.py", roots) == "mxnet.ndarray.ndarray"
+    assert module_of_file("/venv/lib/site-packages/mxnet/__init__.py", roots) == "mxnet"
+    assert module_of_file("/elsewhere/x.py", roots) == ""
+    assert module_of_file("<string>", roots) == ""
+
+
+def test_the_reader_names_this_threads_own_modules() -> None:
+    with StackReader() as reader:
+        stack = reader.stack(threading.get_ident())
+    assert stack is not None, "the dump lacks this thread"
+    (module, function), (caller, test) = stack[:2]
+    assert (module, function) == ("bnprops.fuzzing.time_shares", "stack"), stack[:2]
+    assert __name__.endswith(caller) and test == "test_the_reader_names_this_threads_own_modules", stack[:2]

@@ -32,6 +32,10 @@ class MemberSpec:
     #: Code a reproducer runs once ``expected`` and ``actual`` are defined, to bring MXNet's results into the
     #: form the judge judges (BatchNormWithReLU's y after the ReLU); empty for none.
     reproducer_view: str = ""
+    #: Can its calls kill their process? The fuzz job then makes them in a helper process, where a crash is a
+    #: finding ("crashed:SIGSEGV") and the worker goes on. None is known to: the int8 segfault seen in campaigns
+    #: was the time-shares sampler's (the speed page says how it was found), and a helper call costs a pipe.
+    isolated: bool = False
 
 
 #: The registered members. Registering one is one entry here.

@@ -100,11 +100,11 @@ def _repro_lifecycle(args: argparse.Namespace, parser: argparse.ArgumentParser, 
 
 def _repro_member(parser: argparse.ArgumentParser, case: Case, sig: Signature | None, entry: str, backend: str) -> int:
     """A family member's call: run it again, judge it with the member's judge, say whether the finding persists."""
-    from bnprops.fuzzing.member_findings import check_member
+    from bnprops.fuzzing.member_findings import check_member, is_crash, member_runner
     from bnprops.mx.backends import runner_for
 
-    try:
-        runner = runner_for(entry, backend)
+    try:  # a call that killed its process is made again in a helper process
+        runner = member_runner(entry, backend, runner_factory=runner_for, isolate=sig is not None and is_crash(sig))
     except (ValueError, NotImplementedError) as exc:
         parser.error(str(exc))
     print(f"case: {case.describe()}\nrun through member entry {entry!r} on backend {backend!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
+from bnprops.base.family import spec_of
 from bnprops.fuzzing import lifecycle_findings, member_findings, network_findings, relation_findings, sequence_findings
 from bnprops.fuzzing.catalogue import (
     LIFECYCLE,
@@ -236,7 +237,7 @@ class Members:
             return member_findings.MemberCheck.skipped(case)
         pair = drawn[:2]
         if pair not in self.runners:
-            self.runners[pair] = self.runner_factory(*pair)
+            self.runners[pair] = member_findings.member_runner(*pair, runner_factory=self.runner_factory)
         return member_findings.check_member(drawn, runner=self.runners[pair])
 
     def tally(self, result: WorkerResult, checked: member_findings.MemberCheck, *, ms: int) -> None:
@@ -311,8 +312,11 @@ def helpers(config: CampaignConfig, targets: list[Target], *, runner_factory: Ru
         found += [mx_worker.worker_for(backend) for backend in sorted(other)]
     chains = {b for e, b in targets if network_findings.chance(e, b, every=config.network_every) > 0}
     sequences = {b for e, b in targets if sequence_findings.chance(e, b, every=config.sequence_every) > 0}
-    found += [in_network.worker_for(backend) for backend in sorted(chains | (sequences & other))]
     pairs = member_findings.runnable(config.members, config.backends) if config.member_every else []
+    isolated = {b for e, b in pairs if spec_of(e).isolated and b in member_findings.HELPER_BACKENDS}
+    if runner_factory is not runner_for:
+        isolated = set()
+    found += [in_network.worker_for(backend) for backend in sorted(chains | (sequences & other) | isolated)]
     if any(entry in sync.ENTRIES and backend == IN_PROCESS_BACKEND for entry, backend in pairs):
         found.append(sync.worker_for(IN_PROCESS_BACKEND))
     return found

@@ -5,22 +5,30 @@ can run here and a case from that member's own strategy (search.family). It runs
 is judged by the member's judge. Findings have the kind "member"; the quantity names the member and what failed
 ("BatchNormWithReLU/mismatch:dgamma", ".../raises:MXNetError"), the entry and backend are the member's, so each
 member's findings are signatures (and causes) of their own. A departure a recorded deviation explains is
-"known", under the member's entry. ``script`` writes the reproducer."""
+"known", under the member's entry. A member whose calls can kill their process (the registry's ``isolated``) runs
+in a helper process (``HelperRunner``): a crash is the finding ".../crashed:SIGSEGV". ``script`` writes the
+reproducer."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import re
+import signal
+from collections.abc import Callable, Sequence
 
 from hypothesis import strategies as st
 
 from bnprops.base import reproduction
+from bnprops.base.family import spec_of
 from bnprops.fuzzing.catalogue import KNOWN, MEMBER, Entry, Signature, case_flags, value_regime
 from bnprops.fuzzing.report.summary import per_target_table
 from bnprops.fuzzing.reproducer import SHOWS, call_body
-from bnprops.model.case import Case
+from bnprops.judging.in_network import ChainCrashed, ChainRaised, worker_for
+from bnprops.model.case import Case, Outputs
 from bnprops.mx import family as mx_family
+from bnprops.mx.backends import runner_for
 from bnprops.mx.runners import Runner, kernel_for
+from bnprops.mx.worker import WorkerCrashed
 from bnprops.search.chance import one_in
 from bnprops.search.family import MEMBERS, member_of
 
@@ -94,6 +102,66 @@ class MemberCheck:
         return self.message if sig in self.signatures else "this example no longer shows the signature (flaky?)"
 
 
+#: What a helper process runs for a member call (HelperRunner): the member entry's own runner.
+HELPER_CALL = "bnprops.mx.family:run_spec"
+#: The CPU backends a helper process runs (judging.in_network's worker).
+HELPER_BACKENDS = ("onednn", "native")
+
+
+@dataclasses.dataclass(frozen=True)
+class HelperRunner:
+    """A member entry's runner in a helper process (judging.in_network's worker for the backend): a call that kills
+    that process raises ChainCrashed here, and the next call starts a fresh one. ``function`` (module:function)
+    makes the call there (tests plant crashes)."""
+
+    entry: str
+    backend: str
+    function: str = HELPER_CALL
+
+    def __call__(self, case: Case) -> Outputs:
+        outputs: Outputs = worker_for(self.backend).call({"entry": self.entry, "case": case}, self.function)
+        return outputs
+
+
+def member_runner(
+    entry: str, backend: str, *, runner_factory: Callable[[str, str], Runner], isolate: bool = False
+) -> Runner:
+    """A member call's runner: ``runner_factory``'s, or a HelperRunner where the call may kill its process (the
+    registry's ``isolated``, or ``isolate``) and the factory is bnprops's own (tests plant runners that call none)."""
+    runner = runner_factory(entry, backend)
+    wanted = isolate or spec_of(entry).isolated
+    if wanted and runner_factory is runner_for and backend in HELPER_BACKENDS:
+        return HelperRunner(entry, backend)
+    return runner
+
+
+#: A crashed helper's message (in_network.ChainCrashed, mx.worker.WorkerCrashed): its exit status, and the line
+#: MXNet's own signal handler prints before it exits with status 255.
+_EXIT_STATUS = re.compile(r"exit status (-?\d+)")
+_MXNET_SIGNAL = re.compile(r"Segmentation fault: (\d+)")
+
+
+def crash_signal(message: str) -> str:
+    """What killed a helper process, from its crash message: a signal's name ('SIGSEGV', 'SIGABRT'), 'hung' for a
+    call that timed out, else 'exit N'."""
+    if "hung for" in message:
+        return "hung"
+    caught = _MXNET_SIGNAL.search(message)
+    status = _EXIT_STATUS.search(message)
+    number = int(caught.group(1)) if caught else -int(status.group(1)) if status and int(status.group(1)) < 0 else 0
+    if number:
+        try:
+            return signal.Signals(number).name
+        except ValueError:
+            return f"signal {number}"
+    return f"exit {status.group(1)}" if status else "unknown"
+
+
+def is_crash(sig: Signature) -> bool:
+    """Is this member finding a call that killed its process?"""
+    return sig.quantity.partition("/")[2].startswith("crashed:")
+
+
 def _signature(what: str, case: Case, entry: str, backend: str, deviation: str = "") -> Signature:
     quantity = f"{member_of(entry).name}/{what}"
     return Signature(MEMBER, quantity, entry, backend, case.dtype, case_flags(case), value_regime(case), deviation)
@@ -110,9 +178,15 @@ def check_member(drawn: tuple[str, str, Case], *, runner: Runner) -> MemberCheck
     try:
         case = mx_family.adapt(entry, case)
         judged = member.judge(case, runner(case), entry=entry, kernel=kernel_for(case, backend, entry))
+    except (ChainCrashed, WorkerCrashed) as exc:  # the call killed the helper process it ran in
+        sig = _signature(f"crashed:{crash_signal(str(exc))}", case, entry, backend)
+        return MemberCheck(entry, backend, case, "error", (sig,), str(exc))
     except Exception as exc:  # a member that raises is a finding, not a crash of the campaign
-        sig = _signature(f"raises:{type(exc).__name__}", case, entry, backend)
-        return MemberCheck(entry, backend, case, "error", (sig,), f"{type(exc).__name__}: {exc}")
+        # (raised in a helper process, the message starts with the exception's own type)
+        name = str(exc).partition(":")[0] if isinstance(exc, ChainRaised) else type(exc).__name__
+        message = str(exc) if isinstance(exc, ChainRaised) else f"{type(exc).__name__}: {exc}"
+        sig = _signature(f"raises:{name}", case, entry, backend)
+        return MemberCheck(entry, backend, case, "error", (sig,), message)
     outcome = judged.outcome
     judged_case = outcome.case
     sigs = [
@@ -146,6 +220,8 @@ def script(entry: Entry) -> str:
     sig, case = entry.signature, entry.case
     member = member_of(sig.entry)
     call = mx_family.snippet(case, sig.entry, backend=sig.backend)
+    if is_crash(sig):
+        return _crash_script(entry, call)
     plain = dataclasses.replace(sig, kind=KNOWN if sig.kind == KNOWN else _plain_kind(sig))
     plain = dataclasses.replace(plain, quantity=sig.quantity if sig.kind == KNOWN else _plain_quantity(sig))
     body, meaning = call_body(
@@ -163,6 +239,35 @@ def script(entry: Entry) -> str:
         persists=meaning,
         body=body,
         recorded=sig.deviation if sig.kind == KNOWN else "",
+    )
+
+
+_CRASH_BODY = """
+CALL = {call!r}
+
+
+def main(call=CALL):
+    \"\"\"Make the member's call in a fresh process: the finding persists while that process dies of a signal.\"\"\"
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True, timeout=900, check=False)
+    died = done.returncode < 0 or "Segmentation fault" in done.stderr  # (MXNet's handler exits with 255)
+    tail = done.stderr[-2000:]
+    return verdict(died, f"the call's process exited with status {{done.returncode}}; its stderr ends:\\n{{tail}}")
+"""
+
+
+def _crash_script(entry: Entry, call: str) -> str:
+    """A crash finding's reproducer: the member's call run in a subprocess, persisting while that process dies."""
+    sig = entry.signature
+    member = member_of(sig.entry)
+    return reproduction.script(
+        kind=sig.kind,
+        ident=sig.ident,
+        title=f"a single {member.name} call ({member.operator.split(',')[0]}) that kills its process",
+        about=[sig.describe(), f"Example ({entry.reduction}): {entry.case.describe()}"],
+        persists=f"the call's process dies ({sig.quantity.rpartition(':')[2]})",
+        body=_CRASH_BODY.format(call=call),
     )
 
 

@@ -9,12 +9,16 @@ the workers' samples up (``shares``), with the ratio of the time outside MXNet t
 A sample is MXNet's when any frame of the stack is MXNet's (its Python front end and the C calls under it) or a
 helper process's call awaited (the helper runs MXNet), except while the helper starts; drawing when no frame is
 the worker's judging of an example (Hypothesis is choosing the next); else the innermost bnprops module names
-the part.
+the part. The stack is read by faulthandler's walk in C, never through frame objects (``read_stack``).
 """
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import re
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -55,15 +59,15 @@ PARTS = (
 OWN = "bookkeeping"
 #: The interpreter's switch interval while a sampler runs (seconds).
 SWITCH_INTERVAL_S = 0.0005
-#: A sample whose stack changed while it was read: its time is filed apart, never dropped.
+#: A sample whose stack could not be read whole: its time is filed apart, never dropped.
 UNREAD = "unread/unread"
 #: The worker's functions that judge one example (the condition Hypothesis calls).
 _JUDGING = frozenset({"explore", "shrink_step", "entry_for", "settle"})
 
 
 def stack_of(frame: types.FrameType | None) -> list[tuple[str, str]]:
-    """(module, function) of each frame from ``frame`` outwards, read in one short pass: another thread's stack
-    can change under the walk whenever this thread yields the GIL, so nothing else happens during it."""
+    """(module, function) of each frame from ``frame`` outwards: for the calling thread's own frames only (another
+    thread's are read by ``StackReader``)."""
     found = []
     while frame is not None:
         found.append((frame.f_globals.get("__name__", ""), frame.f_code.co_name))
@@ -72,7 +76,7 @@ def stack_of(frame: types.FrameType | None) -> list[tuple[str, str]]:
 
 
 def classify(frame: types.FrameType | None) -> str:
-    """``where/part`` for a stack whose innermost frame is ``frame``."""
+    """``where/part`` for the calling thread's stack whose innermost frame is ``frame``."""
     return classify_stack(stack_of(frame))
 
 
@@ -132,14 +136,89 @@ class StackSampler:
         # it is in C code that released the GIL (MXNet, a pipe) it does not. Counted one each, pure Python got 150
         # samples where as long a sleep got 270, and MXNet's share came out about half as large again as it was.
         last = time.perf_counter()
-        while not self._stop.wait(self.interval_s):
-            try:
-                label = classify(sys._current_frames().get(self._target))
-            except Exception:  # a frame torn down under the walk (CPython 3.11): the time is still counted
-                label = UNREAD
-            now = time.perf_counter()
-            self.counts[label] = self.counts.get(label, 0) + round(1000 * (now - last))
-            last = now
+        with StackReader() as reader:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    stack = reader.stack(self._target)
+                    label = UNREAD if stack is None else classify_stack(stack)
+                except Exception:  # a dump it cannot parse: the time is still counted
+                    label = UNREAD
+                now = time.perf_counter()
+                self.counts[label] = self.counts.get(label, 0) + round(1000 * (now - last))
+                last = now
+
+
+#: A thread's header and a frame's line in faulthandler's dump; "  ..." ends a stack cut at its depth limit (100).
+_THREAD = re.compile(r"^(?:Current thread|Thread) 0x([0-9a-fA-F]+) ")
+_FRAME = re.compile(r'^  File "(.*)", line -?\d+ in (.*)$')
+_CUT = "  ..."
+#: Where bnprops itself is imported from (an editable install's finder puts it on no sys.path entry).
+_OWN_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class StackReader:
+    """Another thread's stack as (module, function) pairs, innermost first, read by faulthandler's walk in C.
+
+    Python 3.11 cannot walk another thread's frame objects safely: a walk that yields the GIL can meet a frame
+    whose caller has returned, and ``f_back`` then reads freed memory (a segfault in PyFrame_GetBack, seen in fuzz
+    workers; CPython issue 111363). faulthandler walks every thread's interpreter frames in one C call, under the
+    GIL, and makes no frame objects; its text goes to an anonymous file and is read back.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
+        self._modules: dict[str, str] = {}
+
+    def __enter__(self) -> StackReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.close()
+
+    def stack(self, thread_id: int) -> list[tuple[str, str]] | None:
+        """The thread's stack; None if the dump lacks the thread or cut its stack short."""
+        fd = self._file.fileno()
+        os.lseek(fd, 0, os.SEEK_SET)
+        faulthandler.dump_traceback(fd, all_threads=True)
+        text = os.pread(fd, os.lseek(fd, 0, os.SEEK_CUR), 0).decode("utf-8", "replace")
+        frames = stack_in_dump(text, thread_id)
+        return None if frames is None else [(self.module_of(f), function) for f, function in frames]
+
+    def module_of(self, filename: str) -> str:
+        """The dotted module name of a source file under sys.path or bnprops's own root; '' for any other."""
+        name = self._modules.get(filename)
+        if name is None:
+            name = self._modules[filename] = module_of_file(filename, [_OWN_ROOT, *sys.path])
+        return name
+
+
+def stack_in_dump(text: str, thread_id: int) -> list[tuple[str, str]] | None:
+    """(file, function) of each frame of thread ``thread_id`` in faulthandler's dump of all threads, innermost
+    first; None if the dump lacks the thread or cut its stack at faulthandler's depth limit."""
+    found: list[tuple[str, str]] | None = None
+    for line in text.splitlines():
+        head = _THREAD.match(line)
+        if head is not None:
+            if found is not None:
+                break
+            if int(head.group(1), 16) == thread_id:
+                found = []
+        elif found is not None:
+            if line == _CUT:
+                return None
+            frame = _FRAME.match(line)
+            if frame is not None:
+                found.append((frame.group(1), frame.group(2)))
+    return found
+
+
+def module_of_file(filename: str, roots: Iterable[str]) -> str:
+    """The dotted module name of ``filename`` under the longest of ``roots`` it lies in; '' under none."""
+    for root in sorted((os.path.abspath(r) for r in roots if r), key=len, reverse=True):
+        prefix = os.path.join(root, "")
+        if filename.startswith(prefix) and filename.endswith(".py"):
+            return filename[len(prefix) : -3].replace(os.sep, ".").removesuffix(".__init__")
+    return ""
 
 
 def shares(counts: Iterable[dict[str, int]]) -> dict[str, Any]:

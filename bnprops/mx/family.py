@@ -7,9 +7,10 @@ the runner, why this release lacks the member, why a case cannot run, why a back
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 from bnprops.base.family import MEMBER_ENTRIES, resolve, spec_of
-from bnprops.model.case import Case
+from bnprops.model.case import Case, Outputs
 from bnprops.mx import runners
 
 
@@ -28,6 +29,11 @@ def is_member(entry: str) -> bool:
 def runner(entry: str) -> runners.Runner:
     """The member entry's in-process runner."""
     return module_of(entry).RUNNERS[entry]  # type: ignore[no-any-return]
+
+
+def run_spec(spec: dict[str, Any]) -> Outputs:
+    """A member call made in a helper process (judging.in_network's worker): ``spec`` holds the entry and the case."""
+    return runner(spec["entry"])(spec["case"])
 
 
 def unavailable_reason(entry: str) -> str | None:
