@@ -218,6 +218,8 @@ def _exactness(case: Case, stats: tuple[np.ndarray, np.ndarray]) -> Exactness:
         pow4 = (s2 > 0) & (np.frexp(root)[0] == 0.5) & (root * root == s2) & representable(s2, cd)
     sum_ok = sums_exactly(var, eps, s2)
     inv_ok = var_ok & eps_ok & pow4 & sum_ok
+    if not (c_ok & inv_ok).any():  # (the dot sums need both: most data never has var + eps a power of 4)
+        return Exactness(x_sum, mean_ok, c2_sum, var_ok, inv_ok, dy_sum, no)
     # (x - mean) dy and dy xhat (= (x - mean) dy 2^-k): products of two exact values, summed. Each product is
     # rounded to the compute type first (float16's kernel: half_t times half_t is half_t), so it must fit there too.
     dyr = rows(case.dy.astype(np.float64), ax)
