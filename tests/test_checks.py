@@ -227,3 +227,15 @@ def test_one_pass_keeps_an_inf_below_a_quantitys_own_overflow_threshold_a_findin
     verdict = comparator._verdict(ev, outputs, ev.expected, ev.bound, ev.sharp, QUANTITIES, {})
     assert [m.quantity for m in verdict.mismatches] == ["dgamma"]
     _assert_one_pass_judges_as_each_alone(case, outputs)
+
+
+@given(
+    err=st.lists(st.floats(0, 1e300) | st.just(0.0), min_size=1, max_size=6),
+    bounds=st.lists(st.floats(0, 1e300) | st.just(0.0) | st.just(float("nan")), min_size=1, max_size=6),
+)
+def test_an_error_over_no_positive_bound_is_infinite_and_none_is_zero(err: list[float], bounds: list[float]) -> None:
+    n = min(len(err), len(bounds))
+    e, b = np.array(err[:n]), np.array(bounds[:n])
+    ratio = comparator._ratio(e, b)
+    for x, y, r in zip(e, b, ratio, strict=True):
+        assert r == (x / y if y > 0 else (np.inf if x > 0 else 0.0)), (x, y, r)

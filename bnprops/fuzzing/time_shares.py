@@ -61,7 +61,7 @@ PARTS = (
 )
 OWN = "bookkeeping"
 #: The interpreter's switch interval while a sampler runs (seconds).
-SWITCH_INTERVAL_S = 0.0005
+SWITCH_INTERVAL_S = 0.0001
 #: A sample whose stack could not be read whole: its time is filed apart, never dropped.
 UNREAD = "unread/unread"
 #: The worker's functions that judge one example (the condition Hypothesis calls).

@@ -122,8 +122,13 @@ def reproducer(case: Case, entry: str, backend: str) -> str:
 
 
 def _ratio(err: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """err / bound; where the bound is not positive (0, or NaN), inf for an error and 0 for none."""
     with ignoring("divide", "invalid", "over"):
-        return np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
+        ratio = np.asarray(err / bound, dtype=np.float64)
+        unbounded = np.logical_not(np.asarray(bound) > 0)
+        if unbounded.any():  # (seldom: one pass where the division needs no mending)
+            ratio = np.where(unbounded, np.where(err > 0, np.inf, 0.0), ratio)
+        return ratio
 
 
 def _overflow_adjusted(expected: np.ndarray, actual: np.ndarray, out_dtype: str) -> np.ndarray:
