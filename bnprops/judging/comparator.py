@@ -142,16 +142,23 @@ def _overflow_adjusted(expected: np.ndarray, actual: np.ndarray, out_dtype: str)
 
 
 def _adjusted(expected: np.ndarray, a: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
-    """_overflow_adjusted on float64 values, with the threshold of each element's dtype."""
+    """_overflow_adjusted on float64 values, with the threshold of each element's dtype (``a`` itself where no
+    value is infinite)."""
+    infinite = np.isinf(a)
+    if not infinite.any():
+        return a
     with ignoring("invalid"):
-        overflowed = np.isinf(a) & np.isfinite(expected)
+        overflowed = infinite & np.isfinite(expected)
         beyond = overflowed & (np.sign(a) * expected >= threshold)  # the exact value rounds to that inf: no error
         return np.where(beyond, expected, np.where(overflowed, np.sign(a) * threshold, a))
 
 
-def _nonfinite_differs(expected: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Where exactly one of the two is non-finite, or both are but differently (NaN, +inf, -inf)."""
-    finite = np.isfinite(expected) & np.isfinite(a)
+def _nonfinite_differs(expected: np.ndarray, a: np.ndarray, finite: np.ndarray | None = None) -> np.ndarray:
+    """Where exactly one of the two is non-finite, or both are but differently (NaN, +inf, -inf). ``finite``:
+    where both are finite, if known."""
+    finite = np.isfinite(expected) & np.isfinite(a) if finite is None else finite
+    if finite.all():
+        return np.zeros(finite.shape, dtype=bool)
     same_nonfinite = (np.isnan(expected) & np.isnan(a)) | (expected == a)
     return np.asarray(~finite & ~same_nonfinite)
 
@@ -205,7 +212,7 @@ def _element_ratios(
     """element_ratios on float64 ``actual``, with the overflow threshold of each element's dtype."""
     a = _adjusted(expected, actual, threshold)
     finite = np.isfinite(expected) & np.isfinite(a)
-    pattern_differs = judged & _nonfinite_differs(expected, a)
+    pattern_differs = judged & _nonfinite_differs(expected, a, finite)
     with ignoring("invalid", "over"):
         err = np.where(judged & finite, np.abs(a - expected), 0.0)
     ratio = _ratio(err, bound)
