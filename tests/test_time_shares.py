@@ -16,7 +16,7 @@ from bnprops.fuzzing.time_shares import (
     STARTUP_LABEL,
     StackReader,
     StackSampler,
-    classify,
+    classify_stack,
     lines,
     module_of_file,
     shares,
@@ -37,7 +37,13 @@ def _called_through(*levels: tuple[str, str], innermost: Callable[[], object]) -
 
 
 def _label(*levels: tuple[str, str]) -> object:
-    return _called_through(*levels, innermost=lambda: classify(sys._getframe()))
+    def innermost() -> object:
+        with StackReader() as reader:  # (the sampler's own reading, of this thread)
+            stack = reader.stack(threading.get_ident())
+        assert stack is not None
+        return classify_stack(stack[stack.index(levels[-1]) :])  # (from the stack's innermost level outwards)
+
+    return _called_through(*levels, innermost=innermost)
 
 
 EXPLORE = ("bnprops.fuzzing.explorer", "explore")

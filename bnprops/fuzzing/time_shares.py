@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -66,21 +65,6 @@ SWITCH_INTERVAL_S = 0.0001
 UNREAD = "unread/unread"
 #: The worker's functions that judge one example (the condition Hypothesis calls).
 _JUDGING = frozenset({"explore", "shrink_step", "entry_for", "settle"})
-
-
-def stack_of(frame: types.FrameType | None) -> list[tuple[str, str]]:
-    """(module, function) of each frame from ``frame`` outwards: for the calling thread's own frames only (another
-    thread's are read by ``StackReader``)."""
-    found = []
-    while frame is not None:
-        found.append((frame.f_globals.get("__name__", ""), frame.f_code.co_name))
-        frame = frame.f_back
-    return found
-
-
-def classify(frame: types.FrameType | None) -> str:
-    """``where/part`` for the calling thread's stack whose innermost frame is ``frame``."""
-    return classify_stack(stack_of(frame))
 
 
 def classify_stack(stack: list[tuple[str, str]]) -> str:
