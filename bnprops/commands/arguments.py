@@ -84,6 +84,8 @@ def _number(parse: Callable[[str], T], accept: Callable[[T], bool], what: str) -
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _seconds = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number of seconds")
 _seed = _number(int, lambda v: v >= 0, "a non-negative integer seed")
+#: "One example in N" (0: none).
+_every = _number(int, lambda v: v >= 0, "0 or a positive integer")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -157,14 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuzz.add_argument(
         "--relations",
-        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        type=_every,
         default=None,
         metavar="N",
         help="also run an exact relation (bnprops/judging/relations.py) on one example in N; 0: none (default 2)",
     )
     fuzz.add_argument(
         "--networks",
-        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        type=_every,
         default=None,
         metavar="N",
         help="also build a producer chain (a network, BatchNorm last: bnprops/mx/producers.py) and judge BatchNorm "
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuzz.add_argument(
         "--sequences",
-        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        type=_every,
         default=None,
         metavar="N",
         help="also run a training sequence (steps, second backwards, grad_req and use_global_stats changes, updates, "
@@ -191,14 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuzz.add_argument(
         "--member-every",
-        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        type=_every,
         default=None,
         metavar="N",
         help="run the example's member call on one example in N; 0: none (default 8)",
     )
     fuzz.add_argument(
         "--lifecycle",
-        type=_number(int, lambda v: v >= 0, "0 or a positive integer"),
+        type=_every,
         default=None,
         metavar="N",
         help="also run a life-cycle scenario (train/evaluate/train, export and import, float16 cast, symbolic shape "
